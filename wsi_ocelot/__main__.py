@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from wsi_ocelot.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""The ``wsi-ocelot`` command line: thin verbs over the library.
+
+Each verb parses its flags, builds a config and makes one library call. Heavy imports
+(torch, openslide) happen inside the verbs so ``--help`` is instant. Errors meant for
+the user print one line (file, problem, fix) and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from wsi_ocelot import __version__
+from wsi_ocelot.errors import WsiOcelotError
+
+log = logging.getLogger("wsi_ocelot")
+
+EXIT_USER_ERROR = 2
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose > 1 else "%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("wsi_ocelot").setLevel(level)
+    logging.getLogger("training").setLevel(level)
+
+
+def _geometry(args: argparse.Namespace):
+    from wsi_ocelot.config import GeometryConfig, load_config
+
+    geo = load_config(GeometryConfig, args.geometry, key="geometry") if getattr(args, "geometry", None) else GeometryConfig()
+    if getattr(args, "tile_size", None):
+        import dataclasses
+
+        ratio = args.tile_size / geo.tile_size
+        geo = dataclasses.replace(geo, tile_size=args.tile_size, cell_margin=round(geo.cell_margin * ratio), tissue_margin=round(geo.tissue_margin * ratio))
+    return geo
+
+
+# -- verbs ---------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    from wsi_ocelot.slide import open_slide, tissue_mask
+
+    with open_slide(args.slide, mpp=args.mpp) as slide:
+        mask = tissue_mask(slide)
+        info = {
+            "path": str(slide.path),
+            "format": slide.vendor,
+            "dimensions": list(slide.dimensions),
+            "mpp": {"x": slide.mpp_info.x, "y": slide.mpp_info.y, "source": slide.mpp_info.source},
+            "levels": [
+                {"level": i, "dimensions": list(d), "downsample": round(ds, 4), "mpp": round(slide.mpp * ds, 4)}
+                for i, (d, ds) in enumerate(zip(slide.level_dimensions, slide.level_downsamples, strict=True))
+            ],
+            "objective_power": slide.properties.get("openslide.objective-power"),
+            "qupath_bounds": list(slide.bounds),
+            "tissue_fraction": round(mask.fraction, 4),
+            "size_mm": [round(slide.dimensions[0] * slide.mpp_info.x / 1000, 3), round(slide.dimensions[1] * slide.mpp_info.y / 1000, 3)],
+        }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['path']}")
+    print(f"  format           {info['format']}")
+    print(f"  dimensions       {info['dimensions'][0]} x {info['dimensions'][1]} px ({info['size_mm'][0]} x {info['size_mm'][1]} mm)")
+    print(f"  MPP              {info['mpp']['x']:.4f} x {info['mpp']['y']:.4f} µm/px (from {info['mpp']['source']})")
+    if info["objective_power"]:
+        print(f"  objective power  {info['objective_power']}x")
+    print(f"  tissue fraction  {info['tissue_fraction']:.1%}")
+    print("  levels")
+    for lv in info["levels"]:
+        print(f"    {lv['level']}: {lv['dimensions'][0]} x {lv['dimensions'][1]}  downsample {lv['downsample']:g}  ({lv['mpp']:.3f} µm/px)")
+    return 0
+
+
+def cmd_tiles(args: argparse.Namespace) -> int:
+    from wsi_ocelot.slide import open_slide
+    from wsi_ocelot.tiling.export import export_pairs, write_metadata
+
+    geo = _geometry(args)
+    with open_slide(args.slide, mpp=args.mpp) as slide:
+        pairs = export_pairs(slide, args.out, geo, limit=args.limit, offsets=args.offsets, seed=args.seed)
+        path = write_metadata(args.out, pairs, geo, source_slide=str(slide.path))
+    if not pairs:
+        print(f"{args.slide}: no tissue found, 0 pairs written; metadata in {path}")
+    else:
+        print(f"wrote {len(pairs)} cell/tissue pairs to {Path(args.out) / 'images'}; metadata in {path}")
+    return 0
+
+
+def cmd_synth_slide(args: argparse.Namespace) -> int:
+    from wsi_ocelot.synthetic import write_synthetic_slide
+
+    result = write_synthetic_slide(args.out, mpp=args.mpp, size=tuple(args.size), seed=args.seed, empty=args.empty)
+    print(f"wrote {result.tiff_path}, {result.cells_path}, {result.tissue_path}")
+    print(result.stats.format_table())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from wsi_ocelot.demo import run_demo
+
+    return run_demo(args.out)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.pred or args.gt:
+        if not (args.pred and args.gt):
+            raise WsiOcelotError(None, "--pred and --gt go together", "pass both files, or --data/--split/--model")
+        from wsi_ocelot.metrics import evaluate_files
+
+        score = evaluate_files(args.pred, args.gt)
+        print(json.dumps(score.to_dict(), indent=2) if args.json else score.format_table())
+        return 0
+    if not (args.data and args.model):
+        raise WsiOcelotError(None, "evaluate needs --pred P.json --gt G.json, or --data ROOT --model CKPT", "see `wsi-ocelot evaluate --help`")
+    from wsi_ocelot.evaluation import evaluate_dataset
+
+    result = evaluate_dataset(args.model, args.data, args.split, device=args.device, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from wsi_ocelot.evaluation import format_result
+
+        print(format_result(result))
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _add(sub, name: str, func: Callable[[argparse.Namespace], int], help: str, example: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}", formatter_class=_Formatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsi-ocelot",
+        description="Whole-slide cell detection with tissue-prediction injection (OCELOT).",
+        epilog="example:\n  wsi-ocelot demo --out demo_out",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"wsi-ocelot {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=1, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = _add(sub, "info", cmd_info, "Show a slide's format, levels, MPP (and where it came from) and tissue fraction.", "wsi-ocelot info slide.svs")
+    p.add_argument("slide", help="slide file (any format OpenSlide reads)")
+    p.add_argument("--mpp", type=float, help="override the level-0 µm/px")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = _add(sub, "tiles", cmd_tiles, "Write aligned cell/context tile pairs in the OCELOT dataset layout.", "wsi-ocelot tiles slide.svs --out pairs --limit 20")
+    p.add_argument("slide")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mpp", type=float, help="override the level-0 µm/px")
+    p.add_argument("--limit", type=int, help="write at most N pairs, spread evenly over the tissue")
+    p.add_argument("--offsets", choices=("centre", "ocelot"), default="centre", help="cell patch position in its context: centred (as the engine) or OCELOT's four positions")
+    p.add_argument("--seed", type=int, default=0, help="seed for --offsets ocelot")
+    p.add_argument("--geometry", help="YAML with a 'geometry:' mapping (cell_mpp, tissue_mpp, tile_size, ...)")
+    p.add_argument("--tile-size", type=int, help="tile size in px (default 1024)")
+
+    p = _add(sub, "synth-slide", cmd_synth_slide, "Write a synthetic H&E slide (pyramidal TIFF) with cell and cancer-area ground truth.", "wsi-ocelot synth-slide synth.tiff --mpp 0.25 --size 4096 4096 --seed 1")
+    p.add_argument("out", help="output .tiff path; OUT.cells.csv and OUT.tissue.geojson are written beside it")
+    p.add_argument("--mpp", type=float, default=0.25, help="level-0 µm/px")
+    p.add_argument("--size", type=int, nargs=2, default=(4096, 4096), metavar=("W", "H"), help="level-0 size in px")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--empty", action="store_true", help="a slide with no tissue (glass only)")
+
+    p = _add(sub, "demo", cmd_demo, "Run the embedded default end to end on a synthetic slide.", "wsi-ocelot demo --out demo_out")
+    p.add_argument("--out", default="wsi_ocelot_demo", help="output folder")
+
+    p = _add(sub, "evaluate", cmd_evaluate, "Score cell detections with the OCELOT 2023 challenge metric.",
+             "wsi-ocelot evaluate --pred cell_classification.json --gt gt.json\n  wsi-ocelot evaluate --data synth_data --split test --model run/best.safetensors")
+    p.add_argument("--pred", help="predictions (challenge JSON)")
+    p.add_argument("--gt", help="ground truth (challenge JSON)")
+    p.add_argument("--data", help="OCELOT-layout dataset root")
+    p.add_argument("--split", default="test", help="split of --data to score")
+    p.add_argument("--model", help="checkpoint (.safetensors)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except WsiOcelotError as err:
+        print(f"error: {err.one_line()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Errors a user can hit.
+
+Every error carries one line that names the file, the problem and the fix:
+``"<path>: <problem>. Fix: <fix>"``. The CLI prints exactly that line (no traceback) and
+exits non-zero. Each class also subclasses the matching builtin so callers that catch
+``FileNotFoundError`` or ``ValueError`` keep working.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class WsiOcelotError(Exception):
+    """Base class of every error meant for the user."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, problem: str, fix: str | None = None):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        head = f"{self.path}: {self.problem}" if self.path is not None else self.problem
+        head = head.rstrip(".")
+        return f"{head}. Fix: {self.fix}" if self.fix else head + "."
+
+    def __reduce__(self):  # keep the three fields across process boundaries (Dask, DataLoader)
+        return (type(self), (self.path, self.problem, self.fix))
+
+
+class SlideNotFoundError(WsiOcelotError, FileNotFoundError):
+    """The slide path does not exist or is not a file."""
+
+
+class SlideFormatError(WsiOcelotError, ValueError):
+    """The file exists but is not a slide OpenSlide can read (or it is truncated/corrupt)."""
+
+
+class MppError(WsiOcelotError, ValueError):
+    """The slide's microns-per-pixel cannot be determined, or an override is invalid."""
+
+
+class ConfigError(WsiOcelotError, ValueError):
+    """A YAML config or a config value is wrong."""
+
+
+class CheckpointError(WsiOcelotError, ValueError):
+    """A model file is not a valid wsi-ocelot checkpoint."""
+
+
+class DatasetError(WsiOcelotError, ValueError):
+    """A dataset folder (OCELOT layout) is missing files or holds malformed ones."""
+
+
+class PredictionFileError(WsiOcelotError, ValueError):
+    """A prediction or ground-truth file in the OCELOT challenge format is malformed."""

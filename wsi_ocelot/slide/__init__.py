@@ -1,0 +1,8 @@
+"""Slide access: open any format OpenSlide reads, resolve MPP, read boxes at any MPP."""
+
+from __future__ import annotations
+
+from wsi_ocelot.slide._slide import MPP_FIX, MppInfo, Slide, open_slide, resolve_mpp
+from wsi_ocelot.slide.mask import TissueMask, tissue_mask
+
+__all__ = ["MPP_FIX", "MppInfo", "Slide", "TissueMask", "open_slide", "resolve_mpp", "tissue_mask"]

@@ -1,0 +1,305 @@
+"""One public class, :class:`Slide`: an OpenSlide handle that knows its MPP and reads
+any level-0 box at any target resolution.
+
+Coordinates are level-0 pixels (x = column, y = row, origin top-left). Images are
+``uint8`` arrays of shape ``(H, W, 3)``, RGB, composited on white.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from wsi_ocelot.errors import MppError, SlideFormatError, SlideNotFoundError
+
+log = logging.getLogger(__name__)
+
+#: What a user can pass to fix a missing MPP; used in every MPP error.
+MPP_FIX = "pass --mpp X (µm per level-0 pixel, e.g. 0.25 for 40x, 0.5 for 20x), or an 'mpp' column in the manifest"
+
+_MPP_RANGE = (0.02, 50.0)  # anything outside is metadata noise (e.g. 72 dpi defaults)
+
+
+@dataclass(frozen=True)
+class MppInfo:
+    """Microns per level-0 pixel and where the value came from.
+
+    ``source`` is one of ``override``, ``openslide``, ``tiff-resolution``,
+    ``objective-power``.
+    """
+
+    x: float
+    y: float
+    source: str
+
+    @property
+    def mean(self) -> float:
+        return (self.x + self.y) / 2.0
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None
+
+
+def _plausible(mpp: float | None) -> bool:
+    return mpp is not None and _MPP_RANGE[0] <= mpp <= _MPP_RANGE[1]
+
+
+def resolve_mpp(path: str | os.PathLike[str], properties: dict[str, str], override: float | None = None) -> MppInfo:
+    """Resolve level-0 MPP: override → ``openslide.mpp-x/y`` → TIFF resolution tags →
+    objective power (with a warning) → :class:`MppError` naming the slide and the flag."""
+    if override is not None:
+        value = _float(override)
+        if not _plausible(value):
+            raise MppError(path, f"invalid MPP override {override!r}", f"give a value between {_MPP_RANGE[0]} and {_MPP_RANGE[1]} µm/px")
+        return MppInfo(value, value, "override")  # type: ignore[arg-type]
+
+    mx, my = _float(properties.get("openslide.mpp-x")), _float(properties.get("openslide.mpp-y"))
+    if _plausible(mx):
+        return MppInfo(mx, my if _plausible(my) else mx, "openslide")  # type: ignore[arg-type]
+
+    unit = (properties.get("tiff.ResolutionUnit") or "").lower()
+    factor = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "micrometer": 1.0}.get(unit)
+    xres, yres = _float(properties.get("tiff.XResolution")), _float(properties.get("tiff.YResolution"))
+    if factor and xres:
+        tx = factor / xres
+        ty = factor / yres if yres else tx
+        if _plausible(tx):
+            return MppInfo(tx, ty if _plausible(ty) else tx, "tiff-resolution")
+
+    power = _float(properties.get("openslide.objective-power"))
+    if power:
+        guess = 10.0 / power
+        log.warning("%s: no MPP in the metadata; guessing %.3f µm/px from objective power %gx. Pass --mpp to be exact.", path, guess, power)
+        return MppInfo(guess, guess, "objective-power")
+
+    raise MppError(path, "the slide has no microns-per-pixel in its metadata (no openslide.mpp-x, TIFF resolution or objective power)", MPP_FIX)
+
+
+def _check_tiff_complete(path: Path) -> None:
+    """For TIFF-based files, every tile/strip must lie inside the file (catches truncation)."""
+    try:
+        import tifffile
+    except ImportError:  # pragma: no cover - tifffile is a dependency
+        return
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for page in tif.pages:
+                offsets = getattr(page, "dataoffsets", ()) or ()
+                counts = getattr(page, "databytecounts", ()) or ()
+                if offsets and counts:
+                    end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=False))
+                    if end > size:
+                        raise SlideFormatError(
+                            path,
+                            f"the file is truncated ({size} bytes, but its image data runs to byte {end})",
+                            "copy or download the slide again",
+                        )
+    except SlideFormatError:
+        raise
+    except Exception:  # not a TIFF tifffile understands (MRXS, some NDPI): OpenSlide decides
+        return
+
+
+class Slide:
+    """A whole-slide image opened with OpenSlide, with a resolved MPP.
+
+    Safe to send to DataLoader worker processes or Dask workers: pickling keeps the path
+    and MPP, and each process opens its own handle on first use.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None):
+        self.path = Path(path)
+        self._mpp_override = mpp
+        self._handle: Any = None
+        self._pid: int | None = None
+        _validate_path(self.path)
+        osr = self._osr
+        self.properties: dict[str, str] = dict(osr.properties)
+        self.level_count: int = osr.level_count
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(osr.level_dimensions)
+        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in osr.level_downsamples)
+        self.mpp_info = resolve_mpp(self.path, self.properties, mpp)
+        self._probe()
+
+    # -- handle management -------------------------------------------------------------
+    @property
+    def _osr(self) -> Any:
+        import openslide
+
+        if self._handle is None or self._pid != os.getpid():
+            try:
+                self._handle = openslide.OpenSlide(str(self.path))
+            except openslide.OpenSlideUnsupportedFormatError as err:
+                raise SlideFormatError(self.path, "not a slide format OpenSlide can read", "pass a whole-slide image (.svs, .tif/.tiff, .ndpi, .mrxs, .scn, ...); check the file is not renamed") from err
+            except openslide.OpenSlideError as err:
+                raise SlideFormatError(self.path, f"OpenSlide cannot read the file ({err})", "the file is corrupt or truncated; copy or download it again") from err
+            self._pid = os.getpid()
+        return self._handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return f"Slide({str(self.path)!r}, {w}x{h}, mpp={self.mpp:.4f} [{self.mpp_info.source}], levels={self.level_count})"
+
+    def _probe(self) -> None:
+        """Read the smallest level once so a corrupt file fails at open, not mid-run."""
+        level = self.level_count - 1
+        w, h = self.level_dimensions[level]
+        if w * h > 16_000_000:  # a huge single-level file: probe a corner only
+            w, h = min(w, 512), min(h, 512)
+        self.read_region((0, 0), level, (w, h))
+
+    # -- metadata ------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def mpp(self) -> float:
+        """Level-0 µm/px (mean of x and y)."""
+        return self.mpp_info.mean
+
+    @property
+    def vendor(self) -> str:
+        return self.properties.get("openslide.vendor", "unknown")
+
+    @property
+    def bounds(self) -> tuple[int, int, int, int]:
+        """``openslide.bounds-x/y/width/height`` (level-0 px), or the full image.
+        QuPath's frame starts at ``bounds[:2]``."""
+        w, h = self.dimensions
+        p = self.properties
+        try:
+            return (int(p.get("openslide.bounds-x", 0)), int(p.get("openslide.bounds-y", 0)),
+                    int(p.get("openslide.bounds-width", w)), int(p.get("openslide.bounds-height", h)))
+        except ValueError:
+            return (0, 0, w, h)
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem if self.path.suffix.lower() not in {".gz"} else Path(self.path.stem).stem
+
+    # -- reading -------------------------------------------------------------------------
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """OpenSlide's ``read_region`` composited on white: ``(size[1], size[0], 3)`` uint8.
+
+        ``location`` is level-0 px; out-of-slide areas come back white."""
+        import openslide
+
+        try:
+            rgba = self._osr.read_region((int(location[0]), int(location[1])), int(level), (int(size[0]), int(size[1])))
+        except openslide.OpenSlideError as err:
+            raise SlideFormatError(self.path, f"reading failed at level {level}, {location} ({err})", "the file is corrupt or truncated; copy or download it again") from err
+        return _composite_white(rgba)
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The level with the largest downsample that is still ≤ ``downsample`` (never
+        upsample from a coarse level when a finer one exists)."""
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * (1 + 1e-6):
+                best = i
+        return best
+
+    def read_box(self, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+        """Read the level-0 box ``(x, y, w, h)`` resized to ``size = (out_w, out_h)``.
+
+        Reads from the best pyramid level and resamples with antialiasing; areas outside
+        the slide are white. Returns ``(out_h, out_w, 3)`` uint8."""
+        x, y, w, h = (float(v) for v in box)
+        out_w, out_h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0 or out_w <= 0 or out_h <= 0:
+            raise ValueError(f"empty box {box} or size {size}")
+        level = self.best_level_for_downsample(min(w / out_w, h / out_h))
+        d = self.level_downsamples[level]
+        x0, y0 = math.floor(x), math.floor(y)
+        fx, fy = (x - x0) / d, (y - y0) / d  # sub-pixel start inside the level region
+        lw = max(1, math.ceil(fx + w / d))
+        lh = max(1, math.ceil(fy + h / d))
+        region = self.read_region((x0, y0), level, (lw, lh))
+        if lw == out_w and lh == out_h and fx == 0 and fy == 0 and abs(w / d - out_w) < 1e-9 and abs(h / d - out_h) < 1e-9:
+            return region
+        im = Image.fromarray(region)
+        im = im.resize((out_w, out_h), Image.Resampling.BILINEAR, box=(fx, fy, fx + w / d, fy + h / d))
+        return np.asarray(im)
+
+    def read_at_mpp(self, box: tuple[float, float, float, float], target_mpp: float) -> np.ndarray:
+        """Read the level-0 box at ``target_mpp`` µm/px (output size = box size × mpp / target)."""
+        x, y, w, h = box
+        scale = self.mpp / target_mpp
+        return self.read_box(box, (max(1, round(w * scale)), max(1, round(h * scale))))
+
+    def thumbnail(self, mpp: float = 8.0, max_size: int = 4096) -> tuple[np.ndarray, float]:
+        """The whole slide at about ``mpp`` µm/px (capped at ``max_size`` on the long
+        side). Returns ``(image, downsample)`` with ``downsample`` = level-0 px per
+        thumbnail px."""
+        w, h = self.dimensions
+        ds = max(mpp / self.mpp, max(w, h) / max_size, 1.0)
+        tw, th = max(1, round(w / ds)), max(1, round(h / ds))
+        img = self.read_box((0, 0, w, h), (tw, th))
+        return img, w / tw
+
+
+def _composite_white(rgba: Image.Image) -> np.ndarray:
+    arr = np.asarray(rgba)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        alpha = arr[..., 3:4]
+        if alpha.min() == 255:
+            return np.ascontiguousarray(arr[..., :3])
+        rgb = arr[..., :3].astype(np.uint16)
+        a = alpha.astype(np.uint16)
+        out = (rgb * a + 255 * (255 - a) + 127) // 255
+        return out.astype(np.uint8)
+    return np.asarray(rgba.convert("RGB"))
+
+
+def _validate_path(path: Path) -> None:
+    if not path.exists():
+        raise SlideNotFoundError(path, "no such file", "check the path (and that the drive or share is mounted)")
+    if path.is_dir():
+        if any(p.suffix.lower() == ".mrxs" for p in path.parent.glob(path.name + ".mrxs")):
+            return
+        raise SlideNotFoundError(path, "is a directory, not a slide file", "pass the slide file itself; `wsi-ocelot run` takes folders and searches them")
+    size = path.stat().st_size
+    if size == 0:
+        raise SlideFormatError(path, "the file is empty (0 bytes)", "copy or download the slide again")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as err:
+        raise SlideNotFoundError(path, f"cannot read the file ({err.strerror})", "check the file permissions") from err
+    _check_tiff_complete(path)
+
+
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
+    """Open a slide; ``mpp`` overrides the metadata (µm per level-0 pixel)."""
+    return Slide(path, mpp=mpp)

@@ -1,0 +1,137 @@
+"""Write aligned cell/context pairs from a slide in the OCELOT release layout.
+
+``images[/split]/cell/NNN.jpg`` (the cell tile at the cell MPP), ``images[/split]/tissue/NNN.jpg``
+(its context, ``context_factor`` × the field of view, at the tissue MPP) and
+``metadata.json`` whose ``sample_pairs`` use OCELOT's field names. Users inspect what
+the model sees with it, and make training data from their own slides.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from wsi_ocelot import __version__
+from wsi_ocelot.config import GeometryConfig
+from wsi_ocelot.slide import Slide, TissueMask, tissue_mask
+from wsi_ocelot.tiling.grid import context_boxes, filter_by_mask, make_grid
+
+log = logging.getLogger(__name__)
+
+#: The cell patch centre's relative position in the tissue patch in the OCELOT release.
+OCELOT_OFFSETS = (0.125, 0.625)
+
+FIELD_DESCRIPTION = {
+    "slide_name": "slide file stem",
+    "cell": "cell patch box in level-0 slide px (start inclusive, end exclusive) and its resized MPP",
+    "tissue": "tissue patch box in level-0 slide px (start inclusive, end exclusive) and its resized MPP",
+    "patch_x_offset": "relative x of the cell patch centre inside the tissue patch",
+    "patch_y_offset": "relative y of the cell patch centre inside the tissue patch",
+    "mpp_x": "level-0 µm/px of the slide (x)",
+    "mpp_y": "level-0 µm/px of the slide (y)",
+}
+LABEL_INFO = {"cell": {"background_cell": 1, "tumor_cell": 2}, "tissue": {"background": 1, "cancer_area": 2, "unknown": 255}}
+
+
+def _box_dict(box: np.ndarray, mpp_x: float, mpp_y: float, size: int) -> dict[str, Any]:
+    x, y, w, h = (int(v) for v in box)
+    return {"x_start": x, "y_start": y, "x_end": x + w, "y_end": y + h,
+            "resized_mpp_x": w * mpp_x / size, "resized_mpp_y": h * mpp_y / size}
+
+
+def pick_cell_boxes(slide: Slide, geometry: GeometryConfig, mask: TissueMask, limit: int | None = None, min_tissue: float = 0.5) -> np.ndarray:
+    """Non-overlapping cell boxes (N, 4) at the cell MPP with at least ``min_tissue``
+    tissue, evenly spread over the slide when ``limit`` keeps fewer than all."""
+    w, h = slide.dimensions
+    grid = make_grid(w, h, slide.mpp, geometry.cell_mpp, geometry.tile_size, 0)
+    on = filter_by_mask(grid, mask, min_tissue, use_core=False)
+    boxes = on.boxes
+    if limit is not None and 0 <= limit < len(boxes):
+        idx = np.unique(np.round(np.linspace(0, len(boxes) - 1, limit)).astype(int)) if limit else np.zeros(0, int)
+        boxes = boxes[idx]
+    return boxes
+
+
+def export_pairs(
+    slide: Slide,
+    out_dir: str | os.PathLike[str],
+    geometry: GeometryConfig,
+    *,
+    cell_boxes: np.ndarray | None = None,
+    limit: int | None = None,
+    split: str | None = None,
+    offsets: str | np.ndarray = "centre",
+    seed: int = 0,
+    start_id: int = 1,
+    quality: int = 95,
+    mask: TissueMask | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Write pairs for ``cell_boxes`` (default: :func:`pick_cell_boxes`) under
+    ``out_dir/images[/split]/{cell,tissue}/`` and return their ``sample_pairs`` entries
+    keyed by id. ``offsets``: ``"centre"`` (0.5, 0.5, as the slide engine sees tiles),
+    ``"ocelot"`` (each pair at one of OCELOT's four positions, drawn with ``seed``) or an
+    (N, 2) array. ``extra`` fields (e.g. ``organ``, ``subset``) are added to each entry."""
+    out = Path(out_dir)
+    if cell_boxes is None:
+        cell_boxes = pick_cell_boxes(slide, geometry, mask if mask is not None else tissue_mask(slide), limit)
+    n = len(cell_boxes)
+    if isinstance(offsets, str):
+        if offsets == "centre":
+            off = np.full((n, 2), 0.5)
+        elif offsets == "ocelot":
+            off = np.random.default_rng(seed).choice(np.asarray(OCELOT_OFFSETS), size=(n, 2))
+        else:
+            raise ValueError(f"offsets must be 'centre', 'ocelot' or an array, got {offsets!r}")
+    else:
+        off = np.asarray(offsets, dtype=np.float64).reshape(n, 2)
+    ctx = context_boxes(cell_boxes, geometry.context_factor, off)
+    sub = Path("images") / split if split else Path("images")
+    (out / sub / "cell").mkdir(parents=True, exist_ok=True)
+    (out / sub / "tissue").mkdir(parents=True, exist_ok=True)
+    T = geometry.tile_size
+    pairs: dict[str, dict[str, Any]] = {}
+    for k in range(n):
+        pid = f"{start_id + k:03d}"
+        cell = slide.read_box(tuple(cell_boxes[k]), (T, T))
+        tissue = slide.read_box(tuple(ctx[k]), (T, T))
+        Image.fromarray(cell).save(out / sub / "cell" / f"{pid}.jpg", quality=quality)
+        Image.fromarray(tissue).save(out / sub / "tissue" / f"{pid}.jpg", quality=quality)
+        entry = {
+            "slide_name": slide.stem,
+            "cell": _box_dict(cell_boxes[k], slide.mpp_info.x, slide.mpp_info.y, T),
+            "tissue": _box_dict(ctx[k], slide.mpp_info.x, slide.mpp_info.y, T),
+            "patch_x_offset": float(off[k, 0]),
+            "patch_y_offset": float(off[k, 1]),
+            "mpp_x": slide.mpp_info.x,
+            "mpp_y": slide.mpp_info.y,
+        }
+        if split:
+            entry["subset"] = split
+        if extra:
+            entry.update(extra)
+        pairs[pid] = entry
+    log.info("%s: wrote %d cell/tissue pairs to %s", slide.path.name, n, out / sub)
+    return pairs
+
+
+def write_metadata(out_dir: str | os.PathLike[str], pairs: dict[str, dict[str, Any]], geometry: GeometryConfig, **general: Any) -> Path:
+    """Write ``metadata.json`` (OCELOT's top-level keys) into ``out_dir``."""
+    path = Path(out_dir) / "metadata.json"
+    meta = {
+        "general_info": {"generator": f"wsi-ocelot {__version__}", "geometry": asdict(geometry), **general},
+        "label_info": LABEL_INFO,
+        "field_description": FIELD_DESCRIPTION,
+        "sample_pairs": pairs,
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
