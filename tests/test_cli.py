@@ -1,0 +1,82 @@
+"""The command line as a user meets it: one-line errors without tracebacks, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wsi_ocelot", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Fix:" in lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_help_is_fast_and_has_example():
+    proc = run_cli("tiles", "--help")
+    assert proc.returncode == 0 and "example:" in proc.stdout
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path, pattern_slide):
+    zero = tmp_path / "zero.svs"
+    zero.write_bytes(b"")
+    text = tmp_path / "readme.tiff"
+    text.write_text("this is not a slide\n")
+    cut = tmp_path / "truncated.tiff"
+    data = pattern_slide.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.7)])
+    nompp = tmp_path / "nompp.tiff"
+    write_pyramidal_tiff(nompp, np.full((512, 512, 3), (215, 130, 185), np.uint8), None)
+    return {"missing": tmp_path / "missing.svs", "directory": tmp_path, "zero": zero, "text": text, "truncated": cut, "nompp": nompp}
+
+
+@pytest.mark.parametrize("verb", ["info", "tiles"])
+@pytest.mark.parametrize("case,needle", [("missing", "no such file"), ("directory", "directory"), ("zero", "empty"),
+                                         ("text", "not a slide"), ("truncated", "truncated"), ("nompp", "--mpp")])
+def test_bad_input_one_line_error(bad_inputs, tmp_path, verb, case, needle):
+    path = str(bad_inputs[case])
+    extra = ["--out", str(tmp_path / "out")] if verb == "tiles" else []
+    proc = run_cli(verb, path, *extra)
+    _assert_one_line_error(proc, path, needle)
+
+
+def test_no_mpp_works_with_flag(bad_inputs, tmp_path):
+    proc = run_cli("info", str(bad_inputs["nompp"]), "--mpp", "0.25", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["mpp"] == {"x": 0.25, "y": 0.25, "source": "override"}
+    proc = run_cli("tiles", str(bad_inputs["nompp"]), "--mpp", "0.25", "--out", str(tmp_path / "t"), "--tile-size", "128")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "t" / "metadata.json").read_text())["sample_pairs"]
+
+
+def test_slide_without_tissue_gives_zero_tiles(synth_empty, tmp_path):
+    proc = run_cli("tiles", str(synth_empty), "--out", str(tmp_path / "t"))
+    assert proc.returncode == 0, proc.stderr
+    assert "0 pairs" in proc.stdout
+    assert json.loads((tmp_path / "t" / "metadata.json").read_text())["sample_pairs"] == {}
+
+
+def test_info_on_synthetic(synth_025):
+    proc = run_cli("info", str(synth_025), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["mpp"]["x"] == pytest.approx(0.25) and info["mpp"]["source"] == "openslide"
+    assert info["levels"][0]["dimensions"] == [2048, 2048]
+    assert 0.2 < info["tissue_fraction"] <= 1.0
