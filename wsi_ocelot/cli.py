@@ -105,6 +105,20 @@ def cmd_synth_slide(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth_dataset(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from wsi_ocelot.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
+
+    geo = _geometry(args)
+    cfg = SyntheticDatasetConfig(seed=args.seed, train=args.train, val=args.val, test=args.test, geometry=geo)
+    if args.slide_size_um:
+        cfg = dataclasses.replace(cfg, slide_size_um=args.slide_size_um)
+    path = write_synthetic_dataset(args.out, cfg)
+    print(f"wrote {args.train}/{args.val}/{args.test} train/val/test pairs to {args.out}; metadata in {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from wsi_ocelot.demo import run_demo
 
@@ -178,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, default=(4096, 4096), metavar=("W", "H"), help="level-0 size in px")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--empty", action="store_true", help="a slide with no tissue (glass only)")
+
+    p = _add(sub, "synth-dataset", cmd_synth_dataset, "Write a synthetic dataset in the OCELOT release layout, cut from synthetic slides.",
+             "wsi-ocelot synth-dataset synth_data --seed 1 --train 40 --val 12 --test 12")
+    p.add_argument("out", help="output folder (OCELOT layout: images/, annotations/, metadata.json)")
+    p.add_argument("--seed", type=int, default=0, help="different seeds give different slides")
+    p.add_argument("--train", type=int, default=40, help="pairs in the train split")
+    p.add_argument("--val", type=int, default=12, help="pairs in the val split")
+    p.add_argument("--test", type=int, default=12, help="pairs in the test split")
+    p.add_argument("--geometry", help="YAML with a 'geometry:' mapping (cell_mpp, tissue_mpp, tile_size, ...)")
+    p.add_argument("--tile-size", type=int, help="tile size in px (default 1024; smaller for quick CPU runs)")
+    p.add_argument("--slide-size-um", type=float, help="side of each synthetic slide in µm (default 1700)")
 
     p = _add(sub, "demo", cmd_demo, "Run the embedded default end to end on a synthetic slide.", "wsi-ocelot demo --out demo_out")
     p.add_argument("--out", default="wsi_ocelot_demo", help="output folder")
