@@ -1,0 +1,129 @@
+"""Export time and peak memory for 1 million cells: QuPath GeoJSON (plain and gzip) and the
+``predictions.zarr`` cell columns, each measured in a fresh subprocess in one run.
+
+    python benchmarks/bench_geojson.py [--cells 1000000] [--batch 50000] [--out benchmarks/results]
+
+Cells arrive in batches (as from the slide engine). Peak memory is the child process's
+``ru_maxrss`` minus its ``ru_maxrss`` right after imports and making the input columns
+(so it is what writing adds). Results go to ``results/geojson.json`` and ``results/geojson.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as fh:
+            kb = int(fh.readline().split()[1])
+            mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    import numpy
+    import shapely
+    import zarr
+
+    return (f"{os.cpu_count()} cores ({cpu}){mem}, Linux {platform.release()}, Python {platform.python_version()}, "
+            f"numpy {numpy.__version__}, shapely {shapely.__version__}, zarr {zarr.__version__}")
+
+
+def child(kind: str, n: int, batch: int, out: str) -> dict[str, float]:
+    """Run one measurement (in its own process)."""
+    import numpy as np
+
+    from wsi_ocelot.outputs import CellsGeoJSONWriter, PredictionStore
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 150_000, n).astype(np.float32)
+    y = rng.uniform(0, 100_000, n).astype(np.float32)
+    cls = rng.integers(1, 3, n).astype(np.uint8)
+    prob = rng.uniform(0.3, 1.0, n).astype(np.float32)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if kind.startswith("geojson"):
+        path = Path(out) / ("cells.geojson.gz" if kind == "geojson_gzip" else "cells.geojson")
+        with CellsGeoJSONWriter(path, gzip=kind == "geojson_gzip", origin=(1000.0, 2000.0)) as w:
+            for s in range(0, n, batch):
+                w.write(x[s:s + batch], y[s:s + batch], cls[s:s + batch], prob[s:s + batch])
+        size = path.stat().st_size
+    else:
+        path = Path(out) / "predictions.zarr"
+        with PredictionStore(path) as store:
+            for s in range(0, n, batch):
+                store.append_cells(x[s:s + batch], y[s:s + batch], cls[s:s + batch], prob[s:s + batch])
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": dt, "cells_per_second": n / dt, "bytes": size,
+            "peak_rss_added_mib": (peak - base) / 1024, "peak_rss_mib": peak / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cells", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=50_000, help="cells per write call")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.cells, args.batch, args.tmp)))
+        return
+
+    results: dict[str, dict[str, float]] = {}
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("geojson", "geojson_gzip", "zarr_cells"):
+            proc = subprocess.run([sys.executable, __file__, "--child", kind, "--cells", str(args.cells),
+                                   "--batch", str(args.batch), "--tmp", tmp],
+                                  capture_output=True, text=True, env=env, check=True)
+            results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(kind, results[kind], flush=True)
+    doc = {"benchmark": "bench_geojson", "cells": args.cells, "batch": args.batch, "machine": machine(),
+           "results": results,
+           "ratios": {"geojson_gzip_vs_plain_time": results["geojson_gzip"]["seconds"] / results["geojson"]["seconds"],
+                      "zarr_vs_geojson_time": results["zarr_cells"]["seconds"] / results["geojson"]["seconds"]}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "geojson.json").write_text(json.dumps(doc, indent=2) + "\n")
+    lines = [
+        "# Export of 1 million cells" if args.cells == 1_000_000 else f"# Export of {args.cells} cells",
+        "",
+        f"Machine: {doc['machine']}. Batches of {args.batch} cells; each row measured in a fresh process.",
+        "Peak memory = ru_maxrss added by writing (beyond the input columns).",
+        "",
+        "| output | seconds | cells / s | file size (MB) | peak RSS added (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for kind, r in results.items():
+        lines.append(f"| {kind} | {r['seconds']:.2f} | {r['cells_per_second']:,.0f} | {r['bytes'] / 1e6:.1f} | "
+                     f"{r['peak_rss_added_mib']:.1f} |")
+    lines += ["", f"gzip / plain time: {doc['ratios']['geojson_gzip_vs_plain_time']:.2f}; "
+              f"zarr / geojson time: {doc['ratios']['zarr_vs_geojson_time']:.2f}", ""]
+    (out / "geojson.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Tumour purity from a cell table: pure, vectorised functions (no I/O).
+
+Cell tables are 1-D columns ``x, y`` (OpenSlide level-0 px, float), ``cls`` (1 = BC background
+cell, 2 = TC tumour cell). Purity is the tumour-cell fraction ``TC / (TC + BC)``, over the whole
+slide and over the cells inside the predicted cancer area (CA).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import shapely
+from numpy.typing import ArrayLike, NDArray
+from shapely.geometry.base import BaseGeometry
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PurityResult", "compute_purity", "inside_geometry", "inside_map", "purity_grid"]
+
+BC, TC = 1, 2
+UM2_PER_MM2 = 1e6
+
+
+@dataclass(frozen=True)
+class PurityResult:
+    """Counts and purity of one slide (``to_dict()`` is the body of ``purity.json``).
+
+    ``purity`` / ``purity_in_cancer_area`` are ``None`` when undefined, with the reason in
+    ``purity_reason`` / ``purity_in_cancer_area_reason``. Areas are in mm²; ``mpp`` is the
+    slide's level-0 µm per pixel the areas were computed with.
+    """
+
+    n_cells: int
+    n_tc: int
+    n_bc: int
+    purity: float | None
+    purity_reason: str | None
+    n_cells_in_cancer_area: int | None
+    n_tc_in_cancer_area: int | None
+    n_bc_in_cancer_area: int | None
+    purity_in_cancer_area: float | None
+    purity_in_cancer_area_reason: str | None
+    tissue_area_mm2: float | None
+    cancer_area_mm2: float | None
+    mpp: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict, fields in declaration order."""
+        return asdict(self)
+
+
+def _xy(x: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    xa = np.asarray(x, dtype=np.float64).reshape(-1)
+    ya = np.asarray(y, dtype=np.float64).reshape(-1)
+    if xa.size != ya.size:
+        raise ValueError(f"x and y must have the same length, got {xa.size} and {ya.size}")
+    return xa, ya
+
+
+def inside_map(
+    x: ArrayLike,
+    y: ArrayLike,
+    prob_map: ArrayLike,
+    scale: float,
+    threshold: float = 0.5,
+    *,
+    origin: tuple[float, float] = (0.0, 0.0),
+) -> NDArray[np.bool_]:
+    """Whether each point lies in a map pixel with ``probability >= threshold``.
+
+    ``x, y``: level-0 px. Map pixel ``(r, c)`` covers level-0 ``origin + [c, c+1) × [r, r+1) ·
+    scale`` (``scale`` = level-0 px per map pixel). ``prob_map`` (H, W): float in [0, 1],
+    uint8 ``prob × 255`` (e.g. a ``predictions.zarr`` tissue level read into memory) or bool.
+    Points outside the map are outside. Same rule as ``polygons_from_map``.
+    """
+    xa, ya = _xy(x, y)
+    m = np.asarray(prob_map)
+    if m.ndim != 2:
+        raise ValueError(f"the map must be 2-D (H, W), got shape {m.shape}")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    c = np.floor((xa - origin[0]) / scale)
+    r = np.floor((ya - origin[1]) / scale)
+    ok = (r >= 0) & (c >= 0) & (r < m.shape[0]) & (c < m.shape[1])
+    out = np.zeros(xa.size, dtype=bool)
+    if ok.any():
+        v = m[r[ok].astype(np.intp), c[ok].astype(np.intp)]
+        if v.dtype == np.bool_:
+            out[ok] = v
+        elif v.dtype == np.uint8:
+            out[ok] = v >= threshold * 255.0
+        else:
+            out[ok] = v >= threshold
+    return out
+
+
+def inside_geometry(x: ArrayLike, y: ArrayLike, geometry: BaseGeometry | None) -> NDArray[np.bool_]:
+    """Whether each point (level-0 px) is inside ``geometry`` (level-0 px); boundary = outside."""
+    xa, ya = _xy(x, y)
+    if geometry is None or geometry.is_empty or xa.size == 0:
+        return np.zeros(xa.size, dtype=bool)
+    shapely.prepare(geometry)
+    return np.asarray(shapely.contains_xy(geometry, xa, ya), dtype=bool)
+
+
+def _ratio(tc: int, bc: int) -> float | None:
+    return tc / (tc + bc) if tc + bc else None
+
+
+def compute_purity(
+    x: ArrayLike,
+    y: ArrayLike,
+    cls: ArrayLike,
+    *,
+    ca_geometry: BaseGeometry | None = None,
+    ca_inside: ArrayLike | None = None,
+    tissue_area_um2: float | None = None,
+    ca_area_um2: float | None = None,
+    mpp: float | None = None,
+) -> PurityResult:
+    """Purity over all cells and inside the cancer area.
+
+    The CA membership of each cell comes from ``ca_inside`` (a bool per cell, e.g. from
+    :func:`inside_map`) or from ``ca_geometry`` (shapely, level-0 px); give at most one.
+    Without either, the in-CA fields are None with the reason "no cancer-area prediction
+    given". ``ca_area_um2`` defaults to ``ca_geometry.area × mpp²`` when both are known.
+    """
+    xa, ya = _xy(x, y)
+    c = np.asarray(cls).reshape(-1)
+    if c.size != xa.size:
+        raise ValueError(f"cls must have one entry per cell, got {c.size} for {xa.size} cells")
+    if c.size and not np.isin(c, (BC, TC)).all():
+        raise ValueError(f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(c)[:10].tolist()}")
+    if ca_geometry is not None and ca_inside is not None:
+        raise ValueError("give the cancer area either as ca_geometry or as ca_inside, not both")
+    if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
+        raise ValueError(f"mpp must be a positive number, got {mpp}")
+    is_tc = c == TC
+    n_tc = int(is_tc.sum())
+    n_bc = int(c.size - n_tc)
+    purity = _ratio(n_tc, n_bc)
+    reason = None if purity is not None else "no cells detected"
+
+    if ca_inside is not None:
+        inside = np.asarray(ca_inside, dtype=bool).reshape(-1)
+        if inside.size != c.size:
+            raise ValueError(f"ca_inside must have one entry per cell, got {inside.size} for {c.size} cells")
+        has_ca: bool | None = None  # unknown from a membership vector alone
+    elif ca_geometry is not None:
+        inside = inside_geometry(xa, ya, ca_geometry)
+        has_ca = not ca_geometry.is_empty
+        if ca_area_um2 is None and mpp is not None:
+            ca_area_um2 = float(ca_geometry.area) * mpp * mpp
+    else:
+        inside = None
+        has_ca = False
+
+    n_in = tc_in = bc_in = None
+    p_in: float | None = None
+    reason_in: str | None
+    if inside is None:
+        reason_in = "no cancer-area prediction given"
+    else:
+        n_in = int(inside.sum())
+        tc_in = int((inside & is_tc).sum())
+        bc_in = n_in - tc_in
+        p_in = _ratio(tc_in, bc_in)
+        if p_in is not None:
+            reason_in = None
+        elif has_ca is False or (ca_area_um2 is not None and ca_area_um2 <= 0):
+            reason_in = "no cancer area found"
+        elif c.size == 0:
+            reason_in = "no cells detected"
+        else:
+            reason_in = "no cells inside the cancer area"
+
+    def mm2(v: float | None) -> float | None:
+        return None if v is None else float(v) / UM2_PER_MM2
+
+    result = PurityResult(
+        n_cells=int(c.size), n_tc=n_tc, n_bc=n_bc, purity=purity, purity_reason=reason,
+        n_cells_in_cancer_area=n_in, n_tc_in_cancer_area=tc_in, n_bc_in_cancer_area=bc_in,
+        purity_in_cancer_area=p_in, purity_in_cancer_area_reason=reason_in,
+        tissue_area_mm2=mm2(tissue_area_um2), cancer_area_mm2=mm2(ca_area_um2),
+        mpp=None if mpp is None else float(mpp),
+    )
+    logger.debug("purity: %s", result)
+    return result
+
+
+def purity_grid(
+    x: ArrayLike,
+    y: ArrayLike,
+    cls: ArrayLike,
+    width: float,
+    height: float,
+    cell_size_px: float,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+    """Per-square counts and purity for a coarse heat map.
+
+    The slide (``width × height`` level-0 px) is cut into squares of ``cell_size_px`` level-0
+    px; square ``(i, j)`` covers ``[j·s, (j+1)·s) × [i·s, (i+1)·s)``. Returns ``(tc, bc,
+    purity)``, each of shape ``(ceil(height/s), ceil(width/s))``; purity is NaN where a square
+    holds no cell. Cells outside the slide are ignored.
+    """
+    if not cell_size_px > 0:
+        raise ValueError(f"cell_size_px must be > 0, got {cell_size_px}")
+    if not (width > 0 and height > 0):
+        raise ValueError(f"width and height must be > 0, got {width} × {height}")
+    xa, ya = _xy(x, y)
+    c = np.asarray(cls).reshape(-1)
+    if c.size != xa.size:
+        raise ValueError(f"cls must have one entry per cell, got {c.size} for {xa.size} cells")
+    gh, gw = math.ceil(height / cell_size_px), math.ceil(width / cell_size_px)
+    ok = (xa >= 0) & (ya >= 0) & (xa < width) & (ya < height)
+    gi = np.minimum((ya[ok] // cell_size_px).astype(np.int64), gh - 1)
+    gj = np.minimum((xa[ok] // cell_size_px).astype(np.int64), gw - 1)
+    flat = gi * gw + gj
+    is_tc = c[ok] == TC
+    tc = np.bincount(flat[is_tc], minlength=gh * gw).reshape(gh, gw)
+    bc = np.bincount(flat[~is_tc & (c[ok] == BC)], minlength=gh * gw).reshape(gh, gw)
+    total = tc + bc
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pur = np.where(total > 0, tc / np.maximum(total, 1), np.nan)
+    return tc, bc, pur
