@@ -1,0 +1,462 @@
+"""A torch Dataset for data in the OCELOT release layout.
+
+::
+
+    ROOT/metadata.json                              sample_pairs: {id: {patch_x_offset, ...}}
+    ROOT/images/{split}/cell/NNN.jpg                cell patch (x_s), cell-MPP px
+    ROOT/images/{split}/tissue/NNN.jpg              tissue patch (x_l), tissue-MPP px
+    ROOT/annotations/{split}/cell/NNN.csv           "x,y,class" lines, no header, may be empty
+    ROOT/annotations/{split}/tissue/NNN.png         1 = BG, 2 = CA, 255 = unknown
+
+The tissue patch covers ``context_factor`` (4) × the cell patch's field of view and the
+cell patch's centre lies at ``(patch_x_offset, patch_y_offset)`` of it, so the cell patch
+is the tissue region ``[ox·S - S/8, ox·S + S/8)`` (S = tissue size, factor 4), upsampled.
+Cell and tissue images must have the same size in pixels (1024 in the release).
+
+Tile-size reduction (``tile_size`` T, for CPU budgets) comes in two exact modes:
+
+``crop`` (default; keeps the resolution, i.e. the MPPs)
+    A T×T crop of the cell image at a top-left corner that is a multiple of the context
+    factor (so its footprint starts on a whole tissue pixel), and a T×T crop of the
+    tissue image that contains the footprint of that cell crop (T/4 tissue px). The
+    tissue crop therefore again covers 4× the cell crop's field of view, the scale the
+    model assumes, and the offset is recomputed exactly:
+    ``new_ox = (footprint_centre_x - tissue_crop_x0) / T``. Points are shifted by the
+    crop corner and those outside it dropped; the tissue label is cropped with the image.
+    Training crops are random (cell corner and tissue corner); evaluation crops are
+    deterministic (centred cell crop, tissue crop centred on its footprint as far as the
+    image allows).
+``resize``
+    Both images are resized to T×T (antialiased bilinear; the tissue label by nearest
+    neighbour). The offset is unchanged, points scale as ``x' = (x + 0.5)·T/S - 0.5``,
+    and the effective MPPs grow by S/T (recorded in the checkpoint geometry).
+
+Every problem with the files raises :class:`~wsi_ocelot.errors.DatasetError` naming the
+file, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from training.augment import AugmentConfig, PairSample, footprint, random_augment
+from training.targets import disk_targets
+from wsi_ocelot.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+TILE_MODES = ("crop", "resize")
+CELL_CLASSES = (1, 2)
+TISSUE_VALUES = (1, 2, 255)
+_LAYOUT_FIX = "use the OCELOT release layout: images/{split}/{cell,tissue}/NNN.jpg, annotations/{split}/cell/NNN.csv, annotations/{split}/tissue/NNN.png, metadata.json"
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """The files and metadata of one pair. ``offset`` = (patch_x_offset, patch_y_offset)."""
+
+    id: str
+    cell_image: Path
+    tissue_image: Path
+    cell_csv: Path
+    tissue_png: Path
+    offset: tuple[float, float]
+    organ: str | None
+    cell_mpp: float | None
+    tissue_mpp: float | None
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_cell_csv(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an OCELOT cell CSV (``x,y,class`` per line, no header; may be empty).
+
+    Returns float32 ``(N, 3)`` = (x, y, class) in cell-patch px. Blank lines are skipped;
+    anything else that is not three integers-or-numbers with class 1 or 2 is an error.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise DatasetError(p, "cell annotation file not found", _LAYOUT_FIX) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(p, f"cannot read cell annotations ({err})", "re-extract the file from the dataset archive") from err
+    rows: list[tuple[float, float, float]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = [v.strip() for v in line.split(",")]
+        if len(parts) != 3:
+            raise DatasetError(p, f"line {lineno}: expected 'x,y,class', got {line!r}", "write one 'x,y,class' line per cell, no header")
+        try:
+            x, y, c = (float(v) for v in parts)
+        except ValueError as err:
+            raise DatasetError(p, f"line {lineno}: non-numeric value in {line!r}", "write one 'x,y,class' line per cell, no header") from err
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise DatasetError(p, f"line {lineno}: coordinates must be finite, got {line!r}", "fix the coordinates")
+        if c not in CELL_CLASSES:
+            raise DatasetError(p, f"line {lineno}: class {parts[2]!r} is not 1 (BC) or 2 (TC)", "use OCELOT class ids 1 = BC, 2 = TC")
+        rows.append((x, y, c))
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 3)
+
+
+def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image as ``uint8 (H, W, 3)`` RGB."""
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except FileNotFoundError as err:
+        raise DatasetError(p, "image not found", _LAYOUT_FIX) from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DatasetError(p, f"not a readable image ({err})", "re-extract the file from the dataset archive") from err
+
+
+def read_tissue_png(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a tissue annotation PNG as ``uint8 (H, W)``; values must be 1, 2 or 255."""
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise DatasetError(p, f"tissue annotation has image mode {im.mode!r}, expected a single-channel label image", "write a grayscale PNG with values 1 = BG, 2 = CA, 255 = unknown")
+            arr = np.asarray(im)
+    except FileNotFoundError as err:
+        raise DatasetError(p, "tissue annotation not found", _LAYOUT_FIX) from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DatasetError(p, f"not a readable PNG ({err})", "re-extract the file from the dataset archive") from err
+    bad = np.setdiff1d(np.unique(arr), TISSUE_VALUES)
+    if bad.size:
+        raise DatasetError(p, f"tissue annotation holds value(s) {bad[:5].tolist()}, allowed 1 (BG), 2 (CA), 255 (unknown)", "write the label map with OCELOT values only")
+    return arr.astype(np.uint8)
+
+
+def read_metadata(root: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """``ROOT/metadata.json``'s ``sample_pairs`` (a dict keyed by three-digit id)."""
+    p = Path(root) / "metadata.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise DatasetError(p, "metadata.json not found", "put the release's metadata.json in the dataset root") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(p, f"not valid JSON ({err})", "restore metadata.json from the dataset archive") from err
+    pairs = data.get("sample_pairs") if isinstance(data, dict) else None
+    if not isinstance(pairs, dict):
+        raise DatasetError(p, "no 'sample_pairs' mapping (id → pair metadata)", "use the OCELOT release's metadata.json (the challenge's list format is not a dataset root)")
+    return {str(k): v for k, v in pairs.items()}
+
+
+def _resized_mpp(meta: dict[str, Any], which: str) -> float | None:
+    part = meta.get(which)
+    if not isinstance(part, dict):
+        return None
+    vals = [part.get("resized_mpp_x"), part.get("resized_mpp_y")]
+    try:
+        nums = [float(v) for v in vals if v is not None]
+    except (TypeError, ValueError):
+        return None
+    nums = [v for v in nums if math.isfinite(v) and v > 0]
+    return sum(nums) / len(nums) if nums else None
+
+
+def list_pairs(root: str | os.PathLike[str], split: str) -> list[PairRecord]:
+    """All pairs of ``split``, sorted by id; checks that every file and metadata entry exists."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(root, "dataset root not found", "pass the folder that holds metadata.json, images/ and annotations/")
+    if split not in SPLITS:
+        raise DatasetError(root, f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+    folders = {
+        "cell images": root / "images" / split / "cell",
+        "tissue images": root / "images" / split / "tissue",
+        "cell annotations": root / "annotations" / split / "cell",
+        "tissue annotations": root / "annotations" / split / "tissue",
+    }
+    for what, folder in folders.items():
+        if not folder.is_dir():
+            raise DatasetError(folder, f"folder of {what} for split {split!r} not found", _LAYOUT_FIX)
+    meta = read_metadata(root)
+    ids = sorted(p.stem for p in folders["cell images"].glob("*.jpg"))
+    if not ids:
+        raise DatasetError(folders["cell images"], f"no .jpg cell images for split {split!r}", _LAYOUT_FIX)
+    records = []
+    for id_ in ids:
+        files = {
+            "tissue image": folders["tissue images"] / f"{id_}.jpg",
+            "cell annotation": folders["cell annotations"] / f"{id_}.csv",
+            "tissue annotation": folders["tissue annotations"] / f"{id_}.png",
+        }
+        for what, f in files.items():
+            if not f.is_file():
+                raise DatasetError(f, f"{what} of pair {id_} not found", _LAYOUT_FIX)
+        m = meta.get(id_)
+        if m is None:
+            raise DatasetError(root / "metadata.json", f"no sample_pairs entry for pair {id_!r}", "use the metadata.json that belongs to these images")
+        try:
+            offset = (float(m["patch_x_offset"]), float(m["patch_y_offset"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise DatasetError(root / "metadata.json", f"pair {id_!r} lacks a numeric patch_x_offset/patch_y_offset", "use the release's metadata.json") from err
+        if not all(0.0 <= v <= 1.0 for v in offset):
+            raise DatasetError(root / "metadata.json", f"pair {id_!r} has offset {offset} outside [0, 1]", "offsets are the relative centre of the cell patch in the tissue patch")
+        organ = m.get("organ")
+        records.append(
+            PairRecord(
+                id=id_,
+                cell_image=folders["cell images"] / f"{id_}.jpg",
+                tissue_image=files["tissue image"],
+                cell_csv=files["cell annotation"],
+                tissue_png=files["tissue annotation"],
+                offset=offset,
+                organ=str(organ) if organ is not None else None,
+                cell_mpp=_resized_mpp(m, "cell"),
+                tissue_mpp=_resized_mpp(m, "tissue"),
+            )
+        )
+    return records
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Top-left corners of a ``size``×``size`` cell crop and tissue crop (pixels of each image)."""
+
+    cell_x0: int
+    cell_y0: int
+    tissue_x0: int
+    tissue_y0: int
+    size: int
+
+
+def _tissue_range(fp0: float, fp_w: float, size: int, image: int) -> tuple[int, int]:
+    """Integer tissue-crop corners in ``[lo, hi]`` whose crop contains ``[fp0, fp0 + fp_w]``."""
+    lo = max(0, math.ceil(fp0 + fp_w - size - 1e-9))
+    hi = min(image - size, math.floor(fp0 + 1e-9))
+    if lo > hi:  # footprint not inside the image (inconsistent offset): centre on it, clamped
+        c = min(max(round(fp0 + fp_w / 2 - size / 2), 0), image - size)
+        return c, c
+    return lo, hi
+
+
+def choose_crop(
+    image_size: int,
+    offset: tuple[float, float],
+    size: int,
+    context_factor: int,
+    *,
+    random: bool,
+    generator: torch.Generator | None = None,
+) -> CropBox:
+    """Pick a cell crop and a tissue crop of ``size`` px that keep the pair consistent.
+
+    The cell corner is a multiple of ``context_factor``; the tissue crop contains the cell
+    crop's footprint (``size / context_factor`` tissue px). ``random=False`` gives the
+    deterministic centred crop used for evaluation.
+    """
+    if size % context_factor:
+        raise ValueError(f"tile size {size} is not a multiple of the context factor {context_factor}")
+    if size > image_size:
+        raise ValueError(f"tile size {size} exceeds the image size {image_size}")
+    steps = (image_size - size) // context_factor  # cell corners 0, cf, …, steps·cf
+    fp_x0, fp_y0, _ = footprint(offset, image_size, context_factor)
+    fp_w = size / context_factor  # the cell crop's footprint, tissue px
+
+    def rand_int(lo: int, hi: int) -> int:
+        return lo + int(torch.randint(0, hi - lo + 1, (), generator=generator))
+
+    corners = []
+    for full_fp0 in (fp_x0, fp_y0):
+        c0 = context_factor * (rand_int(0, steps) if random else steps // 2)
+        fp0 = full_fp0 + c0 / context_factor
+        lo, hi = _tissue_range(fp0, fp_w, size, image_size)
+        t0 = rand_int(lo, hi) if random else min(max(round(fp0 + fp_w / 2 - size / 2), lo), hi)
+        corners.append((c0, t0))
+    return CropBox(cell_x0=corners[0][0], cell_y0=corners[1][0], tissue_x0=corners[0][1], tissue_y0=corners[1][1], size=size)
+
+
+def crop_pair(s: PairSample, box: CropBox, context_factor: int) -> PairSample:
+    """Apply ``box`` to a full-size pair; the new offset is exact (see the module docstring)."""
+    t = box.size
+    s_img = s.tissue.shape[-1]
+    fp_x0, fp_y0, _ = footprint(s.offset, s_img, context_factor)
+    cx = fp_x0 + (box.cell_x0 + t / 2) / context_factor  # cell-crop centre, tissue px
+    cy = fp_y0 + (box.cell_y0 + t / 2) / context_factor
+    offset = torch.tensor([(cx - box.tissue_x0) / t, (cy - box.tissue_y0) / t], dtype=torch.float64)
+    pts = s.points.clone()
+    pts[:, 0] -= box.cell_x0
+    pts[:, 1] -= box.cell_y0
+    keep = (pts[:, 0] >= -0.5) & (pts[:, 0] < t - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] < t - 0.5)
+    cs = (slice(box.cell_y0, box.cell_y0 + t), slice(box.cell_x0, box.cell_x0 + t))
+    ts = (slice(box.tissue_y0, box.tissue_y0 + t), slice(box.tissue_x0, box.tissue_x0 + t))
+    return PairSample(
+        cell=s.cell[(..., *cs)],
+        tissue=s.tissue[(..., *ts)],
+        offset=offset,
+        points=pts[keep],
+        tissue_label=s.tissue_label[ts],
+        cell_target=None if s.cell_target is None else s.cell_target[cs],
+    )
+
+
+def resize_pair(s: PairSample, size: int) -> PairSample:
+    """Resize both images to ``size`` px (labels by nearest neighbour); offset unchanged."""
+    h = s.cell.shape[-1]
+    scale = size / h
+
+    def rs(img: Tensor) -> Tensor:
+        return F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
+
+    label = F.interpolate(s.tissue_label[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
+    pts = s.points.clone()
+    pts[:, :2] = (pts[:, :2] + 0.5) * scale - 0.5
+    return PairSample(cell=rs(s.cell), tissue=rs(s.tissue), offset=s.offset.clone(), points=pts, tissue_label=label, cell_target=None)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class OcelotDataset(Dataset[dict[str, Any]]):
+    """One split of an OCELOT-layout dataset.
+
+    Items are dicts: ``cell`` float ``(3, T, T)`` in [0, 1]; ``tissue`` float ``(3, T, T)``;
+    ``offset`` float32 ``(2,)`` (x, y); ``cell_target`` long ``(T, T)`` disks 0/1/2;
+    ``tissue_label`` long ``(T, T)`` OCELOT values 1/2/255; ``points`` float32 ``(N, 3)``
+    (x, y, class) in model-input px; ``id``; ``organ`` (str or None). T is the image size,
+    or ``tile_size`` when given.
+
+    ``disk_radius`` is in original cell-image px; in ``resize`` mode it is scaled with the
+    image (see :attr:`scale`).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str,
+        *,
+        tile_size: int | None = None,
+        tile_mode: str = "crop",
+        random_crop: bool = False,
+        augment: AugmentConfig | None = None,
+        disk_radius: float = 5.0,
+        context_factor: int = 4,
+    ) -> None:
+        if tile_mode not in TILE_MODES:
+            raise ValueError(f"tile_mode must be one of {TILE_MODES}, got {tile_mode!r}")
+        self.root = Path(root)
+        self.split = split
+        self.records = list_pairs(self.root, split)
+        self.tile_size = tile_size
+        self.tile_mode = tile_mode
+        self.random_crop = random_crop
+        self.augment = augment
+        self.disk_radius = disk_radius
+        self.context_factor = context_factor
+        # read every CSV now: a malformed file fails at start-up, not hours into training
+        self._points = [read_cell_csv(r.cell_csv) for r in self.records]
+        first = self.records[0].cell_image
+        with Image.open(first) as im:
+            self.image_size = int(im.size[0])
+        if tile_size is not None:
+            if tile_size > self.image_size:
+                raise DatasetError(first, f"tile_size {tile_size} is larger than the images ({self.image_size} px)", f"use a tile size ≤ {self.image_size}")
+            if tile_mode == "crop" and tile_size % context_factor:
+                raise DatasetError(None, f"tile_size {tile_size} is not a multiple of the context factor {context_factor}", "use a multiple of 32, e.g. 256 or 512")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def out_size(self) -> int:
+        """Side of the model-input images in px."""
+        return self.tile_size or self.image_size
+
+    @property
+    def scale(self) -> float:
+        """Model-input px per original cell px (1 unless ``tile_mode='resize'``)."""
+        if self.tile_size is not None and self.tile_mode == "resize":
+            return self.tile_size / self.image_size
+        return 1.0
+
+    @property
+    def organs(self) -> list[str | None]:
+        return [r.organ for r in self.records]
+
+    def mpp(self) -> tuple[float, float] | None:
+        """Mean ``resized_mpp`` of cell and tissue patches from the metadata (original px), if present."""
+        cells = [r.cell_mpp for r in self.records if r.cell_mpp is not None]
+        tissues = [r.tissue_mpp for r in self.records if r.tissue_mpp is not None]
+        if not cells or not tissues:
+            return None
+        return sum(cells) / len(cells), sum(tissues) / len(tissues)
+
+    def load_pair(self, index: int) -> PairSample:
+        """The full-size pair ``index`` (no crop, no augmentation, no disk target)."""
+        r = self.records[index]
+        cell = read_rgb(r.cell_image)
+        tissue = read_rgb(r.tissue_image)
+        label = read_tissue_png(r.tissue_png)
+        h, w = cell.shape[:2]
+        if h != w or tissue.shape[:2] != (h, w):
+            raise DatasetError(r.tissue_image, f"cell image is {w}×{h} px and tissue image {tissue.shape[1]}×{tissue.shape[0]} px; expected equal square sizes", "use pairs as in the OCELOT release (both 1024×1024)")
+        if h != self.image_size:
+            raise DatasetError(r.cell_image, f"image is {w}×{h} px but the split's first image is {self.image_size} px", "use one image size per split")
+        if label.shape != tissue.shape[:2]:
+            raise DatasetError(r.tissue_png, f"tissue annotation is {label.shape[1]}×{label.shape[0]} px, the tissue image {tissue.shape[1]}×{tissue.shape[0]}", "use the annotation that belongs to this image")
+        return PairSample(
+            cell=torch.from_numpy(cell).permute(2, 0, 1).float().div_(255.0),
+            tissue=torch.from_numpy(tissue).permute(2, 0, 1).float().div_(255.0),
+            offset=torch.tensor(r.offset, dtype=torch.float64),
+            points=torch.from_numpy(self._points[index].copy()),
+            tissue_label=torch.from_numpy(label).long(),
+        )
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.load_pair(index)
+        if self.tile_size is not None and self.tile_size != self.image_size:
+            if self.tile_mode == "crop":
+                box = choose_crop(self.image_size, (float(s.offset[0]), float(s.offset[1])), self.tile_size, self.context_factor, random=self.random_crop)
+                s = crop_pair(s, box, self.context_factor)
+            else:
+                s = resize_pair(s, self.tile_size)
+        if self.augment is not None:
+            s = random_augment(s, self.augment)
+        size = s.cell.shape[-1]
+        target = disk_targets(s.points, size, size, max(1.0, self.disk_radius * self.scale))
+        r = self.records[index]
+        return {
+            "cell": s.cell.contiguous(),
+            "tissue": s.tissue.contiguous(),
+            "offset": s.offset.float(),
+            "cell_target": target,
+            "tissue_label": s.tissue_label.contiguous(),
+            "points": s.points,
+            "id": r.id,
+            "organ": r.organ,
+        }
+
+
+def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the tensors; ``points``, ``id`` and ``organ`` stay lists (variable length)."""
+    out: dict[str, Any] = {}
+    for key in ("cell", "tissue", "offset", "cell_target", "tissue_label"):
+        out[key] = torch.stack([b[key] for b in batch])
+    for key in ("points", "id", "organ"):
+        out[key] = [b[key] for b in batch]
+    return out

@@ -1,0 +1,532 @@
+"""Train a model of the paper's family on data in the OCELOT release layout.
+
+::
+
+    python -m training.train --config configs/pred_to_inter2.yaml --data ROOT --out RUN_DIR \
+        [--epochs N] [--max-steps N] [--device D] [--seed S] [--resume] [--lr X] \
+        [--batch-size B] [--tile-size T] [--workers W] [--encoder NAME]
+
+Run folder:
+
+- ``config.yaml``: the resolved :class:`TrainConfig` (file + flags); it can be passed back as
+  ``--config`` to repeat the run.
+- ``history.jsonl``: one JSON line per epoch (losses, lr, validation score, time).
+- ``last.safetensors`` (a full checkpoint, loadable with ``wsi_ocelot.model.load_model``),
+  ``last_state.safetensors`` (the Adam moments as plain tensors) and ``last_state.json``
+  (epoch, step, best score, optimizer hyper-parameters, AMP scaler): ``--resume`` continues
+  from them, optimizer included. No pickle anywhere.
+- ``best.safetensors``: the checkpoint with the best validation mF1 (paper §6.2: the model at
+  the epoch with the best validation performance), with geometry, peak config, training
+  info and metrics in its metadata.
+- ``train.log``: the log.
+
+Randomness is reseeded at every epoch from ``seed + epoch`` (global torch RNG, the sampler
+and the DataLoader workers), so an interrupted run resumed with ``--resume`` draws the same
+batches and augmentations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from training.augment import AugmentConfig
+from training.data import TILE_MODES, OcelotDataset, collate
+from training.evaluate_data import autocast, forward, predict, score
+from training.losses import LossConfig, total_loss
+from wsi_ocelot.config import GeometryConfig, from_dict, load_yaml
+from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.inference.peaks import PeakConfig
+from wsi_ocelot.metrics import DISTANCE_CUTOFF
+from wsi_ocelot.model import ModelConfig, build_model, load_model, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+#: The paper's learning-rate search range (§6.2).
+PAPER_LR_RANGE = (5e-5, 2e-3)
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+LR_SCHEDULES = ("constant", "cosine")
+#: Geometry defaults when the metadata has no ``resized_mpp`` (nominal OCELOT).
+DEFAULT_MPP = (0.2, 0.8)
+STATE_JSON = "last_state.json"
+STATE_TENSORS = "last_state.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs. Defaults follow the paper (§6.2): ResNet-34
+    DeepLabV3+ branches, Adam, 300 epochs, best epoch by validation mF1.
+
+    ``lr`` 1e-3 (inside the paper's tuning range [5e-5, 2e-3]; the encoders start from
+    random weights here, since nothing is downloaded, and tolerate the upper half of the range).
+    ``max_steps`` caps the optimizer steps of the whole run (None = no cap).
+    ``tile_size`` (None = whole images) with ``tile_mode`` ``crop`` (random crops at the
+    native resolution, geometry recomputed) or ``resize`` (both images resized); see
+    :mod:`training.data`. Validation uses the deterministic centred crop unless
+    ``val_full_size``. ``disk_radius`` in original cell px. ``amp``: ``auto`` = bf16 on
+    CUDA when supported, else fp16 with a GradScaler; no autocast on CPU.
+    ``val_split: null`` skips validation (then no ``best.safetensors`` is written).
+    """
+
+    data: str | None = None
+    out: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 300
+    max_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = 2
+    tile_size: int | None = None
+    tile_mode: str = "crop"
+    val_full_size: bool = False
+    disk_radius: float = 5.0
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    peaks: PeakConfig = field(default_factory=PeakConfig)
+    metric_radius: float = DISTANCE_CUTOFF
+    eval_every: int = 1
+    log_every: int = 50
+    train_split: str = "train"
+    val_split: str | None = "val"
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value: Any, fix: str) -> ConfigError:
+            return ConfigError(None, f"{name} = {value!r} is invalid", fix)
+
+        if self.epochs < 1:
+            raise bad("epochs", self.epochs, "use at least 1 epoch (the paper trains 300)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise bad("max_steps", self.max_steps, "use a positive number of steps or null")
+        if self.batch_size < 2:
+            raise bad("batch_size", self.batch_size, "use at least 2: BatchNorm in the ASPP image-pooling branch needs 2 samples per batch")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise bad("lr", self.lr, f"use a learning rate in the paper's range {PAPER_LR_RANGE[0]:g}–{PAPER_LR_RANGE[1]:g}")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", self.weight_decay, "use 0 or a small positive value")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad("lr_schedule", self.lr_schedule, f"use one of {', '.join(LR_SCHEDULES)}")
+        if self.amp not in AMP_MODES:
+            raise bad("amp", self.amp, f"use one of {', '.join(AMP_MODES)}")
+        if self.workers < 0:
+            raise bad("workers", self.workers, "use 0 (load in the main process) or more")
+        if self.tile_mode not in TILE_MODES:
+            raise bad("tile_mode", self.tile_mode, f"use one of {', '.join(TILE_MODES)}")
+        if self.tile_size is not None and (self.tile_size < 32 or self.tile_size % 32):
+            raise bad("tile_size", self.tile_size, "use a multiple of 32 (the encoder's stride), e.g. 256 or 512, or null for whole images")
+        if self.disk_radius <= 0:
+            raise bad("disk_radius", self.disk_radius, "use a radius in cell px, e.g. 5")
+        if self.metric_radius <= 0:
+            raise bad("metric_radius", self.metric_radius, "use 15 (px, the OCELOT challenge)")
+        if self.eval_every < 1 or self.log_every < 1:
+            raise bad("eval_every/log_every", (self.eval_every, self.log_every), "use positive integers")
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses/tuples → dicts/lists (YAML- and JSON-safe)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return _plain(cfg)
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML file (unknown keys rejected) with top-level overrides.
+
+    Overrides whose value is None are ignored; ``encoder`` goes into ``model.encoder``.
+    """
+    data = load_yaml(path) if path is not None else {}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    encoder = overrides.pop("encoder", None)
+    if encoder is not None:
+        model = dict(data.get("model") or {})
+        model["encoder"] = encoder
+        data["model"] = model
+    data.update(overrides)
+    return from_dict(TrainConfig, data, source=path)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(None, f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(None, f"device {name!r} requested but CUDA is not available", "use --device cpu or auto")
+    return dev
+
+
+def resolve_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether to use a GradScaler)."""
+    if device.type != "cuda":
+        if mode in ("bf16",):
+            return torch.bfloat16, False
+        if mode == "fp16":
+            raise ConfigError(None, "amp = 'fp16' needs a CUDA device", "use amp: auto, bf16 or none on CPU")
+        return None, False
+    if mode == "none":
+        return None, False
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of ``epoch`` (0-based): constant, or cosine from ``lr`` towards 0."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    return cfg.lr
+
+
+def geometry_for(ds: OcelotDataset, context_factor: int) -> GeometryConfig:
+    """The checkpoint geometry: MPPs from the metadata's ``resized_mpp`` (else 0.2 / 0.8),
+    scaled for ``resize`` tiles; tile size = the model-input size at that MPP (the release's
+    1024 in crop mode); margins scaled from the defaults 64 / 128 at 1024 px.
+    """
+    mpp = ds.mpp() or DEFAULT_MPP
+    scale = ds.scale
+    tile = ds.out_size if ds.tile_mode == "resize" and ds.tile_size else ds.image_size
+    tile -= tile % context_factor
+    return GeometryConfig(
+        cell_mpp=mpp[0] / scale,
+        tissue_mpp=mpp[1] / scale,
+        tile_size=tile,
+        context_factor=context_factor,
+        cell_margin=max(0, round(64 * tile / 1024)),
+        tissue_margin=max(0, round(128 * tile / 1024)),
+    )
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_train_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, *, epoch: int, step: int, best: float | None, config: dict[str, Any]) -> None:
+    """Optimizer tensors → ``last_state.safetensors``; everything else → ``last_state.json``."""
+    from safetensors.torch import save_file
+
+    sd = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"{idx}.{name}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    tmp = run_dir / (STATE_TENSORS + ".partial")
+    save_file(tensors, os.fspath(tmp))
+    os.replace(tmp, run_dir / STATE_TENSORS)
+    state = {
+        "epoch": epoch,
+        "step": step,
+        "best_mF1": best,
+        "param_groups": sd["param_groups"],
+        "state_scalars": scalars,
+        "scaler": None if scaler is None else scaler.state_dict(),
+        "config": config,
+    }
+    _atomic_write_text(run_dir / STATE_JSON, json.dumps(state, indent=1))
+
+
+def load_train_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, device: torch.device) -> dict[str, Any]:
+    """Restore weights, optimizer and scaler from ``run_dir``; return the JSON state."""
+    from safetensors.torch import load_file
+
+    state_json = run_dir / STATE_JSON
+    if not state_json.is_file() or not (run_dir / "last.safetensors").is_file():
+        raise ConfigError(run_dir, "nothing to resume (no last.safetensors / last_state.json)", "drop --resume to start a new run, or pass the run folder of an earlier run")
+    state = json.loads(state_json.read_text(encoding="utf-8"))
+    loaded, _ = load_model(run_dir / "last.safetensors", "cpu")
+    try:
+        model.load_state_dict(loaded.state_dict())
+    except RuntimeError as err:
+        raise ConfigError(run_dir / "last.safetensors", f"weights do not fit the configured model ({str(err).splitlines()[0]})", "resume with the same config as the original run") from err
+    tensors = load_file(os.fspath(run_dir / STATE_TENSORS))
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        opt_state.setdefault(int(idx), {})[name] = value
+    for idx, extra in state.get("state_scalars", {}).items():
+        opt_state.setdefault(int(idx), {}).update(extra)
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return state
+
+
+# --------------------------------------------------------------------------- loops
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    cfg: TrainConfig,
+    *,
+    epoch: int,
+    step: int,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[dict[str, float], int]:
+    """One pass over ``loader``; stops early at ``cfg.max_steps``. Returns (mean losses, step)."""
+    model.train()
+    sums: dict[str, Tensor] = {}
+    n = 0
+    for batch in loader:
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+        with autocast(device, amp_dtype):
+            outputs = forward(model, batch, device)
+        targets = {"cell_target": batch["cell_target"].to(device, non_blocking=True), "tissue_label": batch["tissue_label"].to(device, non_blocking=True)}
+        loss, parts = total_loss(outputs, targets, cfg.loss)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        step += 1
+        n += 1
+        for k, v in parts.items():
+            sums[k] = sums.get(k, torch.zeros((), device=v.device)) + v.float()
+        if step % cfg.log_every == 0:
+            log.info("epoch %d step %d loss %.4f", epoch + 1, step, float(parts["loss"]))
+    means = {k: float(v) / max(n, 1) for k, v in sums.items()}
+    if means and not math.isfinite(means["loss"]):
+        raise FloatingPointError(f"training loss is {means['loss']} in epoch {epoch + 1}; lower --lr or use amp: none")
+    means["steps"] = n
+    return means, step
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    device: torch.device,
+    cfg: TrainConfig,
+    *,
+    scale: float = 1.0,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """Validation: peaks → points → OCELOT metric. Returns ``{"mF1", "BC", "TC", "loss"}``.
+
+    ``scale``: model-input px per original px (the matching radius is scaled with it).
+    """
+    pred = predict(model, loader, device, cfg.peaks, amp_dtype=amp_dtype, loss_cfg=cfg.loss)
+    result = score(pred, cfg.metric_radius * scale)
+    result["loss"] = pred.loss
+    return result
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _loader(ds: OcelotDataset, cfg: TrainConfig, device: torch.device, *, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader[Any]:
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle,  # a last batch of 1 would break BatchNorm in training
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) training; returns ``{"best_mF1", "epochs_done", "steps", "run_dir"}``."""
+    if not cfg.data or not cfg.out:
+        raise ConfigError(None, "no dataset root or run folder", "pass --data ROOT and --out RUN_DIR (or set data/out in the config)")
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    amp_dtype, use_scaler = resolve_amp(cfg.amp, device)
+    if not PAPER_LR_RANGE[0] <= cfg.lr <= PAPER_LR_RANGE[1]:
+        log.warning("lr %g is outside the paper's range [%g, %g]", cfg.lr, *PAPER_LR_RANGE)
+    seed_everything(cfg.seed)
+    cf = cfg.model.context_factor
+
+    train_ds = OcelotDataset(cfg.data, cfg.train_split, tile_size=cfg.tile_size, tile_mode=cfg.tile_mode, random_crop=True, augment=cfg.augment, disk_radius=cfg.disk_radius, context_factor=cf)
+    val_ds = None
+    if cfg.val_split is not None:
+        val_tile = None if cfg.val_full_size and cfg.tile_mode == "crop" else cfg.tile_size
+        val_ds = OcelotDataset(cfg.data, cfg.val_split, tile_size=val_tile, tile_mode=cfg.tile_mode, random_crop=False, augment=None, disk_radius=cfg.disk_radius, context_factor=cf)
+    if len(train_ds) < cfg.batch_size:
+        raise ConfigError(None, f"batch_size {cfg.batch_size} is larger than the training split ({len(train_ds)} pairs)", f"use --batch-size ≤ {len(train_ds)}")
+
+    model = build_model(cfg.model)
+    multiple = int(getattr(getattr(model, "cell", None), "input_multiple", 1))
+    for what, size in (("training", train_ds.out_size), ("validation", val_ds.out_size if val_ds else multiple)):
+        if size % multiple:
+            raise ConfigError(None, f"{what} images are {size} px, not a multiple of the encoder stride {multiple}", f"set tile_size to a multiple of {multiple}")
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    geometry = geometry_for(train_ds, cf)
+    resolved = config_to_dict(cfg)
+
+    start_epoch, step, best = 0, 0, None
+    if resume:
+        state = load_train_state(run_dir, model, optimizer, scaler, device)
+        start_epoch, step, best = int(state["epoch"]), int(state["step"]), state.get("best_mF1")
+        old = {k: v for k, v in (state.get("config") or {}).items() if k not in ("epochs", "max_steps", "device", "workers", "out", "log_every")}
+        new = {k: v for k, v in resolved.items() if k in old}
+        if old != new:
+            changed = sorted(k for k in old if old[k] != new.get(k))
+            log.warning("resuming with a config that differs from the original run in: %s", ", ".join(changed))
+        log.info("resuming %s at epoch %d, step %d (best mF1 %s)", run_dir, start_epoch + 1, step, best)
+    _atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    training_info = {
+        "data_root": os.fspath(Path(cfg.data).resolve()),
+        "split_sizes": {cfg.train_split: len(train_ds), **({cfg.val_split: len(val_ds)} if val_ds is not None and cfg.val_split else {})},
+        "epochs": cfg.epochs,
+        "seed": cfg.seed,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "tile_size": cfg.tile_size,
+        "tile_mode": cfg.tile_mode,
+        "config": resolved,
+    }
+    log.info(
+        "training %s (%s) on %s: %d train / %s val pairs, %d epochs, device %s, amp %s",
+        cfg.model.variant, cfg.model.encoder, cfg.data, len(train_ds), len(val_ds) if val_ds else "no", cfg.epochs, device, amp_dtype,
+    )
+    val_loader = _loader(val_ds, cfg, device, shuffle=False) if val_ds is not None else None
+    history = run_dir / "history.jsonl"
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            log.info("max_steps %d reached", cfg.max_steps)
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed + epoch)
+        lr = lr_at(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        gen = torch.Generator().manual_seed(cfg.seed + epoch)
+        train_stats, step = train_one_epoch(model, _loader(train_ds, cfg, device, shuffle=True, generator=gen), optimizer, device, cfg, epoch=epoch, step=step, amp_dtype=amp_dtype, scaler=scaler)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
+        val = None
+        if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            val = evaluate(model, val_loader, device, cfg, scale=val_ds.scale if val_ds else 1.0, amp_dtype=amp_dtype)
+            record["val"] = val
+            record["val_mF1"] = val["mF1"]
+        improved = val is not None and (best is None or val["mF1"] > best)
+        if improved:
+            best = float(val["mF1"])  # type: ignore[index]
+            save_checkpoint(run_dir / "best.safetensors", model, geometry=geometry, peaks=cfg.peaks, training={**training_info, "epoch": epoch + 1, "step": step}, metrics={"val_mF1": best, "val": val, "split": cfg.val_split})
+        record["best_mF1"] = best
+        record["time_s"] = round(time.perf_counter() - t0, 3)
+        save_checkpoint(run_dir / "last.safetensors", model, geometry=geometry, peaks=cfg.peaks, training={**training_info, "epoch": epoch + 1, "step": step}, metrics={"val_mF1": None if val is None else val["mF1"]})
+        save_train_state(run_dir, optimizer, scaler, epoch=epoch + 1, step=step, best=best, config=resolved)
+        with history.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        log.info(
+            "epoch %d/%d step %d loss %.4f (cell %.4f%s) val mF1 %s best %s lr %.2g %.1f s%s",
+            epoch + 1, cfg.epochs, step, train_stats.get("loss", float("nan")), train_stats.get("cell_loss", float("nan")),
+            f", tissue {train_stats['tissue_loss']:.4f}" if "tissue_loss" in train_stats else "",
+            "-" if val is None else f"{val['mF1']:.4f}", "-" if best is None else f"{best:.4f}", lr, record["time_s"], " *" if improved else "",
+        )
+    state = json.loads((run_dir / STATE_JSON).read_text(encoding="utf-8")) if (run_dir / STATE_JSON).is_file() else {}
+    return {"best_mF1": best, "epochs_done": int(state.get("epoch", 0)), "steps": step, "run_dir": os.fspath(run_dir)}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description="Train a model of the OCELOT family (paper Table 5) on data in the OCELOT release layout.",
+        epilog="example: python -m training.train --config configs/pred_to_inter2.yaml --data /data/ocelot --out runs/p2i2 --tile-size 512",
+    )
+    p.add_argument("--config", required=True, help="YAML with TrainConfig fields (configs/<variant>.yaml)")
+    p.add_argument("--data", help="dataset root (metadata.json, images/, annotations/)")
+    p.add_argument("--out", help="run folder (checkpoints, config.yaml, history.jsonl)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, dest="max_steps")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.safetensors")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--tile-size", type=int, dest="tile_size", help="train on T×T crops (tile_mode crop) or resized images (tile_mode resize)")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--encoder", help="override model.encoder (e.g. resnet18 for quick runs)")
+    return p.parse_args(argv)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: getattr(args, k) for k in ("data", "out", "epochs", "max_steps", "device", "seed", "lr", "batch_size", "tile_size", "workers", "encoder")}
+    handler: logging.Handler | None = None
+    try:
+        cfg = load_config(args.config, overrides)
+        if cfg.out:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(Path(cfg.out) / "train.log", encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger().addHandler(handler)
+        result = main(cfg, resume=args.resume)
+    except WsiOcelotError as err:
+        log.error("%s", err.one_line())
+        return 2
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    log.info("done: best val mF1 %s, %d epochs, %d steps, %s", result["best_mF1"], result["epochs_done"], result["steps"], result["run_dir"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
