@@ -1,0 +1,554 @@
+"""The slide engine: one slide in, a complete result folder out.
+
+Two passes for the tissue-prediction injection models (DESIGN.md §2):
+
+1. **tissue pass** — context-resolution tiles over the tissue, batched through the tissue
+   branch; each tile's core is written into a slide-level cancer-area probability map in
+   Zarr (``predictions.zarr/tissue``), so neighbouring tiles meet without seams and the
+   map never sits in RAM;
+2. **cell pass** — overlapping cell tiles; for each, the matching crop of the tissue map
+   goes into the cell branch; peaks are found on the device, and only the peaks inside
+   the tile's own core are kept, converted to level-0 px and streamed to the cell table.
+
+``feature_sharing`` checkpoints (which cannot be split) and every checkpoint under
+``per_tile=True`` use the paper's per-tile path: each cell tile with its own context read
+from the slide. Outputs appear atomically: everything is written into a hidden folder that
+is renamed to ``<out>/<slide-id>`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsi_ocelot import __version__
+from wsi_ocelot.errors import WsiOcelotError
+from wsi_ocelot.inference.peaks import find_peaks
+from wsi_ocelot.inference.predictor import Predictor, resolve_device, with_oom_retry
+from wsi_ocelot.slide import Slide, open_slide, tissue_mask
+from wsi_ocelot.tiling import TileDataset, make_loader, plan_tiles
+
+log = logging.getLogger(__name__)
+
+PURITY_GRID_UM = 100.0  # side of a purity heat-map square, µm
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a slide is run (the model decides the geometry)."""
+
+    device: str = "auto"
+    batch_size: int = 8
+    workers: int = 2
+    prefetch: int = 2
+    amp: bool = True
+    channels_last: bool = True
+    per_tile: bool = False
+    geojson_gzip: bool = False
+    qupath_crop: bool = True  # subtract openslide.bounds-x/y in GeoJSON (QuPath's default frame)
+    progress: bool = True
+    tissue_chunk: int = 512
+
+
+@dataclass
+class SlideResult:
+    """What :func:`run_slide` produced for one slide."""
+
+    slide_id: str
+    out_dir: Path
+    n_cells: int
+    purity: dict[str, Any]
+    timings: dict[str, float]
+    mode: str
+
+
+def slide_id_for(path: str | os.PathLike[str]) -> str:
+    """The output folder name of a slide: its file stem, made safe for a path."""
+    stem = Path(path).name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    else:
+        stem = Path(stem).stem
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "slide"
+    return safe
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.t: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t[name] += time.perf_counter() - t0
+
+
+def _timed_batches(loader, timer: _Timer) -> Iterator[dict[str, Any]]:
+    it = iter(loader)
+    while True:
+        with timer("read"):
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+        yield batch
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tile", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+class _TissueMap:
+    """Geometry of the slide-level tissue map: map px (r, c) covers level-0
+    ``[c * s, (c + 1) * s) × [r * s, (r + 1) * s)`` with ``s`` = level-0 px per map px."""
+
+    def __init__(self, width: int, height: int, scale: float):
+        self.scale = float(scale)
+        self.width = max(1, math.ceil(width / scale))
+        self.height = max(1, math.ceil(height / scale))
+
+    def region(self, box_l0: np.ndarray, pad: int = 2) -> tuple[int, int, int, int]:
+        """Integer map region (x0, y0, x1, y1) enclosing a level-0 box, ``pad`` px wider."""
+        x, y, w, h = (float(v) for v in box_l0)
+        s = self.scale
+        return (math.floor(x / s) - pad, math.floor(y / s) - pad, math.ceil((x + w) / s) + pad, math.ceil((y + h) / s) + pad)
+
+
+def _read_region(store, tmap: _TissueMap, region: tuple[int, int, int, int]) -> np.ndarray:
+    """Map values (uint8) of an integer region, zero (= no cancer) outside the map."""
+    x0, y0, x1, y1 = region
+    out = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, tmap.width), min(y1, tmap.height)
+    if cx1 > cx0 and cy1 > cy0:
+        out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = store.read_tissue(cy0, cy1, cx0, cx1)
+    return out
+
+
+def _sample_grid(boxes: np.ndarray, regions: np.ndarray, scale: float, n: int, region_hw: tuple[int, int]) -> torch.Tensor:
+    """grid_sample grids (B, n, n, 2) sampling each level-0 box at n × n pixel centres out
+    of its map region (align_corners=False coordinates)."""
+    rh, rw = region_hw
+    i = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    gx = []
+    for (x, y, w, h), (rx0, ry0, _, _) in zip(boxes.astype(np.float64), regions, strict=True):
+        u = (x / scale - rx0) + i * (w / scale)  # map px coordinates within the region
+        v = (y / scale - ry0) + i * (h / scale)
+        gu = 2.0 * u / rw - 1.0
+        gv = 2.0 * v / rh - 1.0
+        yy, xx = torch.meshgrid(gv, gu, indexing="ij")
+        gx.append(torch.stack([xx, yy], dim=-1))
+    return torch.stack(gx).float()
+
+
+def _crops_from_map(store, tmap: _TissueMap, boxes: np.ndarray, n: int) -> tuple[torch.Tensor, list[np.ndarray], np.ndarray]:
+    """For cell boxes (B, 4) in level-0 px: the (B, 2, n, n) tissue-probability crop over
+    exactly each box (BG = 1 − CA, CA), the map regions read (uint8) and their origins."""
+    regions = np.array([tmap.region(b) for b in boxes], dtype=np.int64)
+    rh = int((regions[:, 3] - regions[:, 1]).max())
+    rw = int((regions[:, 2] - regions[:, 0]).max())
+    stack = np.zeros((len(boxes), 1, rh, rw), np.float32)
+    raw: list[np.ndarray] = []
+    for k, reg in enumerate(regions):
+        vals = _read_region(store, tmap, tuple(reg))
+        raw.append(vals)
+        stack[k, 0, : vals.shape[0], : vals.shape[1]] = vals / 255.0
+    grid = _sample_grid(boxes, regions, tmap.scale, n, (rh, rw))
+    ca = F.grid_sample(torch.from_numpy(stack), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.cat([1.0 - ca, ca], dim=1), raw, regions
+
+
+def _points_to_level0(pts: torch.Tensor, box: np.ndarray, tile: int) -> np.ndarray:
+    """Peaks (N, 4) in tile px (pixel j covers [j, j + 1)) → (N, 4) level-0 x, y, cls, prob."""
+    p = pts.detach().cpu().numpy().astype(np.float64)
+    if not len(p):
+        return np.zeros((0, 4))
+    sx, sy = box[2] / tile, box[3] / tile
+    p[:, 0] = box[0] + (p[:, 0] + 0.5) * sx
+    p[:, 1] = box[1] + (p[:, 1] + 0.5) * sy
+    return p
+
+
+def _in_core(p: np.ndarray, core: np.ndarray) -> np.ndarray:
+    return (p[:, 0] >= core[0]) & (p[:, 0] < core[2]) & (p[:, 1] >= core[1]) & (p[:, 1] < core[3])
+
+
+@dataclass
+class _Accumulator:
+    """Running counts for purity and the heat map (nothing per cell is kept)."""
+
+    grid_px: float
+    grid_shape: tuple[int, int]
+    tc_grid: np.ndarray = field(init=False)
+    bc_grid: np.ndarray = field(init=False)
+    n_tc: int = 0
+    n_bc: int = 0
+    n_tc_ca: int = 0
+    n_bc_ca: int = 0
+
+    def __post_init__(self) -> None:
+        self.tc_grid = np.zeros(self.grid_shape, np.int64)
+        self.bc_grid = np.zeros(self.grid_shape, np.int64)
+
+    def add(self, p: np.ndarray, inside: np.ndarray | None) -> None:
+        if not len(p):
+            return
+        tc = p[:, 2] == 2
+        self.n_tc += int(tc.sum())
+        self.n_bc += int((~tc).sum())
+        if inside is not None:
+            self.n_tc_ca += int((tc & inside).sum())
+            self.n_bc_ca += int((~tc & inside).sum())
+        gy = np.clip((p[:, 1] // self.grid_px).astype(int), 0, self.grid_shape[0] - 1)
+        gx = np.clip((p[:, 0] // self.grid_px).astype(int), 0, self.grid_shape[1] - 1)
+        np.add.at(self.tc_grid, (gy[tc], gx[tc]), 1)
+        np.add.at(self.bc_grid, (gy[~tc], gx[~tc]), 1)
+
+
+def _ratio(tc: int, bc: int) -> float | None:
+    return tc / (tc + bc) if tc + bc else None
+
+
+class SlideRunner:
+    """Runs slides with one loaded model (load it once, run many slides)."""
+
+    def __init__(self, model_path: str | os.PathLike[str], config: EngineConfig = EngineConfig()):
+        from wsi_ocelot.model import load_model
+
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model_path = str(model_path)
+        model, info = load_model(model_path, device="cpu")
+        if getattr(model, "needs_tissue_label", False):
+            raise WsiOcelotError(model_path, "this is a tissue-label-leaking model, which needs tissue labels as input", "use it for analysis with `wsi-ocelot evaluate --data`; run slides with an injection model")
+        self.info = info
+        self.geometry = info.geometry
+        self.peaks = info.peaks
+        self.predictor = Predictor(model, self.device, amp=config.amp, channels_last=config.channels_last)
+        self.has_tissue = bool(getattr(model, "has_tissue_branch", False))
+        self.two_pass = bool(getattr(model, "supports_two_pass", True)) and not config.per_tile
+        log.info("model %s (%s, encoder %s) on %s, %s path", Path(model_path).name, info.model.variant, info.model.encoder,
+                 self.device, "two-pass" if self.two_pass else "per-tile")
+
+    # ------------------------------------------------------------------------------------
+    def run(self, slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, mpp: float | None = None,
+            slide_id: str | None = None, overwrite: bool = True) -> SlideResult:
+        """Process one slide into ``out_dir/<slide-id>/`` (atomically) and return a summary."""
+        t_start = time.perf_counter()
+        out_root = Path(out_dir)
+        sid = slide_id or slide_id_for(slide_path)
+        final = out_root / sid
+        if final.exists() and not overwrite:
+            raise WsiOcelotError(final, "the output folder exists", "pass --overwrite, or choose another --out")
+        out_root.mkdir(parents=True, exist_ok=True)
+        work = out_root / f".{sid}.partial-{os.getpid()}"
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir()
+        try:
+            with open_slide(slide_path, mpp=mpp) as slide:
+                result = self._run(slide, work, sid)
+            result.timings["total"] = time.perf_counter() - t_start
+            self._finish_purity(work, result)
+            if final.exists():
+                old = out_root / f".{sid}.old-{os.getpid()}"
+                os.replace(final, old)
+                os.replace(work, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        result.out_dir = final
+        log.info("%s: %d cells, purity %s, %.1f s -> %s", sid, result.n_cells,
+                 "n/a" if result.purity["purity"] is None else f"{result.purity['purity']:.3f}", result.timings["total"], final)
+        return result
+
+    def _finish_purity(self, work: Path, result: SlideResult) -> None:
+        result.purity["runtime_s"] = {k: round(v, 3) for k, v in result.timings.items()}
+        tmp = work / "purity.json.tmp"
+        tmp.write_text(json.dumps(result.purity, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, work / "purity.json")
+
+    # ------------------------------------------------------------------------------------
+    def _run(self, slide: Slide, work: Path, sid: str) -> SlideResult:
+        from wsi_ocelot.outputs import CellsGeoJSONWriter, PredictionStore, polygons_from_map, write_overview, write_tissue_geojson
+
+        cfg, geo = self.config, self.geometry
+        timer = _Timer()
+        with timer("plan"):
+            mask = tissue_mask(slide)
+            plan = plan_tiles(slide, geo, mask)
+        W, H = slide.dimensions
+        mpp = slide.mpp
+        T = geo.tile_size
+        tissue_scale = plan.tissue.tile_l0 / T if len(plan.tissue) else geo.tissue_mpp / mpp
+        tmap = _TissueMap(W, H, tissue_scale)
+        grid_px = PURITY_GRID_UM / mpp
+        acc = _Accumulator(grid_px, (max(1, math.ceil(H / grid_px)), max(1, math.ceil(W / grid_px))))
+        origin = (slide.bounds[0], slide.bounds[1]) if cfg.qupath_crop else (0, 0)
+        mode = "two-pass" if self.two_pass else "per-tile"
+        ca_pixels = 0
+
+        store = PredictionStore(work / "predictions.zarr", mode="w")
+        cells_name = "cells.geojson.gz" if cfg.geojson_gzip else "cells.geojson"
+        try:
+            if self.has_tissue:
+                store.create_tissue_map(tmap.height, tmap.width, tmap.scale * mpp, chunk=cfg.tissue_chunk, level0_downsample=tmap.scale)
+            with CellsGeoJSONWriter(work / cells_name, gzip=cfg.geojson_gzip, origin=origin) as gj:
+                if self.two_pass:
+                    if self.has_tissue:
+                        ca_pixels = self._tissue_pass(slide, plan, store, tmap, timer)
+                    self._cell_pass(slide, plan, store, tmap, gj, acc, timer)
+                else:
+                    ca_pixels = self._per_tile_pass(slide, plan, store, tmap, gj, acc, timer)
+                with timer("write"):
+                    store.flush()
+                n_cells = gj.count
+
+            # tissue outputs
+            with timer("write"):
+                ca_geom = None
+                if self.has_tissue:
+                    coarse, k = self._coarse_map(store, tmap)
+                    ca_geom = polygons_from_map(coarse, threshold=0.5, scale=tmap.scale * k, min_area=(20.0 / mpp) ** 2)
+                write_tissue_geojson(work / "tissue.geojson", ca_geom, origin=origin)
+                thumb, ds = slide.thumbnail(mpp=8.0)
+                tc, bc = acc.tc_grid, acc.bc_grid
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    grid = np.where(tc + bc > 0, tc / np.maximum(tc + bc, 1), np.nan)
+                write_overview(work / "overview.png", thumb, ds, ca_geometry=ca_geom, purity=grid, purity_cell_size=grid_px)
+
+            tissue_mm2 = float(mask.mask.sum()) * (mask.downsample * mpp) ** 2 / 1e6
+            ca_mm2 = ca_pixels * (tmap.scale * mpp) ** 2 / 1e6 if self.has_tissue else None
+            purity = self._purity_dict(slide, acc, tissue_mm2, ca_mm2, n_cells, plan, mode)
+            store.set_attrs({
+                "slide": {"path": str(slide.path), "id": sid, "dimensions": [W, H], "mpp": mpp, "mpp_source": slide.mpp_info.source,
+                          "vendor": slide.vendor, "bounds": list(slide.bounds)},
+                "coordinates": "cells x, y in OpenSlide level-0 px (GeoJSON subtracts openslide.bounds-x/y when qupath_crop)",
+                "model": {"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder,
+                          "config": asdict(self.info.model), "geometry": asdict(geo), "peaks": asdict(self.peaks),
+                          "training": self.info.training, "metrics": self.info.metrics},
+                "software": {"wsi_ocelot": __version__, "torch": torch.__version__},
+                "run": {**asdict(cfg), "mode": mode, "device": str(self.device)},
+                "timings_s": {k: round(v, 3) for k, v in timer.t.items()},
+                "counts": {"cells": n_cells, "tc": acc.n_tc, "bc": acc.n_bc},
+            })
+        finally:
+            store.close()
+        return SlideResult(sid, work, n_cells, purity, dict(timer.t), mode)
+
+    # ------------------------------------------------------------------------------------
+    def _loader(self, slide: Slide, boxes: np.ndarray, contexts: np.ndarray | None = None):
+        cfg = self.config
+        ds = TileDataset(slide, boxes, self.geometry.tile_size, contexts)
+        workers = min(cfg.workers, max(0, len(ds) // max(cfg.batch_size, 1)))
+        return make_loader(ds, batch_size=cfg.batch_size, workers=workers, prefetch=cfg.prefetch,
+                           pin_memory=self.device.type == "cuda")
+
+    def _tissue_pass(self, slide: Slide, plan, store, tmap: _TissueMap, timer: _Timer) -> int:
+        """Tissue branch over the tissue grid; each tile's core goes into the map.
+        Returns the number of map px predicted as cancer area."""
+        grid = plan.tissue
+        T, m = grid.tile_size, round(grid.margin_l0 / tmap.scale)
+        stride = T - 2 * m
+        ca = 0
+        bar = _progress(len(grid), "tissue pass", self.config.progress)
+        for batch in _timed_batches(self._loader(slide, grid.boxes), timer):
+            with timer("tissue pass"):
+                probs = with_oom_retry(self.predictor.tissue_probs, batch["cell"])[:, 1]
+                vals = (probs * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+            with timer("write"):
+                for k, idx in enumerate(batch["index"].tolist()):
+                    r, c = int(grid.rows[idx]), int(grid.cols[idx])
+                    y0, x0 = r * stride, c * stride
+                    h = min(stride, tmap.height - y0)
+                    w = min(stride, tmap.width - x0)
+                    if r == grid.n_rows - 1:
+                        h = min(T - m, tmap.height - y0)
+                    if c == grid.n_cols - 1:
+                        w = min(T - m, tmap.width - x0)
+                    if h <= 0 or w <= 0:
+                        continue
+                    block = vals[k, m:m + h, m:m + w]
+                    store.write_tissue_block(y0, x0, block)
+                    ca += int((block >= 128).sum())
+            bar.update(len(batch["index"]))
+        bar.close()
+        return ca
+
+    def _emit(self, pts_list, boxes: np.ndarray, cores: np.ndarray, inside_fn, gj, store, acc: _Accumulator, timer: _Timer) -> None:
+        T = self.geometry.tile_size
+        with timer("post-processing"):
+            keep_all = []
+            inside_all = []
+            for k, pts in enumerate(pts_list):
+                p = _points_to_level0(pts, boxes[k], T)
+                p = p[_in_core(p, cores[k])]
+                keep_all.append(p)
+                inside_all.append(inside_fn(k, p) if inside_fn is not None else None)
+            p = np.concatenate(keep_all) if keep_all else np.zeros((0, 4))
+            inside = None if inside_fn is None else np.concatenate(inside_all) if inside_all else np.zeros(0, bool)
+            acc.add(p, inside)
+        if len(p):
+            with timer("write"):
+                gj.write(p[:, 0], p[:, 1], p[:, 2].astype(np.uint8), np.clip(p[:, 3], 0.0, 1.0))
+                store.append_cells(p[:, 0].astype(np.float32), p[:, 1].astype(np.float32), p[:, 2].astype(np.uint8), p[:, 3].astype(np.float32))
+
+    def _cell_pass(self, slide: Slide, plan, store, tmap: _TissueMap, gj, acc: _Accumulator, timer: _Timer) -> None:
+        grid = plan.cells
+        T, f = self.geometry.tile_size, self.geometry.context_factor
+        n_crop = max(1, round(T / f))
+        bar = _progress(len(grid), "cell pass", self.config.progress)
+        for batch in _timed_batches(self._loader(slide, grid.boxes), timer):
+            idx = batch["index"].numpy()
+            boxes = grid.boxes[idx]
+            crop = None
+            inside_fn = None
+            if self.has_tissue:
+                with timer("read"):
+                    crop, raw, regions = _crops_from_map(store, tmap, boxes, n_crop)
+
+                def inside_fn(k, p, raw=raw, regions=regions):
+                    if not len(p):
+                        return np.zeros(0, bool)
+                    c = np.clip(np.floor(p[:, 0] / tmap.scale).astype(int) - regions[k][0], 0, raw[k].shape[1] - 1)
+                    r = np.clip(np.floor(p[:, 1] / tmap.scale).astype(int) - regions[k][1], 0, raw[k].shape[0] - 1)
+                    return raw[k][r, c] >= 128
+            with timer("cell pass"):
+                probs = with_oom_retry(self.predictor.cell_probs, batch["cell"], crop)
+            with timer("post-processing"):
+                pts = find_peaks(probs, self.peaks)
+            self._emit(pts, boxes, grid.cores[idx], inside_fn, gj, store, acc, timer)
+            bar.update(len(idx))
+        bar.close()
+
+    def _per_tile_pass(self, slide: Slide, plan, store, tmap: _TissueMap, gj, acc: _Accumulator, timer: _Timer) -> int:
+        """The paper's path: every cell tile with its own context. The tissue map is
+        filled from each context's prediction over the tile's core."""
+        grid = plan.cells
+        T, f = self.geometry.tile_size, self.geometry.context_factor
+        ca = 0
+        bar = _progress(len(grid), "per-tile pass", self.config.progress)
+        for batch in _timed_batches(self._loader(slide, grid.boxes, plan.contexts), timer):
+            idx = batch["index"].numpy()
+            boxes, cores, ctx = grid.boxes[idx], grid.cores[idx], plan.contexts[idx]
+            with timer("cell pass"):
+                cell_probs, tissue_probs = with_oom_retry(self.predictor.per_tile, batch["cell"], batch["context"], batch["offset"])
+            with timer("post-processing"):
+                pts = find_peaks(cell_probs, self.peaks)
+            inside_fn = None
+            if tissue_probs is not None:
+                ca_probs = tissue_probs[:, 1:2].float().cpu()
+                blocks = []
+                with timer("write"):
+                    for k in range(len(idx)):
+                        # map px of this tile's core, sampled from its context's prediction
+                        x0, y0, x1, y1 = cores[k]
+                        mx0, my0 = math.floor(x0 / tmap.scale), math.floor(y0 / tmap.scale)
+                        mx1, my1 = min(math.ceil(x1 / tmap.scale), tmap.width), min(math.ceil(y1 / tmap.scale), tmap.height)
+                        if mx1 <= mx0 or my1 <= my0:
+                            blocks.append(None)
+                            continue
+                        cx, cy, cw, ch = (float(v) for v in ctx[k])
+                        u = ((torch.arange(mx0, mx1, dtype=torch.float64) + 0.5) * tmap.scale - cx) / cw * 2 - 1
+                        v = ((torch.arange(my0, my1, dtype=torch.float64) + 0.5) * tmap.scale - cy) / ch * 2 - 1
+                        yy, xx = torch.meshgrid(v, u, indexing="ij")
+                        g = torch.stack([xx, yy], -1)[None].float()
+                        vals = F.grid_sample(ca_probs[k:k + 1], g, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+                        block = (vals * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+                        store.write_tissue_block(my0, mx0, block)
+                        ca += int((block >= 128).sum())
+                        blocks.append((mx0, my0, block))
+
+                def inside_fn(k, p, blocks=blocks):
+                    if not len(p) or blocks[k] is None:
+                        return np.zeros(len(p), bool)
+                    bx, by, blk = blocks[k]
+                    c = np.clip(np.floor(p[:, 0] / tmap.scale).astype(int) - bx, 0, blk.shape[1] - 1)
+                    r = np.clip(np.floor(p[:, 1] / tmap.scale).astype(int) - by, 0, blk.shape[0] - 1)
+                    return blk[r, c] >= 128
+            self._emit(pts, boxes, cores, inside_fn, gj, store, acc, timer)
+            bar.update(len(idx))
+        bar.close()
+        return ca
+
+    def _coarse_map(self, store, tmap: _TissueMap, max_side: int = 4096) -> tuple[np.ndarray, int]:
+        """The tissue map block-averaged to at most ``max_side`` px (read block by block)."""
+        k = max(1, math.ceil(max(tmap.height, tmap.width) / max_side))
+        hh, ww = math.ceil(tmap.height / k), math.ceil(tmap.width / k)
+        out = np.zeros((hh, ww), np.float32)
+        step = max(k, (2048 // k) * k)
+        for y0 in range(0, tmap.height, step):
+            for x0 in range(0, tmap.width, step):
+                y1, x1 = min(y0 + step, tmap.height), min(x0 + step, tmap.width)
+                blk = store.read_tissue(y0, y1, x0, x1).astype(np.float32) / 255.0
+                ph, pw = (-blk.shape[0]) % k, (-blk.shape[1]) % k
+                if ph or pw:
+                    blk = np.pad(blk, ((0, ph), (0, pw)), mode="edge")
+                red = blk.reshape(blk.shape[0] // k, k, blk.shape[1] // k, k).mean(axis=(1, 3))
+                out[y0 // k:y0 // k + red.shape[0], x0 // k:x0 // k + red.shape[1]] = red
+        return out, k
+
+    def _purity_dict(self, slide: Slide, acc: _Accumulator, tissue_mm2: float, ca_mm2: float | None, n_cells: int, plan, mode: str) -> dict[str, Any]:
+        purity = _ratio(acc.n_tc, acc.n_bc)
+        if purity is None:
+            reason = "no tissue found on the slide" if plan.mask.fraction == 0 or len(plan.cells) == 0 else "no cells detected"
+        else:
+            reason = None
+        if not self.has_tissue:
+            p_ca, ca_reason = None, "the model has no tissue branch"
+        elif not ca_mm2:
+            p_ca, ca_reason = None, "no cancer area found"
+        else:
+            p_ca = _ratio(acc.n_tc_ca, acc.n_bc_ca)
+            ca_reason = None if p_ca is not None else "no cells inside the cancer area"
+        return {
+            "slide": str(slide.path),
+            "n_cells": n_cells,
+            "n_tc": acc.n_tc,
+            "n_bc": acc.n_bc,
+            "purity": purity,
+            "purity_reason": reason,
+            "n_tc_in_cancer_area": acc.n_tc_ca if self.has_tissue else None,
+            "n_bc_in_cancer_area": acc.n_bc_ca if self.has_tissue else None,
+            "purity_in_cancer_area": p_ca,
+            "purity_in_cancer_area_reason": ca_reason,
+            "tissue_area_mm2": round(tissue_mm2, 6),
+            "cancer_area_mm2": None if ca_mm2 is None else round(ca_mm2, 6),
+            "mpp": slide.mpp,
+            "mpp_source": slide.mpp_info.source,
+            "model": {"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder},
+            "mode": mode,
+            "device": str(self.device),
+            "n_cell_tiles": len(plan.cells),
+            "n_tissue_tiles": len(plan.tissue) if self.two_pass and self.has_tissue else 0,
+        }
+
+
+def run_slide(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], model_path: str | os.PathLike[str],
+              config: EngineConfig = EngineConfig(), *, mpp: float | None = None) -> SlideResult:
+    """Load ``model_path`` and run one slide (convenience for a single slide)."""
+    return SlideRunner(model_path, config).run(slide_path, out_dir, mpp=mpp)

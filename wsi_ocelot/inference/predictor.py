@@ -1,0 +1,109 @@
+"""The predictor: batches in, probabilities out, on the model's device.
+
+Holds the model, the device and the precision policy (bf16 autocast and channels-last
+on CUDA), and retries a batch in halves when the GPU runs out of memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` → the first CUDA device if there is one, else the CPU; ``cpu``, ``cuda``,
+    ``cuda:N`` as given. A CUDA request without CUDA is a one-line error."""
+    from wsi_ocelot.errors import WsiOcelotError
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError as err:
+        raise WsiOcelotError(None, f"unknown device {spec!r}", "use auto, cpu, cuda or cuda:N") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise WsiOcelotError(None, f"device {spec!r} asked for, but CUDA is not available here", "use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise WsiOcelotError(None, f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist", "pick an index below that")
+    return dev
+
+
+@dataclass
+class Predictor:
+    """Runs the two halves of an injection model (or the whole per-tile forward).
+
+    Inputs are uint8 ``(B, 3, H, W)`` tensors on the host; they are moved to the device,
+    scaled to [0, 1] and, on CUDA, cast under bf16 autocast in channels-last layout.
+    Outputs are float32 probabilities on the device."""
+
+    model: torch.nn.Module
+    device: torch.device
+    amp: bool = True
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        self.model.eval().to(self.device)
+        self._cuda = self.device.type == "cuda"
+        if self._cuda and self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _prep(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True).float().div_(255.0)
+        if self._cuda and self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _ctx(self) -> contextlib.AbstractContextManager:
+        if self._cuda and self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def tissue_probs(self, tissue: Tensor) -> Tensor:
+        """(B, 3, T, T) uint8 → (B, 2, T, T) float32 tissue probabilities (BG, CA)."""
+        with self._ctx():
+            return self.model.tissue_probs(self._prep(tissue)).float()
+
+    @torch.inference_mode()
+    def cell_probs(self, cell: Tensor, tissue_crop: Tensor | None) -> Tensor:
+        """(B, 3, T, T) uint8 + (B, 2, h, w) float crop → (B, 3, T, T) float32 cell probabilities."""
+        crop = None if tissue_crop is None else tissue_crop.to(self.device, non_blocking=True)
+        with self._ctx():
+            return self.model.cell_logits_from_tissue(self._prep(cell), crop).float().softmax(dim=1)
+
+    @torch.inference_mode()
+    def per_tile(self, cell: Tensor, context: Tensor, offset: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The paper's path: each cell tile with its own context →
+        ((B, 3, T, T) cell probabilities, (B, 2, T, T) tissue probabilities or None)."""
+        with self._ctx():
+            out = self.model(self._prep(cell), self._prep(context), offset.to(self.device))
+        tissue = out.get("tissue_logits")
+        return out["cell_logits"].float().softmax(dim=1), None if tissue is None else tissue.float().softmax(dim=1)
+
+
+def with_oom_retry(fn: Callable[..., object], *tensors: Tensor | None, min_batch: int = 1):
+    """Call ``fn(*tensors)``; on CUDA out-of-memory, split the batch in halves and retry
+    (recursively down to ``min_batch``), concatenating the results along dim 0."""
+    try:
+        return fn(*tensors)
+    except torch.OutOfMemoryError:
+        b = next(t.shape[0] for t in tensors if t is not None)
+        if b <= min_batch:
+            raise
+        torch.cuda.empty_cache()
+        half = b // 2
+        log.warning("CUDA out of memory on a batch of %d; retrying as %d + %d", b, half, b - half)
+        parts = [with_oom_retry(fn, *[None if t is None else t[s] for t in tensors], min_batch=min_batch)
+                 for s in (slice(0, half), slice(half, b))]
+        if isinstance(parts[0], tuple):
+            return tuple(None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+        return torch.cat(parts)
