@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from wsi_ocelot.config import GeometryConfig
-from wsi_ocelot.slide import open_slide, tissue_mask
+from wsi_ocelot.slide import open_slide
 from wsi_ocelot.tiling import cell_grid, context_boxes, make_grid, owner_of, plan_tiles, tissue_grid
 from wsi_ocelot.tiling.export import export_pairs, write_metadata
 

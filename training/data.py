@@ -37,7 +37,6 @@ file, the problem and the fix.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -46,192 +45,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from training.augment import AugmentConfig, PairSample, footprint, random_augment
 from training.targets import disk_targets
+from wsi_ocelot.datasets.ocelot import (  # noqa: E402,F401  (re-exported: the readers live in the package)
+    _LAYOUT_FIX,
+    CELL_CLASSES,
+    SPLITS,
+    TISSUE_VALUES,
+    PairRecord,
+    list_pairs,
+    read_cell_csv,
+    read_metadata,
+    read_rgb,
+    read_tissue_png,
+)
 from wsi_ocelot.errors import DatasetError
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 TILE_MODES = ("crop", "resize")
-CELL_CLASSES = (1, 2)
-TISSUE_VALUES = (1, 2, 255)
-_LAYOUT_FIX = "use the OCELOT release layout: images/{split}/{cell,tissue}/NNN.jpg, annotations/{split}/cell/NNN.csv, annotations/{split}/tissue/NNN.png, metadata.json"
-
-
-@dataclass(frozen=True)
-class PairRecord:
-    """The files and metadata of one pair. ``offset`` = (patch_x_offset, patch_y_offset)."""
-
-    id: str
-    cell_image: Path
-    tissue_image: Path
-    cell_csv: Path
-    tissue_png: Path
-    offset: tuple[float, float]
-    organ: str | None
-    cell_mpp: float | None
-    tissue_mpp: float | None
-
-
-# --------------------------------------------------------------------------- readers
-
-
-def read_cell_csv(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an OCELOT cell CSV (``x,y,class`` per line, no header; may be empty).
-
-    Returns float32 ``(N, 3)`` = (x, y, class) in cell-patch px. Blank lines are skipped;
-    anything else that is not three integers-or-numbers with class 1 or 2 is an error.
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise DatasetError(p, "cell annotation file not found", _LAYOUT_FIX) from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(p, f"cannot read cell annotations ({err})", "re-extract the file from the dataset archive") from err
-    rows: list[tuple[float, float, float]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line:
-            continue
-        parts = [v.strip() for v in line.split(",")]
-        if len(parts) != 3:
-            raise DatasetError(p, f"line {lineno}: expected 'x,y,class', got {line!r}", "write one 'x,y,class' line per cell, no header")
-        try:
-            x, y, c = (float(v) for v in parts)
-        except ValueError as err:
-            raise DatasetError(p, f"line {lineno}: non-numeric value in {line!r}", "write one 'x,y,class' line per cell, no header") from err
-        if not (math.isfinite(x) and math.isfinite(y)):
-            raise DatasetError(p, f"line {lineno}: coordinates must be finite, got {line!r}", "fix the coordinates")
-        if c not in CELL_CLASSES:
-            raise DatasetError(p, f"line {lineno}: class {parts[2]!r} is not 1 (BC) or 2 (TC)", "use OCELOT class ids 1 = BC, 2 = TC")
-        rows.append((x, y, c))
-    return np.asarray(rows, dtype=np.float32).reshape(-1, 3)
-
-
-def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image as ``uint8 (H, W, 3)`` RGB."""
-    p = Path(path)
-    try:
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError as err:
-        raise DatasetError(p, "image not found", _LAYOUT_FIX) from err
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetError(p, f"not a readable image ({err})", "re-extract the file from the dataset archive") from err
-
-
-def read_tissue_png(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a tissue annotation PNG as ``uint8 (H, W)``; values must be 1, 2 or 255."""
-    p = Path(path)
-    try:
-        with Image.open(p) as im:
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise DatasetError(p, f"tissue annotation has image mode {im.mode!r}, expected a single-channel label image", "write a grayscale PNG with values 1 = BG, 2 = CA, 255 = unknown")
-            arr = np.asarray(im)
-    except FileNotFoundError as err:
-        raise DatasetError(p, "tissue annotation not found", _LAYOUT_FIX) from err
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetError(p, f"not a readable PNG ({err})", "re-extract the file from the dataset archive") from err
-    bad = np.setdiff1d(np.unique(arr), TISSUE_VALUES)
-    if bad.size:
-        raise DatasetError(p, f"tissue annotation holds value(s) {bad[:5].tolist()}, allowed 1 (BG), 2 (CA), 255 (unknown)", "write the label map with OCELOT values only")
-    return arr.astype(np.uint8)
-
-
-def read_metadata(root: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """``ROOT/metadata.json``'s ``sample_pairs`` (a dict keyed by three-digit id)."""
-    p = Path(root) / "metadata.json"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise DatasetError(p, "metadata.json not found", "put the release's metadata.json in the dataset root") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(p, f"not valid JSON ({err})", "restore metadata.json from the dataset archive") from err
-    pairs = data.get("sample_pairs") if isinstance(data, dict) else None
-    if not isinstance(pairs, dict):
-        raise DatasetError(p, "no 'sample_pairs' mapping (id → pair metadata)", "use the OCELOT release's metadata.json (the challenge's list format is not a dataset root)")
-    return {str(k): v for k, v in pairs.items()}
-
-
-def _resized_mpp(meta: dict[str, Any], which: str) -> float | None:
-    part = meta.get(which)
-    if not isinstance(part, dict):
-        return None
-    vals = [part.get("resized_mpp_x"), part.get("resized_mpp_y")]
-    try:
-        nums = [float(v) for v in vals if v is not None]
-    except (TypeError, ValueError):
-        return None
-    nums = [v for v in nums if math.isfinite(v) and v > 0]
-    return sum(nums) / len(nums) if nums else None
-
-
-def list_pairs(root: str | os.PathLike[str], split: str) -> list[PairRecord]:
-    """All pairs of ``split``, sorted by id; checks that every file and metadata entry exists."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(root, "dataset root not found", "pass the folder that holds metadata.json, images/ and annotations/")
-    if split not in SPLITS:
-        raise DatasetError(root, f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
-    folders = {
-        "cell images": root / "images" / split / "cell",
-        "tissue images": root / "images" / split / "tissue",
-        "cell annotations": root / "annotations" / split / "cell",
-        "tissue annotations": root / "annotations" / split / "tissue",
-    }
-    for what, folder in folders.items():
-        if not folder.is_dir():
-            raise DatasetError(folder, f"folder of {what} for split {split!r} not found", _LAYOUT_FIX)
-    meta = read_metadata(root)
-    ids = sorted(p.stem for p in folders["cell images"].glob("*.jpg"))
-    if not ids:
-        raise DatasetError(folders["cell images"], f"no .jpg cell images for split {split!r}", _LAYOUT_FIX)
-    records = []
-    for id_ in ids:
-        files = {
-            "tissue image": folders["tissue images"] / f"{id_}.jpg",
-            "cell annotation": folders["cell annotations"] / f"{id_}.csv",
-            "tissue annotation": folders["tissue annotations"] / f"{id_}.png",
-        }
-        for what, f in files.items():
-            if not f.is_file():
-                raise DatasetError(f, f"{what} of pair {id_} not found", _LAYOUT_FIX)
-        m = meta.get(id_)
-        if m is None:
-            raise DatasetError(root / "metadata.json", f"no sample_pairs entry for pair {id_!r}", "use the metadata.json that belongs to these images")
-        try:
-            offset = (float(m["patch_x_offset"]), float(m["patch_y_offset"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise DatasetError(root / "metadata.json", f"pair {id_!r} lacks a numeric patch_x_offset/patch_y_offset", "use the release's metadata.json") from err
-        if not all(0.0 <= v <= 1.0 for v in offset):
-            raise DatasetError(root / "metadata.json", f"pair {id_!r} has offset {offset} outside [0, 1]", "offsets are the relative centre of the cell patch in the tissue patch")
-        organ = m.get("organ")
-        records.append(
-            PairRecord(
-                id=id_,
-                cell_image=folders["cell images"] / f"{id_}.jpg",
-                tissue_image=files["tissue image"],
-                cell_csv=files["cell annotation"],
-                tissue_png=files["tissue annotation"],
-                offset=offset,
-                organ=str(organ) if organ is not None else None,
-                cell_mpp=_resized_mpp(m, "cell"),
-                tissue_mpp=_resized_mpp(m, "tissue"),
-            )
-        )
-    return records
-
-
-# --------------------------------------------------------------------------- geometry
 
 
 @dataclass(frozen=True)
@@ -356,6 +193,7 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         augment: AugmentConfig | None = None,
         disk_radius: float = 5.0,
         context_factor: int = 4,
+        cache: bool = False,
     ) -> None:
         if tile_mode not in TILE_MODES:
             raise ValueError(f"tile_mode must be one of {TILE_MODES}, got {tile_mode!r}")
@@ -368,6 +206,11 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         self.augment = augment
         self.disk_radius = disk_radius
         self.context_factor = context_factor
+        # ``cache``: keep each decoded pair (after the deterministic resize in ``resize``
+        # mode) as uint8 in memory, so later epochs skip JPEG decoding. Per process: use
+        # it with persistent DataLoader workers or with workers = 0.
+        self.cache = cache
+        self._cache: dict[int, PairSample] = {}
         # read every CSV now: a malformed file fails at start-up, not hours into training
         self._points = [read_cell_csv(r.cell_csv) for r in self.records]
         first = self.records[0].cell_image
@@ -427,14 +270,25 @@ class OcelotDataset(Dataset[dict[str, Any]]):
             tissue_label=torch.from_numpy(label).long(),
         )
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _base_pair(self, index: int) -> PairSample:
+        """The full pair, resized in ``resize`` mode (deterministic, so cacheable)."""
+        if self.cache and index in self._cache:
+            c = self._cache[index]
+            return PairSample(cell=c.cell.float().div_(255.0), tissue=c.tissue.float().div_(255.0), offset=c.offset.clone(),
+                              points=c.points.clone(), tissue_label=c.tissue_label.long(), cell_target=None)
         s = self.load_pair(index)
-        if self.tile_size is not None and self.tile_size != self.image_size:
-            if self.tile_mode == "crop":
-                box = choose_crop(self.image_size, (float(s.offset[0]), float(s.offset[1])), self.tile_size, self.context_factor, random=self.random_crop)
-                s = crop_pair(s, box, self.context_factor)
-            else:
-                s = resize_pair(s, self.tile_size)
+        if self.tile_size is not None and self.tile_size != self.image_size and self.tile_mode == "resize":
+            s = resize_pair(s, self.tile_size)
+        if self.cache:
+            self._cache[index] = PairSample(cell=(s.cell * 255.0).round_().to(torch.uint8), tissue=(s.tissue * 255.0).round_().to(torch.uint8),
+                                            offset=s.offset.clone(), points=s.points.clone(), tissue_label=s.tissue_label.to(torch.uint8), cell_target=None)
+        return s
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self._base_pair(index)
+        if self.tile_size is not None and self.tile_size != self.image_size and self.tile_mode == "crop":
+            box = choose_crop(self.image_size, (float(s.offset[0]), float(s.offset[1])), self.tile_size, self.context_factor, random=self.random_crop)
+            s = crop_pair(s, box, self.context_factor)
         if self.augment is not None:
             s = random_augment(s, self.augment)
         size = s.cell.shape[-1]

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from training.data import OcelotDataset, collate
 from training.losses import LossConfig, total_loss
 from wsi_ocelot.inference.peaks import PeakConfig, find_peaks
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
@@ -118,50 +117,19 @@ def score_by_organ(pred: Predictions, radius: float = DISTANCE_CUTOFF) -> dict[s
     return {organ: evaluate([pred.preds[i] for i in idx], [pred.gts[i] for i in idx], radius).to_dict() for organ, idx in sorted(groups.items())}
 
 
-def _resize_for(model_multiple: int, image_size: int, data_mpp: float | None, ckpt_mpp: float) -> int | None:
-    """The tile size that brings the data to the checkpoint's cell MPP, or None (use as is)."""
-    if data_mpp is None or abs(data_mpp / ckpt_mpp - 1.0) <= 0.05:
-        return None
-    size = image_size * data_mpp / ckpt_mpp
-    size = max(model_multiple, int(round(size / model_multiple)) * model_multiple)
-    return min(size, image_size)
-
-
 def evaluate_checkpoint(
     ckpt_path: str | os.PathLike[str],
     data_root: str | os.PathLike[str],
     split: str,
     device: str = "cpu",
     batch_size: int = 4,
-    *,
-    workers: int = 0,
 ) -> dict[str, Any]:
     """Score a checkpoint on one split of an OCELOT-layout dataset, overall and per organ.
 
-    Returns ``{"overall": score_dict, "per_organ": {organ: score_dict}, "num_images": N}``
-    with ``score_dict = {"mF1", "BC": {"precision", "recall", "f1"}, "TC": {...}}``;
-    ``per_organ`` is empty when the metadata has no ``organ``. Images are used whole (no
-    tiles) at the checkpoint's recorded ``cell_mpp`` (resized if the data's ``resized_mpp``
-    differs by more than 5 %).
-
-    Raises:
-        CheckpointError: the checkpoint cannot be loaded.
-        DatasetError: the split is missing or malformed.
+    The implementation lives in the package (:func:`wsi_ocelot.evaluation.evaluate_dataset`,
+    also behind ``wsi-ocelot evaluate --data``); this name is kept for training scripts.
+    Returns ``{"overall": score_dict, "per_organ": {organ: score_dict}, "num_images": N, ...}``.
     """
-    from wsi_ocelot.model import load_model
+    from wsi_ocelot.evaluation import evaluate_dataset
 
-    dev = torch.device(device)
-    model, info = load_model(ckpt_path, dev)
-    probe = OcelotDataset(data_root, split)
-    mpp = probe.mpp()
-    multiple = int(getattr(getattr(model, "cell", None), "input_multiple", 32))
-    tile = _resize_for(multiple, probe.image_size, mpp[0] if mpp else None, info.geometry.cell_mpp)
-    ds = OcelotDataset(data_root, split, tile_size=tile, tile_mode="resize") if tile else probe
-    if tile:
-        log.info("resizing %s images from %d to %d px to match the checkpoint's cell MPP %.3f", split, ds.image_size, tile, info.geometry.cell_mpp)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=dev.type == "cuda")
-    pred = predict(model, loader, dev, info.peaks)
-    radius = DISTANCE_CUTOFF * ds.scale
-    result = {"overall": score(pred, radius), "per_organ": score_by_organ(pred, radius), "num_images": len(pred.preds)}
-    log.info("%s on %s/%s: mF1 %.4f over %d images", os.fspath(ckpt_path), os.fspath(data_root), split, result["overall"]["mF1"], result["num_images"])
-    return result
+    return evaluate_dataset(ckpt_path, data_root, split, device=device, batch_size=batch_size)

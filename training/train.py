@@ -98,6 +98,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     workers: int = 2
+    cache: bool = False
     tile_size: int | None = None
     tile_mode: str = "crop"
     val_full_size: bool = False
@@ -378,7 +379,7 @@ def _loader(ds: OcelotDataset, cfg: TrainConfig, device: torch.device, *, shuffl
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         generator=generator,
-        persistent_workers=False,
+        persistent_workers=cfg.cache and cfg.workers > 0,  # keep each worker's decoded-pair cache across epochs
     )
 
 
@@ -395,11 +396,11 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     seed_everything(cfg.seed)
     cf = cfg.model.context_factor
 
-    train_ds = OcelotDataset(cfg.data, cfg.train_split, tile_size=cfg.tile_size, tile_mode=cfg.tile_mode, random_crop=True, augment=cfg.augment, disk_radius=cfg.disk_radius, context_factor=cf)
+    train_ds = OcelotDataset(cfg.data, cfg.train_split, tile_size=cfg.tile_size, tile_mode=cfg.tile_mode, random_crop=True, augment=cfg.augment, disk_radius=cfg.disk_radius, context_factor=cf, cache=cfg.cache)
     val_ds = None
     if cfg.val_split is not None:
         val_tile = None if cfg.val_full_size and cfg.tile_mode == "crop" else cfg.tile_size
-        val_ds = OcelotDataset(cfg.data, cfg.val_split, tile_size=val_tile, tile_mode=cfg.tile_mode, random_crop=False, augment=None, disk_radius=cfg.disk_radius, context_factor=cf)
+        val_ds = OcelotDataset(cfg.data, cfg.val_split, tile_size=val_tile, tile_mode=cfg.tile_mode, random_crop=False, augment=None, disk_radius=cfg.disk_radius, context_factor=cf, cache=cfg.cache)
     if len(train_ds) < cfg.batch_size:
         raise ConfigError(None, f"batch_size {cfg.batch_size} is larger than the training split ({len(train_ds)} pairs)", f"use --batch-size ≤ {len(train_ds)}")
 
@@ -445,6 +446,8 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     )
     val_loader = _loader(val_ds, cfg, device, shuffle=False) if val_ds is not None else None
     history = run_dir / "history.jsonl"
+    gen = torch.Generator()
+    train_loader = _loader(train_ds, cfg, device, shuffle=True, generator=gen)  # one loader: persistent workers keep their caches
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.max_steps is not None and step >= cfg.max_steps:
             log.info("max_steps %d reached", cfg.max_steps)
@@ -454,8 +457,8 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         lr = lr_at(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        gen = torch.Generator().manual_seed(cfg.seed + epoch)
-        train_stats, step = train_one_epoch(model, _loader(train_ds, cfg, device, shuffle=True, generator=gen), optimizer, device, cfg, epoch=epoch, step=step, amp_dtype=amp_dtype, scaler=scaler)
+        gen.manual_seed(cfg.seed + epoch)  # the same shuffle as a fresh generator with this seed
+        train_stats, step = train_one_epoch(model, train_loader, optimizer, device, cfg, epoch=epoch, step=step, amp_dtype=amp_dtype, scaler=scaler)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
         val = None
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):

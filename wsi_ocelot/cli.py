@@ -114,7 +114,7 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
     cfg = SyntheticDatasetConfig(seed=args.seed, train=args.train, val=args.val, test=args.test, geometry=geo)
     if args.slide_size_um:
         cfg = dataclasses.replace(cfg, slide_size_um=args.slide_size_um)
-    path = write_synthetic_dataset(args.out, cfg)
+    path = write_synthetic_dataset(args.out, cfg, workers=args.workers)
     print(f"wrote {args.train}/{args.val}/{args.test} train/val/test pairs to {args.out}; metadata in {path}")
     return 0
 
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geometry", help="YAML with a 'geometry:' mapping (cell_mpp, tissue_mpp, tile_size, ...)")
     p.add_argument("--tile-size", type=int, help="tile size in px (default 1024; smaller for quick CPU runs)")
     p.add_argument("--slide-size-um", type=float, help="side of each synthetic slide in µm (default 1700)")
+    p.add_argument("--workers", type=int, default=0, help="render this many slides at once in worker processes (same files)")
 
     p = _add(sub, "demo", cmd_demo, "Run the embedded default end to end on a synthetic slide.", "wsi-ocelot demo --out demo_out")
     p.add_argument("--out", default="wsi_ocelot_demo", help="output folder")

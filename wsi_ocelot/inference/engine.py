@@ -294,7 +294,13 @@ class SlideRunner:
 
     # ------------------------------------------------------------------------------------
     def _run(self, slide: Slide, work: Path, sid: str) -> SlideResult:
-        from wsi_ocelot.outputs import CellsGeoJSONWriter, PredictionStore, polygons_from_map, write_overview, write_tissue_geojson
+        from wsi_ocelot.outputs import (
+            CellsGeoJSONWriter,
+            PredictionStore,
+            polygons_from_map,
+            write_overview,
+            write_tissue_geojson,
+        )
 
         cfg, geo = self.config, self.geometry
         timer = _Timer()
@@ -449,7 +455,6 @@ class SlideRunner:
         """The paper's path: every cell tile with its own context. The tissue map is
         filled from each context's prediction over the tile's core."""
         grid = plan.cells
-        T, f = self.geometry.tile_size, self.geometry.context_factor
         ca = 0
         bar = _progress(len(grid), "per-tile pass", self.config.progress)
         for batch in _timed_batches(self._loader(slide, grid.boxes, plan.contexts), timer):

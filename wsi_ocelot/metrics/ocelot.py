@@ -206,5 +206,5 @@ def evaluate(
     tc = ClassScore.from_counts("TC", *totals[2])
     mf1 = sum([bc.f1, tc.f1]) / len(CLASS_NAMES)
     score = OcelotScore(bc=bc, tc=tc, mf1=mf1, num_images=len(gt_map), radius=float(radius))
-    logger.info("OCELOT mF1 %.4f (BC F1 %.4f, TC F1 %.4f)", mf1, bc.f1, tc.f1)
+    logger.debug("OCELOT mF1 %.4f (BC F1 %.4f, TC F1 %.4f)", mf1, bc.f1, tc.f1)
     return score

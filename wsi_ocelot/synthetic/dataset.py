@@ -118,64 +118,107 @@ def _pick_pairs(slide: SyntheticSlide, rng: np.random.Generator, n: int, tile_l0
     return np.asarray(boxes, np.int64).reshape(-1, 4), np.asarray(offs, np.float64).reshape(-1, 2)
 
 
-def write_synthetic_dataset(out_dir: str | os.PathLike[str], config: SyntheticDatasetConfig = SyntheticDatasetConfig()) -> Path:
-    """Write the dataset and return the path of its ``metadata.json``."""
-    out = Path(out_dir)
+def _render_slide(job: tuple[str, int, int, int, SyntheticDatasetConfig, Path]) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+    """Render the pairs of one synthetic slide: [(metadata entry, {relative path: bytes})]."""
+    import io
+
+    split, slide_index, sseed, want, config, _out = job
     geo = config.geometry
     T, f = geo.tile_size, geo.context_factor
     tile_l0 = 2 * round(T * geo.cell_mpp / config.slide_mpp / 2)
     size_px = int(round(config.slide_size_um / config.slide_mpp))
     organs = list(ORGANS)
+    organ = organs[(sseed + slide_index) % len(organs)]
+    params = dataclasses.replace(SyntheticParams(), **ORGANS[organ])
+    slide = make_synthetic_slide(mpp=config.slide_mpp, size=(size_px, size_px), seed=sseed, params=params)
+    rng = np.random.default_rng(sseed)
+    k = int(rng.integers(1, config.max_pairs_per_slide + 1))
+    boxes, offs = _pick_pairs(slide, rng, min(k, want), tile_l0, f)
+    ctx = context_boxes(boxes, f, offs)
+    name = f"synthetic_{split}_{slide_index:03d}_seed{sseed}"
+    out: list[tuple[dict[str, Any], dict[str, bytes]]] = []
+
+    def jpeg(img: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=config.quality)
+        return buf.getvalue()
+
+    for box, cbox, off in zip(boxes, ctx, offs, strict=True):
+        cell_img = slide.render(tuple(box), box[2] * config.slide_mpp / T)
+        tissue_img = slide.render(tuple(cbox), cbox[2] * config.slide_mpp / T)
+        cells = slide.cells_in_box(tuple(box))
+        px = (cells[:, :2] - box[:2]) * (T / box[2])
+        xy = np.clip(np.floor(px), 0, T - 1).astype(int)
+        lines = [f"{x},{y},{int(c)}" for (x, y), c in zip(xy, cells[:, 2], strict=True)]
+        label = _tissue_label(slide, cbox, T, config.unknown_band_px)
+        png = io.BytesIO()
+        Image.fromarray(label).save(png, format="PNG")
+        mx = my = config.slide_mpp
+        entry = {
+            "slide_name": name,
+            "cell": {"x_start": int(box[0]), "y_start": int(box[1]), "x_end": int(box[0] + box[2]), "y_end": int(box[1] + box[3]),
+                     "resized_mpp_x": box[2] * mx / T, "resized_mpp_y": box[3] * my / T},
+            "tissue": {"x_start": int(cbox[0]), "y_start": int(cbox[1]), "x_end": int(cbox[0] + cbox[2]), "y_end": int(cbox[1] + cbox[3]),
+                       "resized_mpp_x": cbox[2] * mx / T, "resized_mpp_y": cbox[3] * my / T},
+            "patch_x_offset": float(off[0]),
+            "patch_y_offset": float(off[1]),
+            "mpp_x": mx,
+            "mpp_y": my,
+            "organ": organ,
+            "subset": split,
+            "slide_seed": sseed,
+            "slide_size": [size_px, size_px],
+        }
+        files = {"images/cell": jpeg(cell_img), "images/tissue": jpeg(tissue_img),
+                 "annotations/cell": ("\n".join(lines) + ("\n" if lines else "")).encode(), "annotations/tissue": png.getvalue()}
+        out.append((entry, files))
+    return out
+
+
+def write_synthetic_dataset(out_dir: str | os.PathLike[str], config: SyntheticDatasetConfig = SyntheticDatasetConfig(), *, workers: int = 0) -> Path:
+    """Write the dataset and return the path of its ``metadata.json``.
+
+    ``workers`` > 0 renders that many slides at once in worker processes; the files are
+    the same bytes either way (ids follow split, slide and pair order)."""
+    out = Path(out_dir)
+    ext = {"images/cell": "jpg", "images/tissue": "jpg", "annotations/cell": "csv", "annotations/tissue": "png"}
     pairs: dict[str, dict[str, Any]] = {}
     next_id = 1
-    for split in SPLITS:
-        want = int(getattr(config, split))
-        for sub in ("images", "annotations"):
-            for kind in ("cell", "tissue"):
-                (out / sub / split / kind).mkdir(parents=True, exist_ok=True)
-        made, slide_index = 0, 0
-        while made < want:
-            sseed = _slide_seed(config.seed, split, slide_index)
-            organ = organs[(sseed + slide_index) % len(organs)]
-            params = dataclasses.replace(SyntheticParams(), **ORGANS[organ])
-            slide = make_synthetic_slide(mpp=config.slide_mpp, size=(size_px, size_px), seed=sseed, params=params)
-            rng = np.random.default_rng(sseed)
-            k = int(rng.integers(1, config.max_pairs_per_slide + 1))
-            boxes, offs = _pick_pairs(slide, rng, min(k, want - made), tile_l0, f)
-            ctx = context_boxes(boxes, f, offs)
-            name = f"synthetic_{split}_{slide_index:03d}_seed{sseed}"
-            for box, cbox, off in zip(boxes, ctx, offs, strict=True):
-                pid = f"{next_id:03d}"
-                cell_img = slide.render(tuple(box), box[2] * config.slide_mpp / T)
-                tissue_img = slide.render(tuple(cbox), cbox[2] * config.slide_mpp / T)
-                Image.fromarray(cell_img).save(out / "images" / split / "cell" / f"{pid}.jpg", quality=config.quality)
-                Image.fromarray(tissue_img).save(out / "images" / split / "tissue" / f"{pid}.jpg", quality=config.quality)
-                cells = slide.cells_in_box(tuple(box))
-                px = (cells[:, :2] - box[:2]) * (T / box[2])
-                xy = np.clip(np.floor(px), 0, T - 1).astype(int)
-                lines = [f"{x},{y},{int(c)}" for (x, y), c in zip(xy, cells[:, 2], strict=True)]
-                (out / "annotations" / split / "cell" / f"{pid}.csv").write_text("\n".join(lines) + ("\n" if lines else ""))
-                label = _tissue_label(slide, cbox, T, config.unknown_band_px)
-                Image.fromarray(label).save(out / "annotations" / split / "tissue" / f"{pid}.png")
-                mx = my = config.slide_mpp
-                pairs[pid] = {
-                    "slide_name": name,
-                    "cell": {"x_start": int(box[0]), "y_start": int(box[1]), "x_end": int(box[0] + box[2]), "y_end": int(box[1] + box[3]),
-                             "resized_mpp_x": box[2] * mx / T, "resized_mpp_y": box[3] * my / T},
-                    "tissue": {"x_start": int(cbox[0]), "y_start": int(cbox[1]), "x_end": int(cbox[0] + cbox[2]), "y_end": int(cbox[1] + cbox[3]),
-                               "resized_mpp_x": cbox[2] * mx / T, "resized_mpp_y": cbox[3] * my / T},
-                    "patch_x_offset": float(off[0]),
-                    "patch_y_offset": float(off[1]),
-                    "mpp_x": mx,
-                    "mpp_y": my,
-                    "organ": organ,
-                    "subset": split,
-                    "slide_seed": sseed,
-                    "slide_size": [size_px, size_px],
-                }
-                next_id += 1
-                made += 1
-            slide_index += 1
-        log.info("%s: %d pairs from %d synthetic slides", split, made, slide_index)
-    return write_metadata(out, pairs, geo, dataset="wsi-ocelot synthetic", seed=config.seed,
+    pool = None
+    if workers > 0:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(workers)
+    try:
+        for split in SPLITS:
+            want = int(getattr(config, split))
+            for sub in ("images", "annotations"):
+                for kind in ("cell", "tissue"):
+                    (out / sub / split / kind).mkdir(parents=True, exist_ok=True)
+            made, slide_index = 0, 0
+            while made < want:
+                # a batch of slides; each yields at most max_pairs_per_slide pairs
+                n_jobs = max(1, min(workers or 1, -(-(want - made) // 1)))
+                jobs = [(split, slide_index + j, _slide_seed(config.seed, split, slide_index + j), want, config, out) for j in range(n_jobs)]
+                results = pool.map(_render_slide, jobs) if pool is not None else [_render_slide(jobs[0])]
+                for pairs_of_slide in results:
+                    slide_index += 1
+                    for entry, files in pairs_of_slide:
+                        if made >= want:
+                            break
+                        pid = f"{next_id:03d}"
+                        for key, data in files.items():
+                            sub, kind = key.split("/")
+                            (out / sub / split / kind / f"{pid}.{ext[key]}").write_bytes(data)
+                        pairs[pid] = entry
+                        next_id += 1
+                        made += 1
+                    if made >= want:
+                        break
+            log.info("%s: %d pairs from %d synthetic slides", split, made, slide_index)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return write_metadata(out, pairs, config.geometry, dataset="wsi-ocelot synthetic", seed=config.seed,
                           splits={s: int(getattr(config, s)) for s in SPLITS}, slide_mpp=config.slide_mpp)

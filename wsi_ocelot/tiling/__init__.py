@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from wsi_ocelot.tiling.grid import Grid, cell_grid, context_boxes, filter_by_mask, make_grid, owner_of, tissue_grid
+from wsi_ocelot.tiling.grid import (
+    Grid,
+    cell_grid,
+    context_boxes,
+    filter_by_mask,
+    make_grid,
+    owner_of,
+    tissue_grid,
+)
 
 __all__ = ["Grid", "cell_grid", "context_boxes", "filter_by_mask", "make_grid", "owner_of", "tissue_grid", "TileDataset", "make_loader", "SlideTiles", "plan_tiles"]
 

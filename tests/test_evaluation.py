@@ -1,0 +1,73 @@
+"""``wsi-ocelot evaluate --data ROOT --split S --model CKPT``: a checkpoint scored on an
+OCELOT-layout split, overall and per organ; and the training→evaluate path of README."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from wsi_ocelot.config import GeometryConfig
+from wsi_ocelot.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("evalds")
+    data = root / "data"
+    write_synthetic_dataset(data, SyntheticDatasetConfig(seed=9, train=4, val=2, test=3, geometry=GeometryConfig(tile_size=128, cell_margin=8, tissue_margin=16)))
+    run = root / "run"
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--config", "configs/pred_to_inter2.yaml", "--data", str(data), "--out", str(run),
+                           "--encoder", "resnet18", "--batch-size", "2", "--epochs", "1", "--max-steps", "2", "--device", "cpu", "--workers", "0"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return data, run / "best.safetensors"
+
+
+def test_evaluate_data_json(trained):
+    data, ckpt = trained
+    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--data", str(data), "--split", "test", "--model", str(ckpt), "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["num_images"] == 3 and out["split"] == "test"
+    assert set(out["overall"]) == {"mF1", "BC", "TC"} and set(out["overall"]["BC"]) == {"precision", "recall", "f1"}
+    meta = json.loads((data / "metadata.json").read_text())
+    organs = {p["organ"] for p in meta["sample_pairs"].values() if p["subset"] == "test"}
+    assert set(out["per_organ"]) == organs
+
+
+def test_evaluate_data_table_and_errors(trained, tmp_path):
+    data, ckpt = trained
+    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--data", str(data), "--split", "val", "--model", str(ckpt)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "population" in proc.stdout and "mF1" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--data", str(tmp_path), "--split", "test", "--model", str(ckpt)],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "Fix:" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--data", str(data), "--model", str(tmp_path / "nope.safetensors")],
+                             capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and "nope.safetensors" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_package_and_training_evaluation_agree(trained):
+    from training.evaluate_data import evaluate_checkpoint
+    from wsi_ocelot.evaluation import evaluate_dataset
+
+    data, ckpt = trained
+    a = evaluate_dataset(ckpt, data, "test")
+    b = evaluate_checkpoint(ckpt, data, "test")
+    assert a["overall"] == b["overall"]
+
+
+def test_reproduce_summary_ci():
+    from training.reproduce import mean_ci95
+
+    m, ci = mean_ci95([0.6, 0.7, 0.8])
+    # sd = 0.1, t(0.975, 2) = 4.3027, ci = 4.3027 * 0.1 / sqrt(3) = 0.2484
+    assert m == pytest.approx(0.7) and ci == pytest.approx(0.2484, abs=1e-4)
