@@ -89,6 +89,13 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, run_dir: Path) ->
         "tile_mode": args.tile_mode, "workers": args.workers, "encoder": args.encoder, "cache": args.cache or None,
         "eval_every": args.eval_every,
     }
+    for key, value in _parse_sets(args.set):
+        head, _, rest = key.partition(".")
+        if rest:
+            overrides.setdefault(head, {})
+            overrides[head][rest] = value
+        else:
+            overrides[head] = value
     cfg = load_config(CONFIGS / f"{variant}.yaml", overrides)
     t0 = time.perf_counter()
     summary = main(cfg)
@@ -106,6 +113,19 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, run_dir: Path) ->
     result_file.write_text(json.dumps(result, indent=2) + "\n")
     log.info("%s seed %d: val mF1 %.4f, test mF1 %.4f (%.0f s)", variant, seed, result["val_mF1"] or 0, result["test_mF1"], train_s)
     return result
+
+
+def _parse_sets(items: Sequence[str] | None) -> list[tuple[str, Any]]:
+    """``key=value`` (``section.key=value`` for one level of nesting), values parsed as YAML."""
+    import yaml
+
+    out = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: use key=value, e.g. --set peaks.sigma=1.0")
+        out.append((key.strip(), yaml.safe_load(value)))
+    return out
 
 
 def summarise(results: list[dict[str, Any]], args: argparse.Namespace, wall_s: float) -> dict[str, Any]:
@@ -129,7 +149,7 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, wall_s: f
         "data": os.fspath(args.data),
         "settings": {"epochs": args.epochs, "max_steps": args.max_steps, "tile_size": args.tile_size, "tile_mode": args.tile_mode,
                      "encoder": args.encoder or "per config (resnet34)", "batch_size": args.batch_size, "lr": args.lr or "per config (1e-3)",
-                     "seeds": args.seeds},
+                     "seeds": args.seeds, "overrides": dict(_parse_sets(args.set))},
         "wall_s": round(wall_s, 1),
         "variants": variants,
         "runs": results,
@@ -182,6 +202,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--test-split", default="test")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field for every run (YAML value; one level of nesting: peaks.sigma=1.0)")
     p.add_argument("--demo", default=None, help="also score this checkpoint on the test split and record it as the 'demo' entry")
     return p.parse_args(argv)
 

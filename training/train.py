@@ -174,7 +174,11 @@ def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] |
         model = dict(data.get("model") or {})
         model["encoder"] = encoder
         data["model"] = model
-    data.update(overrides)
+    for key, value in overrides.items():  # mappings merge one level deep (e.g. peaks: {sigma: 1})
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
     return from_dict(TrainConfig, data, source=path)
 
 
@@ -502,7 +506,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--tile-size", type=int, dest="tile_size", help="train on T×T crops (tile_mode crop) or resized images (tile_mode resize)")
+    p.add_argument("--tile-mode", choices=TILE_MODES, dest="tile_mode", help="crop (native resolution) or resize (whole field of view, coarser MPP)")
     p.add_argument("--workers", type=int)
+    p.add_argument("--cache", action="store_const", const=True, default=None, help="keep decoded pairs in memory across epochs")
+    p.add_argument("--eval-every", type=int, dest="eval_every", help="validate every N epochs")
     p.add_argument("--encoder", help="override model.encoder (e.g. resnet18 for quick runs)")
     return p.parse_args(argv)
 
@@ -510,7 +517,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def cli(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: getattr(args, k) for k in ("data", "out", "epochs", "max_steps", "device", "seed", "lr", "batch_size", "tile_size", "workers", "encoder")}
+    overrides = {k: getattr(args, k) for k in ("data", "out", "epochs", "max_steps", "device", "seed", "lr", "batch_size", "tile_size", "tile_mode", "workers", "cache", "eval_every", "encoder")}
     handler: logging.Handler | None = None
     try:
         cfg = load_config(args.config, overrides)

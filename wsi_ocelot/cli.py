@@ -119,10 +119,59 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
+
+
+def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Slide paths and folders (searched recursively for OpenSlide's extensions)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in SLIDE_EXTENSIONS)
+            if not found:
+                log.warning("%s: no slides found in this folder (looked for %s)", p, ", ".join(SLIDE_EXTENSIONS))
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
+    from wsi_ocelot.weights import resolve_model
+
+    slides = _expand_inputs(args.inputs)
+    if not slides:
+        raise WsiOcelotError(None, "no slides to run", "pass slide files or folders that hold slides")
+    cfg = EngineConfig(device=args.device, batch_size=args.batch_size, workers=args.workers, per_tile=args.per_tile,
+                       geojson_gzip=args.geojson_gzip, qupath_crop=not args.no_qupath_crop, progress=not args.no_progress and sys.stderr.isatty(),
+                       amp=not args.no_amp)
+    runner = SlideRunner(resolve_model(args.model), cfg)
+    failed: list[tuple[Path, str]] = []
+    for i, path in enumerate(slides, 1):
+        log.info("[%d/%d] %s", i, len(slides), path)
+        try:
+            res = runner.run(path, args.out, mpp=args.mpp, overwrite=True)
+        except WsiOcelotError as err:
+            failed.append((path, err.one_line()))
+            log.error("error: %s", err.one_line())
+            continue
+        p = res.purity
+        purity = "n/a (" + str(p["purity_reason"]) + ")" if p["purity"] is None else f"{p['purity']:.3f}"
+        print(f"{res.slide_id}: {res.n_cells} cells, purity {purity}, outputs in {res.out_dir}")
+    if failed:
+        print(f"{len(failed)} of {len(slides)} slide(s) failed:", file=sys.stderr)
+        for path, msg in failed:
+            print(f"  {path}: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from wsi_ocelot.demo import run_demo
 
-    return run_demo(args.out)
+    return run_demo(args.out, device=args.device, workers=args.workers, progress=not args.no_progress and sys.stderr.isatty())
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -186,6 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geometry", help="YAML with a 'geometry:' mapping (cell_mpp, tissue_mpp, tile_size, ...)")
     p.add_argument("--tile-size", type=int, help="tile size in px (default 1024)")
 
+    p = _add(sub, "run", cmd_run, "Detect and classify cells on whole slides; write Zarr, QuPath GeoJSON, purity and an overview per slide.",
+             "wsi-ocelot run slide.svs --out results --model demo\n  wsi-ocelot run slides/ --out results --model runs/p2i2/best.safetensors --device cuda --batch-size 16")
+    p.add_argument("inputs", nargs="+", help="slide files and/or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder; each slide gets <out>/<slide-id>/")
+    p.add_argument("--model", default="demo", help="checkpoint (.safetensors) or 'demo' (synthetic-data demo weights, not for real slides)")
+    p.add_argument("--mpp", type=float, help="override the level-0 µm/px of every slide")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per batch (halved automatically on GPU out-of-memory)")
+    p.add_argument("--workers", type=int, default=2, help="tile-reading worker processes")
+    p.add_argument("--per-tile", action="store_true", help="the paper's per-tile path (each cell tile with its own context) instead of two passes")
+    p.add_argument("--geojson-gzip", action="store_true", help="write cells.geojson.gz (large slides)")
+    p.add_argument("--no-qupath-crop", action="store_true", help="GeoJSON in OpenSlide's uncropped frame (for QuPath images added with --no-crop)")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     p = _add(sub, "synth-slide", cmd_synth_slide, "Write a synthetic H&E slide (pyramidal TIFF) with cell and cancer-area ground truth.", "wsi-ocelot synth-slide synth.tiff --mpp 0.25 --size 4096 4096 --seed 1")
     p.add_argument("out", help="output .tiff path; OUT.cells.csv and OUT.tissue.geojson are written beside it")
     p.add_argument("--mpp", type=float, default=0.25, help="level-0 µm/px")
@@ -207,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "demo", cmd_demo, "Run the embedded default end to end on a synthetic slide.", "wsi-ocelot demo --out demo_out")
     p.add_argument("--out", default="wsi_ocelot_demo", help="output folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=2, help="tile-reading worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = _add(sub, "evaluate", cmd_evaluate, "Score cell detections with the OCELOT 2023 challenge metric.",
              "wsi-ocelot evaluate --pred cell_classification.json --gt gt.json\n  wsi-ocelot evaluate --data synth_data --split test --model run/best.safetensors")

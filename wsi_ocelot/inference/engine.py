@@ -341,7 +341,7 @@ class SlideRunner:
                     coarse, k = self._coarse_map(store, tmap)
                     ca_geom = polygons_from_map(coarse, threshold=0.5, scale=tmap.scale * k, min_area=(20.0 / mpp) ** 2)
                 write_tissue_geojson(work / "tissue.geojson", ca_geom, origin=origin)
-                thumb, ds = slide.thumbnail(mpp=8.0)
+                thumb, ds = slide.thumbnail(mpp=max(1.0, max(W, H) * mpp / 1200.0))  # ~1200 px on the long side
                 tc, bc = acc.tc_grid, acc.bc_grid
                 with np.errstate(invalid="ignore", divide="ignore"):
                     grid = np.where(tc + bc > 0, tc / np.maximum(tc + bc, 1), np.nan)
