@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -25,28 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as fh:
-            kb = int(fh.readline().split()[1])
-            mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
     import numpy
     import shapely
     import zarr
 
-    return (f"{os.cpu_count()} cores ({cpu}){mem}, Linux {platform.release()}, Python {platform.python_version()}, "
-            f"numpy {numpy.__version__}, shapely {shapely.__version__}, zarr {zarr.__version__}")
+    from wsi_ocelot.sysinfo import describe_machine
+
+    return f"{describe_machine('cpu')}, numpy {numpy.__version__}, shapely {shapely.__version__}, zarr {zarr.__version__}"
 
 
 def child(kind: str, n: int, batch: int, out: str) -> dict[str, float]:

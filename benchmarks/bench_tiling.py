@@ -12,28 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def main() -> None:
@@ -49,6 +32,7 @@ def main() -> None:
     from wsi_ocelot.config import GeometryConfig
     from wsi_ocelot.slide import open_slide
     from wsi_ocelot.synthetic import write_synthetic_slide
+    from wsi_ocelot.sysinfo import describe_machine
     from wsi_ocelot.tiling import TileDataset, make_loader, plan_tiles
 
     torch.set_num_threads(1)
@@ -81,7 +65,7 @@ def main() -> None:
             results[name] = n / (time.perf_counter() - t0)
     base = results["raw_read_region"]
     report = {
-        "machine": machine(),
+        "machine": describe_machine("cpu"),
         "slide": f"synthetic {args.size}x{args.size} px at 0.25 µm/px, pyramidal JPEG TIFF",
         "pairs": n,
         "tile_size": geo.tile_size,

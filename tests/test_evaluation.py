@@ -71,3 +71,10 @@ def test_reproduce_summary_ci():
     m, ci = mean_ci95([0.6, 0.7, 0.8])
     # sd = 0.1, t(0.975, 2) = 4.3027, ci = 4.3027 * 0.1 / sqrt(3) = 0.2484
     assert m == pytest.approx(0.7) and ci == pytest.approx(0.2484, abs=1e-4)
+
+
+def test_model_demo_resolves(tmp_path):
+    from wsi_ocelot.weights import demo_path, resolve_model
+
+    assert resolve_model("demo") == demo_path() and demo_path().stat().st_size < 25 * 2**20
+    assert resolve_model(tmp_path / "x.safetensors") == tmp_path / "x.safetensors"

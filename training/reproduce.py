@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -54,24 +53,6 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
         return m, math.nan
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
     return m, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-
-
-def machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        dev = f"GPU {torch.cuda.get_device_name(0)}"
-    else:
-        cpu = platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        dev = f"CPU only ({cpu})"
-    return f"{dev}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def run_one(variant: str, seed: int, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
@@ -129,6 +110,8 @@ def _parse_sets(items: Sequence[str] | None) -> list[tuple[str, Any]]:
 
 
 def summarise(results: list[dict[str, Any]], args: argparse.Namespace, wall_s: float) -> dict[str, Any]:
+    from wsi_ocelot.sysinfo import describe_machine
+
     variants: dict[str, Any] = {}
     for v in args.variants:
         rs = [r for r in results if r["variant"] == v]
@@ -145,7 +128,7 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, wall_s: f
         }
     return {
         "protocol": "paper §6.2: each variant × seed trained, best validation epoch kept, scored on test; mean ± 95 % CI (Student t) over seeds",
-        "machine": machine(),
+        "machine": describe_machine(args.device if args.device != "auto" else None),
         "data": os.fspath(args.data),
         "settings": {"epochs": args.epochs, "max_steps": args.max_steps, "tile_size": args.tile_size, "tile_mode": args.tile_mode,
                      "encoder": args.encoder or "per config (resnet34)", "batch_size": args.batch_size, "lr": args.lr or "per config (1e-3)",

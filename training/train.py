@@ -54,6 +54,7 @@ from training.losses import LossConfig, total_loss
 from wsi_ocelot.config import GeometryConfig, from_dict, load_yaml
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.inference.peaks import PeakConfig
+from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.metrics import DISTANCE_CUTOFF
 from wsi_ocelot.model import ModelConfig, build_model, load_model, save_checkpoint
 
@@ -183,18 +184,6 @@ def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] |
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(None, f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(None, f"device {name!r} requested but CUDA is not available", "use --device cpu or auto")
-    return dev
 
 
 def resolve_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:

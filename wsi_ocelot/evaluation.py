@@ -42,7 +42,7 @@ def _to_tensor(img: np.ndarray, size: int | None) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate_dataset(
-    model_path: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],  # a checkpoint, or "demo"
     data_root: str | os.PathLike[str],
     split: str = "test",
     *,
@@ -56,7 +56,9 @@ def evaluate_dataset(
     from wsi_ocelot.inference import find_peaks
     from wsi_ocelot.inference.predictor import resolve_device
     from wsi_ocelot.model import load_model
+    from wsi_ocelot.weights import resolve_model
 
+    model_path = resolve_model(model_path)
     dev = resolve_device(device)
     model, info = load_model(model_path, dev)
     records = list_pairs(data_root, split)

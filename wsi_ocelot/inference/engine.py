@@ -235,7 +235,9 @@ class SlideRunner:
 
     def __init__(self, model_path: str | os.PathLike[str], config: EngineConfig = EngineConfig()):
         from wsi_ocelot.model import load_model
+        from wsi_ocelot.weights import resolve_model
 
+        model_path = resolve_model(model_path)  # "demo" → the shipped weights
         self.config = config
         self.device = resolve_device(config.device)
         self.model_path = str(model_path)
