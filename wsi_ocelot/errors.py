@@ -55,3 +55,7 @@ class DatasetError(WsiOcelotError, ValueError):
 
 class PredictionFileError(WsiOcelotError, ValueError):
     """A prediction or ground-truth file in the OCELOT challenge format is malformed."""
+
+
+class OutputWriteError(WsiOcelotError, OSError):
+    """An output file cannot be created (missing folder, no permission, disk full)."""

@@ -12,11 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from wsi_ocelot.errors import WsiOcelotError
-
-
-class OutputWriteError(WsiOcelotError, OSError):
-    """An output file cannot be created (missing folder, no permission, disk full)."""
+from wsi_ocelot.errors import OutputWriteError
 
 
 def open_temp(path: str | os.PathLike[str]) -> tuple[Path, Path, BinaryIO]:
