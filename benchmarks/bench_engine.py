@@ -119,6 +119,16 @@ def main() -> None:
                 matched[res.pairs[:, 1]] = True
         rec_border = float(matched[border].mean()) if border.any() else float("nan")
         rec_inner = float(matched[~border].mean()) if (~border).any() else float("nan")
+        # seams in the stitched tissue map: mean |step| across tissue-tile core borders vs elsewhere
+        import zarr
+
+        tm = np.asarray(zarr.open_group(str(Path(two["out"]) / "predictions.zarr"), mode="r")["tissue"]["0"][:]).astype(float)
+        t_stride = geo.tile_size - 2 * round(plan.tissue.margin_l0 * geo.tile_size / plan.tissue.tile_l0)
+        cols = np.arange(t_stride, tm.shape[1], t_stride)
+        rows = np.arange(t_stride, tm.shape[0], t_stride)
+        dx, dy = np.abs(np.diff(tm, axis=1)), np.abs(np.diff(tm, axis=0))
+        seam = float(np.concatenate([dx[:, cols - 1].ravel(), dy[rows - 1, :].ravel()]).mean()) if len(cols) or len(rows) else float("nan")
+        other = float(np.concatenate([np.delete(dx, cols - 1, axis=1).ravel(), np.delete(dy, rows - 1, axis=0).ravel()]).mean())
         # purity
         true_purity = float((gt[:, 2] == 2).mean())
         est = json.loads((Path(two["out"]) / "purity.json").read_text())["purity"]
@@ -135,6 +145,7 @@ def main() -> None:
             "detection_pairs_closer_than_3um": close_pairs,
             "recall_within_20px_of_tile_border": round(rec_border, 4), "recall_elsewhere": round(rec_inner, 4),
             "purity_estimated": est, "purity_true": round(true_purity, 4),
+            "tissue_map_step_at_tile_seams": round(seam, 3), "tissue_map_step_elsewhere": round(other, 3),
         }
         report["two_pass_vs_per_tile"] = {
             "agreement_f1": round(agree_f1, 4), "two_pass_s": round(two["wall_s"], 2), "per_tile_s": round(per["wall_s"], 2),
@@ -185,6 +196,7 @@ def main() -> None:
         f"| ground-truth cells with two detections within 3 µm | {acc['gt_cells_with_two_detections_within_3um']} of {acc['gt_cells']} | 0 |",
         f"| recall within 20 px of a tile border / elsewhere | {acc['recall_within_20px_of_tile_border']} / {acc['recall_elsewhere']} | within 0.03 |",
         f"| purity estimated / true | {acc['purity_estimated']:.4f} / {acc['purity_true']:.4f} | within 0.03 |",
+        f"| tissue-map step at tile seams / elsewhere (0–255) | {acc['tissue_map_step_at_tile_seams']} / {acc['tissue_map_step_elsewhere']} | no visible seams |",
         f"| two-pass vs per-tile agreement F1 | {tp_['agreement_f1']} | ≥ 0.97 |",
         f"| two-pass / per-tile wall time | {tp_['two_pass_s']} s / {tp_['per_tile_s']} s (× {tp_['speedup']}) | ≥ 1.6× |",
         f"| end-to-end / model-only cell tiles/s | {th['end_to_end_tiles_per_s']} / {th['model_only_tiles_per_s']} (ratio {th['ratio']}) | ≥ 0.85 |",
