@@ -179,6 +179,27 @@ def _crops_from_map(store, tmap: _TissueMap, boxes: np.ndarray, n: int) -> tuple
     return torch.cat([1.0 - ca, ca], dim=1), raw, regions
 
 
+def _core_block(probs: torch.Tensor, box: np.ndarray, core: np.ndarray, tmap: _TissueMap) -> tuple[int, int, np.ndarray] | None:
+    """Resample one tile's CA probabilities ``(T, T)`` (covering the level-0 ``box``) onto
+    the map pixels whose centres lie in the level-0 ``core``. Cores partition the slide, so
+    every map pixel is written by exactly one tile, at its exact position (no drift when
+    the tile size in level-0 px is not a whole number of map pixels).
+    Returns ``(map_x0, map_y0, uint8 block)``, or None when the core holds no map pixel."""
+    s = tmap.scale
+    x0, y0, x1, y1 = (float(v) for v in core)
+    mx0, my0 = max(0, math.ceil(x0 / s - 0.5)), max(0, math.ceil(y0 / s - 0.5))
+    mx1, my1 = min(tmap.width, math.ceil(x1 / s - 0.5)), min(tmap.height, math.ceil(y1 / s - 0.5))
+    if mx1 <= mx0 or my1 <= my0:
+        return None
+    bx, by, bw, bh = (float(v) for v in box)
+    u = ((torch.arange(mx0, mx1, dtype=torch.float64) + 0.5) * s - bx) / bw * 2 - 1
+    v = ((torch.arange(my0, my1, dtype=torch.float64) + 0.5) * s - by) / bh * 2 - 1
+    yy, xx = torch.meshgrid(v, u, indexing="ij")
+    grid = torch.stack([xx, yy], -1)[None].to(probs.dtype)
+    vals = F.grid_sample(probs[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+    return mx0, my0, (vals * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
 def _points_to_level0(pts: torch.Tensor, box: np.ndarray, tile: int) -> np.ndarray:
     """Peaks (N, 4) in tile px (pixel j covers [j, j + 1)) → (N, 4) level-0 x, y, cls, prob."""
     p = pts.detach().cpu().numpy().astype(np.float64)
@@ -380,28 +401,18 @@ class SlideRunner:
         """Tissue branch over the tissue grid; each tile's core goes into the map.
         Returns the number of map px predicted as cancer area."""
         grid = plan.tissue
-        T, m = grid.tile_size, round(grid.margin_l0 / tmap.scale)
-        stride = T - 2 * m
         ca = 0
         bar = _progress(len(grid), "tissue pass", self.config.progress)
         for batch in _timed_batches(self._loader(slide, grid.boxes), timer):
             with timer("tissue pass"):
-                probs = with_oom_retry(self.predictor.tissue_probs, batch["cell"])[:, 1]
-                vals = (probs * 255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+                probs = with_oom_retry(self.predictor.tissue_probs, batch["cell"])[:, 1].float().cpu()
             with timer("write"):
                 for k, idx in enumerate(batch["index"].tolist()):
-                    r, c = int(grid.rows[idx]), int(grid.cols[idx])
-                    y0, x0 = r * stride, c * stride
-                    h = min(stride, tmap.height - y0)
-                    w = min(stride, tmap.width - x0)
-                    if r == grid.n_rows - 1:
-                        h = min(T - m, tmap.height - y0)
-                    if c == grid.n_cols - 1:
-                        w = min(T - m, tmap.width - x0)
-                    if h <= 0 or w <= 0:
+                    placed = _core_block(probs[k], grid.boxes[idx], grid.cores[idx], tmap)
+                    if placed is None:
                         continue
-                    block = vals[k, m:m + h, m:m + w]
-                    store.write_tissue_block(y0, x0, block)
+                    mx0, my0, block = placed
+                    store.write_tissue_block(my0, mx0, block)
                     ca += int((block >= 128).sum())
             bar.update(len(batch["index"]))
         bar.close()
@@ -468,27 +479,17 @@ class SlideRunner:
                 pts = find_peaks(cell_probs, self.peaks)
             inside_fn = None
             if tissue_probs is not None:
-                ca_probs = tissue_probs[:, 1:2].float().cpu()
+                ca_probs = tissue_probs[:, 1].float().cpu()
                 blocks = []
                 with timer("write"):
                     for k in range(len(idx)):
-                        # map px of this tile's core, sampled from its context's prediction
-                        x0, y0, x1, y1 = cores[k]
-                        mx0, my0 = math.floor(x0 / tmap.scale), math.floor(y0 / tmap.scale)
-                        mx1, my1 = min(math.ceil(x1 / tmap.scale), tmap.width), min(math.ceil(y1 / tmap.scale), tmap.height)
-                        if mx1 <= mx0 or my1 <= my0:
-                            blocks.append(None)
-                            continue
-                        cx, cy, cw, ch = (float(v) for v in ctx[k])
-                        u = ((torch.arange(mx0, mx1, dtype=torch.float64) + 0.5) * tmap.scale - cx) / cw * 2 - 1
-                        v = ((torch.arange(my0, my1, dtype=torch.float64) + 0.5) * tmap.scale - cy) / ch * 2 - 1
-                        yy, xx = torch.meshgrid(v, u, indexing="ij")
-                        g = torch.stack([xx, yy], -1)[None].float()
-                        vals = F.grid_sample(ca_probs[k:k + 1], g, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
-                        block = (vals * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-                        store.write_tissue_block(my0, mx0, block)
-                        ca += int((block >= 128).sum())
-                        blocks.append((mx0, my0, block))
+                        # this tile's core in the map, sampled from its own context's prediction
+                        placed = _core_block(ca_probs[k], ctx[k], cores[k], tmap)
+                        blocks.append(placed)
+                        if placed is not None:
+                            mx0, my0, block = placed
+                            store.write_tissue_block(my0, mx0, block)
+                            ca += int((block >= 128).sum())
 
                 def inside_fn(k, p, blocks=blocks):
                     if not len(p) or blocks[k] is None:
