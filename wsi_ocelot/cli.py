@@ -146,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise WsiOcelotError(None, "no slides to run", "pass slide files or folders that hold slides")
     cfg = EngineConfig(device=args.device, batch_size=args.batch_size, workers=args.workers, per_tile=args.per_tile,
                        geojson_gzip=args.geojson_gzip, qupath_crop=not args.no_qupath_crop, progress=not args.no_progress and sys.stderr.isatty(),
-                       amp=not args.no_amp)
+                       amp=not args.no_amp, cell_margin=args.cell_margin)
     runner = SlideRunner(resolve_model(args.model), cfg)
     failed: list[tuple[Path, str]] = []
     for i, path in enumerate(slides, 1):
@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geojson-gzip", action="store_true", help="write cells.geojson.gz (large slides)")
     p.add_argument("--no-qupath-crop", action="store_true", help="GeoJSON in OpenSlide's uncropped frame (for QuPath images added with --no-crop)")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
+    p.add_argument("--cell-margin", type=int, help="overlap on each side of a cell tile in cell px (default: the model's; 160 for the demo)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = _add(sub, "synth-slide", cmd_synth_slide, "Write a synthetic H&E slide (pyramidal TIFF) with cell and cancer-area ground truth.", "wsi-ocelot synth-slide synth.tiff --mpp 0.25 --size 4096 4096 --seed 1")

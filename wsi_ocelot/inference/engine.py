@@ -18,6 +18,7 @@ is renamed to ``<out>/<slide-id>`` at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -63,6 +64,7 @@ class EngineConfig:
     qupath_crop: bool = True  # subtract openslide.bounds-x/y in GeoJSON (QuPath's default frame)
     progress: bool = True
     tissue_chunk: int = 512
+    cell_margin: int | None = None  # overlap of cell tiles in cell px; None = the checkpoint's geometry
 
 
 @dataclass
@@ -267,6 +269,8 @@ class SlideRunner:
             raise WsiOcelotError(model_path, "this is a tissue-label-leaking model, which needs tissue labels as input", "use it for analysis with `wsi-ocelot evaluate --data`; run slides with an injection model")
         self.info = info
         self.geometry = info.geometry
+        if config.cell_margin is not None:
+            self.geometry = dataclasses.replace(info.geometry, cell_margin=config.cell_margin)
         self.peaks = info.peaks
         self.predictor = Predictor(model, self.device, amp=config.amp, channels_last=config.channels_last)
         self.has_tissue = bool(getattr(model, "has_tissue_branch", False))
