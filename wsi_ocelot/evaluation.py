@@ -112,12 +112,10 @@ def evaluate_dataset(
 
 def format_result(result: dict[str, Any]) -> str:
     """A Table-6-style text report: overall and per-organ precision, recall, F1, mF1."""
-    rows = [("population", result["num_images"], result["overall"])]
-    counts = result.get("organ_counts", {})
-    rows += [(o, counts.get(o, ""), s) for o, s in result["per_organ"].items()]
+    rows = [("population", result["overall"])] + list(result["per_organ"].items())
     lines = [f"{result['model']} on {result['split']} ({result['num_images']} images)", "",
              f"{'subset':<16}{'mF1':>8}{'BC P':>8}{'BC R':>8}{'BC F1':>8}{'TC P':>8}{'TC R':>8}{'TC F1':>8}"]
-    for name, _n, s in rows:
+    for name, s in rows:
         lines.append(f"{name:<16}{s['mF1']:>8.4f}{s['BC']['precision']:>8.4f}{s['BC']['recall']:>8.4f}{s['BC']['f1']:>8.4f}"
                      f"{s['TC']['precision']:>8.4f}{s['TC']['recall']:>8.4f}{s['TC']['f1']:>8.4f}")
     return "\n".join(lines)

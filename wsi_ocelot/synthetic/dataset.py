@@ -118,11 +118,11 @@ def _pick_pairs(slide: SyntheticSlide, rng: np.random.Generator, n: int, tile_l0
     return np.asarray(boxes, np.int64).reshape(-1, 4), np.asarray(offs, np.float64).reshape(-1, 2)
 
 
-def _render_slide(job: tuple[str, int, int, int, SyntheticDatasetConfig, Path]) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+def _render_slide(job: tuple[str, int, int, int, SyntheticDatasetConfig]) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
     """Render the pairs of one synthetic slide: [(metadata entry, {relative path: bytes})]."""
     import io
 
-    split, slide_index, sseed, want, config, _out = job
+    split, slide_index, sseed, want, config = job
     geo = config.geometry
     T, f = geo.tile_size, geo.context_factor
     tile_l0 = 2 * round(T * geo.cell_mpp / config.slide_mpp / 2)
@@ -198,8 +198,8 @@ def write_synthetic_dataset(out_dir: str | os.PathLike[str], config: SyntheticDa
             made, slide_index = 0, 0
             while made < want:
                 # a batch of slides; each yields at most max_pairs_per_slide pairs
-                n_jobs = max(1, min(workers or 1, -(-(want - made) // 1)))
-                jobs = [(split, slide_index + j, _slide_seed(config.seed, split, slide_index + j), want, config, out) for j in range(n_jobs)]
+                n_jobs = max(1, min(workers or 1, want - made))
+                jobs = [(split, slide_index + j, _slide_seed(config.seed, split, slide_index + j), want, config) for j in range(n_jobs)]
                 results = pool.map(_render_slide, jobs) if pool is not None else [_render_slide(jobs[0])]
                 for pairs_of_slide in results:
                     slide_index += 1

@@ -77,11 +77,9 @@ def make_grid(width: int, height: int, slide_mpp: float, target_mpp: float, tile
     rr, cc = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
     rows, cols = rr.ravel().astype(np.int64), cc.ravel().astype(np.int64)
     x0, y0 = cols * stride, rows * stride
-    x1 = np.where(cols == n_cols - 1, max(width, n_cols * stride), x0 + stride)
-    y1 = np.where(rows == n_rows - 1, max(height, n_rows * stride), y0 + stride)
-    # The last core may be shorter than the stride: it ends at the slide edge.
-    x1 = np.minimum(x1, np.maximum(width, x0 + 1))
-    y1 = np.minimum(y1, np.maximum(height, y0 + 1))
+    # the last core in a row or column ends at the slide edge (n = ceil(size / stride), so x0 < width)
+    x1 = np.where(cols == n_cols - 1, width, x0 + stride)
+    y1 = np.where(rows == n_rows - 1, height, y0 + stride)
     boxes = np.stack([x0 - margin_l0, y0 - margin_l0, np.full_like(x0, tile_l0), np.full_like(y0, tile_l0)], axis=1)
     cores = np.stack([x0, y0, x1, y1], axis=1)
     return Grid(boxes.astype(np.int64), cores.astype(np.int64), rows, cols, tile_l0, margin_l0,
