@@ -208,6 +208,49 @@ def random_augment(s: PairSample, cfg: AugmentConfig, generator: torch.Generator
     return s
 
 
+#: (brightness, contrast, saturation, hue) that change nothing.
+IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
+
+
+def random_augment_geometry(s: PairSample, cfg: AugmentConfig, generator: torch.Generator | None = None) -> tuple[PairSample, JitterParams | None]:
+    """:func:`random_augment` with the colour jitter drawn but not applied: returns the
+    geometrically augmented sample and the jitter parameters (None when no jitter was
+    drawn), for :func:`apply_jitter` on the model's device. Same random draws, same order."""
+    if not cfg.enabled:
+        return s, None
+
+    def coin(p: float) -> bool:
+        return p > 0 and float(torch.rand((), generator=generator)) < p
+
+    if coin(cfg.hflip):
+        s = hflip(s)
+    if coin(cfg.vflip):
+        s = vflip(s)
+    if cfg.rot90:
+        s = rot90(s, int(torch.randint(0, 4, (), generator=generator)))
+    params = sample_jitter(cfg, generator) if coin(cfg.jitter) else None
+    return s, params
+
+
+def apply_jitter(cell: Tensor, tissue: Tensor, jitter: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample colour jitter of float batches ``(B, 3, H, W)`` in [0, 1]; ``jitter`` is
+    ``(B, 4)`` = (brightness, contrast, saturation, hue) as :func:`color_jitter` applies
+    them (the same parameters on a sample's cell and tissue image). Runs wherever the
+    tensors are (the GPU in training)."""
+    ident = torch.tensor(IDENTITY_JITTER, device=jitter.device, dtype=jitter.dtype)
+    rows = (jitter != ident).any(dim=1).nonzero().flatten().tolist()
+    if not rows:
+        return cell, tissue
+    cell = cell.clone()
+    tissue = tissue.clone()
+    values = jitter[rows].double().cpu().tolist()
+    for i, (b, c, sat, h) in zip(rows, values, strict=True):
+        p = JitterParams(brightness=b, contrast=c, saturation=sat, hue=h)
+        cell[i] = _jitter_image(cell[i], p)
+        tissue[i] = _jitter_image(tissue[i], p)
+    return cell, tissue
+
+
 def footprint(offset: Tensor | tuple[float, float], tissue_size: int, context_factor: int) -> tuple[float, float, float]:
     """The cell patch's region in tissue pixels: ``(x0, y0, width)`` (continuous, top-left corner).
 

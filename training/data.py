@@ -51,7 +51,14 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from training.augment import AugmentConfig, PairSample, footprint, random_augment
+from training.augment import (
+    IDENTITY_JITTER,
+    AugmentConfig,
+    PairSample,
+    footprint,
+    random_augment,
+    random_augment_geometry,
+)
 from training.targets import disk_targets
 from wsi_ocelot.datasets.ocelot import (  # noqa: E402,F401  (re-exported: the readers live in the package)
     _LAYOUT_FIX,
@@ -69,6 +76,17 @@ from wsi_ocelot.errors import DatasetError
 
 log = logging.getLogger(__name__)
 TILE_MODES = ("crop", "resize")
+#: Decoded pairs (uint8) per (root, split, metadata stamp, resize size): see OcelotDataset.
+_SHARED_CACHE: dict[tuple[Any, ...], dict[int, PairSample]] = {}
+
+
+def _shared_cache(key: tuple[Any, ...]) -> dict[int, PairSample]:
+    return _SHARED_CACHE.setdefault(key, {})
+
+
+def clear_cache() -> None:
+    """Drop every cached pair of this process."""
+    _SHARED_CACHE.clear()
 
 
 @dataclass(frozen=True)
@@ -180,6 +198,13 @@ class OcelotDataset(Dataset[dict[str, Any]]):
 
     ``disk_radius`` is in original cell-image px; in ``resize`` mode it is scaled with the
     image (see :attr:`scale`).
+
+    ``device_augment``: items carry ``cell``/``tissue`` as uint8 (4× less to move between
+    processes) after the geometric augmentation, plus ``jitter`` float32 ``(4,)`` =
+    (brightness, contrast, saturation, hue) drawn from ``augment`` (identity when not
+    drawn); :func:`training.evaluate_data.forward` converts and jitters them on the
+    model's device (:func:`training.augment.apply_jitter`). Same distribution as the
+    default path, where the workers do both on the CPU.
     """
 
     def __init__(
@@ -194,6 +219,7 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         disk_radius: float = 5.0,
         context_factor: int = 4,
         cache: bool = False,
+        device_augment: bool = False,
     ) -> None:
         if tile_mode not in TILE_MODES:
             raise ValueError(f"tile_mode must be one of {TILE_MODES}, got {tile_mode!r}")
@@ -206,16 +232,19 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         self.augment = augment
         self.disk_radius = disk_radius
         self.context_factor = context_factor
-        # ``cache``: keep each decoded pair (after the deterministic resize in ``resize``
-        # mode) as uint8 in memory, so later epochs skip JPEG decoding. Per process: use
-        # it with persistent DataLoader workers or with workers = 0.
-        self.cache = cache
-        self._cache: dict[int, PairSample] = {}
+        self.device_augment = device_augment
         # read every CSV now: a malformed file fails at start-up, not hours into training
         self._points = [read_cell_csv(r.cell_csv) for r in self.records]
         first = self.records[0].cell_image
         with Image.open(first) as im:
             self.image_size = int(im.size[0])
+        # ``cache``: keep each decoded pair (after the deterministic resize in ``resize``
+        # mode) as uint8 in memory, so later epochs skip JPEG decoding. The cache is shared
+        # by every dataset of this process on the same files and size (a study's runs, the
+        # training and the test scoring), and :meth:`preload` fills it before DataLoader
+        # workers start, so they inherit it instead of each decoding every pair again.
+        self.cache = cache
+        self._cache: dict[int, PairSample] = _shared_cache(self._cache_key()) if cache else {}
         if tile_size is not None:
             if tile_size > self.image_size:
                 raise DatasetError(first, f"tile_size {tile_size} is larger than the images ({self.image_size} px)", f"use a tile size ≤ {self.image_size}")
@@ -270,26 +299,72 @@ class OcelotDataset(Dataset[dict[str, Any]]):
             tissue_label=torch.from_numpy(label).long(),
         )
 
-    def _base_pair(self, index: int) -> PairSample:
-        """The full pair, resized in ``resize`` mode (deterministic, so cacheable)."""
-        if self.cache and index in self._cache:
-            c = self._cache[index]
-            return PairSample(cell=c.cell.float().div_(255.0), tissue=c.tissue.float().div_(255.0), offset=c.offset.clone(),
-                              points=c.points.clone(), tissue_label=c.tissue_label.long(), cell_target=None)
+    def _cache_key(self) -> tuple[Any, ...]:
+        meta = self.root / "metadata.json"
+        stamp = meta.stat().st_mtime_ns if meta.is_file() else None
+        resized = self.tile_size if self.tile_size is not None and self.tile_size != self.image_size and self.tile_mode == "resize" else None
+        return (os.fspath(self.root.resolve()), self.split, stamp, resized)
+
+    def _decode(self, index: int) -> PairSample:
+        """The full pair, resized in ``resize`` mode, as uint8 images (the cached form)."""
         s = self.load_pair(index)
         if self.tile_size is not None and self.tile_size != self.image_size and self.tile_mode == "resize":
             s = resize_pair(s, self.tile_size)
-        if self.cache:
-            self._cache[index] = PairSample(cell=(s.cell * 255.0).round_().to(torch.uint8), tissue=(s.tissue * 255.0).round_().to(torch.uint8),
-                                            offset=s.offset.clone(), points=s.points.clone(), tissue_label=s.tissue_label.to(torch.uint8), cell_target=None)
-        return s
+        return PairSample(cell=(s.cell * 255.0).round_().to(torch.uint8), tissue=(s.tissue * 255.0).round_().to(torch.uint8),
+                          offset=s.offset.clone(), points=s.points.clone(), tissue_label=s.tissue_label.to(torch.uint8), cell_target=None)
+
+    def preload(self, threads: int | None = None) -> int:
+        """Decode every pair not yet in the cache, ``threads`` at a time (default: the CPUs,
+        at most 16); returns how many were decoded. Call it before the DataLoader starts its
+        workers. A no-op without ``cache``."""
+        if not self.cache:
+            return 0
+        todo = [i for i in range(len(self)) if i not in self._cache]
+        if not todo:
+            return 0
+        n = threads or min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        if n <= 1 or len(todo) == 1:
+            for i in todo:
+                self._cache[i] = self._decode(i)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            torch_threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # parallel over pairs, not inside each resize
+            try:
+                with ThreadPoolExecutor(max_workers=n) as pool:
+                    for i, pair in zip(todo, pool.map(self._decode, todo), strict=True):
+                        self._cache[i] = pair
+            finally:
+                torch.set_num_threads(torch_threads)
+        return len(todo)
+
+    def _base_pair(self, index: int, *, uint8: bool = False) -> PairSample:
+        """The full pair, resized in ``resize`` mode (deterministic, so cacheable); images
+        float in [0, 1], or uint8 with ``uint8=True``."""
+        c = self._cache.get(index) if self.cache else None
+        if c is None:
+            c = self._decode(index)
+            if self.cache:
+                self._cache[index] = c
+        if uint8:
+            return PairSample(cell=c.cell, tissue=c.tissue, offset=c.offset.clone(), points=c.points.clone(), tissue_label=c.tissue_label.long(), cell_target=None)
+        return PairSample(cell=c.cell.float().div_(255.0), tissue=c.tissue.float().div_(255.0), offset=c.offset.clone(),
+                          points=c.points.clone(), tissue_label=c.tissue_label.long(), cell_target=None)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        s = self._base_pair(index)
+        s = self._base_pair(index, uint8=self.device_augment)
         if self.tile_size is not None and self.tile_size != self.image_size and self.tile_mode == "crop":
             box = choose_crop(self.image_size, (float(s.offset[0]), float(s.offset[1])), self.tile_size, self.context_factor, random=self.random_crop)
             s = crop_pair(s, box, self.context_factor)
-        if self.augment is not None:
+        jitter = None
+        if self.device_augment:
+            jitter = torch.tensor(IDENTITY_JITTER, dtype=torch.float32)
+            if self.augment is not None:
+                s, params = random_augment_geometry(s, self.augment)
+                if params is not None:
+                    jitter = torch.tensor([params.brightness, params.contrast, params.saturation, params.hue], dtype=torch.float32)
+        elif self.augment is not None:
             s = random_augment(s, self.augment)
         size = s.cell.shape[-1]
         target = disk_targets(s.points, size, size, max(1.0, self.disk_radius * self.scale))
@@ -303,14 +378,16 @@ class OcelotDataset(Dataset[dict[str, Any]]):
             "points": s.points,
             "id": r.id,
             "organ": r.organ,
+            **({"jitter": jitter} if jitter is not None else {}),
         }
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the tensors; ``points``, ``id`` and ``organ`` stay lists (variable length)."""
     out: dict[str, Any] = {}
-    for key in ("cell", "tissue", "offset", "cell_target", "tissue_label"):
-        out[key] = torch.stack([b[key] for b in batch])
+    for key in ("cell", "tissue", "offset", "cell_target", "tissue_label", "jitter"):
+        if key in batch[0]:
+            out[key] = torch.stack([b[key] for b in batch])
     for key in ("points", "id", "organ"):
         out[key] = [b[key] for b in batch]
     return out

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from training.augment import apply_jitter
 from training.losses import LossConfig, total_loss
 from wsi_ocelot.inference.peaks import PeakConfig, find_peaks
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
@@ -53,6 +54,11 @@ def forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> di
     """The model's training forward on a collated batch (moves the tensors to ``device``)."""
     cell = batch["cell"].to(device, non_blocking=True)
     tissue = batch["tissue"].to(device, non_blocking=True)
+    if cell.dtype == torch.uint8:  # OcelotDataset(device_augment=True): convert here
+        cell = cell.float().div_(255.0)
+        tissue = tissue.float().div_(255.0)
+    if "jitter" in batch:
+        cell, tissue = apply_jitter(cell, tissue, batch["jitter"].to(device, non_blocking=True))
     offset = batch["offset"].to(device, non_blocking=True)
     label = batch["tissue_label"].to(device, non_blocking=True) if getattr(model, "needs_tissue_label", False) else None
     if device.type == "cuda":

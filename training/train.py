@@ -84,6 +84,9 @@ class TrainConfig:
     ``val_full_size``. ``disk_radius`` in original cell px. ``amp``: ``auto`` = bf16 on
     CUDA when supported, else fp16 with a GradScaler; no autocast on CPU.
     ``val_split: null`` skips validation (then no ``best.safetensors`` is written).
+    ``checkpoint_every``: write ``last.safetensors`` and the optimizer state every N epochs
+    and after the last one (a large study sets it high: a ResNet-34 pair with its Adam
+    moments is ~0.5 GB per write); ``--resume`` continues from the last one written.
     """
 
     data: str | None = None
@@ -110,6 +113,7 @@ class TrainConfig:
     metric_radius: float = DISTANCE_CUTOFF
     eval_every: int = 1
     log_every: int = 50
+    checkpoint_every: int = 1
     train_split: str = "train"
     val_split: str | None = "val"
 
@@ -141,8 +145,8 @@ class TrainConfig:
             raise bad("disk_radius", self.disk_radius, "use a radius in cell px, e.g. 5")
         if self.metric_radius <= 0:
             raise bad("metric_radius", self.metric_radius, "use 15 (px, the OCELOT challenge)")
-        if self.eval_every < 1 or self.log_every < 1:
-            raise bad("eval_every/log_every", (self.eval_every, self.log_every), "use positive integers")
+        if self.eval_every < 1 or self.log_every < 1 or self.checkpoint_every < 1:
+            raise bad("eval_every/log_every/checkpoint_every", (self.eval_every, self.log_every, self.checkpoint_every), "use positive integers")
 
 
 # --------------------------------------------------------------------------- config
@@ -389,11 +393,17 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     seed_everything(cfg.seed)
     cf = cfg.model.context_factor
 
-    train_ds = OcelotDataset(cfg.data, cfg.train_split, tile_size=cfg.tile_size, tile_mode=cfg.tile_mode, random_crop=True, augment=cfg.augment, disk_radius=cfg.disk_radius, context_factor=cf, cache=cfg.cache)
+    # device_augment: uint8 images leave the workers, colour jitter runs on the device
+    train_ds = OcelotDataset(cfg.data, cfg.train_split, tile_size=cfg.tile_size, tile_mode=cfg.tile_mode, random_crop=True, augment=cfg.augment, disk_radius=cfg.disk_radius, context_factor=cf, cache=cfg.cache, device_augment=True)
     val_ds = None
     if cfg.val_split is not None:
         val_tile = None if cfg.val_full_size and cfg.tile_mode == "crop" else cfg.tile_size
-        val_ds = OcelotDataset(cfg.data, cfg.val_split, tile_size=val_tile, tile_mode=cfg.tile_mode, random_crop=False, augment=None, disk_radius=cfg.disk_radius, context_factor=cf, cache=cfg.cache)
+        val_ds = OcelotDataset(cfg.data, cfg.val_split, tile_size=val_tile, tile_mode=cfg.tile_mode, random_crop=False, augment=None, disk_radius=cfg.disk_radius, context_factor=cf, cache=cfg.cache, device_augment=True)
+    if cfg.cache:  # decode once, in threads, before the loader's workers fork (they inherit it)
+        t_load = time.perf_counter()
+        n_loaded = sum(ds.preload() for ds in (train_ds, val_ds) if ds is not None)
+        if n_loaded:
+            log.info("decoded %d pairs into the cache in %.1f s", n_loaded, time.perf_counter() - t_load)
     if len(train_ds) < cfg.batch_size:
         raise ConfigError(None, f"batch_size {cfg.batch_size} is larger than the training split ({len(train_ds)} pairs)", f"use --batch-size ≤ {len(train_ds)}")
 
@@ -464,8 +474,10 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             save_checkpoint(run_dir / "best.safetensors", model, geometry=geometry, peaks=cfg.peaks, training={**training_info, "epoch": epoch + 1, "step": step}, metrics={"val_mF1": best, "val": val, "split": cfg.val_split})
         record["best_mF1"] = best
         record["time_s"] = round(time.perf_counter() - t0, 3)
-        save_checkpoint(run_dir / "last.safetensors", model, geometry=geometry, peaks=cfg.peaks, training={**training_info, "epoch": epoch + 1, "step": step}, metrics={"val_mF1": None if val is None else val["mF1"]})
-        save_train_state(run_dir, optimizer, scaler, epoch=epoch + 1, step=step, best=best, config=resolved)
+        last_epoch = epoch + 1 == cfg.epochs or (cfg.max_steps is not None and step >= cfg.max_steps)
+        if (epoch + 1) % cfg.checkpoint_every == 0 or last_epoch:
+            save_checkpoint(run_dir / "last.safetensors", model, geometry=geometry, peaks=cfg.peaks, training={**training_info, "epoch": epoch + 1, "step": step}, metrics={"val_mF1": None if val is None else val["mF1"]})
+            save_train_state(run_dir, optimizer, scaler, epoch=epoch + 1, step=step, best=best, config=resolved)
         with history.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         log.info(
