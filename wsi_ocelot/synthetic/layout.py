@@ -61,8 +61,10 @@ class SyntheticParams:
     nest_scale_um: float = 42.0
     small_tc_zone_radius_um: tuple[float, float] = (75.0, 125.0)
     small_tc_zone_fraction: float = 0.18  # share of CA that holds small round dark TC
+    small_tc_zone_sparsity: float = 5.0  # at most one zone per this many zone areas of a CA polygon
     lymph_aggregate_radius_um: tuple[float, float] = (70.0, 120.0)
     lymph_aggregate_fraction: float = 0.10  # share of stroma covered by lymphocyte aggregates
+    lymph_aggregate_sparsity: float = 4.0  # at most one aggregate per this many aggregate areas of stroma
     tc_in_ca: float = 0.93
     bc_outside_ca: float = 0.85
     tc_fraction: float = 0.35
@@ -84,6 +86,9 @@ class SyntheticParams:
         for name in ("tc_in_ca", "bc_outside_ca", "tc_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(None, f"SyntheticParams.{name} must be in (0, 1), got {getattr(self, name)}", "give a fraction strictly between 0 and 1")
+        for name in ("small_tc_zone_sparsity", "lymph_aggregate_sparsity"):
+            if getattr(self, name) < 1.0:
+                raise ConfigError(None, f"SyntheticParams.{name} must be ≥ 1, got {getattr(self, name)}", "give a ratio of areas, e.g. 5")
         for name in ("tumour_spacing_um", "lymph_spacing_um", "stroma_spacing_um", "nest_scale_um"):
             if getattr(self, name) <= 1.0:
                 raise ConfigError(None, f"SyntheticParams.{name} must be > 1 µm, got {getattr(self, name)}", "give a length in µm")
@@ -591,10 +596,10 @@ def build_tissue_model(
     tissue = _make_tissue(r_geo, W, H, p)
     ca = _make_cancer_area(r_geo, tissue, p)
     zones = _place_zones(r_geo, ca, p.small_tc_zone_fraction, p.small_tc_zone_radius_um,
-                         erode=10.0, min_r=30.0, per_area=5.0)
+                         erode=10.0, min_r=30.0, per_area=p.small_tc_zone_sparsity)
     stroma_room = tissue.difference(ca.buffer(35.0)).buffer(-15.0) if not ca.is_empty else tissue.buffer(-15.0)
     aggs = _place_zones(r_geo, _clean(stroma_room, 100.0), p.lymph_aggregate_fraction,
-                        p.lymph_aggregate_radius_um, erode=5.0, min_r=30.0, per_area=4.0)
+                        p.lymph_aggregate_radius_um, erode=5.0, min_r=30.0, per_area=p.lymph_aggregate_sparsity)
     for g in (tissue, ca, zones, aggs):
         shapely.prepare(g)
 
