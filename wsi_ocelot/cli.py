@@ -119,52 +119,40 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
-
-
-def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Slide paths and folders (searched recursively for OpenSlide's extensions)."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in SLIDE_EXTENSIONS)
-            if not found:
-                log.warning("%s: no slides found in this folder (looked for %s)", p, ", ".join(SLIDE_EXTENSIONS))
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
-    from wsi_ocelot.weights import resolve_model
+    from wsi_ocelot.cohort import CohortConfig, collect_jobs, run_cohort
+    from wsi_ocelot.inference.engine import EngineConfig
 
-    slides = _expand_inputs(args.inputs)
-    if not slides:
-        raise WsiOcelotError(None, "no slides to run", "pass slide files or folders that hold slides")
-    cfg = EngineConfig(device=args.device, batch_size=args.batch_size, workers=args.workers, per_tile=args.per_tile,
-                       geojson_gzip=args.geojson_gzip, qupath_crop=not args.no_qupath_crop, progress=not args.no_progress and sys.stderr.isatty(),
-                       amp=not args.no_amp, cell_margin=args.cell_margin)
-    runner = SlideRunner(resolve_model(args.model), cfg)
-    failed: list[tuple[Path, str]] = []
-    for i, path in enumerate(slides, 1):
-        log.info("[%d/%d] %s", i, len(slides), path)
-        try:
-            res = runner.run(path, args.out, mpp=args.mpp, overwrite=True)
-        except WsiOcelotError as err:
-            failed.append((path, err.one_line()))
-            log.error("error: %s", err.one_line())
-            continue
-        p = res.purity
-        purity = "n/a (" + str(p["purity_reason"]) + ")" if p["purity"] is None else f"{p['purity']:.3f}"
-        print(f"{res.slide_id}: {res.n_cells} cells, purity {purity}, outputs in {res.out_dir}")
-    if failed:
-        print(f"{len(failed)} of {len(slides)} slide(s) failed:", file=sys.stderr)
-        for path, msg in failed:
-            print(f"  {path}: {msg}", file=sys.stderr)
-        return 1
+    jobs = collect_jobs(args.inputs, mpp=args.mpp)
+    if not jobs:
+        raise WsiOcelotError(None, "no slides to run", "pass slide files, folders that hold slides, or a CSV manifest with a 'slide' column")
+    engine = EngineConfig(device=args.device, batch_size=args.batch_size, workers=args.workers, per_tile=args.per_tile,
+                          geojson_gzip=args.geojson_gzip, qupath_crop=not args.no_qupath_crop,
+                          progress=not args.no_progress and sys.stderr.isatty() and args.scheduler is None,
+                          amp=not args.no_amp, cell_margin=args.cell_margin)
+    cfg = CohortConfig(model=args.model, engine=engine, overwrite=args.overwrite, scheduler=args.scheduler,
+                       dask_workers=args.dask_workers, retries=args.retries, report=not args.no_report, threads=args.threads)
+
+    def show(job, rec) -> None:
+        if rec["status"] == "done":
+            purity = "n/a (" + str(rec.get("purity_reason")) + ")" if rec.get("purity") is None else f"{rec['purity']:.3f}"
+            print(f"{job.slide_id}: {rec.get('n_cells')} cells, purity {purity}, outputs in {Path(args.out) / job.slide_id}", flush=True)
+
+    result = run_cohort(jobs, args.out, cfg, on_record=show)
+    if result.skipped:
+        print(f"{len(result.skipped)} slide(s) already done, skipped (--overwrite redoes them)")
+    print(f"{len(result.done)} done, {len(result.failed)} failed, {len(result.skipped)} skipped; "
+          f"manifest, summary.csv and report.html in {args.out}")
+    if result.failed:
+        print(result.failure_table(), file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from wsi_ocelot.cohort import rebuild_reports
+
+    csv_path, html_path = rebuild_reports(args.dir)
+    print(f"wrote {csv_path} and {html_path}")
     return 0
 
 
@@ -236,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, help="tile size in px (default 1024)")
 
     p = _add(sub, "run", cmd_run, "Detect and classify cells on whole slides; write Zarr, QuPath GeoJSON, purity and an overview per slide.",
-             "wsi-ocelot run slide.svs --out results --model demo\n  wsi-ocelot run slides/ --out results --model runs/p2i2/best.safetensors --device cuda --batch-size 16")
-    p.add_argument("inputs", nargs="+", help="slide files and/or folders (searched recursively)")
+             "wsi-ocelot run slide.svs --out results --model demo\n  wsi-ocelot run slides/ cohort.csv --out results --model runs/p2i2/best.safetensors --device cuda --batch-size 16\n  wsi-ocelot run cohort.csv --out results --model best.safetensors --scheduler local --dask-workers 2")
+    p.add_argument("inputs", nargs="+", help="slide files, folders (searched recursively) and/or CSV manifests (columns slide, mpp, id)")
     p.add_argument("--out", required=True, help="output folder; each slide gets <out>/<slide-id>/")
     p.add_argument("--model", default="demo", help="checkpoint (.safetensors) or 'demo' (synthetic-data demo weights, not for real slides)")
     p.add_argument("--mpp", type=float, help="override the level-0 µm/px of every slide")
@@ -250,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
     p.add_argument("--cell-margin", type=int, help="overlap on each side of a cell tile in cell px (default: the model's; 160 for the demo)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="redo slides that manifest.json marks done (default: skip them)")
+    p.add_argument("--scheduler", help="run on Dask: 'local' starts a cluster here, or a scheduler address such as tcp://10.0.0.5:8786")
+    p.add_argument("--dask-workers", type=int, help="workers of --scheduler local (default: one per GPU, else 1)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per slide process (default: all cores; cores / workers with --scheduler local). "
+                   "CPU results are bit-identical between runs with the same thread count")
+    p.add_argument("--retries", type=int, default=1, help="times a slide whose Dask worker died is retried before it is reported failed")
+    p.add_argument("--no-report", action="store_true", help="skip report.html at the end (summary.csv is always written)")
+
+    p = _add(sub, "report", cmd_report, "Rebuild summary.csv and report.html of a batch output folder.", "wsi-ocelot report results")
+    p.add_argument("dir", help="the --out folder of a `wsi-ocelot run`")
 
     p = _add(sub, "synth-slide", cmd_synth_slide, "Write a synthetic H&E slide (pyramidal TIFF) with cell and cancer-area ground truth.", "wsi-ocelot synth-slide synth.tiff --mpp 0.25 --size 4096 4096 --seed 1")
     p.add_argument("out", help="output .tiff path; OUT.cells.csv and OUT.tissue.geojson are written beside it")

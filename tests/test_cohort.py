@@ -1,0 +1,429 @@
+"""Cohort batch runs: inputs and manifests, failures reported and the batch going on,
+resume without touching finished slides, SIGKILL safety, reports (summary.csv and
+report.html), and Dask (LocalCluster and real `dask scheduler` / `dask worker` processes)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsi_ocelot.cohort import Manifest, collect_jobs, read_manifest_csv
+from wsi_ocelot.cohort.inputs import SlideJob, check_unique
+from wsi_ocelot.config import GeometryConfig
+from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.inference import PeakConfig
+from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
+
+GEO = GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32)
+SLIDE_SIZE = (768, 768)
+
+
+# -- fixtures ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("cohort_ckpt") / "tiny.safetensors"
+    model = build_model(ModelConfig(encoder="resnet18", decoder_channels=64))
+    with torch.no_grad():  # tilt the untrained head so that peaks appear
+        model.cell.head[0].bias.copy_(torch.tensor([-1.0, 0.5, 0.5]))
+    save_checkpoint(path, model, geometry=GEO, peaks=PeakConfig())
+    return path
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> dict[str, Path]:
+    """Good synthetic slides in a folder, a corrupt file, a missing path, a slide without MPP
+    and a CSV manifest that gives that slide an MPP under another id."""
+    import openslide
+
+    from wsi_ocelot.synthetic import write_synthetic_slide
+    from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
+
+    root = tmp_path_factory.mktemp("cohort")
+    good = root / "good"
+    good.mkdir()
+    for i in range(3):
+        write_synthetic_slide(good / f"case_{i}.tiff", mpp=0.25, size=SLIDE_SIZE, seed=300 + i)
+    (good / "case_0.cells.csv").unlink(missing_ok=True)  # ground truth files are not slides either way
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "corrupt.svs").write_bytes(b"II*\x00" + os.urandom(2000))
+    with openslide.OpenSlide(str(good / "case_0.tiff")) as s:
+        img = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
+    write_pyramidal_tiff(bad / "nompp.tiff", img, None)
+    manifest = root / "cohort.csv"
+    manifest.write_text("slide,mpp,id\nbad/nompp.tiff,0.25,nompp_with_mpp\n", encoding="utf-8")
+    return {"root": root, "good": good, "corrupt": bad / "corrupt.svs", "missing": bad / "missing.svs",
+            "nompp": bad / "nompp.tiff", "manifest": manifest}
+
+
+def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wsi_ocelot", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _tree_digest(folder: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime of every file below ``folder``."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(folder))] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+    return out
+
+
+def _cells(folder: Path) -> np.ndarray:
+    from wsi_ocelot.outputs import open_predictions
+
+    with open_predictions(folder / "predictions.zarr") as store:
+        c = store.cells()
+    arr = np.stack([c["x"], c["y"], c["class"], c["prob"]], axis=1).astype(np.float64)
+    return arr[np.lexsort((arr[:, 1], arr[:, 0]))]
+
+
+# -- inputs --------------------------------------------------------------------------------
+def test_collect_folders_csv_and_paths(cohort):
+    jobs = collect_jobs([str(cohort["good"]), str(cohort["manifest"]), str(cohort["missing"])])
+    ids = [j.slide_id for j in jobs]
+    assert ids == ["case_0", "case_1", "case_2", "nompp_with_mpp", "missing"]
+    by_id = {j.slide_id: j for j in jobs}
+    assert Path(by_id["nompp_with_mpp"].path) == cohort["nompp"]  # relative to the CSV's folder
+    assert by_id["nompp_with_mpp"].mpp == 0.25 and by_id["case_0"].mpp is None
+    # --mpp fills in slides without a per-slide value, never overrides the manifest's
+    jobs = collect_jobs([str(cohort["good"]), str(cohort["manifest"])], mpp=0.5)
+    assert {j.slide_id: j.mpp for j in jobs}["nompp_with_mpp"] == 0.25
+    assert {j.slide_id: j.mpp for j in jobs}["case_1"] == 0.5
+
+
+def test_duplicate_ids_fail_before_any_work(cohort, tmp_path):
+    other = tmp_path / "case_1.svs"
+    other.write_bytes(b"x")
+    with pytest.raises(ConfigError) as exc:
+        collect_jobs([str(cohort["good"]), str(other)])
+    msg = exc.value.one_line()
+    assert "case_1" in msg and str(other) in msg and "id" in msg and "\n" not in msg
+    with pytest.raises(WsiOcelotError, match="listed twice"):
+        check_unique([SlideJob("a", "/x/a.svs"), SlideJob("a", "/x/a.svs")])
+    proc = _cli("run", str(cohort["good"]), str(other), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "case_1" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("path,mpp\na.svs,0.25\n", "no 'slide' column"),
+    ("slide,mpp\na.svs,fast\n", "is not a µm/px value"),
+    ("slide,mpp\na.svs,-1\n", "is not a µm/px value"),
+    ("slide,id\na.svs,///\n", "empty once made safe"),
+])
+def test_bad_manifest_csv_one_line_errors(tmp_path, text, problem):
+    p = tmp_path / "m.csv"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        read_manifest_csv(p)
+    assert problem in str(exc.value) and str(p) in str(exc.value) and "Fix:" in str(exc.value)
+
+
+def test_unreadable_manifest_json_is_a_one_line_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="manifest is unreadable"):
+        Manifest.load(tmp_path)
+
+
+# -- a batch with bad slides, then a rerun --------------------------------------------------
+@pytest.fixture(scope="module")
+def batch(cohort, ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("batch") / "out"
+    args = ["run", str(cohort["good"]), str(cohort["corrupt"]), str(cohort["missing"]), str(cohort["nompp"]),
+            str(cohort["manifest"]), "--out", str(out), "--model", str(ckpt), "--device", "cpu", "--workers", "0", "--threads", "1"]
+    proc = _cli(*args)
+    return {"out": out, "args": args, "proc": proc}
+
+
+def test_batch_reports_bad_slides_and_goes_on(batch, cohort):
+    proc, out = batch["proc"], batch["out"]
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    slides = json.loads((out / "manifest.json").read_text())["slides"]
+    status = {k: v["status"] for k, v in slides.items()}
+    assert status == {"case_0": "done", "case_1": "done", "case_2": "done", "nompp_with_mpp": "done",
+                      "corrupt": "failed", "missing": "failed", "nompp": "failed"}
+    assert "corrupt.svs" in slides["corrupt"]["error"] and "Fix:" in slides["corrupt"]["error"]
+    assert "missing.svs" in slides["missing"]["error"] and "no such file" in slides["missing"]["error"]
+    assert "nompp.tiff" in slides["nompp"]["error"] and "--mpp" in slides["nompp"]["error"]
+    assert slides["nompp_with_mpp"]["mpp"] == 0.25
+    # the failure table at the end of the run names each failed slide with its message
+    table = proc.stderr[proc.stderr.index("3 slide(s) failed"):]
+    for sid in ("corrupt", "missing", "nompp"):
+        assert slides[sid]["error"] in table
+    # only complete slide folders, no leftovers
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["case_0", "case_1", "case_2", "nompp_with_mpp"]
+    for sid in names:
+        assert {"predictions.zarr", "cells.geojson", "tissue.geojson", "purity.json", "overview.png"} <= {p.name for p in (out / sid).iterdir()}
+    assert (out / "run.log").stat().st_size > 0 and "corrupt" in (out / "run.log").read_text()
+
+
+def test_summary_csv_one_row_per_slide(batch):
+    out = batch["out"]
+    rows = list(csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
+    assert [r["slide_id"] for r in rows] == sorted(["case_0", "case_1", "case_2", "nompp_with_mpp", "corrupt", "missing", "nompp"])
+    by = {r["slide_id"]: r for r in rows}
+    for sid in ("case_0", "nompp_with_mpp"):
+        p = json.loads((out / sid / "purity.json").read_text())
+        assert int(by[sid]["n_cells"]) == p["n_cells"] > 0
+        assert float(by[sid]["purity"]) == pytest.approx(p["purity"], rel=1e-5)
+        assert float(by[sid]["tissue_area_mm2"]) == pytest.approx(p["tissue_area_mm2"], rel=1e-5)
+        assert float(by[sid]["mpp"]) == 0.25 and float(by[sid]["runtime_s"]) > 0
+    assert by["corrupt"]["status"] == "failed" and by["corrupt"]["error"] and by["corrupt"]["n_cells"] == ""
+
+
+def test_rerun_skips_done_slides_without_touching_them(batch):
+    out = batch["out"]
+    before = {sid: _tree_digest(out / sid) for sid in ("case_0", "case_1", "case_2", "nompp_with_mpp")}
+    proc = _cli(*batch["args"])
+    assert proc.returncode == 1  # the bad slides are tried again and fail again
+    assert "4 slide(s) already done, skipped" in proc.stdout
+    for sid, digest in before.items():
+        assert _tree_digest(out / sid) == digest, sid
+    m = Manifest.load(out)
+    assert m.counts() == {"done": 4, "failed": 3, "running": 0}
+
+
+def test_report_rebuild_and_html_content(batch):
+    out = batch["out"]
+    (out / "report.html").unlink()
+    proc = _cli("report", str(out))
+    assert proc.returncode == 0, proc.stderr
+    doc = (out / "report.html").read_text(encoding="utf-8")
+    assert doc.count("data:image/jpeg;base64,") == 4  # one overview per finished slide, embedded
+    assert 'id="purity-plot"' in doc and "<script>" in doc
+    assert "http://" not in doc.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in doc  # self-contained
+    proc = _cli("report", str(out / "nope"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+# -- the report in a real headless browser ---------------------------------------------------
+class _WebDriver:
+    """The W3C WebDriver protocol over HTTP, enough to load a page and run scripts."""
+
+    def __init__(self, driver: str, browser: str):
+        import urllib.request
+
+        self._req = urllib.request
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen([driver, f"--port={self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                self._call("GET", "/status")
+                break
+            except OSError:
+                time.sleep(0.1)
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": browser,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",
+                     "--window-size=1400,1000"]}}}}
+        self.sid = self._call("POST", "/session", caps)["sessionId"]
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        req = self._req.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                headers={"Content-Type": "application/json"})
+        with self._req.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read() or b"{}").get("value")
+
+    def get(self, url: str) -> None:
+        self._call("POST", f"/session/{self.sid}/url", {"url": url})
+
+    def js(self, script: str):
+        return self._call("POST", f"/session/{self.sid}/execute/sync", {"script": script, "args": []})
+
+    def quit(self) -> None:
+        try:
+            self._call("DELETE", f"/session/{self.sid}")
+        finally:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def _browser() -> tuple[str, str] | None:
+    import shutil
+
+    driver = shutil.which("chromedriver")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    return (driver, browser) if driver and browser else None
+
+
+def test_report_renders_in_headless_chromium(batch):
+    found = _browser()
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
+        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    out = batch["out"]
+    wd = _WebDriver(*found)
+    try:
+        wd.get((out / "report.html").resolve().as_uri())
+        for _ in range(50):
+            if wd.js("return document.readyState") == "complete":
+                break
+            time.sleep(0.1)
+        rows = wd.js("return document.querySelectorAll('#slides tbody tr').length")
+        assert rows == 7
+        imgs = wd.js("return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
+        assert len(imgs) == 4 and all(ok and w > 0 and shown > 0 for ok, w, shown in imgs), imgs
+        bars = wd.js("return document.querySelectorAll('#purity-plot rect.bar').length")
+        assert bars >= 1
+        plot_w = wd.js("return document.getElementById('purity-plot').getBoundingClientRect().width")
+        assert plot_w > 100
+        failed = wd.js("return document.querySelectorAll('#slides tr.failed').length")
+        assert failed == 3
+        # sorting: click the "cells" header twice → descending cell counts, empty cells last
+        col = wd.js("return Array.from(document.querySelectorAll('#slides th')).findIndex(h => h.textContent === 'cells')")
+        wd.js(f"document.querySelectorAll('#slides th')[{col}].click(); document.querySelectorAll('#slides th')[{col}].click();")
+        vals = wd.js(f"return Array.from(document.querySelectorAll('#slides tbody tr')).map(r => r.cells[{col}].getAttribute('data-v'))")
+        nums = [float(v) for v in vals if v]
+        assert len(nums) == 4 and nums == sorted(nums, reverse=True) and vals[4:] == ["", "", ""]
+    finally:
+        wd.quit()
+
+
+# -- SIGKILL part-way ----------------------------------------------------------------------
+def test_sigkill_then_rerun_completes_and_keeps_finished_slides(cohort, ckpt, tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "wsi_ocelot", "-q", "run", str(cohort["good"]), "--out", str(out), "--model", str(ckpt),
+            "--device", "cpu", "--workers", "0", "--no-report"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 600
+    done: list[str] = []
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "manifest.json").is_file():
+            try:
+                slides = json.loads((out / "manifest.json").read_text())["slides"]
+            except ValueError:  # never torn: written by rename; a read racing the rename may see the old file only
+                raise
+            done = [k for k, v in slides.items() if v["status"] == "done"]
+            if done and any(v["status"] == "running" for v in slides.values()):
+                time.sleep(1.0)  # let the next slide get going
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the batch finished before it could be killed: " + proc.stderr.read().decode()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # nothing that looks complete is incomplete: visible folders are whole, the rest is hidden partial work
+    for d in out.iterdir():
+        if d.is_dir() and not d.name.startswith("."):
+            assert d.name in done or (d / "purity.json").is_file()
+            assert {"predictions.zarr", "cells.geojson", "tissue.geojson", "purity.json", "overview.png"} <= {p.name for p in d.iterdir()}
+    before = {sid: _tree_digest(out / sid) for sid in done}
+    rerun = subprocess.run(args[:-1], capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    m = Manifest.load(out)
+    assert m.counts() == {"done": 3, "failed": 0, "running": 0}
+    assert not [p.name for p in out.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    assert not (out / ".wsi-ocelot.lock").exists()
+    for sid, digest in before.items():
+        assert _tree_digest(out / sid) == digest, sid
+    assert (out / "report.html").is_file()
+
+
+def test_two_runs_into_one_folder_are_refused(tmp_path):
+    from wsi_ocelot.cohort.batch import _lock
+
+    with _lock(tmp_path):
+        with pytest.raises(ConfigError, match="another wsi-ocelot run"):
+            with _lock(tmp_path):
+                pass
+    # a stale lock of a dead process is taken over
+    (tmp_path / ".wsi-ocelot.lock").write_text(f"{socket.gethostname()} 999999999")
+    with _lock(tmp_path):
+        pass
+    assert not (tmp_path / ".wsi-ocelot.lock").exists()
+
+
+# -- Dask ----------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_local_cluster_matches_in_process(batch, cohort, ckpt, tmp_path):
+    out = tmp_path / "dask_local"
+    proc = _cli("-q", "run", str(cohort["good"] / "case_0.tiff"), str(cohort["good"] / "case_1.tiff"), "--out", str(out),
+                "--model", str(ckpt), "--device", "cpu", "--workers", "0", "--scheduler", "local", "--dask-workers", "2", "--threads", "1", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    for sid in ("case_0", "case_1"):
+        a, b = _cells(batch["out"] / sid), _cells(out / sid)
+        assert a.shape == b.shape and a.shape[0] > 0
+        np.testing.assert_array_equal(a[:, :3], b[:, :3])
+        np.testing.assert_allclose(a[:, 3], b[:, 3], atol=1e-4)
+
+
+def test_dask_scheduler_and_workers_survive_a_killed_worker(batch, cohort, ckpt, tmp_path):
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
+    try:
+        time.sleep(2)
+        workers = [subprocess.Popen(["dask", "worker", addr, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"w{i}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True) for i in range(2)]
+        procs += workers
+        from distributed import Client
+
+        with Client(addr, timeout="60s") as c:
+            c.wait_for_workers(2, timeout=120)
+        out = tmp_path / "dask_tcp"
+        run = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", "-q", "run", str(cohort["good"]), str(cohort["manifest"]), "--out", str(out),
+                                "--model", str(ckpt), "--device", "cpu", "--workers", "0", "--scheduler", addr, "--threads", "1", "--no-report"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 600
+        while time.time() < deadline and run.poll() is None:  # kill a worker once the first slide is back
+            try:
+                slides = json.loads((out / "manifest.json").read_text())["slides"]
+            except (OSError, ValueError, KeyError):
+                slides = {}
+            if any(v["status"] == "done" for v in slides.values()):
+                break
+            time.sleep(0.1)
+        assert run.poll() is None, "the batch finished before a worker could be killed"
+        with Client(addr, timeout="60s") as c:  # kill w0 while it holds a slide
+            busy = []
+            for _ in range(600):
+                info = c.scheduler_info()["workers"]
+                w0 = [a for a, w in info.items() if w.get("name") == "w0"]
+                busy = c.processing(workers=w0).get(w0[0], []) if w0 else []
+                if busy:
+                    break
+                time.sleep(0.05)
+            assert busy, "worker w0 never held a slide"
+            os.killpg(workers[0].pid, signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=900)
+        assert run.returncode == 0, stderr
+        m = Manifest.load(out)
+        assert m.counts() == {"done": 4, "failed": 0, "running": 0}
+        for sid in ("case_0", "case_1", "case_2", "nompp_with_mpp"):
+            a, b = _cells(batch["out"] / sid), _cells(out / sid)
+            assert a.shape == b.shape and a.shape[0] > 0
+            np.testing.assert_array_equal(a[:, :3], b[:, :3])
+            np.testing.assert_allclose(a[:, 3], b[:, 3], atol=1e-4)
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(30)

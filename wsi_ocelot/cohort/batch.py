@@ -1,0 +1,309 @@
+"""Run a cohort: many slides, resumable, fault-isolated, in-process or on Dask.
+
+The driving process owns ``manifest.json`` and the reports; slide work happens in
+:func:`wsi_ocelot.cohort.worker.process_slide`, the same function whether it runs here or
+on a Dask worker, so both give identical outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsi_ocelot.cohort.inputs import SlideJob, check_unique
+from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest
+from wsi_ocelot.cohort.worker import process_slide
+from wsi_ocelot.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "run.log"
+LOCK_NAME = ".wsi-ocelot.lock"
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """How a batch runs. ``engine`` is an :class:`~wsi_ocelot.inference.engine.EngineConfig`."""
+
+    model: str = "demo"
+    engine: Any = None
+    overwrite: bool = False
+    scheduler: str | None = None  # None: in this process; "local": a LocalCluster; else a scheduler address
+    dask_workers: int | None = None  # LocalCluster size (default: one per GPU, else 1)
+    retries: int = 1  # a slide whose worker died is retried this many times, then reported failed
+    report: bool = True
+    threads: int | None = None  # torch CPU threads per slide process (None: all cores here, cores / workers on a LocalCluster)
+
+
+@dataclass
+class CohortResult:
+    out_dir: Path
+    manifest: Manifest
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def failure_table(self) -> str:
+        """A short plain-text table of the failed slides (id, path, error)."""
+        if not self.failed:
+            return ""
+        rows = [(sid, self.manifest.slides[sid].get("path", ""), self.manifest.slides[sid].get("error") or "") for sid in self.failed]
+        w = max(len("slide"), *(len(r[0]) for r in rows))
+        lines = [f"{len(self.failed)} slide(s) failed:", f"  {'slide'.ljust(w)}  error"]
+        lines += [f"  {sid.ljust(w)}  {err}" for sid, _, err in rows]
+        return "\n".join(lines)
+
+
+# -- folder hygiene ------------------------------------------------------------------------
+@contextmanager
+def _lock(out_dir: Path) -> Iterator[None]:
+    """One batch at a time per output folder (a stale lock of a dead process is taken over)."""
+    path = out_dir / LOCK_NAME
+    me = f"{socket.gethostname()} {os.getpid()}"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            host, pid = path.read_text().split()
+            alive = host == socket.gethostname() and _pid_alive(int(pid))
+        except (OSError, ValueError):
+            alive = False
+        if alive:
+            raise ConfigError(out_dir, f"another wsi-ocelot run (pid {pid}) is writing to this folder",
+                              "wait for it to finish, or use another --out") from None
+        log.info("%s: taking over the lock of a run that is no longer alive", out_dir)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(me)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_partials(out_dir: Path) -> list[str]:
+    """Remove half-written slide folders left by a killed run (``.<id>.partial-*``, ``.<id>.old-*``)."""
+    removed = []
+    for p in out_dir.iterdir():
+        if p.is_dir() and p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    if removed:
+        log.info("removed %d unfinished slide folder(s) left by an interrupted run: %s", len(removed), ", ".join(sorted(removed)))
+    return removed
+
+
+@contextmanager
+def _log_file(out_dir: Path) -> Iterator[Path]:
+    """Append this run's log (INFO and up, whatever the console shows) to ``<out>/run.log``."""
+    path = out_dir / LOG_NAME
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    pkg = logging.getLogger("wsi_ocelot")
+    old_level, effective = pkg.level, pkg.getEffectiveLevel()
+    raised: list[tuple[logging.Handler, int]] = []
+    if effective > logging.INFO:  # the console is quieter than the file: keep it so
+        for h in logging.getLogger().handlers + pkg.handlers:
+            if h.level < effective:
+                raised.append((h, h.level))
+                h.setLevel(effective)
+        pkg.setLevel(logging.INFO)
+    pkg.addHandler(handler)
+    try:
+        yield path
+    finally:
+        pkg.removeHandler(handler)
+        pkg.setLevel(old_level)
+        for h, level in raised:
+            h.setLevel(level)
+        handler.close()
+
+
+# -- progress ------------------------------------------------------------------------------
+class _Progress:
+    def __init__(self, total: int, skipped: int):
+        self.total, self.skipped = total, skipped
+        self.done = self.failed = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, sid: str, rec: dict[str, Any]) -> None:
+        if rec["status"] == DONE:
+            self.done += 1
+            purity = "n/a" if rec.get("purity") is None else f"{rec['purity']:.3f}"
+            what = f"done, {rec.get('n_cells', 0)} cells, purity {purity}"
+        else:
+            self.failed += 1
+            what = f"FAILED: {rec.get('error')}"
+        finished = self.done + self.failed
+        remaining = self.total - finished
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / finished * remaining if finished else float("nan")
+        log.info("[%d/%d] %s: %s (%.1f s) | done %d, failed %d, remaining %d, ETA %s", finished, self.total, sid, what,
+                 rec.get("runtime_s", 0.0), self.done, self.failed, remaining, _fmt_eta(eta) if remaining else "0 s")
+
+
+def _fmt_eta(s: float) -> str:
+    if s != s:  # nan
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else (f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s")
+
+
+# -- executors -----------------------------------------------------------------------------
+Record = tuple[SlideJob, dict[str, Any]]
+
+
+def _run_in_process(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest) -> Iterator[Record]:
+    for job in jobs:
+        manifest.mark_running(job.slide_id, job.path)
+        yield job, process_slide(job, out, cfg.model, cfg.engine, torch_threads=cfg.threads)
+
+
+def _local_cluster_size(cfg: CohortConfig) -> int:
+    if cfg.dask_workers:
+        return cfg.dask_workers
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest) -> Iterator[Record]:
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+
+    out = os.path.abspath(out)
+    cluster = None
+    settings = {"distributed.scheduler.allowed-failures": 0, "distributed.worker.daemon": False}
+    with dask.config.set(settings):
+        if cfg.scheduler == "local":
+            n = _local_cluster_size(cfg)
+            threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+            log.info("started a local Dask cluster: %d worker(s), %d torch thread(s) each", n, threads)
+            client = Client(cluster)
+        else:
+            threads = cfg.threads
+            try:
+                client = Client(cfg.scheduler, timeout="30s")
+            except OSError as exc:
+                raise ConfigError(cfg.scheduler, f"cannot reach the Dask scheduler ({exc})",
+                                  "start it with `dask scheduler` and workers with `dask worker ADDRESS`, or use --scheduler local") from None
+            n = len(client.scheduler_info().get("workers", {}))
+            log.info("joined the Dask cluster at %s (%d worker(s))", cfg.scheduler, n)
+        try:
+            attempts: dict[str, int] = {}
+            by_key: dict[str, SlideJob] = {}
+
+            def submit(job: SlideJob):
+                attempts[job.slide_id] = attempts.get(job.slide_id, 0) + 1
+                fut = client.submit(process_slide, job, out, cfg.model, cfg.engine, torch_threads=threads,
+                                    key=f"wsi-ocelot-{job.slide_id}-{attempts[job.slide_id]}-{os.getpid()}-{time.time_ns()}", pure=False)
+                by_key[fut.key] = job
+                return fut
+
+            for job in jobs:
+                manifest.slides[job.slide_id] = {"path": job.path, "status": "running", "error": None, "attempts": 1,
+                                                 "started": None}
+            manifest.save()
+            ac = as_completed([submit(job) for job in jobs])
+            for fut in ac:
+                job = by_key.pop(fut.key)
+                try:
+                    rec = fut.result()
+                except Exception as exc:  # the worker died (KilledWorker) or the connection broke
+                    if attempts[job.slide_id] <= cfg.retries:
+                        log.warning("%s: its Dask worker was lost (%s); retrying the slide", job.slide_id, type(exc).__name__)
+                        manifest.slides[job.slide_id]["attempts"] = attempts[job.slide_id] + 1
+                        ac.add(submit(job))
+                        continue
+                    rec = {"path": job.path, "status": FAILED, "runtime_s": None,
+                           "error": f"{job.path}: the Dask worker running this slide died {attempts[job.slide_id]} time(s) "
+                                    f"({type(exc).__name__}). Fix: check the worker logs (memory, GPU driver); run the slide alone to see its error"}
+                rec["attempts"] = attempts[job.slide_id]
+                yield job, rec
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+# -- the batch -----------------------------------------------------------------------------
+def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config: CohortConfig,
+               on_record: Callable[[SlideJob, dict[str, Any]], None] | None = None) -> CohortResult:
+    """Run ``jobs`` into ``out_dir``; skip slides already done (unless ``overwrite``)."""
+    from wsi_ocelot import __version__
+    from wsi_ocelot.cohort.report import write_report, write_summary_csv
+    from wsi_ocelot.inference.engine import EngineConfig
+    from wsi_ocelot.model import read_checkpoint_info
+    from wsi_ocelot.weights import resolve_model
+
+    check_unique(jobs)
+    engine = config.engine or EngineConfig()
+    model = str(resolve_model(config.model))
+    read_checkpoint_info(model)  # a bad checkpoint fails the batch up front, not once per slide
+    cfg = dataclasses.replace(config, model=model, engine=engine)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with _lock(out), _log_file(out) as log_path:
+        manifest = Manifest.load(out)
+        clean_partials(out)
+        result = CohortResult(out, manifest)
+        todo = []
+        for job in jobs:
+            if not cfg.overwrite and manifest.is_done(job.slide_id, job.path):
+                result.skipped.append(job.slide_id)
+            else:
+                todo.append(job)
+        manifest.meta.update({"model": model, "software": f"wsi-ocelot {__version__}",
+                              "scheduler": cfg.scheduler or "in-process"})
+        log.info("batch of %d slide(s) into %s: %d to run, %d already done%s; log: %s", len(jobs), out, len(todo),
+                 len(result.skipped), " (skipped; --overwrite redoes them)" if result.skipped else "", log_path)
+        progress = _Progress(len(todo), len(result.skipped))
+        run = _run_in_process if cfg.scheduler is None else _run_on_dask
+        for job, rec in run(todo, str(out), cfg, manifest):
+            tb = rec.pop("traceback", None)
+            if tb:
+                log.error("%s: unexpected error on %s\n%s", job.slide_id, rec.get("worker"), tb)
+            manifest.record(job.slide_id, rec)
+            (result.done if rec["status"] == DONE else result.failed).append(job.slide_id)
+            progress.update(job.slide_id, rec)
+            write_summary_csv(out, manifest)
+            if on_record:
+                on_record(job, rec)
+        result.wall_s = time.perf_counter() - t0
+        manifest.meta["last_run"] = {"slides": len(jobs), "ran": len(todo), "done": len(result.done), "failed": len(result.failed),
+                                     "skipped": len(result.skipped), "wall_s": round(result.wall_s, 2)}
+        manifest.save()
+        write_summary_csv(out, manifest)
+        if cfg.report:
+            write_report(out, manifest)
+        log.info("batch finished in %s: %d done, %d failed, %d skipped; summary %s, report %s", _fmt_eta(result.wall_s),
+                 len(result.done), len(result.failed), len(result.skipped), out / "summary.csv", out / "report.html")
+    return result

@@ -1,0 +1,241 @@
+"""Batch reports: ``summary.csv`` (one row per slide) and a self-contained ``report.html``.
+
+Both are built from ``manifest.json`` and each finished slide's ``purity.json``, so
+``wsi-ocelot report DIR`` rebuilds them at any time (also for a folder of slides run one
+by one with ``wsi-ocelot run`` before batches existed). The HTML has no external
+resources: thumbnails are embedded as data URIs, the purity distribution is inline SVG,
+and the table sorts with a few lines of inline JavaScript.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from wsi_ocelot.cohort.manifest import DONE, Manifest, atomic_write_text, now_iso
+from wsi_ocelot.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ("slide_id", "path", "status", "mpp", "mpp_source", "n_cells", "n_tc", "n_bc", "purity",
+                   "purity_in_cancer_area", "tissue_area_mm2", "cancer_area_mm2", "runtime_s", "error")
+THUMB_SIDE = 240
+
+
+def _rows(out_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
+    """One row per slide: the manifest's record, completed from the slide's purity.json."""
+    slides = dict(manifest.slides)
+    for d in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:  # slide folders from single runs
+        if d.is_dir() and not d.name.startswith(".") and d.name not in slides and (d / "purity.json").is_file():
+            slides[d.name] = {"status": DONE}
+    rows = []
+    for sid in sorted(slides):
+        rec = slides[sid]
+        row: dict[str, Any] = {"slide_id": sid, **{k: rec.get(k) for k in SUMMARY_COLUMNS if k != "slide_id"}}
+        pj = out_dir / sid / "purity.json"
+        if rec.get("status") == DONE and pj.is_file():
+            try:
+                p = json.loads(pj.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                p = {}
+            row.update({k: p.get(k, row.get(k)) for k in ("mpp", "mpp_source", "n_cells", "n_tc", "n_bc", "purity", "purity_in_cancer_area",
+                                                          "tissue_area_mm2", "cancer_area_mm2")})
+            row["path"] = row.get("path") or p.get("slide")
+            row["purity_reason"] = p.get("purity_reason")
+            if row.get("runtime_s") is None:
+                row["runtime_s"] = (p.get("runtime_s") or {}).get("total")
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def write_summary_csv(out_dir: str | os.PathLike[str], manifest: Manifest | None = None) -> Path:
+    """Write ``<out>/summary.csv`` (atomically) and return its path."""
+    out_dir = Path(out_dir)
+    manifest = manifest or Manifest.load(out_dir)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_COLUMNS)
+    for row in _rows(out_dir, manifest):
+        w.writerow([_fmt(row.get(c)) for c in SUMMARY_COLUMNS])
+    path = out_dir / "summary.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def _thumbnail(png: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(png) as im:
+            im = im.convert("RGB")
+            im.thumbnail((THUMB_SIDE, THUMB_SIDE))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=82)
+    except (OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def purity_histogram_svg(values: list[float], *, bins: int = 20, width: int = 560, height: int = 220) -> str:
+    """An inline-SVG histogram of slide purities on [0, 1] with the median marked."""
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, max(0, int(v * bins)))] += 1
+    top = max(counts) if values else 1
+    ml, mr, mt, mb = 40, 10, 12, 36
+    pw, ph = width - ml - mr, height - mt - mb
+    bw = pw / bins
+    parts = [f'<svg id="purity-plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="distribution of tumour purity over {len(values)} slides">']
+    for i, c in enumerate(counts):
+        if c:
+            h = ph * c / top
+            parts.append(f'<rect class="bar" x="{ml + i * bw + 1:.1f}" y="{mt + ph - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" fill="#c0392b">'
+                         f"<title>{i / bins:.2f}–{(i + 1) / bins:.2f}: {c} slide(s)</title></rect>")
+    parts.append(f'<line x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}" stroke="#333"/>')
+    parts.append(f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="#333"/>')
+    for t in range(0, 11, 2):
+        x = ml + pw * t / 10
+        parts.append(f'<text x="{x:.1f}" y="{mt + ph + 14}" font-size="11" text-anchor="middle">{t / 10:.1f}</text>')
+    parts.append(f'<text x="{ml + pw / 2:.1f}" y="{height - 4}" font-size="12" text-anchor="middle">tumour purity TC / (TC + BC)</text>')
+    parts.append(f'<text x="{ml - 6}" y="{mt + 4}" font-size="11" text-anchor="end">{top}</text>')
+    parts.append(f'<text x="{ml - 6}" y="{mt + ph}" font-size="11" text-anchor="end">0</text>')
+    if values:
+        med = sorted(values)[len(values) // 2] if len(values) % 2 else sum(sorted(values)[len(values) // 2 - 1: len(values) // 2 + 1]) / 2
+        x = ml + pw * med
+        parts.append(f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{mt + ph}" stroke="#2c3e50" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{x + 4:.1f}" y="{mt + 10}" font-size="11">median {med:.3f}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
+h1{font-size:22px;margin:0 0 4px} .meta{color:#555;font-size:13px;margin-bottom:16px}
+table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:middle}
+th{cursor:pointer;background:#f4f4f4;position:sticky;top:0;user-select:none} th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
+td.l,th.l{text-align:left} tr.failed td{background:#fdecea} td.err{max-width:520px;text-align:left;color:#a00;white-space:normal}
+img.ov{max-width:160px;max-height:160px;display:block} .counts span{margin-right:14px}
+"""
+
+_JS = """
+(function(){
+  const table=document.getElementById('slides');
+  const heads=table.tHead.rows[0].cells;
+  function key(td){const v=td.getAttribute('data-v');if(v===null||v==='')return null;const n=Number(v);return isNaN(n)?v.toLowerCase():n;}
+  for(let i=0;i<heads.length;i++){
+    if(heads[i].classList.contains('nosort'))continue;
+    heads[i].addEventListener('click',function(){
+      const asc=!this.classList.contains('sorted-asc');
+      for(const h of heads)h.classList.remove('sorted-asc','sorted-desc');
+      this.classList.add(asc?'sorted-asc':'sorted-desc');
+      const rows=Array.from(table.tBodies[0].rows);
+      rows.sort(function(a,b){const x=key(a.cells[i]),y=key(b.cells[i]);
+        if(x===null&&y===null)return 0;if(x===null)return 1;if(y===null)return -1;
+        return (x<y?-1:x>y?1:0)*(asc?1:-1);});
+      for(const r of rows)table.tBodies[0].appendChild(r);
+    });
+  }
+})();
+"""
+
+_COLS = (  # (key, header, css class, format)
+    ("overview", "overview", "l nosort", None),
+    ("slide_id", "slide", "l", "s"),
+    ("status", "status", "l", "s"),
+    ("n_cells", "cells", "", "d"),
+    ("n_tc", "tumour", "", "d"),
+    ("n_bc", "background", "", "d"),
+    ("purity", "purity", "", "3"),
+    ("purity_in_cancer_area", "purity in cancer area", "", "3"),
+    ("tissue_area_mm2", "tissue mm²", "", "2"),
+    ("cancer_area_mm2", "cancer mm²", "", "2"),
+    ("mpp", "MPP", "", "4"),
+    ("runtime_s", "runtime s", "", "1"),
+    ("error", "error", "l", "s"),
+)
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str | None]) -> str:
+    if key == "overview":
+        uri = thumbs.get(row["slide_id"])
+        if not uri:
+            return '<td class="l"></td>'
+        href = html.escape(f"{row['slide_id']}/overview.png", quote=True)
+        return f'<td class="l"><a href="{href}"><img class="ov" alt="overview of {html.escape(row["slide_id"])}" src="{uri}"></a></td>'
+    v = row.get(key)
+    if v is None:
+        shown = ""
+        if key == "purity" and row.get("purity_reason"):
+            shown = f'<span title="{html.escape(str(row["purity_reason"]), quote=True)}">n/a</span>'
+        return f'<td class="{"l" if fmt == "s" else ""}" data-v="">{shown}</td>'
+    if fmt == "s":
+        cls = "err" if key == "error" else "l"
+        return f'<td class="{cls}" data-v="{html.escape(str(v), quote=True)}">{html.escape(str(v))}</td>'
+    num = float(v)
+    shown = f"{int(num):,}" if fmt == "d" else f"{num:.{int(fmt)}f}"
+    return f'<td data-v="{num!r}">{shown}</td>'
+
+
+def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = None) -> Path:
+    """Write ``<out>/report.html`` (atomically) and return its path."""
+    out_dir = Path(out_dir)
+    manifest = manifest or Manifest.load(out_dir)
+    rows = _rows(out_dir, manifest)
+    thumbs = {r["slide_id"]: _thumbnail(out_dir / r["slide_id"] / "overview.png") for r in rows if r.get("status") == DONE}
+    purities = [float(r["purity"]) for r in rows if r.get("status") == DONE and r.get("purity") is not None and math.isfinite(float(r["purity"]))]
+    n = {s: sum(1 for r in rows if r.get("status") == s) for s in ("done", "failed", "running")}
+    title = f"wsi-ocelot batch report: {out_dir.resolve().name}"
+    head = "".join(f'<th class="{c}">{html.escape(h)}</th>' for _, h, c, _ in _COLS)
+    body = []
+    for r in rows:
+        cls = ' class="failed"' if r.get("status") == "failed" else ""
+        body.append(f"<tr{cls}>" + "".join(_cell(r, k, f, thumbs) for k, _, _, f in _COLS) + "</tr>")
+    model = manifest.meta.get("model", "")
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<div class="meta">Folder {html.escape(str(out_dir.resolve()))} · model {html.escape(str(model))} · {html.escape(str(manifest.meta.get("software", "")))} · built {html.escape(now_iso())}</div>
+<div class="counts" id="counts"><span>slides: {len(rows)}</span><span>done: {n["done"]}</span><span>failed: {n["failed"]}</span><span>unfinished: {n["running"]}</span></div>
+<h2>Tumour purity over the cohort ({len(purities)} slide(s) with cells)</h2>
+{purity_histogram_svg(purities)}
+<h2>Slides</h2>
+<p class="meta">Click a column header to sort; click an overview to open it at full size. Purity = tumour cells / all cells.</p>
+<table id="slides"><thead><tr>{head}</tr></thead><tbody>
+{chr(10).join(body)}
+</tbody></table>
+<script>{_JS}</script>
+</body></html>
+"""
+    path = out_dir / "report.html"
+    atomic_write_text(path, doc)
+    return path
+
+
+def rebuild_reports(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``wsi-ocelot report DIR``: rebuild ``summary.csv`` and ``report.html`` from what is on disk."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise ConfigError(out_dir, "the folder does not exist", "pass the --out folder of a `wsi-ocelot run`")
+    manifest = Manifest.load(out_dir)
+    if not manifest.slides and not any((d / "purity.json").is_file() for d in out_dir.iterdir() if d.is_dir()):
+        raise ConfigError(out_dir, "no manifest.json and no slide results here", "pass the --out folder of a `wsi-ocelot run`")
+    return write_summary_csv(out_dir, manifest), write_report(out_dir, manifest)
