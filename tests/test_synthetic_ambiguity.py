@@ -24,6 +24,8 @@ def test_zero_is_the_default_tissue() -> None:
     p = dataclasses.replace(SyntheticParams(), **ORGANS["kidney"])
     assert ambiguous_params(p, 0.0) is p
     assert SyntheticDatasetConfig().ambiguity == 0.0
+    full = ambiguous_params(p, 1.0)
+    assert full.lymph_aggregate_purity == 1.0 and full.small_tc_zone_fraction == pytest.approx(0.45)
     with pytest.raises(ValueError):
         ambiguous_params(p, 1.5)
     with pytest.raises(ValueError):

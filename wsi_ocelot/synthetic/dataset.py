@@ -67,9 +67,10 @@ def ambiguous_params(params: SyntheticParams, ambiguity: float) -> SyntheticPara
     are small (75–125 µm radius) and sit among tumour nests that the cell patch also sees,
     so morphology plus the patch's own surroundings nearly decide the class. Raising
     ``ambiguity`` makes those zones and the aggregates larger (radii up to
-    ``AMBIGUOUS_RADIUS_FACTOR`` ×, CA blobs with them) and more common, so that a cell
-    patch (~200 µm at 0.2 µm/px) often lies wholly inside one: the cells look the same on
-    both sides and only the tissue region (CA or not) decides the label, as in the paper.
+    ``AMBIGUOUS_RADIUS_FACTOR`` ×, CA blobs with them) and more common, and the aggregates
+    purer (up to lymphocytes only, as the zones hold small TC only), so that a cell patch
+    (~200 µm at 0.2 µm/px) often lies wholly inside one: the cells look the same on both
+    sides and only the tissue region (CA or not) decides the label, as in the paper.
     Table 3's ratios (93 % TC in CA, 85 % BC outside, 35 % TC) are kept; 0 returns
     ``params`` unchanged.
     """
@@ -93,6 +94,7 @@ def ambiguous_params(params: SyntheticParams, ambiguity: float) -> SyntheticPara
         lymph_aggregate_fraction=af + a * max(0.0, AMBIGUOUS_AGGREGATE_FRACTION - af),
         small_tc_zone_sparsity=params.small_tc_zone_sparsity + a * (AMBIGUOUS_SPARSITY - params.small_tc_zone_sparsity),
         lymph_aggregate_sparsity=params.lymph_aggregate_sparsity + a * (AMBIGUOUS_SPARSITY - params.lymph_aggregate_sparsity),
+        lymph_aggregate_purity=params.lymph_aggregate_purity + a * (1.0 - params.lymph_aggregate_purity),
     )
 
 

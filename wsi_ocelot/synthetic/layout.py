@@ -65,6 +65,7 @@ class SyntheticParams:
     lymph_aggregate_radius_um: tuple[float, float] = (70.0, 120.0)
     lymph_aggregate_fraction: float = 0.10  # share of stroma covered by lymphocyte aggregates
     lymph_aggregate_sparsity: float = 4.0  # at most one aggregate per this many aggregate areas of stroma
+    lymph_aggregate_purity: float = 0.93  # share of lymphocytes in aggregates (rest: plasma and endothelial cells)
     tc_in_ca: float = 0.93
     bc_outside_ca: float = 0.85
     tc_fraction: float = 0.35
@@ -78,7 +79,7 @@ class SyntheticParams:
 
     def __post_init__(self) -> None:
         for name in ("tissue_extent", "ca_fraction", "nest_fraction", "small_tc_zone_fraction",
-                     "lymph_aggregate_fraction", "tc_in_ca", "bc_outside_ca", "tc_fraction",
+                     "lymph_aggregate_fraction", "lymph_aggregate_purity", "tc_in_ca", "bc_outside_ca", "tc_fraction",
                      "fissure_probability", "hole_probability"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -680,7 +681,7 @@ def _make_cells(rng: np.random.Generator, r_morph: np.random.Generator, m: Tissu
         (tc_classic, TC, [0, 0, 0, 0, 1, 0]),
         (tc_small, TC, [0, 0, 0, 0, 0, 1]),
         (tc_out, TC, [0, 0, 0, 0, 0.8, 0.2]),
-        (agg, BC, [0.93, 0, 0.02, 0.05, 0, 0]),
+        (agg, BC, _aggregate_kinds(p.lymph_aggregate_purity)),
         (bc_in, BC, [0.42, 0.38, 0.12, 0.08, 0, 0]),
         (bc_out, BC, [0.22, 0.56, 0.12, 0.10, 0, 0]),
     ]
@@ -697,6 +698,15 @@ def _make_cells(rng: np.random.Generator, r_morph: np.random.Generator, m: Tissu
     cells = _rebalance(rng, cells, ca, p)
     order = np.lexsort((cells.xy[:, 0], cells.xy[:, 1]))  # row-major, stable output order
     return cells.take(order)
+
+
+def _aggregate_kinds(purity: float) -> list[float]:
+    """Kind probabilities of aggregate cells: ``purity`` lymphocytes, the rest plasma (5/7)
+    and endothelial (2/7) cells; 0.93 gives exactly the original [0.93, 0, 0.02, 0.05]."""
+    if purity == 0.93:
+        return [0.93, 0, 0.02, 0.05, 0, 0]
+    rest = 1.0 - purity
+    return [purity, 0, rest * 2 / 7, rest * 5 / 7, 0, 0]
 
 
 def _rebalance(rng: np.random.Generator, cells: CellTable, ca: BaseGeometry, p: SyntheticParams) -> CellTable:
