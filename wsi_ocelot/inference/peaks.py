@@ -7,8 +7,11 @@ where P(no cell) ≥ the larger cell-class probability; class = argmax(BC, TC) (
 confidence = that probability. Equal maxima closer than ``min_distance`` (plateaus) keep
 only the first in raster order, as ``skimage.feature.peak_local_max`` does.
 
-Everything runs batched with max-pool non-maximum suppression; the only host transfer is
-the per-image split of the final (N, 4) point tensors.
+Everything runs batched on the device: the blur as fused multiply-adds of shifted views,
+the window maximum separably by doubling, the candidates' plateau check sparse (sorted keys);
+dense greedy tie resolution only where a plateau exists. The host sees one flag (any
+plateau?) and the per-image split of the final (N, 4) point tensors. Given a tile's core,
+only the core and a small halo are computed.
 """
 
 from __future__ import annotations
@@ -73,32 +76,89 @@ def gaussian_blur(x: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     """Separable Gaussian blur of (B, H, W) with reflect-101 borders (OpenCV's default).
 
     Kernel radius ``ceil(truncate * sigma)``, clipped so the reflection fits the image.
-    Computed as a weighted sum of shifted views (not a cuDNN convolution, which may run in
-    TF32), so the result is bit-identical on CPU and GPU and peaks do not depend on the device.
+    Computed as fused multiply-adds of shifted views (no cuDNN convolution, which may run in
+    TF32), so CPU and GPU agree to float32 rounding and peaks do not depend on the device.
     """
+    weights = _gauss_weights(sigma, truncate, x.shape[-2], x.shape[-1])
+    if weights is None:
+        return x
+    return _blur_region(x, weights, (0, 0, x.shape[-1], x.shape[-2]))
+
+
+def _gauss_weights(sigma: float, truncate: float, h: int, w: int) -> list[float] | None:
+    """Normalised 1-D Gaussian taps as host floats, or None when there is nothing to blur."""
     if sigma <= 0:
-        return x
+        return None
     radius = max(1, math.ceil(truncate * sigma))
-    radius = min(radius, x.shape[-2] - 1, x.shape[-1] - 1)
+    radius = min(radius, h - 1, w - 1)
     if radius < 1:
-        return x
+        return None
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
-    weights = (k / k.sum()).tolist()  # host scalars: no device transfer
-    y = x.unsqueeze(1)
-    for dim, pad in ((3, (radius, radius, 0, 0)), (2, (0, 0, radius, radius))):
-        padded = F.pad(y, pad, mode="reflect")
-        n = y.shape[dim]
-        acc = padded.narrow(dim, 0, n) * weights[0]
-        for i in range(1, 2 * radius + 1):
-            acc = acc + padded.narrow(dim, i, n) * weights[i]
-        y = acc
-    return y.squeeze(1)
+    return (k / k.sum()).tolist()  # host scalars: no device transfer
+
+
+def _fma_pass(p: Tensor, dim: int, n: int, weights: list[float]) -> Tensor:
+    """Sum of ``weights[i] * p.narrow(dim, i, n)``, accumulated in place (one fused
+    multiply-add per tap, no temporaries)."""
+    acc = p.narrow(dim, 0, n) * weights[0]
+    for i in range(1, len(weights)):
+        acc.add_(p.narrow(dim, i, n), alpha=weights[i])
+    return acc
+
+
+def _blur_region(x: Tensor, weights: list[float], region: tuple[int, int, int, int], *, one_minus: bool = False) -> Tensor:
+    """The blur of the whole (B, H, W) image (reflect-101 at the image borders), evaluated
+    on ``region`` = (x0, y0, x1, y1) only; of ``1 − x`` when ``one_minus`` (taken over the
+    pixels read only). Each region side must lie on the image border or at least the kernel
+    radius inside it (see :func:`_snap`), so the result equals the full-image blur there
+    exactly."""
+    r = (len(weights) - 1) // 2
+    h, w = x.shape[-2:]
+    x0, y0, x1, y1 = region
+    sx0, sx1 = (x0 - r if x0 > 0 else 0), (x1 + r if x1 < w else w)
+    sy0, sy1 = (y0 - r if y0 > 0 else 0), (y1 + r if y1 < h else h)
+    src = x[:, sy0:sy1, sx0:sx1].unsqueeze(1)
+    if one_minus:
+        src = 1.0 - src
+    pad_x = (r if x0 == 0 else 0, r if x1 == w else 0)
+    if any(pad_x):
+        src = F.pad(src, (*pad_x, 0, 0), mode="reflect")
+    y = _fma_pass(src, 3, x1 - x0, weights)
+    pad_y = (r if y0 == 0 else 0, r if y1 == h else 0)
+    if any(pad_y):
+        y = F.pad(y, (0, 0, *pad_y), mode="reflect")
+    return _fma_pass(y, 2, y1 - y0, weights).squeeze(1)
+
+
+def _snap(lo: int, hi: int, n: int, r: int) -> tuple[int, int]:
+    """Clamp ``[lo, hi)`` to ``[0, n)``, moving a side onto the border when it would lie
+    closer to it than ``r`` px."""
+    lo = 0 if lo < r else min(lo, n - 1)
+    hi = n if hi > n - r else max(hi, lo + 1)
+    return lo, hi
+
+
+def _running_max(p: Tensor, dim: int, k: int) -> Tensor:
+    """Sliding maximum of width ``k`` along ``dim`` (output length ``len - k + 1``), by
+    doubling: about log2(k) + 1 elementwise maxima instead of k − 1."""
+    cur, width = p, 1
+    while 2 * width <= k:
+        n = cur.shape[dim] - width
+        cur = torch.maximum(cur.narrow(dim, 0, n), cur.narrow(dim, width, n))
+        width *= 2
+    if width < k:
+        s = k - width
+        n = cur.shape[dim] - s
+        cur = torch.maximum(cur.narrow(dim, 0, n), cur.narrow(dim, s, n))
+    return cur
 
 
 def _max_window(x: Tensor, d: int) -> Tensor:
-    """Max over the (2d+1)² window, borders ignored (as ``mode='nearest'``). (B, H, W) → (B, H, W)."""
-    return F.max_pool2d(x.unsqueeze(1), kernel_size=2 * d + 1, stride=1, padding=d).squeeze(1)
+    """Max over the (2d+1)² window, borders ignored (as ``mode='nearest'``). (B, H, W) → (B, H, W).
+    Exactly ``max_pool2d(kernel 2d+1, stride 1, padding d)``, computed separably."""
+    p = F.pad(x.unsqueeze(1), (d, d, d, d), value=-math.inf).squeeze(1)
+    return _running_max(_running_max(p, 2, 2 * d + 1), 1, 2 * d + 1)
 
 
 def _resolve_ties(cand: Tensor, d: int) -> Tensor:
@@ -134,6 +194,33 @@ def _resolve_ties(cand: Tensor, d: int) -> Tensor:
     return kept
 
 
+def _conflicted(bi: Tensor, yi: Tensor, xi: Tensor, h: int, w: int, d: int) -> Tensor:
+    """For candidates in raster order (image, row, column), whether another candidate of the
+    same image lies within ``d`` px (Chebyshev): a plateau that needs tie resolution.
+    Sparse: a sorted-key range count per window row (searchsorted), no dense map."""
+    key = (bi * h + yi) * w + xi  # ascending: nonzero() yields raster order
+    lo_x = (xi - d).clamp_(min=0)
+    hi_x = (xi + d).clamp_(max=w - 1)
+    count = torch.zeros_like(key)
+    for dy in range(-d, d + 1):
+        yy = yi + dy
+        base = (bi * h + yy) * w
+        n = torch.searchsorted(key, base + hi_x, right=True) - torch.searchsorted(key, base + lo_x)
+        count += torch.where((yy >= 0) & (yy < h), n, 0)
+    return count > 1  # the candidate itself counts once
+
+
+def _candidates(bg: Tensor, weights: list[float] | None, region: tuple[int, int, int, int], d: int, threshold: float) -> Tensor:
+    """(B, h, w) bool over ``region``: foreground (1 − bg, blurred) equal to its window
+    maximum and above ``threshold``."""
+    x0, y0, x1, y1 = region
+    if weights is None:
+        fg = 1.0 - bg[:, y0:y1, x0:x1]
+    else:
+        fg = _blur_region(bg, weights, region, one_minus=True)
+    return (fg == _max_window(fg, d)) & (fg > threshold)
+
+
 def find_peaks(
     cell_probs: Tensor,
     cfg: PeakConfig | None = None,
@@ -146,7 +233,11 @@ def find_peaks(
         cfg: peak parameters (defaults: the OCELOT reference).
         core: optional ``(x0, y0, x1, y1)`` in prob-map px; keep only peaks with
             ``x0 <= x < x1`` and ``y0 <= y < y1`` (a tile's own core, so that cores tile
-            the slide without double counting).
+            the slide without double counting). Only the core and a halo of
+            ``blur radius + 4 * min_distance`` px around it are then computed (the blur,
+            the window maxima and the candidates there are exactly those of the whole
+            map); the one approximation is a chain of three or more exactly equal maxima
+            (a plateau) running from outside the halo into the core.
 
     Returns:
         One float32 tensor (N_i, 4) per image, on the input's device, rows
@@ -160,26 +251,46 @@ def find_peaks(
         )
     probs = cell_probs if cell_probs.dtype == torch.float64 else cell_probs.float()
     b, _, h, w = probs.shape
-    bg = probs[:, 0]
-    cls_prob, cls_idx = probs[:, 1:3].max(dim=1)  # ties → BC, like numpy argmax
-    fg = gaussian_blur(1.0 - bg, cfg.sigma, cfg.truncate)
-
     d = cfg.min_distance
-    cand = (fg == _max_window(fg, d)) & (fg > cfg.threshold)
-    peaks = _resolve_ties(cand, d)
-    if cfg.drop_background:
-        peaks &= bg < cls_prob
+    weights = _gauss_weights(cfg.sigma, cfg.truncate, h, w)
+    r = 0 if weights is None else (len(weights) - 1) // 2
+
+    # the region computed: the whole map, or the core with its halo
+    if core is None:
+        rx0, ry0, rx1, ry1 = 0, 0, w, h
+    else:
+        halo = r + 4 * d
+        rx0, rx1 = _snap(math.floor(core[0]) - halo, math.ceil(core[2]) + halo, w, r)
+        ry0, ry1 = _snap(math.floor(core[1]) - halo, math.ceil(core[3]) + halo, h, r)
+    region = (rx0, ry0, rx1, ry1)
+    if probs.device.type == "cpu":  # one image at a time: its maps stay in the CPU caches (2-3x faster)
+        cand = torch.cat([_candidates(probs[i:i + 1, 0], weights, region, d, cfg.threshold) for i in range(b)])
+    else:
+        cand = _candidates(probs[:, 0], weights, region, d, cfg.threshold)
+    rh, rw = cand.shape[-2:]
+    bi, yi, xi = cand.nonzero(as_tuple=True)
+    if len(bi) > 1:
+        conf = _conflicted(bi, yi, xi, rh, rw, d)
+        if bool(conf.any()):  # plateaus: resolve them greedily, on the conflicting candidates only
+            sub = torch.zeros_like(cand)
+            sub[bi[conf], yi[conf], xi[conf]] = True
+            won = _resolve_ties(sub, d)[bi[conf], yi[conf], xi[conf]]
+            keep = ~conf
+            keep[conf] = won
+            bi, yi, xi = bi[keep], yi[keep], xi[keep]
+    yi, xi = yi + ry0, xi + rx0  # map px
     if core is not None:
         x0, y0, x1, y1 = core
-        xs = torch.arange(w, device=probs.device)
-        ys = torch.arange(h, device=probs.device)
-        inside = ((ys >= y0) & (ys < y1)).view(1, h, 1) & ((xs >= x0) & (xs < x1)).view(1, 1, w)
-        peaks &= inside
+        inside = (xi >= x0) & (xi < x1) & (yi >= y0) & (yi < y1)
+        bi, yi, xi = bi[inside], yi[inside], xi[inside]
+    bg = probs[bi, 0, yi, xi]
+    p_bc, p_tc = probs[bi, 1, yi, xi], probs[bi, 2, yi, xi]
+    cls_prob = torch.maximum(p_bc, p_tc)
+    cls = torch.where(p_tc > p_bc, 2.0, 1.0)  # ties → BC, like numpy argmax
+    if cfg.drop_background:
+        keep = bg < cls_prob
+        bi, yi, xi, cls, cls_prob = bi[keep], yi[keep], xi[keep], cls[keep], cls_prob[keep]
 
-    bi, yi, xi = peaks.nonzero(as_tuple=True)
-    pts = torch.stack(
-        [xi.float(), yi.float(), (cls_idx[bi, yi, xi] + 1).float(), cls_prob[bi, yi, xi].float()],
-        dim=1,
-    )
+    pts = torch.stack([xi.float(), yi.float(), cls.float(), cls_prob.float()], dim=1)
     counts = torch.bincount(bi, minlength=b).tolist()
     return list(torch.split(pts, counts, dim=0))
