@@ -427,3 +427,41 @@ def test_dask_scheduler_and_workers_survive_a_killed_worker(batch, cohort, ckpt,
             except ProcessLookupError:
                 pass
             p.wait(30)
+
+
+_CRASH_PRELOAD = '''
+"""Dask worker preload for the test: a slide whose id starts with 'crash' kills its worker."""
+import os
+import wsi_ocelot.cohort.worker as w
+
+if not hasattr(w, "_real_process_slide"):  # a preload may run more than once in a process
+    w._real_process_slide = w.process_slide
+
+    def process_slide(job, *args, **kwargs):
+        if job.slide_id.startswith("crash"):
+            os._exit(3)
+        return w._real_process_slide(job, *args, **kwargs)
+
+    w.process_slide = process_slide
+'''
+
+
+def test_slide_that_kills_its_worker_is_retried_once_then_failed(cohort, ckpt, tmp_path):
+    import shutil
+
+    crash = tmp_path / "crash_me.tiff"
+    shutil.copy(cohort["good"] / "case_2.tiff", crash)
+    preload = tmp_path / "crash_preload.py"
+    preload.write_text(_CRASH_PRELOAD, encoding="utf-8")
+    out = tmp_path / "out"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": f'["{preload}"]'}
+    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "run", str(cohort["good"] / "case_0.tiff"), str(crash), "--out", str(out),
+                           "--model", str(ckpt), "--device", "cpu", "--workers", "0", "--scheduler", "local", "--dask-workers", "1",
+                           "--threads", "1", "--no-report"], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 1, proc.stderr
+    slides = Manifest.load(out).slides
+    assert slides["case_0"]["status"] == "done"
+    assert slides["crash_me"]["status"] == "failed" and slides["crash_me"]["attempts"] == 2
+    assert "died 2 time(s)" in slides["crash_me"]["error"] and "Fix:" in slides["crash_me"]["error"]
+    assert "crash_me" in proc.stderr and "retrying" in proc.stderr
+    assert not (out / "crash_me").exists()
