@@ -63,10 +63,13 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
     with openslide.OpenSlide(str(good / "case_0.tiff")) as s:
         img = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
     write_pyramidal_tiff(bad / "nompp.tiff", img, None)
+    data = (good / "case_1.tiff").read_bytes()
+    (bad / "truncated.tiff").write_bytes(data[: len(data) // 2])
+    write_synthetic_slide(bad / "glass.tiff", mpp=0.25, size=(512, 512), seed=310, empty=True)  # no tissue
     manifest = root / "cohort.csv"
     manifest.write_text("slide,mpp,id\nbad/nompp.tiff,0.25,nompp_with_mpp\n", encoding="utf-8")
     return {"root": root, "good": good, "corrupt": bad / "corrupt.svs", "missing": bad / "missing.svs",
-            "nompp": bad / "nompp.tiff", "manifest": manifest}
+            "nompp": bad / "nompp.tiff", "truncated": bad / "truncated.tiff", "glass": bad / "glass.tiff", "manifest": manifest}
 
 
 def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -144,7 +147,7 @@ def test_unreadable_manifest_json_is_a_one_line_error(tmp_path):
 def batch(cohort, ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("batch") / "out"
     args = ["run", str(cohort["good"]), str(cohort["corrupt"]), str(cohort["missing"]), str(cohort["nompp"]),
-            str(cohort["manifest"]), "--out", str(out), "--model", str(ckpt), "--device", "cpu", "--workers", "0", "--threads", "1"]
+            str(cohort["truncated"]), str(cohort["glass"]), str(cohort["manifest"]), "--out", str(out), "--model", str(ckpt), "--device", "cpu", "--workers", "0", "--threads", "1"]
     proc = _cli(*args)
     return {"out": out, "args": args, "proc": proc}
 
@@ -155,19 +158,22 @@ def test_batch_reports_bad_slides_and_goes_on(batch, cohort):
     assert "Traceback" not in proc.stderr
     slides = json.loads((out / "manifest.json").read_text())["slides"]
     status = {k: v["status"] for k, v in slides.items()}
-    assert status == {"case_0": "done", "case_1": "done", "case_2": "done", "nompp_with_mpp": "done",
-                      "corrupt": "failed", "missing": "failed", "nompp": "failed"}
+    assert status == {"case_0": "done", "case_1": "done", "case_2": "done", "nompp_with_mpp": "done", "glass": "done",
+                      "corrupt": "failed", "missing": "failed", "nompp": "failed", "truncated": "failed"}
+    # a slide without tissue is a result: zero cells, purity null with the reason
+    assert slides["glass"]["n_cells"] == 0 and slides["glass"]["purity"] is None and "no tissue" in slides["glass"]["purity_reason"]
+    assert "truncated.tiff" in slides["truncated"]["error"] and "Fix:" in slides["truncated"]["error"]
     assert "corrupt.svs" in slides["corrupt"]["error"] and "Fix:" in slides["corrupt"]["error"]
     assert "missing.svs" in slides["missing"]["error"] and "no such file" in slides["missing"]["error"]
     assert "nompp.tiff" in slides["nompp"]["error"] and "--mpp" in slides["nompp"]["error"]
     assert slides["nompp_with_mpp"]["mpp"] == 0.25
     # the failure table at the end of the run names each failed slide with its message
-    table = proc.stderr[proc.stderr.index("3 slide(s) failed"):]
-    for sid in ("corrupt", "missing", "nompp"):
+    table = proc.stderr[proc.stderr.index("4 slide(s) failed"):]
+    for sid in ("corrupt", "missing", "nompp", "truncated"):
         assert slides[sid]["error"] in table
     # only complete slide folders, no leftovers
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert names == ["case_0", "case_1", "case_2", "nompp_with_mpp"]
+    assert names == ["case_0", "case_1", "case_2", "glass", "nompp_with_mpp"]
     for sid in names:
         assert {"predictions.zarr", "cells.geojson", "tissue.geojson", "purity.json", "overview.png"} <= {p.name for p in (out / sid).iterdir()}
     assert (out / "run.log").stat().st_size > 0 and "corrupt" in (out / "run.log").read_text()
@@ -176,7 +182,7 @@ def test_batch_reports_bad_slides_and_goes_on(batch, cohort):
 def test_summary_csv_one_row_per_slide(batch):
     out = batch["out"]
     rows = list(csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
-    assert [r["slide_id"] for r in rows] == sorted(["case_0", "case_1", "case_2", "nompp_with_mpp", "corrupt", "missing", "nompp"])
+    assert [r["slide_id"] for r in rows] == sorted(["case_0", "case_1", "case_2", "nompp_with_mpp", "glass", "corrupt", "missing", "nompp", "truncated"])
     by = {r["slide_id"]: r for r in rows}
     for sid in ("case_0", "nompp_with_mpp"):
         p = json.loads((out / sid / "purity.json").read_text())
@@ -189,14 +195,14 @@ def test_summary_csv_one_row_per_slide(batch):
 
 def test_rerun_skips_done_slides_without_touching_them(batch):
     out = batch["out"]
-    before = {sid: _tree_digest(out / sid) for sid in ("case_0", "case_1", "case_2", "nompp_with_mpp")}
+    before = {sid: _tree_digest(out / sid) for sid in ("case_0", "case_1", "case_2", "nompp_with_mpp", "glass")}
     proc = _cli(*batch["args"])
     assert proc.returncode == 1  # the bad slides are tried again and fail again
-    assert "4 slide(s) already done, skipped" in proc.stdout
+    assert "5 slide(s) already done, skipped" in proc.stdout
     for sid, digest in before.items():
         assert _tree_digest(out / sid) == digest, sid
     m = Manifest.load(out)
-    assert m.counts() == {"done": 4, "failed": 3, "running": 0}
+    assert m.counts() == {"done": 5, "failed": 4, "running": 0}
 
 
 def test_report_rebuild_and_html_content(batch):
@@ -205,7 +211,7 @@ def test_report_rebuild_and_html_content(batch):
     proc = _cli("report", str(out))
     assert proc.returncode == 0, proc.stderr
     doc = (out / "report.html").read_text(encoding="utf-8")
-    assert doc.count("data:image/jpeg;base64,") == 4  # one overview per finished slide, embedded
+    assert doc.count("data:image/jpeg;base64,") == 5  # one overview per finished slide, embedded
     assert 'id="purity-plot"' in doc and "<script>" in doc
     assert "http://" not in doc.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in doc  # self-contained
     proc = _cli("report", str(out / "nope"))
@@ -280,21 +286,21 @@ def test_report_renders_in_headless_chromium(batch):
                 break
             time.sleep(0.1)
         rows = wd.js("return document.querySelectorAll('#slides tbody tr').length")
-        assert rows == 7
+        assert rows == 9
         imgs = wd.js("return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
-        assert len(imgs) == 4 and all(ok and w > 0 and shown > 0 for ok, w, shown in imgs), imgs
+        assert len(imgs) == 5 and all(ok and w > 0 and shown > 0 for ok, w, shown in imgs), imgs
         bars = wd.js("return document.querySelectorAll('#purity-plot rect.bar').length")
         assert bars >= 1
         plot_w = wd.js("return document.getElementById('purity-plot').getBoundingClientRect().width")
         assert plot_w > 100
         failed = wd.js("return document.querySelectorAll('#slides tr.failed').length")
-        assert failed == 3
+        assert failed == 4
         # sorting: click the "cells" header twice → descending cell counts, empty cells last
         col = wd.js("return Array.from(document.querySelectorAll('#slides th')).findIndex(h => h.textContent === 'cells')")
         wd.js(f"document.querySelectorAll('#slides th')[{col}].click(); document.querySelectorAll('#slides th')[{col}].click();")
         vals = wd.js(f"return Array.from(document.querySelectorAll('#slides tbody tr')).map(r => r.cells[{col}].getAttribute('data-v'))")
         nums = [float(v) for v in vals if v]
-        assert len(nums) == 4 and nums == sorted(nums, reverse=True) and vals[4:] == ["", "", ""]
+        assert len(nums) == 5 and nums == sorted(nums, reverse=True) and vals[5:] == ["", "", "", ""]
     finally:
         wd.quit()
 
