@@ -4,8 +4,8 @@ Two passes for the tissue-prediction injection models (DESIGN.md §2):
 
 1. **tissue pass** — context-resolution tiles over the tissue, batched through the tissue
    branch; each tile's core is written into a slide-level cancer-area probability map in
-   Zarr (``predictions.zarr/tissue``), so neighbouring tiles meet without seams and the
-   map never sits in RAM;
+   Zarr (``predictions.zarr/tissue``), cross-faded with its neighbours across core borders
+   so that tiles meet without seams, and the map never sits in RAM;
 2. **cell pass** — overlapping cell tiles; for each, the matching crop of the tissue map
    goes into the cell branch; peaks are found on the device, and only the peaks inside
    the tile's own core are kept, converted to level-0 px and streamed to the cell table.
@@ -202,6 +202,128 @@ def _core_block(probs: torch.Tensor, box: np.ndarray, core: np.ndarray, tmap: _T
     return mx0, my0, (vals * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
+def _sample_tile(probs: torch.Tensor, box: np.ndarray, xs_l0: np.ndarray, ys_l0: np.ndarray) -> np.ndarray:
+    """A tile's CA probabilities ``(T, T)`` (covering the level-0 ``box``) sampled bilinearly
+    at the level-0 points ``xs × ys`` (map pixel centres) → float32 (len(ys), len(xs))."""
+    bx, by, bw, bh = (float(v) for v in box)
+    u = (torch.from_numpy(xs_l0) - bx) / bw * 2 - 1
+    v = (torch.from_numpy(ys_l0) - by) / bh * 2 - 1
+    yy, xx = torch.meshgrid(v, u, indexing="ij")
+    grid = torch.stack([xx, yy], -1)[None].to(probs.dtype)
+    return F.grid_sample(probs[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0].numpy()
+
+
+class _BlendedTissueMap:
+    """Writes tissue-tile predictions into the map, cross-fading across core borders.
+
+    Every map pixel belongs to the tile whose core holds its centre (pixels of cores without
+    a tile stay 0). Near a core border shared with an existing neighbour the two (at a corner
+    up to four) tiles' predictions are blended: each tile's weight is a product of linear
+    ramps, 1 deep inside its core, 0.5 on the border and 0 at ``band`` level-0 px beyond it,
+    normalised over the tiles that exist, so a band without a neighbour (tissue edge) keeps
+    the tile's own value. ``band`` is half the tile margin, so blended values come from at
+    least half a margin inside each tile.
+
+    The map is split along each axis into core interiors and ``2 × band`` wide bands at the
+    internal core borders; each rectangle of that split is written once, as soon as every tile
+    covering it is done (a rectangle inside one core at once; a band when its second tile
+    arrives, accumulated in a small float buffer until then). Only the pending band rectangles
+    sit in memory: at most about one row of bands, ``map width × 2 band`` floats.
+    """
+
+    def __init__(self, grid, tmap: _TissueMap, store, slide_w: int, slide_h: int):
+        self.grid, self.tmap, self.store = grid, tmap, store
+        self.stride = float(grid.stride_l0)
+        self.band = max(0.0, min(grid.margin_l0 / 2.0, self.stride / 2.0))
+        self.exists = np.zeros((grid.n_rows, grid.n_cols), bool)
+        self.exists[grid.rows, grid.cols] = True
+        self.xseg = self._segments(grid.n_cols, slide_w, tmap.width)
+        self.yseg = self._segments(grid.n_rows, slide_h, tmap.height)
+        self.pending: dict[tuple[int, int], list] = {}
+        self.ca_pixels = 0
+
+    def _segments(self, n: int, size_l0: int, size_map: int) -> list[tuple[int, int]]:
+        """Map-px ranges of the split along one axis: index 2c = interior of core c,
+        2c − 1 = the band at the border between cores c − 1 and c."""
+        s, b, st = self.tmap.scale, self.band, self.stride
+        bounds = []
+        for c in range(n):
+            if c > 0:
+                bounds.append((c * st - b, c * st + b))
+            lo = c * st + (b if c > 0 else 0.0)
+            hi = size_l0 if c == n - 1 else (c + 1) * st - (b if c < n - 1 else 0.0)
+            bounds.append((lo, hi))
+        out = []
+        for lo, hi in bounds:  # map px whose centre lies in [lo, hi)
+            m0 = min(size_map, max(0, math.ceil(lo / s - 0.5)))
+            m1 = min(size_map, max(0, math.ceil(hi / s - 0.5)))
+            out.append((m0, max(m0, m1)))
+        return out
+
+    @staticmethod
+    def _covering(k: int, n: int) -> list[int]:
+        """Tiles (along one axis) whose extended core covers segment ``k``."""
+        return [k // 2] if k % 2 == 0 else [(k - 1) // 2, (k + 1) // 2]
+
+    def _ramp(self, pos: np.ndarray, idx: int, n: int) -> np.ndarray:
+        """A tile's weight along one axis: linear fades across its internal core borders."""
+        w = np.ones_like(pos)
+        if self.band <= 0:
+            return w
+        if idx > 0:
+            w *= np.clip(0.5 + (pos - idx * self.stride) / (2 * self.band), 0.0, 1.0)
+        if idx < n - 1:
+            w *= np.clip(0.5 + ((idx + 1) * self.stride - pos) / (2 * self.band), 0.0, 1.0)
+        return w
+
+    def _owner(self, pos: np.ndarray, n: int) -> np.ndarray:
+        return np.clip(np.floor(pos / self.stride).astype(np.int64), 0, n - 1)
+
+    def add(self, r: int, c: int, probs: torch.Tensor, box: np.ndarray) -> None:
+        """Tile (r, c)'s CA probabilities (T, T) over its level-0 ``box``."""
+        g, s = self.grid, self.tmap.scale
+        for ky in (2 * r - 1, 2 * r, 2 * r + 1):
+            if not 0 <= ky < len(self.yseg):
+                continue
+            for kx in (2 * c - 1, 2 * c, 2 * c + 1):
+                if not 0 <= kx < len(self.xseg):
+                    continue
+                (mx0, mx1), (my0, my1) = self.xseg[kx], self.yseg[ky]
+                if mx1 <= mx0 or my1 <= my0:
+                    continue
+                tiles = [(rr, cc) for rr in self._covering(ky, g.n_rows) for cc in self._covering(kx, g.n_cols) if self.exists[rr, cc]]
+                xs = (np.arange(mx0, mx1, dtype=np.float64) + 0.5) * s
+                ys = (np.arange(my0, my1, dtype=np.float64) + 0.5) * s
+                vals = _sample_tile(probs, box, xs, ys).astype(np.float64)
+                if len(tiles) > 1:
+                    total = sum(np.outer(self._ramp(ys, rr, g.n_rows), self._ramp(xs, cc, g.n_cols)) for rr, cc in tiles)
+                    own = np.outer(self._ramp(ys, r, g.n_rows), self._ramp(xs, c, g.n_cols))
+                    vals *= own / total
+                owned = self.exists[self._owner(ys, g.n_rows)][:, self._owner(xs, g.n_cols)]
+                vals[~owned] = 0.0
+                if len(tiles) == 1:
+                    self._write(my0, mx0, vals)
+                    continue
+                key = (ky, kx)
+                if key not in self.pending:
+                    self.pending[key] = [np.zeros_like(vals), len(tiles)]
+                entry = self.pending[key]
+                entry[0] += vals
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self.pending[key]
+                    self._write(my0, mx0, entry[0])
+
+    def _write(self, my0: int, mx0: int, vals: np.ndarray) -> None:
+        block = np.rint(np.clip(vals, 0.0, 1.0) * 255.0).astype(np.uint8)
+        self.store.write_tissue_block(my0, mx0, block)
+        self.ca_pixels += int((block >= 128).sum())
+
+    def close(self) -> None:
+        if self.pending:  # every tile was added, so nothing can be pending
+            raise RuntimeError(f"tissue map: {len(self.pending)} band rectangles were never completed")
+
+
 def _points_to_level0(pts: torch.Tensor, box: np.ndarray, tile: int) -> np.ndarray:
     """Peaks (N, 4) in tile px (pixel j covers [j, j + 1)) → (N, 4) level-0 x, y, cls, prob."""
     p = pts.detach().cpu().numpy().astype(np.float64)
@@ -211,6 +333,18 @@ def _points_to_level0(pts: torch.Tensor, box: np.ndarray, tile: int) -> np.ndarr
     p[:, 0] = box[0] + (p[:, 0] + 0.5) * sx
     p[:, 1] = box[1] + (p[:, 1] + 0.5) * sy
     return p
+
+
+def _cores_in_tile_px(boxes: np.ndarray, cores: np.ndarray, tile: int) -> tuple[float, float, float, float]:
+    """The union over a batch of each tile's core in its own tile px (pixel j has its centre at
+    ``box + (j + 0.5) * box / tile``), one px wider on each side. Peaks are searched there
+    only; the exact level-0 core test follows in :func:`_in_core`."""
+    sx, sy = boxes[:, 2] / tile, boxes[:, 3] / tile
+    x0 = ((cores[:, 0] - boxes[:, 0]) / sx - 0.5).min()
+    y0 = ((cores[:, 1] - boxes[:, 1]) / sy - 0.5).min()
+    x1 = ((cores[:, 2] - boxes[:, 0]) / sx - 0.5).max()
+    y1 = ((cores[:, 3] - boxes[:, 1]) / sy - 0.5).max()
+    return (math.floor(x0) - 1.0, math.floor(y0) - 1.0, math.ceil(x1) + 1.0, math.ceil(y1) + 1.0)
 
 
 def _in_core(p: np.ndarray, core: np.ndarray) -> np.ndarray:
@@ -405,22 +539,19 @@ class SlideRunner:
         """Tissue branch over the tissue grid; each tile's core goes into the map.
         Returns the number of map px predicted as cancer area."""
         grid = plan.tissue
-        ca = 0
+        W, H = slide.dimensions
+        blend = _BlendedTissueMap(grid, tmap, store, W, H)
         bar = _progress(len(grid), "tissue pass", self.config.progress)
         for batch in _timed_batches(self._loader(slide, grid.boxes), timer):
             with timer("tissue pass"):
                 probs = with_oom_retry(self.predictor.tissue_probs, batch["cell"])[:, 1].float().cpu()
             with timer("write"):
                 for k, idx in enumerate(batch["index"].tolist()):
-                    placed = _core_block(probs[k], grid.boxes[idx], grid.cores[idx], tmap)
-                    if placed is None:
-                        continue
-                    mx0, my0, block = placed
-                    store.write_tissue_block(my0, mx0, block)
-                    ca += int((block >= 128).sum())
+                    blend.add(int(grid.rows[idx]), int(grid.cols[idx]), probs[k], grid.boxes[idx])
             bar.update(len(batch["index"]))
+        blend.close()
         bar.close()
-        return ca
+        return blend.ca_pixels
 
     def _emit(self, pts_list, boxes: np.ndarray, cores: np.ndarray, inside_fn, gj, store, acc: _Accumulator, timer: _Timer) -> None:
         T = self.geometry.tile_size
@@ -463,7 +594,7 @@ class SlideRunner:
             with timer("cell pass"):
                 probs = with_oom_retry(self.predictor.cell_probs, batch["cell"], crop)
             with timer("post-processing"):
-                pts = find_peaks(probs, self.peaks)
+                pts = find_peaks(probs, self.peaks, core=_cores_in_tile_px(boxes, grid.cores[idx], T))
             self._emit(pts, boxes, grid.cores[idx], inside_fn, gj, store, acc, timer)
             bar.update(len(idx))
         bar.close()
@@ -480,7 +611,7 @@ class SlideRunner:
             with timer("cell pass"):
                 cell_probs, tissue_probs = with_oom_retry(self.predictor.per_tile, batch["cell"], batch["context"], batch["offset"])
             with timer("post-processing"):
-                pts = find_peaks(cell_probs, self.peaks)
+                pts = find_peaks(cell_probs, self.peaks, core=_cores_in_tile_px(boxes, cores, self.geometry.tile_size))
             inside_fn = None
             if tissue_probs is not None:
                 ca_probs = tissue_probs[:, 1].float().cpu()
