@@ -503,5 +503,5 @@ def test_read_release_csv(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="line 2: expected 'x,y,class'"):
         read_points_csv(d / "404.csv")
     (d / "404.csv").write_text("1,2,5\n")
-    with pytest.raises(DatasetError, match="line 1: class must be 1"):
+    with pytest.raises(DatasetError, match="line 1: class '5' is not 1"):
         read_points_csv(d / "404.csv")

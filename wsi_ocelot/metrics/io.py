@@ -315,45 +315,15 @@ def read_points_csv(path: str | os.PathLike[str]) -> NDArray[np.float64]:
     """Read one OCELOT release cell annotation: ``x,y,class`` lines, no header.
 
     Returns an ``(N, 4)`` float64 array ``(x, y, cls, 1.0)`` in file order; an empty file gives
-    ``(0, 4)``. Blank lines are skipped. Raises :class:`~wsi_ocelot.errors.DatasetError` naming
-    the line when a line is not three integers or the class is not 1 or 2.
+    ``(0, 4)``. The parsing (and its one-line errors) is
+    :func:`wsi_ocelot.datasets.read_cell_csv`, shared with the dataset loaders.
     """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise DatasetError(p, "annotation file not found", "check the dataset folder") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(p, f"cannot read the file ({err})", "check the dataset folder") from err
-    rows: list[tuple[float, float, float, float]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split(",")
-        try:
-            if len(parts) != 3:
-                raise ValueError
-            x, y, c = (int(v) for v in parts)
-        except ValueError as err:
-            raise DatasetError(
-                p,
-                f"line {lineno}: expected 'x,y,class' with three integers, got {line[:60]!r}",
-                "use the OCELOT release's cell CSVs (no header, one cell per line)",
-            ) from err
-        if c not in (1, 2):
-            raise DatasetError(
-                p,
-                f"line {lineno}: class must be 1 (BC) or 2 (TC), got {c}",
-                "use the OCELOT release's cell CSVs",
-            )
-        if x < 0 or y < 0:
-            raise DatasetError(
-                p,
-                f"line {lineno}: negative coordinate in {line!r}",
-                "use the OCELOT release's cell CSVs",
-            )
-        rows.append((float(x), float(y), float(c), 1.0))
-    return np.asarray(rows, dtype=np.float64) if rows else empty_points()
+    from wsi_ocelot.datasets.ocelot import read_cell_csv
+
+    xyc = read_cell_csv(path).astype(np.float64)
+    if not len(xyc):
+        return empty_points()
+    return np.concatenate([xyc, np.ones((len(xyc), 1))], axis=1)
 
 
 def read_points_csv_dir(directory: str | os.PathLike[str]) -> dict[int, NDArray[np.float64]]:
