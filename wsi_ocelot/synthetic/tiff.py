@@ -7,11 +7,14 @@ OpenSlide reports as ``openslide.mpp-x/y``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 TILE = 256
 
@@ -50,6 +53,9 @@ def write_pyramidal_tiff(
         height, width = image.shape[:2]
 
     comp: dict = {}
+    if compression == "jpeg" and not _has_jpeg_encoder():
+        log.warning("imagecodecs has no JPEG encoder here: writing %s with deflate compression instead", path)
+        compression = "deflate"
     if compression == "jpeg":
         comp = {"compression": "jpeg", "compressionargs": {"level": quality}}
     elif compression in ("deflate", "zlib"):
@@ -118,3 +124,11 @@ def write_pyramidal_tiff(
                 break
             level = _downsample2(level)
             scale *= 2
+
+
+def _has_jpeg_encoder() -> bool:
+    try:
+        import imagecodecs
+    except ImportError:
+        return False
+    return hasattr(imagecodecs, "jpeg8_encode") or hasattr(imagecodecs, "jpeg_encode")
