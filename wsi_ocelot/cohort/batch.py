@@ -198,11 +198,15 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
 
     out = os.path.abspath(out)
     cluster = None
-    settings = {"distributed.scheduler.allowed-failures": 0, "distributed.worker.daemon": False}
+    settings: dict[str, Any] = {"distributed.scheduler.allowed-failures": 0, "distributed.worker.daemon": False,
+                                "distributed.worker.profile.enabled": False}  # no use in a batch run
+    if cfg.scheduler == "local":
+        n = _local_cluster_size(cfg)
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
+        # Dask starts workers with OMP_NUM_THREADS=1; start them with the thread count they will use
+        settings.update({f"distributed.nanny.pre-spawn-environ.{k}": threads for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
     with dask.config.set(settings):
         if cfg.scheduler == "local":
-            n = _local_cluster_size(cfg)
-            threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                    silence_logs=logging.ERROR)
             log.info("started a local Dask cluster: %d worker(s), %d torch thread(s) each", n, threads)
