@@ -52,3 +52,19 @@ def test_ambiguity_keeps_table3_and_adds_lookalikes() -> None:
     assert amb[2] > base[2] + 0.05  # more of the TC are small and round
     assert amb[3] > base[3] + 0.08  # larger share of CA is small-TC zone
     assert amb[4] > base[4]  # more lymphocyte-like cells overall
+
+
+def test_synth_dataset_cli_ambiguity(tmp_path) -> None:
+    """`wsi-ocelot synth-dataset --ambiguity` (and `python -m wsi_ocelot.synthetic`, the same verb) records it; out of range is one line."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot.synthetic", str(tmp_path / "d"), "--seed", "3", "--train", "1", "--val", "0",
+                           "--test", "0", "--tile-size", "64", "--ambiguity", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "ambiguity 1" in proc.stdout
+    assert json.loads((tmp_path / "d" / "metadata.json").read_text())["general_info"]["ambiguity"] == 1.0
+    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "synth-dataset", str(tmp_path / "e"), "--ambiguity", "1.5"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--ambiguity 1.5 is outside [0, 1]" in proc.stderr and "Traceback" not in proc.stderr

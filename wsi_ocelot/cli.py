@@ -111,11 +111,14 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
     from wsi_ocelot.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
 
     geo = _geometry(args)
-    cfg = SyntheticDatasetConfig(seed=args.seed, train=args.train, val=args.val, test=args.test, geometry=geo)
+    if not 0.0 <= args.ambiguity <= 1.0:
+        raise WsiOcelotError(None, f"--ambiguity {args.ambiguity:g} is outside [0, 1]", "pass a value from 0 (default tissue) to 1")
+    cfg = SyntheticDatasetConfig(seed=args.seed, train=args.train, val=args.val, test=args.test, geometry=geo, ambiguity=args.ambiguity)
     if args.slide_size_um:
         cfg = dataclasses.replace(cfg, slide_size_um=args.slide_size_um)
     path = write_synthetic_dataset(args.out, cfg, workers=args.workers)
-    print(f"wrote {args.train}/{args.val}/{args.test} train/val/test pairs to {args.out}; metadata in {path}")
+    amb = f" (ambiguity {args.ambiguity:g})" if args.ambiguity else ""
+    print(f"wrote {args.train}/{args.val}/{args.test} train/val/test pairs{amb} to {args.out}; metadata in {path}")
     return 0
 
 
@@ -267,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, help="tile size in px (default 1024; smaller for quick CPU runs)")
     p.add_argument("--slide-size-um", type=float, help="side of each synthetic slide in µm (default 1700)")
     p.add_argument("--workers", type=int, default=0, help="render this many slides at once in worker processes (same files)")
+    p.add_argument("--ambiguity", type=float, default=0.0,
+                   help="0 (default tissue, the demo's data) … 1: more and larger zones of small round tumour cells and of lymphocyte "
+                        "aggregates, whose cells look alike, so the tissue context decides the class (the Table-5 study data)")
 
     p = _add(sub, "demo", cmd_demo, "Run the embedded default end to end on a synthetic slide.", "wsi-ocelot demo --out demo_out")
     p.add_argument("--out", default="wsi_ocelot_demo", help="output folder")
