@@ -153,3 +153,24 @@ def test_cli_run_bad_slide_continues(tiny_ckpt, synth_05, tmp_path):
     assert "broken.svs" in proc.stderr and "Traceback" not in proc.stderr
     assert (tmp_path / "o" / "synth_05" / "purity.json").is_file()
     assert not (tmp_path / "o" / "broken").exists()
+
+
+def test_border_buffer_reports_a_cell_on_a_core_border_once():
+    from wsi_ocelot.inference.engine import _BorderBuffer
+
+    buf = _BorderBuffer(radius=12.0)  # 3 µm at 0.25 µm/px
+    core_a, core_b = np.array([0, 0, 100, 100]), np.array([100, 0, 200, 100])
+    # tile A: a cell at its right border (x 98), one well inside, two close ones of its own near the border
+    a = np.array([[98.0, 50, 2, 0.9], [50, 50, 1, 0.8], [97, 10, 1, 0.6], [97, 18, 1, 0.7]])
+    # tile B: the same border cell placed on its side (x 103, weaker), and a cell 20 px away from it
+    b = np.array([[103.0, 51, 2, 0.7], [105, 75, 1, 0.9]])
+    now_a, _ = buf.split(a, np.array([True, False, False, False]), core_a)
+    now_b, _ = buf.split(b, np.array([True, False]), core_b)
+    assert now_a.tolist() == [[50, 50, 1, 0.8]] and len(now_b) == 0  # only far-from-border points go out at once
+    held, inside, dropped = buf.resolve()
+    assert dropped == 1
+    kept = sorted(map(tuple, held.tolist()))
+    assert (103.0, 51.0, 2.0, 0.7) not in kept and (98.0, 50.0, 2.0, 0.9) in kept  # the stronger of the pair stays
+    assert (97.0, 10.0, 1.0, 0.6) in kept and (97.0, 18.0, 1.0, 0.7) in kept  # close points of one tile are two cells
+    assert (105.0, 75.0, 1.0, 0.9) in kept and len(kept) == 4
+    assert inside.sum() == 1

@@ -47,6 +47,7 @@ from wsi_ocelot.tiling import TileDataset, make_loader, plan_tiles
 log = logging.getLogger(__name__)
 
 PURITY_GRID_UM = 100.0  # side of a purity heat-map square, µm
+DUPLICATE_UM = 3.0  # two tiles' detections closer than this across a core border are one cell
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,61 @@ def _in_core(p: np.ndarray, core: np.ndarray) -> np.ndarray:
     return (p[:, 0] >= core[0]) & (p[:, 0] < core[2]) & (p[:, 1] >= core[1]) & (p[:, 1] < core[3])
 
 
+class _BorderBuffer:
+    """Detections within ``radius`` of a tile-core border, held back until the pass is done.
+
+    Neighbouring tiles see a cell on their shared core border with the same pixels but place
+    its peak independently; when each puts it on its own side, both report it. Such a pair is
+    closer than ``radius`` and each point lies within ``radius`` of the border, so only those
+    points are held (a few % of the cells, 40 bytes each) and, at the end, of two points from
+    different tiles closer than ``radius`` the one with the lower probability is dropped.
+    """
+
+    def __init__(self, radius: float):
+        self.radius = float(radius)
+        self.points: list[np.ndarray] = []
+        self.inside: list[np.ndarray] = []
+        self.tile: list[np.ndarray] = []
+        self._next = 0
+
+    def split(self, p: np.ndarray, inside: np.ndarray | None, core: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Keep the points near ``core``'s border; return the others (to be written now)."""
+        tid, self._next = self._next, self._next + 1
+        if not len(p) or self.radius <= 0:
+            return p, inside
+        d = np.minimum.reduce([p[:, 0] - core[0], core[2] - p[:, 0], p[:, 1] - core[1], core[3] - p[:, 1]])
+        near = d < self.radius
+        if near.any():
+            self.points.append(p[near])
+            self.inside.append(inside[near] if inside is not None else np.zeros(int(near.sum()), bool))
+            self.tile.append(np.full(int(near.sum()), tid))
+        return p[~near], (inside[~near] if inside is not None else None)
+
+    def resolve(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The held points without cross-tile duplicates, their cancer-area flags, and how many were dropped."""
+        if not self.points:
+            return np.zeros((0, 4)), np.zeros(0, bool), 0
+        from scipy.spatial import cKDTree
+
+        p, inside, tile = np.concatenate(self.points), np.concatenate(self.inside), np.concatenate(self.tile)
+        pairs = cKDTree(p[:, :2]).query_pairs(self.radius, output_type="ndarray")
+        pairs = pairs[tile[pairs[:, 0]] != tile[pairs[:, 1]]]
+        drop = np.zeros(len(p), bool)
+        if len(pairs):
+            order = np.argsort(-p[:, 3], kind="stable")  # strongest first keeps its place
+            rank = np.empty(len(p), np.int64)
+            rank[order] = np.arange(len(p))
+            partners: dict[int, list[int]] = {}
+            for a, b in pairs:
+                partners.setdefault(int(a), []).append(int(b))
+                partners.setdefault(int(b), []).append(int(a))
+            for i in sorted(partners, key=lambda j: rank[j]):
+                if not drop[i]:
+                    for j in partners[i]:
+                        drop[j] = True
+        return p[~drop], inside[~drop], int(drop.sum())
+
+
 @dataclass
 class _Accumulator:
     """Running counts for purity and the heat map (nothing per cell is kept)."""
@@ -484,6 +540,8 @@ class SlideRunner:
         try:
             if self.has_tissue:
                 store.create_tissue_map(tmap.height, tmap.width, tmap.scale * mpp, chunk=cfg.tissue_chunk, level0_downsample=tmap.scale)
+            # cells closer than 3 µm (OCELOT's matching radius) from two tiles are one cell
+            self._border = _BorderBuffer(DUPLICATE_UM / mpp)
             with CellsGeoJSONWriter(work / cells_name, gzip=cfg.geojson_gzip, origin=origin) as gj:
                 if self.two_pass:
                     if self.has_tissue:
@@ -491,6 +549,7 @@ class SlideRunner:
                     self._cell_pass(slide, plan, store, tmap, gj, acc, timer)
                 else:
                     ca_pixels = self._per_tile_pass(slide, plan, store, tmap, gj, acc, timer)
+                self._flush_border(gj, store, acc, timer)
                 with timer("write"):
                     store.flush()
                 n_cells = gj.count
@@ -561,15 +620,27 @@ class SlideRunner:
             for k, pts in enumerate(pts_list):
                 p = _points_to_level0(pts, boxes[k], T)
                 p = p[_in_core(p, cores[k])]
+                p, ins = self._border.split(p, inside_fn(k, p) if inside_fn is not None else None, cores[k])
                 keep_all.append(p)
-                inside_all.append(inside_fn(k, p) if inside_fn is not None else None)
+                inside_all.append(ins)
             p = np.concatenate(keep_all) if keep_all else np.zeros((0, 4))
             inside = None if inside_fn is None else np.concatenate(inside_all) if inside_all else np.zeros(0, bool)
+        self._write_points(p, inside, gj, store, acc, timer)
+
+    def _write_points(self, p: np.ndarray, inside: np.ndarray | None, gj, store, acc: _Accumulator, timer: _Timer) -> None:
+        with timer("post-processing"):
             acc.add(p, inside)
         if len(p):
             with timer("write"):
                 gj.write(p[:, 0], p[:, 1], p[:, 2].astype(np.uint8), np.clip(p[:, 3], 0.0, 1.0))
                 store.append_cells(p[:, 0].astype(np.float32), p[:, 1].astype(np.float32), p[:, 2].astype(np.uint8), p[:, 3].astype(np.float32))
+
+    def _flush_border(self, gj, store, acc: _Accumulator, timer: _Timer) -> None:
+        with timer("post-processing"):
+            p, inside, dropped = self._border.resolve()
+        if dropped:
+            log.info("%d cell(s) seen by two neighbouring tiles on their shared border reported once", dropped)
+        self._write_points(p, inside if self.has_tissue else None, gj, store, acc, timer)
 
     def _cell_pass(self, slide: Slide, plan, store, tmap: _TissueMap, gj, acc: _Accumulator, timer: _Timer) -> None:
         grid = plan.cells
