@@ -191,21 +191,8 @@ def random_augment(s: PairSample, cfg: AugmentConfig, generator: torch.Generator
 
     Uses ``generator`` (or torch's global RNG, which DataLoader seeds per worker).
     """
-    if not cfg.enabled:
-        return s
-
-    def coin(p: float) -> bool:
-        return p > 0 and float(torch.rand((), generator=generator)) < p
-
-    if coin(cfg.hflip):
-        s = hflip(s)
-    if coin(cfg.vflip):
-        s = vflip(s)
-    if cfg.rot90:
-        s = rot90(s, int(torch.randint(0, 4, (), generator=generator)))
-    if coin(cfg.jitter):
-        s = color_jitter(s, sample_jitter(cfg, generator))
-    return s
+    s, params = random_augment_geometry(s, cfg, generator)
+    return s if params is None else color_jitter(s, params)
 
 
 #: (brightness, contrast, saturation, hue) that change nothing.
