@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.naming import safe_name, slide_id_for
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,8 @@ class SlideJob:
         return {"slide_id": self.slide_id, "path": self.path, "mpp": self.mpp, "source": self.source}
 
 
-def slide_id_for(path: str | os.PathLike[str]) -> str:
-    """The output folder name of a slide: its file stem, made safe for a path."""
-    from wsi_ocelot.inference.engine import slide_id_for as _engine_slide_id
-
-    return _engine_slide_id(path)
-
-
 def _safe_id(raw: str, where: str) -> str:
-    import re
-
-    sid = re.sub(r"[^A-Za-z0-9._-]+", "_", raw.strip()).strip("._")
+    sid = safe_name(raw)
     if not sid:
         raise ConfigError(where, f"the id {raw!r} is empty once made safe for a folder name", "use letters, digits, '.', '_' or '-'")
     return sid
@@ -59,13 +51,13 @@ def read_manifest_csv(path: str | os.PathLike[str]) -> list[SlideJob]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(path, f"cannot read the manifest ({exc.strerror or exc})", "check the path and its permissions") from None
-    rows = list(csv.DictReader(text.splitlines()))
-    header = [h.strip().lower() for h in (csv.DictReader(text.splitlines()).fieldnames or [])]
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
     if "slide" not in header:
         raise ConfigError(path, f"the manifest has no 'slide' column (columns: {', '.join(header) or 'none'})",
                           "add a header line 'slide,mpp,id' (mpp and id are optional)")
     jobs: list[SlideJob] = []
-    for line_no, row in enumerate(rows, start=2):
+    for line_no, row in enumerate(reader, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         where = f"{path}:{line_no}"
         if not row.get("slide"):

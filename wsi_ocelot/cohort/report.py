@@ -31,7 +31,8 @@ THUMB_SIDE = 240
 
 
 def _rows(out_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
-    """One row per slide: the manifest's record, completed from the slide's purity.json."""
+    """One row per slide: the manifest's record; a finished slide without the counts in its record
+    (a folder from a single ``run_slide``, or an older manifest) is completed from its purity.json."""
     slides = dict(manifest.slides)
     for d in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:  # slide folders from single runs
         if d.is_dir() and not d.name.startswith(".") and d.name not in slides and (d / "purity.json").is_file():
@@ -39,9 +40,10 @@ def _rows(out_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
     rows = []
     for sid in sorted(slides):
         rec = slides[sid]
-        row: dict[str, Any] = {"slide_id": sid, **{k: rec.get(k) for k in SUMMARY_COLUMNS if k != "slide_id"}}
+        row: dict[str, Any] = {"slide_id": sid, **{k: rec.get(k) for k in SUMMARY_COLUMNS if k != "slide_id"},
+                               "purity_reason": rec.get("purity_reason")}
         pj = out_dir / sid / "purity.json"
-        if rec.get("status") == DONE and pj.is_file():
+        if rec.get("status") == DONE and "n_cells" not in rec and pj.is_file():  # not re-read after every slide of a batch
             try:
                 p = json.loads(pj.read_text(encoding="utf-8"))
             except (OSError, ValueError):

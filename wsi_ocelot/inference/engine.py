@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from collections import defaultdict
@@ -41,6 +40,7 @@ from wsi_ocelot import __version__
 from wsi_ocelot.errors import WsiOcelotError
 from wsi_ocelot.inference.peaks import find_peaks
 from wsi_ocelot.inference.predictor import Predictor, resolve_device, with_oom_retry
+from wsi_ocelot.naming import slide_id_for
 from wsi_ocelot.slide import Slide, open_slide, tissue_mask
 from wsi_ocelot.tiling import TileDataset, make_loader, plan_tiles
 
@@ -78,19 +78,6 @@ class SlideResult:
     purity: dict[str, Any]
     timings: dict[str, float]
     mode: str
-
-
-def slide_id_for(path: str | os.PathLike[str]) -> str:
-    """The output folder name of a slide: its file stem, made safe for a path."""
-    stem = Path(path).name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if stem.lower().endswith(ext):
-            stem = stem[: -len(ext)]
-            break
-    else:
-        stem = Path(stem).stem
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "slide"
-    return safe
 
 
 class _Timer:
@@ -640,7 +627,7 @@ class SlideRunner:
             p, inside, dropped = self._border.resolve()
         if dropped:
             log.info("%d cell(s) seen by two neighbouring tiles on their shared border reported once", dropped)
-        self._write_points(p, inside if self.has_tissue else None, gj, store, acc, timer)
+        self._write_points(p, inside, gj, store, acc, timer)
 
     def _cell_pass(self, slide: Slide, plan, store, tmap: _TissueMap, gj, acc: _Accumulator, timer: _Timer) -> None:
         grid = plan.cells
