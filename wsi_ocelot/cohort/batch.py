@@ -21,12 +21,14 @@ from typing import Any
 
 from wsi_ocelot.cohort.inputs import SlideJob, check_unique
 from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest
-from wsi_ocelot.cohort.worker import process_slide
+from wsi_ocelot.cohort.worker import process_slide, run_slide_task
 from wsi_ocelot.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "run.log"
+TASKS_DIR = ".wsi-ocelot-tasks"  # start markers of the Dask tasks of the running batch
+MAX_REQUEUES = 5  # resubmissions of a slide lost from a dead worker before it started
 LOCK_NAME = ".wsi-ocelot.lock"
 
 
@@ -109,6 +111,7 @@ def _pid_alive(pid: int) -> bool:
 def clean_partials(out_dir: Path) -> list[str]:
     """Remove half-written slide folders left by a killed run (``.<id>.partial-*``, ``.<id>.old-*``)."""
     removed = []
+    shutil.rmtree(out_dir / TASKS_DIR, ignore_errors=True)  # start markers of a killed Dask run
     for p in out_dir.iterdir():
         if p.is_dir() and p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name):
             shutil.rmtree(p, ignore_errors=True)
@@ -195,11 +198,13 @@ def _local_cluster_size(cfg: CohortConfig) -> int:
 def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest) -> Iterator[Record]:
     import dask
     from distributed import Client, LocalCluster, as_completed
+    from distributed.scheduler import KilledWorker
 
     out = os.path.abspath(out)
     cluster = None
     settings: dict[str, Any] = {"distributed.scheduler.allowed-failures": 0, "distributed.worker.daemon": False,
-                                "distributed.worker.profile.enabled": False}  # no use in a batch run
+                                "distributed.worker.profile.enabled": False,  # no use in a batch run
+                                "distributed.scheduler.worker-saturation": 1.0}  # a worker holds only the slides it runs
     if cfg.scheduler == "local":
         n = _local_cluster_size(cfg)
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
@@ -220,41 +225,63 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
                                   "start it with `dask scheduler` and workers with `dask worker ADDRESS`, or use --scheduler local") from None
             n = len(client.scheduler_info().get("workers", {}))
             log.info("joined the Dask cluster at %s (%d worker(s))", cfg.scheduler, n)
+        tasks = Path(out) / TASKS_DIR
+        shutil.rmtree(tasks, ignore_errors=True)
+        tasks.mkdir()
         try:
-            attempts: dict[str, int] = {}
-            by_key: dict[str, SlideJob] = {}
+            died: dict[str, int] = {}  # per slide: attempts that started and lost their worker
+            requeues: dict[str, int] = {}
+            by_key: dict[str, tuple[SlideJob, Path]] = {}
 
             def submit(job: SlideJob):
-                attempts[job.slide_id] = attempts.get(job.slide_id, 0) + 1
-                fut = client.submit(process_slide, job, out, cfg.model, cfg.engine, torch_threads=threads,
-                                    key=f"wsi-ocelot-{job.slide_id}-{attempts[job.slide_id]}-{os.getpid()}-{time.time_ns()}", pure=False)
-                by_key[fut.key] = job
+                key = f"wsi-ocelot-{job.slide_id}-{died.get(job.slide_id, 0) + 1}-{os.getpid()}-{time.time_ns()}"
+                marker = tasks / key
+                fut = client.submit(run_slide_task, job, out, cfg.model, cfg.engine, torch_threads=threads,
+                                    started_marker=str(marker), key=key, pure=False)
+                by_key[fut.key] = (job, marker)
                 return fut
 
             for job in jobs:
-                manifest.slides[job.slide_id] = {"path": job.path, "status": "running", "error": None, "attempts": 1,
-                                                 "started": None}
+                manifest.mark_running(job.slide_id, job.path, save=False)
             manifest.save()
             ac = as_completed([submit(job) for job in jobs])
             for fut in ac:
-                job = by_key.pop(fut.key)
+                job, marker = by_key.pop(fut.key)
+                sid = job.slide_id
                 try:
                     rec = fut.result()
-                except Exception as exc:  # the worker died (KilledWorker) or the connection broke
-                    if attempts[job.slide_id] <= cfg.retries:
-                        log.warning("%s: its Dask worker was lost (%s); retrying the slide", job.slide_id, type(exc).__name__)
-                        manifest.slides[job.slide_id]["attempts"] = attempts[job.slide_id] + 1
+                except KilledWorker as exc:  # the worker died while it held the slide
+                    if not marker.exists() and requeues.get(sid, 0) < MAX_REQUEUES:
+                        # it was queued on the worker that died and never started: not an attempt
+                        requeues[sid] = requeues.get(sid, 0) + 1
+                        log.info("%s: was waiting on a Dask worker that was lost; resubmitted", sid)
+                        ac.add(submit(job))
+                        continue
+                    died[sid] = died.get(sid, 0) + 1
+                    if died[sid] <= cfg.retries:
+                        log.warning("%s: its Dask worker was lost (%s); retrying the slide", sid, type(exc).__name__)
+                        manifest.slides[sid]["attempts"] = died[sid] + 1
                         ac.add(submit(job))
                         continue
                     rec = {"path": job.path, "status": FAILED, "runtime_s": None,
-                           "error": f"{job.path}: the Dask worker running this slide died {attempts[job.slide_id]} time(s) "
-                                    f"({type(exc).__name__}). Fix: check the worker logs (memory, GPU driver); run the slide alone to see its error"}
-                rec["attempts"] = attempts[job.slide_id]
+                           "error": f"{job.path}: the Dask worker running this slide died {died[sid]} time(s) "
+                                    f"({type(exc).__name__}). Fix: check the worker logs (memory, GPU driver); run the slide alone to see its error",
+                           "attempts": died[sid]}
+                except Exception as exc:  # raised outside process_slide (it turns every Exception into a record)
+                    died.setdefault(sid, 0)
+                    first = str(exc).splitlines()[0] if str(exc) else ""
+                    rec = {"path": job.path, "status": FAILED, "runtime_s": None, "attempts": died[sid] + 1,
+                           "error": f"{job.path}: the Dask task failed outside the slide's own run ({type(exc).__name__}: {first}). "
+                                    "Fix: check that the workers run the same wsi-ocelot version and see the worker logs"}
+                    log.error("%s: Dask task error: %r", sid, exc)
+                else:
+                    rec["attempts"] = died.get(sid, 0) + 1
                 yield job, rec
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
+            shutil.rmtree(tasks, ignore_errors=True)
 
 
 # -- the batch -----------------------------------------------------------------------------

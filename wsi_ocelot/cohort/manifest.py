@@ -106,12 +106,15 @@ class Manifest:
         return out
 
     # -- updates ---------------------------------------------------------------------
-    def mark_running(self, slide_id: str, path: str, *, attempt: int = 1, worker: str | None = None) -> None:
+    def mark_running(self, slide_id: str, path: str, *, attempt: int = 1, worker: str | None = None,
+                     save: bool = True) -> None:
+        """Record ``slide_id`` as running (``save=False`` when marking many at once: call :meth:`save` after)."""
         rec = {"path": path, "status": RUNNING, "error": None, "attempts": attempt, "started": now_iso()}
         if worker:
             rec["worker"] = worker
         self.slides[slide_id] = rec
-        self.save()
+        if save:
+            self.save()
 
     def record(self, slide_id: str, record: dict[str, Any]) -> None:
         """Store a finished slide's record (status done or failed) and save."""

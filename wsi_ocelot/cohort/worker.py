@@ -76,6 +76,17 @@ def _where() -> str:
     return f"{host}:{os.getpid()}" + (f" (dask worker {idx})" if idx is not None else "")
 
 
+def run_slide_task(job: SlideJob, out_dir: str, model: str, config, *, torch_threads: int | None = None,
+                   started_marker: str | None = None) -> dict[str, Any]:
+    """The Dask task: note that the slide started (``started_marker``, a file in the shared output
+    folder), then :func:`process_slide`. The driver reads the marker when a worker dies, to tell a
+    slide that was running there (an attempt) from one that was only queued there (resubmitted as is)."""
+    if started_marker:
+        with open(started_marker, "w", encoding="utf-8") as fh:
+            fh.write(_where())
+    return process_slide(job, out_dir, model, config, torch_threads=torch_threads)
+
+
 def process_slide(job: SlideJob, out_dir: str, model: str, config, *, torch_threads: int | None = None) -> dict[str, Any]:
     """Run one slide into ``out_dir/<slide-id>/`` and return its manifest record."""
     t0 = time.perf_counter()
