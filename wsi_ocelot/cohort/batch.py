@@ -8,6 +8,7 @@ on a Dask worker, so both give identical outputs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -251,6 +252,13 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
                 try:
                     rec = fut.result()
                 except KilledWorker as exc:  # the worker died while it held the slide
+                    finished = marker.with_name(marker.name + ".json")
+                    if finished.exists():  # it had finished; the worker died before it could report
+                        rec = json.loads(finished.read_text(encoding="utf-8"))
+                        log.info("%s: finished before its Dask worker was lost; its outputs are kept", sid)
+                        rec["attempts"] = died.get(sid, 0) + 1
+                        yield job, rec
+                        continue
                     if not marker.exists() and requeues.get(sid, 0) < MAX_REQUEUES:
                         # it was queued on the worker that died and never started: not an attempt
                         requeues[sid] = requeues.get(sid, 0) + 1

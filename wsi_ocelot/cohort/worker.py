@@ -9,16 +9,18 @@ that failed for a reason a retry cannot fix. The model is loaded once per proces
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing
 import os
 import socket
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from wsi_ocelot.cohort.inputs import SlideJob
-from wsi_ocelot.cohort.manifest import DONE, FAILED
+from wsi_ocelot.cohort.manifest import DONE, FAILED, atomic_write_text
 from wsi_ocelot.errors import WsiOcelotError
 
 log = logging.getLogger(__name__)
@@ -78,13 +80,19 @@ def _where() -> str:
 
 def run_slide_task(job: SlideJob, out_dir: str, model: str, config, *, torch_threads: int | None = None,
                    started_marker: str | None = None) -> dict[str, Any]:
-    """The Dask task: note that the slide started (``started_marker``, a file in the shared output
-    folder), then :func:`process_slide`. The driver reads the marker when a worker dies, to tell a
-    slide that was running there (an attempt) from one that was only queued there (resubmitted as is)."""
+    """The Dask task: :func:`process_slide` between two notes in the shared output folder.
+
+    ``started_marker`` is written when the slide starts and ``<started_marker>.json`` (the record)
+    when it ends. When a worker dies, the driver reads them to tell a slide that was only queued
+    there (resubmitted, not an attempt) from one that was running (an attempt) and from one that
+    had finished but whose result had not reached the scheduler yet (its record is used as is)."""
     if started_marker:
         with open(started_marker, "w", encoding="utf-8") as fh:
             fh.write(_where())
-    return process_slide(job, out_dir, model, config, torch_threads=torch_threads)
+    rec = process_slide(job, out_dir, model, config, torch_threads=torch_threads)
+    if started_marker:
+        atomic_write_text(Path(started_marker + ".json"), json.dumps(rec, default=str))
+    return rec
 
 
 def process_slide(job: SlideJob, out_dir: str, model: str, config, *, torch_threads: int | None = None) -> dict[str, Any]:
