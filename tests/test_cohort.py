@@ -358,6 +358,17 @@ def test_two_runs_into_one_folder_are_refused(tmp_path):
     assert not (tmp_path / ".wsi-ocelot.lock").exists()
 
 
+def test_clean_partials_removes_half_written_folders_and_task_notes(tmp_path):
+    from wsi_ocelot.cohort.batch import TASKS_DIR, clean_partials
+
+    for name in (".a.partial-123", ".b.old-456", TASKS_DIR, "done_slide"):
+        (tmp_path / name).mkdir()
+    (tmp_path / TASKS_DIR / "wsi-ocelot-a-1-1-1").write_text("host:1")
+    removed = clean_partials(tmp_path)
+    assert sorted(removed) == [".a.partial-123", ".b.old-456"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done_slide"]
+
+
 # -- Dask ----------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
