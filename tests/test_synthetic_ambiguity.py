@@ -67,4 +67,4 @@ def test_synth_dataset_cli_ambiguity(tmp_path) -> None:
     assert json.loads((tmp_path / "d" / "metadata.json").read_text())["general_info"]["ambiguity"] == 1.0
     proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "synth-dataset", str(tmp_path / "e"), "--ambiguity", "1.5"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--ambiguity 1.5 is outside [0, 1]" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "ambiguity 1.5 is outside [0, 1]" in proc.stderr and "Traceback" not in proc.stderr

@@ -111,8 +111,6 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
     from wsi_ocelot.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
 
     geo = _geometry(args)
-    if not 0.0 <= args.ambiguity <= 1.0:
-        raise WsiOcelotError(None, f"--ambiguity {args.ambiguity:g} is outside [0, 1]", "pass a value from 0 (default tissue) to 1")
     cfg = SyntheticDatasetConfig(seed=args.seed, train=args.train, val=args.val, test=args.test, geometry=geo, ambiguity=args.ambiguity)
     if args.slide_size_um:
         cfg = dataclasses.replace(cfg, slide_size_um=args.slide_size_um)

@@ -32,6 +32,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from wsi_ocelot.config import GeometryConfig
+from wsi_ocelot.errors import ConfigError
 from wsi_ocelot.synthetic.layout import SyntheticParams
 from wsi_ocelot.synthetic.slide import SyntheticSlide, make_synthetic_slide
 from wsi_ocelot.tiling.export import OCELOT_OFFSETS, write_metadata
@@ -117,7 +118,7 @@ class SyntheticDatasetConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ambiguity <= 1.0:
-            raise ValueError(f"ambiguity must be in [0, 1], got {self.ambiguity}")
+            raise ConfigError(None, f"ambiguity {self.ambiguity:g} is outside [0, 1]", "pass a value from 0 (default tissue) to 1")
 
 
 def _slide_seed(seed: int, split: str, index: int) -> int:
