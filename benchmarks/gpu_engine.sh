@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The engine benchmark on a CUDA box with bf16 autocast and channels-last (issue 5's GPU row), in one call.
+# Wheels the box may lack (no internet there) go in WHEELS (default .whl/), fetched on a connected machine with
+#   pip download --no-deps --only-binary :all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#       --platform manylinux2014_x86_64 -d .whl openslide-python openslide-bin segmentation-models-pytorch==0.6.0 shapely
+# Results: $OUT/engine_gpu.json and .md (copy them to benchmarks/results/).
+set -uo pipefail
+OUT=${OUT:-benchmarks/results}; WHEELS=${WHEELS:-.whl}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD
+if ! python3 -c "import openslide, segmentation_models_pytorch, shapely, zarr" 2>/dev/null; then
+  [ -d "$WHEELS" ] || { echo "missing packages and no wheels in $WHEELS" >&2; exit 1; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+python3 -c "import openslide, segmentation_models_pytorch, shapely, zarr, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+exec python3 benchmarks/bench_engine.py --device cuda --batch-size "${BS:-16}" --workers "${WORKERS:-8}" --repeat 2 \
+    --skip-memory --json "$OUT/engine_gpu.json" --note "${NOTE:-bf16 autocast + channels-last; the first of two runs per mode warms the GPU up}"
