@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "training" / "results"  # the recorded training and demo test results
 
 _CHILD = r"""
 import json, resource, sys, time
@@ -128,6 +129,16 @@ def patch_level(slide, gt: np.ndarray, geo, pred, peaks, n: int, seed: int, slid
     return {"patches": len(boxes), "gt_cells": int(sum(len(g) for g in gts)), "radius_px": round(radius, 3),
             "patch_mF1": round(own.mf1, 4), "patch_BC_f1": round(own.bc.f1, 4), "patch_TC_f1": round(own.tc.f1, 4),
             "stitched_on_same_patches_mF1": round(st.mf1, 4), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def demo_test_splits() -> dict[str, dict[str, float]]:
+    """The demo's patch-level test mF1 on every synthetic test split evaluated so far
+    (``training/results/demo_test_seed<S>.json``): {seed: {"overall": mF1, organ: mF1, ...}}."""
+    out = {}
+    for f in sorted(RESULTS.glob("demo_test_seed*.json")):
+        d = json.loads(f.read_text())
+        out[f.stem.rsplit("seed", 1)[1]] = {"overall": d["overall"]["mF1"], **{o: v["mF1"] for o, v in d.get("per_organ", {}).items()}}
+    return out
 
 
 def _ci95(values: list[float]) -> float:
@@ -256,14 +267,12 @@ def main() -> None:
         tp = sum(r.tp for r in m.values())
         prec, rec = tp / max(len(a), 1), tp / max(len(b), 1)
         agree_f1 = 2 * prec * rec / max(prec + rec, 1e-12)
-        rec = Path(__file__).resolve().parent.parent / "training" / "results"
-        table5 = rec / "synthetic_table5.json"
+        table5 = RESULTS / "synthetic_table5.json"
         demo_patch = json.loads(table5.read_text()).get("demo", {}).get("mean") if table5.is_file() else None
-        # the demo's patch-level test mF1 on every synthetic test split evaluated so far (one file per seed)
-        splits = {int(f.stem.rsplit("seed", 1)[1]): json.loads(f.read_text())["overall"]["mF1"] for f in sorted(rec.glob("demo_test_seed*.json"))}
+        splits = {seed: d["overall"] for seed, d in demo_test_splits().items()}
         report["accuracy"] = {
             "slide_mF1": score.mf1, "BC_f1": score.bc.f1, "TC_f1": score.tc.f1, "demo_patch_test_mF1": demo_patch,
-            "demo_patch_test_splits_mF1": {str(k): round(v, 4) for k, v in splits.items()},
+            "demo_patch_test_splits_mF1": {k: round(v, 4) for k, v in splits.items()},
             "demo_patch_test_splits_mean": round(float(np.mean(list(splits.values()))), 4) if splits else None,
             "demo_patch_test_splits_ci95": round(_ci95(list(splits.values())), 4) if len(splits) > 1 else None,
             "gt_cells": int(len(gt)), "detections": int(len(a)), "gt_cells_with_two_detections_within_3um": twice,

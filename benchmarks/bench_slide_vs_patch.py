@@ -33,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_engine import _ci95, cells_of, patch_level  # noqa: E402
+from bench_engine import _ci95, cells_of, demo_test_splits, patch_level  # noqa: E402
 
 log = logging.getLogger("bench_slide_vs_patch")
 
@@ -88,11 +88,7 @@ def main() -> None:
                    "patches": pl["patches"], "patch_gt_cells": pl["gt_cells"], "engine_s": round(run_s, 1)}
             log.info("%s", row)
             rows.append(row)
-    rec = HERE.parent / "training" / "results"
-    splits = {}
-    for f in sorted(rec.glob("demo_test_seed*.json")):
-        d = json.loads(f.read_text())
-        splits[f.stem.rsplit("seed", 1)[1]] = {"overall": d["overall"]["mF1"], **{o: v["mF1"] for o, v in d.get("per_organ", {}).items()}}
+    splits = demo_test_splits()
 
     def mean_ci(vals):
         vals = [v for v in vals if v is not None]
