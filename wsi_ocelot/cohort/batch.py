@@ -256,34 +256,30 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
                     if finished.exists():  # it had finished; the worker died before it could report
                         rec = json.loads(finished.read_text(encoding="utf-8"))
                         log.info("%s: finished before its Dask worker was lost; its outputs are kept", sid)
-                        rec["attempts"] = died.get(sid, 0) + 1
-                        yield job, rec
-                        continue
-                    if not marker.exists() and requeues.get(sid, 0) < MAX_REQUEUES:
+                    elif not marker.exists() and requeues.get(sid, 0) < MAX_REQUEUES:
                         # it was queued on the worker that died and never started: not an attempt
                         requeues[sid] = requeues.get(sid, 0) + 1
                         log.info("%s: was waiting on a Dask worker that was lost; resubmitted", sid)
                         ac.add(submit(job))
                         continue
-                    died[sid] = died.get(sid, 0) + 1
-                    if died[sid] <= cfg.retries:
-                        log.warning("%s: its Dask worker was lost (%s); retrying the slide", sid, type(exc).__name__)
-                        manifest.slides[sid]["attempts"] = died[sid] + 1
-                        ac.add(submit(job))
-                        continue
-                    rec = {"path": job.path, "status": FAILED, "runtime_s": None,
-                           "error": f"{job.path}: the Dask worker running this slide died {died[sid]} time(s) "
-                                    f"({type(exc).__name__}). Fix: check the worker logs (memory, GPU driver); run the slide alone to see its error",
-                           "attempts": died[sid]}
+                    else:
+                        died[sid] = died.get(sid, 0) + 1
+                        if died[sid] <= cfg.retries:
+                            log.warning("%s: its Dask worker was lost (%s); retrying the slide", sid, type(exc).__name__)
+                            manifest.slides[sid]["attempts"] = died[sid] + 1
+                            ac.add(submit(job))
+                            continue
+                        rec = {"path": job.path, "status": FAILED, "runtime_s": None,
+                               "error": f"{job.path}: the Dask worker running this slide died {died[sid]} time(s) "
+                                        f"({type(exc).__name__}). Fix: check the worker logs (memory, GPU driver); run the slide alone to see its error",
+                               "attempts": died[sid]}  # every attempt died
                 except Exception as exc:  # raised outside process_slide (it turns every Exception into a record)
-                    died.setdefault(sid, 0)
                     first = str(exc).splitlines()[0] if str(exc) else ""
-                    rec = {"path": job.path, "status": FAILED, "runtime_s": None, "attempts": died[sid] + 1,
+                    rec = {"path": job.path, "status": FAILED, "runtime_s": None,
                            "error": f"{job.path}: the Dask task failed outside the slide's own run ({type(exc).__name__}: {first}). "
                                     "Fix: check that the workers run the same wsi-ocelot version and see the worker logs"}
                     log.error("%s: Dask task error: %r", sid, exc)
-                else:
-                    rec["attempts"] = died.get(sid, 0) + 1
+                rec.setdefault("attempts", died.get(sid, 0) + 1)  # the attempts that died, and this one
                 yield job, rec
         finally:
             client.close()
