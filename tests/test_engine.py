@@ -156,9 +156,9 @@ def test_cli_run_bad_slide_continues(tiny_ckpt, synth_05, tmp_path):
 
 
 def test_border_buffer_reports_a_cell_on_a_core_border_once():
-    from wsi_ocelot.inference.engine import _BorderBuffer
+    from wsi_ocelot.inference.borders import BorderBuffer
 
-    buf = _BorderBuffer(radius=12.0)  # 3 µm at 0.25 µm/px
+    buf = BorderBuffer(radius=12.0)  # 3 µm at 0.25 µm/px
     core_a, core_b = np.array([0, 0, 100, 100]), np.array([100, 0, 200, 100])
     # tile A: a cell at its right border (x 98), one well inside, two close ones of its own near the border
     a = np.array([[98.0, 50, 2, 0.9], [50, 50, 1, 0.8], [97, 10, 1, 0.6], [97, 18, 1, 0.7]])
@@ -174,3 +174,87 @@ def test_border_buffer_reports_a_cell_on_a_core_border_once():
     assert (97.0, 10.0, 1.0, 0.6) in kept and (97.0, 18.0, 1.0, 0.7) in kept  # close points of one tile are two cells
     assert (105.0, 75.0, 1.0, 0.9) in kept and len(kept) == 4
     assert inside.sum() == 1
+
+
+def test_a_cell_both_tiles_place_on_the_others_side_is_kept_once():
+    """Tile A puts a border cell 0.5 px into B's core, B puts it 0.5 px into A's: with strict
+    cores neither keeps it; reaching 3 µm across the border both do and the buffer keeps one."""
+    from wsi_ocelot.inference.borders import BorderBuffer, in_core, reach_cores
+
+    cores = np.array([[0, 0, 100, 100], [100, 0, 200, 100]])
+    a = np.array([[100.5, 50, 2, 0.8]])
+    b = np.array([[99.5, 50, 2, 0.9]])
+    strict = reach_cores(cores, 0.0, 200, 100)
+    assert not in_core(a, strict[0]).any() and not in_core(b, strict[1]).any()  # lost
+    wide = reach_cores(cores, 12.0, 200, 100)
+    assert wide[0].tolist() == [0, 0, 112, 100] and wide[1].tolist() == [88, 0, 200, 100]  # not past the slide's edges
+    buf = BorderBuffer(radius=12.0)
+    for p, core in ((a, wide[0]), (b, wide[1])):
+        now, _ = buf.split(p[in_core(p, core)], None, core)
+        assert len(now) == 0
+    held, _, dropped = buf.resolve()
+    assert dropped == 1 and held.tolist() == [[99.5, 50, 2, 0.9]]
+
+
+def test_writer_thread_gives_the_same_outputs_as_writing_inline(tiny_ckpt, synth_025, run_out, tmp_path):
+    res, d = run_out
+    inline = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, background_writer=False))
+    d2 = inline.run(synth_025, tmp_path).out_dir
+    assert (d / "cells.geojson").read_bytes() == (d2 / "cells.geojson").read_bytes()
+    a, b = (json.loads((x / "purity.json").read_text()) for x in (d, d2))
+    a.pop("runtime_s"), b.pop("runtime_s")
+    assert a == b
+
+
+def test_writer_error_fails_the_slide_and_leaves_no_folder(tiny_ckpt, synth_025, tmp_path, monkeypatch):
+    from wsi_ocelot.inference import engine
+
+    def broken(self, *args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine._SlideRun, "emit", broken)
+    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False))
+    with pytest.raises(OSError, match="No space left"):
+        runner.run(synth_025, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_background_writer_runs_in_order_and_bounds_its_queue():
+    import threading
+
+    from wsi_ocelot.inference.background import BackgroundWriter
+
+    gate, done = threading.Event(), []
+    with BackgroundWriter(depth=2) as w:
+        w.submit(gate.wait)
+        w.submit(done.append, 1)
+        w.submit(done.append, 2)  # the queue holds 2: this one waits until the first job starts
+        t = threading.Thread(target=w.submit, args=(done.append, 3))
+        t.start()
+        t.join(0.2)
+        assert t.is_alive() and done == []  # bounded: the fourth job waits for room
+        gate.set()
+        t.join(5)
+    assert done == [1, 2, 3]
+    w = BackgroundWriter(depth=2)
+    w.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        w.close()
+
+
+@pytest.mark.parametrize("kw, match", [({"batch_size": 0}, "batch_size must be >= 1"), ({"workers": -1}, "workers must be >= 0"),
+                                       ({"reader": "pil"}, "unknown reader 'pil'"), ({"border_reach_um": 9.0}, "border_reach_um must be in")])
+def test_engine_config_errors_are_one_line(kw, match):
+    from wsi_ocelot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match) as err:
+        EngineConfig(**kw)
+    assert "\n" not in str(err.value)
+
+
+def test_defaults_fit_the_machine():
+    from wsi_ocelot.inference.predictor import default_batch_size
+
+    cfg = EngineConfig().resolved(torch.device("cpu"))
+    assert cfg.batch_size == default_batch_size(torch.device("cpu")) == 8 and cfg.workers >= 1
+    assert EngineConfig(batch_size=3, workers=0).resolved(torch.device("cpu")).workers == 0

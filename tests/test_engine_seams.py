@@ -13,14 +13,10 @@ import torch
 
 from wsi_ocelot.config import GeometryConfig
 from wsi_ocelot.inference import PeakConfig
-from wsi_ocelot.inference.engine import (
-    EngineConfig,
-    SlideRunner,
-    _BlendedTissueMap,
-    _TissueMap,
-    slide_id_for,
-)
+from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
+from wsi_ocelot.inference.tissue_map import BlendedTissueMap, TissueMap
 from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
+from wsi_ocelot.naming import slide_id_for
 from wsi_ocelot.tiling.grid import make_grid
 
 
@@ -44,9 +40,9 @@ def _blend(values: dict[tuple[int, int], float], size: int = 1000, tile: int = 6
     full = make_grid(size, size, 0.25, 1.0, tile, margin)
     keep = np.array([(int(r), int(c)) in values for r, c in zip(full.rows, full.cols, strict=True)])
     grid = full.subset(keep)
-    tmap = _TissueMap(size, size, grid.tile_l0 / tile)
+    tmap = TissueMap(size, size, grid.tile_l0 / tile)
     store = _ArrayStore(tmap.height, tmap.width)
-    blend = _BlendedTissueMap(grid, tmap, store, size, size)
+    blend = BlendedTissueMap(grid, tmap, store, size, size)
     idx = list(range(len(grid))) if order is None else order(len(grid))
     for i in idx:
         r, c = int(grid.rows[i]), int(grid.cols[i])

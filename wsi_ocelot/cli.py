@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = EngineConfig(device=args.device, batch_size=args.batch_size, workers=args.workers, per_tile=args.per_tile,
                           geojson_gzip=args.geojson_gzip, qupath_crop=not args.no_qupath_crop,
                           progress=not args.no_progress and sys.stderr.isatty() and args.scheduler is None,
-                          amp=not args.no_amp, cell_margin=args.cell_margin)
+                          amp=not args.no_amp, cell_margin=args.cell_margin, reader=args.reader)
     cfg = CohortConfig(model=args.model, engine=engine, overwrite=args.overwrite, scheduler=args.scheduler,
                        dask_workers=args.dask_workers, retries=args.retries, report=not args.no_report, threads=args.threads)
 
@@ -231,8 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo", help="checkpoint (.safetensors) or 'demo' (synthetic-data demo weights, not for real slides)")
     p.add_argument("--mpp", type=float, help="override the level-0 µm/px of every slide")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per batch (halved automatically on GPU out-of-memory)")
-    p.add_argument("--workers", type=int, default=2, help="tile-reading worker processes")
+    p.add_argument("--batch-size", type=int, help="tiles per batch (default: 8 on a CPU, 4-32 from the GPU's memory; halved automatically on GPU out-of-memory)")
+    p.add_argument("--workers", type=int, help="tile-reading worker processes (default: the cores available less one, at most 16)")
+    p.add_argument("--reader", choices=("openslide", "tifffile"), default="openslide",
+                   help="slide decoder: openslide (every format) or tifffile (tiled TIFF/SVS: the same pixels, faster; other files fall back to OpenSlide)")
     p.add_argument("--per-tile", action="store_true", help="the paper's per-tile path (each cell tile with its own context) instead of two passes")
     p.add_argument("--geojson-gzip", action="store_true", help="write cells.geojson.gz (large slides)")
     p.add_argument("--no-qupath-crop", action="store_true", help="GeoJSON in OpenSlide's uncropped frame (for QuPath images added with --no-crop)")
@@ -275,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "demo", cmd_demo, "Run the embedded default end to end on a synthetic slide.", "wsi-ocelot demo --out demo_out")
     p.add_argument("--out", default="wsi_ocelot_demo", help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=2, help="tile-reading worker processes")
+    p.add_argument("--workers", type=int, help="tile-reading worker processes (default: the cores available less one, at most 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = _add(sub, "evaluate", cmd_evaluate, "Score cell detections with the OCELOT 2023 challenge metric.",

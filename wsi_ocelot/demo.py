@@ -18,7 +18,7 @@ DEMO_MPP = 0.25
 DEMO_SIZE = (4096, 4096)
 
 
-def run_demo(out: str | Path, *, device: str = "auto", workers: int = 2, progress: bool = True) -> int:
+def run_demo(out: str | Path, *, device: str = "auto", workers: int | None = None, progress: bool = True) -> int:
     from wsi_ocelot.evaluation import score_slide
     from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
     from wsi_ocelot.outputs import open_predictions

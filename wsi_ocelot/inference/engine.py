@@ -1,14 +1,19 @@
-"""The slide engine: one slide in, a complete result folder out.
+"""The slide engine: one slide in, a complete result folder out (docs/architecture.md).
 
-Two passes for the tissue-prediction injection models (DESIGN.md §2):
+Two passes for the tissue-prediction injection models:
 
 1. **tissue pass** — context-resolution tiles over the tissue, batched through the tissue
-   branch; each tile's core is written into a slide-level cancer-area probability map in
-   Zarr (``predictions.zarr/tissue``), cross-faded with its neighbours across core borders
-   so that tiles meet without seams, and the map never sits in RAM;
+   branch; each tile's core is written into the slide-level cancer-area probability map in
+   Zarr, cross-faded with its neighbours (``tissue_map.py``);
 2. **cell pass** — overlapping cell tiles; for each, the matching crop of the tissue map
-   goes into the cell branch; peaks are found on the device, and only the peaks inside
-   the tile's own core are kept, converted to level-0 px and streamed to the cell table.
+   goes into the cell branch; peaks are found on the device, only those inside the tile's
+   own core are kept and streamed to the cell table (``borders.py``).
+
+Reading and decoding run in worker processes, a batch of neighbouring tiles cut from one
+region read once (``tiling/dataset.py``). The main thread only feeds the device: while the
+device runs a batch, it reads the next batch's tissue crops; everything done with a batch's
+results (points to the slide, the border buffer, purity counts, GeoJSON and Zarr writes,
+tissue-map blending) runs on a writer thread behind a bounded queue (``background.py``).
 
 ``feature_sharing`` checkpoints (which cannot be split) and every checkpoint under
 ``per_tile=True`` use the paper's per-tile path: each cell tile with its own context read
@@ -24,6 +29,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -34,15 +40,39 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from wsi_ocelot import __version__
-from wsi_ocelot.errors import WsiOcelotError
+from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.inference.background import BackgroundWriter
+from wsi_ocelot.inference.borders import BorderBuffer, cores_in_tile_px, in_core, points_to_level0, reach_cores
 from wsi_ocelot.inference.peaks import find_peaks
-from wsi_ocelot.inference.predictor import Predictor, resolve_device, with_oom_retry
+from wsi_ocelot.inference.predictor import (
+    Predictor,
+    default_batch_size,
+    resolve_device,
+    with_oom_retry,
+)
+from wsi_ocelot.inference.tissue_map import (
+    BlendedTissueMap,
+    MapWindow,
+    TissueMap,
+    core_block,
+    crops_from_map,
+)
+from wsi_ocelot.model import load_model
 from wsi_ocelot.naming import slide_id_for
-from wsi_ocelot.slide import Slide, open_slide, tissue_mask
-from wsi_ocelot.tiling import TileDataset, make_loader, plan_tiles
+from wsi_ocelot.outputs import (
+    CellsGeoJSONWriter,
+    PredictionStore,
+    polygons_from_map,
+    write_overview,
+    write_tissue_geojson,
+)
+from wsi_ocelot.slide import READERS, Slide, open_slide, tissue_mask
+from wsi_ocelot.tiling import BlockBatches, TileDataset, make_loader, plan_tiles
+from wsi_ocelot.tiling.dataset import default_workers
+from wsi_ocelot.weights import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +82,20 @@ DUPLICATE_UM = 3.0  # two tiles' detections closer than this across a core borde
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How a slide is run (the model decides the geometry)."""
+    """How a slide is run (the model decides the geometry).
+
+    ``batch_size`` and ``workers`` of None are chosen for the machine: the batch from the
+    device (:func:`~wsi_ocelot.inference.predictor.default_batch_size`), the tile-reading
+    processes from the cores available (:func:`~wsi_ocelot.tiling.dataset.default_workers`).
+    ``reader`` decodes slide regions: ``openslide`` (default) or ``tifffile`` (tiled TIFF /
+    SVS, the same pixels faster). ``border_reach_um``: how far beyond its core a tile's
+    detections are kept (cells seen by two tiles are then reported once, the stronger); 0
+    keeps strict cores, which loses cells that both tiles place on the other's side. ``writer_depth`` is how many batches of results may wait
+    for the writer thread; ``background_writer=False`` writes them in the main thread."""
 
     device: str = "auto"
-    batch_size: int = 8
-    workers: int = 2
+    batch_size: int | None = None
+    workers: int | None = None
     prefetch: int = 2
     amp: bool = True
     channels_last: bool = True
@@ -66,6 +105,29 @@ class EngineConfig:
     progress: bool = True
     tissue_chunk: int = 512
     cell_margin: int | None = None  # overlap of cell tiles in cell px; None = the checkpoint's geometry
+    reader: str = "openslide"
+    border_reach_um: float = DUPLICATE_UM
+    writer_depth: int = 4
+    background_writer: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(None, f"batch_size must be >= 1, got {self.batch_size}", "use e.g. 8 on a CPU, 16-32 on a GPU, or leave it unset")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(None, f"workers must be >= 0, got {self.workers}", "use 0 (read in the main process) or more, or leave it unset")
+        if not 0.0 <= self.border_reach_um <= DUPLICATE_UM:
+            raise ConfigError(None, f"border_reach_um must be in [0, {DUPLICATE_UM}], got {self.border_reach_um}",
+                              f"use {DUPLICATE_UM} (default) or 0 for strict tile cores")
+        if self.reader not in READERS:
+            raise ConfigError(None, f"unknown reader {self.reader!r}", f"use one of {', '.join(READERS)}")
+
+    def resolved(self, device: torch.device) -> EngineConfig:
+        """This config with the machine's defaults filled in for ``device``."""
+        return dataclasses.replace(
+            self,
+            batch_size=self.batch_size or default_batch_size(device),
+            workers=default_workers() if self.workers is None else self.workers,
+        )
 
 
 @dataclass
@@ -81,8 +143,12 @@ class SlideResult:
 
 
 class _Timer:
+    """Seconds per stage, added up from any thread (stages on the writer thread overlap the
+    main thread's, so the stages may add up to more than the total)."""
+
     def __init__(self) -> None:
         self.t: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -90,308 +156,36 @@ class _Timer:
         try:
             yield
         finally:
-            self.t[name] += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            with self._lock:
+                self.t[name] += dt
 
 
-def _timed_batches(loader, timer: _Timer) -> Iterator[dict[str, Any]]:
-    it = iter(loader)
+def _timed(it: Iterator[Any], timer: _Timer, name: str = "read") -> Iterator[Any]:
+    """``it``'s items, the wait for each counted as ``name``."""
+    it = iter(it)
     while True:
-        with timer("read"):
+        with timer(name):
             try:
-                batch = next(it)
+                item = next(it)
             except StopIteration:
                 return
-        yield batch
+        yield item
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="tile", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-class _TissueMap:
-    """Geometry of the slide-level tissue map: map px (r, c) covers level-0
-    ``[c * s, (c + 1) * s) × [r * s, (r + 1) * s)`` with ``s`` = level-0 px per map px."""
-
-    def __init__(self, width: int, height: int, scale: float):
-        self.scale = float(scale)
-        self.width = max(1, math.ceil(width / scale))
-        self.height = max(1, math.ceil(height / scale))
-
-    def region(self, box_l0: np.ndarray, pad: int = 2) -> tuple[int, int, int, int]:
-        """Integer map region (x0, y0, x1, y1) enclosing a level-0 box, ``pad`` px wider."""
-        x, y, w, h = (float(v) for v in box_l0)
-        s = self.scale
-        return (math.floor(x / s) - pad, math.floor(y / s) - pad, math.ceil((x + w) / s) + pad, math.ceil((y + h) / s) + pad)
-
-
-def _read_region(store, tmap: _TissueMap, region: tuple[int, int, int, int]) -> np.ndarray:
-    """Map values (uint8) of an integer region, zero (= no cancer) outside the map."""
-    x0, y0, x1, y1 = region
-    out = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, tmap.width), min(y1, tmap.height)
-    if cx1 > cx0 and cy1 > cy0:
-        out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = store.read_tissue(cy0, cy1, cx0, cx1)
-    return out
-
-
-def _sample_grid(boxes: np.ndarray, regions: np.ndarray, scale: float, n: int, region_hw: tuple[int, int]) -> torch.Tensor:
-    """grid_sample grids (B, n, n, 2) sampling each level-0 box at n × n pixel centres out
-    of its map region (align_corners=False coordinates)."""
-    rh, rw = region_hw
-    i = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    gx = []
-    for (x, y, w, h), (rx0, ry0, _, _) in zip(boxes.astype(np.float64), regions, strict=True):
-        u = (x / scale - rx0) + i * (w / scale)  # map px coordinates within the region
-        v = (y / scale - ry0) + i * (h / scale)
-        gu = 2.0 * u / rw - 1.0
-        gv = 2.0 * v / rh - 1.0
-        yy, xx = torch.meshgrid(gv, gu, indexing="ij")
-        gx.append(torch.stack([xx, yy], dim=-1))
-    return torch.stack(gx).float()
-
-
-def _crops_from_map(store, tmap: _TissueMap, boxes: np.ndarray, n: int) -> tuple[torch.Tensor, list[np.ndarray], np.ndarray]:
-    """For cell boxes (B, 4) in level-0 px: the (B, 2, n, n) tissue-probability crop over
-    exactly each box (BG = 1 − CA, CA), the map regions read (uint8) and their origins."""
-    regions = np.array([tmap.region(b) for b in boxes], dtype=np.int64)
-    rh = int((regions[:, 3] - regions[:, 1]).max())
-    rw = int((regions[:, 2] - regions[:, 0]).max())
-    stack = np.zeros((len(boxes), 1, rh, rw), np.float32)
-    raw: list[np.ndarray] = []
-    for k, reg in enumerate(regions):
-        vals = _read_region(store, tmap, tuple(reg))
-        raw.append(vals)
-        stack[k, 0, : vals.shape[0], : vals.shape[1]] = vals / 255.0
-    grid = _sample_grid(boxes, regions, tmap.scale, n, (rh, rw))
-    ca = F.grid_sample(torch.from_numpy(stack), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return torch.cat([1.0 - ca, ca], dim=1), raw, regions
-
-
-def _core_block(probs: torch.Tensor, box: np.ndarray, core: np.ndarray, tmap: _TissueMap) -> tuple[int, int, np.ndarray] | None:
-    """Resample one tile's CA probabilities ``(T, T)`` (covering the level-0 ``box``) onto
-    the map pixels whose centres lie in the level-0 ``core``. Cores partition the slide, so
-    every map pixel is written by exactly one tile, at its exact position (no drift when
-    the tile size in level-0 px is not a whole number of map pixels).
-    Returns ``(map_x0, map_y0, uint8 block)``, or None when the core holds no map pixel."""
-    s = tmap.scale
-    x0, y0, x1, y1 = (float(v) for v in core)
-    mx0, my0 = max(0, math.ceil(x0 / s - 0.5)), max(0, math.ceil(y0 / s - 0.5))
-    mx1, my1 = min(tmap.width, math.ceil(x1 / s - 0.5)), min(tmap.height, math.ceil(y1 / s - 0.5))
-    if mx1 <= mx0 or my1 <= my0:
-        return None
-    bx, by, bw, bh = (float(v) for v in box)
-    u = ((torch.arange(mx0, mx1, dtype=torch.float64) + 0.5) * s - bx) / bw * 2 - 1
-    v = ((torch.arange(my0, my1, dtype=torch.float64) + 0.5) * s - by) / bh * 2 - 1
-    yy, xx = torch.meshgrid(v, u, indexing="ij")
-    grid = torch.stack([xx, yy], -1)[None].to(probs.dtype)
-    vals = F.grid_sample(probs[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
-    return mx0, my0, (vals * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
-
-
-def _sample_tile(probs: torch.Tensor, box: np.ndarray, xs_l0: np.ndarray, ys_l0: np.ndarray) -> np.ndarray:
-    """A tile's CA probabilities ``(T, T)`` (covering the level-0 ``box``) sampled bilinearly
-    at the level-0 points ``xs × ys`` (map pixel centres) → float32 (len(ys), len(xs))."""
-    bx, by, bw, bh = (float(v) for v in box)
-    u = (torch.from_numpy(xs_l0) - bx) / bw * 2 - 1
-    v = (torch.from_numpy(ys_l0) - by) / bh * 2 - 1
-    yy, xx = torch.meshgrid(v, u, indexing="ij")
-    grid = torch.stack([xx, yy], -1)[None].to(probs.dtype)
-    return F.grid_sample(probs[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0].numpy()
-
-
-class _BlendedTissueMap:
-    """Writes tissue-tile predictions into the map, cross-fading across core borders.
-
-    Every map pixel belongs to the tile whose core holds its centre (pixels of cores without
-    a tile stay 0). Near a core border shared with an existing neighbour the two (at a corner
-    up to four) tiles' predictions are blended: each tile's weight is a product of linear
-    ramps, 1 deep inside its core, 0.5 on the border and 0 at ``band`` level-0 px beyond it,
-    normalised over the tiles that exist, so a band without a neighbour (tissue edge) keeps
-    the tile's own value. ``band`` is half the tile margin, so blended values come from at
-    least half a margin inside each tile.
-
-    The map is split along each axis into core interiors and ``2 × band`` wide bands at the
-    internal core borders; each rectangle of that split is written once, as soon as every tile
-    covering it is done (a rectangle inside one core at once; a band when its second tile
-    arrives, accumulated in a small float buffer until then). Only the pending band rectangles
-    sit in memory: at most about one row of bands, ``map width × 2 band`` floats.
-    """
-
-    def __init__(self, grid, tmap: _TissueMap, store, slide_w: int, slide_h: int):
-        self.grid, self.tmap, self.store = grid, tmap, store
-        self.stride = float(grid.stride_l0)
-        self.band = max(0.0, min(grid.margin_l0 / 2.0, self.stride / 2.0))
-        self.exists = np.zeros((grid.n_rows, grid.n_cols), bool)
-        self.exists[grid.rows, grid.cols] = True
-        self.xseg = self._segments(grid.n_cols, slide_w, tmap.width)
-        self.yseg = self._segments(grid.n_rows, slide_h, tmap.height)
-        self.pending: dict[tuple[int, int], list] = {}
-        self.ca_pixels = 0
-
-    def _segments(self, n: int, size_l0: int, size_map: int) -> list[tuple[int, int]]:
-        """Map-px ranges of the split along one axis: index 2c = interior of core c,
-        2c − 1 = the band at the border between cores c − 1 and c."""
-        s, b, st = self.tmap.scale, self.band, self.stride
-        bounds = []
-        for c in range(n):
-            if c > 0:
-                bounds.append((c * st - b, c * st + b))
-            lo = c * st + (b if c > 0 else 0.0)
-            hi = size_l0 if c == n - 1 else (c + 1) * st - (b if c < n - 1 else 0.0)
-            bounds.append((lo, hi))
-        out = []
-        for lo, hi in bounds:  # map px whose centre lies in [lo, hi)
-            m0 = min(size_map, max(0, math.ceil(lo / s - 0.5)))
-            m1 = min(size_map, max(0, math.ceil(hi / s - 0.5)))
-            out.append((m0, max(m0, m1)))
-        return out
-
-    @staticmethod
-    def _covering(k: int, n: int) -> list[int]:
-        """Tiles (along one axis) whose extended core covers segment ``k``."""
-        return [k // 2] if k % 2 == 0 else [(k - 1) // 2, (k + 1) // 2]
-
-    def _ramp(self, pos: np.ndarray, idx: int, n: int) -> np.ndarray:
-        """A tile's weight along one axis: linear fades across its internal core borders."""
-        w = np.ones_like(pos)
-        if self.band <= 0:
-            return w
-        if idx > 0:
-            w *= np.clip(0.5 + (pos - idx * self.stride) / (2 * self.band), 0.0, 1.0)
-        if idx < n - 1:
-            w *= np.clip(0.5 + ((idx + 1) * self.stride - pos) / (2 * self.band), 0.0, 1.0)
-        return w
-
-    def _owner(self, pos: np.ndarray, n: int) -> np.ndarray:
-        return np.clip(np.floor(pos / self.stride).astype(np.int64), 0, n - 1)
-
-    def add(self, r: int, c: int, probs: torch.Tensor, box: np.ndarray) -> None:
-        """Tile (r, c)'s CA probabilities (T, T) over its level-0 ``box``."""
-        g, s = self.grid, self.tmap.scale
-        for ky in (2 * r - 1, 2 * r, 2 * r + 1):
-            if not 0 <= ky < len(self.yseg):
-                continue
-            for kx in (2 * c - 1, 2 * c, 2 * c + 1):
-                if not 0 <= kx < len(self.xseg):
-                    continue
-                (mx0, mx1), (my0, my1) = self.xseg[kx], self.yseg[ky]
-                if mx1 <= mx0 or my1 <= my0:
-                    continue
-                tiles = [(rr, cc) for rr in self._covering(ky, g.n_rows) for cc in self._covering(kx, g.n_cols) if self.exists[rr, cc]]
-                xs = (np.arange(mx0, mx1, dtype=np.float64) + 0.5) * s
-                ys = (np.arange(my0, my1, dtype=np.float64) + 0.5) * s
-                vals = _sample_tile(probs, box, xs, ys).astype(np.float64)
-                if len(tiles) > 1:
-                    total = sum(np.outer(self._ramp(ys, rr, g.n_rows), self._ramp(xs, cc, g.n_cols)) for rr, cc in tiles)
-                    own = np.outer(self._ramp(ys, r, g.n_rows), self._ramp(xs, c, g.n_cols))
-                    vals *= own / total
-                owned = self.exists[self._owner(ys, g.n_rows)][:, self._owner(xs, g.n_cols)]
-                vals[~owned] = 0.0
-                if len(tiles) == 1:
-                    self._write(my0, mx0, vals)
-                    continue
-                key = (ky, kx)
-                if key not in self.pending:
-                    self.pending[key] = [np.zeros_like(vals), len(tiles)]
-                entry = self.pending[key]
-                entry[0] += vals
-                entry[1] -= 1
-                if entry[1] == 0:
-                    del self.pending[key]
-                    self._write(my0, mx0, entry[0])
-
-    def _write(self, my0: int, mx0: int, vals: np.ndarray) -> None:
-        block = np.rint(np.clip(vals, 0.0, 1.0) * 255.0).astype(np.uint8)
-        self.store.write_tissue_block(my0, mx0, block)
-        self.ca_pixels += int((block >= 128).sum())
-
-    def close(self) -> None:
-        if self.pending:  # every tile was added, so nothing can be pending
-            raise RuntimeError(f"tissue map: {len(self.pending)} band rectangles were never completed")
-
-
-def _points_to_level0(pts: torch.Tensor, box: np.ndarray, tile: int) -> np.ndarray:
-    """Peaks (N, 4) in tile px (pixel j covers [j, j + 1)) → (N, 4) level-0 x, y, cls, prob."""
-    p = pts.detach().cpu().numpy().astype(np.float64)
-    if not len(p):
-        return np.zeros((0, 4))
-    sx, sy = box[2] / tile, box[3] / tile
-    p[:, 0] = box[0] + (p[:, 0] + 0.5) * sx
-    p[:, 1] = box[1] + (p[:, 1] + 0.5) * sy
-    return p
-
-
-def _cores_in_tile_px(boxes: np.ndarray, cores: np.ndarray, tile: int) -> tuple[float, float, float, float]:
-    """The union over a batch of each tile's core in its own tile px (pixel j has its centre at
-    ``box + (j + 0.5) * box / tile``), one px wider on each side. Peaks are searched there
-    only; the exact level-0 core test follows in :func:`_in_core`."""
-    sx, sy = boxes[:, 2] / tile, boxes[:, 3] / tile
-    x0 = ((cores[:, 0] - boxes[:, 0]) / sx - 0.5).min()
-    y0 = ((cores[:, 1] - boxes[:, 1]) / sy - 0.5).min()
-    x1 = ((cores[:, 2] - boxes[:, 0]) / sx - 0.5).max()
-    y1 = ((cores[:, 3] - boxes[:, 1]) / sy - 0.5).max()
-    return (math.floor(x0) - 1.0, math.floor(y0) - 1.0, math.ceil(x1) + 1.0, math.ceil(y1) + 1.0)
-
-
-def _in_core(p: np.ndarray, core: np.ndarray) -> np.ndarray:
-    return (p[:, 0] >= core[0]) & (p[:, 0] < core[2]) & (p[:, 1] >= core[1]) & (p[:, 1] < core[3])
-
-
-class _BorderBuffer:
-    """Detections within ``radius`` of a tile-core border, held back until the pass is done.
-
-    Neighbouring tiles see a cell on their shared core border with the same pixels but place
-    its peak independently; when each puts it on its own side, both report it. Such a pair is
-    closer than ``radius`` and each point lies within ``radius`` of the border, so only those
-    points are held (a few % of the cells, 40 bytes each) and, at the end, of two points from
-    different tiles closer than ``radius`` the one with the lower probability is dropped.
-    """
-
-    def __init__(self, radius: float):
-        self.radius = float(radius)
-        self.points: list[np.ndarray] = []
-        self.inside: list[np.ndarray] = []
-        self.tile: list[np.ndarray] = []
-        self._next = 0
-
-    def split(self, p: np.ndarray, inside: np.ndarray | None, core: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Keep the points near ``core``'s border; return the others (to be written now)."""
-        tid, self._next = self._next, self._next + 1
-        if not len(p) or self.radius <= 0:
-            return p, inside
-        d = np.minimum.reduce([p[:, 0] - core[0], core[2] - p[:, 0], p[:, 1] - core[1], core[3] - p[:, 1]])
-        near = d < self.radius
-        if near.any():
-            self.points.append(p[near])
-            self.inside.append(inside[near] if inside is not None else np.zeros(int(near.sum()), bool))
-            self.tile.append(np.full(int(near.sum()), tid))
-        return p[~near], (inside[~near] if inside is not None else None)
-
-    def resolve(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """The held points without cross-tile duplicates, their cancer-area flags, and how many were dropped."""
-        if not self.points:
-            return np.zeros((0, 4)), np.zeros(0, bool), 0
-        from scipy.spatial import cKDTree
-
-        p, inside, tile = np.concatenate(self.points), np.concatenate(self.inside), np.concatenate(self.tile)
-        pairs = cKDTree(p[:, :2]).query_pairs(self.radius, output_type="ndarray")
-        pairs = pairs[tile[pairs[:, 0]] != tile[pairs[:, 1]]]
-        drop = np.zeros(len(p), bool)
-        if len(pairs):
-            order = np.argsort(-p[:, 3], kind="stable")  # strongest first keeps its place
-            rank = np.empty(len(p), np.int64)
-            rank[order] = np.arange(len(p))
-            partners: dict[int, list[int]] = {}
-            for a, b in pairs:
-                partners.setdefault(int(a), []).append(int(b))
-                partners.setdefault(int(b), []).append(int(a))
-            for i in sorted(partners, key=lambda j: rank[j]):
-                if not drop[i]:
-                    for j in partners[i]:
-                        drop[j] = True
-        return p[~drop], inside[~drop], int(drop.sum())
+def _to_host(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying a device tensor to the host; the event (CUDA only) marks when it is there."""
+    if t.device.type != "cuda":
+        return t, None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    ev = torch.cuda.Event()
+    ev.record()
+    return host, ev
 
 
 @dataclass
@@ -430,16 +224,83 @@ def _ratio(tc: int, bc: int) -> float | None:
     return tc / (tc + bc) if tc + bc else None
 
 
+
+class _SlideRun:
+    """The state of one slide's run: its outputs, counts, border buffer and writer thread.
+    Made per slide, so a runner shared by threads never mixes two slides."""
+
+    def __init__(self, runner: SlideRunner, slide: Slide, work: Path, sid: str):
+        cfg = runner.config
+        self.runner, self.slide, self.work, self.sid = runner, slide, work, sid
+        self.timer = _Timer()
+        with self.timer("plan"):
+            self.mask = tissue_mask(slide)
+            self.plan = plan_tiles(slide, runner.geometry, self.mask)
+        W, H = slide.dimensions
+        T = runner.geometry.tile_size
+        scale = self.plan.tissue.tile_l0 / T if len(self.plan.tissue) else runner.geometry.tissue_mpp / slide.mpp
+        self.tmap = TissueMap(W, H, scale)
+        self.grid_px = PURITY_GRID_UM / slide.mpp
+        self.acc = _Accumulator(self.grid_px, (max(1, math.ceil(H / self.grid_px)), max(1, math.ceil(W / self.grid_px))))
+        self.origin = (slide.bounds[0], slide.bounds[1]) if cfg.qupath_crop else (0, 0)
+        # cells closer than 3 µm (OCELOT's matching radius) from two tiles are one cell
+        self.border = BorderBuffer(DUPLICATE_UM / slide.mpp)
+        # where each cell tile keeps its detections: its core, reaching across shared borders
+        self.keep = reach_cores(self.plan.cells.cores, cfg.border_reach_um / slide.mpp, W, H)
+        self.ca_pixels = 0
+        self.store: PredictionStore | None = None
+        self.gj: CellsGeoJSONWriter | None = None
+
+    # -- writer-thread jobs ------------------------------------------------------------------
+    def emit(self, pts: list[np.ndarray], boxes: np.ndarray, cores: np.ndarray, window: MapWindow | None) -> None:
+        """A batch's peaks (tile px) → level-0 points where each tile keeps them (``cores``:
+        :func:`reach_cores`); points near or beyond a core border wait in the border buffer,
+        the rest are counted and written."""
+        T = self.runner.geometry.tile_size
+        with self.timer("post-processing"):
+            keep, flags = [], []
+            for k, tile_pts in enumerate(pts):
+                p = points_to_level0(tile_pts, boxes[k], T)
+                p = p[in_core(p, cores[k])]
+                inside = window.in_cancer_area(k, p) if window is not None else None
+                p, inside = self.border.split(p, inside, cores[k])
+                keep.append(p)
+                flags.append(inside)
+            p = np.concatenate(keep) if keep else np.zeros((0, 4))
+            inside_all = None if window is None else (np.concatenate(flags) if flags else np.zeros(0, bool))
+        self.write_points(p, inside_all)
+
+    def write_points(self, p: np.ndarray, inside: np.ndarray | None) -> None:
+        with self.timer("post-processing"):
+            self.acc.add(p, inside)
+        if len(p):
+            with self.timer("write"):
+                self.gj.write(p[:, 0], p[:, 1], p[:, 2].astype(np.uint8), np.clip(p[:, 3], 0.0, 1.0))
+                self.store.append_cells(p[:, 0].astype(np.float32), p[:, 1].astype(np.float32), p[:, 2].astype(np.uint8), p[:, 3].astype(np.float32))
+
+    def flush_border(self) -> None:
+        with self.timer("post-processing"):
+            p, inside, dropped = self.border.resolve()
+        if dropped:
+            log.info("%d cell(s) seen by two neighbouring tiles on their shared border reported once", dropped)
+        self.write_points(p, inside)
+
+
+def _host_points(pts: list[torch.Tensor]) -> list[np.ndarray]:
+    """Per-tile peak tensors (on any device) → float64 numpy arrays, in one transfer."""
+    counts = [len(p) for p in pts]
+    allp = torch.cat(pts) if pts else torch.zeros((0, 4))
+    host = allp.detach().to("cpu").numpy().astype(np.float64)
+    return list(np.split(host, np.cumsum(counts)[:-1])) if counts else []
+
+
 class SlideRunner:
     """Runs slides with one loaded model (load it once, run many slides)."""
 
     def __init__(self, model_path: str | os.PathLike[str], config: EngineConfig = EngineConfig()):
-        from wsi_ocelot.model import load_model
-        from wsi_ocelot.weights import resolve_model
-
         model_path = resolve_model(model_path)  # "demo" → the shipped weights
-        self.config = config
         self.device = resolve_device(config.device)
+        self.config = config.resolved(self.device)
         self.model_path = str(model_path)
         model, info = load_model(model_path, device="cpu")
         if getattr(model, "needs_tissue_label", False):
@@ -452,8 +313,9 @@ class SlideRunner:
         self.predictor = Predictor(model, self.device, amp=config.amp, channels_last=config.channels_last)
         self.has_tissue = bool(getattr(model, "has_tissue_branch", False))
         self.two_pass = bool(getattr(model, "supports_two_pass", True)) and not config.per_tile
-        log.info("model %s (%s, encoder %s) on %s, %s path", Path(model_path).name, info.model.variant, info.model.encoder,
-                 self.device, "two-pass" if self.two_pass else "per-tile")
+        log.info("model %s (%s, encoder %s) on %s, %s path, batch %d, %d reader process(es), %s reader",
+                 Path(model_path).name, info.model.variant, info.model.encoder, self.device,
+                 "two-pass" if self.two_pass else "per-tile", self.config.batch_size, self.config.workers, self.config.reader)
 
     # ------------------------------------------------------------------------------------
     def run(self, slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, mpp: float | None = None,
@@ -471,8 +333,8 @@ class SlideRunner:
             shutil.rmtree(work)
         work.mkdir()
         try:
-            with open_slide(slide_path, mpp=mpp) as slide:
-                result = self._run(slide, work, sid)
+            with open_slide(slide_path, mpp=mpp, reader=self.config.reader) as slide:
+                result = self._run(_SlideRun(self, slide, work, sid))
             result.timings["total"] = time.perf_counter() - t_start
             self._finish_purity(work, result)
             if final.exists():
@@ -497,46 +359,27 @@ class SlideRunner:
         os.replace(tmp, work / "purity.json")
 
     # ------------------------------------------------------------------------------------
-    def _run(self, slide: Slide, work: Path, sid: str) -> SlideResult:
-        from wsi_ocelot.outputs import (
-            CellsGeoJSONWriter,
-            PredictionStore,
-            polygons_from_map,
-            write_overview,
-            write_tissue_geojson,
-        )
-
-        cfg, geo = self.config, self.geometry
-        timer = _Timer()
-        with timer("plan"):
-            mask = tissue_mask(slide)
-            plan = plan_tiles(slide, geo, mask)
+    def _run(self, run: _SlideRun) -> SlideResult:
+        cfg, slide, work, timer, tmap = self.config, run.slide, run.work, run.timer, run.tmap
         W, H = slide.dimensions
         mpp = slide.mpp
-        T = geo.tile_size
-        tissue_scale = plan.tissue.tile_l0 / T if len(plan.tissue) else geo.tissue_mpp / mpp
-        tmap = _TissueMap(W, H, tissue_scale)
-        grid_px = PURITY_GRID_UM / mpp
-        acc = _Accumulator(grid_px, (max(1, math.ceil(H / grid_px)), max(1, math.ceil(W / grid_px))))
-        origin = (slide.bounds[0], slide.bounds[1]) if cfg.qupath_crop else (0, 0)
         mode = "two-pass" if self.two_pass else "per-tile"
-        ca_pixels = 0
-
-        store = PredictionStore(work / "predictions.zarr", mode="w")
+        run.store = store = PredictionStore(work / "predictions.zarr", mode="w")
         cells_name = "cells.geojson.gz" if cfg.geojson_gzip else "cells.geojson"
         try:
             if self.has_tissue:
                 store.create_tissue_map(tmap.height, tmap.width, tmap.scale * mpp, chunk=cfg.tissue_chunk, level0_downsample=tmap.scale)
-            # cells closer than 3 µm (OCELOT's matching radius) from two tiles are one cell
-            self._border = _BorderBuffer(DUPLICATE_UM / mpp)
-            with CellsGeoJSONWriter(work / cells_name, gzip=cfg.geojson_gzip, origin=origin) as gj:
+            with CellsGeoJSONWriter(work / cells_name, gzip=cfg.geojson_gzip, origin=run.origin) as gj, \
+                    BackgroundWriter(cfg.writer_depth, inline=not cfg.background_writer) as writer:
+                run.gj = gj
                 if self.two_pass:
                     if self.has_tissue:
-                        ca_pixels = self._tissue_pass(slide, plan, store, tmap, timer)
-                    self._cell_pass(slide, plan, store, tmap, gj, acc, timer)
+                        self._tissue_pass(run, writer)
+                    self._cell_pass(run, writer)
                 else:
-                    ca_pixels = self._per_tile_pass(slide, plan, store, tmap, gj, acc, timer)
-                self._flush_border(gj, store, acc, timer)
+                    self._per_tile_pass(run, writer)
+                writer.drain()
+                run.flush_border()
                 with timer("write"):
                     store.flush()
                 n_cells = gj.count
@@ -547,156 +390,148 @@ class SlideRunner:
                 if self.has_tissue:
                     coarse, k = self._coarse_map(store, tmap)
                     ca_geom = polygons_from_map(coarse, threshold=0.5, scale=tmap.scale * k, min_area=(20.0 / mpp) ** 2)
-                write_tissue_geojson(work / "tissue.geojson", ca_geom, origin=origin)
+                write_tissue_geojson(work / "tissue.geojson", ca_geom, origin=run.origin)
                 thumb, ds = slide.thumbnail(mpp=max(1.0, max(W, H) * mpp / 1200.0))  # ~1200 px on the long side
-                tc, bc = acc.tc_grid, acc.bc_grid
+                tc, bc = run.acc.tc_grid, run.acc.bc_grid
                 with np.errstate(invalid="ignore", divide="ignore"):
                     grid = np.where(tc + bc > 0, tc / np.maximum(tc + bc, 1), np.nan)
-                write_overview(work / "overview.png", thumb, ds, ca_geometry=ca_geom, purity=grid, purity_cell_size=grid_px)
+                write_overview(work / "overview.png", thumb, ds, ca_geometry=ca_geom, purity=grid, purity_cell_size=run.grid_px)
 
-            tissue_mm2 = float(mask.mask.sum()) * (mask.downsample * mpp) ** 2 / 1e6
-            ca_mm2 = ca_pixels * (tmap.scale * mpp) ** 2 / 1e6 if self.has_tissue else None
-            purity = self._purity_dict(slide, acc, tissue_mm2, ca_mm2, n_cells, plan, mode)
+            tissue_mm2 = float(run.mask.mask.sum()) * (run.mask.downsample * mpp) ** 2 / 1e6
+            ca_mm2 = run.ca_pixels * (tmap.scale * mpp) ** 2 / 1e6 if self.has_tissue else None
+            purity = self._purity_dict(slide, run.acc, tissue_mm2, ca_mm2, n_cells, run.plan, mode)
             store.set_attrs({
-                "slide": {"path": str(slide.path), "id": sid, "dimensions": [W, H], "mpp": mpp, "mpp_source": slide.mpp_info.source,
+                "slide": {"path": str(slide.path), "id": run.sid, "dimensions": [W, H], "mpp": mpp, "mpp_source": slide.mpp_info.source,
                           "vendor": slide.vendor, "bounds": list(slide.bounds)},
                 "coordinates": "cells x, y in OpenSlide level-0 px (GeoJSON subtracts openslide.bounds-x/y when qupath_crop)",
                 "model": {"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder,
-                          "config": asdict(self.info.model), "geometry": asdict(geo), "peaks": asdict(self.peaks),
+                          "config": asdict(self.info.model), "geometry": asdict(self.geometry), "peaks": asdict(self.peaks),
                           "training": self.info.training, "metrics": self.info.metrics},
                 "software": {"wsi_ocelot": __version__, "torch": torch.__version__},
                 "run": {**asdict(cfg), "mode": mode, "device": str(self.device)},
                 "timings_s": {k: round(v, 3) for k, v in timer.t.items()},
-                "counts": {"cells": n_cells, "tc": acc.n_tc, "bc": acc.n_bc},
+                "counts": {"cells": n_cells, "tc": run.acc.n_tc, "bc": run.acc.n_bc},
             })
         finally:
             store.close()
-        return SlideResult(sid, work, n_cells, purity, dict(timer.t), mode)
+        return SlideResult(run.sid, work, n_cells, purity, dict(timer.t), mode)
 
     # ------------------------------------------------------------------------------------
-    def _loader(self, slide: Slide, boxes: np.ndarray, contexts: np.ndarray | None = None):
+    def _loader(self, dataset):
         cfg = self.config
-        ds = TileDataset(slide, boxes, self.geometry.tile_size, contexts)
-        workers = min(cfg.workers, max(0, len(ds) // max(cfg.batch_size, 1)))
-        return make_loader(ds, batch_size=cfg.batch_size, workers=workers, prefetch=cfg.prefetch,
+        n = len(dataset) if isinstance(dataset, BlockBatches) else len(dataset) // max(cfg.batch_size, 1)
+        workers = min(cfg.workers, max(0, n - 1) if isinstance(dataset, BlockBatches) else n)
+        return make_loader(dataset, batch_size=cfg.batch_size, workers=workers, prefetch=cfg.prefetch,
                            pin_memory=self.device.type == "cuda")
 
-    def _tissue_pass(self, slide: Slide, plan, store, tmap: _TissueMap, timer: _Timer) -> int:
-        """Tissue branch over the tissue grid; each tile's core goes into the map.
-        Returns the number of map px predicted as cancer area."""
-        grid = plan.tissue
-        W, H = slide.dimensions
-        blend = _BlendedTissueMap(grid, tmap, store, W, H)
-        bar = _progress(len(grid), "tissue pass", self.config.progress)
-        for batch in _timed_batches(self._loader(slide, grid.boxes), timer):
-            with timer("tissue pass"):
-                probs = with_oom_retry(self.predictor.tissue_probs, batch["cell"])[:, 1].float().cpu()
+    def _blocks(self, slide: Slide, grid) -> BlockBatches:
+        return BlockBatches(slide, grid.boxes, grid.rows, grid.cols, self.geometry.tile_size, self.config.batch_size)
+
+    def _tissue_pass(self, run: _SlideRun, writer: BackgroundWriter) -> None:
+        """Tissue branch over the tissue grid; each tile's core goes into the map (on the
+        writer thread)."""
+        grid, timer = run.plan.tissue, run.timer
+        W, H = run.slide.dimensions
+        blend = BlendedTissueMap(grid, run.tmap, run.store, W, H)
+
+        def add(idx: np.ndarray, probs: torch.Tensor, ready: torch.cuda.Event | None) -> None:
+            if ready is not None:
+                ready.synchronize()
             with timer("write"):
-                for k, idx in enumerate(batch["index"].tolist()):
-                    blend.add(int(grid.rows[idx]), int(grid.cols[idx]), probs[k], grid.boxes[idx])
+                for k, i in enumerate(idx.tolist()):
+                    blend.add(int(grid.rows[i]), int(grid.cols[i]), probs[k], grid.boxes[i])
+
+        bar = _progress(len(grid), "tissue pass", self.config.progress)
+        for batch in _timed(self._loader(self._blocks(run.slide, grid)), timer):
+            with timer("tissue pass"):
+                probs = with_oom_retry(self.predictor.tissue_probs, batch["cell"])[:, 1].float()
+                host, ready = _to_host(probs)
+            writer.submit(add, batch["index"].numpy(), host, ready)
             bar.update(len(batch["index"]))
+        writer.drain()  # the cell pass reads the finished map
         blend.close()
         bar.close()
-        return blend.ca_pixels
+        run.ca_pixels += blend.ca_pixels
 
-    def _emit(self, pts_list, boxes: np.ndarray, cores: np.ndarray, inside_fn, gj, store, acc: _Accumulator, timer: _Timer) -> None:
-        T = self.geometry.tile_size
-        with timer("post-processing"):
-            keep_all = []
-            inside_all = []
-            for k, pts in enumerate(pts_list):
-                p = _points_to_level0(pts, boxes[k], T)
-                p = p[_in_core(p, cores[k])]
-                p, ins = self._border.split(p, inside_fn(k, p) if inside_fn is not None else None, cores[k])
-                keep_all.append(p)
-                inside_all.append(ins)
-            p = np.concatenate(keep_all) if keep_all else np.zeros((0, 4))
-            inside = None if inside_fn is None else np.concatenate(inside_all) if inside_all else np.zeros(0, bool)
-        self._write_points(p, inside, gj, store, acc, timer)
-
-    def _write_points(self, p: np.ndarray, inside: np.ndarray | None, gj, store, acc: _Accumulator, timer: _Timer) -> None:
-        with timer("post-processing"):
-            acc.add(p, inside)
-        if len(p):
-            with timer("write"):
-                gj.write(p[:, 0], p[:, 1], p[:, 2].astype(np.uint8), np.clip(p[:, 3], 0.0, 1.0))
-                store.append_cells(p[:, 0].astype(np.float32), p[:, 1].astype(np.float32), p[:, 2].astype(np.uint8), p[:, 3].astype(np.float32))
-
-    def _flush_border(self, gj, store, acc: _Accumulator, timer: _Timer) -> None:
-        with timer("post-processing"):
-            p, inside, dropped = self._border.resolve()
-        if dropped:
-            log.info("%d cell(s) seen by two neighbouring tiles on their shared border reported once", dropped)
-        self._write_points(p, inside, gj, store, acc, timer)
-
-    def _cell_pass(self, slide: Slide, plan, store, tmap: _TissueMap, gj, acc: _Accumulator, timer: _Timer) -> None:
-        grid = plan.cells
+    def _cell_pass(self, run: _SlideRun, writer: BackgroundWriter) -> None:
+        """Cell branch over the cell grid, with each tile's crop of the tissue map. The
+        next batch's crops are read while the device runs this one."""
+        grid, timer, tmap = run.plan.cells, run.timer, run.tmap
         T, f = self.geometry.tile_size, self.geometry.context_factor
         n_crop = max(1, round(T / f))
-        bar = _progress(len(grid), "cell pass", self.config.progress)
-        for batch in _timed_batches(self._loader(slide, grid.boxes), timer):
+        dataset = self._blocks(run.slide, grid)
+        br, bc = dataset.block
+
+        def prepare(batch: dict[str, Any] | None) -> tuple[Any, ...] | None:
+            if batch is None:
+                return None
             idx = batch["index"].numpy()
-            boxes = grid.boxes[idx]
-            crop = None
-            inside_fn = None
+            crop = window = None
             if self.has_tissue:
                 with timer("read"):
-                    crop, raw, regions = _crops_from_map(store, tmap, boxes, n_crop)
+                    groups = (grid.rows[idx] // br) * (1 << 32) + grid.cols[idx] // bc
+                    crop, window = crops_from_map(run.store, tmap, grid.boxes[idx], n_crop, groups, self.device)
+            return batch, idx, crop, window
 
-                def inside_fn(k, p, raw=raw, regions=regions):
-                    if not len(p):
-                        return np.zeros(0, bool)
-                    c = np.clip(np.floor(p[:, 0] / tmap.scale).astype(int) - regions[k][0], 0, raw[k].shape[1] - 1)
-                    r = np.clip(np.floor(p[:, 1] / tmap.scale).astype(int) - regions[k][1], 0, raw[k].shape[0] - 1)
-                    return raw[k][r, c] >= 128
+        bar = _progress(len(grid), "cell pass", self.config.progress)
+        batches = _timed(self._loader(dataset), timer)
+        nxt = prepare(next(batches, None))
+        while nxt is not None:
+            batch, idx, crop, window = nxt
             with timer("cell pass"):
                 probs = with_oom_retry(self.predictor.cell_probs, batch["cell"], crop)
+            nxt = prepare(next(batches, None))  # overlaps the device's work on this batch
+            boxes, keep = grid.boxes[idx], run.keep[idx]
             with timer("post-processing"):
-                pts = find_peaks(probs, self.peaks, core=_cores_in_tile_px(boxes, grid.cores[idx], T))
-            self._emit(pts, boxes, grid.cores[idx], inside_fn, gj, store, acc, timer)
+                pts = _host_points(find_peaks(probs, self.peaks, core=cores_in_tile_px(boxes, keep, T)))
+            writer.submit(run.emit, pts, boxes, keep, window)
             bar.update(len(idx))
         bar.close()
 
-    def _per_tile_pass(self, slide: Slide, plan, store, tmap: _TissueMap, gj, acc: _Accumulator, timer: _Timer) -> int:
-        """The paper's path: every cell tile with its own context. The tissue map is
-        filled from each context's prediction over the tile's core."""
-        grid = plan.cells
-        ca = 0
-        bar = _progress(len(grid), "per-tile pass", self.config.progress)
-        for batch in _timed_batches(self._loader(slide, grid.boxes, plan.contexts), timer):
-            idx = batch["index"].numpy()
+    def _per_tile_pass(self, run: _SlideRun, writer: BackgroundWriter) -> None:
+        """The paper's path: every cell tile with its own context. The tissue map is filled
+        from each context's prediction over the tile's core."""
+        grid, timer, tmap, plan = run.plan.cells, run.timer, run.tmap, run.plan
+        T = self.geometry.tile_size
+
+        def place(idx: np.ndarray, pts: list[np.ndarray], ca_probs: torch.Tensor | None, ready) -> None:
             boxes, cores, ctx = grid.boxes[idx], grid.cores[idx], plan.contexts[idx]
-            with timer("cell pass"):
-                cell_probs, tissue_probs = with_oom_retry(self.predictor.per_tile, batch["cell"], batch["context"], batch["offset"])
-            with timer("post-processing"):
-                pts = find_peaks(cell_probs, self.peaks, core=_cores_in_tile_px(boxes, cores, self.geometry.tile_size))
-            inside_fn = None
-            if tissue_probs is not None:
-                ca_probs = tissue_probs[:, 1].float().cpu()
-                blocks = []
+            window = None
+            if ca_probs is not None:
+                if ready is not None:
+                    ready.synchronize()
+                values, origins = [], np.zeros((len(idx), 2), np.int64)
                 with timer("write"):
                     for k in range(len(idx)):
                         # this tile's core in the map, sampled from its own context's prediction
-                        placed = _core_block(ca_probs[k], ctx[k], cores[k], tmap)
-                        blocks.append(placed)
-                        if placed is not None:
-                            mx0, my0, block = placed
-                            store.write_tissue_block(my0, mx0, block)
-                            ca += int((block >= 128).sum())
+                        placed = core_block(ca_probs[k], ctx[k], cores[k], tmap)
+                        if placed is None:
+                            values.append(np.zeros((1, 1), np.uint8))
+                            origins[k] = (0, 0)
+                            continue
+                        mx0, my0, block = placed
+                        run.store.write_tissue_block(my0, mx0, block)
+                        run.ca_pixels += int((block >= 128).sum())
+                        values.append(block)
+                        origins[k] = (mx0, my0)
+                window = MapWindow(tmap.scale, values, origins, np.arange(len(idx)))
+            run.emit(pts, boxes, run.keep[idx], window)
 
-                def inside_fn(k, p, blocks=blocks):
-                    if not len(p) or blocks[k] is None:
-                        return np.zeros(len(p), bool)
-                    bx, by, blk = blocks[k]
-                    c = np.clip(np.floor(p[:, 0] / tmap.scale).astype(int) - bx, 0, blk.shape[1] - 1)
-                    r = np.clip(np.floor(p[:, 1] / tmap.scale).astype(int) - by, 0, blk.shape[0] - 1)
-                    return blk[r, c] >= 128
-            self._emit(pts, boxes, cores, inside_fn, gj, store, acc, timer)
+        bar = _progress(len(grid), "per-tile pass", self.config.progress)
+        for batch in _timed(self._loader(TileDataset(run.slide, grid.boxes, T, plan.contexts)), timer):
+            idx = batch["index"].numpy()
+            with timer("cell pass"):
+                cell_probs, tissue_probs = with_oom_retry(self.predictor.per_tile, batch["cell"], batch["context"], batch["offset"])
+            with timer("post-processing"):
+                pts = _host_points(find_peaks(cell_probs, self.peaks, core=cores_in_tile_px(grid.boxes[idx], run.keep[idx], T)))
+            host = ready = None
+            if tissue_probs is not None:
+                host, ready = _to_host(tissue_probs[:, 1].float())
+            writer.submit(place, idx, pts, host, ready)
             bar.update(len(idx))
         bar.close()
-        return ca
 
-    def _coarse_map(self, store, tmap: _TissueMap, max_side: int = 4096) -> tuple[np.ndarray, int]:
+    def _coarse_map(self, store, tmap: TissueMap, max_side: int = 4096) -> tuple[np.ndarray, int]:
         """The tissue map block-averaged to at most ``max_side`` px (read block by block)."""
         k = max(1, math.ceil(max(tmap.height, tmap.width) / max_side))
         hh, ww = math.ceil(tmap.height / k), math.ceil(tmap.width / k)
@@ -747,6 +582,8 @@ class SlideRunner:
             "n_cell_tiles": len(plan.cells),
             "n_tissue_tiles": len(plan.tissue) if self.two_pass and self.has_tissue else 0,
         }
+
+
 
 
 def run_slide(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], model_path: str | os.PathLike[str],

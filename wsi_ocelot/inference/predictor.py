@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,17 @@ def resolve_device(spec: str = "auto") -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise WsiOcelotError(None, f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist", "pick an index below that")
     return dev
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Tiles per batch for ``device``: 8 on the CPU (the batch only amortises the Python
+    overhead there); on CUDA a power of two from the device's memory, 4 to 32 (about 1 GiB
+    per 1024² tile under bf16 leaves room for the model, the peaks and the tissue crops; a
+    batch that still runs out of memory is halved by :func:`with_oom_retry`)."""
+    if device.type != "cuda":
+        return 8
+    total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return int(min(32, max(4, 2 ** math.floor(math.log2(max(1.0, total_gib / 2))))))
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from wsi_ocelot.errors import MppError, SlideFormatError, SlideNotFoundError
+from wsi_ocelot.errors import ConfigError, MppError, SlideFormatError, SlideNotFoundError
+from wsi_ocelot.slide.tiff_reader import READERS, TiffLevelReader, open_tiff_reader
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,22 @@ class Slide:
 
     Safe to send to DataLoader worker processes or Dask workers: pickling keeps the path
     and MPP, and each process opens its own handle on first use.
+
+    ``reader`` picks the decoder of level regions: ``openslide`` (default, every format) or
+    ``tifffile`` (tiled 8-bit RGB TIFF / SVS pyramids, the same pixels faster; requests it
+    cannot answer exactly, and other formats, go through OpenSlide).
     """
 
-    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None):
+    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None, reader: str = "openslide"):
         self.path = Path(path)
         self._mpp_override = mpp
         self._handle: Any = None
         self._pid: int | None = None
+        if reader not in READERS:
+            raise ConfigError(None, f"unknown slide reader {reader!r}", f"use one of {', '.join(READERS)}")
+        self.reader = reader
+        self._tiff: TiffLevelReader | None = None
+        self._tiff_pid: int | None = None
         _validate_path(self.path)
         osr = self._osr
         self.properties: dict[str, str] = dict(osr.properties)
@@ -153,12 +163,27 @@ class Slide:
         state = self.__dict__.copy()
         state["_handle"] = None
         state["_pid"] = None
+        state["_tiff"] = None
+        state["_tiff_pid"] = None
         return state
 
     def close(self) -> None:
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
         self._handle = None
+        if self._tiff is not None and self._tiff_pid == os.getpid():
+            self._tiff.close()
+        self._tiff = None
+
+    @property
+    def _tiff_reader(self) -> TiffLevelReader | None:
+        """This process's tifffile reader (``reader="tifffile"`` only; None where unusable)."""
+        if self.reader != "tifffile":
+            return None
+        if self._tiff_pid != os.getpid():
+            self._tiff = open_tiff_reader(self.path, self.level_dimensions)
+            self._tiff_pid = os.getpid()
+        return self._tiff
 
     def __enter__(self) -> Slide:
         return self
@@ -212,9 +237,21 @@ class Slide:
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """OpenSlide's ``read_region`` composited on white: ``(size[1], size[0], 3)`` uint8.
 
-        ``location`` is level-0 px; out-of-slide areas come back white."""
+        ``location`` is level-0 px; out-of-slide areas come back white. With
+        ``reader="tifffile"`` the region is decoded by tifffile where it can give the same
+        pixels, else by OpenSlide."""
         import openslide
 
+        fast = self._tiff_reader
+        if fast is not None:
+            try:
+                region = fast.read((int(location[0]), int(location[1])), int(level), (int(size[0]), int(size[1])),
+                                   self.level_downsamples[int(level)])
+            except Exception as err:  # noqa: BLE001 - a tile tifffile cannot decode: OpenSlide decides
+                log.debug("%s: tifffile failed at level %d, %s (%s); reading with OpenSlide", self.path, level, location, err)
+                region = None
+            if region is not None:
+                return region
         try:
             rgba = self._osr.read_region((int(location[0]), int(location[1])), int(level), (int(size[0]), int(size[1])))
         except openslide.OpenSlideError as err:
@@ -235,6 +272,50 @@ class Slide:
 
         Reads from the best pyramid level and resamples with antialiasing; areas outside
         the slide are white. Returns ``(out_h, out_w, 3)`` uint8."""
+        level, (x0, y0, lw, lh, fx, fy) = self._window(box, size)
+        return self._resample(self.read_region((x0, y0), level, (lw, lh)), box, size, level, fx, fy)
+
+    def read_boxes(self, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Read level-0 boxes ``(N, 4)`` resized to ``size``: ``(N, out_h, out_w, 3)`` uint8,
+        each equal to :meth:`read_box` of that box.
+
+        Boxes that share a pyramid level and start on whole pixels of it (integer boxes at
+        level 0 always do) are cut from one region read over their union, so pixels shared
+        by overlapping boxes are decoded once; the caller keeps the union small (a block of
+        neighbouring tiles). Other boxes are read one by one."""
+        boxes = np.asarray(boxes).reshape(-1, 4)
+        out_w, out_h = int(size[0]), int(size[1])
+        out = np.empty((len(boxes), out_h, out_w, 3), np.uint8)
+        if not len(boxes):
+            return out
+        wins = [self._window(b, size) for b in boxes]
+        level = wins[0][0]
+        d = self.level_downsamples[level]
+        x0s = np.array([w[1][0] for w in wins], np.int64)
+        y0s = np.array([w[1][1] for w in wins], np.int64)
+        ux, uy = int(x0s.min()), int(y0s.min())
+        ox, oy = (x0s - ux) / d, (y0s - uy) / d  # each window's start inside the union, level px
+        # every window must start on a whole level pixel: OpenSlide's output at a fractional
+        # level position depends on the region read, so those boxes are read one by one
+        whole = np.concatenate([x0s / d, y0s / d])
+        same = all(w[0] == level for w in wins) and np.allclose(whole, np.round(whole), rtol=0, atol=1e-9)
+        if not same or len(boxes) == 1:
+            for k, b in enumerate(boxes):
+                out[k] = self.read_box(tuple(b), size)
+            return out
+        ox, oy = np.round(ox).astype(np.int64), np.round(oy).astype(np.int64)
+        uw = int(max(int(ox[k]) + wins[k][1][2] for k in range(len(boxes))))
+        uh = int(max(int(oy[k]) + wins[k][1][3] for k in range(len(boxes))))
+        union = self.read_region((ux, uy), level, (uw, uh))
+        for k, (b, (_, (_, _, lw, lh, fx, fy))) in enumerate(zip(boxes, wins, strict=True)):
+            region = union[oy[k]:oy[k] + lh, ox[k]:ox[k] + lw]
+            out[k] = self._resample(np.ascontiguousarray(region), tuple(b), size, level, fx, fy)
+        return out
+
+    def _window(self, box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, tuple[int, int, int, int, float, float]]:
+        """The pyramid level ``read_box`` reads a box from, and the level region
+        ``(x0, y0, lw, lh, fx, fy)``: integer level-0 start, size in level px, sub-pixel
+        start inside it (level px)."""
         x, y, w, h = (float(v) for v in box)
         out_w, out_h = int(size[0]), int(size[1])
         if w <= 0 or h <= 0 or out_w <= 0 or out_h <= 0:
@@ -242,10 +323,17 @@ class Slide:
         level = self.best_level_for_downsample(min(w / out_w, h / out_h))
         d = self.level_downsamples[level]
         x0, y0 = math.floor(x), math.floor(y)
-        fx, fy = (x - x0) / d, (y - y0) / d  # sub-pixel start inside the level region
-        lw = max(1, math.ceil(fx + w / d))
-        lh = max(1, math.ceil(fy + h / d))
-        region = self.read_region((x0, y0), level, (lw, lh))
+        fx, fy = (x - x0) / d, (y - y0) / d
+        return level, (x0, y0, max(1, math.ceil(fx + w / d)), max(1, math.ceil(fy + h / d)), fx, fy)
+
+    def _resample(self, region: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int], level: int,
+                  fx: float, fy: float) -> np.ndarray:
+        """A level region resized to ``size`` (bilinear with antialiasing), or as is when it
+        already is the box at that size."""
+        w, h = float(box[2]), float(box[3])
+        out_w, out_h = int(size[0]), int(size[1])
+        d = self.level_downsamples[level]
+        lh, lw = region.shape[:2]
         if lw == out_w and lh == out_h and fx == 0 and fy == 0 and abs(w / d - out_w) < 1e-9 and abs(h / d - out_h) < 1e-9:
             return region
         im = Image.fromarray(region)
@@ -300,6 +388,7 @@ def _validate_path(path: Path) -> None:
     _check_tiff_complete(path)
 
 
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
-    """Open a slide; ``mpp`` overrides the metadata (µm per level-0 pixel)."""
-    return Slide(path, mpp=mpp)
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None, reader: str = "openslide") -> Slide:
+    """Open a slide; ``mpp`` overrides the metadata (µm per level-0 pixel); ``reader`` picks
+    the decoder (``openslide``, or ``tifffile`` for tiled TIFF / SVS)."""
+    return Slide(path, mpp=mpp, reader=reader)

@@ -1,0 +1,120 @@
+"""Where a tile's detections go on the slide, and cells seen by two tiles reported once.
+
+Each cell tile owns its core (``tiling/grid.py``); peaks are kept in the tile's own core
+and converted to level-0 px. A cell on a shared core border can be placed on its own side
+by both tiles: such detections (within ``radius`` of a core border) wait in a
+:class:`BorderBuffer` until the pass ends, and of two from different tiles closer than the
+radius the weaker is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+__all__ = ["BorderBuffer", "cores_in_tile_px", "in_core", "points_to_level0", "reach_cores"]
+
+
+def points_to_level0(pts: np.ndarray | torch.Tensor, box: np.ndarray, tile: int) -> np.ndarray:
+    """Peaks (N, 4) in tile px (pixel j covers [j, j + 1)) → (N, 4) level-0 x, y, cls, prob."""
+    if isinstance(pts, torch.Tensor):
+        pts = pts.detach().cpu().numpy()
+    p = np.array(pts, dtype=np.float64, copy=True).reshape(-1, 4)
+    if not len(p):
+        return np.zeros((0, 4))
+    sx, sy = box[2] / tile, box[3] / tile
+    p[:, 0] = box[0] + (p[:, 0] + 0.5) * sx
+    p[:, 1] = box[1] + (p[:, 1] + 0.5) * sy
+    return p
+
+
+def cores_in_tile_px(boxes: np.ndarray, cores: np.ndarray, tile: int) -> tuple[float, float, float, float]:
+    """The union over a batch of each tile's core in its own tile px (pixel j has its centre at
+    ``box + (j + 0.5) * box / tile``), one px wider on each side. Peaks are searched there
+    only; the exact level-0 core test follows in :func:`in_core`."""
+    sx, sy = boxes[:, 2] / tile, boxes[:, 3] / tile
+    x0 = ((cores[:, 0] - boxes[:, 0]) / sx - 0.5).min()
+    y0 = ((cores[:, 1] - boxes[:, 1]) / sy - 0.5).min()
+    x1 = ((cores[:, 2] - boxes[:, 0]) / sx - 0.5).max()
+    y1 = ((cores[:, 3] - boxes[:, 1]) / sy - 0.5).max()
+    return (math.floor(x0) - 1.0, math.floor(y0) - 1.0, math.ceil(x1) + 1.0, math.ceil(y1) + 1.0)
+
+
+def in_core(p: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """Whether level-0 points (N, >= 2) lie in the half-open box ``core`` (x0, y0, x1, y1)."""
+    return (p[:, 0] >= core[0]) & (p[:, 0] < core[2]) & (p[:, 1] >= core[1]) & (p[:, 1] < core[3])
+
+
+def reach_cores(cores: np.ndarray, reach: float, width: int, height: int) -> np.ndarray:
+    """Cores (N, 4) widened by ``reach`` level-0 px on each side that borders another core
+    (not on the slide's edge): where a tile keeps its detections.
+
+    Two tiles place a cell on their shared core border from different pixels; measured on
+    the demo model, each tends to put it a fraction of a pixel on the *other* tile's side,
+    so with strict cores up to half the cells within 2 px of a border were reported by
+    neither tile (``benchmarks/results/host.md``). Kept up to ``reach`` beyond the core,
+    such a cell is reported by both, and :class:`BorderBuffer` keeps the stronger."""
+    out = np.asarray(cores, dtype=np.float64).copy().reshape(-1, 4)
+    if reach > 0:
+        out[:, 0] -= np.where(out[:, 0] > 0, reach, 0.0)
+        out[:, 1] -= np.where(out[:, 1] > 0, reach, 0.0)
+        out[:, 2] += np.where(out[:, 2] < width, reach, 0.0)
+        out[:, 3] += np.where(out[:, 3] < height, reach, 0.0)
+    return out
+
+
+class BorderBuffer:
+    """Detections within ``radius`` of a tile-core border, held back until the pass is done.
+
+    Neighbouring tiles see a cell on their shared core border with the same pixels but place
+    its peak independently; when each puts it on its own side, both report it. Such a pair is
+    closer than ``radius`` and each point lies within ``radius`` of the border, so only those
+    points are held (a few % of the cells, 40 bytes each) and, at the end, of two points from
+    different tiles closer than ``radius`` the one with the lower probability is dropped.
+    """
+
+    def __init__(self, radius: float):
+        self.radius = float(radius)
+        self.points: list[np.ndarray] = []
+        self.inside: list[np.ndarray] = []
+        self.tile: list[np.ndarray] = []
+        self._next = 0
+
+    def split(self, p: np.ndarray, inside: np.ndarray | None, core: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Keep the points near ``core``'s border (and any beyond it); return the others (to
+        be written now)."""
+        tid, self._next = self._next, self._next + 1
+        if not len(p) or self.radius <= 0:
+            return p, inside
+        d = np.minimum.reduce([p[:, 0] - core[0], core[2] - p[:, 0], p[:, 1] - core[1], core[3] - p[:, 1]])
+        near = d < self.radius
+        if near.any():
+            self.points.append(p[near])
+            self.inside.append(inside[near] if inside is not None else np.zeros(int(near.sum()), bool))
+            self.tile.append(np.full(int(near.sum()), tid))
+        return p[~near], (inside[~near] if inside is not None else None)
+
+    def resolve(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The held points without cross-tile duplicates, their cancer-area flags, and how many were dropped."""
+        if not self.points:
+            return np.zeros((0, 4)), np.zeros(0, bool), 0
+        p, inside, tile = np.concatenate(self.points), np.concatenate(self.inside), np.concatenate(self.tile)
+        pairs = cKDTree(p[:, :2]).query_pairs(self.radius, output_type="ndarray")
+        pairs = pairs[tile[pairs[:, 0]] != tile[pairs[:, 1]]]
+        drop = np.zeros(len(p), bool)
+        if len(pairs):
+            order = np.argsort(-p[:, 3], kind="stable")  # strongest first keeps its place
+            rank = np.empty(len(p), np.int64)
+            rank[order] = np.arange(len(p))
+            partners: dict[int, list[int]] = {}
+            for a, b in pairs:
+                partners.setdefault(int(a), []).append(int(b))
+                partners.setdefault(int(b), []).append(int(a))
+            for i in sorted(partners, key=lambda j: rank[j]):
+                if not drop[i]:
+                    for j in partners[i]:
+                        drop[j] = True
+        return p[~drop], inside[~drop], int(drop.sum())
