@@ -65,13 +65,29 @@ def peak_mb():
 t0 = time.perf_counter()
 runner = SlideRunner(a["model"], cfg)
 load_s = time.perf_counter() - t0
+def busy_sampler():
+    # the device's busy fraction: NVML utilisation sampled every 100 ms by nvidia-smi during the run
+    import subprocess
+    try:
+        return subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100",
+                                 "-i", str(runner.device.index or 0)], stdout=subprocess.PIPE, text=True)
+    except OSError:
+        return None
+busy = None
 for rep in range(a["repeat"]):  # the last run is reported; earlier ones warm the device up
+    sampler = busy_sampler() if runner.device.type == "cuda" and rep == a["repeat"] - 1 else None
     t1, c1 = time.perf_counter(), cpu()
     res = runner.run(a["slide"], a["out"])
     if runner.device.type == "cuda":
         torch.cuda.synchronize()
     wall, cpu_s = time.perf_counter() - t1, cpu() - c1
+    if sampler is not None:
+        sampler.terminate()
+        vals = [float(v) for v in sampler.communicate()[0].split() if v.replace(".", "", 1).isdigit()]
+        busy = sum(vals) / len(vals) / 100 if vals else None
+tissue_mm2 = res.purity.get("tissue_area_mm2") or None
 print(json.dumps({"wall_s": wall, "cpu_s": cpu_s, "model_load_s": load_s, "timings": res.timings, "n_cells": res.n_cells,
+                  "gpu_busy_fraction": busy, "s_per_mm2": wall / tissue_mm2 if tissue_mm2 else None, "tissue_mm2": tissue_mm2,
                   "out": str(res.out_dir), "max_rss_mb": peak_mb(), "mode": res.mode,
                   "gpu_max_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if runner.device.type == "cuda" else None}))
 """
@@ -317,6 +333,9 @@ def main() -> None:
             "model_only_tiles_per_s": round(n_tiles / model_s, 3), "ratio": round(model_s / two["wall_s"], 3),
             "end_to_end_cpu_s": round(two["cpu_s"], 2), "model_only_cpu_s": round(model_cpu, 2),
             "ratio_cpu_time": round(model_cpu / two["cpu_s"], 3),
+            "s_per_mm2_tissue": None if two.get("s_per_mm2") is None else round(two["s_per_mm2"], 3),
+            "tissue_mm2": two.get("tissue_mm2"),
+            "gpu_busy_fraction": None if two.get("gpu_busy_fraction") is None else round(two["gpu_busy_fraction"], 3),
             "note": "end to end = SlideRunner.run() of the two-pass path (model loaded once beforehand, "
                     f"{two['model_load_s']:.1f} s); CPU time = the process and its DataLoader workers",
         }
@@ -382,6 +401,8 @@ def write_markdown(report: dict, json_path: Path, cuda: bool) -> None:
         f"| two-pass / per-tile CPU time | {tp_['two_pass_cpu_s']} s / {tp_['per_tile_cpu_s']} s (× {tp_['speedup_cpu_time']}) | |",
         f"| end-to-end / model-only cell tiles/s (wall) | {th['end_to_end_tiles_per_s']} / {th['model_only_tiles_per_s']} (ratio {th['ratio']}) | ≥ 0.85 |",
         f"| model-only / end-to-end CPU time | {th['model_only_cpu_s']} s / {th['end_to_end_cpu_s']} s (ratio {th['ratio_cpu_time']}) | |",
+        f"| end to end, s per mm² of tissue ({th.get('tissue_mm2')} mm²) | {th.get('s_per_mm2_tissue')} | ≤ 0.25 on a GPU box |",
+        f"| device busy fraction (NVML utilisation sampled every 100 ms) | {th.get('gpu_busy_fraction', '-')} | ≥ 0.8 on a GPU |",
         f"| peak memory (the engine process's peak RSS): slide / 4× area | {mem['slide_max_rss_mb']} MB / {mem.get('4x_area_max_rss_mb', '-')} MB (ratio {mem.get('ratio', '-')}) | ≤ 1.2× |",
         "",
         "Two-pass stage times (s): " + ", ".join(f"{k} {v}" for k, v in tp_["two_pass_timings"].items()) + ".",

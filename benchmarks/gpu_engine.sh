@@ -14,5 +14,5 @@ if ! python3 -c "import openslide, segmentation_models_pytorch, shapely, zarr" 2
 fi
 python3 -c "import openslide, segmentation_models_pytorch, shapely, zarr, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-exec python3 benchmarks/bench_engine.py --device cuda --batch-size "${BS:-16}" --workers "${WORKERS:-8}" --repeat 2 \
+exec python3 benchmarks/bench_engine.py --device cuda --batch-size "${BS:-32}" --workers "${WORKERS:-15}" --repeat 2 \
     --skip-memory --json "$OUT/engine_gpu.json" --note "${NOTE:-bf16 autocast + channels-last; the first of two runs per mode warms the GPU up}"

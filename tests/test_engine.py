@@ -189,8 +189,8 @@ def test_a_cell_both_tiles_place_on_the_others_side_is_kept_once():
     wide = reach_cores(cores, 12.0, 200, 100)
     assert wide[0].tolist() == [0, 0, 112, 100] and wide[1].tolist() == [88, 0, 200, 100]  # not past the slide's edges
     buf = BorderBuffer(radius=12.0)
-    for p, core in ((a, wide[0]), (b, wide[1])):
-        now, _ = buf.split(p[in_core(p, core)], None, core)
+    for p, core, reach in ((a, cores[0], wide[0]), (b, cores[1], wide[1])):
+        now, _ = buf.split(p[in_core(p, reach)], None, core)  # kept within the reach, held by the true core's border
         assert len(now) == 0
     held, _, dropped = buf.resolve()
     assert dropped == 1 and held.tolist() == [[99.5, 50, 2, 0.9]]

@@ -45,7 +45,13 @@ from tqdm.auto import tqdm
 from wsi_ocelot import __version__
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.inference.background import BackgroundWriter
-from wsi_ocelot.inference.borders import BorderBuffer, cores_in_tile_px, in_core, points_to_level0, reach_cores
+from wsi_ocelot.inference.borders import (
+    BorderBuffer,
+    cores_in_tile_px,
+    in_core,
+    points_to_level0,
+    reach_cores,
+)
 from wsi_ocelot.inference.peaks import find_peaks
 from wsi_ocelot.inference.predictor import (
     Predictor,
@@ -252,16 +258,18 @@ class _SlideRun:
         self.gj: CellsGeoJSONWriter | None = None
 
     # -- writer-thread jobs ------------------------------------------------------------------
-    def emit(self, pts: list[np.ndarray], boxes: np.ndarray, cores: np.ndarray, window: MapWindow | None) -> None:
-        """A batch's peaks (tile px) → level-0 points where each tile keeps them (``cores``:
-        :func:`reach_cores`); points near or beyond a core border wait in the border buffer,
-        the rest are counted and written."""
+    def emit(self, pts: list[np.ndarray], idx: np.ndarray, window: MapWindow | None) -> None:
+        """A batch's peaks (tile px) of the cell tiles ``idx`` → level-0 points where each
+        tile keeps them (its core with the reach, :func:`reach_cores`); points near or beyond
+        a core border wait in the border buffer, the rest are counted and written."""
         T = self.runner.geometry.tile_size
+        grid = self.plan.cells
+        boxes, cores, reach = grid.boxes[idx], grid.cores[idx], self.keep[idx]
         with self.timer("post-processing"):
             keep, flags = [], []
             for k, tile_pts in enumerate(pts):
                 p = points_to_level0(tile_pts, boxes[k], T)
-                p = p[in_core(p, cores[k])]
+                p = p[in_core(p, reach[k])]
                 inside = window.in_cancer_area(k, p) if window is not None else None
                 p, inside = self.border.split(p, inside, cores[k])
                 keep.append(p)
@@ -481,10 +489,9 @@ class SlideRunner:
             with timer("cell pass"):
                 probs = with_oom_retry(self.predictor.cell_probs, batch["cell"], crop)
             nxt = prepare(next(batches, None))  # overlaps the device's work on this batch
-            boxes, keep = grid.boxes[idx], run.keep[idx]
             with timer("post-processing"):
-                pts = _host_points(find_peaks(probs, self.peaks, core=cores_in_tile_px(boxes, keep, T)))
-            writer.submit(run.emit, pts, boxes, keep, window)
+                pts = _host_points(find_peaks(probs, self.peaks, core=cores_in_tile_px(grid.boxes[idx], run.keep[idx], T)))
+            writer.submit(run.emit, pts, idx, window)
             bar.update(len(idx))
         bar.close()
 
@@ -495,7 +502,7 @@ class SlideRunner:
         T = self.geometry.tile_size
 
         def place(idx: np.ndarray, pts: list[np.ndarray], ca_probs: torch.Tensor | None, ready) -> None:
-            boxes, cores, ctx = grid.boxes[idx], grid.cores[idx], plan.contexts[idx]
+            cores, ctx = grid.cores[idx], plan.contexts[idx]
             window = None
             if ca_probs is not None:
                 if ready is not None:
@@ -515,7 +522,7 @@ class SlideRunner:
                         values.append(block)
                         origins[k] = (mx0, my0)
                 window = MapWindow(tmap.scale, values, origins, np.arange(len(idx)))
-            run.emit(pts, boxes, run.keep[idx], window)
+            run.emit(pts, idx, window)
 
         bar = _progress(len(grid), "per-tile pass", self.config.progress)
         for batch in _timed(self._loader(TileDataset(run.slide, grid.boxes, T, plan.contexts)), timer):

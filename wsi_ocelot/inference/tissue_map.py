@@ -48,16 +48,15 @@ def _sample_grid(boxes: np.ndarray, regions: np.ndarray, scale: float, n: int, r
     """grid_sample grids (B, n, n, 2) sampling each level-0 box at n × n pixel centres out
     of its map region (align_corners=False coordinates)."""
     rh, rw = region_hw
+    b = torch.from_numpy(np.asarray(boxes, dtype=np.float64))
+    r = torch.from_numpy(np.asarray(regions, dtype=np.float64))
     i = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    gx = []
-    for (x, y, w, h), (rx0, ry0, _, _) in zip(boxes.astype(np.float64), regions, strict=True):
-        u = (x / scale - rx0) + i * (w / scale)  # map px coordinates within the region
-        v = (y / scale - ry0) + i * (h / scale)
-        gu = 2.0 * u / rw - 1.0
-        gv = 2.0 * v / rh - 1.0
-        yy, xx = torch.meshgrid(gv, gu, indexing="ij")
-        gx.append(torch.stack([xx, yy], dim=-1))
-    return torch.stack(gx).float()
+    u = (b[:, 0:1] / scale - r[:, 0:1]) + i[None, :] * (b[:, 2:3] / scale)  # map px within each region
+    v = (b[:, 1:2] / scale - r[:, 1:2]) + i[None, :] * (b[:, 3:4] / scale)
+    gu = 2.0 * u / rw - 1.0
+    gv = 2.0 * v / rh - 1.0
+    m = len(b)
+    return torch.stack([gu[:, None, :].expand(m, n, n), gv[:, :, None].expand(m, n, n)], dim=-1).float()
 
 
 @dataclass(frozen=True)
