@@ -55,16 +55,6 @@ def test_evaluate_data_table_and_errors(trained, tmp_path):
     assert missing.returncode == 2 and "nope.safetensors" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_package_and_training_evaluation_agree(trained):
-    from training.evaluate_data import evaluate_checkpoint
-    from wsi_ocelot.evaluation import evaluate_dataset
-
-    data, ckpt = trained
-    a = evaluate_dataset(ckpt, data, "test")
-    b = evaluate_checkpoint(ckpt, data, "test")
-    assert a["overall"] == b["overall"]
-
-
 def test_reproduce_summary_ci():
     from training.reproduce import mean_ci95
 

@@ -448,8 +448,8 @@ def test_train_cli_then_load_best_and_resume(ocelot_root: Path, tmp_path: Path) 
 
 
 def test_train_variants_and_resize(ocelot_root: Path, tmp_path: Path) -> None:
-    from training.evaluate_data import evaluate_checkpoint
     from training.train import TrainConfig, load_config, main
+    from wsi_ocelot.evaluation import evaluate_dataset
 
     for variant in ("cell_only", "tissue_label_leaking", "feature_sharing"):
         cfg = load_config(_tiny_config(tmp_path, variant), {"data": str(ocelot_root), "out": str(tmp_path / variant), "max_steps": 1})
@@ -462,18 +462,18 @@ def test_train_variants_and_resize(ocelot_root: Path, tmp_path: Path) -> None:
 
     info = read_checkpoint_info(tmp_path / "rs" / "best.safetensors")
     assert info.geometry.tile_size == 32 and info.geometry.cell_mpp == pytest.approx(0.388)
-    result = evaluate_checkpoint(tmp_path / "rs" / "best.safetensors", ocelot_root, "val", batch_size=2)
+    result = evaluate_dataset(tmp_path / "rs" / "best.safetensors", ocelot_root, "val", batch_size=2)
     assert result["num_images"] == 2 and set(result["per_organ"]) == set(ORGANS)
     assert set(result["overall"]) == {"mF1", "BC", "TC"}
 
 
 def test_evaluate_checkpoint_full_images(ocelot_root: Path, tmp_path: Path) -> None:
-    from training.evaluate_data import evaluate_checkpoint
     from training.train import load_config, main
+    from wsi_ocelot.evaluation import evaluate_dataset
 
     cfg = load_config(_tiny_config(tmp_path, "pred_to_inter2"), {"data": str(ocelot_root), "out": str(tmp_path / "r"), "max_steps": 1})
     main(cfg)
-    result = evaluate_checkpoint(tmp_path / "r" / "best.safetensors", ocelot_root, "train", batch_size=3)
+    result = evaluate_dataset(tmp_path / "r" / "best.safetensors", ocelot_root, "train", batch_size=3)
     assert result["num_images"] == 4
     assert set(result["per_organ"]) == {"kidney", "bladder"}
     assert 0.0 <= result["overall"]["mF1"] <= 1.0
@@ -510,8 +510,8 @@ def test_train_config_errors(tmp_path: Path, ocelot_root: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("amp", ["auto", "fp16"])
 def test_train_cuda_amp_and_resume(ocelot_root: Path, tmp_path: Path, amp: str) -> None:
-    from training.evaluate_data import evaluate_checkpoint
     from training.train import load_config, main
+    from wsi_ocelot.evaluation import evaluate_dataset
 
     run = tmp_path / amp
     overrides = {"data": str(ocelot_root), "out": str(run), "device": "cuda", "workers": 2}
@@ -522,5 +522,5 @@ def test_train_cuda_amp_and_resume(ocelot_root: Path, tmp_path: Path, amp: str) 
     assert state["epoch"] == 2 and state["step"] == 4
     assert (state["scaler"] is not None) == (amp == "fp16")
     assert all(np.isfinite(h["train_loss"]) for h in _history(run))
-    result = evaluate_checkpoint(run / "best.safetensors", ocelot_root, "val", device="cuda", batch_size=2)
+    result = evaluate_dataset(run / "best.safetensors", ocelot_root, "val", device="cuda", batch_size=2)
     assert result["num_images"] == 2

@@ -1,8 +1,8 @@
 """Run a model on an OCELOT-layout split and score it with the OCELOT challenge metric.
 
-:func:`evaluate_checkpoint` is the library entry point (the CLI wiring lives in
-``wsi_ocelot.cli``); :func:`predict` and :func:`score` are shared with
-:func:`training.train.evaluate`.
+Scoring a checkpoint on a split is :func:`wsi_ocelot.evaluation.evaluate_dataset` (also
+``wsi-ocelot evaluate --data``); :func:`predict` and :func:`score` here are the training
+loop's validation, shared with :func:`training.train.evaluate`.
 
 Scores are computed in the model-input pixel frame, with the matching radius scaled by the
 same factor as the images (radius 15 px at the release's ≈0.194 µm/px ≈ 3 µm). A checkpoint
@@ -12,9 +12,7 @@ is then resized to that resolution before inference, so the model sees what it w
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +26,7 @@ from training.augment import apply_jitter
 from training.losses import LossConfig, total_loss
 from wsi_ocelot.inference.peaks import PeakConfig, find_peaks
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
+from wsi_ocelot.model.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +40,6 @@ class Predictions:
     ids: list[str] = field(default_factory=list)
     organs: list[str | None] = field(default_factory=list)
     loss: float | None = None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor | None]:
@@ -122,20 +114,3 @@ def score_by_organ(pred: Predictions, radius: float = DISTANCE_CUTOFF) -> dict[s
             groups[organ].append(i)
     return {organ: evaluate([pred.preds[i] for i in idx], [pred.gts[i] for i in idx], radius).to_dict() for organ, idx in sorted(groups.items())}
 
-
-def evaluate_checkpoint(
-    ckpt_path: str | os.PathLike[str],
-    data_root: str | os.PathLike[str],
-    split: str,
-    device: str = "cpu",
-    batch_size: int = 4,
-) -> dict[str, Any]:
-    """Score a checkpoint on one split of an OCELOT-layout dataset, overall and per organ.
-
-    The implementation lives in the package (:func:`wsi_ocelot.evaluation.evaluate_dataset`,
-    also behind ``wsi-ocelot evaluate --data``); this name is kept for training scripts.
-    Returns ``{"overall": score_dict, "per_organ": {organ: score_dict}, "num_images": N, ...}``.
-    """
-    from wsi_ocelot.evaluation import evaluate_dataset
-
-    return evaluate_dataset(ckpt_path, data_root, split, device=device, batch_size=batch_size)

@@ -49,14 +49,16 @@ from torch.utils.data import DataLoader
 
 from training.augment import AugmentConfig
 from training.data import TILE_MODES, OcelotDataset, collate
-from training.evaluate_data import autocast, forward, predict, score
+from training.evaluate_data import forward, predict, score
 from training.losses import LossConfig, total_loss
+from wsi_ocelot.atomic import atomic_path, write_text
 from wsi_ocelot.config import GeometryConfig, from_dict, load_yaml
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.inference.peaks import PeakConfig
 from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.metrics import DISTANCE_CUTOFF
 from wsi_ocelot.model import ModelConfig, build_model, load_model, save_checkpoint
+from wsi_ocelot.model.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +239,6 @@ def geometry_for(ds: OcelotDataset, context_factor: int) -> GeometryConfig:
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_train_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, *, epoch: int, step: int, best: float | None, config: dict[str, Any]) -> None:
     """Optimizer tensors → ``last_state.safetensors``; everything else → ``last_state.json``."""
     from safetensors.torch import save_file
@@ -256,9 +252,8 @@ def save_train_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: to
                 tensors[f"{idx}.{name}"] = value.detach().to("cpu").contiguous().clone()
             else:
                 scalars.setdefault(str(idx), {})[name] = value
-    tmp = run_dir / (STATE_TENSORS + ".partial")
-    save_file(tensors, os.fspath(tmp))
-    os.replace(tmp, run_dir / STATE_TENSORS)
+    with atomic_path(run_dir / STATE_TENSORS) as tmp:
+        save_file(tensors, os.fspath(tmp))
     state = {
         "epoch": epoch,
         "step": step,
@@ -268,7 +263,7 @@ def save_train_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: to
         "scaler": None if scaler is None else scaler.state_dict(),
         "config": config,
     }
-    _atomic_write_text(run_dir / STATE_JSON, json.dumps(state, indent=1))
+    write_text(run_dir / STATE_JSON, json.dumps(state, indent=1))
 
 
 def load_train_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, device: torch.device) -> dict[str, Any]:
@@ -430,7 +425,7 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             changed = sorted(k for k in old if old[k] != new.get(k))
             log.warning("resuming with a config that differs from the original run in: %s", ", ".join(changed))
         log.info("resuming %s at epoch %d, step %d (best mF1 %s)", run_dir, start_epoch + 1, step, best)
-    _atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
     training_info = {
         "data_root": os.fspath(Path(cfg.data).resolve()),

@@ -1,4 +1,5 @@
-"""Configuration as frozen dataclasses, loaded from YAML.
+"""Configuration as frozen dataclasses, loaded from YAML: the geometry (resolutions, tiles,
+margins) and the post-processing (peak finding) every layer shares.
 
 Unknown keys are an error that lists the allowed ones; CLI flags override file values
 through :func:`dataclasses.replace`.
@@ -68,6 +69,46 @@ class GeometryConfig:
     @property
     def tissue_stride(self) -> int:
         return self.tile_size - 2 * self.tissue_margin
+
+
+@dataclass(frozen=True)
+class PeakConfig:
+    """Peak detection parameters, in probability-map pixels (the cell tile's pixels).
+
+    Attributes:
+        min_distance: peaks closer than this (Chebyshev, px) are merged; the NMS window is
+            ``2 * min_distance + 1``. Reference: 3.
+        threshold: keep maxima whose (blurred) foreground is strictly above this. Reference: 0.
+        sigma: Gaussian blur of the foreground before peak finding, px; 0 = no blur. Reference: 3.
+        truncate: the blur kernel's radius in sigmas (OpenCV's default kernel: 4).
+        drop_background: drop peaks where P(no cell) >= the larger cell-class probability.
+    """
+
+    min_distance: int = 3
+    threshold: float = 0.0
+    sigma: float = 3.0
+    truncate: float = 4.0
+    drop_background: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_distance, int) or self.min_distance < 1:
+            raise ConfigError(
+                None,
+                f"peaks.min_distance must be an integer >= 1, got {self.min_distance!r}",
+                "use 3 (px, OCELOT reference)",
+            )
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(
+                None,
+                f"peaks.threshold must be in [0, 1), got {self.threshold}",
+                "use 0.0 (OCELOT reference) or a small probability",
+            )
+        if self.sigma < 0 or self.truncate <= 0:
+            raise ConfigError(
+                None,
+                f"peaks.sigma must be >= 0 and truncate > 0, got {self.sigma}, {self.truncate}",
+                "use sigma 3.0 (0 disables the blur) and truncate 4.0",
+            )
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -11,6 +11,14 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
+from wsi_ocelot.evaluation import score_slide
+from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
+from wsi_ocelot.outputs import open_predictions
+from wsi_ocelot.synthetic import write_synthetic_slide
+from wsi_ocelot.weights import demo_path
+
 log = logging.getLogger(__name__)
 
 DEMO_SEED = 2023
@@ -19,12 +27,6 @@ DEMO_SIZE = (4096, 4096)
 
 
 def run_demo(out: str | Path, *, device: str = "auto", workers: int | None = None, progress: bool = True) -> int:
-    from wsi_ocelot.evaluation import score_slide
-    from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
-    from wsi_ocelot.outputs import open_predictions
-    from wsi_ocelot.synthetic import write_synthetic_slide
-    from wsi_ocelot.weights import demo_path
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -35,8 +37,6 @@ def run_demo(out: str | Path, *, device: str = "auto", workers: int | None = Non
     res = runner.run(synth.tiff_path, out / "results")
     with open_predictions(res.out_dir / "predictions.zarr") as store:
         c = store.cells()
-    import numpy as np
-
     pred = np.stack([c["x"], c["y"], c["class"], c["prob"]], axis=1) if len(c["x"]) else np.zeros((0, 4))
     score = score_slide(pred, synth.cells, DEMO_MPP)
     p = res.purity

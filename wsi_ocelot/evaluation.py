@@ -9,7 +9,6 @@ release's 0.194 µm/px) scales by the same ``s``, so the radius stays ≈3 µm.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections import defaultdict
@@ -20,7 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from wsi_ocelot.datasets import list_pairs, read_cell_csv, read_rgb, read_tissue_png
+from wsi_ocelot.inference import find_peaks
+from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
+from wsi_ocelot.model import load_model
+from wsi_ocelot.model.precision import inference_autocast
+from wsi_ocelot.weights import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +57,6 @@ def evaluate_dataset(
 
     Returns ``{"overall": {"mF1", "BC": {...}, "TC": {...}}, "per_organ": {organ: ...},
     "num_images": N, "split": split, "model": path, "radius_px": r}``."""
-    from wsi_ocelot.inference import find_peaks
-    from wsi_ocelot.inference.predictor import resolve_device
-    from wsi_ocelot.model import load_model
-    from wsi_ocelot.weights import resolve_model
-
     model_path = resolve_model(model_path)
     dev = resolve_device(device)
     model, info = load_model(model_path, dev)
@@ -69,7 +68,7 @@ def evaluate_dataset(
     if size:
         log.info("resizing %s images from %d to %d px to match the checkpoint's cell MPP %.3f", split, size0, size, info.geometry.cell_mpp)
     needs_label = bool(getattr(model, "needs_tissue_label", False))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    amp = inference_autocast(dev)
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []
     organs: list[str | None] = []

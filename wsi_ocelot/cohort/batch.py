@@ -20,10 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from wsi_ocelot import __version__
 from wsi_ocelot.cohort.inputs import SlideJob, check_unique
 from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest
+from wsi_ocelot.cohort.report import write_report, write_summary_csv
 from wsi_ocelot.cohort.worker import process_slide, run_slide_task
 from wsi_ocelot.errors import ConfigError
+from wsi_ocelot.inference.engine import EngineConfig
+from wsi_ocelot.model import read_checkpoint_info
+from wsi_ocelot.weights import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +198,11 @@ def _run_in_process(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manif
 def _local_cluster_size(cfg: CohortConfig) -> int:
     if cfg.dask_workers:
         return cfg.dask_workers
-    import torch
-
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
 def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest) -> Iterator[Record]:
+    # deliberately deferred: Dask and distributed (about 1 s to import) only for --scheduler
     import dask
     from distributed import Client, LocalCluster, as_completed
     from distributed.scheduler import KilledWorker
@@ -292,12 +298,6 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
 def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config: CohortConfig,
                on_record: Callable[[SlideJob, dict[str, Any]], None] | None = None) -> CohortResult:
     """Run ``jobs`` into ``out_dir``; skip slides already done (unless ``overwrite``)."""
-    from wsi_ocelot import __version__
-    from wsi_ocelot.cohort.report import write_report, write_summary_csv
-    from wsi_ocelot.inference.engine import EngineConfig
-    from wsi_ocelot.model import read_checkpoint_info
-    from wsi_ocelot.weights import resolve_model
-
     check_unique(jobs)
     engine = config.engine or EngineConfig()
     model = str(resolve_model(config.model))

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from wsi_ocelot.atomic import write_text
 from wsi_ocelot.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,6 @@ STATUSES = (DONE, FAILED, RUNNING)
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename (fsync'd)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class Manifest:
@@ -79,7 +70,7 @@ class Manifest:
     def save(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         data = {"version": 1, **{k: v for k, v in self.meta.items() if k != "version"}, "updated": now_iso(), "slides": self.slides}
-        atomic_write_text(self.path, json.dumps(data, indent=2, default=str) + "\n")
+        write_text(self.path, json.dumps(data, indent=2, default=str) + "\n")
 
     # -- queries ---------------------------------------------------------------------
     def status(self, slide_id: str) -> str | None:

@@ -20,7 +20,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from wsi_ocelot.cohort.manifest import DONE, Manifest, atomic_write_text, now_iso
+from PIL import Image
+
+from wsi_ocelot.atomic import write_text
+from wsi_ocelot.cohort.manifest import DONE, Manifest, now_iso
 from wsi_ocelot.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -76,13 +79,11 @@ def write_summary_csv(out_dir: str | os.PathLike[str], manifest: Manifest | None
     for row in _rows(out_dir, manifest):
         w.writerow([_fmt(row.get(c)) for c in SUMMARY_COLUMNS])
     path = out_dir / "summary.csv"
-    atomic_write_text(path, buf.getvalue())
+    write_text(path, buf.getvalue())
     return path
 
 
 def _thumbnail(png: Path) -> str | None:
-    from PIL import Image
-
     try:
         with Image.open(png) as im:
             im = im.convert("RGB")
@@ -228,7 +229,7 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
 </body></html>
 """
     path = out_dir / "report.html"
-    atomic_write_text(path, doc)
+    write_text(path, doc)
     return path
 
 

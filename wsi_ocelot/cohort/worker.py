@@ -19,9 +19,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.inputs import SlideJob
-from wsi_ocelot.cohort.manifest import DONE, FAILED, atomic_write_text
+from wsi_ocelot.cohort.manifest import DONE, FAILED
 from wsi_ocelot.errors import WsiOcelotError
+from wsi_ocelot.inference.engine import SlideRunner
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,9 @@ _RUNNERS: dict[tuple[str, Any], Any] = {}
 def _worker_index() -> int | None:
     """This Dask worker's index (LocalCluster names workers 0, 1, ...), else None."""
     try:
-        from distributed import get_worker
+        from distributed import (
+            get_worker,  # deliberately deferred: Dask is imported only on a Dask worker
+        )
 
         name = get_worker().name
     except (ImportError, ValueError):
@@ -49,16 +55,12 @@ def _device_for_this_process(device: str) -> str:
     idx = _worker_index()
     if idx is None:
         return device
-    import torch
-
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return f"cuda:{idx % n}" if n > 1 else device
 
 
 def get_runner(model: str, config):
     """The :class:`SlideRunner` of this process for (model, config), loaded on first use."""
-    from wsi_ocelot.inference.engine import SlideRunner
-
     if multiprocessing.current_process().daemon and config.workers > 0:
         # daemonic processes (Dask's default workers) cannot start DataLoader workers
         log.info("running inside a daemonic worker process: tile reading in-process (workers=0)")
@@ -91,7 +93,7 @@ def run_slide_task(job: SlideJob, out_dir: str, model: str, config, *, torch_thr
             fh.write(_where())
     rec = process_slide(job, out_dir, model, config, torch_threads=torch_threads)
     if started_marker:
-        atomic_write_text(Path(started_marker + ".json"), json.dumps(rec, default=str))
+        write_text(Path(started_marker + ".json"), json.dumps(rec, default=str))
     return rec
 
 
@@ -101,8 +103,6 @@ def process_slide(job: SlideJob, out_dir: str, model: str, config, *, torch_thre
     base: dict[str, Any] = {"path": job.path, "mpp_override": job.mpp, "worker": _where()}
     try:
         if torch_threads:
-            import torch
-
             if torch.get_num_threads() != torch_threads:
                 torch.set_num_threads(torch_threads)
         runner = get_runner(model, config)

@@ -19,56 +19,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsi_ocelot.errors import ConfigError
+from wsi_ocelot.config import PeakConfig
 
 __all__ = ["PeakConfig", "find_peaks", "gaussian_blur"]
 
-
-
-@dataclass(frozen=True)
-class PeakConfig:
-    """Peak detection parameters, in probability-map pixels (the cell tile's pixels).
-
-    Attributes:
-        min_distance: peaks closer than this (Chebyshev, px) are merged; the NMS window is
-            ``2 * min_distance + 1``. Reference: 3.
-        threshold: keep maxima whose (blurred) foreground is strictly above this. Reference: 0.
-        sigma: Gaussian blur of the foreground before peak finding, px; 0 = no blur. Reference: 3.
-        truncate: the blur kernel's radius in sigmas (OpenCV's default kernel: 4).
-        drop_background: drop peaks where P(no cell) >= the larger cell-class probability.
-    """
-
-    min_distance: int = 3
-    threshold: float = 0.0
-    sigma: float = 3.0
-    truncate: float = 4.0
-    drop_background: bool = True
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.min_distance, int) or self.min_distance < 1:
-            raise ConfigError(
-                None,
-                f"peaks.min_distance must be an integer >= 1, got {self.min_distance!r}",
-                "use 3 (px, OCELOT reference)",
-            )
-        if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(
-                None,
-                f"peaks.threshold must be in [0, 1), got {self.threshold}",
-                "use 0.0 (OCELOT reference) or a small probability",
-            )
-        if self.sigma < 0 or self.truncate <= 0:
-            raise ConfigError(
-                None,
-                f"peaks.sigma must be >= 0 and truncate > 0, got {self.sigma}, {self.truncate}",
-                "use sigma 3.0 (0 disables the blur) and truncate 4.0",
-            )
 
 
 def gaussian_blur(x: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:

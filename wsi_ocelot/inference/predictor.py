@@ -15,14 +15,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from wsi_ocelot.errors import WsiOcelotError
+from wsi_ocelot.model.precision import inference_autocast
+
 log = logging.getLogger(__name__)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """``auto`` → the first CUDA device if there is one, else the CPU; ``cpu``, ``cuda``,
     ``cuda:N`` as given. A CUDA request without CUDA is a one-line error."""
-    from wsi_ocelot.errors import WsiOcelotError
-
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,9 +76,7 @@ class Predictor:
         return x
 
     def _ctx(self) -> contextlib.AbstractContextManager:
-        if self._cuda and self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return inference_autocast(self.device, self.amp)
 
     @torch.inference_mode()
     def tissue_probs(self, tissue: Tensor) -> Tensor:

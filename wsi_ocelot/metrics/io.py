@@ -33,6 +33,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from wsi_ocelot.atomic import write_text
+from wsi_ocelot.datasets.ocelot import read_cell_csv
 from wsi_ocelot.errors import DatasetError, PredictionFileError
 
 logger = logging.getLogger(__name__)
@@ -303,10 +305,7 @@ def write_points_json(
     doc["points"] = points
     doc["version"] = dict(VERSION)
     out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh)
-    os.replace(tmp, out)
+    write_text(out, json.dumps(doc))
     logger.debug("wrote %d %s points to %s", len(points), kind, out)
     return out
 
@@ -318,8 +317,6 @@ def read_points_csv(path: str | os.PathLike[str]) -> NDArray[np.float64]:
     ``(0, 4)``. The parsing (and its one-line errors) is
     :func:`wsi_ocelot.datasets.read_cell_csv`, shared with the dataset loaders.
     """
-    from wsi_ocelot.datasets.ocelot import read_cell_csv
-
     xyc = read_cell_csv(path).astype(np.float64)
     if not len(xyc):
         return empty_points()

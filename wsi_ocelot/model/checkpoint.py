@@ -20,18 +20,21 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import safetensors
+import segmentation_models_pytorch as smp
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from wsi_ocelot.config import GeometryConfig, from_dict
+import wsi_ocelot
+from wsi_ocelot.atomic import atomic_path
+from wsi_ocelot.config import GeometryConfig, PeakConfig, from_dict
 from wsi_ocelot.errors import CheckpointError, ConfigError
 from wsi_ocelot.model.config import ModelConfig
 from wsi_ocelot.model.variants import OcelotModel, build_model
-
-if TYPE_CHECKING:
-    from wsi_ocelot.inference.peaks import PeakConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +76,6 @@ class CheckpointInfo:
 
 
 def _software() -> dict[str, str]:
-    import safetensors
-    import segmentation_models_pytorch as smp
-
-    import wsi_ocelot
-
     return {
         "wsi_ocelot": wsi_ocelot.__version__,
         "torch": torch.__version__,
@@ -109,8 +107,6 @@ def save_checkpoint(
     Returns:
         The written path.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     model = getattr(model, "_orig_mod", model)
     config = getattr(model, "config", None)
@@ -145,13 +141,8 @@ def save_checkpoint(
         ) from err
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, os.fspath(tmp), metadata={METADATA_KEY: text})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     log.info("saved %s checkpoint %s (%d tensors)", config.variant, path, len(tensors))
     return path
 
@@ -233,8 +224,6 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 
 def _parse_info(path: Path, header: dict[str, Any]) -> CheckpointInfo:
-    from wsi_ocelot.inference.peaks import PeakConfig
-
     meta = header.get("__metadata__") or {}
     text = meta.get(METADATA_KEY) if isinstance(meta, dict) else None
     if text is None:
@@ -344,9 +333,6 @@ def load_model(
             file, safetensors without wsi-ocelot metadata, or weights that do not fit the
             recorded config. The message names the file and the fix.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     p = Path(path)
     info = read_checkpoint_info(p)
     try:

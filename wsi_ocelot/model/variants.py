@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from wsi_ocelot.errors import ConfigError
 from wsi_ocelot.model.align import crop_tissue, place_in_tissue, resize_map, tissue_label_onehot
 from wsi_ocelot.model.branches import DeepLabBranch
-from wsi_ocelot.model.config import ModelConfig
+from wsi_ocelot.model.config import VARIANT_NAMES, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +333,7 @@ VARIANTS: dict[str, Callable[[ModelConfig], OcelotModel]] = {
     "tissue_label_leaking": LabelLeakingModel,
 }
 """Variant name → builder (paper Table 5). ``pred_to_inter2`` is the default and the paper's best."""
+assert tuple(VARIANTS) == VARIANT_NAMES, "model/config.py's VARIANT_NAMES and the builders must list the same variants"
 
 
 def build_model(config: ModelConfig | str) -> OcelotModel:

@@ -11,7 +11,8 @@ Every file is written atomically (temporary name, then rename).
 
 from __future__ import annotations
 
-from wsi_ocelot.outputs._atomic import OutputWriteError, atomic_open
+from wsi_ocelot.atomic import atomic_open
+from wsi_ocelot.errors import OutputWriteError
 from wsi_ocelot.outputs.geojson import (
     CA_COLOR,
     CELL_CLASSES,

@@ -27,7 +27,7 @@ import shapely
 from numpy.typing import ArrayLike, NDArray
 from shapely.geometry.base import BaseGeometry
 
-from wsi_ocelot.outputs._atomic import atomic_open, commit_temp, discard_temp, open_temp
+from wsi_ocelot.atomic import atomic_open, commit_temp, discard_temp, open_temp
 from wsi_ocelot.outputs.polygons import clean_polygons, polygons_from_map
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 from PIL import Image, ImageDraw, ImageFont
 from shapely.geometry.base import BaseGeometry
 
-from wsi_ocelot.outputs._atomic import atomic_open
+from wsi_ocelot.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 

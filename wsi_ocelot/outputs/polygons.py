@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 import shapely
 from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage
 from shapely.geometry.base import BaseGeometry
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ def _trace_rings(mask: NDArray[np.bool_]) -> tuple[NDArray[np.float64], NDArray[
     apart, diagonal pixels of one component give a shell and a hole (or two holes) touching at
     that point. Every ring is therefore simple and the polygons built from them are valid.
     """
-    from scipy import ndimage
-
     h, w = mask.shape
     labels, _ = ndimage.label(mask)  # 4-connectivity
     lab = np.zeros((h + 2, w + 2), dtype=labels.dtype)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openslide
+import tifffile
 from PIL import Image
 
 from wsi_ocelot.errors import ConfigError, MppError, SlideFormatError, SlideNotFoundError
@@ -90,10 +92,6 @@ def resolve_mpp(path: str | os.PathLike[str], properties: dict[str, str], overri
 
 def _check_tiff_complete(path: Path) -> None:
     """For TIFF-based files, every tile/strip must lie inside the file (catches truncation)."""
-    try:
-        import tifffile
-    except ImportError:  # pragma: no cover - tifffile is a dependency
-        return
     size = path.stat().st_size
     try:
         with tifffile.TiffFile(path) as tif:
@@ -147,8 +145,6 @@ class Slide:
     # -- handle management -------------------------------------------------------------
     @property
     def _osr(self) -> Any:
-        import openslide
-
         if self._handle is None or self._pid != os.getpid():
             try:
                 self._handle = openslide.OpenSlide(str(self.path))
@@ -240,8 +236,6 @@ class Slide:
         ``location`` is level-0 px; out-of-slide areas come back white. With
         ``reader="tifffile"`` the region is decoded by tifffile where it can give the same
         pixels, else by OpenSlide."""
-        import openslide
-
         fast = self._tiff_reader
         if fast is not None:
             try:

@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 import numpy as np
+import tifffile
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ class TiffLevelReader:
     thread (open one per process)."""
 
     def __init__(self, path: str | os.PathLike[str], level_dimensions: tuple[tuple[int, int], ...]):
-        import tifffile
-
         self._tif = tifffile.TiffFile(path)
         self._fh = self._tif.filehandle
         try:

@@ -20,7 +20,9 @@ tissue a TIFF of the slide holds) and saved as JPEG like the release.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
+import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,8 +174,6 @@ def _pick_pairs(slide: SyntheticSlide, rng: np.random.Generator, n: int, tile_l0
 
 def _render_slide(job: tuple[str, int, int, int, SyntheticDatasetConfig]) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
     """Render the pairs of one synthetic slide: [(metadata entry, {relative path: bytes})]."""
-    import io
-
     split, slide_index, sseed, want, config = job
     geo = config.geometry
     T, f = geo.tile_size, geo.context_factor
@@ -238,8 +238,6 @@ def write_synthetic_dataset(out_dir: str | os.PathLike[str], config: SyntheticDa
     next_id = 1
     pool = None
     if workers > 0:
-        import multiprocessing as mp
-
         pool = mp.get_context("spawn").Pool(workers)
     try:
         for split in SPLITS:

@@ -11,7 +11,9 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 
+import imagecodecs
 import numpy as np
+import tifffile
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,6 @@ def write_pyramidal_tiff(
     be given; level 0 is then rendered in 256-px-aligned bands so memory stays bounded.
     ``mpp=None`` writes no resolution tags (a slide without MPP, for tests).
     """
-    import tifffile
-
     if image is None:
         if render_tile is None or size is None:
             raise ValueError("give image, or render_tile and size")
@@ -127,8 +127,4 @@ def write_pyramidal_tiff(
 
 
 def _has_jpeg_encoder() -> bool:
-    try:
-        import imagecodecs
-    except ImportError:
-        return False
     return hasattr(imagecodecs, "jpeg8_encode") or hasattr(imagecodecs, "jpeg_encode")

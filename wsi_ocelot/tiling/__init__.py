@@ -15,7 +15,7 @@ from wsi_ocelot.tiling.grid import (
 __all__ = ["Grid", "cell_grid", "context_boxes", "filter_by_mask", "make_grid", "owner_of", "tissue_grid", "TileDataset", "BlockBatches", "plan_batches", "make_loader", "SlideTiles", "plan_tiles"]
 
 
-def __getattr__(name: str):  # torch is imported only when the Dataset is asked for
+def __getattr__(name: str):  # deliberately deferred: torch is imported only when the Dataset is asked for
     if name in ("TileDataset", "BlockBatches", "plan_batches", "make_loader"):
         from wsi_ocelot.tiling import dataset
 

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from wsi_ocelot import __version__
+from wsi_ocelot.atomic import write_text
 from wsi_ocelot.config import GeometryConfig
 from wsi_ocelot.slide import Slide, TissueMask, tissue_mask
 from wsi_ocelot.tiling.grid import context_boxes, filter_by_mask, make_grid
@@ -131,7 +132,4 @@ def write_metadata(out_dir: str | os.PathLike[str], pairs: dict[str, dict[str, A
         "field_description": FIELD_DESCRIPTION,
         "sample_pairs": pairs,
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(meta, indent=2))

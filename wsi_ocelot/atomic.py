@@ -1,0 +1,140 @@
+"""Atomic writes: every file and result folder appears complete under its final name or not
+at all (docs/architecture.md, *Faults*). The one home of temporary names, fsync and clean-up.
+
+Files are written to a hidden temporary name in the target folder (``.NAME.XXXX.part``),
+flushed and fsync'd, then renamed over the final name; on any exception the temporary file
+is removed. A result folder is built under a hidden ``.ID.partial-PID`` name and swapped in
+with :func:`publish_folder`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from wsi_ocelot.errors import OutputWriteError
+
+__all__ = ["atomic_open", "atomic_path", "commit_temp", "discard_temp", "open_temp", "partial_folder", "publish_folder",
+           "write_bytes", "write_json", "write_text"]
+
+
+def _temp_name(final: Path) -> Path:
+    folder = final.parent if str(final.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputWriteError(final, "the output folder does not exist", f"create {folder} first or choose another --out")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=folder)
+    except OSError as err:
+        raise OutputWriteError(final, f"cannot create a file in {folder} ({err.strerror or err})",
+                               "choose a writable output folder") from err
+    os.close(fd)
+    return Path(name)
+
+
+def open_temp(path: str | os.PathLike[str]) -> tuple[Path, Path, BinaryIO]:
+    """Create a temporary file beside ``path`` for a streamed write; return ``(final, temp,
+    binary handle)``. Finish with :func:`commit_temp` or :func:`discard_temp`.
+
+    Raises :class:`OutputWriteError` (one line) when the folder is missing or not writable.
+    """
+    final = Path(path)
+    temp = _temp_name(final)
+    return final, temp, open(temp, "wb")  # noqa: SIM115 - the caller owns the handle
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def commit_temp(temp: Path, final: Path) -> None:
+    """Make ``temp`` visible under its final name (same folder, so the rename is atomic)."""
+    os.chmod(temp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
+    os.replace(temp, final)
+
+
+def discard_temp(temp: Path) -> None:
+    """Remove a temporary file after a failure; never raises."""
+    with contextlib.suppress(OSError):
+        temp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """``with atomic_path(p) as tmp:`` gives a temporary path beside ``p`` for a writer that
+    wants a file name (safetensors, zarr, numpy); it becomes ``p`` when the block ends
+    without an exception (after an fsync), and is removed otherwise."""
+    final = Path(path)
+    temp = _temp_name(final)
+    try:
+        yield temp
+        _fsync(temp)
+    except BaseException:
+        discard_temp(temp)
+        raise
+    commit_temp(temp, final)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str = "utf-8") -> Iterator[Any]:
+    """``with atomic_open(p) as fh:`` writes to a temporary file that becomes ``p`` only when
+    the block ends without an exception; ``mode`` is ``"wb"`` or ``"w"`` (text, ``encoding``)."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    final, temp, fh = open_temp(path)
+    out = fh if mode == "wb" else io.TextIOWrapper(fh, encoding=encoding)
+    try:
+        yield out
+        out.flush()
+        os.fsync(fh.fileno())
+    except BaseException:
+        out.close()
+        discard_temp(temp)
+        raise
+    out.close()
+    commit_temp(temp, final)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; return the path."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically; return the path."""
+    return write_bytes(path, text.encode(encoding))
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON (with a final newline when indented) to ``path`` atomically."""
+    return write_text(path, json.dumps(obj, indent=indent) + ("\n" if indent is not None else ""))
+
+
+def partial_folder(out_root: str | os.PathLike[str], name: str) -> Path:
+    """A fresh, empty hidden folder ``<out_root>/.<name>.partial-<pid>`` to build a result in."""
+    work = Path(out_root) / f".{name}.partial-{os.getpid()}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return work
+
+
+def publish_folder(work: Path, final: Path) -> None:
+    """Swap the finished folder ``work`` in as ``final`` (replacing an earlier ``final``): two
+    renames in one folder, so a reader sees the old result or the new one, never a mix."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, final)
