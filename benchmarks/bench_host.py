@@ -33,15 +33,14 @@ import json
 import math
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from revisions import ROOT, checkout, compare_results, run_child, run_real
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 BEFORE = "2d5832b"  # main before the host-throughput change
 OLD_MARGIN = 160  # the demo checkpoint's cell margin before it (cell px)
 
@@ -130,39 +129,6 @@ print(json.dumps({"wall": wall, "main_cpu": main_cpu, "standin_cpu": StandIn.cpu
                   "timings": res.timings, "n_cells": res.n_cells, "n_cell_tiles": res.purity["n_cell_tiles"],
                   "n_tissue_tiles": res.purity["n_tissue_tiles"], "engine": wsi_ocelot.__file__}))
 """
-
-# --- the child for the answers: the real model, before or after ----------------------------------
-_REAL = r"""
-import json, sys, torch
-a = json.loads(sys.argv[1])
-torch.set_num_threads(a["threads"])
-import wsi_ocelot
-import wsi_ocelot.inference.engine as eng
-assert wsi_ocelot.__file__.startswith(a["src"])
-kw = {"border_reach_um": a["reach"]} if a.get("reach") is not None else {}
-if a.get("margin") is not None:
-    kw["cell_margin"] = a["margin"]
-res = eng.SlideRunner("demo", eng.EngineConfig(device="cpu", workers=2, batch_size=8, progress=False, **kw)).run(a["slide"], a["out"])
-print(json.dumps({"out": str(res.out_dir), "timings": res.timings}))
-"""
-
-
-def _child(code: str, src: Path, args: dict, timeout: int = 3600) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps({**args, "src": str(src)})], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode:
-        raise RuntimeError(f"child failed ({src}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def checkout(rev: str, dest: Path) -> Path:
-    """The package of git revision ``rev`` (its ``wsi_ocelot/``) unpacked under ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "wsi_ocelot"], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
-
 
 # --- 1. recording ---------------------------------------------------------------------------------
 def record_outputs(slide: Path, path: Path, threads: int, margins: tuple[int, ...]) -> dict:
@@ -280,32 +246,6 @@ def read_costs(slide_path: Path, geometry, batch_size: int) -> dict:
 
 
 # --- 4. answers -----------------------------------------------------------------------------------
-def compare_results(a: Path, b: Path, mpp: float) -> dict:
-    import zarr
-
-    from wsi_ocelot.metrics import match_by_class
-    from wsi_ocelot.outputs import open_predictions
-
-    def cells(d: Path) -> np.ndarray:
-        with open_predictions(d / "predictions.zarr") as s:
-            c = s.cells()
-        return np.stack([c["x"], c["y"], c["class"], c["prob"]], 1).astype(np.float64)
-
-    pa, pb = cells(a), cells(b)
-    tp = sum(len(r.pairs) for r in match_by_class(pb, pa, radius=3.0 / mpp).values())
-    f1 = 2 * tp / max(1, len(pa) + len(pb))
-    ta = np.asarray(zarr.open_group(str(a / "predictions.zarr"), mode="r")["tissue/0"][:], np.int16)
-    tb = np.asarray(zarr.open_group(str(b / "predictions.zarr"), mode="r")["tissue/0"][:], np.int16)
-    ja, jb = (json.loads((d / "purity.json").read_text()) for d in (a, b))
-    keys = ("purity", "purity_in_cancer_area", "tissue_area_mm2", "cancer_area_mm2")
-    return {"cells": [len(pa), len(pb)], "f1": round(f1, 5), "tissue_map_max_diff": int(np.abs(ta - tb).max()),
-            "tissue_map_pixels_differing": int((ta != tb).sum()),
-            "purity": {k: [ja.get(k), jb.get(k)] for k in keys},
-            "purity_equal_3dp": all(ja.get(k) is None and jb.get(k) is None or
-                                    (ja.get(k) is not None and jb.get(k) is not None and round(ja[k], 3) == round(jb[k], 3))
-                                    for k in ("purity", "purity_in_cancer_area"))}
-
-
 def ground_truth_mf1(result: Path, slide: Path) -> float:
     """The OCELOT mF1 of a result folder's cells against the synthetic slide's ground truth."""
     from wsi_ocelot.evaluation import score_slide
@@ -454,7 +394,7 @@ def main() -> None:
         runs: dict[str, dict] = {}
         for name, src in (("before", before_src), ("after", ROOT)):
             for batch, workers in ((args.batch_size, 1), (args.batch_size, 2), (32, 2)):
-                r = _child(_CHILD, src, {"slide": str(slide), "out": str(tmp / f"out_{name}_{batch}_{workers}"), "workers": workers,
+                r = run_child(_CHILD, src, {"slide": str(slide), "out": str(tmp / f"out_{name}_{batch}_{workers}"), "workers": workers,
                                         "batch_size": batch, "threads": args.threads, "record": str(tmp / "record.npz"),
                                         "repeat": args.repeat})
                 runs[f"{name}, batch {batch}, {workers} reader(s)"] = {"raw": r, **summarise(r)}
@@ -468,8 +408,7 @@ def main() -> None:
             outs = {}
             for name, src, reach, margin in (("before", before_src, None, None), ("after, strict cores, margin 160", ROOT, 0.0, OLD_MARGIN),
                                              ("after", ROOT, None, None)):
-                outs[name] = Path(_child(_REAL, src, {"slide": str(bench), "out": str(tmp / f"real_{len(outs)}"), "threads": 2,
-                                                     "reach": reach, "margin": margin})["out"])
+                outs[name] = run_real(src, bench, tmp / f"real_{len(outs)}", reach=reach, margin=margin)
             gt_mf1 = {name: ground_truth_mf1(d, bench) for name, d in outs.items()}
             report["answers"] = {"slide": "engine benchmark slide: synthetic, seed 777, 7168x7168 px at 0.25 um/px; demo model, CPU",
                                  "after, strict cores, margin 160 vs before": compare_results(outs["before"], outs["after, strict cores, margin 160"], 0.25),

@@ -38,7 +38,7 @@ NAMES = {
     "tissue_label_leaking": "Tissue-label leaking",
 }
 
-log = logging.getLogger("training.reproduce")
+log = logging.getLogger("training.reproduce")  # also when run as __main__
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:

@@ -57,7 +57,7 @@ from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.inference.peaks import PeakConfig
 from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.metrics import DISTANCE_CUTOFF
-from wsi_ocelot.model import ModelConfig, build_model, load_model, save_checkpoint
+from wsi_ocelot.model import ModelConfig, OcelotModel, build_model, load_model, save_checkpoint
 from wsi_ocelot.model.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -375,20 +375,10 @@ def _loader(ds: OcelotDataset, cfg: TrainConfig, device: torch.device, *, shuffl
     )
 
 
-def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) training; returns ``{"best_mF1", "epochs_done", "steps", "run_dir"}``."""
-    if not cfg.data or not cfg.out:
-        raise ConfigError(None, "no dataset root or run folder", "pass --data ROOT and --out RUN_DIR (or set data/out in the config)")
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    amp_dtype, use_scaler = resolve_amp(cfg.amp, device)
-    if not PAPER_LR_RANGE[0] <= cfg.lr <= PAPER_LR_RANGE[1]:
-        log.warning("lr %g is outside the paper's range [%g, %g]", cfg.lr, *PAPER_LR_RANGE)
-    seed_everything(cfg.seed)
+def _datasets(cfg: TrainConfig) -> tuple[OcelotDataset, OcelotDataset | None]:
+    """The training and validation datasets (uint8 images out of the workers: colour jitter
+    runs on the device), decoded into memory first with ``cache``."""
     cf = cfg.model.context_factor
-
-    # device_augment: uint8 images leave the workers, colour jitter runs on the device
     train_ds = OcelotDataset(cfg.data, cfg.train_split, tile_size=cfg.tile_size, tile_mode=cfg.tile_mode, random_crop=True, augment=cfg.augment, disk_radius=cfg.disk_radius, context_factor=cf, cache=cfg.cache, device_augment=True)
     val_ds = None
     if cfg.val_split is not None:
@@ -401,7 +391,11 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             log.info("decoded %d pairs into the cache in %.1f s", n_loaded, time.perf_counter() - t_load)
     if len(train_ds) < cfg.batch_size:
         raise ConfigError(None, f"batch_size {cfg.batch_size} is larger than the training split ({len(train_ds)} pairs)", f"use --batch-size ≤ {len(train_ds)}")
+    return train_ds, val_ds
 
+
+def _model(cfg: TrainConfig, train_ds: OcelotDataset, val_ds: OcelotDataset | None, device: torch.device) -> OcelotModel:
+    """The model on ``device`` (channels-last on CUDA), its input sizes checked against the encoder's stride."""
     model = build_model(cfg.model)
     multiple = int(getattr(getattr(model, "cell", None), "input_multiple", 1))
     for what, size in (("training", train_ds.out_size), ("validation", val_ds.out_size if val_ds else multiple)):
@@ -410,24 +404,26 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    geometry = geometry_for(train_ds, cf)
-    resolved = config_to_dict(cfg)
+    return model
 
-    start_epoch, step, best = 0, 0, None
-    if resume:
-        state = load_train_state(run_dir, model, optimizer, scaler, device)
-        start_epoch, step, best = int(state["epoch"]), int(state["step"]), state.get("best_mF1")
-        old = {k: v for k, v in (state.get("config") or {}).items() if k not in ("epochs", "max_steps", "device", "workers", "out", "log_every")}
-        new = {k: v for k, v in resolved.items() if k in old}
-        if old != new:
-            changed = sorted(k for k in old if old[k] != new.get(k))
-            log.warning("resuming with a config that differs from the original run in: %s", ", ".join(changed))
-        log.info("resuming %s at epoch %d, step %d (best mF1 %s)", run_dir, start_epoch + 1, step, best)
-    write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
-    training_info = {
+def _resume(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+            device: torch.device, resolved: dict[str, Any]) -> tuple[int, int, float | None]:
+    """Epoch, step and best validation mF1 of the run in ``run_dir``, its weights and optimizer state loaded."""
+    state = load_train_state(run_dir, model, optimizer, scaler, device)
+    start_epoch, step, best = int(state["epoch"]), int(state["step"]), state.get("best_mF1")
+    old = {k: v for k, v in (state.get("config") or {}).items() if k not in ("epochs", "max_steps", "device", "workers", "out", "log_every")}
+    new = {k: v for k, v in resolved.items() if k in old}
+    if old != new:
+        changed = sorted(k for k in old if old[k] != new.get(k))
+        log.warning("resuming with a config that differs from the original run in: %s", ", ".join(changed))
+    log.info("resuming %s at epoch %d, step %d (best mF1 %s)", run_dir, start_epoch + 1, step, best)
+    return start_epoch, step, best
+
+
+def _training_info(cfg: TrainConfig, train_ds: OcelotDataset, val_ds: OcelotDataset | None, resolved: dict[str, Any]) -> dict[str, Any]:
+    """What every checkpoint of the run records about its training."""
+    return {
         "data_root": os.fspath(Path(cfg.data).resolve()),
         "split_sizes": {cfg.train_split: len(train_ds), **({cfg.val_split: len(val_ds)} if val_ds is not None and cfg.val_split else {})},
         "epochs": cfg.epochs,
@@ -438,51 +434,104 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         "tile_mode": cfg.tile_mode,
         "config": resolved,
     }
+
+
+@dataclass
+class _Run:
+    """One training run's state across epochs."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    device: torch.device
+    model: OcelotModel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    geometry: GeometryConfig
+    info: dict[str, Any]
+    resolved: dict[str, Any]
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    val_scale: float
+    gen: torch.Generator
+    step: int = 0
+    best: float | None = None
+
+    def epoch(self, epoch: int) -> None:
+        """Train one epoch, validate when due, save the checkpoints, append to history.jsonl."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed + epoch)
+        lr = lr_at(cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.gen.manual_seed(cfg.seed + epoch)  # the same shuffle as a fresh generator with this seed
+        train_stats, self.step = train_one_epoch(self.model, self.train_loader, self.optimizer, self.device, cfg, epoch=epoch, step=self.step,
+                                                 amp_dtype=self.amp_dtype, scaler=self.scaler)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
+        val = None
+        if self.val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            val = evaluate(self.model, self.val_loader, self.device, cfg, scale=self.val_scale, amp_dtype=self.amp_dtype)
+            record["val"] = val
+            record["val_mF1"] = val["mF1"]
+        improved = val is not None and (self.best is None or val["mF1"] > self.best)
+        training = {**self.info, "epoch": epoch + 1, "step": self.step}
+        if improved:
+            self.best = float(val["mF1"])  # type: ignore[index]
+            save_checkpoint(self.run_dir / "best.safetensors", self.model, geometry=self.geometry, peaks=cfg.peaks, training=training,
+                            metrics={"val_mF1": self.best, "val": val, "split": cfg.val_split})
+        record["best_mF1"] = self.best
+        record["time_s"] = round(time.perf_counter() - t0, 3)
+        last_epoch = epoch + 1 == cfg.epochs or (cfg.max_steps is not None and self.step >= cfg.max_steps)
+        if (epoch + 1) % cfg.checkpoint_every == 0 or last_epoch:
+            save_checkpoint(self.run_dir / "last.safetensors", self.model, geometry=self.geometry, peaks=cfg.peaks, training=training,
+                            metrics={"val_mF1": None if val is None else val["mF1"]})
+            save_train_state(self.run_dir, self.optimizer, self.scaler, epoch=epoch + 1, step=self.step, best=self.best, config=self.resolved)
+        with (self.run_dir / "history.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        log.info(
+            "epoch %d/%d step %d loss %.4f (cell %.4f%s) val mF1 %s best %s lr %.2g %.1f s%s",
+            epoch + 1, cfg.epochs, self.step, train_stats.get("loss", float("nan")), train_stats.get("cell_loss", float("nan")),
+            f", tissue {train_stats['tissue_loss']:.4f}" if "tissue_loss" in train_stats else "",
+            "-" if val is None else f"{val['mF1']:.4f}", "-" if self.best is None else f"{self.best:.4f}", lr, record["time_s"], " *" if improved else "",
+        )
+
+
+def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) training; returns ``{"best_mF1", "epochs_done", "steps", "run_dir"}``."""
+    if not cfg.data or not cfg.out:
+        raise ConfigError(None, "no dataset root or run folder", "pass --data ROOT and --out RUN_DIR (or set data/out in the config)")
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    amp_dtype, use_scaler = resolve_amp(cfg.amp, device)
+    if not PAPER_LR_RANGE[0] <= cfg.lr <= PAPER_LR_RANGE[1]:
+        log.warning("lr %g is outside the paper's range [%g, %g]", cfg.lr, *PAPER_LR_RANGE)
+    seed_everything(cfg.seed)
+    train_ds, val_ds = _datasets(cfg)
+    model = _model(cfg, train_ds, val_ds, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    resolved = config_to_dict(cfg)
+    start_epoch, step, best = _resume(run_dir, model, optimizer, scaler, device, resolved) if resume else (0, 0, None)
+    write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     log.info(
         "training %s (%s) on %s: %d train / %s val pairs, %d epochs, device %s, amp %s",
         cfg.model.variant, cfg.model.encoder, cfg.data, len(train_ds), len(val_ds) if val_ds else "no", cfg.epochs, device, amp_dtype,
     )
     val_loader = _loader(val_ds, cfg, device, shuffle=False) if val_ds is not None else None
-    history = run_dir / "history.jsonl"
     gen = torch.Generator()
     train_loader = _loader(train_ds, cfg, device, shuffle=True, generator=gen)  # one loader: persistent workers keep their caches
+    run = _Run(cfg, run_dir, device, model, optimizer, scaler, amp_dtype, geometry_for(train_ds, cfg.model.context_factor),
+               _training_info(cfg, train_ds, val_ds, resolved), resolved, train_loader, val_loader,
+               val_ds.scale if val_ds else 1.0, gen, step, best)
     for epoch in range(start_epoch, cfg.epochs):
-        if cfg.max_steps is not None and step >= cfg.max_steps:
+        if cfg.max_steps is not None and run.step >= cfg.max_steps:
             log.info("max_steps %d reached", cfg.max_steps)
             break
-        t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed + epoch)
-        lr = lr_at(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        gen.manual_seed(cfg.seed + epoch)  # the same shuffle as a fresh generator with this seed
-        train_stats, step = train_one_epoch(model, train_loader, optimizer, device, cfg, epoch=epoch, step=step, amp_dtype=amp_dtype, scaler=scaler)
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
-        val = None
-        if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            val = evaluate(model, val_loader, device, cfg, scale=val_ds.scale if val_ds else 1.0, amp_dtype=amp_dtype)
-            record["val"] = val
-            record["val_mF1"] = val["mF1"]
-        improved = val is not None and (best is None or val["mF1"] > best)
-        if improved:
-            best = float(val["mF1"])  # type: ignore[index]
-            save_checkpoint(run_dir / "best.safetensors", model, geometry=geometry, peaks=cfg.peaks, training={**training_info, "epoch": epoch + 1, "step": step}, metrics={"val_mF1": best, "val": val, "split": cfg.val_split})
-        record["best_mF1"] = best
-        record["time_s"] = round(time.perf_counter() - t0, 3)
-        last_epoch = epoch + 1 == cfg.epochs or (cfg.max_steps is not None and step >= cfg.max_steps)
-        if (epoch + 1) % cfg.checkpoint_every == 0 or last_epoch:
-            save_checkpoint(run_dir / "last.safetensors", model, geometry=geometry, peaks=cfg.peaks, training={**training_info, "epoch": epoch + 1, "step": step}, metrics={"val_mF1": None if val is None else val["mF1"]})
-            save_train_state(run_dir, optimizer, scaler, epoch=epoch + 1, step=step, best=best, config=resolved)
-        with history.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        log.info(
-            "epoch %d/%d step %d loss %.4f (cell %.4f%s) val mF1 %s best %s lr %.2g %.1f s%s",
-            epoch + 1, cfg.epochs, step, train_stats.get("loss", float("nan")), train_stats.get("cell_loss", float("nan")),
-            f", tissue {train_stats['tissue_loss']:.4f}" if "tissue_loss" in train_stats else "",
-            "-" if val is None else f"{val['mF1']:.4f}", "-" if best is None else f"{best:.4f}", lr, record["time_s"], " *" if improved else "",
-        )
+        run.epoch(epoch)
     state = json.loads((run_dir / STATE_JSON).read_text(encoding="utf-8")) if (run_dir / STATE_JSON).is_file() else {}
-    return {"best_mF1": best, "epochs_done": int(state.get("epoch", 0)), "steps": step, "run_dir": os.fspath(run_dir)}
+    return {"best_mF1": run.best, "epochs_done": int(state.get("epoch", 0)), "steps": run.step, "run_dir": os.fspath(run_dir)}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

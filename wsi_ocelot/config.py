@@ -75,13 +75,19 @@ class GeometryConfig:
 class PeakConfig:
     """Peak detection parameters, in probability-map pixels (the cell tile's pixels).
 
-    Attributes:
-        min_distance: peaks closer than this (Chebyshev, px) are merged; the NMS window is
-            ``2 * min_distance + 1``. Reference: 3.
-        threshold: keep maxima whose (blurred) foreground is strictly above this. Reference: 0.
-        sigma: Gaussian blur of the foreground before peak finding, px; 0 = no blur. Reference: 3.
-        truncate: the blur kernel's radius in sigmas (OpenCV's default kernel: 4).
-        drop_background: drop peaks where P(no cell) >= the larger cell-class probability.
+    Attributes
+    ----------
+    min_distance
+        peaks closer than this (Chebyshev, px) are merged; the NMS window is
+        ``2 * min_distance + 1``. Reference: 3.
+    threshold
+        keep maxima whose (blurred) foreground is strictly above this. Reference: 0.
+    sigma
+        Gaussian blur of the foreground before peak finding, px; 0 = no blur. Reference: 3.
+    truncate
+        the blur kernel's radius in sigmas (OpenCV's default kernel: 4).
+    drop_background
+        drop peaks where P(no cell) >= the larger cell-class probability.
     """
 
     min_distance: int = 3

@@ -53,10 +53,30 @@ def evaluate_dataset(
     device: str = "cpu",
     batch_size: int = 4,
 ) -> dict[str, Any]:
-    """Score a checkpoint on one split.
+    """Score a checkpoint on one split of a dataset in the OCELOT release layout with the
+    OCELOT challenge metric (``wsi_ocelot.evaluate``; ``wsi-ocelot evaluate --data``).
 
-    Returns ``{"overall": {"mF1", "BC": {...}, "TC": {...}}, "per_organ": {organ: ...},
-    "num_images": N, "split": split, "model": path, "radius_px": r}``."""
+    Parameters
+    ----------
+    model_path
+        A checkpoint or ``"demo"``.
+    data_root
+        The dataset's root (``images/``, ``annotations/``, ``metadata.json``).
+    split
+        ``train``, ``val`` or ``test``.
+    device, batch_size
+        Where and how many pairs at a time.
+
+    Returns
+    -------
+    dict
+        ``{"overall": {"mF1", "BC": {...}, "TC": {...}}, "per_organ": {organ: ...},
+        "num_images": N, "split": split, "model": path, "radius_px": r}``.
+
+    Examples
+    --------
+    >>> evaluate_dataset("demo", "ocelot_data", "test")["overall"]["mF1"]   # doctest: +SKIP
+    """
     model_path = resolve_model(model_path)
     dev = resolve_device(device)
     model, info = load_model(model_path, dev)

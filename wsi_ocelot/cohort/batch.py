@@ -297,7 +297,30 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
 # -- the batch -----------------------------------------------------------------------------
 def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config: CohortConfig,
                on_record: Callable[[SlideJob, dict[str, Any]], None] | None = None) -> CohortResult:
-    """Run ``jobs`` into ``out_dir``; skip slides already done (unless ``overwrite``)."""
+    """Run a batch of slides into ``out_dir``; skip slides already done (unless ``config.overwrite``).
+
+    Parameters
+    ----------
+    jobs
+        From :func:`~wsi_ocelot.cohort.collect_jobs` (files, folders, CSV manifests).
+    out_dir
+        The batch's output folder: one folder per slide, ``manifest.json``, ``summary.csv``,
+        ``report.html``.
+    config
+        A :class:`CohortConfig` (model, engine config, Dask scheduler, retries, ...).
+    on_record
+        Called after each slide with its job and manifest record.
+
+    Returns
+    -------
+    CohortResult
+        Counts of done / failed / skipped slides and their records.
+
+    Examples
+    --------
+    >>> jobs = collect_jobs(["slides/"])                                        # doctest: +SKIP
+    >>> res = run_cohort(jobs, "results", CohortConfig(model="best.safetensors"))  # doctest: +SKIP
+    """
     check_unique(jobs)
     engine = config.engine or EngineConfig()
     model = str(resolve_model(config.model))

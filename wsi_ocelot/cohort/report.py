@@ -25,11 +25,10 @@ from PIL import Image
 from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.manifest import DONE, Manifest, now_iso
 from wsi_ocelot.errors import ConfigError
+from wsi_ocelot.purity import SUMMARY_COLUMNS, SlideRecord
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ("slide_id", "path", "status", "mpp", "mpp_source", "n_cells", "n_tc", "n_bc", "purity",
-                   "purity_in_cancer_area", "tissue_area_mm2", "cancer_area_mm2", "runtime_s", "error")
 THUMB_SIDE = 240
 
 
@@ -48,15 +47,10 @@ def _rows(out_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
         pj = out_dir / sid / "purity.json"
         if rec.get("status") == DONE and "n_cells" not in rec and pj.is_file():  # not re-read after every slide of a batch
             try:
-                p = json.loads(pj.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                p = {}
-            row.update({k: p.get(k, row.get(k)) for k in ("mpp", "mpp_source", "n_cells", "n_tc", "n_bc", "purity", "purity_in_cancer_area",
-                                                          "tissue_area_mm2", "cancer_area_mm2")})
-            row["path"] = row.get("path") or p.get("slide")
-            row["purity_reason"] = p.get("purity_reason")
-            if row.get("runtime_s") is None:
-                row["runtime_s"] = (p.get("runtime_s") or {}).get("total")
+                known = SlideRecord.from_json(json.loads(pj.read_text(encoding="utf-8"))).summary_row()
+            except (OSError, ValueError, TypeError):
+                known = {}
+            row.update({k: v for k, v in known.items() if v is not None and (k not in ("path", "runtime_s") or row.get(k) is None)})
         rows.append(row)
     return rows
 

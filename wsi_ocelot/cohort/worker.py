@@ -114,23 +114,4 @@ def process_slide(job: SlideJob, out_dir: str, model: str, config, *, torch_thre
               "Fix: see the traceback in the run's log file; report it if the slide opens in other viewers"
         return {**base, "status": FAILED, "error": msg, "runtime_s": round(time.perf_counter() - t0, 3),
                 "traceback": traceback.format_exc()}
-    p = res.purity
-    return {
-        **base,
-        "status": DONE,
-        "error": None,
-        "mpp": p.get("mpp"),
-        "mpp_source": p.get("mpp_source"),
-        "n_cells": res.n_cells,
-        "n_tc": p.get("n_tc"),
-        "n_bc": p.get("n_bc"),
-        "purity": p.get("purity"),
-        "purity_reason": p.get("purity_reason"),
-        "purity_in_cancer_area": p.get("purity_in_cancer_area"),
-        "tissue_area_mm2": p.get("tissue_area_mm2"),
-        "cancer_area_mm2": p.get("cancer_area_mm2"),
-        "mode": res.mode,
-        "device": p.get("device"),
-        "runtime_s": round(time.perf_counter() - t0, 3),
-        "timings": {k: round(v, 3) for k, v in res.timings.items()},
-    }
+    return {**base, "status": DONE, "error": None, **res.record.manifest_fields(), "runtime_s": round(time.perf_counter() - t0, 3)}

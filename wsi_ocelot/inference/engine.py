@@ -24,9 +24,7 @@ is renamed to ``<out>/<slide-id>`` at the end.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
 import shutil
 import threading
@@ -34,7 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wsi_ocelot import __version__
+from wsi_ocelot.atomic import partial_folder, publish_folder, write_json
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.inference.background import BackgroundWriter
 from wsi_ocelot.inference.borders import (
@@ -59,10 +57,12 @@ from wsi_ocelot.inference.predictor import (
     resolve_device,
     with_oom_retry,
 )
+from wsi_ocelot.inference.run_metadata import run_attributes
 from wsi_ocelot.inference.tissue_map import (
     BlendedTissueMap,
     MapWindow,
     TissueMap,
+    coarse_map,
     core_block,
     crops_from_map,
 )
@@ -75,6 +75,7 @@ from wsi_ocelot.outputs import (
     write_overview,
     write_tissue_geojson,
 )
+from wsi_ocelot.purity import PurityCounter, SlideRecord
 from wsi_ocelot.slide import READERS, Slide, open_slide, tissue_mask
 from wsi_ocelot.tiling import BlockBatches, TileDataset, make_loader, plan_tiles
 from wsi_ocelot.tiling.dataset import default_workers
@@ -138,7 +139,8 @@ class EngineConfig:
 
 @dataclass
 class SlideResult:
-    """What :func:`run_slide` produced for one slide."""
+    """What :func:`run_slide` produced for one slide: its folder, and its record (``purity`` is
+    the record as written to ``purity.json``)."""
 
     slide_id: str
     out_dir: Path
@@ -146,6 +148,7 @@ class SlideResult:
     purity: dict[str, Any]
     timings: dict[str, float]
     mode: str
+    record: SlideRecord
 
 
 class _Timer:
@@ -194,43 +197,6 @@ def _to_host(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     return host, ev
 
 
-@dataclass
-class _Accumulator:
-    """Running counts for purity and the heat map (nothing per cell is kept)."""
-
-    grid_px: float
-    grid_shape: tuple[int, int]
-    tc_grid: np.ndarray = field(init=False)
-    bc_grid: np.ndarray = field(init=False)
-    n_tc: int = 0
-    n_bc: int = 0
-    n_tc_ca: int = 0
-    n_bc_ca: int = 0
-
-    def __post_init__(self) -> None:
-        self.tc_grid = np.zeros(self.grid_shape, np.int64)
-        self.bc_grid = np.zeros(self.grid_shape, np.int64)
-
-    def add(self, p: np.ndarray, inside: np.ndarray | None) -> None:
-        if not len(p):
-            return
-        tc = p[:, 2] == 2
-        self.n_tc += int(tc.sum())
-        self.n_bc += int((~tc).sum())
-        if inside is not None:
-            self.n_tc_ca += int((tc & inside).sum())
-            self.n_bc_ca += int((~tc & inside).sum())
-        gy = np.clip((p[:, 1] // self.grid_px).astype(int), 0, self.grid_shape[0] - 1)
-        gx = np.clip((p[:, 0] // self.grid_px).astype(int), 0, self.grid_shape[1] - 1)
-        np.add.at(self.tc_grid, (gy[tc], gx[tc]), 1)
-        np.add.at(self.bc_grid, (gy[~tc], gx[~tc]), 1)
-
-
-def _ratio(tc: int, bc: int) -> float | None:
-    return tc / (tc + bc) if tc + bc else None
-
-
-
 class _SlideRun:
     """The state of one slide's run: its outputs, counts, border buffer and writer thread.
     Made per slide, so a runner shared by threads never mixes two slides."""
@@ -247,7 +213,7 @@ class _SlideRun:
         scale = self.plan.tissue.tile_l0 / T if len(self.plan.tissue) else runner.geometry.tissue_mpp / slide.mpp
         self.tmap = TissueMap(W, H, scale)
         self.grid_px = PURITY_GRID_UM / slide.mpp
-        self.acc = _Accumulator(self.grid_px, (max(1, math.ceil(H / self.grid_px)), max(1, math.ceil(W / self.grid_px))))
+        self.counter = PurityCounter(W, H, self.grid_px)  # purity and its heat map, fed as cells are written
         self.origin = (slide.bounds[0], slide.bounds[1]) if cfg.qupath_crop else (0, 0)
         # cells closer than 3 µm (OCELOT's matching radius) from two tiles are one cell
         self.border = BorderBuffer(DUPLICATE_UM / slide.mpp)
@@ -280,7 +246,7 @@ class _SlideRun:
 
     def write_points(self, p: np.ndarray, inside: np.ndarray | None) -> None:
         with self.timer("post-processing"):
-            self.acc.add(p, inside)
+            self.counter.add(p[:, 0], p[:, 1], p[:, 2], inside)
         if len(p):
             with self.timer("write"):
                 self.gj.write(p[:, 0], p[:, 1], p[:, 2].astype(np.uint8), np.clip(p[:, 3], 0.0, 1.0))
@@ -303,7 +269,21 @@ def _host_points(pts: list[torch.Tensor]) -> list[np.ndarray]:
 
 
 class SlideRunner:
-    """Runs slides with one loaded model (load it once, run many slides)."""
+    """Runs slides with one loaded model (load it once, run many slides).
+
+    Parameters
+    ----------
+    model_path
+        A checkpoint (``.safetensors``) or ``"demo"`` (the shipped synthetic-data weights).
+    config
+        An :class:`EngineConfig`; the defaults fit the machine.
+
+    Examples
+    --------
+    >>> runner = SlideRunner("demo", EngineConfig(device="cpu"))   # doctest: +SKIP
+    >>> result = runner.run("slide.svs", "results")                # doctest: +SKIP
+    >>> result.record.purity.purity                                # doctest: +SKIP
+    """
 
     def __init__(self, model_path: str | os.PathLike[str], config: EngineConfig = EngineConfig()):
         model_path = resolve_model(model_path)  # "demo" → the shipped weights
@@ -336,48 +316,35 @@ class SlideRunner:
         if final.exists() and not overwrite:
             raise WsiOcelotError(final, "the output folder exists", "pass --overwrite, or choose another --out")
         out_root.mkdir(parents=True, exist_ok=True)
-        work = out_root / f".{sid}.partial-{os.getpid()}"
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir()
+        work = partial_folder(out_root, sid)
         try:
             with open_slide(slide_path, mpp=mpp, reader=self.config.reader) as slide:
-                result = self._run(_SlideRun(self, slide, work, sid))
-            result.timings["total"] = time.perf_counter() - t_start
-            self._finish_purity(work, result)
-            if final.exists():
-                old = out_root / f".{sid}.old-{os.getpid()}"
-                os.replace(final, old)
-                os.replace(work, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(work, final)
+                run = _SlideRun(self, slide, work, sid)
+                self._passes(run)
+                record = self._finish(run)
+            timings = {**run.timer.t, "total": time.perf_counter() - t_start}
+            record = dataclasses.replace(record, runtime_s={k: round(v, 3) for k, v in timings.items()})
+            write_json(work / "purity.json", record.to_json())
+            publish_folder(work, final)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        result.out_dir = final
-        log.info("%s: %d cells, purity %s, %.1f s -> %s", sid, result.n_cells,
-                 "n/a" if result.purity["purity"] is None else f"{result.purity['purity']:.3f}", result.timings["total"], final)
-        return result
-
-    def _finish_purity(self, work: Path, result: SlideResult) -> None:
-        result.purity["runtime_s"] = {k: round(v, 3) for k, v in result.timings.items()}
-        tmp = work / "purity.json.tmp"
-        tmp.write_text(json.dumps(result.purity, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, work / "purity.json")
+        p = record.purity
+        log.info("%s: %d cells, purity %s, %.1f s -> %s", sid, p.n_cells, "n/a" if p.purity is None else f"{p.purity:.3f}",
+                 timings["total"], final)
+        return SlideResult(sid, final, p.n_cells, record.to_json(), timings, record.mode or "", record)
 
     # ------------------------------------------------------------------------------------
-    def _run(self, run: _SlideRun) -> SlideResult:
-        cfg, slide, work, timer, tmap = self.config, run.slide, run.work, run.timer, run.tmap
-        W, H = slide.dimensions
-        mpp = slide.mpp
-        mode = "two-pass" if self.two_pass else "per-tile"
-        run.store = store = PredictionStore(work / "predictions.zarr", mode="w")
-        cells_name = "cells.geojson.gz" if cfg.geojson_gzip else "cells.geojson"
+    def _passes(self, run: _SlideRun) -> None:
+        """The tissue pass and the cell pass (or the per-tile pass), writing cells as they come."""
+        cfg, timer, tmap = self.config, run.timer, run.tmap
+        run.store = store = PredictionStore(run.work / "predictions.zarr", mode="w")
         try:
             if self.has_tissue:
-                store.create_tissue_map(tmap.height, tmap.width, tmap.scale * mpp, chunk=cfg.tissue_chunk, level0_downsample=tmap.scale)
-            with CellsGeoJSONWriter(work / cells_name, gzip=cfg.geojson_gzip, origin=run.origin) as gj, \
+                store.create_tissue_map(tmap.height, tmap.width, tmap.scale * run.slide.mpp, chunk=cfg.tissue_chunk,
+                                        level0_downsample=tmap.scale)
+            cells_name = "cells.geojson.gz" if cfg.geojson_gzip else "cells.geojson"
+            with CellsGeoJSONWriter(run.work / cells_name, gzip=cfg.geojson_gzip, origin=run.origin) as gj, \
                     BackgroundWriter(cfg.writer_depth, inline=not cfg.background_writer) as writer:
                 run.gj = gj
                 if self.two_pass:
@@ -390,39 +357,40 @@ class SlideRunner:
                 run.flush_border()
                 with timer("write"):
                     store.flush()
-                n_cells = gj.count
+        except BaseException:
+            store.close()
+            raise
 
-            # tissue outputs
+    def _finish(self, run: _SlideRun) -> SlideRecord:
+        """Tissue outputs, the overview, purity and the run's attributes; returns the slide's record."""
+        slide, work, timer, tmap, store = run.slide, run.work, run.timer, run.tmap, run.store
+        W, H = slide.dimensions
+        mpp = slide.mpp
+        mode = "two-pass" if self.two_pass else "per-tile"
+        try:
             with timer("write"):
                 ca_geom = None
                 if self.has_tissue:
-                    coarse, k = self._coarse_map(store, tmap)
+                    coarse, k = coarse_map(store, tmap)
                     ca_geom = polygons_from_map(coarse, threshold=0.5, scale=tmap.scale * k, min_area=(20.0 / mpp) ** 2)
                 write_tissue_geojson(work / "tissue.geojson", ca_geom, origin=run.origin)
                 thumb, ds = slide.thumbnail(mpp=max(1.0, max(W, H) * mpp / 1200.0))  # ~1200 px on the long side
-                tc, bc = run.acc.tc_grid, run.acc.bc_grid
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    grid = np.where(tc + bc > 0, tc / np.maximum(tc + bc, 1), np.nan)
-                write_overview(work / "overview.png", thumb, ds, ca_geometry=ca_geom, purity=grid, purity_cell_size=run.grid_px)
-
+                write_overview(work / "overview.png", thumb, ds, ca_geometry=ca_geom, purity=run.counter.grid(), purity_cell_size=run.grid_px)
             tissue_mm2 = float(run.mask.mask.sum()) * (run.mask.downsample * mpp) ** 2 / 1e6
             ca_mm2 = run.ca_pixels * (tmap.scale * mpp) ** 2 / 1e6 if self.has_tissue else None
-            purity = self._purity_dict(slide, run.acc, tissue_mm2, ca_mm2, n_cells, run.plan, mode)
-            store.set_attrs({
-                "slide": {"path": str(slide.path), "id": run.sid, "dimensions": [W, H], "mpp": mpp, "mpp_source": slide.mpp_info.source,
-                          "vendor": slide.vendor, "bounds": list(slide.bounds)},
-                "coordinates": "cells x, y in OpenSlide level-0 px (GeoJSON subtracts openslide.bounds-x/y when qupath_crop)",
-                "model": {"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder,
-                          "config": asdict(self.info.model), "geometry": asdict(self.geometry), "peaks": asdict(self.peaks),
-                          "training": self.info.training, "metrics": self.info.metrics},
-                "software": {"wsi_ocelot": __version__, "torch": torch.__version__},
-                "run": {**asdict(cfg), "mode": mode, "device": str(self.device)},
-                "timings_s": {k: round(v, 3) for k, v in timer.t.items()},
-                "counts": {"cells": n_cells, "tc": run.acc.n_tc, "bc": run.acc.n_bc},
-            })
+            purity = run.counter.result(
+                tissue_area_mm2=round(tissue_mm2, 6), cancer_area_mm2=None if ca_mm2 is None else round(ca_mm2, 6), mpp=mpp,
+                cancer_area_known=self.has_tissue, no_cancer_area_reason="the model has no tissue branch",
+                no_tissue=run.plan.mask.fraction == 0 or len(run.plan.cells) == 0)
+            record = SlideRecord(
+                slide=str(slide.path), purity=purity, mpp_source=slide.mpp_info.source,
+                model={"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder},
+                mode=mode, device=str(self.device), n_cell_tiles=len(run.plan.cells),
+                n_tissue_tiles=len(run.plan.tissue) if self.two_pass and self.has_tissue else 0)
+            store.set_attrs(run_attributes(self, run, record, dict(timer.t)))
         finally:
             store.close()
-        return SlideResult(run.sid, work, n_cells, purity, dict(timer.t), mode)
+        return record
 
     # ------------------------------------------------------------------------------------
     def _loader(self, dataset):
@@ -538,62 +506,31 @@ class SlideRunner:
             bar.update(len(idx))
         bar.close()
 
-    def _coarse_map(self, store, tmap: TissueMap, max_side: int = 4096) -> tuple[np.ndarray, int]:
-        """The tissue map block-averaged to at most ``max_side`` px (read block by block)."""
-        k = max(1, math.ceil(max(tmap.height, tmap.width) / max_side))
-        hh, ww = math.ceil(tmap.height / k), math.ceil(tmap.width / k)
-        out = np.zeros((hh, ww), np.float32)
-        step = max(k, (2048 // k) * k)
-        for y0 in range(0, tmap.height, step):
-            for x0 in range(0, tmap.width, step):
-                y1, x1 = min(y0 + step, tmap.height), min(x0 + step, tmap.width)
-                blk = store.read_tissue(y0, y1, x0, x1).astype(np.float32) / 255.0
-                ph, pw = (-blk.shape[0]) % k, (-blk.shape[1]) % k
-                if ph or pw:
-                    blk = np.pad(blk, ((0, ph), (0, pw)), mode="edge")
-                red = blk.reshape(blk.shape[0] // k, k, blk.shape[1] // k, k).mean(axis=(1, 3))
-                out[y0 // k:y0 // k + red.shape[0], x0 // k:x0 // k + red.shape[1]] = red
-        return out, k
-
-    def _purity_dict(self, slide: Slide, acc: _Accumulator, tissue_mm2: float, ca_mm2: float | None, n_cells: int, plan, mode: str) -> dict[str, Any]:
-        purity = _ratio(acc.n_tc, acc.n_bc)
-        if purity is None:
-            reason = "no tissue found on the slide" if plan.mask.fraction == 0 or len(plan.cells) == 0 else "no cells detected"
-        else:
-            reason = None
-        if not self.has_tissue:
-            p_ca, ca_reason = None, "the model has no tissue branch"
-        elif not ca_mm2:
-            p_ca, ca_reason = None, "no cancer area found"
-        else:
-            p_ca = _ratio(acc.n_tc_ca, acc.n_bc_ca)
-            ca_reason = None if p_ca is not None else "no cells inside the cancer area"
-        return {
-            "slide": str(slide.path),
-            "n_cells": n_cells,
-            "n_tc": acc.n_tc,
-            "n_bc": acc.n_bc,
-            "purity": purity,
-            "purity_reason": reason,
-            "n_tc_in_cancer_area": acc.n_tc_ca if self.has_tissue else None,
-            "n_bc_in_cancer_area": acc.n_bc_ca if self.has_tissue else None,
-            "purity_in_cancer_area": p_ca,
-            "purity_in_cancer_area_reason": ca_reason,
-            "tissue_area_mm2": round(tissue_mm2, 6),
-            "cancer_area_mm2": None if ca_mm2 is None else round(ca_mm2, 6),
-            "mpp": slide.mpp,
-            "mpp_source": slide.mpp_info.source,
-            "model": {"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder},
-            "mode": mode,
-            "device": str(self.device),
-            "n_cell_tiles": len(plan.cells),
-            "n_tissue_tiles": len(plan.tissue) if self.two_pass and self.has_tissue else 0,
-        }
-
-
-
 
 def run_slide(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], model_path: str | os.PathLike[str],
               config: EngineConfig = EngineConfig(), *, mpp: float | None = None) -> SlideResult:
-    """Load ``model_path`` and run one slide (convenience for a single slide)."""
+    """Load ``model_path`` and run one slide into ``out_dir/<slide-id>/``.
+
+    Parameters
+    ----------
+    slide_path
+        The slide file.
+    out_dir
+        The output folder; the slide's folder appears in it when complete.
+    model_path
+        A checkpoint or ``"demo"``.
+    config
+        An :class:`EngineConfig`.
+    mpp
+        µm per level-0 pixel, overriding the slide's metadata.
+
+    Returns
+    -------
+    SlideResult
+        The folder, the cell count, timings and the slide's record (``purity.json``).
+
+    Examples
+    --------
+    >>> res = run_slide("slide.svs", "results", "demo", EngineConfig(device="cpu"))  # doctest: +SKIP
+    """
     return SlideRunner(model_path, config).run(slide_path, out_dir, mpp=mpp)

@@ -1,6 +1,6 @@
 """Cell probability map → cell points, on the model's device.
 
-Follows the OCELOT challenge's reference post-processing (FORMATS.md §2):
+Follows the OCELOT challenge's reference post-processing (docs/formats.md §1):
 foreground = 1 − P(no cell), optionally Gaussian-blurred (σ = 3 px); local maxima at least
 ``min_distance`` px apart (Chebyshev) with foreground > ``threshold``; a peak is dropped
 where P(no cell) ≥ the larger cell-class probability; class = argmax(BC, TC) (1 or 2),
@@ -206,20 +206,26 @@ def find_peaks(
 ) -> list[Tensor]:
     """Cell points from softmax cell probabilities.
 
-    Args:
-        cell_probs: (B, C >= 3, H, W) probabilities; channel 0 = no cell, 1 = BC, 2 = TC.
-        cfg: peak parameters (defaults: the OCELOT reference).
-        core: optional ``(x0, y0, x1, y1)`` in prob-map px; keep only peaks with
-            ``x0 <= x < x1`` and ``y0 <= y < y1`` (a tile's own core, so that cores tile
-            the slide without double counting). Only the core and a halo of
-            ``blur radius + 4 * min_distance`` px around it are then computed (the blur,
-            the window maxima and the candidates there are exactly those of the whole
-            map); the one approximation is a chain of three or more exactly equal maxima
-            (a plateau) running from outside the halo into the core.
-        per_image: compute the maps one image at a time on one thread (the CPU's way) or the
-            whole batch at once (the device's way); None chooses by device. Same results.
+    Parameters
+    ----------
+    cell_probs
+        (B, C >= 3, H, W) probabilities; channel 0 = no cell, 1 = BC, 2 = TC.
+    cfg
+        peak parameters (defaults: the OCELOT reference).
+    core
+        optional ``(x0, y0, x1, y1)`` in prob-map px; keep only peaks with
+        ``x0 <= x < x1`` and ``y0 <= y < y1`` (a tile's own core, so that cores tile
+        the slide without double counting). Only the core and a halo of
+        ``blur radius + 4 * min_distance`` px around it are then computed (the blur,
+        the window maxima and the candidates there are exactly those of the whole
+        map); the one approximation is a chain of three or more exactly equal maxima
+        (a plateau) running from outside the halo into the core.
+    per_image
+        compute the maps one image at a time on one thread (the CPU's way) or the
+        whole batch at once (the device's way); None chooses by device. Same results.
 
-    Returns:
+    Returns
+    -------
         One float32 tensor (N_i, 4) per image, on the input's device, rows
         ``(x, y, class, probability)``: x = column, y = row in prob-map px, class 1 (BC) or
         2 (TC), in raster order.

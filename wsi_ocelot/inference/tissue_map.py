@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BlendedTissueMap", "MapWindow", "TissueMap", "core_block", "crops_from_map", "read_map_region"]
+__all__ = ["BlendedTissueMap", "MapWindow", "TissueMap", "coarse_map", "core_block", "crops_from_map", "read_map_region"]
 
 
 class TissueMap:
@@ -252,3 +252,21 @@ class BlendedTissueMap:
     def close(self) -> None:
         if self.pending:  # every tile was added, so nothing can be pending
             raise RuntimeError(f"tissue map: {len(self.pending)} band rectangles were never completed")
+
+
+def coarse_map(store, tmap: TissueMap, max_side: int = 4096) -> tuple[np.ndarray, int]:
+    """The tissue map block-averaged to at most ``max_side`` px (read block by block)."""
+    k = max(1, math.ceil(max(tmap.height, tmap.width) / max_side))
+    hh, ww = math.ceil(tmap.height / k), math.ceil(tmap.width / k)
+    out = np.zeros((hh, ww), np.float32)
+    step = max(k, (2048 // k) * k)
+    for y0 in range(0, tmap.height, step):
+        for x0 in range(0, tmap.width, step):
+            y1, x1 = min(y0 + step, tmap.height), min(x0 + step, tmap.width)
+            blk = store.read_tissue(y0, y1, x0, x1).astype(np.float32) / 255.0
+            ph, pw = (-blk.shape[0]) % k, (-blk.shape[1]) % k
+            if ph or pw:
+                blk = np.pad(blk, ((0, ph), (0, pw)), mode="edge")
+            red = blk.reshape(blk.shape[0] // k, k, blk.shape[1] // k, k).mean(axis=(1, 3))
+            out[y0 // k:y0 // k + red.shape[0], x0 // k:x0 // k + red.shape[1]] = red
+    return out, k

@@ -32,7 +32,7 @@ from wsi_ocelot.metrics.matching import (
 )
 from wsi_ocelot.metrics.ocelot import CLASS_NAMES, ClassScore, OcelotScore, evaluate
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLASS_NAMES",

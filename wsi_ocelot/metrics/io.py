@@ -37,7 +37,7 @@ from wsi_ocelot.atomic import write_text
 from wsi_ocelot.datasets.ocelot import read_cell_csv
 from wsi_ocelot.errors import DatasetError, PredictionFileError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 PointsKind = Literal["pred", "gt"]
 
@@ -230,7 +230,7 @@ def read_points_json_ex(
         rows.setdefault(img, []).append((x, y, c, prob))
     keys = range(num_images) if num_images is not None else sorted(rows)
     out = {k: np.asarray(rows[k], dtype=np.float64) if k in rows else empty_points() for k in keys}
-    logger.debug("read %d points in %d images from %s", len(doc["points"]), len(out), p)
+    log.debug("read %d points in %d images from %s", len(doc["points"]), len(out), p)
     return out, num_images
 
 
@@ -306,7 +306,7 @@ def write_points_json(
     doc["version"] = dict(VERSION)
     out = Path(path)
     write_text(out, json.dumps(doc))
-    logger.debug("wrote %d %s points to %s", len(points), kind, out)
+    log.debug("wrote %d %s points to %s", len(points), kind, out)
     return out
 
 
@@ -335,5 +335,5 @@ def read_points_csv_dir(directory: str | os.PathLike[str]) -> dict[int, NDArray[
     files = sorted(d.glob("*.csv"))
     if not files:
         raise DatasetError(d, "no .csv files", "pass annotations/<split>/cell of the release")
-    logger.debug("image_i -> file: %s", {i: f.name for i, f in enumerate(files)})
+    log.debug("image_i -> file: %s", {i: f.name for i, f in enumerate(files)})
     return {i: read_points_csv(f) for i, f in enumerate(files)}

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 DISTANCE_CUTOFF: float = 15.0
 """The challenge's matching radius in cell-patch pixels (≈ 3 µm at ≈ 0.194 µm/px)."""
@@ -182,7 +182,7 @@ def _greedy_assign(
                 seq_g.append(g)
             match_rank.append(np.asarray(seq_p, dtype=np.intp))
             match_gt.append(np.asarray(seq_g, dtype=np.intp))
-            logger.debug("greedy matching: %d rounds, %d matched in the loop", rounds, len(seq_p))
+            log.debug("greedy matching: %d rounds, %d matched in the loop", rounds, len(seq_p))
             break
     if not match_rank:
         return np.empty(0, np.intp), np.empty(0, np.intp)

@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from wsi_ocelot.metrics.matching import DISTANCE_CUTOFF, RankBy, match_by_class
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CLASS_NAMES: dict[int, str] = {1: "BC", 2: "TC"}
 """Cell classes of the challenge: 1 = background cell, 2 = tumour cell."""
@@ -206,5 +206,5 @@ def evaluate(
     tc = ClassScore.from_counts("TC", *totals[2])
     mf1 = sum([bc.f1, tc.f1]) / len(CLASS_NAMES)
     score = OcelotScore(bc=bc, tc=tc, mf1=mf1, num_images=len(gt_map), radius=float(radius))
-    logger.debug("OCELOT mF1 %.4f (BC F1 %.4f, TC F1 %.4f)", mf1, bc.f1, tc.f1)
+    log.debug("OCELOT mF1 %.4f (BC F1 %.4f, TC F1 %.4f)", mf1, bc.f1, tc.f1)
     return score

@@ -48,16 +48,24 @@ def crop_tissue(
 ) -> Tensor:
     """Crop the cell patch's region out of a tissue map and resize it.
 
-    Args:
-        probs: (B, C, Ht, Wt) tissue probabilities (or any feature map) over the tissue patch.
-        offset: (B, 2) the cell patch centre (x, y) relative to the tissue patch, in [0, 1].
-        context_factor: the tissue patch's field of view / the cell patch's (OCELOT: 4).
-        out_size: (h, w) or an int for the output; ``None`` = the region's native size in
-            tissue-map pixels, ``round(Ht / f) × round(Wt / f)`` (no resampling loss).
-        mode: ``"bilinear"`` (probabilities, features) or ``"nearest"`` (labels).
-        padding_mode: ``"zeros"`` or ``"border"`` for the part of the region outside the map.
+    Parameters
+    ----------
+    probs
+        (B, C, Ht, Wt) tissue probabilities (or any feature map) over the tissue patch.
+    offset
+        (B, 2) the cell patch centre (x, y) relative to the tissue patch, in [0, 1].
+    context_factor
+        the tissue patch's field of view / the cell patch's (OCELOT: 4).
+    out_size
+        (h, w) or an int for the output; ``None`` = the region's native size in
+        tissue-map pixels, ``round(Ht / f) × round(Wt / f)`` (no resampling loss).
+    mode
+        ``"bilinear"`` (probabilities, features) or ``"nearest"`` (labels).
+    padding_mode
+        ``"zeros"`` or ``"border"`` for the part of the region outside the map.
 
-    Returns:
+    Returns
+    -------
         (B, C, h, w) the region, aligned to the cell patch's pixels.
     """
     if probs.ndim != 4:
@@ -93,13 +101,19 @@ def place_in_tissue(
     The inverse of :func:`crop_tissue` (paper Fig. 5b): the cell map is area-averaged to the
     region's native size in tissue-map pixels, then placed with sub-pixel accuracy.
 
-    Args:
-        cell_map: (B, C, h, w) a map over the cell patch.
-        offset: (B, 2) cell patch centre (x, y) relative to the tissue patch.
-        context_factor: tissue field of view / cell field of view.
-        tissue_size: (Ht, Wt) of the output.
+    Parameters
+    ----------
+    cell_map
+        (B, C, h, w) a map over the cell patch.
+    offset
+        (B, 2) cell patch centre (x, y) relative to the tissue patch.
+    context_factor
+        tissue field of view / cell field of view.
+    tissue_size
+        (Ht, Wt) of the output.
 
-    Returns:
+    Returns
+    -------
         (B, C, Ht, Wt), zero outside the cell region.
     """
     if cell_map.ndim != 4:

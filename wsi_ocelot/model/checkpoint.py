@@ -95,16 +95,24 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model``'s weights and configs to one ``.safetensors`` file (atomically).
 
-    Args:
-        path: destination; parent folders are created.
-        model: an :class:`OcelotModel` (a ``torch.compile`` wrapper is unwrapped).
-        geometry: the working resolutions the model was trained for; its
-            ``context_factor`` must equal the model's.
-        peaks: the peak-detection parameters to use with this model.
-        training: JSON-serialisable notes on the training run (data, epochs, config, ...).
-        metrics: JSON-serialisable validation/test metrics.
+    Parameters
+    ----------
+    path
+        destination; parent folders are created.
+    model
+        an :class:`OcelotModel` (a ``torch.compile`` wrapper is unwrapped).
+    geometry
+        the working resolutions the model was trained for; its
+        ``context_factor`` must equal the model's.
+    peaks
+        the peak-detection parameters to use with this model.
+    training
+        JSON-serialisable notes on the training run (data, epochs, config, ...).
+    metrics
+        JSON-serialisable validation/test metrics.
 
-    Returns:
+    Returns
+    -------
         The written path.
     """
     path = Path(path)
@@ -328,10 +336,29 @@ def load_model(
 ) -> tuple[OcelotModel, CheckpointInfo]:
     """Rebuild a model from a checkpoint file alone, in eval mode on ``device``.
 
-    Raises:
-        CheckpointError: missing file, pickle/``torch.save`` file, truncated or corrupt
-            file, safetensors without wsi-ocelot metadata, or weights that do not fit the
-            recorded config. The message names the file and the fix.
+    Parameters
+    ----------
+    path
+        A ``.safetensors`` checkpoint written by :func:`save_checkpoint` (``wsi_ocelot.weights.demo_path()``
+        is the demo's).
+    device
+        Where the model goes.
+
+    Returns
+    -------
+    (OcelotModel, CheckpointInfo)
+        The model and what its metadata says (variant, encoder, geometry, peaks, training, metrics).
+
+    Examples
+    --------
+    >>> model, info = load_model("runs/p2i2/best.safetensors")   # doctest: +SKIP
+
+    Raises
+    ------
+    CheckpointError
+        missing file, pickle/``torch.save`` file, truncated or corrupt
+        file, safetensors without wsi-ocelot metadata, or weights that do not fit the
+        recorded config. The message names the file and the fix.
     """
     p = Path(path)
     info = read_checkpoint_info(p)

@@ -39,12 +39,17 @@ __all__ = [
 class OcelotModel(nn.Module):
     """Base class: config, internal normalisation and the capability flags the engine reads.
 
-    Attributes:
-        config: the :class:`ModelConfig` it was built from.
-        supports_two_pass: whether ``tissue_probs`` + ``cell_logits_from_tissue`` exist
-            (tissue pass once per region, cell pass per tile).
-        has_tissue_branch: whether the model predicts tissue at all.
-        needs_tissue_label: whether ``forward`` needs ``tissue_label`` (label leaking).
+    Attributes
+    ----------
+    config
+        the :class:`ModelConfig` it was built from.
+    supports_two_pass
+        whether ``tissue_probs`` + ``cell_logits_from_tissue`` exist
+        (tissue pass once per region, cell pass per tile).
+    has_tissue_branch
+        whether the model predicts tissue at all.
+    needs_tissue_label
+        whether ``forward`` needs ``tissue_label`` (label leaking).
     """
 
     supports_two_pass: ClassVar[bool] = True
@@ -150,13 +155,17 @@ class InjectionModel(OcelotModel):
     def cell_logits_from_tissue(self, cell: Tensor, tissue_crop: Tensor | None) -> Tensor:
         """Cell pass with the tissue map already cropped to the cell region.
 
-        Args:
-            cell: (B, 3, H, W) cell patch in [0, 1].
-            tissue_crop: (B, tissue_classes, h, w) tissue probabilities over exactly the cell
-                patch's field of view (:func:`crop_tissue`), any h, w: resized here to the
-                injection point (bilinear, anti-aliased when shrinking).
+        Parameters
+        ----------
+        cell
+            (B, 3, H, W) cell patch in [0, 1].
+        tissue_crop
+            (B, tissue_classes, h, w) tissue probabilities over exactly the cell
+            patch's field of view (:func:`crop_tissue`), any h, w: resized here to the
+            injection point (bilinear, anti-aliased when shrinking).
 
-        Returns:
+        Returns
+        -------
             (B, cell_classes, H, W) logits.
         """
         self.cell.check_input(cell, "cell")
@@ -191,13 +200,19 @@ class InjectionModel(OcelotModel):
     ) -> dict[str, Tensor | None]:
         """Training forward on OCELOT pairs.
 
-        Args:
-            cell: (B, 3, H, W) cell patch in [0, 1].
-            tissue: (B, 3, Ht, Wt) tissue (context) patch in [0, 1].
-            offset: (B, 2) cell patch centre (x, y) relative to the tissue patch.
-            tissue_label: unused.
+        Parameters
+        ----------
+        cell
+            (B, 3, H, W) cell patch in [0, 1].
+        tissue
+            (B, 3, Ht, Wt) tissue (context) patch in [0, 1].
+        offset
+            (B, 2) cell patch centre (x, y) relative to the tissue patch.
+        tissue_label
+            unused.
 
-        Returns:
+        Returns
+        -------
             ``cell_logits`` (B, cell_classes, H, W), ``tissue_logits`` (B, tissue_classes, Ht, Wt).
         """
         self._check_pair(cell, tissue, offset)

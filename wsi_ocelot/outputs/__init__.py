@@ -1,10 +1,11 @@
-"""Per-slide output writers, one module per format (DESIGN §5).
+"""Per-slide output writers, one module per format (docs/formats.md).
 
 - :mod:`~wsi_ocelot.outputs.geojson`: QuPath GeoJSON — streamed cell detections and
   cancer-area annotations (QuPath's frame: level-0 px minus the OpenSlide bounds offset).
 - :mod:`~wsi_ocelot.outputs.polygons`: raster probability map → valid polygons.
 - :mod:`~wsi_ocelot.outputs.zarr_store`: ``predictions.zarr`` (Zarr v3, OME-NGFF 0.5 tissue map).
 - :mod:`~wsi_ocelot.outputs.overview`: ``overview.png``.
+- :mod:`~wsi_ocelot.outputs.cells_table`: a result folder's cells as a pandas table.
 
 Every file is written atomically (temporary name, then rename).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from wsi_ocelot.atomic import atomic_open
 from wsi_ocelot.errors import OutputWriteError
+from wsi_ocelot.outputs.cells_table import read_cells
 from wsi_ocelot.outputs.geojson import (
     CA_COLOR,
     CELL_CLASSES,
@@ -40,6 +42,7 @@ __all__ = [
     "ngff_multiscales",
     "open_predictions",
     "polygons_from_map",
+    "read_cells",
     "purity_colormap",
     "threshold_map",
     "write_overview",

@@ -2,7 +2,7 @@
 
 Frame: every coordinate written is a **level-0 pixel of the slide in QuPath's frame**
 (x = column, y = row, origin top-left), i.e. the OpenSlide level-0 coordinate minus
-``origin`` where ``origin = (openslide.bounds-x, openslide.bounds-y)`` (FORMATS.md §3; pass
+``origin`` where ``origin = (openslide.bounds-x, openslide.bounds-y)`` (docs/formats.md §2; pass
 ``(0, 0)`` for slides without bounds or for QuPath images added with ``--no-crop``).
 Coordinates are rounded to 0.01 px, QuPath's own grid since 0.6.
 
@@ -30,7 +30,7 @@ from shapely.geometry.base import BaseGeometry
 from wsi_ocelot.atomic import atomic_open, commit_temp, discard_temp, open_temp
 from wsi_ocelot.outputs.polygons import clean_polygons, polygons_from_map
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CELL_CLASSES",
@@ -181,7 +181,7 @@ class CellsGeoJSONWriter:
             self.abort()
             raise
         self._closed = True
-        logger.info("wrote %d cell detections to %s", self.count, self._final)
+        log.info("wrote %d cell detections to %s", self.count, self._final)
         return self._final
 
     def abort(self) -> None:
@@ -195,7 +195,7 @@ class CellsGeoJSONWriter:
             except Exception:  # noqa: BLE001 - best effort, the file is being discarded
                 pass
         discard_temp(self._temp)
-        logger.debug("discarded partial %s", self._final)
+        log.debug("discarded partial %s", self._final)
 
 
 # --------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def write_tissue_geojson(
         out.write(_FOOTER)
         if gzip:
             out.close()
-    logger.info("wrote %d cancer-area polygons to %s", n, path)
+    log.info("wrote %d cancer-area polygons to %s", n, path)
     return Path(path)
 
 

@@ -20,7 +20,7 @@ from shapely.geometry.base import BaseGeometry
 
 from wsi_ocelot.atomic import atomic_open
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = ["purity_colormap", "write_overview"]
 
@@ -171,5 +171,5 @@ def write_overview(
     canvas.paste(_legend(canvas.width, purity is not None, has_ca, cells is not None), (0, h))
     with atomic_open(path) as fh:
         canvas.save(fh, format="PNG", optimize=False)
-    logger.info("wrote overview %s (%d×%d)", path, canvas.width, canvas.height)
+    log.info("wrote overview %s (%d×%d)", path, canvas.width, canvas.height)
     return Path(path)

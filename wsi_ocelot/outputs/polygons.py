@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from shapely.geometry.base import BaseGeometry
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = ["clean_polygons", "polygons_from_map", "threshold_map"]
 
@@ -179,7 +179,7 @@ def polygons_from_map(
             result = shapely.MultiPolygon(_polygonal_parts(shapely.make_valid(result)))
         if not isinstance(result, shapely.MultiPolygon):
             result = shapely.MultiPolygon(_polygonal_parts(result))
-    logger.debug("polygons_from_map: %d×%d map → %d polygons", h, w, len(result.geoms))
+    log.debug("polygons_from_map: %d×%d map → %d polygons", h, w, len(result.geoms))
     return result
 
 
@@ -226,5 +226,5 @@ def clean_polygons(geoms: Iterable[BaseGeometry | None], *, grid: float = 0.01) 
                     continue
                 out.append(shapely.geometry.polygon.orient(poly, 1.0))
     if dropped:
-        logger.debug("clean_polygons: dropped %d degenerate polygon parts", dropped)
+        log.debug("clean_polygons: dropped %d degenerate polygon parts", dropped)
     return out

@@ -1,4 +1,4 @@
-"""``predictions.zarr``: the per-slide prediction store (Zarr v3, DESIGN §5).
+"""``predictions.zarr``: the per-slide prediction store (Zarr v3, docs/formats.md §2).
 
 Layout::
 
@@ -34,7 +34,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from wsi_ocelot.errors import PredictionFileError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = ["CELL_COLUMNS", "PredictionStore", "ngff_multiscales", "open_predictions"]
 
@@ -339,7 +339,7 @@ class PredictionStore:
             self.root["cells"].attrs["count"] = self._n_written
             if self._tissue_levels == 2 and not self.root["tissue"].attrs["wsi_ocelot"].get("pyramid_built"):
                 self.build_tissue_pyramid()
-            logger.info("predictions store %s: %d cells", self.path, self._n_written)
+            log.info("predictions store %s: %d cells", self.path, self._n_written)
         self._closed = True
 
     def _writable(self) -> None:

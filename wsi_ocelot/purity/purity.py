@@ -1,8 +1,11 @@
-"""Tumour purity from a cell table: pure, vectorised functions (no I/O).
+"""Tumour purity: the one place it is computed (docs/architecture.md).
 
-Cell tables are 1-D columns ``x, y`` (OpenSlide level-0 px, float), ``cls`` (1 = BC background
-cell, 2 = TC tumour cell). Purity is the tumour-cell fraction ``TC / (TC + BC)``, over the whole
-slide and over the cells inside the predicted cancer area (CA).
+Purity is the tumour-cell fraction ``TC / (TC + BC)``, over the whole slide and over the cells
+inside the predicted cancer area (CA). :class:`PurityCounter` counts it streaming, batch by
+batch, with the per-square counts of the heat map (the slide engine feeds it as cells are
+found; nothing per cell is kept); :func:`compute_purity` and :func:`purity_grid` run it over a
+whole cell table. Cell tables are 1-D columns ``x, y`` (OpenSlide level-0 px, float), ``cls``
+(1 = BC background cell, 2 = TC tumour cell). No I/O.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import shapely
 from numpy.typing import ArrayLike, NDArray
 from shapely.geometry.base import BaseGeometry
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-__all__ = ["PurityResult", "compute_purity", "inside_geometry", "inside_map", "purity_grid"]
+__all__ = ["PurityCounter", "PurityResult", "compute_purity", "inside_geometry", "inside_map", "purity_grid"]
 
 BC, TC = 1, 2
 UM2_PER_MM2 = 1e6
@@ -111,6 +114,106 @@ def _ratio(tc: int, bc: int) -> float | None:
     return tc / (tc + bc) if tc + bc else None
 
 
+def _mm2(v: float | None) -> float | None:
+    return None if v is None else float(v) / UM2_PER_MM2
+
+
+class PurityCounter:
+    """Streaming purity of one slide: fed cells batch by batch, it keeps the class counts
+    (over all cells and inside the cancer area) and the per-square counts of a heat map.
+
+    The heat map cuts the ``width × height`` level-0 slide into squares of ``grid_px`` px
+    (square ``(i, j)`` covers ``[j·s, (j+1)·s) × [i·s, (i+1)·s)``); cells outside the slide
+    count in the purity but not in the map. Without a grid (``grid_px=None``) only the
+    counts are kept."""
+
+    def __init__(self, width: float | None = None, height: float | None = None, grid_px: float | None = None):
+        self.n_tc = self.n_bc = self.n_tc_ca = self.n_bc_ca = 0
+        self.grid_px = grid_px
+        if grid_px is not None:
+            if not grid_px > 0:
+                raise ValueError(f"grid_px must be > 0, got {grid_px}")
+            if not (width and height and width > 0 and height > 0):
+                raise ValueError(f"width and height must be > 0, got {width} × {height}")
+            self.width, self.height = float(width), float(height)
+            shape = (math.ceil(height / grid_px), math.ceil(width / grid_px))
+            self.tc_grid = np.zeros(shape, np.int64)
+            self.bc_grid = np.zeros(shape, np.int64)
+
+    @property
+    def n_cells(self) -> int:
+        return self.n_tc + self.n_bc
+
+    def add(self, x: ArrayLike, y: ArrayLike, cls: ArrayLike, inside: ArrayLike | None = None) -> None:
+        """Count a batch of cells; ``inside`` (a bool per cell) marks those in the cancer area."""
+        xa, ya = _xy(x, y)
+        c = np.asarray(cls).reshape(-1)
+        if c.size != xa.size:
+            raise ValueError(f"cls must have one entry per cell, got {c.size} for {xa.size} cells")
+        if not c.size:
+            return
+        if not np.isin(c, (BC, TC)).all():
+            raise ValueError(f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(c)[:10].tolist()}")
+        tc = c == TC
+        self.n_tc += int(tc.sum())
+        self.n_bc += int((~tc).sum())
+        if inside is not None:
+            ins = np.asarray(inside, dtype=bool).reshape(-1)
+            if ins.size != c.size:
+                raise ValueError(f"inside must have one entry per cell, got {ins.size} for {c.size} cells")
+            self.n_tc_ca += int((tc & ins).sum())
+            self.n_bc_ca += int((~tc & ins).sum())
+        if self.grid_px is not None:
+            ok = (xa >= 0) & (ya >= 0) & (xa < self.width) & (ya < self.height)
+            gh, gw = self.tc_grid.shape
+            gi = np.minimum((ya[ok] // self.grid_px).astype(np.int64), gh - 1)
+            gj = np.minimum((xa[ok] // self.grid_px).astype(np.int64), gw - 1)
+            t = tc[ok]
+            self.tc_grid += np.bincount(gi[t] * gw + gj[t], minlength=gh * gw).reshape(gh, gw)
+            self.bc_grid += np.bincount(gi[~t] * gw + gj[~t], minlength=gh * gw).reshape(gh, gw)
+
+    def grid(self) -> NDArray[np.float64]:
+        """The heat map: purity per square, NaN where a square holds no cell."""
+        total = self.tc_grid + self.bc_grid
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, self.tc_grid / np.maximum(total, 1), np.nan)
+
+    def result(self, *, tissue_area_mm2: float | None = None, cancer_area_mm2: float | None = None, mpp: float | None = None,
+               cancer_area_known: bool = True, no_cancer_area_reason: str = "no cancer-area prediction given",
+               no_tissue: bool = False) -> PurityResult:
+        """The slide's :class:`PurityResult`.
+
+        ``cancer_area_known=False`` (no cancer-area prediction, e.g. a model without a tissue
+        branch) leaves the in-CA fields None with ``no_cancer_area_reason``; a known cancer
+        area of 0 mm² gives "no cancer area found". ``no_tissue`` names the reason for a
+        slide without cells: "no tissue found on the slide" instead of "no cells detected".
+        """
+        purity = _ratio(self.n_tc, self.n_bc)
+        reason = None if purity is not None else ("no tissue found on the slide" if no_tissue else "no cells detected")
+        n_in = tc_in = bc_in = None
+        p_in: float | None = None
+        if not cancer_area_known:
+            reason_in: str | None = no_cancer_area_reason
+        else:
+            tc_in, bc_in = self.n_tc_ca, self.n_bc_ca
+            n_in = tc_in + bc_in
+            p_in = _ratio(tc_in, bc_in)
+            if p_in is not None:
+                reason_in = None
+            elif cancer_area_mm2 is not None and cancer_area_mm2 <= 0:
+                reason_in = "no cancer area found"
+            elif self.n_cells == 0:
+                reason_in = "no cells detected"
+            else:
+                reason_in = "no cells inside the cancer area"
+        return PurityResult(
+            n_cells=self.n_cells, n_tc=self.n_tc, n_bc=self.n_bc, purity=purity, purity_reason=reason,
+            n_cells_in_cancer_area=n_in, n_tc_in_cancer_area=tc_in, n_bc_in_cancer_area=bc_in,
+            purity_in_cancer_area=p_in, purity_in_cancer_area_reason=reason_in,
+            tissue_area_mm2=tissue_area_mm2, cancer_area_mm2=cancer_area_mm2, mpp=None if mpp is None else float(mpp),
+        )
+
+
 def compute_purity(
     x: ArrayLike,
     y: ArrayLike,
@@ -139,56 +242,23 @@ def compute_purity(
         raise ValueError("give the cancer area either as ca_geometry or as ca_inside, not both")
     if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
         raise ValueError(f"mpp must be a positive number, got {mpp}")
-    is_tc = c == TC
-    n_tc = int(is_tc.sum())
-    n_bc = int(c.size - n_tc)
-    purity = _ratio(n_tc, n_bc)
-    reason = None if purity is not None else "no cells detected"
-
     if ca_inside is not None:
         inside = np.asarray(ca_inside, dtype=bool).reshape(-1)
         if inside.size != c.size:
             raise ValueError(f"ca_inside must have one entry per cell, got {inside.size} for {c.size} cells")
-        has_ca: bool | None = None  # unknown from a membership vector alone
     elif ca_geometry is not None:
         inside = inside_geometry(xa, ya, ca_geometry)
-        has_ca = not ca_geometry.is_empty
         if ca_area_um2 is None and mpp is not None:
             ca_area_um2 = float(ca_geometry.area) * mpp * mpp
+        if ca_geometry.is_empty and ca_area_um2 is None:
+            ca_area_um2 = 0.0
     else:
         inside = None
-        has_ca = False
-
-    n_in = tc_in = bc_in = None
-    p_in: float | None = None
-    reason_in: str | None
-    if inside is None:
-        reason_in = "no cancer-area prediction given"
-    else:
-        n_in = int(inside.sum())
-        tc_in = int((inside & is_tc).sum())
-        bc_in = n_in - tc_in
-        p_in = _ratio(tc_in, bc_in)
-        if p_in is not None:
-            reason_in = None
-        elif has_ca is False or (ca_area_um2 is not None and ca_area_um2 <= 0):
-            reason_in = "no cancer area found"
-        elif c.size == 0:
-            reason_in = "no cells detected"
-        else:
-            reason_in = "no cells inside the cancer area"
-
-    def mm2(v: float | None) -> float | None:
-        return None if v is None else float(v) / UM2_PER_MM2
-
-    result = PurityResult(
-        n_cells=int(c.size), n_tc=n_tc, n_bc=n_bc, purity=purity, purity_reason=reason,
-        n_cells_in_cancer_area=n_in, n_tc_in_cancer_area=tc_in, n_bc_in_cancer_area=bc_in,
-        purity_in_cancer_area=p_in, purity_in_cancer_area_reason=reason_in,
-        tissue_area_mm2=mm2(tissue_area_um2), cancer_area_mm2=mm2(ca_area_um2),
-        mpp=None if mpp is None else float(mpp),
-    )
-    logger.debug("purity: %s", result)
+    counter = PurityCounter()
+    counter.add(xa, ya, c, inside)
+    result = counter.result(tissue_area_mm2=_mm2(tissue_area_um2), cancer_area_mm2=_mm2(ca_area_um2), mpp=mpp,
+                            cancer_area_known=inside is not None)
+    log.debug("purity: %s", result)
     return result
 
 
@@ -211,19 +281,10 @@ def purity_grid(
         raise ValueError(f"cell_size_px must be > 0, got {cell_size_px}")
     if not (width > 0 and height > 0):
         raise ValueError(f"width and height must be > 0, got {width} × {height}")
+    counter = PurityCounter(width, height, cell_size_px)
     xa, ya = _xy(x, y)
     c = np.asarray(cls).reshape(-1)
-    if c.size != xa.size:
-        raise ValueError(f"cls must have one entry per cell, got {c.size} for {xa.size} cells")
-    gh, gw = math.ceil(height / cell_size_px), math.ceil(width / cell_size_px)
-    ok = (xa >= 0) & (ya >= 0) & (xa < width) & (ya < height)
-    gi = np.minimum((ya[ok] // cell_size_px).astype(np.int64), gh - 1)
-    gj = np.minimum((xa[ok] // cell_size_px).astype(np.int64), gw - 1)
-    flat = gi * gw + gj
-    is_tc = c[ok] == TC
-    tc = np.bincount(flat[is_tc], minlength=gh * gw).reshape(gh, gw)
-    bc = np.bincount(flat[~is_tc & (c[ok] == BC)], minlength=gh * gw).reshape(gh, gw)
-    total = tc + bc
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pur = np.where(total > 0, tc / np.maximum(total, 1), np.nan)
+    known = np.isin(c, (BC, TC)) if c.size == xa.size else np.ones(xa.size, bool)
+    counter.add(xa[known], ya[known], c[known])
+    tc, bc, pur = counter.tc_grid, counter.bc_grid, counter.grid()
     return tc, bc, pur

@@ -383,6 +383,27 @@ def _validate_path(path: Path) -> None:
 
 
 def open_slide(path: str | os.PathLike[str], mpp: float | None = None, reader: str = "openslide") -> Slide:
-    """Open a slide; ``mpp`` overrides the metadata (µm per level-0 pixel); ``reader`` picks
-    the decoder (``openslide``, or ``tifffile`` for tiled TIFF / SVS)."""
+    """Open a whole-slide image.
+
+    Parameters
+    ----------
+    path
+        Any file OpenSlide reads (.svs, .tif/.tiff, .ndpi, .mrxs, .scn, ...).
+    mpp
+        µm per level-0 pixel, overriding the metadata (needed when the file has none).
+    reader
+        ``"openslide"`` (default, every format) or ``"tifffile"`` (tiled TIFF / SVS decoded
+        with tifffile: the same pixels, faster).
+
+    Returns
+    -------
+    Slide
+        With ``.mpp``, ``.dimensions``, ``.read_box(box, size)``, ``.read_at_mpp(box, mpp)``,
+        ``.thumbnail()``; a context manager.
+
+    Examples
+    --------
+    >>> with open_slide("CMU-1-Small-Region.svs") as s:      # doctest: +SKIP
+    ...     tile = s.read_at_mpp((0, 0, 2048, 2048), 0.5)   # (1024, 1024, 3) uint8
+    """
     return Slide(path, mpp=mpp, reader=reader)

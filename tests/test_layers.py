@@ -1,0 +1,65 @@
+"""The layers of docs/architecture.md hold (import-linter's contracts in pyproject.toml), and
+the check fails when a forbidden import is planted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("importlinter")
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    return subprocess.run([exe, "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_layer_contracts_hold():
+    proc = _lint(ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
+
+
+@pytest.mark.parametrize("module, planted", [
+    ("wsi_ocelot/slide/mask.py", "import wsi_ocelot.inference.engine  # planted"),
+    ("wsi_ocelot/model/branches.py", "from wsi_ocelot.outputs import geojson  # planted"),
+    ("wsi_ocelot/purity/purity.py", "import training.train  # planted"),
+])
+def test_a_planted_forbidden_import_breaks_the_contract(tmp_path, module, planted):
+    for name in ("wsi_ocelot", "training"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("*.safetensors", "__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / module
+    target.write_text(target.read_text() + "\n" + planted + "\n")
+    proc = _lint(tmp_path)
+    assert proc.returncode != 0 and "BROKEN" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_code_cites_only_files_in_the_repository():
+    import re
+
+    cited = {}
+    for path in list((ROOT / "wsi_ocelot").rglob("*.py")) + list((ROOT / "training").rglob("*.py")) + list((ROOT / "benchmarks").rglob("*.py")):
+        for ref in re.findall(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.md)\b", path.read_text(encoding="utf-8")):
+            cited.setdefault(ref, path)
+    missing = {ref: str(p.relative_to(ROOT)) for ref, p in cited.items()
+               if not any((base / ref).is_file() for base in (ROOT, p.parent, ROOT / "benchmarks" / "results"))}
+    assert not missing, missing
+    assert "docs/architecture.md" in cited and "docs/formats.md" in cited
+
+
+def test_architecture_names_each_concepts_module():
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for module in ("slide/_slide.py", "tiling/dataset.py", "inference/tissue_map.py", "inference/borders.py",
+                   "inference/background.py", "inference/engine.py", "purity/", "atomic.py", "model/precision.py",
+                   "inference/run_metadata.py", "outputs/cells_table.py"):
+        assert module in text, module
+        assert (ROOT / "wsi_ocelot" / module).exists(), module

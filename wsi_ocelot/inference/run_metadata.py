@@ -1,0 +1,38 @@
+"""The attributes of ``predictions.zarr``'s root group: what was run on which slide, how, with
+which software, and what came out (docs/formats.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from wsi_ocelot import __version__
+from wsi_ocelot.purity import SlideRecord
+
+if TYPE_CHECKING:  # the engine imports this module
+    from wsi_ocelot.inference.engine import SlideRunner, _SlideRun
+
+__all__ = ["run_attributes"]
+
+
+def run_attributes(runner: SlideRunner, run: _SlideRun, record: SlideRecord, timings: dict[str, float]) -> dict[str, Any]:
+    """Slide, coordinates, model (config, geometry, peaks, training, metrics), software, run
+    config, per-stage timings and counts, as JSON-ready values."""
+    slide = run.slide
+    W, H = slide.dimensions
+    info = runner.info
+    p = record.purity
+    return {
+        "slide": {"path": str(slide.path), "id": run.sid, "dimensions": [W, H], "mpp": slide.mpp, "mpp_source": slide.mpp_info.source,
+                  "vendor": slide.vendor, "bounds": list(slide.bounds)},
+        "coordinates": "cells x, y in OpenSlide level-0 px (GeoJSON subtracts openslide.bounds-x/y when qupath_crop)",
+        "model": {"path": runner.model_path, "variant": info.model.variant, "encoder": info.model.encoder,
+                  "config": asdict(info.model), "geometry": asdict(runner.geometry), "peaks": asdict(runner.peaks),
+                  "training": info.training, "metrics": info.metrics},
+        "software": {"wsi_ocelot": __version__, "torch": torch.__version__},
+        "run": {**asdict(runner.config), "mode": record.mode, "device": str(runner.device)},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "counts": {"cells": p.n_cells, "tc": p.n_tc, "bc": p.n_bc},
+    }
