@@ -258,3 +258,20 @@ def test_defaults_fit_the_machine():
     cfg = EngineConfig().resolved(torch.device("cpu"))
     assert cfg.batch_size == default_batch_size(torch.device("cpu")) == 8 and cfg.workers >= 1
     assert EngineConfig(batch_size=3, workers=0).resolved(torch.device("cpu")).workers == 0
+
+
+def test_read_cells_equals_the_zarr_columns_and_the_geojson(run_out):
+    import zarr
+
+    from wsi_ocelot import read_cells
+
+    _, d = run_out
+    cells = read_cells(d)
+    g = zarr.open_group(str(d / "predictions.zarr"), mode="r")
+    assert np.array_equal(cells["x"].to_numpy(), g["cells"]["x"][:]) and np.array_equal(cells["prob"].to_numpy(), g["cells"]["prob"][:])
+    assert np.allclose(cells["x_um"], cells["x"].astype(float) * 0.25) and cells["class_id"].isin([1, 2]).all()
+    feats = json.loads((d / "cells.geojson").read_text())["features"]
+    assert len(feats) == len(cells)
+    assert [f["properties"]["classification"]["name"] for f in feats] == cells["class_name"].astype(str).tolist()
+    purity = json.loads((d / "purity.json").read_text())
+    assert int(cells["in_cancer_area"].sum()) == purity["n_cells_in_cancer_area"]

@@ -16,19 +16,23 @@ def _per_box(slide, boxes, size):
     return np.stack([slide.read_box(tuple(b), size) for b in boxes])
 
 
+@pytest.mark.parametrize("reader", ["openslide", "tifffile"])
 @pytest.mark.parametrize("target_mpp, size", [(0.2, 256), (0.8, 128), (1.0, 100)])
-def test_read_boxes_equals_read_box(pattern_slide, target_mpp, size):
+def test_read_boxes_equals_read_box(pattern_slide, target_mpp, size, reader):
     """Level 0 (upsampling), level 1 and level 2 reads (downsampling) of overlapping tiles,
-    including tiles reaching past the slide's edge (white), cut from one union read."""
-    s = open_slide(pattern_slide)
+    including tiles reaching past the slide's edge (white), cut from one union read
+    (tifffile) or read one by one (OpenSlide), equal OpenSlide's tile-by-tile pixels."""
+    s, ref = open_slide(pattern_slide, reader=reader), open_slide(pattern_slide)
     g = make_grid(*s.dimensions, s.mpp, target_mpp, size, size // 8)
     for idx in plan_batches(g.rows, g.cols, 6):
         boxes = g.boxes[idx]
-        assert np.array_equal(s.read_boxes(boxes, (size, size)), _per_box(s, boxes, (size, size)))
+        expected = _per_box(ref, boxes, (size, size))
+        assert np.array_equal(s.read_boxes(boxes, (size, size)), expected)
+        assert np.array_equal(s.read_boxes(boxes, (size, size), union=True), expected)
 
 
 def test_read_boxes_falls_back_for_mixed_phases(pattern_slide):
-    s = open_slide(pattern_slide)
+    s = open_slide(pattern_slide, reader="tifffile")
     boxes = np.array([[10, 10, 301, 301], [11, 13, 300, 300], [500, 7, 64, 64]])  # odd offsets at a level-1 read
     assert np.array_equal(s.read_boxes(boxes, (100, 100)), _per_box(s, boxes, (100, 100)))
     assert s.read_boxes(np.zeros((0, 4), np.int64), (8, 8)).shape == (0, 8, 8, 3)

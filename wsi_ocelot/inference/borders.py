@@ -67,17 +67,20 @@ def reach_cores(cores: np.ndarray, reach: float, width: int, height: int) -> np.
 
 
 class BorderBuffer:
-    """Detections within ``radius`` of a tile-core border, held back until the pass is done.
+    """Detections near a tile-core border, held back until the pass is done.
 
     Neighbouring tiles see a cell on their shared core border with the same pixels but place
-    its peak independently; when each puts it on its own side, both report it. Such a pair is
-    closer than ``radius`` and each point lies within ``radius`` of the border, so only those
-    points are held (a few % of the cells, 40 bytes each) and, at the end, of two points from
-    different tiles closer than ``radius`` the one with the lower probability is dropped.
+    its peak independently, and each keeps it up to ``reach`` beyond its own core: both may
+    report it. Such a pair is closer than ``radius``; one point lies at most ``reach`` beyond
+    the border, so neither lies more than ``reach + radius`` inside its core. Only points
+    that close to a border (or beyond it) are held (a few % of the cells, 40 bytes each) and,
+    at the end, of two points from different tiles closer than ``radius`` the one with the
+    lower probability is dropped.
     """
 
-    def __init__(self, radius: float):
+    def __init__(self, radius: float, reach: float = 0.0):
         self.radius = float(radius)
+        self.hold = float(radius) + max(0.0, float(reach))
         self.points: list[np.ndarray] = []
         self.inside: list[np.ndarray] = []
         self.tile: list[np.ndarray] = []
@@ -90,7 +93,7 @@ class BorderBuffer:
         if not len(p) or self.radius <= 0:
             return p, inside
         d = np.minimum.reduce([p[:, 0] - core[0], core[2] - p[:, 0], p[:, 1] - core[1], core[3] - p[:, 1]])
-        near = d < self.radius
+        near = d < self.hold
         if near.any():
             self.points.append(p[near])
             self.inside.append(inside[near] if inside is not None else np.zeros(int(near.sum()), bool))

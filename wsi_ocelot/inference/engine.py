@@ -216,7 +216,7 @@ class _SlideRun:
         self.counter = PurityCounter(W, H, self.grid_px)  # purity and its heat map, fed as cells are written
         self.origin = (slide.bounds[0], slide.bounds[1]) if cfg.qupath_crop else (0, 0)
         # cells closer than 3 µm (OCELOT's matching radius) from two tiles are one cell
-        self.border = BorderBuffer(DUPLICATE_UM / slide.mpp)
+        self.border = BorderBuffer(DUPLICATE_UM / slide.mpp, cfg.border_reach_um / slide.mpp)
         # where each cell tile keeps its detections: its core, reaching across shared borders
         self.keep = reach_cores(self.plan.cells.cores, cfg.border_reach_um / slide.mpp, W, H)
         self.ca_pixels = 0
