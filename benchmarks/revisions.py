@@ -57,6 +57,15 @@ def run_real(src: Path, slide: Path, out: Path, *, threads: int = 2, reach: floa
     return Path(run_child(REAL, src, {"slide": str(slide), "out": str(out), "threads": threads, "reach": reach, "margin": margin})["out"])
 
 
+def _differing(ja: dict, jb: dict) -> dict:
+    """purity.json values of ``ja`` that ``jb`` has otherwise (runtimes and the model file's
+    location, which differ between checkouts, left out)."""
+    def norm(d: dict) -> dict:
+        return {**d, "runtime_s": None, "model": {k: v for k, v in (d.get("model") or {}).items() if k != "path"}}
+    na, nb = norm(ja), norm(jb)
+    return {k: [v, nb.get(k)] for k, v in na.items() if nb.get(k) != v}
+
+
 def compare_results(a: Path, b: Path, mpp: float) -> dict:
     import zarr
 
@@ -79,7 +88,8 @@ def compare_results(a: Path, b: Path, mpp: float) -> dict:
     return {"cells": [len(pa), len(pb)], "f1": round(f1, 5), "cells_bit_identical": same_cells, "tissue_map_max_diff": int(np.abs(ta - tb).max()),
             "tissue_map_pixels_differing": int((ta != tb).sum()),
             "purity": {k: [ja.get(k), jb.get(k)] for k in keys},
-            "purity_values_identical": all(jb.get(k) == v for k, v in ja.items() if k != "runtime_s"),
+            "purity_values_identical": not _differing(ja, jb),
+            "purity_values_differing": _differing(ja, jb),
             "purity_keys_added": sorted(set(jb) - set(ja)), "purity_keys_removed": sorted(set(ja) - set(jb)),
             "purity_equal_3dp": all(ja.get(k) is None and jb.get(k) is None or
                                     (ja.get(k) is not None and jb.get(k) is not None and round(ja[k], 3) == round(jb[k], 3))

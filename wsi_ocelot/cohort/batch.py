@@ -42,7 +42,26 @@ LOCK_NAME = ".wsi-ocelot.lock"
 
 @dataclass(frozen=True)
 class CohortConfig:
-    """How a batch runs. ``engine`` is an :class:`~wsi_ocelot.inference.engine.EngineConfig`."""
+    """How a batch runs.
+
+    Parameters
+    ----------
+    model
+        A checkpoint or ``"demo"``.
+    engine
+        An :class:`~wsi_ocelot.inference.engine.EngineConfig` for every slide.
+    overwrite
+        Redo slides the manifest marks done.
+    scheduler, dask_workers, retries, threads
+        ``"local"`` (a LocalCluster here) or a Dask scheduler address; the cluster's size;
+        attempts for a slide whose worker died; torch threads per slide.
+    report
+        Write ``report.html`` at the end (``summary.csv`` is always written).
+
+    Examples
+    --------
+    >>> CohortConfig(model="best.safetensors", engine=EngineConfig(device="cuda"), scheduler="local")  # doctest: +SKIP
+    """
 
     model: str = "demo"
     engine: Any = None

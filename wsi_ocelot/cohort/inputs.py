@@ -92,9 +92,22 @@ def _folder_jobs(folder: Path) -> list[SlideJob]:
 def collect_jobs(inputs: Sequence[str | os.PathLike[str]], *, mpp: float | None = None) -> list[SlideJob]:
     """Expand slide paths, folders (recursive, OpenSlide's extensions) and CSV manifests.
 
-    ``mpp`` overrides the MPP of every slide that has no per-slide value in a manifest.
-    A path that does not exist stays in the list (it is reported as a failed slide);
-    duplicate slide ids raise :class:`ConfigError` naming both paths.
+    Parameters
+    ----------
+    inputs
+        Slide files, folders and CSV manifests (columns ``slide``, optional ``mpp`` and ``id``).
+    mpp
+        Overrides the MPP of every slide that has no per-slide value in a manifest.
+
+    Returns
+    -------
+    list of SlideJob
+        A path that does not exist stays in the list (it is reported as a failed slide);
+        duplicate slide ids raise :class:`ConfigError` naming both paths.
+
+    Examples
+    --------
+    >>> jobs = collect_jobs(["scans/", "cohort_B.csv"], mpp=None)   # doctest: +SKIP
     """
     jobs: list[SlideJob] = []
     for item in inputs:

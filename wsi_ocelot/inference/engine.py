@@ -97,7 +97,11 @@ class EngineConfig:
     ``reader`` decodes slide regions: ``openslide`` (default) or ``tifffile`` (tiled TIFF /
     SVS, the same pixels faster). ``border_reach_um``: how far beyond its core a tile's
     detections are kept (cells seen by two tiles are then reported once, the stronger); 0
-    keeps strict cores, which loses cells that both tiles place on the other's side. ``writer_depth`` is how many batches of results may wait
+    keeps strict cores, which loses cells that both tiles place on the other's side.
+
+    Examples
+    --------
+    >>> EngineConfig(device="cuda", reader="tifffile", geojson_gzip=True)   # doctest: +SKIP ``writer_depth`` is how many batches of results may wait
     for the writer thread; ``background_writer=False`` writes them in the main thread."""
 
     device: str = "auto"

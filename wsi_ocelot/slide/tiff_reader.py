@@ -67,22 +67,27 @@ class TiffLevelReader:
         W, H = int(page.imagewidth), int(page.imagelength)
         tw, th = int(page.tilewidth), int(page.tilelength)
         across = -(-W // tw)
-        out = np.full((h, w, 3), 255, np.uint8)
         cx0, cy0, cx1, cy1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
         if cx1 <= cx0 or cy1 <= cy0:
-            return out
+            return np.full((h, w, 3), 255, np.uint8)
+        out = np.empty((h, w, 3), np.uint8)  # every pixel is written below: decoded, or white outside the image
+        out[: cy0 - y] = 255
+        out[cy1 - y:] = 255
+        out[:, : cx0 - x] = 255
+        out[:, cx1 - x:] = 255
         offsets, counts = page.dataoffsets, page.databytecounts
         tables = getattr(page, "jpegtables", None)
         for ty in range(cy0 // th, (cy1 - 1) // th + 1):
             for tx in range(cx0 // tw, (cx1 - 1) // tw + 1):
                 k = ty * across + tx
-                if not counts[k]:
-                    continue  # a tile the scanner never wrote: white, like OpenSlide's transparent
+                sx0, sy0 = max(cx0, tx * tw), max(cy0, ty * th)
+                sx1, sy1 = min(cx1, (tx + 1) * tw), min(cy1, (ty + 1) * th)
+                if not counts[k]:  # a tile the scanner never wrote: white, like OpenSlide's transparent
+                    out[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = 255
+                    continue
                 self._fh.seek(offsets[k])
                 tile = page.decode(self._fh.read(counts[k]), k, jpegtables=tables)[0]
                 tile = tile.reshape(tile.shape[-3:])
-                sx0, sy0 = max(cx0, tx * tw), max(cy0, ty * th)
-                sx1, sy1 = min(cx1, (tx + 1) * tw), min(cy1, (ty + 1) * th)
                 out[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = tile[sy0 - ty * th:sy1 - ty * th, sx0 - tx * tw:sx1 - tx * tw]
         return out
 
