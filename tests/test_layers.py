@@ -18,7 +18,8 @@ pytest.importorskip("importlinter")
 
 def _lint(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    sibling = Path(sys.executable).with_name("lint-imports")  # the one installed with this Python's packages
+    exe = str(sibling) if sibling.is_file() else shutil.which("lint-imports") or "lint-imports"
     return subprocess.run([exe, "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
 
