@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -490,3 +491,37 @@ def test_slide_that_kills_its_worker_is_retried_once_then_failed(cohort, ckpt, t
     assert "died 2 time(s)" in slides["crash_me"]["error"] and "Fix:" in slides["crash_me"]["error"]
     assert "crash_me" in proc.stderr and "retrying" in proc.stderr
     assert not (out / "crash_me").exists()
+
+
+def test_hostile_names_pass_through_intact_and_inert(ckpt, cohort, tmp_path):
+    """Slide paths with quotes, markup, non-ASCII, spaces and a very long name, and a manifest
+    id with markup: the manifest, summary.csv and report.html keep them intact and inert."""
+    import csv
+    import html
+
+    src = cohort["good"] / "case_2.tiff"
+    folder = tmp_path / "in <b>\"quoted\" & 'odd'<\\b>"  # no '/': it separates path parts
+    folder.mkdir()
+    names = ["O'Brien \"x\" <script>alert(1)<\\script> ü 漢字 space.tiff", "a" * 200 + " long.tiff"]
+    for name in names:
+        shutil.copy(src, folder / name)
+    manifest_csv = tmp_path / "m.csv"
+    with manifest_csv.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["slide", "mpp", "id"])
+        w.writerow([str(folder / names[0]), "", "<img src=x onerror=alert(2)>"])
+    out = tmp_path / "out"
+    proc = _cli("run", str(folder), str(manifest_csv), "--out", str(out), "--model", str(ckpt), "--device", "cpu",
+                "--workers", "0", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    slides = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["slides"]
+    assert len(slides) == 3 and all(r["status"] == "done" for r in slides.values())
+    paths = {r["path"] for r in slides.values()}
+    assert {str(folder / n) for n in names} <= paths  # paths intact (quotes, markup, non-ASCII, spaces)
+    assert all(len(sid) <= 120 and (out / sid / "purity.json").is_file() for sid in slides)
+    with (out / "summary.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["path"] for r in rows} == paths
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "<script>alert" not in page and "<img src=x" not in page and "<b>" not in page
+    assert html.escape(names[0]) in page or html.escape(names[0], quote=True) in page

@@ -184,7 +184,10 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str 
         return f'<td class="{"l" if fmt == "s" else ""}" data-v="">{shown}</td>'
     if fmt == "s":
         cls = "err" if key == "error" else "l"
-        return f'<td class="{cls}" data-v="{html.escape(str(v), quote=True)}">{html.escape(str(v))}</td>'
+        shown = html.escape(str(v))
+        if key == "slide_id" and row.get("path"):  # the slide's file, on hover
+            shown = f'<span title="{html.escape(str(row["path"]), quote=True)}">{shown}</span>'
+        return f'<td class="{cls}" data-v="{html.escape(str(v), quote=True)}">{shown}</td>'
     num = float(v)
     shown = f"{int(num):,}" if fmt == "d" else f"{num:.{int(fmt)}f}"
     return f'<td data-v="{num!r}">{shown}</td>'
