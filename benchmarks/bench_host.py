@@ -182,7 +182,7 @@ def read_costs(slide_path: Path, geometry, batch_sizes: tuple[int, ...] = (8, 32
     each reader, and the decode-once floor."""
     from wsi_ocelot.slide import open_slide
     from wsi_ocelot.tiling import plan_batches, plan_tiles
-    from wsi_ocelot.tiling.dataset import block_shape
+    from wsi_ocelot.tiling.dataset import block_ids
 
     out: dict[str, dict] = {}
     for reader in ("openslide", "tifffile"):
@@ -227,10 +227,9 @@ def read_costs(slide_path: Path, geometry, batch_sizes: tuple[int, ...] = (8, 32
         blocks_by_batch = {}
         for batch_size in batch_sizes:
             decode[0] = 0.0
-            br, bc = block_shape(batch_size)
             t0 = time.process_time()
             for idx in plan_batches(grid.rows, grid.cols, batch_size):
-                blocks = (grid.rows[idx] // br) * (1 << 32) + grid.cols[idx] // bc
+                blocks = block_ids(grid.rows[idx], grid.cols[idx], batch_size)
                 for b in np.unique(blocks):
                     slide.read_boxes(grid.boxes[idx[blocks == b]], (T, T), union=True)
             blocks_by_batch[batch_size] = (time.process_time() - t0, decode[0])

@@ -98,11 +98,13 @@ class EngineConfig:
     SVS, the same pixels faster). ``border_reach_um``: how far beyond its core a tile's
     detections are kept (cells seen by two tiles are then reported once, the stronger); 0
     keeps strict cores, which loses cells that both tiles place on the other's side.
+    ``writer_depth`` is how many batches of results may wait for the writer thread;
+    ``background_writer=False`` writes them in the main thread.
 
     Examples
     --------
-    >>> EngineConfig(device="cuda", reader="tifffile", geojson_gzip=True)   # doctest: +SKIP ``writer_depth`` is how many batches of results may wait
-    for the writer thread; ``background_writer=False`` writes them in the main thread."""
+    >>> EngineConfig(device="cuda", reader="tifffile", geojson_gzip=True)   # doctest: +SKIP
+    """
 
     device: str = "auto"
     batch_size: int | None = None
@@ -143,16 +145,27 @@ class EngineConfig:
 
 @dataclass
 class SlideResult:
-    """What :func:`run_slide` produced for one slide: its folder, and its record (``purity`` is
-    the record as written to ``purity.json``)."""
+    """What :func:`run_slide` produced for one slide: its folder, the seconds per stage and
+    its record."""
 
     slide_id: str
     out_dir: Path
-    n_cells: int
-    purity: dict[str, Any]
     timings: dict[str, float]
-    mode: str
     record: SlideRecord
+
+    @property
+    def purity(self) -> dict[str, Any]:
+        """The record as written to ``purity.json``."""
+        return self.record.to_json()
+
+    @property
+    def n_cells(self) -> int:
+        return self.record.purity.n_cells
+
+    @property
+    def mode(self) -> str:
+        """``two-pass`` or ``per-tile``."""
+        return self.record.mode or ""
 
 
 class _Timer:
@@ -336,7 +349,7 @@ class SlideRunner:
         p = record.purity
         log.info("%s: %d cells, purity %s, %.1f s -> %s", sid, p.n_cells, "n/a" if p.purity is None else f"{p.purity:.3f}",
                  timings["total"], final)
-        return SlideResult(sid, final, p.n_cells, record.to_json(), timings, record.mode or "", record)
+        return SlideResult(sid, final, timings, record)
 
     # ------------------------------------------------------------------------------------
     def _passes(self, run: _SlideRun) -> None:
@@ -399,8 +412,9 @@ class SlideRunner:
     # ------------------------------------------------------------------------------------
     def _loader(self, dataset):
         cfg = self.config
-        n = len(dataset) if isinstance(dataset, BlockBatches) else len(dataset) // max(cfg.batch_size, 1)
-        workers = min(cfg.workers, max(0, n - 1) if isinstance(dataset, BlockBatches) else n)
+        # no reader processes when there is too little to read (a BlockBatches item is a whole batch)
+        spare = len(dataset) - 1 if isinstance(dataset, BlockBatches) else len(dataset) // max(cfg.batch_size, 1)
+        workers = min(cfg.workers, max(0, spare))
         return make_loader(dataset, batch_size=cfg.batch_size, workers=workers, prefetch=cfg.prefetch,
                            pin_memory=self.device.type == "cuda")
 
@@ -440,7 +454,6 @@ class SlideRunner:
         T, f = self.geometry.tile_size, self.geometry.context_factor
         n_crop = max(1, round(T / f))
         dataset = self._blocks(run.slide, grid)
-        br, bc = dataset.block
 
         def prepare(batch: dict[str, Any] | None) -> tuple[Any, ...] | None:
             if batch is None:
@@ -449,8 +462,7 @@ class SlideRunner:
             crop = window = None
             if self.has_tissue:
                 with timer("read"):
-                    groups = (grid.rows[idx] // br) * (1 << 32) + grid.cols[idx] // bc
-                    crop, window = crops_from_map(run.store, tmap, grid.boxes[idx], n_crop, groups, self.device)
+                    crop, window = crops_from_map(run.store, tmap, grid.boxes[idx], n_crop, dataset.blocks(idx), self.device)
             return batch, idx, crop, window
 
         bar = _progress(len(grid), "cell pass", self.config.progress)

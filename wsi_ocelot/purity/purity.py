@@ -281,10 +281,11 @@ def purity_grid(
         raise ValueError(f"cell_size_px must be > 0, got {cell_size_px}")
     if not (width > 0 and height > 0):
         raise ValueError(f"width and height must be > 0, got {width} × {height}")
-    counter = PurityCounter(width, height, cell_size_px)
     xa, ya = _xy(x, y)
     c = np.asarray(cls).reshape(-1)
-    known = np.isin(c, (BC, TC)) if c.size == xa.size else np.ones(xa.size, bool)
+    if c.size != xa.size:
+        raise ValueError(f"cls must have one entry per cell, got {c.size} for {xa.size} cells")
+    known = np.isin(c, (BC, TC))
+    counter = PurityCounter(width, height, cell_size_px)
     counter.add(xa[known], ya[known], c[known])
-    tc, bc, pur = counter.tc_grid, counter.bc_grid, counter.grid()
-    return tc, bc, pur
+    return counter.tc_grid, counter.bc_grid, counter.grid()

@@ -284,35 +284,32 @@ class Slide:
         boxes = np.asarray(boxes).reshape(-1, 4)
         out_w, out_h = int(size[0]), int(size[1])
         out = np.empty((len(boxes), out_h, out_w, 3), np.uint8)
-        if not len(boxes):
-            return out
-        if not (self._tiff_reader is not None if union is None else union):
+        use_union = self._tiff_reader is not None if union is None else union
+        if not (use_union and len(boxes) > 1 and self._cut_from_union(boxes, size, out)):
             for k, b in enumerate(boxes):
                 out[k] = self.read_box(tuple(b), size)
-            return out
+        return out
+
+    def _cut_from_union(self, boxes: np.ndarray, size: tuple[int, int], out: np.ndarray) -> bool:
+        """Fill ``out`` with the boxes cut from one region read over their union; False (and
+        nothing read) when they do not share a level or do not start on whole level pixels
+        (OpenSlide's output at a fractional level position depends on the region read)."""
         wins = [self._window(b, size) for b in boxes]
         level = wins[0][0]
         d = self.level_downsamples[level]
         x0s = np.array([w[1][0] for w in wins], np.int64)
         y0s = np.array([w[1][1] for w in wins], np.int64)
-        ux, uy = int(x0s.min()), int(y0s.min())
-        ox, oy = (x0s - ux) / d, (y0s - uy) / d  # each window's start inside the union, level px
-        # every window must start on a whole level pixel: OpenSlide's output at a fractional
-        # level position depends on the region read, so those boxes are read one by one
         whole = np.concatenate([x0s / d, y0s / d])
-        same = all(w[0] == level for w in wins) and np.allclose(whole, np.round(whole), rtol=0, atol=1e-9)
-        if not same or len(boxes) == 1:
-            for k, b in enumerate(boxes):
-                out[k] = self.read_box(tuple(b), size)
-            return out
-        ox, oy = np.round(ox).astype(np.int64), np.round(oy).astype(np.int64)
-        uw = int(max(int(ox[k]) + wins[k][1][2] for k in range(len(boxes))))
-        uh = int(max(int(oy[k]) + wins[k][1][3] for k in range(len(boxes))))
-        union = self.read_region((ux, uy), level, (uw, uh))
+        if any(w[0] != level for w in wins) or not np.allclose(whole, np.round(whole), rtol=0, atol=1e-9):
+            return False
+        ux, uy = int(x0s.min()), int(y0s.min())
+        ox, oy = np.round((x0s - ux) / d).astype(np.int64), np.round((y0s - uy) / d).astype(np.int64)  # starts in the union
+        uw = int(max(ox[k] + wins[k][1][2] for k in range(len(boxes))))
+        uh = int(max(oy[k] + wins[k][1][3] for k in range(len(boxes))))
+        region = self.read_region((ux, uy), level, (uw, uh))
         for k, (b, (_, (_, _, lw, lh, fx, fy))) in enumerate(zip(boxes, wins, strict=True)):
-            region = union[oy[k]:oy[k] + lh, ox[k]:ox[k] + lw]
-            out[k] = self._resample(np.ascontiguousarray(region), tuple(b), size, level, fx, fy)
-        return out
+            out[k] = self._resample(np.ascontiguousarray(region[oy[k]:oy[k] + lh, ox[k]:ox[k] + lw]), tuple(b), size, level, fx, fy)
+        return True
 
     def _window(self, box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, tuple[int, int, int, int, float, float]]:
         """The pyramid level ``read_box`` reads a box from, and the level region

@@ -74,6 +74,13 @@ def block_shape(batch_size: int) -> tuple[int, int]:
     return rows, b // rows
 
 
+def block_ids(rows: np.ndarray, cols: np.ndarray, batch_size: int) -> np.ndarray:
+    """The block (of :func:`block_shape` tiles for ``batch_size``) each grid tile lies in, as
+    one int64 per tile: tiles with the same id are neighbours read together."""
+    br, bc = block_shape(batch_size)
+    return (np.asarray(rows, np.int64) // br) * (1 << 32) + np.asarray(cols, np.int64) // bc
+
+
 def plan_batches(rows: np.ndarray, cols: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Group grid tiles (their row and column indices) into batches of at most
     ``batch_size`` neighbouring tiles: the grid is cut into blocks of :func:`block_shape`
@@ -85,7 +92,7 @@ def plan_batches(rows: np.ndarray, cols: np.ndarray, batch_size: int) -> list[np
         return []
     br, bc = block_shape(batch_size)
     order = np.lexsort((cols, rows, cols // bc, rows // br))
-    block = ((rows // br) * (1 << 32) + cols // bc)[order]
+    block = block_ids(rows, cols, batch_size)[order]
     starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
     bounds = np.r_[starts, len(order)]
     batches: list[np.ndarray] = []
@@ -113,8 +120,12 @@ class BlockBatches(Dataset):
         self.boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         self.tile_size = int(tile_size)
-        self.block = block_shape(batch_size)
+        self.batch_size = int(batch_size)
         self.batches = plan_batches(self.rows, self.cols, batch_size)
+
+    def blocks(self, idx: np.ndarray) -> np.ndarray:
+        """The block id (:func:`block_ids`) of the tiles ``idx``."""
+        return block_ids(self.rows[idx], self.cols[idx], self.batch_size)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -123,7 +134,7 @@ class BlockBatches(Dataset):
         idx = self.batches[i]
         T = self.tile_size
         out = np.empty((len(idx), T, T, 3), np.uint8)
-        block_id = (self.rows[idx] // self.block[0]) * (1 << 32) + self.cols[idx] // self.block[1]
+        block_id = self.blocks(idx)
         for b in np.unique(block_id):
             sel = np.flatnonzero(block_id == b)
             out[sel] = self.slide.read_boxes(self.boxes[idx[sel]], (T, T))
