@@ -93,7 +93,8 @@ def test_reproduce_cached_scoring_matches_package_evaluator(root: Path, tmp_path
     args = ["--data", str(root), "--out", str(out), "--variants", "cell_only", "pred_to_inter2", "--seeds", "0", "1",
             "--max-steps", "3", "--epochs", "1", "--tile-size", "32", "--tile-mode", "resize", "--encoder", "resnet18",
             "--batch-size", "2", "--workers", "0", "--cache", "--device", "cpu", "--test-split", "val",
-            "--set", "model.decoder_channels=32"]
+            "--set", "model.decoder_channels=32", "--lr", "1e-3", "--encoder-weights", "none", "--no-estimate",
+            "--set", "augment.hed=0", "--set", "augment.blur=0", "--set", "augment.noise=0", "--set", "report.grid=0"]
     assert cli(args) == 0
     table = json.loads((out / "synthetic_table5.json").read_text())
     assert set(table["variants"]) == {"cell_only", "pred_to_inter2"}

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import AugmentConfig, PairSample, StainParams, random_augment, sample_stain, stain_hed, stain_optics
+from training.augment import (
+    AugmentConfig,
+    PairSample,
+    StainParams,
+    random_augment,
+    sample_stain,
+    stain_hed,
+    stain_optics,
+)
 from training.stain import gaussian_blur, hed_jitter, hed_to_rgb, rgb_to_hed
 from wsi_ocelot.errors import ConfigError
 

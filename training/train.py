@@ -60,7 +60,14 @@ from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.inference.peaks import PeakConfig
 from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.metrics import DISTANCE_CUTOFF
-from wsi_ocelot.model import ModelConfig, OcelotModel, build_model, load_model, read_checkpoint_info, save_checkpoint
+from wsi_ocelot.model import (
+    ModelConfig,
+    OcelotModel,
+    build_model,
+    load_model,
+    read_checkpoint_info,
+    save_checkpoint,
+)
 from wsi_ocelot.model.precision import autocast
 
 log = logging.getLogger(__name__)
