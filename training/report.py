@@ -271,9 +271,15 @@ def finish(run_dir: Path, cfg: Any, *, train_ds: Any, device: str) -> dict[str, 
 
     rc: ReportConfig = cfg.report
     history = read_history(run_dir)
-    if history:
+    try:
+        import matplotlib  # noqa: F401
+        plots = True
+    except ImportError:
+        plots = False
+        log.warning("matplotlib is not installed: no curves.png / augment_grid.png (pip install 'wsi-ocelot[train]')")
+    if history and plots:
         write_curves(run_dir, history)
-    if rc.grid and cfg.augment.enabled:
+    if plots and rc.grid and cfg.augment.enabled:
         write_augment_grid(run_dir / "augment_grid.png", train_ds, cfg.augment, n=rc.grid, context_factor=cfg.model.context_factor, seed=cfg.seed)
     best = run_dir / "best.safetensors"
     if not best.is_file():
