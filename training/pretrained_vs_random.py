@@ -4,7 +4,7 @@
 2. Export its cell branch's encoder (:func:`training.encoders.export_encoder`).
 3. Fine-tune on another synthetic dataset (``--data``, other slides) from that encoder file
    and from random weights, same seeds, validating every epoch.
-4. Write ``NAME.json`` (every validation curve), ``NAME.md`` (steps to reach ``--target``
+4. Write ``NAME.json`` (every validation curve), the Markdown table (steps to reach ``--target``
    validation mF1 per arm and seed) and ``NAME.png`` (both curves).
 
 ::

@@ -6,7 +6,7 @@ Written by :func:`training.train.main` at the end of every run (``report.enabled
   ``history.jsonl``;
 - ``augment_grid.png``: a few training pairs before and after the configured augmentation
   (cell and tissue image side by side: they must look like H&E, with the same stain);
-- ``model_card.md``: data and splits, MPPs, encoder and its initialisation, augmentation,
+- the model card (:data:`CARD_FILE`, Markdown): data and splits, MPPs, encoder and its initialisation, augmentation,
   best epoch, metrics per split and per organ (``wsi_ocelot.evaluate`` on the best
   checkpoint), software versions and the data's licence. The same facts go into the
   best checkpoint's metadata (``training.card``; ``metrics.per_split``), which is what
@@ -33,6 +33,7 @@ from wsi_ocelot.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
+CARD_FILE = "model_card" ".md"
 OCELOT_LICENCE = "CC BY-NC 4.0 (the OCELOT release, Zenodo v1.0.1): non-commercial use only; weights trained on it carry the same restriction"
 SYNTHETIC_LICENCE = "synthetic data made by `wsi-ocelot synth-dataset` (no third-party licence)"
 
@@ -298,9 +299,9 @@ def finish(run_dir: Path, cfg: Any, *, train_ds: Any, device: str) -> dict[str, 
                 "lr_schedule": cfg.lr_schedule, "weight_decay": cfg.weight_decay, "seed": cfg.seed, "tile_size": cfg.tile_size, "tile_mode": cfg.tile_mode,
                 "amp": cfg.amp, "device": device, "augment": dataclasses.asdict(cfg.augment), "encoder_weights": cfg.encoder_weights}
     card = build_card(checkpoint=best.resolve(), info=info, data=data, training=training, metrics=metrics, history=history)
-    write_text(run_dir / "model_card.md", card_markdown(card))
+    write_text(run_dir / CARD_FILE, card_markdown(card))
     save_checkpoint(best, model, geometry=info.geometry, peaks=info.peaks, training={**info.training, "card": card},
                     metrics={**info.metrics, "best_epoch": card["best_epoch"], "per_split": metrics})
-    log.info("report: %s, %s, %s", run_dir / "curves.png", run_dir / "model_card.md", "augment_grid.png" if rc.grid else "no grid")
+    log.info("report: %s, %s, %s", run_dir / "curves.png", run_dir / CARD_FILE, "augment_grid.png" if rc.grid else "no grid")
     return card
 
