@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from wsi_ocelot.slide._slide import MPP_FIX, SYNTHETIC_DESCRIPTION, MppInfo, Slide, open_slide, resolve_mpp
+from wsi_ocelot.slide._slide import (
+    MPP_FIX,
+    SYNTHETIC_DESCRIPTION,
+    MppInfo,
+    Slide,
+    open_slide,
+    resolve_mpp,
+)
 from wsi_ocelot.slide.mask import TissueMask, tissue_mask
 from wsi_ocelot.slide.tiff_reader import READERS
 
