@@ -324,10 +324,11 @@ def estimate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     (learning-rate search runs + seed runs, validation, test scoring); logged before training."""
     from training.estimate import format_duration, time_steps
     from wsi_ocelot.datasets import list_pairs
+    from wsi_ocelot.errors import DatasetError
 
     try:
         test_pairs = len(list_pairs(args.data, args.test_split))
-    except Exception:  # a dataset without the test split fails later, with its own message
+    except DatasetError:  # a dataset without the test split fails later, with its own message
         test_pairs = 0
     n_search = len(args.lr_grid) if args.lr is None else 0
     runs = n_search + len(args.seeds) - (1 if n_search else 0)
