@@ -392,9 +392,10 @@ def test_tissue_map_ngff04_validates_and_opens_with_ome_zarr_py(tmp_path: Path) 
     for k, c in enumerate(cts):
         (sy, sx), (ty, tx) = c[0]["scale"], c[1]["translation"]
         d = 3.2 * 2**k  # level-0 px per map px of level k
-        for col in (0, 7):
-            first, last = col * d, (col + 1) * d - 1  # the level-0 px the map px covers (centres)
-            assert col * sx + tx == pytest.approx((first + last) / 2 * 0.25)
+        for idx in (0, 7):
+            first, last = idx * d, (idx + 1) * d - 1  # the level-0 px the map px covers (centres)
+            assert idx * sx + tx == pytest.approx((first + last) / 2 * 0.25)
+            assert idx * sy + ty == pytest.approx((first + last) / 2 * 0.25)
     assert [a["unit"] for a in image.metadata["axes"]] == ["micrometer", "micrometer"]
     meta = group.attrs["wsi_ocelot"]
     assert meta["level0_downsample"] == 3.2 and meta["level0_offset"] == [0.0, 0.0] and meta["slide_mpp"] == 0.25
@@ -493,3 +494,71 @@ def test_cells_table_writer_errors_leave_nothing(tmp_path: Path) -> None:
         w.write([1.0], [2.0], [1], [0.5])
         raise RuntimeError("the slide failed")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- SpatialData export (optional extra) -----------------------------------------------------------
+
+def _result_folder(root: Path) -> tuple[Path, tuple[np.ndarray, ...], shapely.Polygon]:
+    """A slide result as the engine leaves it: cells in predictions.zarr, the map, tissue.geojson
+    in QuPath's frame (bounds offset (100, 50) subtracted)."""
+    folder = root / "slide-01"
+    folder.mkdir()
+    x, y, cls, prob = _cells(500, seed=9)
+    with PredictionStore(folder / "predictions.zarr") as store:
+        store.set_attrs({"slide": {"path": "s.mrxs", "mpp": 0.25, "bounds": [100, 50, 5000, 4000]}, "run": {"qupath_crop": True}})
+        store.create_tissue_map(1250, 1563, 0.8, level0_downsample=3.2, slide_mpp=0.25)
+        store.write_tissue_block(0, 0, np.ones((600, 800), np.float32))  # cancer area: level-0 [0, 2560) × [0, 1920)
+        store.append_cells(x, y, cls, prob)
+    ca = shapely.box(0, 0, 2560, 1920)
+    write_tissue_geojson(folder / "tissue.geojson", ca, origin=(100, 50))
+    return folder, (x, y, cls, prob), ca
+
+
+def test_export_spatialdata_without_the_extra_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    from wsi_ocelot.errors import MissingExtraError
+    from wsi_ocelot.outputs import export_spatialdata
+
+    folder, _, _ = _result_folder(tmp_path)
+    monkeypatch.setitem(sys.modules, "spatialdata", None)  # as if not installed
+    with pytest.raises(MissingExtraError) as err:
+        export_spatialdata(folder)
+    msg = str(err.value)
+    assert "\n" not in msg and 'pip install "wsi-ocelot[spatialdata]"' in msg
+    # the command line: one line on stderr, exit code 2, no traceback
+    code = ("import sys; sys.modules['spatialdata'] = None; from wsi_ocelot.cli import main; "
+            f"raise SystemExit(main(['export-spatialdata', {str(folder)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "wsi-ocelot[spatialdata]" in lines[0]
+
+
+def test_export_spatialdata_opens_with_read_zarr_and_matches_the_cells(tmp_path: Path) -> None:
+    sd = pytest.importorskip("spatialdata", reason='the optional extra: pip install "wsi-ocelot[spatialdata]"')
+    from spatialdata.transformations import get_transformation
+
+    from wsi_ocelot.outputs import export_spatialdata, read_cells
+
+    folder, (x, y, cls, prob), ca = _result_folder(tmp_path)
+    path = export_spatialdata(folder)
+    assert path == folder / "spatialdata.zarr"
+    sdata = sd.read_zarr(path)
+    pts = sdata.points["cells"].compute()
+    cells = read_cells(folder)
+    assert len(pts) == len(cells) == 500
+    np.testing.assert_array_equal(pts["x"].to_numpy(np.float32), x.astype(np.float32))
+    np.testing.assert_array_equal(pts["y"].to_numpy(np.float32), y.astype(np.float32))
+    np.testing.assert_allclose(pts["prob"].to_numpy(np.float32), prob.astype(np.float32))
+    assert (pts["class_name"].astype(str).to_numpy() == cells["class_name"].astype(str).to_numpy()).all()
+    np.testing.assert_array_equal(pts["in_cancer_area"].to_numpy(bool), cells["in_cancer_area"].to_numpy(bool))
+    assert cells["in_cancer_area"].any() and not cells["in_cancer_area"].all()
+    shapes = sdata.shapes["cancer_area"]
+    assert len(shapes) == 1 and shapes.geometry.iloc[0].equals(ca)  # back in level-0 px (bounds offset added)
+    for element in (sdata.points["cells"], shapes):
+        assert set(get_transformation(element, get_all=True)) == {"global", "micrometer"}
+    with pytest.raises(OutputWriteError, match="--overwrite"):
+        export_spatialdata(folder)
+    export_spatialdata(folder, overwrite=True)

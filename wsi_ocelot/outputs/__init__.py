@@ -17,14 +17,24 @@ from __future__ import annotations
 
 from wsi_ocelot.atomic import atomic_open
 from wsi_ocelot.errors import OutputWriteError
-from wsi_ocelot.outputs.cells_table import CELL_TABLE_COLUMNS, CELL_TABLE_FORMATS, CellsTableWriter, read_cells
+from wsi_ocelot.outputs.cells_table import (
+    CELL_TABLE_COLUMNS,
+    CELL_TABLE_FORMATS,
+    CellsTableWriter,
+    read_cells,
+)
 from wsi_ocelot.outputs.geojson import (
     CA_COLOR,
     CELL_CLASSES,
     CellsGeoJSONWriter,
     write_tissue_geojson,
 )
-from wsi_ocelot.outputs.ome_zarr import NGFF_VERSIONS, TISSUE_MAP_NAME, TissueMapStore, ngff_multiscales
+from wsi_ocelot.outputs.ome_zarr import (
+    NGFF_VERSIONS,
+    TISSUE_MAP_NAME,
+    TissueMapStore,
+    ngff_multiscales,
+)
 from wsi_ocelot.outputs.overview import purity_colormap, write_overview
 from wsi_ocelot.outputs.polygons import clean_polygons, polygons_from_map, threshold_map
 from wsi_ocelot.outputs.spatialdata_export import SPATIALDATA_NAME, export_spatialdata
