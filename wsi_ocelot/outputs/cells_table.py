@@ -17,8 +17,6 @@ column             type        meaning
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from pathlib import Path
@@ -107,8 +105,9 @@ def read_cells(result_folder: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 class CellsTableWriter:
-    """Stream cells into ``cells.parquet`` (pyarrow, one row group per ``row_group`` rows) or
-    ``cells.csv``, written under a temporary name and renamed on a clean close.
+    """Stream cells into ``cells.parquet`` (one row group per ``row_group`` rows) or ``cells.csv``
+    (header line, then one line per cell), both written with pyarrow under a temporary name and
+    renamed on a clean close.
 
     ::
 
@@ -122,6 +121,10 @@ class CellsTableWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, mpp: float, row_group: int = 1 << 18) -> None:
+        import pyarrow as pa  # imported here to keep `import wsi_ocelot.outputs` light
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
         self.path = Path(path)
         self.fmt = self.path.suffix.lstrip(".").lower()
         cells_table_name(self.fmt)  # parquet or csv
@@ -132,30 +135,26 @@ class CellsTableWriter:
         self.mpp = float(mpp)
         self.row_group = row_group
         self.count = 0
-        self._buf: list[pd.DataFrame] = []
+        self._buf: list[tuple[np.ndarray, ...]] = []
         self._nbuf = 0
         self._closed = False
-        self._final, self._temp, self._raw = open_temp(self.path)
-        self._pq: Any = None
-        self._text: io.TextIOWrapper | None = None
-        if self.fmt == "parquet":
-            import pyarrow.parquet as pq  # a core dependency; imported here to keep `import wsi_ocelot` light
-
-            self._arrow_schema = self._schema()
-            self._pq = pq.ParquetWriter(self._raw, self._arrow_schema, compression="zstd")
-        else:
-            self._text = io.TextIOWrapper(self._raw, encoding="utf-8", newline="")
-            csv.writer(self._text, lineterminator="\n").writerow(CELL_TABLE_COLUMNS)
-
-    @staticmethod
-    def _schema() -> Any:
-        import pyarrow as pa
-
-        return pa.schema([
+        self._pa = pa
+        self._names = pa.array(_CLASS_NAMES, pa.string())
+        name_type = pa.dictionary(pa.int8(), pa.string()) if self.fmt == "parquet" else pa.string()
+        self._schema = pa.schema([
             ("x", pa.float32()), ("y", pa.float32()), ("x_um", pa.float64()), ("y_um", pa.float64()),
-            ("class_id", pa.uint8()), ("class_name", pa.dictionary(pa.int8(), pa.string())),
-            ("prob", pa.float32()), ("in_cancer_area", pa.bool_()),
-        ], metadata={b"wsi_ocelot": b"cells of one slide; x, y OpenSlide level-0 px; x_um, y_um = x, y * slide mpp"})
+            ("class_id", pa.uint8()), ("class_name", name_type), ("prob", pa.float32()), ("in_cancer_area", pa.bool_()),
+        ], metadata={"wsi_ocelot": "cells of one slide; x, y OpenSlide level-0 px; x_um, y_um = x, y * slide mpp"})
+        self._final, self._temp, self._raw = open_temp(self.path)
+        try:
+            if self.fmt == "parquet":
+                self._writer: Any = pq.ParquetWriter(self._raw, self._schema, compression="zstd")
+            else:
+                self._writer = pa_csv.CSVWriter(self._raw, self._schema)
+        except BaseException:
+            self._raw.close()
+            discard_temp(self._temp)
+            raise
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> CellsTableWriter:
@@ -170,34 +169,41 @@ class CellsTableWriter:
     # -- writing --------------------------------------------------------------------------
     def write(self, x: ArrayLike, y: ArrayLike, cls: ArrayLike, prob: ArrayLike, in_cancer_area: ArrayLike | None = None) -> int:
         """Append one batch of cells (1-D arrays of equal length; ``in_cancer_area`` None = all
-        False); return how many rows were added."""
+        False); return how many rows were added. ``ValueError`` for mismatched lengths or a
+        class other than 1 or 2 (nothing of that batch is written then)."""
         if self._closed:
             raise ValueError(f"{self.path}: the writer is closed")
-        n = np.asarray(x).size
-        sizes = [np.asarray(v).size for v in (y, cls, prob)] + ([] if in_cancer_area is None else [np.asarray(in_cancer_area).size])
-        if any(s != n for s in sizes):
-            raise ValueError(f"x, y, cls, prob (and in_cancer_area) must have the same length, got {[n, *sizes]}")
+        cols = [np.asarray(v).reshape(-1) for v in (x, y, cls, prob)]
+        n = cols[0].size
+        flags = np.zeros(n, bool) if in_cancer_area is None else np.asarray(in_cancer_area, dtype=bool).reshape(-1)
+        if any(c.size != n for c in (*cols, flags)):
+            raise ValueError(f"x, y, cls, prob (and in_cancer_area) must have the same length, got {[c.size for c in (*cols, flags)]}")
         if n == 0:
             return 0
-        self._buf.append(_frame(x, y, cls, prob, in_cancer_area, self.mpp))
+        ci = cols[2].astype(np.uint8)
+        if not np.isin(ci, list(CELL_CLASSES)).all():
+            raise ValueError(f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(cols[2])[:10].tolist()}")
+        self._buf.append((cols[0].astype(np.float32), cols[1].astype(np.float32), ci, cols[3].astype(np.float32), flags))
         self._nbuf += n
         while self._nbuf >= self.row_group:
             self._flush(self.row_group)
         return n
 
     def _flush(self, rows: int) -> None:
-        df = pd.concat(self._buf, ignore_index=True) if len(self._buf) > 1 else self._buf[0]
-        head, rest = df.iloc[:rows], df.iloc[rows:]
-        if self._pq is not None:
-            import pyarrow as pa
-
-            self._pq.write_table(pa.Table.from_pandas(head, schema=self._arrow_schema, preserve_index=False))
-        else:
-            assert self._text is not None
-            head.to_csv(self._text, header=False, index=False, lineterminator="\n", float_format=None)
-        self.count += len(head)
-        self._buf = [rest.reset_index(drop=True)] if len(rest) else []
-        self._nbuf = len(rest)
+        pa = self._pa
+        joined = [np.concatenate([b[i] for b in self._buf]) for i in range(5)]
+        x, y, ci, prob, flags = (c[:rows] for c in joined)
+        names = pa.DictionaryArray.from_arrays(pa.array(ci.astype(np.int8) - 1, pa.int8()), self._names)
+        if self.fmt == "csv":
+            names = names.cast(pa.string())
+        table = pa.Table.from_arrays([pa.array(x), pa.array(y), pa.array(x.astype(np.float64) * self.mpp),
+                                      pa.array(y.astype(np.float64) * self.mpp), pa.array(ci), names, pa.array(prob),
+                                      pa.array(flags)], schema=self._schema)
+        self._writer.write_table(table)
+        self.count += rows
+        rest = tuple(c[rows:] for c in joined)
+        self._buf = [rest] if rest[0].size else []
+        self._nbuf = int(rest[0].size)
 
     def close(self) -> Path:
         """Write the rest and move the file to its final name; return the path."""
@@ -206,11 +212,7 @@ class CellsTableWriter:
         try:
             if self._nbuf:
                 self._flush(self._nbuf)
-            if self._pq is not None:
-                self._pq.close()
-            elif self._text is not None:
-                self._text.flush()
-                self._text.detach()
+            self._writer.close()
             self._raw.flush()
             os.fsync(self._raw.fileno())
             self._raw.close()
@@ -227,10 +229,9 @@ class CellsTableWriter:
         if self._closed:
             return
         self._closed = True
-        for close in (getattr(self._pq, "close", None), self._raw.close):
+        for close in (self._writer.close, self._raw.close):
             try:
-                if close is not None:
-                    close()
+                close()
             except Exception:  # noqa: BLE001 - best effort, the file is being discarded
                 pass
         discard_temp(self._temp)
