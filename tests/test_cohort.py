@@ -346,8 +346,9 @@ def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
     (slides / "corrupt_C.svs").write_bytes(b"II*\x00" + os.urandom(2000))
     out = tmp_path / "cohort_report"
     proc = _cli("run", *(str(slides / n) for n in ("case_A.tiff", "glass_B.tiff", "corrupt_C.svs")), "--out", str(out),
-                "--model", "demo", "--device", "cpu", "--workers", "0", "--no-progress")
+                "--model", "demo", "--device", "cpu", "--workers", "0", "--no-progress", "--cells-table", "parquet")
     assert proc.returncode == 1, proc.stderr  # one slide failed, the others are done
+    assert {"tissue.ome.zarr", "cells.parquet"} <= {p.name for p in (out / "case_A").iterdir()}  # output options reach cohort runs
     wd = _WebDriver(*found, size=(1366, 900))
     try:
         _load(wd, out / "report.html")

@@ -93,17 +93,16 @@ def export_spatialdata(result_folder: str | os.PathLike[str], out: str | os.Path
     >>> path = export_spatialdata("results/slide-01")            # doctest: +SKIP
     >>> sdata = spatialdata.read_zarr(path); sdata["cells"]       # doctest: +SKIP
     """
-    sd = _spatialdata()
-    import geopandas as gpd  # spatialdata's own dependencies
-    from spatialdata.models import PointsModel, ShapesModel
-    from spatialdata.transformations import Identity, Scale
-
     folder = Path(result_folder)
     if not (folder / "predictions.zarr").exists():
         raise PredictionFileError(folder, "no predictions.zarr in this folder", "pass a slide's result folder (<out>/<slide-id>)")
     final = Path(out) if out is not None else folder / SPATIALDATA_NAME
     if final.exists() and not overwrite:
         raise OutputWriteError(final, "the export exists", "pass --overwrite, or choose another --out")
+    sd = _spatialdata()
+    import geopandas as gpd  # spatialdata's own dependencies
+    from spatialdata.models import PointsModel, ShapesModel
+    from spatialdata.transformations import Identity, Scale
     with open_predictions(folder / "predictions.zarr") as store:
         attrs = store.attrs
     slide = attrs.get("slide") or {}
