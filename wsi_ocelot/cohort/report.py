@@ -129,7 +129,7 @@ def purity_histogram_svg(values: list[float], *, bins: int = 20, width: int = 56
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px 24px;color:#222;font-size:14px}
 h1{font-size:21px;margin:0 0 2px} h2{font-size:16px;margin:18px 0 6px}
-.meta{color:#555;font-size:12px} .model{margin:4px 0 10px;font-size:13px} .model b{font-weight:600}
+.meta{color:#555;font-size:12px} .model{margin:4px 0 10px;font-size:13px} .model strong{font-weight:600}
 .cards{display:flex;gap:10px;flex-wrap:wrap;margin:6px 0 10px} .card{border:1px solid #ddd;border-radius:6px;padding:5px 12px;background:#fafafa}
 .card .n{font-size:19px;font-weight:600;display:block} .card .k{font-size:11px;color:#555;text-transform:uppercase;letter-spacing:.03em}
 .card.bad{border-color:#e3a39c;background:#fdecea} .card.bad .n{color:#a00}
@@ -243,21 +243,21 @@ def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -
             parts.append(f"{m.get('split', 'val')} mF1 {float(mf1):.3f}" if mf1 is not None else "")
             trained = "; ".join(p for p in parts if p)
     if not path:
-        return '<p class="model" id="model"><b>Model:</b> unknown</p>'
+        return '<p class="model" id="model"><strong>Model:</strong> unknown</p>'
     desc = ", ".join(x for x in (variant, f"encoder {encoder}" if encoder else None) if x)
-    return (f'<p class="model" id="model"><b>Model:</b> <span title="{html.escape(path, quote=True)}">{html.escape(Path(path).name)}</span>'
+    return (f'<p class="model" id="model"><strong>Model:</strong> <span title="{html.escape(path, quote=True)}">{html.escape(Path(path).name)}</span>'
             + (f" ({html.escape(desc)})" if desc else "")
-            + (f' · <b>trained on:</b> <span id="model-data">{html.escape(trained)}</span>' if trained else "") + "</p>")
+            + (f' · <strong>trained on:</strong> <span id="model-data">{html.escape(trained)}</span>' if trained else "") + "</p>")
 
 
 def _legend() -> str:
     lo, mid, hi = (tuple(int(c) for c in rgb) for rgb in purity_colormap([0.0, 0.5, 1.0]))
     grad = f"linear-gradient(to right, rgb{lo}, rgb{mid}, rgb{hi})"
-    return ('<div class="legend" id="legend"><p><b>Reading the overviews.</b> Left: the slide with the predicted '
-            '<span class="swatch"></span><b>cancer area</b> outlined in green. Right: <b>tumour purity</b> per '
+    return ('<div class="legend" id="legend"><p><strong>Reading the overviews.</strong> Left: the slide with the predicted '
+            '<span class="swatch"></span><strong>cancer area</strong> outlined in green. Right: <strong>tumour purity</strong> per '
             f'{PURITY_GRID_UM:g} µm × {PURITY_GRID_UM:g} µm square:<br>0 % <span class="cbar" style="background:{grad}"></span> 100 % '
             '(blue: background cells only, red: tumour cells only; no colour: no cells). Click an overview for full size.</p>'
-            '<p><b>Purity</b> = tumour cells (TC) / all detected cells (TC + BC) on the slide; <b>in cancer area</b>: the same, '
+            '<p><strong>Purity</strong> = tumour cells (TC) / all detected cells (TC + BC) on the slide; <strong>in cancer area</strong>: the same, '
             'counting only cells inside the predicted cancer area. Areas in mm² from the slide\'s µm/px. '
             'Click a column header to sort.</p></div>')
 
@@ -283,7 +283,7 @@ def _failures(rows: list[dict[str, Any]]) -> str:
     failed = [r for r in rows if r.get("status") == "failed"]
     if not failed:
         return ""
-    items = "".join(f'<li><b>{html.escape(r["slide_id"])}</b>: <span class="msg">{html.escape(str(r.get("error") or "no message"))}</span></li>' for r in failed)
+    items = "".join(f'<li><strong>{html.escape(r["slide_id"])}</strong>: <span class="msg">{html.escape(str(r.get("error") or "no message"))}</span></li>' for r in failed)
     return f'<div class="failures" id="failures"><h2>{len(failed)} slide(s) failed</h2><ul>{items}</ul></div>'
 
 
