@@ -145,6 +145,7 @@ th .u{display:block;font-weight:400;color:#666;font-size:11px}
 td.l,th.l{text-align:left} tr.failed td{background:#fdecea} td.err{max-width:300px;text-align:left;color:#a00;white-space:normal;overflow-wrap:anywhere;font-size:12px}
 td.pur{font-weight:600;font-size:14px;white-space:nowrap} th.pur{min-width:92px} .why{display:block;font-size:11px;color:#666;font-weight:400;white-space:normal;max-width:110px}
 img.ov{width:300px;height:auto;display:block}
+.note{background:#fff4d6;border:1px solid #e0b84a;color:#5a4300;padding:8px 12px;margin:0 0 10px;font-size:14px}
 """
 
 _JS = """
@@ -301,6 +302,8 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
     for r in rows:
         cls = ' class="failed"' if r.get("status") == "failed" else ""
         body.append(f"<tr{cls}>" + "".join(_cell(r, k, f, thumbs) for k, _, _, _, f in _COLS) + "</tr>")
+    notes = sorted({str(n) for n in [manifest.meta.get("model_note"), *(r.get("model_note") for r in rows)] if n})
+    note_html = "".join(f'<div class="note" role="alert">&#9888; {html.escape(n)}</div>' for n in notes)
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
@@ -308,6 +311,7 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
 <h1>{html.escape(title)}</h1>
 <div class="meta">wsi-ocelot batch in {html.escape(str(out_dir.resolve()))} · {html.escape(str(manifest.meta.get("software", "")))} · built {html.escape(now_iso())}</div>
 {_model_line(manifest, rows, out_dir)}
+{note_html}
 {_cards(rows, purities)}
 {_failures(rows)}
 <div class="row"><div><h2>Tumour purity over the cohort ({len(purities)} slide(s) with cells)</h2>
