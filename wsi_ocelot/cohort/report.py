@@ -142,7 +142,7 @@ h1{font-size:21px;margin:0 0 2px} h2{font-size:16px;margin:18px 0 6px}
 table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:4px 7px;text-align:right;vertical-align:middle}
 th{cursor:pointer;background:#f1f1f1;position:sticky;top:0;user-select:none;font-weight:600} th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
 th .u{display:block;font-weight:400;color:#666;font-size:11px}
-td.l,th.l{text-align:left} tr.failed td{background:#fdecea} td.err{max-width:300px;text-align:left;color:#a00;white-space:normal;overflow-wrap:anywhere;font-size:12px}
+td.l,th.l{text-align:left} tr.failed td{background:#fdecea} td.err{max-width:340px;text-align:left;color:#a00;white-space:normal;overflow-wrap:anywhere;font-size:12px}
 td.pur{font-weight:600;font-size:14px;white-space:nowrap} th.pur{min-width:92px} .why{display:block;font-size:11px;color:#666;font-weight:400;white-space:normal;max-width:110px}
 img.ov{width:300px;height:auto;display:block}
 .note{background:#fff4d6;border:1px solid #e0b84a;color:#5a4300;padding:8px 12px;margin:0 0 10px;font-size:14px}
@@ -203,6 +203,9 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str 
     if fmt == "s":
         cls = "err" if key == "error" else "l"
         shown = html.escape(str(v))
+        path = str(row.get("path") or "")
+        if key == "error" and path and str(v).startswith(path + ": "):  # the row names the slide; the full line on hover
+            shown = f'<span title="{html.escape(str(v), quote=True)}">{html.escape(str(v)[len(path) + 2:])}</span>'
         if key == "slide_id" and row.get("path"):  # the slide's file, on hover
             shown = f'<span title="{html.escape(str(row["path"]), quote=True)}">{shown}</span>'
         return f'<td class="{cls}" data-v="{html.escape(str(v), quote=True)}">{shown}</td>'
