@@ -557,8 +557,16 @@ def test_export_spatialdata_opens_with_read_zarr_and_matches_the_cells(tmp_path:
     assert cells["in_cancer_area"].any() and not cells["in_cancer_area"].all()
     shapes = sdata.shapes["cancer_area"]
     assert len(shapes) == 1 and shapes.geometry.iloc[0].equals(ca)  # back in level-0 px (bounds offset added)
-    for element in (sdata.points["cells"], shapes):
+    for element in (sdata.points["cells"], shapes, sdata.images["cancer_area_probability"]):
         assert set(get_transformation(element, get_all=True)) == {"global", "micrometer"}
+    # the tissue map on the slide: map px (r, c) covers level-0 [c·3.2, (c+1)·3.2); a cell's flag is the map there
+    image = sdata.images["cancer_area_probability"]
+    arr = np.asarray(image["scale0"]["image"].values if hasattr(image, "children") else image.values)[0]
+    assert arr.shape == (1250, 1563)
+    assert get_transformation(image, "global").to_affine_matrix(("x", "y"), ("x", "y"))[0, 0] == pytest.approx(3.2)
+    r = np.clip(np.floor(y.astype(np.float32) / 3.2).astype(int), 0, 1249)
+    c = np.clip(np.floor(x.astype(np.float32) / 3.2).astype(int), 0, 1562)
+    np.testing.assert_array_equal(arr[r, c] >= 128, pts["in_cancer_area"].to_numpy(bool))
     with pytest.raises(OutputWriteError, match="--overwrite"):
         export_spatialdata(folder)
     export_spatialdata(folder, overwrite=True)

@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(p)
 
     p = _add(sub, "export-spatialdata", cmd_export_spatialdata,
-             "Write a slide's result as a SpatialData .zarr (cells as points, cancer area as shapes, level-0 px); "
+             "Write a slide's result as a SpatialData .zarr (cells as points, cancer area as shapes, the tissue map as an image; level-0 px); "
              "needs pip install \"wsi-ocelot[spatialdata]\".",
              "wsi-ocelot export-spatialdata results/slide-01\n  wsi-ocelot export-spatialdata results/slide-01 --out slide-01.sdata.zarr")
     p.add_argument("result", help="a slide's result folder (<out>/<slide-id>, holding predictions.zarr)")

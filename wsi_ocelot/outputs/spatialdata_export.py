@@ -7,7 +7,11 @@ folder and writes ``RESULT/spatialdata.zarr``, which ``spatialdata.read_zarr`` o
   uncropped frame, like ``predictions.zarr``), with ``class_name`` (the feature key), ``class_id``,
   ``prob`` and ``in_cancer_area`` (the columns of :func:`~wsi_ocelot.outputs.cells_table.read_cells`);
 * ``shapes["cancer_area"]``: the cancer-area polygons of ``tissue.geojson``, moved back from
-  QuPath's frame to level-0 px.
+  QuPath's frame to level-0 px;
+* ``images["cancer_area_probability"]``: the tissue map (uint8, probability × 255; channel
+  ``cancer_area_probability``), scaled by its level-0 downsample onto the slide (SpatialData puts
+  pixel i over [i, i + 1), so map px c covers level-0 [c·d, (c+1)·d) as in ``tissue.ome.zarr``),
+  with coarser levels for viewers; absent when the model has no tissue branch.
 
 Both are in the coordinate system ``"global"`` = slide level-0 px (LazySlide's frame for a
 slide) and in ``"micrometer"`` (scaled by the slide's µm/px). SpatialData is an optional extra
@@ -39,6 +43,7 @@ __all__ = ["SPATIALDATA_NAME", "export_spatialdata"]
 #: the export's default name inside a result folder
 SPATIALDATA_NAME = "spatialdata.zarr"
 COORDINATE_SYSTEM = "global"  # slide level-0 px
+MAP_NAME = "cancer_area_probability"
 
 
 def _spatialdata() -> Any:
@@ -100,11 +105,12 @@ def export_spatialdata(result_folder: str | os.PathLike[str], out: str | os.Path
     if final.exists() and not overwrite:
         raise OutputWriteError(final, "the export exists", "pass --overwrite, or choose another --out")
     sd = _spatialdata()
+    import dask.array as da
     import geopandas as gpd  # spatialdata's own dependencies
-    from spatialdata.models import PointsModel, ShapesModel
+    from spatialdata.models import Image2DModel, PointsModel, ShapesModel
     from spatialdata.transformations import Identity, Scale
-    with open_predictions(folder / "predictions.zarr") as store:
-        attrs = store.attrs
+    store = open_predictions(folder / "predictions.zarr")  # read-only: nothing to close
+    attrs = store.attrs
     slide = attrs.get("slide") or {}
     mpp = float(slide.get("mpp") or 1.0)
     bounds = slide.get("bounds") or [0, 0]
@@ -122,7 +128,17 @@ def export_spatialdata(result_folder: str | os.PathLike[str], out: str | os.Path
     polys = _cancer_area(folder, origin)
     shapes = ShapesModel.parse(gpd.GeoDataFrame({"name": ["Cancer area"] * len(polys)}, geometry=polys),
                                transformations=transforms())
-    sdata = sd.SpatialData(points={"cells": points}, shapes={"cancer_area": shapes},
+    images: dict[str, Any] = {}
+    if store.tissue_map is not None:
+        d = store.tissue_map.level0_downsample(mpp)  # level-0 px per map px
+        level0 = store.tissue(0)
+        n_down = 0
+        while n_down < 4 and min(level0.shape) >= 512 * 2 ** (n_down + 1):
+            n_down += 1
+        images[MAP_NAME] = Image2DModel.parse(
+            da.from_zarr(level0)[None], dims=("c", "y", "x"), c_coords=[MAP_NAME], scale_factors=[2] * n_down or None,
+            transformations={COORDINATE_SYSTEM: Scale([d, d], axes=("y", "x")), "micrometer": Scale([d * mpp, d * mpp], axes=("y", "x"))})
+    sdata = sd.SpatialData(points={"cells": points}, shapes={"cancer_area": shapes}, images=images,
                            attrs={"wsi_ocelot": {"slide": slide, "coordinate_system": f"{COORDINATE_SYSTEM} = slide level-0 px (OpenSlide frame)",
                                                  "model": {k: (attrs.get("model") or {}).get(k) for k in ("path", "variant", "encoder")}}})
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -133,5 +149,6 @@ def export_spatialdata(result_folder: str | os.PathLike[str], out: str | os.Path
         publish_folder(target, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("SpatialData export of %s: %d cells, %d cancer-area polygons -> %s", folder, len(cells), len(polys), final)
+    log.info("SpatialData export of %s: %d cells, %d cancer-area polygons%s -> %s", folder, len(cells), len(polys),
+             ", the tissue map" if images else "", final)
     return final
