@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import import_extra
 from shapely.geometry import shape
 
 from wsi_ocelot.config import GeometryConfig
@@ -313,7 +314,7 @@ def test_ngff_05_and_csv_table_read_back_the_same(tiny_ckpt, synth_025, run_out,
 
 
 def test_export_spatialdata_of_an_engine_result(run_out, tmp_path):
-    sd = pytest.importorskip("spatialdata", reason='the optional extra: pip install "wsi-ocelot[spatialdata]"')
+    sd = import_extra("spatialdata", "spatialdata")
     from wsi_ocelot import export_spatialdata, read_cells
 
     _, d = run_out

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import shapely
 import zarr
+from conftest import import_extra
 from PIL import Image
 
 from wsi_ocelot.errors import PredictionFileError, WsiOcelotError
@@ -366,8 +367,7 @@ def _write_map(path: Path, ngff: str) -> np.ndarray:
 
 
 def test_tissue_map_ngff04_validates_and_opens_with_ome_zarr_py(tmp_path: Path) -> None:
-    ome_zarr_models = pytest.importorskip("ome_zarr_models")
-    pytest.importorskip("ome_zarr")
+    import ome_zarr_models  # the dev extra
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
     from ome_zarr_models.v04 import Image
@@ -402,7 +402,7 @@ def test_tissue_map_ngff04_validates_and_opens_with_ome_zarr_py(tmp_path: Path) 
 
 
 def test_tissue_map_ngff05_validates_as_05(tmp_path: Path) -> None:
-    ome_zarr_models = pytest.importorskip("ome_zarr_models")
+    import ome_zarr_models  # the dev extra
     from ome_zarr_models.v05 import Image
 
     path = tmp_path / "tissue.ome.zarr"
@@ -537,7 +537,7 @@ def test_export_spatialdata_without_the_extra_is_a_one_line_error(tmp_path: Path
 
 
 def test_export_spatialdata_opens_with_read_zarr_and_matches_the_cells(tmp_path: Path) -> None:
-    sd = pytest.importorskip("spatialdata", reason='the optional extra: pip install "wsi-ocelot[spatialdata]"')
+    sd = import_extra("spatialdata", "spatialdata")
     from spatialdata.transformations import get_transformation
 
     from wsi_ocelot.outputs import export_spatialdata, read_cells
