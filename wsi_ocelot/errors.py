@@ -59,3 +59,7 @@ class PredictionFileError(WsiOcelotError, ValueError):
 
 class OutputWriteError(WsiOcelotError, OSError):
     """An output file cannot be created (missing folder, no permission, disk full)."""
+
+
+class MissingExtraError(WsiOcelotError, ImportError):
+    """A feature needs an optional extra of wsi-ocelot that is not installed."""
