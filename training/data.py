@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 
 from training.augment import (
     IDENTITY_JITTER,
+    IDENTITY_STAIN,
     AugmentConfig,
     PairSample,
     footprint,
@@ -202,9 +203,10 @@ class OcelotDataset(Dataset[dict[str, Any]]):
     ``device_augment``: items carry ``cell``/``tissue`` as uint8 (4× less to move between
     processes) after the geometric augmentation, plus ``jitter`` float32 ``(4,)`` =
     (brightness, contrast, saturation, hue) drawn from ``augment`` (identity when not
-    drawn); :func:`training.evaluate_data.forward` converts and jitters them on the
-    model's device (:func:`training.augment.apply_jitter`). Same distribution as the
-    default path, where the workers do both on the CPU.
+    drawn) and ``stain`` float32 ``(9,)`` (:class:`training.augment.StainParams`);
+    :func:`training.evaluate_data.forward` converts and augments them on the model's
+    device (:func:`training.augment.apply_stain`, :func:`~training.augment.apply_jitter`).
+    Same draws as the default path, where the workers do all of it on the CPU.
     """
 
     def __init__(
@@ -357,15 +359,18 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         if self.tile_size is not None and self.tile_size != self.image_size and self.tile_mode == "crop":
             box = choose_crop(self.image_size, (float(s.offset[0]), float(s.offset[1])), self.tile_size, self.context_factor, random=self.random_crop)
             s = crop_pair(s, box, self.context_factor)
-        jitter = None
+        jitter = stain = None
         if self.device_augment:
             jitter = torch.tensor(IDENTITY_JITTER, dtype=torch.float32)
+            stain = torch.tensor(IDENTITY_STAIN, dtype=torch.float32)
             if self.augment is not None:
-                s, params = random_augment_geometry(s, self.augment)
+                s, params, stain_params = random_augment_geometry(s, self.augment)
                 if params is not None:
                     jitter = torch.tensor([params.brightness, params.contrast, params.saturation, params.hue], dtype=torch.float32)
+                if stain_params is not None:
+                    stain = stain_params.as_tensor()
         elif self.augment is not None:
-            s = random_augment(s, self.augment)
+            s = random_augment(s, self.augment, context_factor=self.context_factor)
         size = s.cell.shape[-1]
         target = disk_targets(s.points, size, size, max(1.0, self.disk_radius * self.scale))
         r = self.records[index]
@@ -379,13 +384,14 @@ class OcelotDataset(Dataset[dict[str, Any]]):
             "id": r.id,
             "organ": r.organ,
             **({"jitter": jitter} if jitter is not None else {}),
+            **({"stain": stain} if stain is not None else {}),
         }
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the tensors; ``points``, ``id`` and ``organ`` stay lists (variable length)."""
     out: dict[str, Any] = {}
-    for key in ("cell", "tissue", "offset", "cell_target", "tissue_label", "jitter"):
+    for key in ("cell", "tissue", "offset", "cell_target", "tissue_label", "jitter", "stain"):
         if key in batch[0]:
             out[key] = torch.stack([b[key] for b in batch])
     for key in ("points", "id", "organ"):

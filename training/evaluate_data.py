@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from training.augment import apply_jitter
+from training.augment import apply_jitter, apply_stain
 from training.losses import LossConfig, total_loss
 from wsi_ocelot.inference.peaks import PeakConfig, find_peaks
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
@@ -49,8 +49,14 @@ def forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> di
     if cell.dtype == torch.uint8:  # OcelotDataset(device_augment=True): convert here
         cell = cell.float().div_(255.0)
         tissue = tissue.float().div_(255.0)
+    cf = int(getattr(getattr(model, "config", None), "context_factor", 4))
+    stain = batch["stain"].to(device, non_blocking=True) if "stain" in batch else None
+    if stain is not None:  # HED → colour jitter → blur and noise, as training.augment.random_augment
+        cell, tissue = apply_stain(cell, tissue, stain, phase="hed", context_factor=cf)
     if "jitter" in batch:
         cell, tissue = apply_jitter(cell, tissue, batch["jitter"].to(device, non_blocking=True))
+    if stain is not None:
+        cell, tissue = apply_stain(cell, tissue, stain, phase="optics", context_factor=cf)
     offset = batch["offset"].to(device, non_blocking=True)
     label = batch["tissue_label"].to(device, non_blocking=True) if getattr(model, "needs_tissue_label", False) else None
     if device.type == "cuda":

@@ -49,15 +49,25 @@ from torch.utils.data import DataLoader
 
 from training.augment import AugmentConfig
 from training.data import TILE_MODES, OcelotDataset, collate
+from training.encoders import describe, init_encoders
 from training.evaluate_data import forward, predict, score
 from training.losses import LossConfig, total_loss
+from training.report import ReportConfig
+from training.report import finish as finish_report
 from wsi_ocelot.atomic import atomic_path, write_text
 from wsi_ocelot.config import GeometryConfig, from_dict, load_yaml
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.inference.peaks import PeakConfig
 from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.metrics import DISTANCE_CUTOFF
-from wsi_ocelot.model import ModelConfig, OcelotModel, build_model, load_model, save_checkpoint
+from wsi_ocelot.model import (
+    ModelConfig,
+    OcelotModel,
+    build_model,
+    load_model,
+    read_checkpoint_info,
+    save_checkpoint,
+)
 from wsi_ocelot.model.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -77,8 +87,11 @@ class TrainConfig:
     """Everything a training run needs. Defaults follow the paper (§6.2): ResNet-34
     DeepLabV3+ branches, Adam, 300 epochs, best epoch by validation mF1.
 
-    ``lr`` 1e-3 (inside the paper's tuning range [5e-5, 2e-3]; the encoders start from
-    random weights here, since nothing is downloaded, and tolerate the upper half of the range).
+    ``lr`` 1e-3 (inside the paper's tuning range [5e-5, 2e-3]).
+    ``encoder_weights``: how the encoders start (:mod:`training.encoders`): ``none``
+    (random; the default here, nothing downloaded), ``imagenet`` (smp / timm download the
+    ImageNet weights at training time; the paper configs set it) or a PATH to a local
+    safetensors / torchvision / timm state dict of the same encoder.
     ``max_steps`` caps the optimizer steps of the whole run (None = no cap).
     ``tile_size`` (None = whole images) with ``tile_mode`` ``crop`` (random crops at the
     native resolution, geometry recomputed) or ``resize`` (both images resized); see
@@ -94,6 +107,7 @@ class TrainConfig:
     data: str | None = None
     out: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
+    encoder_weights: str | None = "none"
     epochs: int = 300
     max_steps: int | None = None
     batch_size: int = 8
@@ -112,6 +126,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     peaks: PeakConfig = field(default_factory=PeakConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     metric_radius: float = DISTANCE_CUTOFF
     eval_every: int = 1
     log_every: int = 50
@@ -123,6 +138,8 @@ class TrainConfig:
         def bad(name: str, value: Any, fix: str) -> ConfigError:
             return ConfigError(None, f"{name} = {value!r} is invalid", fix)
 
+        if self.encoder_weights is not None and (not isinstance(self.encoder_weights, str) or not self.encoder_weights.strip()):
+            raise bad("encoder_weights", self.encoder_weights, "use imagenet, none, or the path of a local encoder weights file")
         if self.epochs < 1:
             raise bad("epochs", self.epochs, "use at least 1 epoch (the paper trains 300)")
         if self.max_steps is not None and self.max_steps < 1:
@@ -394,17 +411,26 @@ def _datasets(cfg: TrainConfig) -> tuple[OcelotDataset, OcelotDataset | None]:
     return train_ds, val_ds
 
 
-def _model(cfg: TrainConfig, train_ds: OcelotDataset, val_ds: OcelotDataset | None, device: torch.device) -> OcelotModel:
-    """The model on ``device`` (channels-last on CUDA), its input sizes checked against the encoder's stride."""
+def _model(cfg: TrainConfig, train_ds: OcelotDataset, val_ds: OcelotDataset | None, device: torch.device, *,
+           resume: bool = False) -> tuple[OcelotModel, dict[str, Any]]:
+    """The model on ``device`` (channels-last on CUDA), its input sizes checked against the
+    encoder's stride, its encoders initialised from ``cfg.encoder_weights`` (not when
+    resuming: the run's own weights follow). Returns (model, how the encoders started)."""
     model = build_model(cfg.model)
     multiple = int(getattr(getattr(model, "cell", None), "input_multiple", 1))
     for what, size in (("training", train_ds.out_size), ("validation", val_ds.out_size if val_ds else multiple)):
         if size % multiple:
             raise ConfigError(None, f"{what} images are {size} px, not a multiple of the encoder stride {multiple}", f"set tile_size to a multiple of {multiple}")
+    if resume:
+        last = Path(cfg.out) / "last.safetensors"  # type: ignore[arg-type]
+        init = read_checkpoint_info(last).training.get("encoder_init") if last.is_file() else None
+        init = init or {"encoder_weights": describe(cfg.encoder_weights), "source": "unknown (resumed)"}
+    else:
+        init = init_encoders(model, cfg.encoder_weights, encoder_name=cfg.model.encoder, output_stride=cfg.model.encoder_output_stride)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    return model
+    return model, init
 
 
 def _resume(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
@@ -421,9 +447,11 @@ def _resume(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, s
     return start_epoch, step, best
 
 
-def _training_info(cfg: TrainConfig, train_ds: OcelotDataset, val_ds: OcelotDataset | None, resolved: dict[str, Any]) -> dict[str, Any]:
+def _training_info(cfg: TrainConfig, train_ds: OcelotDataset, val_ds: OcelotDataset | None, resolved: dict[str, Any],
+                   encoder_init: dict[str, Any]) -> dict[str, Any]:
     """What every checkpoint of the run records about its training."""
     return {
+        "encoder_init": encoder_init,
         "data_root": os.fspath(Path(cfg.data).resolve()),
         "split_sizes": {cfg.train_split: len(train_ds), **({cfg.val_split: len(val_ds)} if val_ds is not None and cfg.val_split else {})},
         "epochs": cfg.epochs,
@@ -509,7 +537,7 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         log.warning("lr %g is outside the paper's range [%g, %g]", cfg.lr, *PAPER_LR_RANGE)
     seed_everything(cfg.seed)
     train_ds, val_ds = _datasets(cfg)
-    model = _model(cfg, train_ds, val_ds, device)
+    model, encoder_init = _model(cfg, train_ds, val_ds, device, resume=resume)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     resolved = config_to_dict(cfg)
@@ -523,13 +551,15 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     gen = torch.Generator()
     train_loader = _loader(train_ds, cfg, device, shuffle=True, generator=gen)  # one loader: persistent workers keep their caches
     run = _Run(cfg, run_dir, device, model, optimizer, scaler, amp_dtype, geometry_for(train_ds, cfg.model.context_factor),
-               _training_info(cfg, train_ds, val_ds, resolved), resolved, train_loader, val_loader,
+               _training_info(cfg, train_ds, val_ds, resolved, encoder_init), resolved, train_loader, val_loader,
                val_ds.scale if val_ds else 1.0, gen, step, best)
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.max_steps is not None and run.step >= cfg.max_steps:
             log.info("max_steps %d reached", cfg.max_steps)
             break
         run.epoch(epoch)
+    if cfg.report.enabled:
+        finish_report(run_dir, cfg, train_ds=train_ds, device=str(device))
     state = json.loads((run_dir / STATE_JSON).read_text(encoding="utf-8")) if (run_dir / STATE_JSON).is_file() else {}
     return {"best_mF1": run.best, "epochs_done": int(state.get("epoch", 0)), "steps": run.step, "run_dir": os.fspath(run_dir)}
 
@@ -556,13 +586,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", action="store_const", const=True, default=None, help="keep decoded pairs in memory across epochs")
     p.add_argument("--eval-every", type=int, dest="eval_every", help="validate every N epochs")
     p.add_argument("--encoder", help="override model.encoder (e.g. resnet18 for quick runs)")
+    p.add_argument("--encoder-weights", dest="encoder_weights", metavar="imagenet|PATH|none",
+                   help="how the encoders start: imagenet (downloaded at training time), a local weights file, or none (random)")
     return p.parse_args(argv)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: getattr(args, k) for k in ("data", "out", "epochs", "max_steps", "device", "seed", "lr", "batch_size", "tile_size", "tile_mode", "workers", "cache", "eval_every", "encoder")}
+    overrides = {k: getattr(args, k) for k in ("data", "out", "epochs", "max_steps", "device", "seed", "lr", "batch_size", "tile_size", "tile_mode", "workers", "cache", "eval_every", "encoder", "encoder_weights")}
     handler: logging.Handler | None = None
     try:
         cfg = load_config(args.config, overrides)

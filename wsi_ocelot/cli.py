@@ -185,8 +185,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         score = evaluate_files(args.pred, args.gt, rank_by=args.rank_by)
         print(json.dumps(score.to_dict(), indent=2) if args.json else score.format_table())
         return 0
+    if args.model and not args.data:  # the metrics its training run recorded (the model card)
+        from wsi_ocelot.evaluation import format_recorded, recorded_metrics
+
+        recorded = recorded_metrics(args.model)
+        print(json.dumps(recorded, indent=2) if args.json else format_recorded(recorded))
+        return 0
     if not (args.data and args.model):
-        raise WsiOcelotError(None, "evaluate needs --pred P.json --gt G.json, or --data ROOT --model CKPT", "see `wsi-ocelot evaluate --help`")
+        raise WsiOcelotError(None, "evaluate needs --pred P.json --gt G.json, or --data ROOT --model CKPT (or --model CKPT alone for its recorded metrics)", "see `wsi-ocelot evaluate --help`")
     from wsi_ocelot.evaluation import evaluate_dataset
 
     result = evaluate_dataset(args.model, args.data, args.split, device=args.device, batch_size=args.batch_size)
@@ -319,12 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
 
     p = _add(sub, "evaluate", cmd_evaluate, "Score cell detections with the OCELOT 2023 challenge metric.",
-             "wsi-ocelot evaluate --pred cell_classification.json --gt gt.json\n  wsi-ocelot evaluate --data synth_data --split test --model run/best.safetensors")
+             "wsi-ocelot evaluate --pred cell_classification.json --gt gt.json\n  wsi-ocelot evaluate --data synth_data --split test --model run/best.safetensors\n"
+             "  wsi-ocelot evaluate --model run/best.safetensors   # the metrics its model card recorded")
     p.add_argument("--pred", help="predictions (challenge JSON)")
     p.add_argument("--gt", help="ground truth (challenge JSON)")
     p.add_argument("--data", help="OCELOT-layout dataset root")
     p.add_argument("--split", default="test", help="split of --data to score")
-    p.add_argument("--model", help="checkpoint (.safetensors)")
+    p.add_argument("--model", help="checkpoint (.safetensors); alone: print the metrics its training run recorded (model card)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--rank-by", choices=("probability", "file_order"), default="probability",

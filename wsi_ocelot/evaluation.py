@@ -140,6 +140,28 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def recorded_metrics(model_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metrics a checkpoint's model card recorded (``wsi-ocelot evaluate --model CKPT``
+    without ``--data``): ``{"model", "best_epoch", "val_mF1", "per_split": {split: result}}``,
+    each result as :func:`evaluate_dataset` returns it. Nothing is run."""
+    from wsi_ocelot.errors import CheckpointError
+    from wsi_ocelot.model import read_checkpoint_info
+
+    model_path = resolve_model(model_path)
+    info = read_checkpoint_info(model_path)
+    per_split = info.metrics.get("per_split") or {}
+    if not per_split:
+        raise CheckpointError(model_path, "the checkpoint records no per-split metrics (no model card: trained before the training report, or without validation)",
+                              "score it on data instead: wsi-ocelot evaluate --data ROOT --split test --model CKPT")
+    return {"model": os.fspath(model_path), "best_epoch": info.metrics.get("best_epoch"), "val_mF1": info.metrics.get("val_mF1"), "per_split": per_split}
+
+
+def format_recorded(recorded: dict[str, Any]) -> str:
+    """:func:`recorded_metrics` as text: the model card's metrics, one table per split."""
+    head = f"{recorded['model']}: metrics recorded by its training run (best epoch {recorded['best_epoch']})"
+    return "\n\n".join([head] + [format_result(r) for r in recorded["per_split"].values()])
+
+
 def score_slide(pred: np.ndarray, gt: np.ndarray, mpp: float, radius_um: float = 3.0):
     """Slide-level detections ``(N, 4)`` x, y, class, prob against ground truth ``(M, 3)``
     x, y, class, all in level-0 px, with the OCELOT matching at ``radius_um`` (15 px at
