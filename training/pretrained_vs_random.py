@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from training.reproduce import CONFIGS
+from wsi_ocelot.atomic import write_json, write_text
 
 log = logging.getLogger("training.pretrained_vs_random")
 ARMS = ("pretrained", "random")
@@ -59,7 +60,7 @@ def _train(args: argparse.Namespace, data: str, run_dir: Path, *, seed: int, epo
     cfg = load_config(CONFIGS / "cell_only.yaml", overrides)
     t0 = time.perf_counter()
     main(cfg)
-    done.write_text(json.dumps({"wall_s": round(time.perf_counter() - t0, 1)}) + "\n")
+    write_json(done, {"wall_s": round(time.perf_counter() - t0, 1)})
     return _history(run_dir)
 
 
@@ -174,10 +175,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
                           encoder_weights=str(enc) if arm == "pretrained" else "none")
             curves[arm][seed] = [(h["step"], h["val_mF1"]) for h in hist if h.get("val_mF1") is not None]
             table = summarise(args, pretrain, curves)
-            (results / f"{args.name}.json").write_text(json.dumps(table, indent=2) + "\n")
+            write_json(results / f"{args.name}.json", table)
     table = summarise(args, pretrain, curves)
-    (results / f"{args.name}.json").write_text(json.dumps(table, indent=2) + "\n")
-    (results / f"{args.name}.md").write_text(to_markdown(table))
+    write_json(results / f"{args.name}.json", table)
+    write_text(results / f"{args.name}.md", to_markdown(table))
     plot(table, results / f"{args.name}.png")
     print(to_markdown(table))
     return 0

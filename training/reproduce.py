@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wsi_ocelot.atomic import write_json
+from wsi_ocelot.atomic import write_json, write_text
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_VARIANTS = ("cell_only", "pred_to_input", "pred_to_inter2", "tissue_label_leaking")
@@ -111,7 +111,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, run_dir: Path, *,
     if result_file.is_file():  # a search run chosen for the study: only its test score is missing
         result = json.loads(result_file.read_text())
         result.update(_score_test(run_dir, cfg, args, evaluate_dataset))
-        result_file.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result_file, result)
         return result
     t0 = time.perf_counter()
     summary = main(cfg)
@@ -126,7 +126,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, run_dir: Path, *,
     }
     if score_test:
         result.update(_score_test(run_dir, cfg, args, evaluate_dataset))
-    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result_file, result)
     log.info("%s seed %d lr %g: val mF1 %.4f, test mF1 %s (%.0f s)", variant, seed, cfg.lr, result["val_mF1"] or 0,
              "-" if result["test_mF1"] is None else f"{result['test_mF1']:.4f}", train_s)
     return result
@@ -444,8 +444,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
                 continue
             results.append(r)
             table = summarise(results, args, wall(), search, est)
-            (results_dir / f"{args.name}.json").write_text(json.dumps(table, indent=2) + "\n")
-            (results_dir / f"{args.name}.md").write_text(to_markdown(table))
+            write_json(results_dir / f"{args.name}.json", table)
+            write_text(results_dir / f"{args.name}.md", to_markdown(table))
     table = summarise(results, args, wall(), search, est)
     if args.note:
         table["note"] = " ".join(args.note)
@@ -462,8 +462,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
         d = evaluate_dataset(args.demo, args.data, args.test_split, device=args.device, batch_size=args.eval_batch_size)
         table["demo"] = {"checkpoint": os.fspath(args.demo), "data": os.fspath(args.data), "mean": d["overall"]["mF1"], "test": d["overall"]}
-    (results_dir / f"{args.name}.json").write_text(json.dumps(table, indent=2) + "\n")
-    (results_dir / f"{args.name}.md").write_text(to_markdown(table))
+    write_json(results_dir / f"{args.name}.json", table)
+    write_text(results_dir / f"{args.name}.md", to_markdown(table))
     print(to_markdown(table))
     return 0
 
