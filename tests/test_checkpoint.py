@@ -180,7 +180,7 @@ def test_weights_that_do_not_fit_the_config(saved, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as err:
         load_model(path)
     msg = _one_line(err, path)
-    assert "1 missing" in msg and "1 unexpected: extra.weight" in msg
+    assert "1 missing" in msg and "1 not in the config: extra.weight" in msg
 
     def other_variant(t, m):
         meta = json.loads(m[METADATA_KEY])

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from wsi_ocelot.atomic import atomic_path
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.model.checkpoint import weight_key_problems
 
 log = logging.getLogger(__name__)
 
@@ -127,24 +128,13 @@ def map_state_dict(encoder: nn.Module, state: Mapping[str, Tensor], source: str 
             value = fitted
         found[name] = value.to(want.dtype)
     missing = [k for k in target if k not in found and not k.endswith("num_batches_tracked")]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} encoder tensors missing: {_few(missing)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} with the wrong shape (file vs encoder): {_few(mismatched, 3)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} not in the encoder: {_few(unexpected)}")
+    problems = weight_key_problems(missing, unexpected, mismatched, against="encoder")
     if problems:
         raise ConfigError(source, f"the file does not fit the {type(encoder).__name__} encoder ({'; '.join(problems)})",
                           "pass a weights file of the same encoder as model.encoder (or --encoder-weights none)")
     for key in target:  # e.g. BatchNorm's num_batches_tracked when the file lacks it
         found.setdefault(key, target[key])
     return found
-
-
-def _few(names: Sequence[str], n: int = 5) -> str:
-    shown = ", ".join(names[:n])
-    return shown + (f" (+{len(names) - n} more)" if len(names) > n else "")
 
 
 def read_weights_file(path: str | os.PathLike[str], encoder_name: str | None = None) -> dict[str, Tensor]:

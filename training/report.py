@@ -65,6 +65,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save_png(fig: Any, path: str | os.PathLike[str], *, dpi: int) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG (atomically) and close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    _pyplot().close(fig)
+    return path
+
+
 def line_plot(path: str | os.PathLike[str], panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float], Sequence[float]]]]], *,
               title: str, xlabel: str, hline: float | None = None) -> Path:
     """One PNG with a panel per ``(ylabel, [(label, xs, ys), ...])``, side by side."""
@@ -81,12 +90,7 @@ def line_plot(path: str | os.PathLike[str], panels: Sequence[tuple[str, Sequence
         if series:
             ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return _save_png(fig, path, dpi=110)
 
 
 def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -135,12 +139,7 @@ def write_augment_grid(path: str | os.PathLike[str], ds: Any, augment: Any, *, n
         show(axes[row][2], pair.tissue, "tissue")
         show(axes[row][3], aug.tissue, "tissue, augmented")
     fig.suptitle("augmentation (same draw on a row's cell and tissue image)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return _save_png(fig, path, dpi=100)
 
 
 # --------------------------------------------------------------------------- card

@@ -304,6 +304,19 @@ def _few(names: list[str], n: int = 5) -> str:
     return shown + (f" (+{len(names) - n} more)" if len(names) > n else "")
 
 
+def weight_key_problems(missing: list[str], unexpected: list[str], mismatched: list[str], *, against: str) -> list[str]:
+    """How a file's tensors fail to fit a model (``against``: "config", "encoder"), in one-line
+    phrases: missing names, unexpected names, and ``"name (file shape) vs (model shape)"`` entries."""
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {_few(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} not in the {against}: {_few(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} with the wrong shape (file vs {against}): {_few(mismatched, 3)}")
+    return problems
+
+
 def _check_weights(
     path: Path, expected: dict[str, Tensor], found: dict[str, Tensor], variant: str
 ) -> None:
@@ -314,15 +327,7 @@ def _check_weights(
         for k in sorted(set(expected) & set(found))
         if tuple(found[k].shape) != tuple(expected[k].shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_few(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_few(unexpected)}")
-    if mismatched:
-        problems.append(
-            f"{len(mismatched)} with the wrong shape (file vs config): {_few(mismatched, 3)}"
-        )
+    problems = weight_key_problems(missing, unexpected, mismatched, against="config")
     if problems:
         raise CheckpointError(
             path,
