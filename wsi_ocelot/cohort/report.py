@@ -163,6 +163,7 @@ _COLS = (  # (key, header, css class, format)
     ("purity_in_cancer_area", "purity in cancer area", "", "3"),
     ("tissue_area_mm2", "tissue mm²", "", "2"),
     ("cancer_area_mm2", "cancer mm²", "", "2"),
+    ("n_unreadable_tiles", "unreadable tiles", "", "d"),
     ("mpp", "MPP", "", "4"),
     ("runtime_s", "runtime s", "", "1"),
     ("error", "error", "l", "s"),

@@ -58,6 +58,7 @@ from wsi_ocelot.inference.predictor import (
     with_oom_retry,
 )
 from wsi_ocelot.inference.run_metadata import run_attributes
+from wsi_ocelot.inference.unreadable import DEFAULT_MAX_UNREADABLE, UnreadableTiles
 from wsi_ocelot.inference.tissue_map import (
     BlendedTissueMap,
     MapWindow,
@@ -78,7 +79,7 @@ from wsi_ocelot.outputs import (
 from wsi_ocelot.purity import PurityCounter, SlideRecord
 from wsi_ocelot.slide import READERS, Slide, open_slide, tissue_mask
 from wsi_ocelot.tiling import BlockBatches, TileDataset, make_loader, plan_tiles
-from wsi_ocelot.tiling.dataset import default_workers
+from wsi_ocelot.tiling.dataset import default_workers, read_batches
 from wsi_ocelot.weights import resolve_model
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ class EngineConfig:
     detections are kept (cells seen by two tiles are then reported once, the stronger); 0
     keeps strict cores, which loses cells that both tiles place on the other's side.
     ``writer_depth`` is how many batches of results may wait for the writer thread;
-    ``background_writer=False`` writes them in the main thread.
+    ``background_writer=False`` writes them in the main thread. ``max_unreadable`` is the
+    fraction of a pass's tiles that may be unreadable (corrupt image data, read twice) before
+    the slide fails; below it each such tile costs only itself (``unreadable.py``).
 
     Examples
     --------
@@ -122,6 +125,7 @@ class EngineConfig:
     border_reach_um: float = DUPLICATE_UM
     writer_depth: int = 4
     background_writer: bool = True
+    max_unreadable: float = DEFAULT_MAX_UNREADABLE
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -131,6 +135,9 @@ class EngineConfig:
         if not 0.0 <= self.border_reach_um <= DUPLICATE_UM:
             raise ConfigError(None, f"border_reach_um must be in [0, {DUPLICATE_UM}], got {self.border_reach_um}",
                               f"use {DUPLICATE_UM} (default) or 0 for strict tile cores")
+        if not 0.0 <= self.max_unreadable <= 1.0:
+            raise ConfigError(None, f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}",
+                              f"use e.g. {DEFAULT_MAX_UNREADABLE} (default), 0 to fail on any unreadable tile, 1 to never fail")
         if self.reader not in READERS:
             raise ConfigError(None, f"unknown reader {self.reader!r}", f"use one of {', '.join(READERS)}")
 
@@ -237,6 +244,9 @@ class _SlideRun:
         # where each cell tile keeps its detections: its core, reaching across shared borders
         self.keep = reach_cores(self.plan.cells.cores, cfg.border_reach_um / slide.mpp, W, H)
         self.ca_pixels = 0
+        n_tissue = len(self.plan.tissue) if runner.two_pass and runner.has_tissue else 0
+        self.unreadable = UnreadableTiles(slide.path, self.mask, {"cell": len(self.plan.cells), "tissue": n_tissue},
+                                          cfg.max_unreadable)
         self.store: PredictionStore | None = None
         self.gj: CellsGeoJSONWriter | None = None
 
@@ -393,7 +403,7 @@ class SlideRunner:
                 write_tissue_geojson(work / "tissue.geojson", ca_geom, origin=run.origin)
                 thumb, ds = slide.thumbnail(mpp=max(1.0, max(W, H) * mpp / 1200.0))  # ~1200 px on the long side
                 write_overview(work / "overview.png", thumb, ds, ca_geometry=ca_geom, purity=run.counter.grid(), purity_cell_size=run.grid_px)
-            tissue_mm2 = float(run.mask.mask.sum()) * (run.mask.downsample * mpp) ** 2 / 1e6
+            tissue_mm2 = float(run.unreadable.tissue_pixels()) * (run.mask.downsample * mpp) ** 2 / 1e6
             ca_mm2 = run.ca_pixels * (tmap.scale * mpp) ** 2 / 1e6 if self.has_tissue else None
             purity = run.counter.result(
                 tissue_area_mm2=round(tissue_mm2, 6), cancer_area_mm2=None if ca_mm2 is None else round(ca_mm2, 6), mpp=mpp,
@@ -403,20 +413,44 @@ class SlideRunner:
                 slide=str(slide.path), purity=purity, mpp_source=slide.mpp_info.source,
                 model={"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder},
                 mode=mode, device=str(self.device), n_cell_tiles=len(run.plan.cells),
-                n_tissue_tiles=len(run.plan.tissue) if self.two_pass and self.has_tissue else 0)
+                n_tissue_tiles=len(run.plan.tissue) if self.two_pass and self.has_tissue else 0,
+                n_unreadable_tiles=run.unreadable.n)
             store.set_attrs(run_attributes(self, run, record, dict(timer.t)))
         finally:
             store.close()
         return record
 
     # ------------------------------------------------------------------------------------
-    def _loader(self, dataset):
+    def _loader(self, dataset, workers: int | None = None):
         cfg = self.config
         # no reader processes when there is too little to read (a BlockBatches item is a whole batch)
-        spare = len(dataset) - 1 if isinstance(dataset, BlockBatches) else len(dataset) // max(cfg.batch_size, 1)
-        workers = min(cfg.workers, max(0, spare))
+        blocks = isinstance(getattr(dataset, "dataset", dataset), BlockBatches)
+        spare = len(dataset) - 1 if blocks else len(dataset) // max(cfg.batch_size, 1)
+        workers = min(cfg.workers if workers is None else min(workers, cfg.workers), max(0, spare))
         return make_loader(dataset, batch_size=cfg.batch_size, workers=workers, prefetch=cfg.prefetch,
                            pin_memory=self.device.type == "cuda")
+
+    def _batches(self, run: _SlideRun, dataset) -> Iterator[dict[str, Any]]:
+        """The dataset's batches, read in reader processes that are replaced when they die."""
+        per_item = 1 if isinstance(dataset, BlockBatches) else self.config.batch_size
+        return _timed(read_batches(dataset, self._loader, batch_items=per_item), run.timer)
+
+    @staticmethod
+    def _unreadable(batch: dict[str, Any]) -> np.ndarray:
+        """The batch's tiles that could not be read (bool per tile)."""
+        return batch["unreadable"].numpy().astype(bool).reshape(-1)
+
+    def _drop_unreadable(self, run: _SlideRun, batch: dict[str, Any], idx: np.ndarray, pts: list[np.ndarray]) -> np.ndarray:
+        """Empty the points of the batch's unreadable cell tiles (in place) and count them;
+        returns which tiles were unreadable."""
+        bad = self._unreadable(batch)
+        if bad.any():
+            for k in np.flatnonzero(bad):
+                pts[k] = pts[k][:0]
+            grid = run.plan.cells
+            run.unreadable.add("cell", grid.boxes[idx[bad]], [e for e, b in zip(batch["errors"], bad, strict=True) if b],
+                               cores=grid.cores[idx[bad]])
+        return bad
 
     def _blocks(self, slide: Slide, grid) -> BlockBatches:
         return BlockBatches(slide, grid.boxes, grid.rows, grid.cols, self.geometry.tile_size, self.config.batch_size)
@@ -436,9 +470,15 @@ class SlideRunner:
                     blend.add(int(grid.rows[i]), int(grid.cols[i]), probs[k], grid.boxes[i])
 
         bar = _progress(len(grid), "tissue pass", self.config.progress)
-        for batch in _timed(self._loader(self._blocks(run.slide, grid)), timer):
+        for batch in self._batches(run, self._blocks(run.slide, grid)):
+            bad = self._unreadable(batch)
+            if bad.any():
+                idx = batch["index"].numpy()
+                run.unreadable.add("tissue", grid.boxes[idx[bad]], [e for e, b in zip(batch["errors"], bad, strict=True) if b])
             with timer("tissue pass"):
                 probs = with_oom_retry(self.predictor.tissue_probs, batch["cell"])[:, 1].float()
+                if bad.any():
+                    probs[torch.from_numpy(bad).to(probs.device)] = 0.0  # an unreadable tile holds no cancer area
                 host, ready = _to_host(probs)
             writer.submit(add, batch["index"].numpy(), host, ready)
             bar.update(len(batch["index"]))
@@ -466,7 +506,7 @@ class SlideRunner:
             return batch, idx, crop, window
 
         bar = _progress(len(grid), "cell pass", self.config.progress)
-        batches = _timed(self._loader(dataset), timer)
+        batches = self._batches(run, dataset)
         nxt = prepare(next(batches, None))
         while nxt is not None:
             batch, idx, crop, window = nxt
@@ -475,6 +515,7 @@ class SlideRunner:
             nxt = prepare(next(batches, None))  # overlaps the device's work on this batch
             with timer("post-processing"):
                 pts = _host_points(find_peaks(probs, self.peaks, core=cores_in_tile_px(grid.boxes[idx], run.keep[idx], T)))
+            self._drop_unreadable(run, batch, idx, pts)
             writer.submit(run.emit, pts, idx, window)
             bar.update(len(idx))
         bar.close()
@@ -509,15 +550,19 @@ class SlideRunner:
             run.emit(pts, idx, window)
 
         bar = _progress(len(grid), "per-tile pass", self.config.progress)
-        for batch in _timed(self._loader(TileDataset(run.slide, grid.boxes, T, plan.contexts)), timer):
+        for batch in self._batches(run, TileDataset(run.slide, grid.boxes, T, plan.contexts)):
             idx = batch["index"].numpy()
             with timer("cell pass"):
                 cell_probs, tissue_probs = with_oom_retry(self.predictor.per_tile, batch["cell"], batch["context"], batch["offset"])
             with timer("post-processing"):
                 pts = _host_points(find_peaks(cell_probs, self.peaks, core=cores_in_tile_px(grid.boxes[idx], run.keep[idx], T)))
+            bad = self._drop_unreadable(run, batch, idx, pts)
             host = ready = None
             if tissue_probs is not None:
-                host, ready = _to_host(tissue_probs[:, 1].float())
+                ca = tissue_probs[:, 1].float()
+                if bad.any():
+                    ca[torch.from_numpy(bad).to(ca.device)] = 0.0
+                host, ready = _to_host(ca)
             writer.submit(place, idx, pts, host, ready)
             bar.update(len(idx))
         bar.close()
