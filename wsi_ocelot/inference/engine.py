@@ -426,7 +426,8 @@ class SlideRunner:
         # no reader processes when there is too little to read (a BlockBatches item is a whole batch)
         blocks = isinstance(getattr(dataset, "dataset", dataset), BlockBatches)
         spare = len(dataset) - 1 if blocks else len(dataset) // max(cfg.batch_size, 1)
-        workers = min(cfg.workers if workers is None else min(workers, cfg.workers), max(0, spare))
+        # (a batch read alone after readers died on it is still read in a process of its own)
+        workers = min(cfg.workers, max(0, spare)) if workers is None else min(workers, cfg.workers)
         return make_loader(dataset, batch_size=cfg.batch_size, workers=workers, prefetch=cfg.prefetch,
                            pin_memory=self.device.type == "cuda")
 
