@@ -181,3 +181,86 @@ def test_unreadable_counts_reach_manifest_summary_and_report(ckpt, slides, tmp_p
     assert int(row["n_unreadable_tiles"]) == n
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "unreadable tiles" in html and f'data-v="{float(n)!r}"' in html
+
+
+# -- a full disk ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_slides(tmp_path_factory) -> list[Path]:
+    from wsi_ocelot.synthetic import write_synthetic_slide
+
+    root = tmp_path_factory.mktemp("small")
+    paths = []
+    for i in range(4):
+        write_synthetic_slide(root / f"s_{i}.tiff", mpp=MPP, size=(512, 512), seed=51 + i)
+        paths.append(root / f"s_{i}.tiff")
+    return paths
+
+
+def _batch(ckpt, slides, out):
+    from wsi_ocelot.cohort import CohortConfig, collect_jobs, run_cohort
+
+    engine = EngineConfig(device="cpu", batch_size=4, workers=0, progress=False)
+    return run_cohort(collect_jobs([str(p) for p in slides]), out, CohortConfig(model=str(ckpt), engine=engine, threads=2))
+
+
+def _check_stopped(res, out: Path, failed: str, pending: list[str]) -> None:
+    assert res.exit_code == 1 and res.failed == [failed] and res.pending == pending
+    slides = json.loads((out / "manifest.json").read_text())["slides"]  # valid JSON
+    err = slides[failed]["error"]
+    assert slides[failed]["status"] == "failed" and "\n" not in err and str(out) in err and "no space left" in err and "Fix:" in err
+    assert {sid: slides[sid]["status"] for sid in pending} == dict.fromkeys(pending, "pending")
+    assert str(out) in res.stopped and "pending" in res.stopped
+    # no half-written folder, no folder for a slide that was not attempted
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.is_dir()]
+    assert not any((out / sid).exists() for sid in [failed, *pending])
+
+
+def test_full_disk_fails_the_slide_stops_the_batch_and_a_rerun_finishes(ckpt, small_slides, tmp_path, monkeypatch):
+    from wsi_ocelot.atomic import write_json
+    from wsi_ocelot.inference import engine
+
+    def full(path, obj, **kw):
+        if ".s_1.partial" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write_json(path, obj, **kw)
+
+    monkeypatch.setattr(engine, "write_json", full)
+    out = tmp_path / "out"
+    res = _batch(ckpt, small_slides, out)
+    assert res.done == ["s_0"]
+    _check_stopped(res, out, "s_1", ["s_2", "s_3"])
+    monkeypatch.undo()  # space freed
+    before = (out / "s_0" / "purity.json").stat().st_mtime_ns
+    res = _batch(ckpt, small_slides, out)
+    assert res.exit_code == 0 and res.skipped == ["s_0"] and res.done == ["s_1", "s_2", "s_3"]
+    assert (out / "s_0" / "purity.json").stat().st_mtime_ns == before
+    slides = json.loads((out / "manifest.json").read_text())["slides"]
+    assert {v["status"] for v in slides.values()} == {"done"}
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    try:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def test_full_disk_on_a_real_small_tmpfs(ckpt, small_slides, tmp_path):
+    mnt = tmp_path / "mnt"
+    if not _mount_tmpfs(mnt, "4m"):
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+    try:
+        out = mnt / "out"
+        out.mkdir()
+        filler = mnt / "filler"
+        with open(filler, "wb") as fh:  # leave about 48 KiB: the batch's own files fit, a slide's outputs do not
+            fh.write(bytes(4 * 2**20 - 48 * 2**10))
+        res = _batch(ckpt, small_slides, out)
+        _check_stopped(res, out, "s_0", ["s_1", "s_2", "s_3"])
+        filler.unlink()  # space freed
+        res = _batch(ckpt, small_slides, out)
+        assert res.exit_code == 0 and res.done == ["s_0", "s_1", "s_2", "s_3"]
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=20)

@@ -147,6 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"manifest, summary.csv and report.html in {args.out}")
     if result.failed:
         print(result.failure_table(), file=sys.stderr)
+    if result.stopped:
+        print(result.stopped, file=sys.stderr)
     return result.exit_code
 
 

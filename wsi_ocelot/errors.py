@@ -59,3 +59,22 @@ class PredictionFileError(WsiOcelotError, ValueError):
 
 class OutputWriteError(WsiOcelotError, OSError):
     """An output file cannot be created (missing folder, no permission, disk full)."""
+
+
+class DiskFullError(OutputWriteError):
+    """The output disk is full (ENOSPC) or over quota (EDQUOT): every later slide of a batch
+    would fail the same way, so a batch stops at the first one."""
+
+
+def is_disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an error it was raised from) is "no space left on the device" or
+    "disk quota exceeded"."""
+    import errno
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DiskFullError) or (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False

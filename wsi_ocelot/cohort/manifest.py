@@ -3,7 +3,7 @@
 Layout::
 
     {"version": 1, "updated": "<ISO time>", "model": ..., "slides": {
-        "<slide-id>": {"path": ..., "status": "done" | "failed" | "running",
+        "<slide-id>": {"path": ..., "status": "done" | "failed" | "running" | "pending",
                        "error": "<one-line message>" | null, "mpp": ..., "n_cells": ...,
                        "purity": ..., "runtime_s": ..., "timings": {...}, "attempts": n,
                        "started": ..., "finished": ...}}}
@@ -28,8 +28,8 @@ from wsi_ocelot.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-DONE, FAILED, RUNNING = "done", "failed", "running"
-STATUSES = (DONE, FAILED, RUNNING)
+DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"  # pending: not attempted (the batch stopped)
+STATUSES = (DONE, FAILED, RUNNING, PENDING)
 
 
 def now_iso() -> str:
@@ -106,6 +106,12 @@ class Manifest:
         self.slides[slide_id] = rec
         if save:
             self.save()
+
+    def mark_pending(self, jobs: list[tuple[str, str]], reason: str) -> None:
+        """Record slides ``(slide_id, path)`` the batch stopped before attempting (not saved:
+        call :meth:`save` after)."""
+        for sid, path in jobs:
+            self.slides[sid] = {"path": path, "status": PENDING, "error": reason}
 
     def record(self, slide_id: str, record: dict[str, Any]) -> None:
         """Store a finished slide's record (status done or failed) and save."""

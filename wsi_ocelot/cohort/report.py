@@ -201,7 +201,7 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
     rows = _rows(out_dir, manifest)
     thumbs = {r["slide_id"]: _thumbnail(out_dir / r["slide_id"] / "overview.png") for r in rows if r.get("status") == DONE}
     purities = [float(r["purity"]) for r in rows if r.get("status") == DONE and r.get("purity") is not None and math.isfinite(float(r["purity"]))]
-    n = {s: sum(1 for r in rows if r.get("status") == s) for s in ("done", "failed", "running")}
+    n = {s: sum(1 for r in rows if r.get("status") == s) for s in ("done", "failed", "running", "pending")}
     title = f"wsi-ocelot batch report: {out_dir.resolve().name}"
     head = "".join(f'<th class="{c}">{html.escape(h)}</th>' for _, h, c, _ in _COLS)
     body = []
@@ -215,7 +215,7 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
 <body>
 <h1>{html.escape(title)}</h1>
 <div class="meta">Folder {html.escape(str(out_dir.resolve()))} · model {html.escape(str(model))} · {html.escape(str(manifest.meta.get("software", "")))} · built {html.escape(now_iso())}</div>
-<div class="counts" id="counts"><span>slides: {len(rows)}</span><span>done: {n["done"]}</span><span>failed: {n["failed"]}</span><span>unfinished: {n["running"]}</span></div>
+<div class="counts" id="counts"><span>slides: {len(rows)}</span><span>done: {n["done"]}</span><span>failed: {n["failed"]}</span><span>unfinished: {n["running"] + n["pending"]}</span></div>
 <h2>Tumour purity over the cohort ({len(purities)} slide(s) with cells)</h2>
 {purity_histogram_svg(purities)}
 <h2>Slides</h2>

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wsi_ocelot.atomic import partial_folder, publish_folder, write_json
-from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
 from wsi_ocelot.inference.background import BackgroundWriter
 from wsi_ocelot.inference.borders import (
     BorderBuffer,
@@ -342,6 +342,18 @@ class SlideRunner:
         final = out_root / sid
         if final.exists() and not overwrite:
             raise WsiOcelotError(final, "the output folder exists", "pass --overwrite, or choose another --out")
+        try:
+            return self._run(slide_path, out_root, sid, mpp, t_start)
+        except Exception as err:
+            if is_disk_full(err) and not isinstance(err, DiskFullError):
+                raise DiskFullError(out_root, f"no space left on the device while writing the results of {sid} "
+                                    "(its unfinished folder was removed)",
+                                    f"free space on the disk of {out_root} (or choose another --out), then run the same "
+                                    "command again: finished slides are kept") from err
+            raise
+
+    def _run(self, slide_path: str | os.PathLike[str], out_root: Path, sid: str, mpp: float | None, t_start: float) -> SlideResult:
+        final = out_root / sid
         out_root.mkdir(parents=True, exist_ok=True)
         work = partial_folder(out_root, sid)
         try:
