@@ -207,7 +207,7 @@ def _check_stopped(res, out: Path, failed: str, pending: list[str]) -> None:
     assert res.exit_code == 1 and res.failed == [failed] and res.pending == pending
     slides = json.loads((out / "manifest.json").read_text())["slides"]  # valid JSON
     err = slides[failed]["error"]
-    assert slides[failed]["status"] == "failed" and "\n" not in err and str(out) in err and "no space left" in err and "Fix:" in err
+    assert slides[failed]["status"] == "failed" and "\n" not in err and str(out) in err and "no space left on device" in err.lower() and "Fix:" in err
     assert {sid: slides[sid]["status"] for sid in pending} == dict.fromkeys(pending, "pending")
     assert str(out) in res.stopped and "pending" in res.stopped
     # no half-written folder, no folder for a slide that was not attempted

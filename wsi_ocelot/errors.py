@@ -66,15 +66,23 @@ class DiskFullError(OutputWriteError):
     would fail the same way, so a batch stops at the first one."""
 
 
-def is_disk_full(err: BaseException | None) -> bool:
-    """Whether ``err`` (or an error it was raised from) is "no space left on the device" or
-    "disk quota exceeded"."""
+def disk_full_reason(err: BaseException | None) -> str | None:
+    """The OS's words ("No space left on device", "Disk quota exceeded") when ``err`` or an
+    error it was raised from is ENOSPC or EDQUOT, else None."""
     import errno
 
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, DiskFullError) or (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
-            return True
+        if isinstance(err, DiskFullError):
+            return err.problem
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err.strerror or os.strerror(err.errno)
         err = err.__cause__ or err.__context__
-    return False
+    return None
+
+
+def is_disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an error it was raised from) is "no space left on the device" or
+    "disk quota exceeded"."""
+    return disk_full_reason(err) is not None

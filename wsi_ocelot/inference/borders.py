@@ -3,8 +3,8 @@
 Each cell tile owns its core (``tiling/grid.py``); peaks are kept in the tile's own core
 and converted to level-0 px. A cell on a shared core border can be placed on its own side
 by both tiles: such detections (within ``radius`` of a core border) wait in a
-:class:`BorderBuffer` until the pass ends, and of two from different tiles closer than the
-radius the weaker is dropped.
+:class:`BorderBuffer` until the tiles around theirs are done, and of two from different tiles
+closer than the radius the weaker is dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 __all__ = ["BorderBuffer", "cores_in_tile_px", "in_core", "points_to_level0", "reach_cores"]
@@ -67,15 +69,23 @@ def reach_cores(cores: np.ndarray, reach: float, width: int, height: int) -> np.
 
 
 class BorderBuffer:
-    """Detections near a tile-core border, held back until the pass is done.
+    """Detections near a tile-core border, held back until every tile that could see them too
+    is done.
 
     Neighbouring tiles see a cell on their shared core border with the same pixels but place
     its peak independently, and each keeps it up to ``reach`` beyond its own core: both may
     report it. Such a pair is closer than ``radius``; one point lies at most ``reach`` beyond
     the border, so neither lies more than ``reach + radius`` inside its core. Only points
-    that close to a border (or beyond it) are held (a few % of the cells, 40 bytes each) and,
-    at the end, of two points from different tiles closer than ``radius`` the one with the
-    lower probability is dropped.
+    that close to a border (or beyond it) are held (a few % of the cells, 48 bytes each); of
+    two points from different tiles closer than ``radius`` the one with the lower probability
+    is dropped.
+
+    A held point can pair only with points of the tiles around its own (rows ``r - 1 .. r +
+    1``). :meth:`release` (called as the pass finishes grid rows) resolves every group of
+    paired points none of whose tiles has a neighbour still to come, and hands them back, so
+    the buffer holds about two rows of tiles' border points, not the slide's; :meth:`resolve`
+    releases the rest. The outcome equals resolving everything at the end: a group's points
+    decide only among themselves, strongest first.
     """
 
     def __init__(self, radius: float, reach: float = 0.0):
@@ -84,40 +94,77 @@ class BorderBuffer:
         self.points: list[np.ndarray] = []
         self.inside: list[np.ndarray] = []
         self.tile: list[np.ndarray] = []
+        self.row: list[np.ndarray] = []
         self._next = 0
 
-    def split(self, p: np.ndarray, inside: np.ndarray | None, core: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Keep the points near ``core``'s border (and any beyond it); return the others (to
-        be written now)."""
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.points)
+
+    def split(self, p: np.ndarray, inside: np.ndarray | None, core: np.ndarray, row: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """Keep the points near ``core``'s border (and any beyond it) of a tile in grid row
+        ``row``; return the others (to be written now)."""
         tid, self._next = self._next, self._next + 1
         if not len(p) or self.radius <= 0:
             return p, inside
         d = np.minimum.reduce([p[:, 0] - core[0], core[2] - p[:, 0], p[:, 1] - core[1], core[3] - p[:, 1]])
         near = d < self.hold
         if near.any():
+            n = int(near.sum())
             self.points.append(p[near])
-            self.inside.append(inside[near] if inside is not None else np.zeros(int(near.sum()), bool))
-            self.tile.append(np.full(int(near.sum()), tid))
+            self.inside.append(inside[near] if inside is not None else np.zeros(n, bool))
+            self.tile.append(np.full(n, tid))
+            self.row.append(np.full(n, row, np.int64))
         return p[~near], (inside[~near] if inside is not None else None)
 
-    def resolve(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """The held points without cross-tile duplicates, their cancer-area flags, and how many were dropped."""
+    def release(self, done_row: float) -> tuple[np.ndarray, np.ndarray, int]:
+        """Resolve and return (points, cancer-area flags, dropped count) of the groups whose
+        tiles' neighbours are all done, given that every tile of grid rows ``<= done_row`` is;
+        keep the rest."""
         if not self.points:
             return np.zeros((0, 4)), np.zeros(0, bool), 0
-        p, inside, tile = np.concatenate(self.points), np.concatenate(self.inside), np.concatenate(self.tile)
+        p, inside = np.concatenate(self.points), np.concatenate(self.inside)
+        tile, row = np.concatenate(self.tile), np.concatenate(self.row)
+        settled = row + 1 <= done_row
+        if not settled.any():
+            return np.zeros((0, 4)), np.zeros(0, bool), 0
         pairs = cKDTree(p[:, :2]).query_pairs(self.radius, output_type="ndarray")
         pairs = pairs[tile[pairs[:, 0]] != tile[pairs[:, 1]]]
-        drop = np.zeros(len(p), bool)
-        if len(pairs):
-            order = np.argsort(-p[:, 3], kind="stable")  # strongest first keeps its place
-            rank = np.empty(len(p), np.int64)
-            rank[order] = np.arange(len(p))
-            partners: dict[int, list[int]] = {}
-            for a, b in pairs:
-                partners.setdefault(int(a), []).append(int(b))
-                partners.setdefault(int(b), []).append(int(a))
-            for i in sorted(partners, key=lambda j: rank[j]):
-                if not drop[i]:
-                    for j in partners[i]:
-                        drop[j] = True
-        return p[~drop], inside[~drop], int(drop.sum())
+        final = settled
+        if len(pairs) and not settled.all():  # a group is final when all its points are settled
+            n = len(p)
+            graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+            n_groups, group = connected_components(graph, directed=False)
+            open_group = np.zeros(n_groups, bool)
+            open_group[group[~settled]] = True
+            final = ~open_group[group]
+            pairs = pairs[final[pairs[:, 0]]]
+        drop = _weaker_of_pairs(p[:, 3], pairs)
+        out = final & ~drop
+        keep = ~final
+        self.points, self.inside, self.tile, self.row = [p[keep]], [inside[keep]], [tile[keep]], [row[keep]]
+        if not keep.any():
+            self.points, self.inside, self.tile, self.row = [], [], [], []
+        return p[out], inside[out], int(drop.sum())
+
+    def resolve(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every held point without cross-tile duplicates, their cancer-area flags, and how many were dropped."""
+        return self.release(math.inf)
+
+
+def _weaker_of_pairs(prob: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Which points to drop: strongest first, each point not yet dropped drops its partners."""
+    drop = np.zeros(len(prob), bool)
+    if not len(pairs):
+        return drop
+    order = np.argsort(-prob, kind="stable")  # strongest first keeps its place
+    rank = np.empty(len(prob), np.int64)
+    rank[order] = np.arange(len(prob))
+    partners: dict[int, list[int]] = {}
+    for a, b in pairs:
+        partners.setdefault(int(a), []).append(int(b))
+        partners.setdefault(int(b), []).append(int(a))
+    for i in sorted(partners, key=lambda j: rank[j]):
+        if not drop[i]:
+            for j in partners[i]:
+                drop[j] = True
+    return drop

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wsi_ocelot.atomic import partial_folder, publish_folder, write_json
-from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
+from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, disk_full_reason
 from wsi_ocelot.inference.background import BackgroundWriter
 from wsi_ocelot.inference.borders import (
     BorderBuffer,
@@ -243,12 +243,27 @@ class _SlideRun:
         self.border = BorderBuffer(DUPLICATE_UM / slide.mpp, cfg.border_reach_um / slide.mpp)
         # where each cell tile keeps its detections: its core, reaching across shared borders
         self.keep = reach_cores(self.plan.cells.cores, cfg.border_reach_um / slide.mpp, W, H)
+        self._rows_after: np.ndarray | None = None  # see set_order
+        self._done_row = -1
+        self._dropped = 0  # border duplicates dropped so far
         self.ca_pixels = 0
         n_tissue = len(self.plan.tissue) if runner.two_pass and runner.has_tissue else 0
         self.unreadable = UnreadableTiles(slide.path, self.mask, {"cell": len(self.plan.cells), "tissue": n_tissue},
                                           cfg.max_unreadable)
         self.store: PredictionStore | None = None
         self.gj: CellsGeoJSONWriter | None = None
+
+    def set_order(self, order: np.ndarray) -> None:
+        """The order the cell tiles are emitted in: after each batch, the grid rows whose
+        tiles are all done follow from it, and the border buffer lets go of what they settle."""
+        order = np.asarray(order, np.int64)
+        rows = self.plan.cells.rows[order]
+        after = np.full(len(order) + 1, np.iinfo(np.int64).max)
+        if len(order):
+            after[:-1] = np.minimum.accumulate(rows[::-1])[::-1]  # the lowest row still to come, from each position on
+        self._position = np.empty(len(order), np.int64)
+        self._position[order] = np.arange(len(order))
+        self._rows_after = after
 
     # -- writer-thread jobs ------------------------------------------------------------------
     def emit(self, pts: list[np.ndarray], idx: np.ndarray, window: MapWindow | None) -> None:
@@ -257,19 +272,27 @@ class _SlideRun:
         a core border wait in the border buffer, the rest are counted and written."""
         T = self.runner.geometry.tile_size
         grid = self.plan.cells
-        boxes, cores, reach = grid.boxes[idx], grid.cores[idx], self.keep[idx]
+        boxes, cores, reach, rows = grid.boxes[idx], grid.cores[idx], self.keep[idx], grid.rows[idx]
         with self.timer("post-processing"):
             keep, flags = [], []
             for k, tile_pts in enumerate(pts):
                 p = points_to_level0(tile_pts, boxes[k], T)
                 p = p[in_core(p, reach[k])]
                 inside = window.in_cancer_area(k, p) if window is not None else None
-                p, inside = self.border.split(p, inside, cores[k])
+                p, inside = self.border.split(p, inside, cores[k], int(rows[k]))
                 keep.append(p)
                 flags.append(inside)
             p = np.concatenate(keep) if keep else np.zeros((0, 4))
             inside_all = None if window is None else (np.concatenate(flags) if flags else np.zeros(0, bool))
         self.write_points(p, inside_all)
+        if self._rows_after is not None and len(idx):
+            done = int(self._rows_after[int(self._position[idx].max()) + 1]) - 1  # every row below the lowest to come
+            if done > self._done_row:
+                self._done_row = done
+                with self.timer("post-processing"):
+                    p, inside, dropped = self.border.release(done)
+                self._dropped += dropped
+                self.write_points(p, inside)
 
     def write_points(self, p: np.ndarray, inside: np.ndarray | None) -> None:
         with self.timer("post-processing"):
@@ -282,6 +305,7 @@ class _SlideRun:
     def flush_border(self) -> None:
         with self.timer("post-processing"):
             p, inside, dropped = self.border.resolve()
+        dropped += self._dropped
         if dropped:
             log.info("%d cell(s) seen by two neighbouring tiles on their shared border reported once", dropped)
         self.write_points(p, inside)
@@ -345,9 +369,9 @@ class SlideRunner:
         try:
             return self._run(slide_path, out_root, sid, mpp, t_start)
         except Exception as err:
-            if is_disk_full(err) and not isinstance(err, DiskFullError):
-                raise DiskFullError(out_root, f"no space left on the device while writing the results of {sid} "
-                                    "(its unfinished folder was removed)",
+            reason = disk_full_reason(err)
+            if reason and not isinstance(err, DiskFullError):
+                raise DiskFullError(out_root, f"{reason} while writing the results of {sid} (its unfinished folder was removed)",
                                     f"free space on the disk of {out_root} (or choose another --out), then run the same "
                                     "command again: finished slides are kept") from err
             raise
@@ -507,6 +531,7 @@ class SlideRunner:
         T, f = self.geometry.tile_size, self.geometry.context_factor
         n_crop = max(1, round(T / f))
         dataset = self._blocks(run.slide, grid)
+        run.set_order(np.concatenate(dataset.batches) if dataset.batches else np.zeros(0, np.int64))
 
         def prepare(batch: dict[str, Any] | None) -> tuple[Any, ...] | None:
             if batch is None:
@@ -562,6 +587,7 @@ class SlideRunner:
                 window = MapWindow(tmap.scale, values, origins, np.arange(len(idx)))
             run.emit(pts, idx, window)
 
+        run.set_order(np.arange(len(grid)))
         bar = _progress(len(grid), "per-tile pass", self.config.progress)
         for batch in self._batches(run, TileDataset(run.slide, grid.boxes, T, plan.contexts)):
             idx = batch["index"].numpy()

@@ -128,6 +128,7 @@ class PredictionStore:
         self._nbuf = 0
         self._closed = False
         self._tissue_levels = 0
+        self._written: np.ndarray | None = None  # tissue level-0 chunks written by this handle (None: unknown)
         if mode == "w":
             if not self.path.parent.is_dir():
                 raise PredictionFileError(self.path, "the output folder does not exist",
@@ -264,6 +265,7 @@ class PredictionStore:
             }),
         })
         self._tissue_levels = levels
+        self._written = np.zeros((-(-height // chunk), -(-width // chunk)), bool)
         return arr
 
     @property
@@ -302,6 +304,17 @@ class PredictionStore:
         b = b[: max(0, h - y0), : max(0, w - x0)]
         if b.size:
             arr[y0 : y0 + b.shape[0], x0 : x0 + b.shape[1]] = b
+            if self._written is not None:
+                ch, cw = arr.chunks
+                self._written[y0 // ch:(y0 + b.shape[0] - 1) // ch + 1, x0 // cw:(x0 + b.shape[1] - 1) // cw + 1] = True
+
+    def tissue_written(self, y0: int, y1: int, x0: int, x1: int) -> bool:
+        """Whether any of level 0's pixels ``[y0:y1, x0:x1]`` may hold a written value (False
+        only when this handle created the map and wrote nothing there: it reads as zeros)."""
+        if self._written is None:
+            return True
+        ch, cw = self.tissue(0).chunks
+        return bool(self._written[y0 // ch:max(y0 + 1, -(-y1 // ch)), x0 // cw:max(x0 + 1, -(-x1 // cw))].any())
 
     def read_tissue(self, y0: int, y1: int, x0: int, x1: int, *, level: int = 0,
                     as_float: bool = False) -> NDArray[Any]:
@@ -319,6 +332,8 @@ class PredictionStore:
         step = 2 * int(dst.chunks[0])
         for y in range(0, h, step):
             for x in range(0, w, step):
+                if not self.tissue_written(y, y + step, x, x + step):
+                    continue  # zeros give zeros, and level 1 reads as zeros where nothing is written
                 t = np.asarray(src[y : y + step, x : x + step]).astype(np.uint16)
                 th, tw = t.shape
                 if th % 2 or tw % 2:
