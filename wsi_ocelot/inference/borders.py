@@ -13,8 +13,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 __all__ = ["BorderBuffer", "cores_in_tile_px", "in_core", "points_to_level0", "reach_cores"]
@@ -76,16 +74,17 @@ class BorderBuffer:
     its peak independently, and each keeps it up to ``reach`` beyond its own core: both may
     report it. Such a pair is closer than ``radius``; one point lies at most ``reach`` beyond
     the border, so neither lies more than ``reach + radius`` inside its core. Only points
-    that close to a border (or beyond it) are held (a few % of the cells, 48 bytes each); of
-    two points from different tiles closer than ``radius`` the one with the lower probability
-    is dropped.
+    that close to a border (or beyond it) are held (a few % of the cells, about 50 bytes
+    each). Of two points from different tiles closer than ``radius`` the weaker is dropped,
+    strongest first (higher probability; of equal ones the earlier tile's): a point is kept
+    unless a stronger partner is kept.
 
-    A held point can pair only with points of the tiles around its own (rows ``r - 1 .. r +
-    1``). :meth:`release` (called as the pass finishes grid rows) resolves every group of
-    paired points none of whose tiles has a neighbour still to come, and hands them back, so
-    the buffer holds about two rows of tiles' border points, not the slide's; :meth:`resolve`
-    releases the rest. The outcome equals resolving everything at the end: a group's points
-    decide only among themselves, strongest first.
+    A held point can pair only with points of the tiles around its own (grid rows ``r - 1 ..
+    r + 1``). :meth:`release` (called as the pass finishes grid rows) decides every point
+    whose partners are all known and whose stronger partners are decided, and hands the kept
+    ones back; decided points stay while a point still open may need them. So the buffer
+    holds a few rows of tiles' border points, not the slide's, and the outcome is the same as
+    deciding everything at the end (:meth:`resolve`).
     """
 
     def __init__(self, radius: float, reach: float = 0.0):
@@ -95,6 +94,7 @@ class BorderBuffer:
         self.inside: list[np.ndarray] = []
         self.tile: list[np.ndarray] = []
         self.row: list[np.ndarray] = []
+        self.state: list[np.ndarray] = []  # _OPEN, or decided: _KEPT (already handed back) / _DROPPED
         self._next = 0
 
     def __len__(self) -> int:
@@ -114,57 +114,67 @@ class BorderBuffer:
             self.inside.append(inside[near] if inside is not None else np.zeros(n, bool))
             self.tile.append(np.full(n, tid))
             self.row.append(np.full(n, row, np.int64))
+            self.state.append(np.full(n, _OPEN, np.int8))
         return p[~near], (inside[~near] if inside is not None else None)
 
     def release(self, done_row: float) -> tuple[np.ndarray, np.ndarray, int]:
-        """Resolve and return (points, cancer-area flags, dropped count) of the groups whose
-        tiles' neighbours are all done, given that every tile of grid rows ``<= done_row`` is;
-        keep the rest."""
+        """Given that every tile of grid rows ``<= done_row`` is done, decide what can be
+        decided; return the points kept now, their cancer-area flags and how many were dropped."""
         if not self.points:
             return np.zeros((0, 4)), np.zeros(0, bool), 0
         p, inside = np.concatenate(self.points), np.concatenate(self.inside)
-        tile, row = np.concatenate(self.tile), np.concatenate(self.row)
-        settled = row + 1 <= done_row
-        if not settled.any():
+        tile, row, state = np.concatenate(self.tile), np.concatenate(self.row), np.concatenate(self.state)
+        was_open = state == _OPEN
+        known = was_open & (row + 1 <= done_row)  # every tile it could pair with is done
+        if not known.any():
+            self._keep(p, inside, tile, row, state, np.ones(len(p), bool))
             return np.zeros((0, 4)), np.zeros(0, bool), 0
         pairs = cKDTree(p[:, :2]).query_pairs(self.radius, output_type="ndarray")
         pairs = pairs[tile[pairs[:, 0]] != tile[pairs[:, 1]]]
-        final = settled
-        if len(pairs) and not settled.all():  # a group is final when all its points are settled
-            n = len(p)
-            graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-            n_groups, group = connected_components(graph, directed=False)
-            open_group = np.zeros(n_groups, bool)
-            open_group[group[~settled]] = True
-            final = ~open_group[group]
-            pairs = pairs[final[pairs[:, 0]]]
-        drop = _weaker_of_pairs(p[:, 3], pairs)
-        out = final & ~drop
-        keep = ~final
-        self.points, self.inside, self.tile, self.row = [p[keep]], [inside[keep]], [tile[keep]], [row[keep]]
-        if not keep.any():
-            self.points, self.inside, self.tile, self.row = [], [], [], []
-        return p[out], inside[out], int(drop.sum())
+        # held in tile order, so the lower index is the earlier tile: it wins a tie
+        a, b = (pairs[:, 0], pairs[:, 1]) if len(pairs) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        a_wins = (p[a, 3] > p[b, 3]) | ((p[a, 3] == p[b, 3]) & (a < b))
+        strong, weak = np.where(a_wins, a, b), np.where(a_wins, b, a)
+        has_stronger = np.zeros(len(p), bool)
+        has_stronger[weak] = True
+        state[known & ~has_stronger] = _KEPT  # no stronger partner: kept
+        todo = np.flatnonzero(known & has_stronger)
+        if len(todo):
+            by_weak = np.argsort(weak, kind="stable")
+            starts = np.searchsorted(weak[by_weak], np.arange(len(p) + 1))
+            order = todo[np.lexsort((todo, -p[todo, 3]))]  # strongest first
+            for w in order.tolist():
+                partners = strong[by_weak[starts[w]:starts[w + 1]]]
+                s = state[partners]
+                if (s == _OPEN).any():
+                    continue  # a stronger partner still open: decide later
+                state[w] = _DROPPED if (s == _KEPT).any() else _KEPT
+        now_kept = was_open & (state == _KEPT)
+        dropped = int((was_open & (state == _DROPPED)).sum())
+        # a decided point stays while a point still open may pair with it
+        needed = state == _OPEN
+        if len(pairs):
+            needed[a[state[b] == _OPEN]] = True
+            needed[b[state[a] == _OPEN]] = True
+        needed |= row + 2 > done_row
+        self._keep(p, inside, tile, row, state, needed)
+        return p[now_kept], inside[now_kept], dropped
+
+    def _keep(self, p, inside, tile, row, state, keep: np.ndarray) -> None:
+        if keep.all():
+            self.points, self.inside, self.tile, self.row, self.state = [p], [inside], [tile], [row], [state]
+        else:
+            self.points, self.inside, self.tile, self.row, self.state = [p[keep]], [inside[keep]], [tile[keep]], [row[keep]], [state[keep]]
+        if not len(self.points[0]):
+            self.points, self.inside, self.tile, self.row, self.state = [], [], [], [], []
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """Every held point without cross-tile duplicates, their cancer-area flags, and how many were dropped."""
-        return self.release(math.inf)
+        """Every point still held, without cross-tile duplicates, their cancer-area flags, and how many were dropped."""
+        out = self.release(math.inf)
+        if any((s == _OPEN).any() for s in self.state):  # pragma: no cover - everything is known at the end
+            raise RuntimeError("border buffer: points left undecided")
+        self.points, self.inside, self.tile, self.row, self.state = [], [], [], [], []
+        return out
 
 
-def _weaker_of_pairs(prob: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Which points to drop: strongest first, each point not yet dropped drops its partners."""
-    drop = np.zeros(len(prob), bool)
-    if not len(pairs):
-        return drop
-    order = np.argsort(-prob, kind="stable")  # strongest first keeps its place
-    rank = np.empty(len(prob), np.int64)
-    rank[order] = np.arange(len(prob))
-    partners: dict[int, list[int]] = {}
-    for a, b in pairs:
-        partners.setdefault(int(a), []).append(int(b))
-        partners.setdefault(int(b), []).append(int(a))
-    for i in sorted(partners, key=lambda j: rank[j]):
-        if not drop[i]:
-            for j in partners[i]:
-                drop[j] = True
-    return drop
+_OPEN, _KEPT, _DROPPED = 0, 1, 2
