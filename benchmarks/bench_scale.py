@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import subprocess
@@ -96,13 +95,13 @@ def make_slides(workdir: Path) -> dict[str, dict]:
     workdir.mkdir(parents=True, exist_ok=True)
     tex = None
     specs = {
-        "1x": ((6144, 6144), grid_blobs(2)),
-        "4x": ((10240, 10240), grid_blobs(4)),
-        "16x": ((18432, 18432), grid_blobs(8)),
-        # the 16x tissue in the middle of a 100k² slide (2.7 % of it tissue)
-        "100k": ((100_000, 100_000), grid_blobs(8, origin=41984)),
-        # the same tissue as 64 pieces scattered over 100k² (more tiles per mm²: their edges)
-        "100k-scattered": ((100_000, 100_000), [(4096 + i * 12288, 4096 + j * 12288) for j in range(8) for i in range(8)]),
+        "1x": ((10240, 10240), grid_blobs(4)),
+        "4x": ((18432, 18432), grid_blobs(8)),
+        "16x": ((34816, 34816), grid_blobs(16)),
+        # the 16x tissue in the middle of a 100k² slide (11 % of it tissue)
+        "100k": ((100_000, 100_000), grid_blobs(16, origin=33792)),
+        # the same tissue as 256 pieces scattered over 100k² (more tiles per mm²: their edges)
+        "100k-scattered": ((100_000, 100_000), [(2048 + i * 6144, 2048 + j * 6144) for j in range(16) for i in range(16)]),
         "10M": ((22528, 22528), grid_blobs(10)),
     }
     out = {}
@@ -223,7 +222,7 @@ def write_markdown(r: dict, path: Path) -> None:
              "writing), not the CPU's convolutions. Slides: JPEG-tiled pyramidal TIFFs at 0.25 µm/px, white with square "
              "blobs of one rendered 2048² synthetic tissue patch, written tile by tile (white tiles left unwritten, byte count "
              "0, which OpenSlide reads as transparent: white). The 100k slide (100,000 × 100,000 px) holds the 16× tissue "
-             "in its middle (2.7 % of its area); 100k-scattered holds it as 64 blobs spread over the slide (more tiles per "
+             "in its middle (11 % of its area); 100k-scattered holds it as 256 blobs spread over the slide (more tiles per "
              "mm²: every blob has edges; not part of the per-mm² target).", "",
              "| run | slide px | file MB | tissue mm² | cell tiles | cells | wall s | s / mm² | ms / cell tile | peak RSS MB | readers' peak RSS MB | write s | outputs MB |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -25,7 +25,7 @@ def test_border_buffer_released_row_by_row_equals_resolving_at_the_end():
     tiles = _grid_points(rng, 6, 5, 100.0, 400)
     at_end, streamed = BorderBuffer(radius=4.0, reach=3.0), BorderBuffer(radius=4.0, reach=3.0)
     out_end, out_stream, held_max = [], [], 0
-    for k, (r, c, box, p) in enumerate(tiles):
+    for k, (r, _, box, p) in enumerate(tiles):
         inside = p[:, 0] > 250
         a, _ = at_end.split(p, inside, box, r)
         b, _ = streamed.split(p, inside, box, r)

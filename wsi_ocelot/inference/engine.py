@@ -58,7 +58,6 @@ from wsi_ocelot.inference.predictor import (
     with_oom_retry,
 )
 from wsi_ocelot.inference.run_metadata import run_attributes
-from wsi_ocelot.inference.unreadable import DEFAULT_MAX_UNREADABLE, UnreadableTiles
 from wsi_ocelot.inference.tissue_map import (
     BlendedTissueMap,
     MapWindow,
@@ -67,6 +66,7 @@ from wsi_ocelot.inference.tissue_map import (
     core_block,
     crops_from_map,
 )
+from wsi_ocelot.inference.unreadable import DEFAULT_MAX_UNREADABLE, UnreadableTiles
 from wsi_ocelot.model import load_model
 from wsi_ocelot.naming import slide_id_for
 from wsi_ocelot.outputs import (
