@@ -80,3 +80,56 @@ def test_info_on_synthetic(synth_025):
     assert info["mpp"]["x"] == pytest.approx(0.25) and info["mpp"]["source"] == "openslide"
     assert info["levels"][0]["dimensions"] == [2048, 2048]
     assert 0.2 < info["tissue_fraction"] <= 1.0
+
+
+def test_run_needs_model(synth_025, tmp_path):
+    proc = run_cli("run", str(synth_025), "--out", str(tmp_path / "o"))
+    _assert_one_line_error(proc, "--model", "--model demo")
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_weights_on_a_real_slide_warn_and_leave_a_note(cmu_slide, tmp_path):
+    """``--model demo`` on CMU-1-Small-Region.svs: a warning at start naming the slide, and the
+    synthetic-only note in purity.json, the Zarr attributes, the manifest, summary.csv and the report."""
+    import csv
+
+    import zarr
+
+    from wsi_ocelot.weights import SYNTHETIC_ONLY_NOTE
+
+    out = tmp_path / "o"
+    proc = run_cli("run", str(cmu_slide), "--out", str(out), "--model", "demo", "--device", "cpu", "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    warn = [ln for ln in proc.stderr.splitlines() if "not synthetic" in ln]
+    assert len(warn) == 1 and cmu_slide.name in warn[0] and "synthetic-only" in warn[0], proc.stderr
+    sid = cmu_slide.stem
+    assert json.loads((out / sid / "purity.json").read_text())["model_note"] == SYNTHETIC_ONLY_NOTE
+    assert zarr.open_group(str(out / sid / "predictions.zarr"), mode="r").attrs["model"]["note"] == SYNTHETIC_ONLY_NOTE
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model_note"] == SYNTHETIC_ONLY_NOTE
+    assert manifest["slides"][sid]["model_note"] == SYNTHETIC_ONLY_NOTE
+    with open(out / "summary.csv", newline="", encoding="utf-8") as f:
+        assert [r["model_note"] for r in csv.DictReader(f)] == [SYNTHETIC_ONLY_NOTE]
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert 'class="note"' in report and "synthetic-only weights" in report
+
+
+def test_demo_weights_on_a_synthetic_slide_do_not_warn(synth_025, tmp_path):
+    """Our own synthetic slides are what the demo weights are for: no warning, but the note stays."""
+    out = tmp_path / "o"
+    proc = run_cli("run", str(synth_025), "--out", str(out), "--model", "demo", "--device", "cpu", "--workers", "0", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert "not synthetic" not in proc.stderr
+    assert json.loads((out / synth_025.stem / "purity.json").read_text())["model_note"]
+
+
+def test_a_copy_of_the_demo_weights_is_recognised(tmp_path):
+    import shutil
+
+    from wsi_ocelot.weights import demo_path, is_demo_weights, weights_note
+
+    copy = tmp_path / "mine.safetensors"
+    shutil.copy(demo_path(), copy)
+    assert is_demo_weights(copy) and weights_note(copy)
+    copy.write_bytes(copy.read_bytes()[:-1] + b"\0")  # other bytes: not the demo weights
+    assert not is_demo_weights(copy) and weights_note(copy) is None

@@ -118,7 +118,7 @@ def test_duplicate_ids_fail_before_any_work(cohort, tmp_path):
     assert "case_1" in msg and str(other) in msg and "id" in msg and "\n" not in msg
     with pytest.raises(WsiOcelotError, match="listed twice"):
         check_unique([SlideJob("a", "/x/a.svs"), SlideJob("a", "/x/a.svs")])
-    proc = _cli("run", str(cohort["good"]), str(other), "--out", str(tmp_path / "o"))
+    proc = _cli("run", str(cohort["good"]), str(other), "--out", str(tmp_path / "o"), "--model", "demo")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "case_1" in proc.stderr
     assert not (tmp_path / "o").exists()
 

@@ -124,6 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from wsi_ocelot.cohort import CohortConfig, collect_jobs, run_cohort
     from wsi_ocelot.inference.engine import EngineConfig
 
+    if args.model is None:
+        raise WsiOcelotError(None, "no --model given", "pass --model CHECKPOINT.safetensors (weights trained on your data: training/README.md), "
+                             "or --model demo for the synthetic-data demo weights (not for real slides)")
     jobs = collect_jobs(args.inputs, mpp=args.mpp)
     if not jobs:
         raise WsiOcelotError(None, "no slides to run", "pass slide files, folders that hold slides, or a CSV manifest with a 'slide' column")
@@ -231,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
              "wsi-ocelot run slide.svs --out results --model demo\n  wsi-ocelot run slides/ cohort.csv --out results --model runs/p2i2/best.safetensors --device cuda --batch-size 16\n  wsi-ocelot run cohort.csv --out results --model best.safetensors --scheduler local --dask-workers 2")
     p.add_argument("inputs", nargs="+", help="slide files, folders (searched recursively) and/or CSV manifests (columns slide, mpp, id)")
     p.add_argument("--out", required=True, help="output folder; each slide gets <out>/<slide-id>/")
-    p.add_argument("--model", default="demo", help="checkpoint (.safetensors) or 'demo' (synthetic-data demo weights, not for real slides)")
+    p.add_argument("--model", help="required: a checkpoint (.safetensors), or 'demo' for the synthetic-data demo weights "
+                   "(not for real slides: a warning at start and a note in every output)")
     p.add_argument("--mpp", type=float, help="override the level-0 µm/px of every slide")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, help="tiles per batch (default: 8 on a CPU, 4-32 from the GPU's memory; halved automatically on GPU out-of-memory)")

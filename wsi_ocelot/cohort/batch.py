@@ -31,7 +31,7 @@ from wsi_ocelot.cohort.worker import process_slide, run_slide_task
 from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
 from wsi_ocelot.inference.engine import EngineConfig
 from wsi_ocelot.model import read_checkpoint_info
-from wsi_ocelot.weights import resolve_model
+from wsi_ocelot.weights import resolve_model, weights_note
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +394,7 @@ def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config
                 result.skipped.append(job.slide_id)
             else:
                 todo.append(job)
-        manifest.meta.update({"model": model, "software": f"wsi-ocelot {__version__}",
+        manifest.meta.update({"model": model, "model_note": weights_note(model), "software": f"wsi-ocelot {__version__}",
                               "scheduler": cfg.scheduler or "in-process"})
         log.info("batch of %d slide(s) into %s: %d to run, %d already done%s; log: %s", len(jobs), out, len(todo),
                  len(result.skipped), " (skipped; --overwrite redoes them)" if result.skipped else "", log_path)

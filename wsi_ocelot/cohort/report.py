@@ -128,6 +128,7 @@ h1{font-size:22px;margin:0 0 4px} .meta{color:#555;font-size:13px;margin-bottom:
 table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:middle}
 th{cursor:pointer;background:#f4f4f4;position:sticky;top:0;user-select:none} th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
 td.l,th.l{text-align:left} tr.failed td{background:#fdecea} td.err{max-width:520px;text-align:left;color:#a00;white-space:normal}
+.note{background:#fff4d6;border:1px solid #e0b84a;color:#5a4300;padding:8px 12px;margin:0 0 16px;font-size:14px}
 img.ov{max-width:160px;max-height:160px;display:block} .counts span{margin-right:14px}
 """
 
@@ -209,12 +210,15 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
         cls = ' class="failed"' if r.get("status") == "failed" else ""
         body.append(f"<tr{cls}>" + "".join(_cell(r, k, f, thumbs) for k, _, _, f in _COLS) + "</tr>")
     model = manifest.meta.get("model", "")
+    notes = sorted({str(n) for n in [manifest.meta.get("model_note"), *(r.get("model_note") for r in rows)] if n})
+    note_html = "".join(f'<div class="note" role="alert">&#9888; {html.escape(n)}</div>' for n in notes)
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <div class="meta">Folder {html.escape(str(out_dir.resolve()))} · model {html.escape(str(model))} · {html.escape(str(manifest.meta.get("software", "")))} · built {html.escape(now_iso())}</div>
+{note_html}
 <div class="counts" id="counts"><span>slides: {len(rows)}</span><span>done: {n["done"]}</span><span>failed: {n["failed"]}</span><span>unfinished: {n["running"] + n["pending"]}</span></div>
 <h2>Tumour purity over the cohort ({len(purities)} slide(s) with cells)</h2>
 {purity_histogram_svg(purities)}

@@ -80,7 +80,7 @@ from wsi_ocelot.purity import PurityCounter, SlideRecord
 from wsi_ocelot.slide import READERS, Slide, open_slide, tissue_mask
 from wsi_ocelot.tiling import BlockBatches, TileDataset, make_loader, plan_tiles
 from wsi_ocelot.tiling.dataset import default_workers, read_batches
-from wsi_ocelot.weights import resolve_model
+from wsi_ocelot.weights import resolve_model, weights_note
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +341,7 @@ class SlideRunner:
         self.device = resolve_device(config.device)
         self.config = config.resolved(self.device)
         self.model_path = str(model_path)
+        self.model_note = weights_note(model_path)  # the demo weights: synthetic-only
         model, info = load_model(model_path, device="cpu")
         if getattr(model, "needs_tissue_label", False):
             raise WsiOcelotError(model_path, "this is a tissue-label-leaking model, which needs tissue labels as input", "use it for analysis with `wsi-ocelot evaluate --data`; run slides with an injection model")
@@ -382,6 +383,8 @@ class SlideRunner:
         work = partial_folder(out_root, sid)
         try:
             with open_slide(slide_path, mpp=mpp, reader=self.config.reader) as slide:
+                if self.model_note and not slide.is_synthetic:
+                    log.warning("%s: running the demo weights on a slide that is not synthetic: %s", slide.path, self.model_note)
                 run = _SlideRun(self, slide, work, sid)
                 self._passes(run)
                 record = self._finish(run)
@@ -450,7 +453,7 @@ class SlideRunner:
                 model={"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder},
                 mode=mode, device=str(self.device), n_cell_tiles=len(run.plan.cells),
                 n_tissue_tiles=len(run.plan.tissue) if self.two_pass and self.has_tissue else 0,
-                n_unreadable_tiles=run.unreadable.n)
+                n_unreadable_tiles=run.unreadable.n, model_note=self.model_note)
             store.set_attrs(run_attributes(self, run, record, dict(timer.t)))
         finally:
             store.close()

@@ -29,7 +29,7 @@ def run_attributes(runner: SlideRunner, run: _SlideRun, record: SlideRecord, tim
                   "vendor": slide.vendor, "bounds": list(slide.bounds)},
         "coordinates": "cells x, y in OpenSlide level-0 px (GeoJSON subtracts openslide.bounds-x/y when qupath_crop)",
         "model": {"path": runner.model_path, "variant": info.model.variant, "encoder": info.model.encoder,
-                  "config": asdict(info.model), "geometry": asdict(runner.geometry), "peaks": asdict(runner.peaks),
+                  "note": record.model_note, "config": asdict(info.model), "geometry": asdict(runner.geometry), "peaks": asdict(runner.peaks),
                   "training": info.training, "metrics": info.metrics},
         "software": {"wsi_ocelot": __version__, "torch": torch.__version__},
         "run": {**asdict(runner.config), "mode": record.mode, "device": str(runner.device)},

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from wsi_ocelot.slide._slide import MPP_FIX, MppInfo, Slide, open_slide, resolve_mpp
+from wsi_ocelot.slide._slide import (
+    MPP_FIX,
+    SYNTHETIC_DESCRIPTION,
+    MppInfo,
+    Slide,
+    open_slide,
+    resolve_mpp,
+)
 from wsi_ocelot.slide.mask import TissueMask, tissue_mask
 from wsi_ocelot.slide.tiff_reader import READERS
 
-__all__ = ["MPP_FIX", "READERS", "MppInfo", "Slide", "TissueMask", "open_slide", "resolve_mpp", "tissue_mask"]
+__all__ = ["MPP_FIX", "READERS", "SYNTHETIC_DESCRIPTION", "MppInfo", "Slide", "TissueMask", "open_slide", "resolve_mpp", "tissue_mask"]

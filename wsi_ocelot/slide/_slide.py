@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 #: What a user can pass to fix a missing MPP; used in every MPP error.
 MPP_FIX = "pass --mpp X (µm per level-0 pixel, e.g. 0.25 for 40x, 0.5 for 20x), or an 'mpp' column in the manifest"
 
+#: How the TIFF description of every slide ``wsi_ocelot.synthetic`` writes begins.
+SYNTHETIC_DESCRIPTION = "wsi-ocelot synthetic H&E slide"
+
 _MPP_RANGE = (0.02, 50.0)  # anything outside is metadata noise (e.g. 72 dpi defaults)
 
 
@@ -233,6 +236,11 @@ class Slide:
                     int(p.get("openslide.bounds-width", w)), int(p.get("openslide.bounds-height", h)))
         except ValueError:
             return (0, 0, w, h)
+
+    @property
+    def is_synthetic(self) -> bool:
+        """True for a slide written by ``wsi_ocelot.synthetic`` (its TIFF description says so)."""
+        return self.properties.get("tiff.ImageDescription", "").startswith(SYNTHETIC_DESCRIPTION)
 
     @property
     def stem(self) -> str:

@@ -28,6 +28,7 @@ from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from wsi_ocelot.errors import DatasetError
+from wsi_ocelot.slide import SYNTHETIC_DESCRIPTION
 from wsi_ocelot.synthetic.layout import SyntheticParams, TissueModel, build_tissue_model
 from wsi_ocelot.synthetic.render import render_um
 from wsi_ocelot.synthetic.stats import SyntheticStats, compute_stats
@@ -169,7 +170,7 @@ def write_synthetic_slide(
     slide = make_synthetic_slide(mpp=mpp, size=size, seed=seed, empty=empty, params=params)
     t1 = time.perf_counter()
     write_pyramidal_tiff(p, mpp=mpp, size=slide.size, render_tile=slide.render_level0_tile, quality=quality,
-                         description=f"wsi-ocelot synthetic H&E slide seed={seed} mpp={mpp}")
+                         description=f"{SYNTHETIC_DESCRIPTION} seed={seed} mpp={mpp}")
     t2 = time.perf_counter()
     cells_path, tissue_path = _sidecars(p)
     lines = ["x,y,class"] + [f"{x:.2f},{y:.2f},{int(c)}" for x, y, c in slide.cells]

@@ -7,12 +7,18 @@ and benchmarks; it is not for real slides.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from wsi_ocelot.errors import CheckpointError
 
 DEMO_FILE = Path(__file__).resolve().parent / "demo.safetensors"
+
+#: What ``purity.json``, the manifest, the Zarr attributes and the report say when the demo weights ran.
+SYNTHETIC_ONLY_NOTE = ("synthetic-only weights: the demo model was trained on synthetic slides, so its cells and purity "
+                       "on real slides mean nothing; train on your data (training/README.md) and pass --model PATH")
 
 
 def demo_path() -> Path:
@@ -28,3 +34,33 @@ def resolve_model(spec: str | os.PathLike[str] | None) -> Path:
     if spec is None or str(spec) == "demo":
         return demo_path()
     return Path(spec)
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256_of(path, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed anew
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_demo_weights(path: str | os.PathLike[str]) -> bool:
+    """True for the shipped demo checkpoint, also when copied elsewhere (same bytes)."""
+    p = Path(path)
+    if not p.is_file() or not DEMO_FILE.is_file():
+        return False
+    if p.resolve() == DEMO_FILE.resolve():
+        return True
+    return p.stat().st_size == DEMO_FILE.stat().st_size and _sha256(p.resolve()) == _sha256(DEMO_FILE)
+
+
+def weights_note(path: str | os.PathLike[str]) -> str | None:
+    """The note every output of a run with these weights carries (:data:`SYNTHETIC_ONLY_NOTE`
+    for the demo weights), or None."""
+    return SYNTHETIC_ONLY_NOTE if is_demo_weights(path) else None
