@@ -91,7 +91,8 @@ class Manifest:
         return True
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(STATUSES, 0)
+        """Slides per status: done, failed and running always, pending when there are any."""
+        out = dict.fromkeys((DONE, FAILED, RUNNING), 0)
         for rec in self.slides.values():
             out[rec.get("status", FAILED)] = out.get(rec.get("status", FAILED), 0) + 1
         return out
