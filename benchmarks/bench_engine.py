@@ -266,9 +266,10 @@ def main() -> None:
         rec_border = float(matched[border].mean()) if border.any() else float("nan")
         rec_inner = float(matched[~border].mean()) if (~border).any() else float("nan")
         # seams in the stitched tissue map: mean |step| across tissue-tile core borders vs elsewhere
-        import zarr
+        from wsi_ocelot.outputs import open_predictions
 
-        tm = np.asarray(zarr.open_group(str(Path(two["out"]) / "predictions.zarr"), mode="r")["tissue"]["0"][:]).astype(float)
+        with open_predictions(Path(two["out"]) / "predictions.zarr") as s:
+            tm = np.asarray(s.tissue(0)[:]).astype(float)
         t_stride = geo.tile_size - 2 * round(plan.tissue.margin_l0 * geo.tile_size / plan.tissue.tile_l0)
         cols = np.arange(t_stride, tm.shape[1], t_stride)
         rows = np.arange(t_stride, tm.shape[0], t_stride)

@@ -67,8 +67,6 @@ def _differing(ja: dict, jb: dict) -> dict:
 
 
 def compare_results(a: Path, b: Path, mpp: float) -> dict:
-    import zarr
-
     from wsi_ocelot.metrics import match_by_class
     from wsi_ocelot.outputs import open_predictions
 
@@ -80,8 +78,11 @@ def compare_results(a: Path, b: Path, mpp: float) -> dict:
     pa, pb = cells(a), cells(b)
     tp = sum(len(r.pairs) for r in match_by_class(pb, pa, radius=3.0 / mpp).values())
     f1 = 2 * tp / max(1, len(pa) + len(pb))
-    ta = np.asarray(zarr.open_group(str(a / "predictions.zarr"), mode="r")["tissue/0"][:], np.int16)
-    tb = np.asarray(zarr.open_group(str(b / "predictions.zarr"), mode="r")["tissue/0"][:], np.int16)
+    def tissue(d: Path) -> np.ndarray:  # tissue.ome.zarr, or predictions.zarr/tissue of older revisions
+        with open_predictions(d / "predictions.zarr") as s:
+            return np.asarray(s.tissue(0)[:], np.int16)
+
+    ta, tb = tissue(a), tissue(b)
     ja, jb = (json.loads((d / "purity.json").read_text()) for d in (a, b))
     keys = ("purity", "purity_in_cancer_area", "tissue_area_mm2", "cancer_area_mm2")
     same_cells = pa.shape == pb.shape and bool(np.array_equal(pa, pb))

@@ -96,3 +96,13 @@ def pattern_slide(slides_dir) -> Path:
         img = np.stack([(xx * 7 // 13) % 256, (yy * 5 // 11) % 256, ((xx + yy) // 9) % 256], -1).astype(np.uint8)
         write_pyramidal_tiff(out, img, 0.25, compression="deflate")
     return out
+
+
+def import_extra(module: str, extra: str):
+    """Import a module of an optional extra: the test is skipped where the extra is not installed,
+    and fails instead where ``WSI_OCELOT_EXTRAS`` names it (CI's step for that extra)."""
+    import importlib
+
+    if extra in os.environ.get("WSI_OCELOT_EXTRAS", "").split(","):
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f'the optional extra: pip install "wsi-ocelot[{extra}]"')

@@ -82,6 +82,33 @@ def test_info_on_synthetic(synth_025):
     assert 0.2 < info["tissue_fraction"] <= 1.0
 
 
+def test_output_options_match_the_library_and_reach_the_engine():
+    """--ngff and --cells-table on `run` (one slide or a cohort) and `demo`: the same choices as
+    the library's, and a wrong value in a config is a one-line error with the fix."""
+    from wsi_ocelot.cli import CELL_TABLE_CHOICES, NGFF_CHOICES, build_parser
+    from wsi_ocelot.errors import ConfigError
+    from wsi_ocelot.inference.engine import EngineConfig
+    from wsi_ocelot.outputs import CELL_TABLE_FORMATS, NGFF_VERSIONS
+
+    assert NGFF_CHOICES == NGFF_VERSIONS and CELL_TABLE_CHOICES == tuple(CELL_TABLE_FORMATS)
+    parser = build_parser()
+    for verb in (["run", "s.svs", "--out", "o"], ["demo"]):
+        args = parser.parse_args([*verb, "--ngff", "0.5", "--cells-table", "csv"])
+        assert (args.ngff, args.cells_table) == ("0.5", "csv")
+        args = parser.parse_args(verb)
+        assert (args.ngff, args.cells_table) == ("0.4", None)  # defaults: NGFF 0.4, no table
+    for kwargs, needle in (({"ngff": "0.6"}, "0.4, 0.5"), ({"cells_table": "xlsx"}, "parquet, csv")):
+        with pytest.raises(ConfigError) as err:
+            EngineConfig(**kwargs)
+        assert "\n" not in str(err.value) and "Fix:" in str(err.value) and needle in str(err.value)
+    proc = run_cli("run", "s.svs", "--out", "o", "--ngff", "0.6")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_spatialdata_of_a_folder_without_a_result(tmp_path):
+    _assert_one_line_error(run_cli("export-spatialdata", str(tmp_path)), "predictions.zarr")
+
+
 def test_run_needs_model(synth_025, tmp_path):
     proc = run_cli("run", str(synth_025), "--out", str(tmp_path / "o"))
     _assert_one_line_error(proc, "--model", "--model demo")

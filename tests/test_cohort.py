@@ -223,7 +223,7 @@ def test_report_rebuild_and_html_content(batch):
 class _WebDriver:
     """The W3C WebDriver protocol over HTTP, enough to load a page and run scripts."""
 
-    def __init__(self, driver: str, browser: str):
+    def __init__(self, driver: str, browser: str, size: tuple[int, int] = (1400, 1000)):
         import urllib.request
 
         self._req = urllib.request
@@ -240,7 +240,7 @@ class _WebDriver:
         caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
             "binary": browser,
             "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",
-                     "--window-size=1400,1000"]}}}}
+                     f"--window-size={size[0]},{size[1]}", "--hide-scrollbars"]}}}}
         self.sid = self._call("POST", "/session", caps)["sessionId"]
 
     def _call(self, method: str, path: str, body: dict | None = None):
@@ -255,6 +255,14 @@ class _WebDriver:
 
     def js(self, script: str):
         return self._call("POST", f"/session/{self.sid}/execute/sync", {"script": script, "args": []})
+
+    def set_window(self, width: int, height: int) -> None:
+        self._call("POST", f"/session/{self.sid}/window/rect", {"width": width, "height": height})
+
+    def screenshot(self) -> bytes:
+        import base64
+
+        return base64.b64decode(self._call("GET", f"/session/{self.sid}/screenshot"))
 
     def quit(self) -> None:
         try:
@@ -272,12 +280,25 @@ def _browser() -> tuple[str, str] | None:
     return (driver, browser) if driver and browser else None
 
 
-def test_report_renders_in_headless_chromium(batch):
+def _require_browser() -> tuple[str, str]:
     found = _browser()
     if found is None:
         if os.environ.get("CI"):
             pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
         pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    return found
+
+
+def _load(wd: _WebDriver, page: Path) -> None:
+    wd.get(page.resolve().as_uri())
+    for _ in range(50):
+        if wd.js("return document.readyState") == "complete":
+            break
+        time.sleep(0.1)
+
+
+def test_report_renders_in_headless_chromium(batch):
+    found = _require_browser()
     out = batch["out"]
     wd = _WebDriver(*found)
     try:
@@ -304,6 +325,70 @@ def test_report_renders_in_headless_chromium(batch):
         assert len(nums) == 5 and nums == sorted(nums, reverse=True) and vals[5:] == ["", "", "", ""]
     finally:
         wd.quit()
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
+    """One good slide (the demo model on a synthetic slide), one failed (not a slide) and one glass
+    slide (no tissue), run as a cohort; the report opened at a laptop's width must show, without a
+    click: the model, the counts, the failure with its message, the purity distribution, the
+    legend of the overviews (cancer area, purity colours, units), every slide's row and the demo
+    weights' synthetic-only note. The screenshot goes to docs/report.png where
+    ``WSI_OCELOT_UPDATE_DOCS=1`` (a plain test run leaves the tree clean)."""
+    found = _require_browser()
+    from wsi_ocelot.synthetic import write_synthetic_slide
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    write_synthetic_slide(slides / "case_A.tiff", mpp=0.25, size=(1536, 1536), seed=7)
+    write_synthetic_slide(slides / "glass_B.tiff", mpp=0.25, size=(768, 768), seed=8, empty=True)
+    (slides / "corrupt_C.svs").write_bytes(b"II*\x00" + os.urandom(2000))
+    out = tmp_path / "cohort_report"
+    proc = _cli("run", *(str(slides / n) for n in ("case_A.tiff", "glass_B.tiff", "corrupt_C.svs")), "--out", str(out),
+                "--model", "demo", "--device", "cpu", "--workers", "0", "--no-progress", "--cells-table", "parquet")
+    assert proc.returncode == 1, proc.stderr  # one slide failed, the others are done
+    assert {"tissue.ome.zarr", "cells.parquet"} <= {p.name for p in (out / "case_A").iterdir()}  # output options reach cohort runs
+    wd = _WebDriver(*found, size=(1366, 900))
+    try:
+        _load(wd, out / "report.html")
+        assert wd.js("return window.innerWidth") == 1366
+        fold = wd.js("return window.innerHeight")
+        # visible at a glance (above the fold of a laptop screen): model, counts, failure, distribution, legend
+        for sel in ("#model", "#counts", "#failures", "#purity-plot", "#legend", "#slides thead"):
+            top = wd.js(f"return document.querySelector('{sel}').getBoundingClientRect().top")
+            assert 0 <= top < fold, (sel, top, fold)
+        assert "demo.safetensors" in wd.js("return document.getElementById('model').textContent")
+        note = wd.js("return document.querySelector('.note').getBoundingClientRect().top")
+        assert 0 <= note < fold and "synthetic-only" in wd.js("return document.querySelector('.note').textContent")
+        failures = wd.js("return document.getElementById('failures').textContent")
+        assert "corrupt_C" in failures and "Fix:" in failures
+        assert wd.js("return document.querySelectorAll('#purity-plot rect.bar').length") == 1
+        legend = wd.js("return document.getElementById('legend').textContent")
+        assert "cancer area" in legend and "100 µm" in legend and "0 %" in legend and "100 %" in legend
+        rows = wd.js("return Array.from(document.querySelectorAll('#slides tbody tr')).map(r => r.textContent)")
+        assert len(rows) == 3
+        by = {next(n for n in ("case_A", "glass_B", "corrupt_C") if n in r): r for r in rows}
+        assert "%" in by["case_A"] and "no tissue" in by["glass_B"] and "not a slide" in by["corrupt_C"]
+        imgs = wd.js("return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
+        assert len(imgs) == 2 and all(ok and w >= 300 and shown >= 250 for ok, w, shown in imgs), imgs
+        heads = wd.js("return Array.from(document.querySelectorAll('#slides th')).map(h => h.textContent)")
+        assert any("mm²" in h for h in heads) and any("µm/px" in h for h in heads)
+        # the whole page at the laptop's width, for the docs
+        height = wd.js("return document.documentElement.scrollHeight")
+        wd.set_window(1366, height + 900 - fold)
+        png = wd.screenshot()
+    finally:
+        wd.quit()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    (tmp_path / "report.png").write_bytes(png)
+    with Image.open(tmp_path / "report.png") as im:
+        assert im.width == 1366 and im.height >= fold
+        if os.environ.get("WSI_OCELOT_UPDATE_DOCS") == "1":
+            im.save(DOCS / "report.png", optimize=True)
 
 
 # -- SIGKILL part-way ----------------------------------------------------------------------

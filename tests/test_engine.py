@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import import_extra
 from shapely.geometry import shape
 
 from wsi_ocelot.config import GeometryConfig
@@ -36,14 +37,15 @@ def tiny_ckpt(tmp_path_factory):
 def run_out(tiny_ckpt, synth_025, tmp_path_factory):
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("engine")
-    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False))
+    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, cells_table="parquet"))
     res = runner.run(synth_025, out)
     return res, out / slide_id_for(synth_025)
 
 
 def test_all_outputs_written(run_out):
     res, d = run_out
-    assert {p.name for p in d.iterdir()} == {"predictions.zarr", "cells.geojson", "tissue.geojson", "purity.json", "overview.png"}
+    assert {p.name for p in d.iterdir()} == {"predictions.zarr", "tissue.ome.zarr", "cells.geojson", "cells.parquet", "tissue.geojson",
+                                             "purity.json", "overview.png"}
     assert not [p for p in d.parent.iterdir() if p.name.startswith(".")], "no partial folders left behind"
     assert res.mode == "two-pass" and res.n_cells > 0
 
@@ -72,10 +74,13 @@ def test_geojson_valid_and_matches_zarr(run_out):
     names = np.array([f["properties"]["classification"]["name"] for f in cells["features"]])
     assert np.array_equal(names == "Tumor", cls == 2)
     assert np.allclose([f["properties"]["measurements"]["probability"] for f in cells["features"]], prob, atol=1e-4)
-    # tissue map with NGFF multiscales
-    ome = g["tissue"].attrs["ome"]
-    assert ome["version"] == "0.5" and ome["multiscales"][0]["datasets"][0]["path"] == "0"
-    assert g.attrs["slide"]["mpp"] == pytest.approx(0.25)
+    # the tissue map: OME-NGFF 0.4 on Zarr v2 beside the store, placed on the slide
+    t = zarr.open_group(str(d / "tissue.ome.zarr"), mode="r")
+    ms = t.attrs["multiscales"][0]
+    assert t.metadata.zarr_format == 2 and ms["version"] == "0.4" and ms["datasets"][0]["path"] == "0"
+    d0 = t.attrs["wsi_ocelot"]["level0_downsample"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == pytest.approx([d0 * 0.25] * 2)
+    assert g.attrs["slide"]["mpp"] == pytest.approx(0.25) and g.attrs["run"]["ngff"] == "0.4"
 
 
 def test_purity_json(run_out):
@@ -275,3 +280,50 @@ def test_read_cells_equals_the_zarr_columns_and_the_geojson(run_out):
     assert [f["properties"]["classification"]["name"] for f in feats] == cells["class_name"].astype(str).tolist()
     purity = json.loads((d / "purity.json").read_text())
     assert int(cells["in_cancer_area"].sum()) == purity["n_cells_in_cancer_area"]
+    # cells.parquet, streamed by the engine beside the GeoJSON: the same rows, in the same order
+    import pandas as pd
+
+    table = pd.read_parquet(d / "cells.parquet")
+    assert list(table.columns) == list(cells.columns) and len(table) == len(cells) > 0
+    pd.testing.assert_frame_equal(table, cells, check_dtype=False, check_categorical=False)
+    gx = np.array([f["geometry"]["coordinates"][0] for f in feats])
+    assert np.allclose(gx, table["x"], atol=0.01)  # no bounds offset on this slide
+
+
+def test_ngff_05_and_csv_table_read_back_the_same(tiny_ckpt, synth_025, run_out, tmp_path):
+    """The other output options: NGFF 0.5 on Zarr v3 and cells.csv; everything that reads the map
+    (read_cells, the cancer-area flags, purity) gives what the default run gives."""
+    import pandas as pd
+    import zarr
+
+    from wsi_ocelot import read_cells
+
+    _, d04 = run_out
+    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, ngff="0.5", cells_table="csv"))
+    res = runner.run(synth_025, tmp_path)
+    t = zarr.open_group(str(res.out_dir / "tissue.ome.zarr"), mode="r")
+    assert t.metadata.zarr_format == 3 and t.attrs["ome"]["version"] == "0.5"
+    m04 = zarr.open_group(str(d04 / "tissue.ome.zarr"), mode="r")
+    np.testing.assert_array_equal(t["0"][:], m04["0"][:])
+    cells, cells04 = read_cells(res.out_dir), read_cells(d04)
+    pd.testing.assert_frame_equal(cells, cells04)
+    table = pd.read_csv(res.out_dir / "cells.csv")
+    assert len(table) == len(cells) and (table["in_cancer_area"] == cells["in_cancer_area"]).all()
+    np.testing.assert_array_equal(table["x"].to_numpy(np.float32), cells["x"].to_numpy())
+    assert json.loads((res.out_dir / "purity.json").read_text())["n_cells_in_cancer_area"] == int(cells["in_cancer_area"].sum())
+
+
+def test_export_spatialdata_of_an_engine_result(run_out, tmp_path):
+    sd = import_extra("spatialdata", "spatialdata")
+    from wsi_ocelot import export_spatialdata, read_cells
+
+    _, d = run_out
+    path = export_spatialdata(d, tmp_path / "slide.zarr")
+    sdata = sd.read_zarr(path)
+    pts, cells = sdata.points["cells"].compute(), read_cells(d)
+    assert len(pts) == len(cells) > 0
+    np.testing.assert_array_equal(pts["x"].to_numpy(np.float32), cells["x"].to_numpy())
+    np.testing.assert_array_equal(pts["y"].to_numpy(np.float32), cells["y"].to_numpy())
+    assert (pts["class_name"].astype(str).to_numpy() == cells["class_name"].astype(str).to_numpy()).all()
+    n_polys = len(json.loads((d / "tissue.geojson").read_text())["features"])
+    assert len(sdata.shapes["cancer_area"]) == n_polys

@@ -137,9 +137,9 @@ def test_engine_tissue_map_has_no_steps_at_tile_seams(tiny_ckpt, synth_025, tmp_
     runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False))
     runner.predictor.tissue_probs = _positional_tissue_probs
     runner.run(synth_025, tmp_path)
-    g = zarr.open_group(str(tmp_path / slide_id_for(synth_025) / "predictions.zarr"), mode="r")
-    m = np.asarray(g["tissue"]["0"][:]).astype(float)
-    scale = g["tissue"].attrs["wsi_ocelot"]["level0_downsample"]
+    g = zarr.open_group(str(tmp_path / slide_id_for(synth_025) / "tissue.ome.zarr"), mode="r")
+    m = np.asarray(g["0"][:]).astype(float)
+    scale = g.attrs["wsi_ocelot"]["level0_downsample"]
     from wsi_ocelot.slide import open_slide
     from wsi_ocelot.tiling import plan_tiles
 

@@ -180,7 +180,7 @@ def test_unreadable_counts_reach_manifest_summary_and_report(ckpt, slides, tmp_p
     row = next(csv.DictReader((tmp_path / "summary.csv").open(encoding="utf-8")))
     assert int(row["n_unreadable_tiles"]) == n
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert "unreadable tiles" in html and f'data-v="{float(n)!r}"' in html
+    assert ">unreadable<" in html and f'data-v="{float(n)!r}"' in html
 
 
 # -- a full disk ------------------------------------------------------------------------------

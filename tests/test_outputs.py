@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import shapely
 import zarr
+from conftest import import_extra
 from PIL import Image
 
 from wsi_ocelot.errors import PredictionFileError, WsiOcelotError
@@ -276,25 +277,23 @@ def test_prediction_store_roundtrip(tmp_path: Path) -> None:
     assert g["cells"].attrs["count"] == want[0].size
     assert g.attrs["mpp"] == 0.25 and g.attrs["size"] == [100, 200] and g.attrs["slide"].endswith("s.svs")
 
-    t0 = g["tissue/0"][:]
+    assert "tissue" not in g  # the map is an OME-Zarr image of its own beside the store
+    t = zarr.open_group(tmp_path / "tissue.ome.zarr", mode="r")
+    assert t.metadata.zarr_format == 2  # NGFF 0.4 on Zarr v2 by default
+    t0 = t["0"][:]
     expect = np.rint(prob * 255).astype(np.uint8)
     expect[300, 250:257] = 255
     np.testing.assert_array_equal(t0, expect)
-    assert g["tissue/0"].metadata.dimension_names == ("y", "x")
-    t1 = g["tissue/1"][:]
+    t1 = t["1"][:]
     assert t1.shape == (151, 129)
     assert int(t1[0, 0]) == (int(t0[:2, :2].astype(int).sum()) + 2) // 4
-
-    ome = g["tissue"].attrs["ome"]
-    assert ome["version"] == "0.5"
-    ms = ome["multiscales"][0]
-    assert ms["name"] == "cancer_area_probability"
+    ms = t.attrs["multiscales"][0]
+    assert ms["version"] == "0.4" and ms["name"] == "cancer_area_probability"
     assert ms["axes"] == [{"name": "y", "type": "space", "unit": "micrometer"},
                           {"name": "x", "type": "space", "unit": "micrometer"}]
     assert [d["path"] for d in ms["datasets"]] == ["0", "1"]
-    assert ms["datasets"][0]["coordinateTransformations"] == [{"type": "scale", "scale": [0.8, 0.8]}]
+    assert ms["datasets"][0]["coordinateTransformations"][0] == {"type": "scale", "scale": [0.8, 0.8]}
     assert ms["datasets"][1]["coordinateTransformations"][0] == {"type": "scale", "scale": [1.6, 1.6]}
-    assert "version" not in ms  # 0.5 moved it up to "ome"
 
     store = open_predictions(path)
     assert store.n_cells == want[0].size and store.tissue_mpp == 0.8
@@ -352,3 +351,222 @@ def test_write_overview(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="purity_cell_size"):
         write_overview(tmp_path / "bad.png", thumb, ds, purity=pur)
     assert not (tmp_path / "bad.png").exists()
+
+
+# -- tissue.ome.zarr: OME-NGFF 0.4 (Zarr v2) and 0.5 (Zarr v3) ------------------------------------
+
+def _write_map(path: Path, ngff: str) -> np.ndarray:
+    from wsi_ocelot.outputs import TissueMapStore
+
+    rng = np.random.default_rng(5)
+    prob = rng.random((203, 150)).astype(np.float32)
+    tm = TissueMapStore.create(path, 203, 150, 0.8, slide_mpp=0.25, level0_downsample=3.2, ngff=ngff, chunk=64)
+    tm.write_block(0, 0, prob)
+    tm.build_pyramid()
+    return np.rint(prob * 255).astype(np.uint8)
+
+
+def test_tissue_map_ngff04_validates_and_opens_with_ome_zarr_py(tmp_path: Path) -> None:
+    import ome_zarr_models  # the dev extra
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v04 import Image
+
+    path = tmp_path / "tissue.ome.zarr"
+    expect = _write_map(path, "0.4")
+    group = zarr.open_group(path, mode="r")
+    assert group.metadata.zarr_format == 2 and (path / ".zattrs").is_file() and (path / "0" / ".zarray").is_file()
+    assert json.loads((path / "0" / ".zarray").read_text())["dimension_separator"] == "/"  # NGFF 0.4 requires it
+    assert json.loads((path / "0" / ".zarray").read_text())["compressor"]["id"] == "blosc"  # Bio-Formats decodes it
+    Image.from_zarr(group)  # the maintained validator accepts it as 0.4
+    assert type(ome_zarr_models.open_ome_zarr(group)).__module__.startswith("ome_zarr_models.v04")
+
+    nodes = list(Reader(parse_url(str(path)))())
+    image = nodes[0]
+    assert [d.shape for d in image.data] == [(203, 150), (102, 75)]
+    np.testing.assert_array_equal(np.asarray(image.data[0]), expect)
+    cts = image.metadata["coordinateTransformations"]
+    assert [c[0]["scale"] for c in cts] == [[0.8, 0.8], [1.6, 1.6]]
+    # placement: each map pixel's centre sits where the slide level-0 px it covers have theirs,
+    # with the slide shown at scale = its µm/px (level-0 px j centred at j · 0.25 µm)
+    for k, c in enumerate(cts):
+        (sy, sx), (ty, tx) = c[0]["scale"], c[1]["translation"]
+        d = 3.2 * 2**k  # level-0 px per map px of level k
+        for idx in (0, 7):
+            first, last = idx * d, (idx + 1) * d - 1  # the level-0 px the map px covers (centres)
+            assert idx * sx + tx == pytest.approx((first + last) / 2 * 0.25)
+            assert idx * sy + ty == pytest.approx((first + last) / 2 * 0.25)
+    assert [a["unit"] for a in image.metadata["axes"]] == ["micrometer", "micrometer"]
+    meta = group.attrs["wsi_ocelot"]
+    assert meta["level0_downsample"] == 3.2 and meta["level0_offset"] == [0.0, 0.0] and meta["slide_mpp"] == 0.25
+
+
+def test_tissue_map_ngff05_validates_as_05(tmp_path: Path) -> None:
+    import ome_zarr_models  # the dev extra
+    from ome_zarr_models.v05 import Image
+
+    path = tmp_path / "tissue.ome.zarr"
+    expect = _write_map(path, "0.5")
+    group = zarr.open_group(path, mode="r")
+    assert group.metadata.zarr_format == 3 and group.attrs["ome"]["version"] == "0.5"
+    assert "version" not in group.attrs["ome"]["multiscales"][0]  # 0.5 keeps it in "ome"
+    Image.from_zarr(group)
+    assert type(ome_zarr_models.open_ome_zarr(group)).__module__.startswith("ome_zarr_models.v05")
+    assert group["0"].metadata.dimension_names == ("y", "x")
+    np.testing.assert_array_equal(group["0"][:], expect)
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_prediction_store_reads_the_map_in_either_version(tmp_path: Path, ngff: str) -> None:
+    with PredictionStore(tmp_path / "predictions.zarr") as store:
+        store.create_tissue_map(50, 40, mpp=0.8, chunk=16, level0_downsample=3.2, slide_mpp=0.25, ngff=ngff)
+        store.write_tissue_block(0, 0, np.full((50, 40), 200, np.uint8))
+    store = open_predictions(tmp_path / "predictions.zarr")
+    assert store.tissue_mpp == 0.8 and store.tissue_map.ngff_version == ngff
+    assert store.tissue_map.level0_downsample() == 3.2 and store.tissue(1).shape == (25, 20)
+    assert int(store.read_tissue(0, 2, 0, 2).min()) == 200
+
+
+def test_prediction_store_reads_a_map_inside_an_older_store(tmp_path: Path) -> None:
+    """Results written before the map had its own folder: predictions.zarr/tissue, NGFF 0.5."""
+    from wsi_ocelot.outputs import ngff_multiscales
+
+    path = tmp_path / "predictions.zarr"
+    with PredictionStore(path) as store:
+        store.append_cells([10.0], [20.0], [2], [0.9])
+    g = zarr.open_group(path, mode="r+")
+    t = g.create_group("tissue")
+    t.create_array("0", shape=(8, 8), dtype=np.uint8, chunks=(8, 8), fill_value=0)[:] = 255
+    t.attrs.update({"ome": {"version": "0.5", "multiscales": [ngff_multiscales(0.8, 1, version="0.5")]},
+                    "wsi_ocelot": {"mpp": 0.8, "level0_downsample": 3.2}})
+    store = open_predictions(path)
+    assert store.tissue_mpp == 0.8 and store.tissue_map.ngff_version == "0.5"
+    assert int(store.read_tissue(0, 8, 0, 8).min()) == 255
+
+
+def test_tissue_map_errors(tmp_path: Path) -> None:
+    from wsi_ocelot.outputs import TissueMapStore
+
+    with pytest.raises(ValueError, match="0.4, 0.5"):
+        TissueMapStore.create(tmp_path / "t.ome.zarr", 4, 4, 0.8, ngff="0.6")
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(PredictionFileError, match="Fix:"):
+        TissueMapStore.open(tmp_path / "empty.zarr")
+
+
+# -- cells.parquet / cells.csv ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["cells.parquet", "cells.csv"])
+def test_cells_table_writer_streams_every_row(tmp_path: Path, name: str) -> None:
+    import pandas as pd
+
+    from wsi_ocelot.outputs import CELL_TABLE_COLUMNS, CellsTableWriter
+
+    x, y, cls, prob = _cells(2500, seed=4)
+    inside = np.random.default_rng(4).random(2500) > 0.6
+    with CellsTableWriter(tmp_path / name, mpp=0.25, row_group=1000) as w:
+        for s in range(0, 2500, 333):
+            w.write(x[s:s + 333], y[s:s + 333], cls[s:s + 333], prob[s:s + 333], inside[s:s + 333])
+        assert not (tmp_path / name).exists()  # appears only when complete
+    assert w.count == 2500
+    df = pd.read_parquet(tmp_path / name) if name.endswith("parquet") else pd.read_csv(tmp_path / name)
+    assert tuple(df.columns) == CELL_TABLE_COLUMNS and len(df) == 2500
+    np.testing.assert_array_equal(df["x"].to_numpy(np.float32), x.astype(np.float32))
+    np.testing.assert_array_equal(df["prob"].to_numpy(np.float32), prob.astype(np.float32))
+    np.testing.assert_allclose(df["x_um"], x.astype(np.float32).astype(np.float64) * 0.25)
+    np.testing.assert_array_equal(df["class_id"], cls)
+    assert (df["class_name"].astype(str) == np.where(cls == 2, "Tumor", "Background cell")).all()
+    np.testing.assert_array_equal(df["in_cancer_area"].to_numpy(bool), inside)
+    if name.endswith("parquet"):
+        import pyarrow.parquet as pq
+
+        assert pq.ParquetFile(tmp_path / name).metadata.num_row_groups == 3  # streamed in row groups
+
+
+def test_cells_table_writer_errors_leave_nothing(tmp_path: Path) -> None:
+    from wsi_ocelot.outputs import CellsTableWriter
+
+    with pytest.raises(ValueError, match="parquet, csv"):
+        CellsTableWriter(tmp_path / "cells.xlsx", mpp=0.25)
+    with pytest.raises(OutputWriteError, match="Fix:"):
+        CellsTableWriter(tmp_path / "missing" / "cells.parquet", mpp=0.25)
+    with pytest.raises(RuntimeError), CellsTableWriter(tmp_path / "cells.parquet", mpp=0.25) as w:
+        w.write([1.0], [2.0], [1], [0.5])
+        raise RuntimeError("the slide failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- SpatialData export (optional extra) -----------------------------------------------------------
+
+def _result_folder(root: Path) -> tuple[Path, tuple[np.ndarray, ...], shapely.Polygon]:
+    """A slide result as the engine leaves it: cells in predictions.zarr, the map, tissue.geojson
+    in QuPath's frame (bounds offset (100, 50) subtracted)."""
+    folder = root / "slide-01"
+    folder.mkdir()
+    x, y, cls, prob = _cells(500, seed=9)
+    with PredictionStore(folder / "predictions.zarr") as store:
+        store.set_attrs({"slide": {"path": "s.mrxs", "mpp": 0.25, "bounds": [100, 50, 5000, 4000]}, "run": {"qupath_crop": True}})
+        store.create_tissue_map(1250, 1563, 0.8, level0_downsample=3.2, slide_mpp=0.25)
+        store.write_tissue_block(0, 0, np.ones((600, 800), np.float32))  # cancer area: level-0 [0, 2560) × [0, 1920)
+        store.append_cells(x, y, cls, prob)
+    ca = shapely.box(0, 0, 2560, 1920)
+    write_tissue_geojson(folder / "tissue.geojson", ca, origin=(100, 50))
+    return folder, (x, y, cls, prob), ca
+
+
+def test_export_spatialdata_without_the_extra_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    from wsi_ocelot.errors import MissingExtraError
+    from wsi_ocelot.outputs import export_spatialdata
+
+    folder, _, _ = _result_folder(tmp_path)
+    monkeypatch.setitem(sys.modules, "spatialdata", None)  # as if not installed
+    with pytest.raises(MissingExtraError) as err:
+        export_spatialdata(folder)
+    msg = str(err.value)
+    assert "\n" not in msg and 'pip install "wsi-ocelot[spatialdata]"' in msg
+    # the command line: one line on stderr, exit code 2, no traceback
+    code = ("import sys; sys.modules['spatialdata'] = None; from wsi_ocelot.cli import main; "
+            f"raise SystemExit(main(['export-spatialdata', {str(folder)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "wsi-ocelot[spatialdata]" in lines[0]
+
+
+def test_export_spatialdata_opens_with_read_zarr_and_matches_the_cells(tmp_path: Path) -> None:
+    sd = import_extra("spatialdata", "spatialdata")
+    from spatialdata.transformations import get_transformation
+
+    from wsi_ocelot.outputs import export_spatialdata, read_cells
+
+    folder, (x, y, cls, prob), ca = _result_folder(tmp_path)
+    path = export_spatialdata(folder)
+    assert path == folder / "spatialdata.zarr"
+    sdata = sd.read_zarr(path)
+    pts = sdata.points["cells"].compute()
+    cells = read_cells(folder)
+    assert len(pts) == len(cells) == 500
+    np.testing.assert_array_equal(pts["x"].to_numpy(np.float32), x.astype(np.float32))
+    np.testing.assert_array_equal(pts["y"].to_numpy(np.float32), y.astype(np.float32))
+    np.testing.assert_allclose(pts["prob"].to_numpy(np.float32), prob.astype(np.float32))
+    assert (pts["class_name"].astype(str).to_numpy() == cells["class_name"].astype(str).to_numpy()).all()
+    np.testing.assert_array_equal(pts["in_cancer_area"].to_numpy(bool), cells["in_cancer_area"].to_numpy(bool))
+    assert cells["in_cancer_area"].any() and not cells["in_cancer_area"].all()
+    shapes = sdata.shapes["cancer_area"]
+    assert len(shapes) == 1 and shapes.geometry.iloc[0].equals(ca)  # back in level-0 px (bounds offset added)
+    for element in (sdata.points["cells"], shapes, sdata.images["cancer_area_probability"]):
+        assert set(get_transformation(element, get_all=True)) == {"global", "micrometer"}
+    # the tissue map on the slide: map px (r, c) covers level-0 [c·3.2, (c+1)·3.2); a cell's flag is the map there
+    image = sdata.images["cancer_area_probability"]
+    arr = np.asarray(image["scale0"]["image"].values if hasattr(image, "children") else image.values)[0]
+    assert arr.shape == (1250, 1563)
+    assert get_transformation(image, "global").to_affine_matrix(("x", "y"), ("x", "y"))[0, 0] == pytest.approx(3.2)
+    r = np.clip(np.floor(y.astype(np.float32) / 3.2).astype(int), 0, 1249)
+    c = np.clip(np.floor(x.astype(np.float32) / 3.2).astype(int), 0, 1562)
+    np.testing.assert_array_equal(arr[r, c] >= 128, pts["in_cancer_area"].to_numpy(bool))
+    with pytest.raises(OutputWriteError, match="--overwrite"):
+        export_spatialdata(folder)
+    export_spatialdata(folder, overwrite=True)

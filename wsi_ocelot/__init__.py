@@ -20,6 +20,8 @@ evaluate(model, data_root, split="test")
     The OCELOT challenge metric of a checkpoint on a dataset in the OCELOT release layout.
 read_cells(result_folder)
     A slide's detected cells as a pandas DataFrame.
+export_spatialdata(result_folder)
+    A slide's result as a SpatialData ``.zarr`` (needs ``pip install "wsi-ocelot[spatialdata]"``).
 
 Example
 -------
@@ -52,6 +54,7 @@ _API = {
     "CohortConfig": "wsi_ocelot.cohort",
     "evaluate": "wsi_ocelot.evaluation",
     "read_cells": "wsi_ocelot.outputs.cells_table",
+    "export_spatialdata": "wsi_ocelot.outputs.spatialdata_export",
 }
 
 __all__ = ["__version__", *_API]

@@ -134,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                           geojson_gzip=args.geojson_gzip, qupath_crop=not args.no_qupath_crop,
                           progress=not args.no_progress and sys.stderr.isatty() and args.scheduler is None,
                           amp=not args.no_amp, cell_margin=args.cell_margin, reader=args.reader,
-                          max_unreadable=args.max_unreadable)
+                          max_unreadable=args.max_unreadable, ngff=args.ngff, cells_table=args.cells_table)
     cfg = CohortConfig(model=args.model, engine=engine, overwrite=args.overwrite, scheduler=args.scheduler,
                        dask_workers=args.dask_workers, retries=args.retries, report=not args.no_report, threads=args.threads)
 
@@ -166,7 +166,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from wsi_ocelot.demo import run_demo
 
-    return run_demo(args.out, device=args.device, workers=args.workers, progress=not args.no_progress and sys.stderr.isatty())
+    return run_demo(args.out, device=args.device, workers=args.workers, progress=not args.no_progress and sys.stderr.isatty(),
+                    ngff=args.ngff, cells_table=args.cells_table)
+
+
+def cmd_export_spatialdata(args: argparse.Namespace) -> int:
+    from wsi_ocelot.outputs.spatialdata_export import export_spatialdata
+
+    path = export_spatialdata(args.result, args.out, overwrite=args.overwrite)
+    print(f"wrote {path} (open it with spatialdata.read_zarr)")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -193,6 +202,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------
+NGFF_CHOICES = ("0.4", "0.5")
+CELL_TABLE_CHOICES = ("parquet", "csv")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """Options of the per-slide outputs, shared by ``run`` (single slides and cohorts) and ``demo``
+    (the choices are outputs.NGFF_VERSIONS and outputs.CELL_TABLE_FORMATS, spelled out here so that
+    ``--help`` imports nothing heavy; a test keeps them equal)."""
+    p.add_argument("--ngff", choices=NGFF_CHOICES, default=NGFF_CHOICES[0],
+                   help="OME-NGFF version of tissue.ome.zarr: 0.4 on Zarr v2 (QuPath/Bio-Formats and napari open it) or 0.5 on Zarr v3")
+    p.add_argument("--cells-table", choices=CELL_TABLE_CHOICES,
+                   help="also write the cells as cells.parquet or cells.csv beside cells.geojson (streamed)")
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
 
@@ -258,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "CPU results are bit-identical between runs with the same thread count")
     p.add_argument("--retries", type=int, default=1, help="times a slide whose Dask worker died is retried before it is reported failed")
     p.add_argument("--no-report", action="store_true", help="skip report.html at the end (summary.csv is always written)")
+    _add_output_options(p)
 
     p = _add(sub, "report", cmd_report, "Rebuild summary.csv and report.html of a batch output folder.", "wsi-ocelot report results")
     p.add_argument("dir", help="the --out folder of a `wsi-ocelot run`")
@@ -289,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="tile-reading worker processes (default: the cores available less one, at most 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_output_options(p)
+
+    p = _add(sub, "export-spatialdata", cmd_export_spatialdata,
+             "Write a slide's result as a SpatialData .zarr (cells as points, cancer area as shapes, the tissue map as an image; level-0 px); "
+             "needs pip install \"wsi-ocelot[spatialdata]\".",
+             "wsi-ocelot export-spatialdata results/slide-01\n  wsi-ocelot export-spatialdata results/slide-01 --out slide-01.sdata.zarr")
+    p.add_argument("result", help="a slide's result folder (<out>/<slide-id>, holding predictions.zarr)")
+    p.add_argument("--out", help="the .zarr to write (default: RESULT/spatialdata.zarr)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
 
     p = _add(sub, "evaluate", cmd_evaluate, "Score cell detections with the OCELOT 2023 challenge metric.",
              "wsi-ocelot evaluate --pred cell_classification.json --gt gt.json\n  wsi-ocelot evaluate --data synth_data --split test --model run/best.safetensors")

@@ -26,14 +26,15 @@ DEMO_MPP = 0.25
 DEMO_SIZE = (4096, 4096)
 
 
-def run_demo(out: str | Path, *, device: str = "auto", workers: int | None = None, progress: bool = True) -> int:
+def run_demo(out: str | Path, *, device: str = "auto", workers: int | None = None, progress: bool = True,
+             ngff: str = "0.4", cells_table: str | None = None) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = demo_path()
     synth = write_synthetic_slide(out / "demo_slide.tiff", mpp=DEMO_MPP, size=DEMO_SIZE, seed=DEMO_SEED)
     log.info("synthetic slide %s written in %.1f s", synth.tiff_path, time.perf_counter() - t0)
-    runner = SlideRunner(model, EngineConfig(device=device, workers=workers, progress=progress))
+    runner = SlideRunner(model, EngineConfig(device=device, workers=workers, progress=progress, ngff=ngff, cells_table=cells_table))
     res = runner.run(synth.tiff_path, out / "results")
     with open_predictions(res.out_dir / "predictions.zarr") as store:
         c = store.cells()

@@ -61,6 +61,10 @@ class OutputWriteError(WsiOcelotError, OSError):
     """An output file cannot be created (missing folder, no permission, disk full)."""
 
 
+class MissingExtraError(WsiOcelotError, ImportError):
+    """A feature needs an optional extra of wsi-ocelot that is not installed."""
+
+
 class DiskFullError(OutputWriteError):
     """The output disk is full (ENOSPC) or over quota (EDQUOT): every later slide of a batch
     would fail the same way, so a batch stops at the first one."""

@@ -24,12 +24,15 @@ from PIL import Image
 
 from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.manifest import DONE, Manifest, now_iso
-from wsi_ocelot.errors import ConfigError
+from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.inference.engine import PURITY_GRID_UM
+from wsi_ocelot.model import read_checkpoint_info
+from wsi_ocelot.outputs import purity_colormap
 from wsi_ocelot.purity import SUMMARY_COLUMNS, SlideRecord
 
 log = logging.getLogger(__name__)
 
-THUMB_SIDE = 240
+THUMB_SIDE = 600  # px on the long side (an overview is two panels side by side), shown 300 px wide
 
 
 def _rows(out_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
@@ -95,7 +98,7 @@ def purity_histogram_svg(values: list[float], *, bins: int = 20, width: int = 56
     for v in values:
         counts[min(bins - 1, max(0, int(v * bins)))] += 1
     top = max(counts) if values else 1
-    ml, mr, mt, mb = 40, 10, 12, 36
+    ml, mr, mt, mb = 44, 22, 12, 36
     pw, ph = width - ml - mr, height - mt - mb
     bw = pw / bins
     parts = [f'<svg id="purity-plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
@@ -109,27 +112,40 @@ def purity_histogram_svg(values: list[float], *, bins: int = 20, width: int = 56
     parts.append(f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="#333"/>')
     for t in range(0, 11, 2):
         x = ml + pw * t / 10
-        parts.append(f'<text x="{x:.1f}" y="{mt + ph + 14}" font-size="11" text-anchor="middle">{t / 10:.1f}</text>')
-    parts.append(f'<text x="{ml + pw / 2:.1f}" y="{height - 4}" font-size="12" text-anchor="middle">tumour purity TC / (TC + BC)</text>')
+        parts.append(f'<text x="{x:.1f}" y="{mt + ph + 14}" font-size="11" text-anchor="middle">{t * 10} %</text>')
+    parts.append(f'<text x="{ml + pw / 2:.1f}" y="{height - 4}" font-size="12" text-anchor="middle">tumour purity of the slide, TC / (TC + BC)</text>')
+    parts.append(f'<text x="12" y="{mt + ph / 2:.1f}" font-size="11" text-anchor="middle" transform="rotate(-90 12 {mt + ph / 2:.1f})">slides</text>')
     parts.append(f'<text x="{ml - 6}" y="{mt + 4}" font-size="11" text-anchor="end">{top}</text>')
     parts.append(f'<text x="{ml - 6}" y="{mt + ph}" font-size="11" text-anchor="end">0</text>')
     if values:
         med = sorted(values)[len(values) // 2] if len(values) % 2 else sum(sorted(values)[len(values) // 2 - 1: len(values) // 2 + 1]) / 2
         x = ml + pw * med
         parts.append(f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{mt + ph}" stroke="#2c3e50" stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{x + 4:.1f}" y="{mt + 10}" font-size="11">median {med:.3f}</text>')
+        parts.append(f'<text x="{x + 4:.1f}" y="{mt + 10}" font-size="11">median {100 * med:.1f} %</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
-h1{font-size:22px;margin:0 0 4px} .meta{color:#555;font-size:13px;margin-bottom:16px}
-table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:middle}
-th{cursor:pointer;background:#f4f4f4;position:sticky;top:0;user-select:none} th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
-td.l,th.l{text-align:left} tr.failed td{background:#fdecea} td.err{max-width:520px;text-align:left;color:#a00;white-space:normal}
-.note{background:#fff4d6;border:1px solid #e0b84a;color:#5a4300;padding:8px 12px;margin:0 0 16px;font-size:14px}
-img.ov{max-width:160px;max-height:160px;display:block} .counts span{margin-right:14px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px 24px;color:#222;font-size:14px}
+h1{font-size:21px;margin:0 0 2px} h2{font-size:16px;margin:18px 0 6px}
+.meta{color:#555;font-size:12px} .model{margin:4px 0 10px;font-size:13px} .model strong{font-weight:600}
+.cards{display:flex;gap:10px;flex-wrap:wrap;margin:6px 0 10px} .card{border:1px solid #ddd;border-radius:6px;padding:5px 12px;background:#fafafa}
+.card .n{font-size:19px;font-weight:600;display:block} .card .k{font-size:11px;color:#555;text-transform:uppercase;letter-spacing:.03em}
+.card.bad{border-color:#e3a39c;background:#fdecea} .card.bad .n{color:#a00}
+.failures{border:1px solid #e3a39c;background:#fdecea;border-radius:6px;padding:6px 12px;margin:0 0 10px}
+.failures h2{margin:2px 0 4px;color:#a00;font-size:15px} .failures li{margin:2px 0} .failures .msg{color:#a00}
+.row{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start}
+.legend{font-size:12.5px;max-width:560px;line-height:1.45} .legend p{margin:4px 0}
+.swatch{display:inline-block;width:22px;height:0;border-top:3px solid rgb(0,200,0);vertical-align:middle;margin-right:4px}
+.cbar{display:inline-block;width:150px;height:11px;vertical-align:middle;border:1px solid #999;margin:0 4px}
+table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:4px 7px;text-align:right;vertical-align:middle}
+th{cursor:pointer;background:#f1f1f1;position:sticky;top:0;user-select:none;font-weight:600} th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
+th .u{display:block;font-weight:400;color:#666;font-size:11px}
+td.l,th.l{text-align:left} tr.failed td{background:#fdecea} td.err{max-width:340px;text-align:left;color:#a00;white-space:normal;overflow-wrap:anywhere;font-size:12px}
+td.pur{font-weight:600;font-size:14px;white-space:nowrap} th.pur{min-width:92px} .why{display:block;font-size:11px;color:#666;font-weight:400;white-space:normal;max-width:110px}
+img.ov{width:300px;height:auto;display:block}
+.note{background:#fff4d6;border:1px solid #e0b84a;color:#5a4300;padding:8px 12px;margin:0 0 10px;font-size:14px}
 """
 
 _JS = """
@@ -153,21 +169,21 @@ _JS = """
 })();
 """
 
-_COLS = (  # (key, header, css class, format)
-    ("overview", "overview", "l nosort", None),
-    ("slide_id", "slide", "l", "s"),
-    ("status", "status", "l", "s"),
-    ("n_cells", "cells", "", "d"),
-    ("n_tc", "tumour", "", "d"),
-    ("n_bc", "background", "", "d"),
-    ("purity", "purity", "", "3"),
-    ("purity_in_cancer_area", "purity in cancer area", "", "3"),
-    ("tissue_area_mm2", "tissue mm²", "", "2"),
-    ("cancer_area_mm2", "cancer mm²", "", "2"),
-    ("n_unreadable_tiles", "unreadable tiles", "", "d"),
-    ("mpp", "MPP", "", "4"),
-    ("runtime_s", "runtime s", "", "1"),
-    ("error", "error", "l", "s"),
+_COLS = (  # (key, header, unit, css class, format); "%" shows a fraction as a percentage
+    ("overview", "overview", "cancer area · purity map", "l nosort", None),
+    ("slide_id", "slide", "", "l", "s"),
+    ("status", "status", "", "l", "s"),
+    ("purity", "purity", "TC / all cells", "pur", "%"),
+    ("purity_in_cancer_area", "purity in cancer area", "", "pur", "%"),
+    ("n_cells", "cells", "", "", "d"),
+    ("n_tc", "tumour", "cells (TC)", "", "d"),
+    ("n_bc", "background", "cells (BC)", "", "d"),
+    ("tissue_area_mm2", "tissue", "mm²", "", "2"),
+    ("cancer_area_mm2", "cancer area", "mm²", "", "2"),
+    ("n_unreadable_tiles", "unreadable", "tiles", "", "d"),
+    ("mpp", "resolution", "µm/px", "", "3"),
+    ("runtime_s", "runtime", "s", "", "1"),
+    ("error", "error", "", "l", "s"),
 )
 
 
@@ -181,18 +197,99 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str 
     v = row.get(key)
     if v is None:
         shown = ""
-        if key == "purity" and row.get("purity_reason"):
-            shown = f'<span title="{html.escape(str(row["purity_reason"]), quote=True)}">n/a</span>'
-        return f'<td class="{"l" if fmt == "s" else ""}" data-v="">{shown}</td>'
+        reason = row.get("purity_reason") if key == "purity" else None
+        if reason:
+            shown = f'<span title="{html.escape(str(reason), quote=True)}">n/a<span class="why">{html.escape(str(reason))}</span></span>'
+        return f'<td class="{"l" if fmt == "s" else ("pur" if fmt == "%" else "")}" data-v="">{shown}</td>'
     if fmt == "s":
         cls = "err" if key == "error" else "l"
         shown = html.escape(str(v))
+        path = str(row.get("path") or "")
+        if key == "error" and path and str(v).startswith(path + ": "):  # the row names the slide; the full line on hover
+            shown = f'<span title="{html.escape(str(v), quote=True)}">{html.escape(str(v)[len(path) + 2:])}</span>'
         if key == "slide_id" and row.get("path"):  # the slide's file, on hover
             shown = f'<span title="{html.escape(str(row["path"]), quote=True)}">{shown}</span>'
         return f'<td class="{cls}" data-v="{html.escape(str(v), quote=True)}">{shown}</td>'
     num = float(v)
+    if fmt == "%":
+        return f'<td class="pur" data-v="{num!r}">{100 * num:.1f} %</td>'
     shown = f"{int(num):,}" if fmt == "d" else f"{num:.{int(fmt)}f}"
     return f'<td data-v="{num!r}">{shown}</td>'
+
+
+def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -> str:
+    """The model that ran and the data it was trained on (from the checkpoint when it is still
+    there, else from a finished slide's record)."""
+    path = str(manifest.meta.get("model") or "")
+    rec: dict[str, Any] = {}
+    for r in rows:
+        pj = out_dir / r["slide_id"] / "purity.json"
+        if r.get("status") == DONE and pj.is_file():
+            try:
+                rec = json.loads(pj.read_text(encoding="utf-8")).get("model") or {}
+            except (OSError, ValueError):
+                rec = {}
+            if rec:
+                break
+    path = path or str(rec.get("path") or "")
+    variant, encoder, trained = rec.get("variant"), rec.get("encoder"), ""
+    if path and Path(path).is_file():
+        try:
+            info = read_checkpoint_info(path)
+        except WsiOcelotError:
+            info = None
+        if info is not None:
+            variant, encoder = info.model.variant, info.model.encoder
+            t, m = info.training or {}, info.metrics or {}
+            sizes = t.get("split_sizes") or {}
+            data = t.get("data") or t.get("data_root")
+            parts = [f"data {data}" if data else "", ", ".join(f"{v} {k}" for k, v in sizes.items()) + " tiles" if sizes else ""]
+            mf1 = m.get("val_mF1") or (m.get(m.get("split", "val")) or {}).get("mF1")
+            parts.append(f"{m.get('split', 'val')} mF1 {float(mf1):.3f}" if mf1 is not None else "")
+            trained = "; ".join(p for p in parts if p)
+    if not path:
+        return '<p class="model" id="model"><strong>Model:</strong> unknown</p>'
+    desc = ", ".join(x for x in (variant, f"encoder {encoder}" if encoder else None) if x)
+    return (f'<p class="model" id="model"><strong>Model:</strong> <span title="{html.escape(path, quote=True)}">{html.escape(Path(path).name)}</span>'
+            + (f" ({html.escape(desc)})" if desc else "")
+            + (f' · <strong>trained on:</strong> <span id="model-data">{html.escape(trained)}</span>' if trained else "") + "</p>")
+
+
+def _legend() -> str:
+    lo, mid, hi = (tuple(int(c) for c in rgb) for rgb in purity_colormap([0.0, 0.5, 1.0]))
+    grad = f"linear-gradient(to right, rgb{lo}, rgb{mid}, rgb{hi})"
+    return ('<div class="legend" id="legend"><p><strong>Reading the overviews.</strong> Left: the slide with the predicted '
+            '<span class="swatch"></span><strong>cancer area</strong> outlined in green. Right: <strong>tumour purity</strong> per '
+            f'{PURITY_GRID_UM:g} µm × {PURITY_GRID_UM:g} µm square:<br>0 % <span class="cbar" style="background:{grad}"></span> 100 % '
+            '(blue: background cells only, red: tumour cells only; no colour: no cells). Click an overview for full size.</p>'
+            '<p><strong>Purity</strong> = tumour cells (TC) / all detected cells (TC + BC) on the slide; <strong>in cancer area</strong>: the same, '
+            'counting only cells inside the predicted cancer area. Areas in mm² from the slide\'s µm/px. '
+            'Click a column header to sort.</p></div>')
+
+
+def _cards(rows: list[dict[str, Any]], purities: list[float]) -> str:
+    n = {s: sum(1 for r in rows if r.get("status") == s) for s in ("done", "failed", "running", "pending")}
+    no_tissue = sum(1 for r in rows if r.get("status") == DONE and r.get("purity") is None)
+    cells = sum(int(r.get("n_cells") or 0) for r in rows if r.get("status") == DONE)
+    med = ""
+    if purities:
+        q = sorted(purities)
+        m = q[len(q) // 2] if len(q) % 2 else (q[len(q) // 2 - 1] + q[len(q) // 2]) / 2
+        med = f"{100 * m:.1f} %"
+    items = [("slides", str(len(rows)), ""), ("done", str(n["done"]), ""), ("failed", str(n["failed"]), " bad" if n["failed"] else ""),
+             ("no cells / no tissue", str(no_tissue), ""), ("unfinished", str(n["running"] + n["pending"]), ""),
+             ("cells detected", f"{cells:,}", ""), ("median purity", med or "n/a", "")]
+    return ('<div class="cards" id="counts">' + "".join(
+        f'<div class="card{c}"><span class="n">{html.escape(v)}</span><span class="k">{html.escape(k)}</span></div>' for k, v, c in items)
+        + "</div>")
+
+
+def _failures(rows: list[dict[str, Any]]) -> str:
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if not failed:
+        return ""
+    items = "".join(f'<li><strong>{html.escape(r["slide_id"])}</strong>: <span class="msg">{html.escape(str(r.get("error") or "no message"))}</span></li>' for r in failed)
+    return f'<div class="failures" id="failures"><h2>{len(failed)} slide(s) failed</h2><ul>{items}</ul></div>'
 
 
 def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = None) -> Path:
@@ -202,14 +299,13 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
     rows = _rows(out_dir, manifest)
     thumbs = {r["slide_id"]: _thumbnail(out_dir / r["slide_id"] / "overview.png") for r in rows if r.get("status") == DONE}
     purities = [float(r["purity"]) for r in rows if r.get("status") == DONE and r.get("purity") is not None and math.isfinite(float(r["purity"]))]
-    n = {s: sum(1 for r in rows if r.get("status") == s) for s in ("done", "failed", "running", "pending")}
-    title = f"wsi-ocelot batch report: {out_dir.resolve().name}"
-    head = "".join(f'<th class="{c}">{html.escape(h)}</th>' for _, h, c, _ in _COLS)
+    title = f"Tumour purity report: {out_dir.resolve().name}"
+    head = "".join(f'<th class="{c}">{html.escape(h)}' + (f'<span class="u">{html.escape(u)}</span>' if u else "") + "</th>"
+                   for _, h, u, c, _ in _COLS)
     body = []
     for r in rows:
         cls = ' class="failed"' if r.get("status") == "failed" else ""
-        body.append(f"<tr{cls}>" + "".join(_cell(r, k, f, thumbs) for k, _, _, f in _COLS) + "</tr>")
-    model = manifest.meta.get("model", "")
+        body.append(f"<tr{cls}>" + "".join(_cell(r, k, f, thumbs) for k, _, _, _, f in _COLS) + "</tr>")
     notes = sorted({str(n) for n in [manifest.meta.get("model_note"), *(r.get("model_note") for r in rows)] if n})
     note_html = "".join(f'<div class="note" role="alert">&#9888; {html.escape(n)}</div>' for n in notes)
     doc = f"""<!DOCTYPE html>
@@ -217,13 +313,15 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<div class="meta">Folder {html.escape(str(out_dir.resolve()))} · model {html.escape(str(model))} · {html.escape(str(manifest.meta.get("software", "")))} · built {html.escape(now_iso())}</div>
+<div class="meta">wsi-ocelot batch in {html.escape(str(out_dir.resolve()))} · {html.escape(str(manifest.meta.get("software", "")))} · built {html.escape(now_iso())}</div>
+{_model_line(manifest, rows, out_dir)}
 {note_html}
-<div class="counts" id="counts"><span>slides: {len(rows)}</span><span>done: {n["done"]}</span><span>failed: {n["failed"]}</span><span>unfinished: {n["running"] + n["pending"]}</span></div>
-<h2>Tumour purity over the cohort ({len(purities)} slide(s) with cells)</h2>
-{purity_histogram_svg(purities)}
+{_cards(rows, purities)}
+{_failures(rows)}
+<div class="row"><div><h2>Tumour purity over the cohort ({len(purities)} slide(s) with cells)</h2>
+{purity_histogram_svg(purities, width=460, height=170)}</div>
+{_legend()}</div>
 <h2>Slides</h2>
-<p class="meta">Click a column header to sort; click an overview to open it at full size. Purity = tumour cells / all cells.</p>
 <table id="slides"><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(body)}
 </tbody></table>

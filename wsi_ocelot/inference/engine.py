@@ -31,7 +31,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,10 @@ from wsi_ocelot.inference.unreadable import DEFAULT_MAX_UNREADABLE, UnreadableTi
 from wsi_ocelot.model import load_model
 from wsi_ocelot.naming import slide_id_for
 from wsi_ocelot.outputs import (
+    CELL_TABLE_FORMATS,
+    NGFF_VERSIONS,
     CellsGeoJSONWriter,
+    CellsTableWriter,
     PredictionStore,
     polygons_from_map,
     write_overview,
@@ -102,11 +105,14 @@ class EngineConfig:
     ``writer_depth`` is how many batches of results may wait for the writer thread;
     ``background_writer=False`` writes them in the main thread. ``max_unreadable`` is the
     fraction of a pass's tiles that may be unreadable (corrupt image data, read twice) before
-    the slide fails; below it each such tile costs only itself (``unreadable.py``).
+    the slide fails; below it each such tile costs only itself (``unreadable.py``). ``ngff``: the
+    OME-NGFF version of ``tissue.ome.zarr`` ("0.4" on Zarr v2, what QuPath and napari open; "0.5" on
+    Zarr v3). ``cells_table``: also write the cells as ``cells.parquet`` ("parquet") or ``cells.csv``
+    ("csv"), streamed beside the GeoJSON; None writes no table.
 
     Examples
     --------
-    >>> EngineConfig(device="cuda", reader="tifffile", geojson_gzip=True)   # doctest: +SKIP
+    >>> EngineConfig(device="cuda", reader="tifffile", geojson_gzip=True, cells_table="parquet")   # doctest: +SKIP
     """
 
     device: str = "auto"
@@ -126,6 +132,8 @@ class EngineConfig:
     writer_depth: int = 4
     background_writer: bool = True
     max_unreadable: float = DEFAULT_MAX_UNREADABLE
+    ngff: str = "0.4"
+    cells_table: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -140,6 +148,11 @@ class EngineConfig:
                               f"use e.g. {DEFAULT_MAX_UNREADABLE} (default), 0 to fail on any unreadable tile, 1 to never fail")
         if self.reader not in READERS:
             raise ConfigError(None, f"unknown reader {self.reader!r}", f"use one of {', '.join(READERS)}")
+        if self.ngff not in NGFF_VERSIONS:
+            raise ConfigError(None, f"unknown OME-NGFF version {self.ngff!r} for the tissue map", f"use one of {', '.join(NGFF_VERSIONS)}")
+        if self.cells_table is not None and self.cells_table not in CELL_TABLE_FORMATS:
+            raise ConfigError(None, f"unknown cells table format {self.cells_table!r}",
+                              f"use one of {', '.join(CELL_TABLE_FORMATS)}, or leave it unset for none")
 
     def resolved(self, device: torch.device) -> EngineConfig:
         """This config with the machine's defaults filled in for ``device``."""
@@ -252,6 +265,7 @@ class _SlideRun:
                                           cfg.max_unreadable)
         self.store: PredictionStore | None = None
         self.gj: CellsGeoJSONWriter | None = None
+        self.table: CellsTableWriter | None = None  # cells.parquet / cells.csv when asked for
 
     def set_order(self, order: np.ndarray) -> None:
         """The order the cell tiles are emitted in: after each batch, the grid rows whose
@@ -301,6 +315,8 @@ class _SlideRun:
             with self.timer("write"):
                 self.gj.write(p[:, 0], p[:, 1], p[:, 2].astype(np.uint8), np.clip(p[:, 3], 0.0, 1.0))
                 self.store.append_cells(p[:, 0].astype(np.float32), p[:, 1].astype(np.float32), p[:, 2].astype(np.uint8), p[:, 3].astype(np.float32))
+                if self.table is not None:
+                    self.table.write(p[:, 0], p[:, 1], p[:, 2].astype(np.uint8), p[:, 3], inside)
 
     def flush_border(self) -> None:
         with self.timer("post-processing"):
@@ -408,11 +424,14 @@ class SlideRunner:
         try:
             if self.has_tissue:
                 store.create_tissue_map(tmap.height, tmap.width, tmap.scale * run.slide.mpp, chunk=cfg.tissue_chunk,
-                                        level0_downsample=tmap.scale)
+                                        level0_downsample=tmap.scale, slide_mpp=run.slide.mpp, ngff=cfg.ngff)
             cells_name = "cells.geojson.gz" if cfg.geojson_gzip else "cells.geojson"
             with CellsGeoJSONWriter(run.work / cells_name, gzip=cfg.geojson_gzip, origin=run.origin) as gj, \
+                    ExitStack() as tables, \
                     BackgroundWriter(cfg.writer_depth, inline=not cfg.background_writer) as writer:
                 run.gj = gj
+                if cfg.cells_table:  # streamed like the GeoJSON, row for row
+                    run.table = tables.enter_context(CellsTableWriter(run.work / CELL_TABLE_FORMATS[cfg.cells_table], mpp=run.slide.mpp))
                 if self.two_pass:
                     if self.has_tissue:
                         self._tissue_pass(run, writer)

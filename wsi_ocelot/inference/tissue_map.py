@@ -2,7 +2,7 @@
 from it, and the tissue pass's seamless writing into it (docs/architecture.md).
 
 Map px ``(r, c)`` covers level-0 ``[c * s, (c + 1) * s) × [r * s, (r + 1) * s)`` with ``s``
-the level-0 px per map px; the map lives in Zarr (``predictions.zarr/tissue``), never whole
+the level-0 px per map px; the map lives in Zarr (``tissue.ome.zarr``, an OME-Zarr image), never whole
 in memory.
 """
 

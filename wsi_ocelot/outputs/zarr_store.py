@@ -8,14 +8,13 @@ Layout::
                                  no bounds offset — that is only applied for QuPath GeoJSON)
         class   uint8   (N,)     1 = BC (background cell), 2 = TC (tumour cell)
         prob    float32 (N,)     detection confidence in [0, 1]
-      tissue/                    group; attributes {"ome": NGFF 0.5 multiscales, "wsi_ocelot": {...}}
-        0       uint8 (H, W)     cancer-area probability × 255 at the tissue MPP
-        1       uint8 (⌈H/2⌉, ⌈W/2⌉)  optional 2× mean-downsampled level
+    tissue.ome.zarr/             the tissue map beside it, an OME-Zarr image of its own
+                                 (``ome_zarr.py``: NGFF 0.4 on Zarr v2 by default, or 0.5 on v3)
 
-Tissue map frame: pixel ``(r, c)`` of level "0" covers level-0 px
-``[c·d, (c+1)·d) × [r·d, (r+1)·d)`` with ``d = level0_downsample`` (= tissue MPP / slide MPP),
-recorded in ``tissue`` attributes when known. Cells are appended in chunk-aligned writes from a
-small buffer and the map is written block by block, so neither is ever held whole in memory.
+The store's tissue methods (``create_tissue_map``, ``tissue``, ``read_tissue``, ...) work on that
+image; a result written before the map had its own folder keeps it in ``predictions.zarr/tissue``
+(NGFF 0.5), which is read the same way. Cells are appended in chunk-aligned writes from a small
+buffer and the map is written block by block, so neither is ever held whole in memory.
 """
 
 from __future__ import annotations
@@ -33,10 +32,11 @@ import zarr
 from numpy.typing import ArrayLike, NDArray
 
 from wsi_ocelot.errors import PredictionFileError
+from wsi_ocelot.outputs.ome_zarr import TISSUE_MAP_NAME, TISSUE_NAME, TissueMapStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CELL_COLUMNS", "PredictionStore", "ngff_multiscales", "open_predictions"]
+__all__ = ["CELL_COLUMNS", "PredictionStore", "open_predictions"]
 
 #: column name → dtype of the ``cells/`` arrays
 CELL_COLUMNS: dict[str, np.dtype[Any]] = {
@@ -45,40 +45,7 @@ CELL_COLUMNS: dict[str, np.dtype[Any]] = {
     "class": np.dtype(np.uint8),
     "prob": np.dtype(np.float32),
 }
-TISSUE_NAME = "cancer_area_probability"
 Mode = Literal["w", "r", "r+", "a"]
-
-
-def ngff_multiscales(mpp: float, levels: int = 1, name: str = TISSUE_NAME) -> dict[str, Any]:
-    """OME-NGFF 0.5 ``ome`` attribute block for a 2-D (y, x) pyramid at ``mpp`` µm/px.
-
-    Level ``k`` (path ``"k"``) is 2^k × downsampled: ``scale = [mpp·2^k] * 2``; levels above 0
-    also carry ``translation = [mpp·(2^k − 1)/2] * 2`` so pixel centres line up with level 0
-    (NGFF places array indices at pixel centres).
-    """
-    datasets = []
-    for k in range(levels):
-        f = 2**k
-        ct: list[dict[str, Any]] = [{"type": "scale", "scale": [mpp * f, mpp * f]}]
-        if k:
-            off = mpp * (f - 1) / 2.0
-            ct.append({"type": "translation", "translation": [off, off]})
-        datasets.append({"path": str(k), "coordinateTransformations": ct})
-    return {
-        "version": "0.5",
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [
-                    {"name": "y", "type": "space", "unit": "micrometer"},
-                    {"name": "x", "type": "space", "unit": "micrometer"},
-                ],
-                "datasets": datasets,
-                "type": "mean",
-                "metadata": {"description": "uint8 = round(probability × 255); level k = 2^k × 2×2 mean"},
-            }
-        ],
-    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -127,8 +94,7 @@ class PredictionStore:
         self._buf: list[tuple[NDArray[Any], ...]] = []
         self._nbuf = 0
         self._closed = False
-        self._tissue_levels = 0
-        self._written: np.ndarray | None = None  # tissue level-0 chunks written by this handle (None: unknown)
+        self._tissue: TissueMapStore | None = None
         if mode == "w":
             if not self.path.parent.is_dir():
                 raise PredictionFileError(self.path, "the output folder does not exist",
@@ -153,8 +119,10 @@ class PredictionStore:
                 raise PredictionFileError(self.path, "the store has no cells/ group",
                                           "pass the predictions.zarr folder a wsi-ocelot run wrote")
             self.cell_chunk = int(self.root["cells/x"].chunks[0])
-            if "tissue" in self.root:
-                self._tissue_levels = sum(1 for k in ("0", "1", "2", "3") if k in self.root["tissue"])
+            if self.tissue_path.exists():
+                self._tissue = TissueMapStore.open(self.tissue_path, mode="r" if mode == "r" else "r+")
+            elif "tissue" in self.root:  # a result written before the map had its own folder
+                self._tissue = TissueMapStore(self.root["tissue"], self.path / "tissue")
         self._n_written = int(self.root["cells/x"].shape[0])
 
     # -- context manager ------------------------------------------------------------------
@@ -237,53 +205,41 @@ class PredictionStore:
         for s in range(0, self._n_written, batch_size):
             yield self.cells(s, s + batch_size)
 
-    # -- tissue map -----------------------------------------------------------------------
+    # -- tissue map (its own OME-Zarr image beside the store: outputs/ome_zarr.py) --------------
+    @property
+    def tissue_path(self) -> Path:
+        """Where this store's tissue map lives: ``tissue.ome.zarr`` beside it."""
+        return self.path.parent / TISSUE_MAP_NAME
+
+    @property
+    def tissue_map(self) -> TissueMapStore | None:
+        """The tissue map, or None when the slide has none (a model without a tissue branch)."""
+        return self._tissue
+
     def create_tissue_map(self, height: int, width: int, mpp: float, chunk: int = 512, *,
-                          levels: int = 2, level0_downsample: float | None = None,
-                          name: str = TISSUE_NAME) -> zarr.Array:
-        """Create ``tissue/0`` (uint8, zeros) of ``height × width`` px at ``mpp`` µm/px, with
-        NGFF 0.5 multiscales attributes. ``levels=2`` adds level "1" (2× mean), built on close.
-        ``level0_downsample``: slide level-0 px per map px, recorded for readers."""
+                          levels: int = 2, level0_downsample: float | None = None, slide_mpp: float | None = None,
+                          ngff: str = "0.4", name: str = TISSUE_NAME) -> zarr.Array:
+        """Create the tissue map ``tissue.ome.zarr`` beside the store: level 0 (uint8, zeros) of
+        ``height × width`` px at ``mpp`` µm/px, OME-NGFF ``ngff`` ("0.4" on Zarr v2, "0.5" on Zarr
+        v3); ``levels=2`` adds level "1" (2× mean), built on close. ``level0_downsample``: slide
+        level-0 px per map px; ``slide_mpp``: the slide's µm/px (the map's placement)."""
         self._writable()
-        if height < 1 or width < 1 or chunk < 1:
-            raise ValueError(f"tissue map size and chunk must be >= 1, got {height}×{width}, chunk {chunk}")
-        if not (mpp > 0 and math.isfinite(mpp)):
-            raise ValueError(f"tissue mpp must be a positive number, got {mpp}")
-        if levels not in (1, 2):
-            raise ValueError(f"levels must be 1 or 2, got {levels}")
-        grp = self.root.create_group("tissue", overwrite=True)
-        arr = grp.create_array("0", shape=(height, width), dtype=np.uint8, chunks=(chunk, chunk),
-                               fill_value=0, dimension_names=("y", "x"))
-        if levels == 2:
-            grp.create_array("1", shape=(-(-height // 2), -(-width // 2)), dtype=np.uint8,
-                             chunks=(chunk, chunk), fill_value=0, dimension_names=("y", "x"))
-        grp.attrs.update({
-            "ome": ngff_multiscales(mpp, levels, name),
-            "wsi_ocelot": _jsonable({
-                "mpp": mpp, "level0_downsample": level0_downsample,
-                "encoding": "uint8 = round(probability x 255)", "pyramid_built": False,
-            }),
-        })
-        self._tissue_levels = levels
-        self._written = np.zeros((-(-height // chunk), -(-width // chunk)), bool)
-        return arr
+        self._tissue = TissueMapStore.create(self.tissue_path, height, width, mpp, slide_mpp=slide_mpp,
+                                             level0_downsample=level0_downsample, ngff=ngff, chunk=chunk,
+                                             levels=levels, name=name)
+        return self._tissue.level(0)
 
     @property
     def tissue_mpp(self) -> float | None:
         """µm per pixel of tissue level 0, or None when the store has no tissue map."""
-        if "tissue" not in self.root:
-            return None
-        return float(self.root["tissue"].attrs["ome"]["multiscales"][0]["datasets"][0]
-                     ["coordinateTransformations"][0]["scale"][0])
+        return None if self._tissue is None else self._tissue.mpp
 
     def tissue(self, level: int = 0) -> zarr.Array:
         """The tissue array of ``level`` (a lazy Zarr array: index it to read)."""
-        if "tissue" not in self.root or str(level) not in self.root["tissue"]:
-            raise PredictionFileError(self.path, f"the store has no tissue level {level}",
-                                      "create the tissue map first (create_tissue_map)")
-        arr = self.root["tissue"][str(level)]
-        assert isinstance(arr, zarr.Array)
-        return arr
+        if self._tissue is None:
+            raise PredictionFileError(self.path, f"the result has no tissue map ({TISSUE_MAP_NAME})",
+                                      "create the tissue map first (create_tissue_map), or run a model with a tissue branch")
+        return self._tissue.level(level)
 
     def write_tissue_block(self, y0: int, x0: int, block: ArrayLike) -> None:
         """Write ``block`` (h, w) with its top-left at map pixel ``(y0, x0)`` of level 0.
@@ -292,29 +248,14 @@ class PredictionStore:
         are stored as they are. Parts beyond the map's right/bottom edge are cropped.
         """
         self._writable()
-        arr = self.tissue(0)
-        b = np.asarray(block)
-        if b.ndim != 2:
-            raise ValueError(f"a tissue block must be 2-D (h, w), got shape {b.shape}")
-        if y0 < 0 or x0 < 0:
-            raise ValueError(f"tissue block origin must be >= 0, got ({y0}, {x0})")
-        if b.dtype != np.uint8:
-            b = np.rint(np.clip(b.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
-        h, w = arr.shape
-        b = b[: max(0, h - y0), : max(0, w - x0)]
-        if b.size:
-            arr[y0 : y0 + b.shape[0], x0 : x0 + b.shape[1]] = b
-            if self._written is not None:
-                ch, cw = arr.chunks
-                self._written[y0 // ch:(y0 + b.shape[0] - 1) // ch + 1, x0 // cw:(x0 + b.shape[1] - 1) // cw + 1] = True
+        self.tissue(0)
+        assert self._tissue is not None
+        self._tissue.write_block(y0, x0, block)
 
     def tissue_written(self, y0: int, y1: int, x0: int, x1: int) -> bool:
-        """Whether any of level 0's pixels ``[y0:y1, x0:x1]`` may hold a written value (False
-        only when this handle created the map and wrote nothing there: it reads as zeros)."""
-        if self._written is None:
-            return True
-        ch, cw = self.tissue(0).chunks
-        return bool(self._written[y0 // ch:max(y0 + 1, -(-y1 // ch)), x0 // cw:max(x0 + 1, -(-x1 // cw))].any())
+        """Whether any of the tissue map's level-0 pixels ``[y0:y1, x0:x1]`` may hold a written
+        value (False only where this handle created the map and wrote nothing: zeros)."""
+        return True if self._tissue is None else self._tissue.written(y0, y1, x0, x1)
 
     def read_tissue(self, y0: int, y1: int, x0: int, x1: int, *, level: int = 0,
                     as_float: bool = False) -> NDArray[Any]:
@@ -325,24 +266,8 @@ class PredictionStore:
     def build_tissue_pyramid(self) -> None:
         """Fill level "1" from level "0" by 2×2 means, tile by tile (edge pixels replicated)."""
         self._writable()
-        if self._tissue_levels < 2:
-            return
-        src, dst = self.tissue(0), self.tissue(1)
-        h, w = src.shape
-        step = 2 * int(dst.chunks[0])
-        for y in range(0, h, step):
-            for x in range(0, w, step):
-                if not self.tissue_written(y, y + step, x, x + step):
-                    continue  # zeros give zeros, and level 1 reads as zeros where nothing is written
-                t = np.asarray(src[y : y + step, x : x + step]).astype(np.uint16)
-                th, tw = t.shape
-                if th % 2 or tw % 2:
-                    t = np.pad(t, ((0, th % 2), (0, tw % 2)), mode="edge")
-                s = t[0::2, 0::2] + t[1::2, 0::2] + t[0::2, 1::2] + t[1::2, 1::2]
-                dst[y // 2 : y // 2 + s.shape[0], x // 2 : x // 2 + s.shape[1]] = ((s + 2) // 4).astype(np.uint8)
-        meta = dict(self.root["tissue"].attrs["wsi_ocelot"])
-        meta["pyramid_built"] = True
-        self.root["tissue"].attrs["wsi_ocelot"] = meta
+        if self._tissue is not None:
+            self._tissue.build_pyramid()
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
@@ -352,8 +277,8 @@ class PredictionStore:
         if self.mode != "r":
             self.flush()
             self.root["cells"].attrs["count"] = self._n_written
-            if self._tissue_levels == 2 and not self.root["tissue"].attrs["wsi_ocelot"].get("pyramid_built"):
-                self.build_tissue_pyramid()
+            if self._tissue is not None:
+                self._tissue.build_pyramid()
             log.info("predictions store %s: %d cells", self.path, self._n_written)
         self._closed = True
 
