@@ -134,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                           geojson_gzip=args.geojson_gzip, qupath_crop=not args.no_qupath_crop,
                           progress=not args.no_progress and sys.stderr.isatty() and args.scheduler is None,
                           amp=not args.no_amp, cell_margin=args.cell_margin, reader=args.reader,
-                          ngff=args.ngff, cells_table=args.cells_table)
+                          max_unreadable=args.max_unreadable, ngff=args.ngff, cells_table=args.cells_table)
     cfg = CohortConfig(model=args.model, engine=engine, overwrite=args.overwrite, scheduler=args.scheduler,
                        dask_workers=args.dask_workers, retries=args.retries, report=not args.no_report, threads=args.threads)
 
@@ -150,6 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"manifest, summary.csv and report.html in {args.out}")
     if result.failed:
         print(result.failure_table(), file=sys.stderr)
+    if result.stopped:
+        print(result.stopped, file=sys.stderr)
     return result.exit_code
 
 
@@ -269,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="tile-reading worker processes (default: the cores available less one, at most 16)")
     p.add_argument("--reader", choices=("openslide", "tifffile"), default="openslide",
                    help="slide decoder: openslide (every format) or tifffile (tiled TIFF/SVS: the same pixels, faster; other files fall back to OpenSlide)")
+    p.add_argument("--max-unreadable", type=float, default=0.05, metavar="FRACTION",
+                   help="a slide fails when more than this fraction of its tiles is unreadable (corrupt image data, read twice); "
+                        "below it each unreadable tile gives no detections, is left out of the tissue area and is counted")
     p.add_argument("--per-tile", action="store_true", help="the paper's per-tile path (each cell tile with its own context) instead of two passes")
     p.add_argument("--geojson-gzip", action="store_true", help="write cells.geojson.gz (large slides)")
     p.add_argument("--no-qupath-crop", action="store_true", help="GeoJSON in OpenSlide's uncropped frame (for QuPath images added with --no-crop)")

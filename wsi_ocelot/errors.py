@@ -63,3 +63,30 @@ class OutputWriteError(WsiOcelotError, OSError):
 
 class MissingExtraError(WsiOcelotError, ImportError):
     """A feature needs an optional extra of wsi-ocelot that is not installed."""
+
+
+class DiskFullError(OutputWriteError):
+    """The output disk is full (ENOSPC) or over quota (EDQUOT): every later slide of a batch
+    would fail the same way, so a batch stops at the first one."""
+
+
+def disk_full_reason(err: BaseException | None) -> str | None:
+    """The OS's words ("No space left on device", "Disk quota exceeded") when ``err`` or an
+    error it was raised from is ENOSPC or EDQUOT, else None."""
+    import errno
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DiskFullError):
+            return err.problem
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err.strerror or os.strerror(err.errno)
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def is_disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an error it was raised from) is "no space left on the device" or
+    "disk quota exceeded"."""
+    return disk_full_reason(err) is not None

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from wsi_ocelot.cohort.inputs import SlideJob, check_unique
 from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest
 from wsi_ocelot.cohort.report import write_report, write_summary_csv
 from wsi_ocelot.cohort.worker import process_slide, run_slide_task
-from wsi_ocelot.errors import ConfigError
+from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
 from wsi_ocelot.inference.engine import EngineConfig
 from wsi_ocelot.model import read_checkpoint_info
 from wsi_ocelot.weights import resolve_model, weights_note
@@ -80,11 +81,13 @@ class CohortResult:
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the batch stopped before its last slide (a full disk), one line
     wall_s: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.stopped else 0
 
     def failure_table(self) -> str:
         """A short plain-text table of the failed slides (id, path, error)."""
@@ -148,11 +151,21 @@ def clean_partials(out_dir: Path) -> list[str]:
     return removed
 
 
+class _RunLogHandler(logging.FileHandler):
+    """``run.log``: on a full disk the log lines that do not fit are dropped quietly (the
+    console still shows them), not reported with a traceback each."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if is_disk_full(sys.exc_info()[1]):
+            return
+        super().handleError(record)
+
+
 @contextmanager
 def _log_file(out_dir: Path) -> Iterator[Path]:
     """Append this run's log (INFO and up, whatever the console shows) to ``<out>/run.log``."""
     path = out_dir / LOG_NAME
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _RunLogHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     pkg = logging.getLogger("wsi_ocelot")
     old_level, effective = pkg.level, pkg.getEffectiveLevel()
@@ -210,8 +223,31 @@ Record = tuple[SlideJob, dict[str, Any]]
 
 def _run_in_process(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest) -> Iterator[Record]:
     for job in jobs:
-        manifest.mark_running(job.slide_id, job.path)
+        try:
+            manifest.mark_running(job.slide_id, job.path)
+        except (OSError, WsiOcelotError) as err:
+            if not is_disk_full(err):
+                raise
+            # not even the manifest can be written: the slide fails as it would have, unattempted
+            yield job, {"path": job.path, "status": FAILED, "runtime_s": 0.0, "disk_full": True,
+                        "error": DiskFullError(Path(out), f"No space left on device before {job.slide_id} could start",
+                                               f"free space on the disk of {out} (or choose another --out), then run the same "
+                                               "command again: finished slides are kept").one_line()}
+            continue
         yield job, process_slide(job, out, cfg.model, cfg.engine, torch_threads=cfg.threads)
+
+
+def _saving(what: str, fn: Callable[..., Any], *args: Any) -> bool:
+    """Run a write of the batch's own files; on a full disk log it and return False (the last
+    complete version stays: every write is atomic)."""
+    try:
+        fn(*args)
+    except (OSError, WsiOcelotError) as err:
+        if not is_disk_full(err):
+            raise
+        log.error("could not write %s: no space left on the device; the previous version is kept", what)
+        return False
+    return True
 
 
 def _local_cluster_size(cfg: CohortConfig) -> int:
@@ -368,19 +404,30 @@ def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config
             tb = rec.pop("traceback", None)
             if tb:
                 log.error("%s: unexpected error on %s\n%s", job.slide_id, rec.get("worker"), tb)
-            manifest.record(job.slide_id, rec)
+            disk_full = bool(rec.pop("disk_full", False))
+            _saving("manifest.json", manifest.record, job.slide_id, rec)
             (result.done if rec["status"] == DONE else result.failed).append(job.slide_id)
             progress.update(job.slide_id, rec)
-            write_summary_csv(out, manifest)
+            _saving("summary.csv", write_summary_csv, out, manifest)
             if on_record:
                 on_record(job, rec)
+            if disk_full:  # every later slide would fail the same way: stop, keep them for a rerun
+                finished = set(result.done) | set(result.failed)
+                result.pending = [j.slide_id for j in todo if j.slide_id not in finished]
+                result.stopped = (f"{out}: the disk is full; the batch stopped after {job.slide_id}, {len(result.pending)} slide(s) "
+                                  f"not attempted (pending). Fix: free space on the disk of {out}, then run the same command "
+                                  "again: it goes on where this run stopped")
+                log.error("%s", result.stopped)
+                manifest.mark_pending([(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
+                                      "not attempted: the batch stopped on a full disk")
+                break
         result.wall_s = time.perf_counter() - t0
         manifest.meta["last_run"] = {"slides": len(jobs), "ran": len(todo), "done": len(result.done), "failed": len(result.failed),
-                                     "skipped": len(result.skipped), "wall_s": round(result.wall_s, 2)}
-        manifest.save()
-        write_summary_csv(out, manifest)
+                                     "skipped": len(result.skipped), "pending": len(result.pending), "wall_s": round(result.wall_s, 2)}
+        _saving("manifest.json", manifest.save)
+        _saving("summary.csv", write_summary_csv, out, manifest)
         if cfg.report:
-            write_report(out, manifest)
+            _saving("report.html", write_report, out, manifest)
         log.info("batch finished in %s: %d done, %d failed, %d skipped; summary %s, report %s", _fmt_eta(result.wall_s),
                  len(result.done), len(result.failed), len(result.skipped), out / "summary.csv", out / "report.html")
     return result

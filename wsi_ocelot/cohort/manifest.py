@@ -3,7 +3,7 @@
 Layout::
 
     {"version": 1, "updated": "<ISO time>", "model": ..., "slides": {
-        "<slide-id>": {"path": ..., "status": "done" | "failed" | "running",
+        "<slide-id>": {"path": ..., "status": "done" | "failed" | "running" | "pending",
                        "error": "<one-line message>" | null, "mpp": ..., "n_cells": ...,
                        "purity": ..., "runtime_s": ..., "timings": {...}, "attempts": n,
                        "started": ..., "finished": ...}}}
@@ -28,8 +28,8 @@ from wsi_ocelot.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-DONE, FAILED, RUNNING = "done", "failed", "running"
-STATUSES = (DONE, FAILED, RUNNING)
+DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"  # pending: not attempted (the batch stopped)
+STATUSES = (DONE, FAILED, RUNNING, PENDING)
 
 
 def now_iso() -> str:
@@ -91,7 +91,8 @@ class Manifest:
         return True
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(STATUSES, 0)
+        """Slides per status: done, failed and running always, pending when there are any."""
+        out = dict.fromkeys((DONE, FAILED, RUNNING), 0)
         for rec in self.slides.values():
             out[rec.get("status", FAILED)] = out.get(rec.get("status", FAILED), 0) + 1
         return out
@@ -106,6 +107,12 @@ class Manifest:
         self.slides[slide_id] = rec
         if save:
             self.save()
+
+    def mark_pending(self, jobs: list[tuple[str, str]], reason: str) -> None:
+        """Record slides ``(slide_id, path)`` the batch stopped before attempting (not saved:
+        call :meth:`save` after)."""
+        for sid, path in jobs:
+            self.slides[sid] = {"path": path, "status": PENDING, "error": reason}
 
     def record(self, slide_id: str, record: dict[str, Any]) -> None:
         """Store a finished slide's record (status done or failed) and save."""

@@ -180,6 +180,7 @@ _COLS = (  # (key, header, unit, css class, format); "%" shows a fraction as a p
     ("n_bc", "background", "cells (BC)", "", "d"),
     ("tissue_area_mm2", "tissue", "mm²", "", "2"),
     ("cancer_area_mm2", "cancer area", "mm²", "", "2"),
+    ("n_unreadable_tiles", "unreadable", "tiles", "", "d"),
     ("mpp", "resolution", "µm/px", "", "3"),
     ("runtime_s", "runtime", "s", "", "1"),
     ("error", "error", "", "l", "s"),
@@ -267,7 +268,7 @@ def _legend() -> str:
 
 
 def _cards(rows: list[dict[str, Any]], purities: list[float]) -> str:
-    n = {s: sum(1 for r in rows if r.get("status") == s) for s in ("done", "failed", "running")}
+    n = {s: sum(1 for r in rows if r.get("status") == s) for s in ("done", "failed", "running", "pending")}
     no_tissue = sum(1 for r in rows if r.get("status") == DONE and r.get("purity") is None)
     cells = sum(int(r.get("n_cells") or 0) for r in rows if r.get("status") == DONE)
     med = ""
@@ -276,7 +277,7 @@ def _cards(rows: list[dict[str, Any]], purities: list[float]) -> str:
         m = q[len(q) // 2] if len(q) % 2 else (q[len(q) // 2 - 1] + q[len(q) // 2]) / 2
         med = f"{100 * m:.1f} %"
     items = [("slides", str(len(rows)), ""), ("done", str(n["done"]), ""), ("failed", str(n["failed"]), " bad" if n["failed"] else ""),
-             ("no cells / no tissue", str(no_tissue), ""), ("unfinished", str(n["running"]), ""),
+             ("no cells / no tissue", str(no_tissue), ""), ("unfinished", str(n["running"] + n["pending"]), ""),
              ("cells detected", f"{cells:,}", ""), ("median purity", med or "n/a", "")]
     return ('<div class="cards" id="counts">' + "".join(
         f'<div class="card{c}"><span class="n">{html.escape(v)}</span><span class="k">{html.escape(k)}</span></div>' for k, v, c in items)

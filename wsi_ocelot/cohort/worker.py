@@ -24,7 +24,7 @@ import torch
 from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.inputs import SlideJob
 from wsi_ocelot.cohort.manifest import DONE, FAILED
-from wsi_ocelot.errors import WsiOcelotError
+from wsi_ocelot.errors import DiskFullError, WsiOcelotError
 from wsi_ocelot.inference.engine import SlideRunner
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,10 @@ def process_slide(job: SlideJob, out_dir: str, model: str, config, *, torch_thre
         runner = get_runner(model, config)
         res = runner.run(job.path, out_dir, mpp=job.mpp, slide_id=job.slide_id, overwrite=True)
     except WsiOcelotError as err:
-        return {**base, "status": FAILED, "error": err.one_line(), "runtime_s": round(time.perf_counter() - t0, 3)}
+        rec = {**base, "status": FAILED, "error": err.one_line(), "runtime_s": round(time.perf_counter() - t0, 3)}
+        if isinstance(err, DiskFullError):
+            rec["disk_full"] = True  # the batch stops: every later slide would fail the same way
+        return rec
     except Exception as exc:  # a bug or an unforeseen fault: report it, keep the batch going
         msg = f"{job.path}: unexpected error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). " \
               "Fix: see the traceback in the run's log file; report it if the slide opens in other viewers"

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wsi_ocelot.atomic import partial_folder, publish_folder, write_json
-from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, disk_full_reason
 from wsi_ocelot.inference.background import BackgroundWriter
 from wsi_ocelot.inference.borders import (
     BorderBuffer,
@@ -66,6 +66,7 @@ from wsi_ocelot.inference.tissue_map import (
     core_block,
     crops_from_map,
 )
+from wsi_ocelot.inference.unreadable import DEFAULT_MAX_UNREADABLE, UnreadableTiles
 from wsi_ocelot.model import load_model
 from wsi_ocelot.naming import slide_id_for
 from wsi_ocelot.outputs import (
@@ -81,7 +82,7 @@ from wsi_ocelot.outputs import (
 from wsi_ocelot.purity import PurityCounter, SlideRecord
 from wsi_ocelot.slide import READERS, Slide, open_slide, tissue_mask
 from wsi_ocelot.tiling import BlockBatches, TileDataset, make_loader, plan_tiles
-from wsi_ocelot.tiling.dataset import default_workers
+from wsi_ocelot.tiling.dataset import default_workers, read_batches
 from wsi_ocelot.weights import resolve_model, weights_note
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,11 @@ class EngineConfig:
     detections are kept (cells seen by two tiles are then reported once, the stronger); 0
     keeps strict cores, which loses cells that both tiles place on the other's side.
     ``writer_depth`` is how many batches of results may wait for the writer thread;
-    ``background_writer=False`` writes them in the main thread. ``ngff``: the OME-NGFF version of
-    ``tissue.ome.zarr`` ("0.4" on Zarr v2, what QuPath and napari open; "0.5" on Zarr v3).
-    ``cells_table``: also write the cells as ``cells.parquet`` ("parquet") or ``cells.csv``
+    ``background_writer=False`` writes them in the main thread. ``max_unreadable`` is the
+    fraction of a pass's tiles that may be unreadable (corrupt image data, read twice) before
+    the slide fails; below it each such tile costs only itself (``unreadable.py``). ``ngff``: the
+    OME-NGFF version of ``tissue.ome.zarr`` ("0.4" on Zarr v2, what QuPath and napari open; "0.5" on
+    Zarr v3). ``cells_table``: also write the cells as ``cells.parquet`` ("parquet") or ``cells.csv``
     ("csv"), streamed beside the GeoJSON; None writes no table.
 
     Examples
@@ -128,6 +131,7 @@ class EngineConfig:
     border_reach_um: float = DUPLICATE_UM
     writer_depth: int = 4
     background_writer: bool = True
+    max_unreadable: float = DEFAULT_MAX_UNREADABLE
     ngff: str = "0.4"
     cells_table: str | None = None
 
@@ -139,6 +143,9 @@ class EngineConfig:
         if not 0.0 <= self.border_reach_um <= DUPLICATE_UM:
             raise ConfigError(None, f"border_reach_um must be in [0, {DUPLICATE_UM}], got {self.border_reach_um}",
                               f"use {DUPLICATE_UM} (default) or 0 for strict tile cores")
+        if not 0.0 <= self.max_unreadable <= 1.0:
+            raise ConfigError(None, f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}",
+                              f"use e.g. {DEFAULT_MAX_UNREADABLE} (default), 0 to fail on any unreadable tile, 1 to never fail")
         if self.reader not in READERS:
             raise ConfigError(None, f"unknown reader {self.reader!r}", f"use one of {', '.join(READERS)}")
         if self.ngff not in NGFF_VERSIONS:
@@ -249,10 +256,28 @@ class _SlideRun:
         self.border = BorderBuffer(DUPLICATE_UM / slide.mpp, cfg.border_reach_um / slide.mpp)
         # where each cell tile keeps its detections: its core, reaching across shared borders
         self.keep = reach_cores(self.plan.cells.cores, cfg.border_reach_um / slide.mpp, W, H)
+        self._rows_after: np.ndarray | None = None  # see set_order
+        self._done_row = -1
+        self._dropped = 0  # border duplicates dropped so far
         self.ca_pixels = 0
+        n_tissue = len(self.plan.tissue) if runner.two_pass and runner.has_tissue else 0
+        self.unreadable = UnreadableTiles(slide.path, self.mask, {"cell": len(self.plan.cells), "tissue": n_tissue},
+                                          cfg.max_unreadable)
         self.store: PredictionStore | None = None
         self.gj: CellsGeoJSONWriter | None = None
         self.table: CellsTableWriter | None = None  # cells.parquet / cells.csv when asked for
+
+    def set_order(self, order: np.ndarray) -> None:
+        """The order the cell tiles are emitted in: after each batch, the grid rows whose
+        tiles are all done follow from it, and the border buffer lets go of what they settle."""
+        order = np.asarray(order, np.int64)
+        rows = self.plan.cells.rows[order]
+        after = np.full(len(order) + 1, np.iinfo(np.int64).max)
+        if len(order):
+            after[:-1] = np.minimum.accumulate(rows[::-1])[::-1]  # the lowest row still to come, from each position on
+        self._position = np.empty(len(order), np.int64)
+        self._position[order] = np.arange(len(order))
+        self._rows_after = after
 
     # -- writer-thread jobs ------------------------------------------------------------------
     def emit(self, pts: list[np.ndarray], idx: np.ndarray, window: MapWindow | None) -> None:
@@ -261,19 +286,27 @@ class _SlideRun:
         a core border wait in the border buffer, the rest are counted and written."""
         T = self.runner.geometry.tile_size
         grid = self.plan.cells
-        boxes, cores, reach = grid.boxes[idx], grid.cores[idx], self.keep[idx]
+        boxes, cores, reach, rows = grid.boxes[idx], grid.cores[idx], self.keep[idx], grid.rows[idx]
         with self.timer("post-processing"):
             keep, flags = [], []
             for k, tile_pts in enumerate(pts):
                 p = points_to_level0(tile_pts, boxes[k], T)
                 p = p[in_core(p, reach[k])]
                 inside = window.in_cancer_area(k, p) if window is not None else None
-                p, inside = self.border.split(p, inside, cores[k])
+                p, inside = self.border.split(p, inside, cores[k], int(rows[k]))
                 keep.append(p)
                 flags.append(inside)
             p = np.concatenate(keep) if keep else np.zeros((0, 4))
             inside_all = None if window is None else (np.concatenate(flags) if flags else np.zeros(0, bool))
         self.write_points(p, inside_all)
+        if self._rows_after is not None and len(idx):
+            done = int(self._rows_after[int(self._position[idx].max()) + 1]) - 1  # every row below the lowest to come
+            if done > self._done_row:
+                self._done_row = done
+                with self.timer("post-processing"):
+                    p, inside, dropped = self.border.release(done)
+                self._dropped += dropped
+                self.write_points(p, inside)
 
     def write_points(self, p: np.ndarray, inside: np.ndarray | None) -> None:
         with self.timer("post-processing"):
@@ -288,6 +321,7 @@ class _SlideRun:
     def flush_border(self) -> None:
         with self.timer("post-processing"):
             p, inside, dropped = self.border.resolve()
+        dropped += self._dropped
         if dropped:
             log.info("%d cell(s) seen by two neighbouring tiles on their shared border reported once", dropped)
         self.write_points(p, inside)
@@ -349,6 +383,18 @@ class SlideRunner:
         final = out_root / sid
         if final.exists() and not overwrite:
             raise WsiOcelotError(final, "the output folder exists", "pass --overwrite, or choose another --out")
+        try:
+            return self._run(slide_path, out_root, sid, mpp, t_start)
+        except Exception as err:
+            reason = disk_full_reason(err)
+            if reason and not isinstance(err, DiskFullError):
+                raise DiskFullError(out_root, f"{reason} while writing the results of {sid} (its unfinished folder was removed)",
+                                    f"free space on the disk of {out_root} (or choose another --out), then run the same "
+                                    "command again: finished slides are kept") from err
+            raise
+
+    def _run(self, slide_path: str | os.PathLike[str], out_root: Path, sid: str, mpp: float | None, t_start: float) -> SlideResult:
+        final = out_root / sid
         out_root.mkdir(parents=True, exist_ok=True)
         work = partial_folder(out_root, sid)
         try:
@@ -415,7 +461,7 @@ class SlideRunner:
                 write_tissue_geojson(work / "tissue.geojson", ca_geom, origin=run.origin)
                 thumb, ds = slide.thumbnail(mpp=max(1.0, max(W, H) * mpp / 1200.0))  # ~1200 px on the long side
                 write_overview(work / "overview.png", thumb, ds, ca_geometry=ca_geom, purity=run.counter.grid(), purity_cell_size=run.grid_px)
-            tissue_mm2 = float(run.mask.mask.sum()) * (run.mask.downsample * mpp) ** 2 / 1e6
+            tissue_mm2 = float(run.unreadable.tissue_pixels()) * (run.mask.downsample * mpp) ** 2 / 1e6
             ca_mm2 = run.ca_pixels * (tmap.scale * mpp) ** 2 / 1e6 if self.has_tissue else None
             purity = run.counter.result(
                 tissue_area_mm2=round(tissue_mm2, 6), cancer_area_mm2=None if ca_mm2 is None else round(ca_mm2, 6), mpp=mpp,
@@ -425,20 +471,45 @@ class SlideRunner:
                 slide=str(slide.path), purity=purity, mpp_source=slide.mpp_info.source,
                 model={"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder},
                 mode=mode, device=str(self.device), n_cell_tiles=len(run.plan.cells),
-                n_tissue_tiles=len(run.plan.tissue) if self.two_pass and self.has_tissue else 0, model_note=self.model_note)
+                n_tissue_tiles=len(run.plan.tissue) if self.two_pass and self.has_tissue else 0,
+                n_unreadable_tiles=run.unreadable.n, model_note=self.model_note)
             store.set_attrs(run_attributes(self, run, record, dict(timer.t)))
         finally:
             store.close()
         return record
 
     # ------------------------------------------------------------------------------------
-    def _loader(self, dataset):
+    def _loader(self, dataset, workers: int | None = None):
         cfg = self.config
         # no reader processes when there is too little to read (a BlockBatches item is a whole batch)
-        spare = len(dataset) - 1 if isinstance(dataset, BlockBatches) else len(dataset) // max(cfg.batch_size, 1)
-        workers = min(cfg.workers, max(0, spare))
+        blocks = isinstance(getattr(dataset, "dataset", dataset), BlockBatches)
+        spare = len(dataset) - 1 if blocks else len(dataset) // max(cfg.batch_size, 1)
+        # (a batch read alone after readers died on it is still read in a process of its own)
+        workers = min(cfg.workers, max(0, spare)) if workers is None else min(workers, cfg.workers)
         return make_loader(dataset, batch_size=cfg.batch_size, workers=workers, prefetch=cfg.prefetch,
                            pin_memory=self.device.type == "cuda")
+
+    def _batches(self, run: _SlideRun, dataset) -> Iterator[dict[str, Any]]:
+        """The dataset's batches, read in reader processes that are replaced when they die."""
+        per_item = 1 if isinstance(dataset, BlockBatches) else self.config.batch_size
+        return _timed(read_batches(dataset, self._loader, batch_items=per_item), run.timer)
+
+    @staticmethod
+    def _unreadable(batch: dict[str, Any]) -> np.ndarray:
+        """The batch's tiles that could not be read (bool per tile)."""
+        return batch["unreadable"].numpy().astype(bool).reshape(-1)
+
+    def _drop_unreadable(self, run: _SlideRun, batch: dict[str, Any], idx: np.ndarray, pts: list[np.ndarray]) -> np.ndarray:
+        """Empty the points of the batch's unreadable cell tiles (in place) and count them;
+        returns which tiles were unreadable."""
+        bad = self._unreadable(batch)
+        if bad.any():
+            for k in np.flatnonzero(bad):
+                pts[k] = pts[k][:0]
+            grid = run.plan.cells
+            run.unreadable.add("cell", grid.boxes[idx[bad]], [e for e, b in zip(batch["errors"], bad, strict=True) if b],
+                               cores=grid.cores[idx[bad]])
+        return bad
 
     def _blocks(self, slide: Slide, grid) -> BlockBatches:
         return BlockBatches(slide, grid.boxes, grid.rows, grid.cols, self.geometry.tile_size, self.config.batch_size)
@@ -458,9 +529,15 @@ class SlideRunner:
                     blend.add(int(grid.rows[i]), int(grid.cols[i]), probs[k], grid.boxes[i])
 
         bar = _progress(len(grid), "tissue pass", self.config.progress)
-        for batch in _timed(self._loader(self._blocks(run.slide, grid)), timer):
+        for batch in self._batches(run, self._blocks(run.slide, grid)):
+            bad = self._unreadable(batch)
+            if bad.any():
+                idx = batch["index"].numpy()
+                run.unreadable.add("tissue", grid.boxes[idx[bad]], [e for e, b in zip(batch["errors"], bad, strict=True) if b])
             with timer("tissue pass"):
                 probs = with_oom_retry(self.predictor.tissue_probs, batch["cell"])[:, 1].float()
+                if bad.any():
+                    probs[torch.from_numpy(bad).to(probs.device)] = 0.0  # an unreadable tile holds no cancer area
                 host, ready = _to_host(probs)
             writer.submit(add, batch["index"].numpy(), host, ready)
             bar.update(len(batch["index"]))
@@ -476,6 +553,7 @@ class SlideRunner:
         T, f = self.geometry.tile_size, self.geometry.context_factor
         n_crop = max(1, round(T / f))
         dataset = self._blocks(run.slide, grid)
+        run.set_order(np.concatenate(dataset.batches) if dataset.batches else np.zeros(0, np.int64))
 
         def prepare(batch: dict[str, Any] | None) -> tuple[Any, ...] | None:
             if batch is None:
@@ -488,7 +566,7 @@ class SlideRunner:
             return batch, idx, crop, window
 
         bar = _progress(len(grid), "cell pass", self.config.progress)
-        batches = _timed(self._loader(dataset), timer)
+        batches = self._batches(run, dataset)
         nxt = prepare(next(batches, None))
         while nxt is not None:
             batch, idx, crop, window = nxt
@@ -497,6 +575,7 @@ class SlideRunner:
             nxt = prepare(next(batches, None))  # overlaps the device's work on this batch
             with timer("post-processing"):
                 pts = _host_points(find_peaks(probs, self.peaks, core=cores_in_tile_px(grid.boxes[idx], run.keep[idx], T)))
+            self._drop_unreadable(run, batch, idx, pts)
             writer.submit(run.emit, pts, idx, window)
             bar.update(len(idx))
         bar.close()
@@ -530,16 +609,21 @@ class SlideRunner:
                 window = MapWindow(tmap.scale, values, origins, np.arange(len(idx)))
             run.emit(pts, idx, window)
 
+        run.set_order(np.arange(len(grid)))
         bar = _progress(len(grid), "per-tile pass", self.config.progress)
-        for batch in _timed(self._loader(TileDataset(run.slide, grid.boxes, T, plan.contexts)), timer):
+        for batch in self._batches(run, TileDataset(run.slide, grid.boxes, T, plan.contexts)):
             idx = batch["index"].numpy()
             with timer("cell pass"):
                 cell_probs, tissue_probs = with_oom_retry(self.predictor.per_tile, batch["cell"], batch["context"], batch["offset"])
             with timer("post-processing"):
                 pts = _host_points(find_peaks(cell_probs, self.peaks, core=cores_in_tile_px(grid.boxes[idx], run.keep[idx], T)))
+            bad = self._drop_unreadable(run, batch, idx, pts)
             host = ready = None
             if tissue_probs is not None:
-                host, ready = _to_host(tissue_probs[:, 1].float())
+                ca = tissue_probs[:, 1].float()
+                if bad.any():
+                    ca[torch.from_numpy(bad).to(ca.device)] = 0.0
+                host, ready = _to_host(ca)
             writer.submit(place, idx, pts, host, ready)
             bar.update(len(idx))
         bar.close()

@@ -263,6 +263,8 @@ def coarse_map(store, tmap: TissueMap, max_side: int = 4096) -> tuple[np.ndarray
     for y0 in range(0, tmap.height, step):
         for x0 in range(0, tmap.width, step):
             y1, x1 = min(y0 + step, tmap.height), min(x0 + step, tmap.width)
+            if not store.tissue_written(y0, y1, x0, x1):
+                continue  # nothing written there: zeros, as ``out`` already is
             blk = store.read_tissue(y0, y1, x0, x1).astype(np.float32) / 255.0
             ph, pw = (-blk.shape[0]) % k, (-blk.shape[1]) % k
             if ph or pw:

@@ -109,6 +109,7 @@ class TissueMapStore:
         self.group = group
         self.path = path
         self.levels = sum(1 for k in ("0", "1", "2", "3") if k in group)
+        self._written: np.ndarray | None = None  # level-0 chunks written through this handle (None: unknown)
 
     # -- create / open ------------------------------------------------------------------------
     @classmethod
@@ -143,7 +144,9 @@ class TissueMapStore:
             grp.attrs.update({"multiscales": [ms], "wsi_ocelot": placement})
         else:
             grp.attrs.update({"ome": {"version": "0.5", "multiscales": [ms]}, "wsi_ocelot": placement})
-        return cls(grp, Path(path))
+        tm = cls(grp, Path(path))
+        tm._written = np.zeros((-(-height // chunk), -(-width // chunk)), bool)
+        return tm
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], mode: str = "r") -> TissueMapStore:
@@ -215,6 +218,17 @@ class TissueMapStore:
         b = b[: max(0, h - y0), : max(0, w - x0)]
         if b.size:
             arr[y0 : y0 + b.shape[0], x0 : x0 + b.shape[1]] = b
+            if self._written is not None:
+                ch, cw = arr.chunks
+                self._written[y0 // ch:(y0 + b.shape[0] - 1) // ch + 1, x0 // cw:(x0 + b.shape[1] - 1) // cw + 1] = True
+
+    def written(self, y0: int, y1: int, x0: int, x1: int) -> bool:
+        """Whether any of level 0's pixels ``[y0:y1, x0:x1]`` may hold a written value (False
+        only when this handle created the map and wrote nothing there: it reads as zeros)."""
+        if self._written is None:
+            return True
+        ch, cw = self.level(0).chunks
+        return bool(self._written[y0 // ch:max(y0 + 1, -(-y1 // ch)), x0 // cw:max(x0 + 1, -(-x1 // cw))].any())
 
     def read(self, y0: int, y1: int, x0: int, x1: int, *, level: int = 0) -> NDArray[np.uint8]:
         """Map pixels ``[y0:y1, x0:x1]`` of ``level`` (uint8)."""
@@ -229,6 +243,8 @@ class TissueMapStore:
         step = 2 * int(dst.chunks[0])
         for y in range(0, h, step):
             for x in range(0, w, step):
+                if not self.written(y, y + step, x, x + step):
+                    continue  # zeros give zeros, and level 1 reads as zeros where nothing is written
                 t = np.asarray(src[y : y + step, x : x + step]).astype(np.uint16)
                 th, tw = t.shape
                 if th % 2 or tw % 2:

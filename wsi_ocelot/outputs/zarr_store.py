@@ -252,6 +252,11 @@ class PredictionStore:
         assert self._tissue is not None
         self._tissue.write_block(y0, x0, block)
 
+    def tissue_written(self, y0: int, y1: int, x0: int, x1: int) -> bool:
+        """Whether any of the tissue map's level-0 pixels ``[y0:y1, x0:x1]`` may hold a written
+        value (False only where this handle created the map and wrote nothing: zeros)."""
+        return True if self._tissue is None else self._tissue.written(y0, y1, x0, x1)
+
     def read_tissue(self, y0: int, y1: int, x0: int, x1: int, *, level: int = 0,
                     as_float: bool = False) -> NDArray[Any]:
         """Map pixels ``[y0:y1, x0:x1]`` of ``level`` (uint8, or float32 probabilities)."""

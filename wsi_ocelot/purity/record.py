@@ -12,7 +12,8 @@ __all__ = ["SUMMARY_COLUMNS", "SlideRecord"]
 
 #: ``summary.csv``'s columns, in order (``slide_id``, ``path``, ``status`` and ``error`` come from the cohort).
 SUMMARY_COLUMNS = ("slide_id", "path", "status", "mpp", "mpp_source", "n_cells", "n_tc", "n_bc", "purity",
-                   "purity_in_cancer_area", "tissue_area_mm2", "cancer_area_mm2", "runtime_s", "model_note", "error")
+                   "purity_in_cancer_area", "tissue_area_mm2", "cancer_area_mm2", "n_unreadable_tiles", "runtime_s", "model_note",
+                   "error")
 
 _PURITY_KEYS = tuple(f.name for f in fields(PurityResult))
 
@@ -24,8 +25,10 @@ class SlideRecord:
     ``purity`` holds the counts, purities (with reasons when undefined) and areas; the
     rest is provenance: the slide's path, where its MPP came from, the model, the path the
     engine took (``two-pass`` / ``per-tile``), the device, tile counts and the seconds per
-    stage (``runtime_s``, with ``total``). ``model_note`` is the caveat every output of these
-    weights carries (the demo weights: synthetic-only), or None."""
+    stage (``runtime_s``, with ``total``). ``n_unreadable_tiles``: tiles the slide would not
+    give (corrupt image data; they gave no detections and their area is out of
+    ``tissue_area_mm2``). ``model_note`` is the caveat every output of these weights carries
+    (the demo weights: synthetic-only), or None."""
 
     slide: str
     purity: PurityResult
@@ -35,6 +38,7 @@ class SlideRecord:
     device: str | None = None
     n_cell_tiles: int | None = None
     n_tissue_tiles: int | None = None
+    n_unreadable_tiles: int = 0
     runtime_s: dict[str, float] = field(default_factory=dict)
     model_note: str | None = None
 
@@ -42,7 +46,8 @@ class SlideRecord:
         """The body of ``purity.json``: ``slide``, the :class:`PurityResult` fields, then the provenance."""
         return {"slide": self.slide, **self.purity.to_dict(), "mpp_source": self.mpp_source, "model": dict(self.model),
                 "model_note": self.model_note, "mode": self.mode, "device": self.device, "n_cell_tiles": self.n_cell_tiles,
-                "n_tissue_tiles": self.n_tissue_tiles, "runtime_s": dict(self.runtime_s)}
+                "n_tissue_tiles": self.n_tissue_tiles, "n_unreadable_tiles": self.n_unreadable_tiles,
+                "runtime_s": dict(self.runtime_s)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SlideRecord:
@@ -50,7 +55,8 @@ class SlideRecord:
         return cls(slide=str(data.get("slide", "")), purity=PurityResult(**{k: data.get(k) for k in _PURITY_KEYS}),
                    mpp_source=data.get("mpp_source"), model=dict(data.get("model") or {}), mode=data.get("mode"),
                    device=data.get("device"), n_cell_tiles=data.get("n_cell_tiles"), n_tissue_tiles=data.get("n_tissue_tiles"),
-                   runtime_s=dict(data.get("runtime_s") or {}), model_note=data.get("model_note"))
+                   n_unreadable_tiles=int(data.get("n_unreadable_tiles") or 0), runtime_s=dict(data.get("runtime_s") or {}),
+                   model_note=data.get("model_note"))
 
     def manifest_fields(self) -> dict[str, Any]:
         """The fields a cohort's ``manifest.json`` keeps for a finished slide (and from which
@@ -58,7 +64,8 @@ class SlideRecord:
         p = self.purity
         return {"mpp": p.mpp, "mpp_source": self.mpp_source, "n_cells": p.n_cells, "n_tc": p.n_tc, "n_bc": p.n_bc,
                 "purity": p.purity, "purity_reason": p.purity_reason, "purity_in_cancer_area": p.purity_in_cancer_area,
-                "tissue_area_mm2": p.tissue_area_mm2, "cancer_area_mm2": p.cancer_area_mm2, "mode": self.mode,
+                "tissue_area_mm2": p.tissue_area_mm2, "cancer_area_mm2": p.cancer_area_mm2,
+                "n_unreadable_tiles": self.n_unreadable_tiles, "mode": self.mode,
                 "device": self.device, "model_note": self.model_note, "timings": {k: round(v, 3) for k, v in self.runtime_s.items()}}
 
     def summary_row(self) -> dict[str, Any]:

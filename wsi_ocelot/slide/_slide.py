@@ -174,6 +174,15 @@ class Slide:
             self._tiff.close()
         self._tiff = None
 
+    def _drop_handle(self) -> None:
+        """Forget this process's OpenSlide handle; the next read opens a fresh one."""
+        handle, self._handle = self._handle, None
+        if handle is not None and self._pid == os.getpid():
+            try:
+                handle.close()
+            except Exception:  # noqa: BLE001 - a handle in OpenSlide's error state may refuse to close
+                pass
+
     @property
     def _tiff_reader(self) -> TiffLevelReader | None:
         """This process's tifffile reader (``reader="tifffile"`` only; None where unusable)."""
@@ -257,6 +266,7 @@ class Slide:
         try:
             rgba = self._osr.read_region((int(location[0]), int(location[1])), int(level), (int(size[0]), int(size[1])))
         except openslide.OpenSlideError as err:
+            self._drop_handle()  # OpenSlide's errors are sticky: every later read of this handle fails too
             raise SlideFormatError(self.path, f"reading failed at level {level}, {location} ({err})", "the file is corrupt or truncated; copy or download it again") from err
         return _composite_white(rgba)
 

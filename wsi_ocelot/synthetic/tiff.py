@@ -128,3 +128,24 @@ def write_pyramidal_tiff(
 
 def _has_jpeg_encoder() -> bool:
     return hasattr(imagecodecs, "jpeg8_encode") or hasattr(imagecodecs, "jpeg_encode")
+
+
+def corrupt_tile(path: str | os.PathLike[str], x: int, y: int, level: int = 0) -> tuple[int, int, int, int]:
+    """Make the stored tile holding level-``level`` pixel ``(x, y)`` of a tiled TIFF undecodable,
+    as a bad sector or an interrupted scanner write would: its compressed data keeps its length
+    and start-of-image marker, the rest is zeros, so OpenSlide (and tifffile) raise when they
+    decode it. The file is changed in place; returns the tile's level-0 box ``(x, y, w, h)``."""
+    with tifffile.TiffFile(path) as tif:
+        pages = [p for p in tif.pages if p.is_tiled]
+        page = pages[level]
+        tw, th = int(page.tilewidth), int(page.tilelength)
+        across = -(-int(page.imagewidth) // tw)
+        k = (y // th) * across + x // tw
+        offset, count = int(page.dataoffsets[k]), int(page.databytecounts[k])
+        d = int(pages[0].imagewidth) / int(page.imagewidth)
+    if count < 4:
+        raise ValueError(f"{path}: tile {k} of level {level} holds no data to corrupt")
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff\xd8" + bytes(count - 2))
+    return (round((x // tw) * tw * d), round((y // th) * th * d), round(tw * d), round(th * d))
