@@ -111,3 +111,25 @@ def import_extra(module: str, extra: str):
     if extra in os.environ.get("WSI_OCELOT_EXTRAS", "").split(","):
         return importlib.import_module(module)
     return pytest.importorskip(module, reason=f'the optional extra: pip install "wsi-ocelot[{extra}]"')
+
+
+#: The small tile geometry of the tests' tiny checkpoints (256 px tiles: fast on a CPU).
+TINY_GEOMETRY_KW = dict(tile_size=256, cell_margin=16, tissue_margin=32)
+
+
+def write_tiny_checkpoint(path: Path, *, tilt: bool = True) -> Path:
+    """An untrained ResNet-18 Pred-to-inter-2 checkpoint at the tests' 256 px geometry, seeded.
+    ``tilt``: an untrained head predicts "no cell" everywhere; tilting its bias makes peaks appear."""
+    import torch
+
+    from wsi_ocelot.config import GeometryConfig
+    from wsi_ocelot.inference import PeakConfig
+    from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(encoder="resnet18", decoder_channels=64))
+    if tilt:
+        with torch.no_grad():
+            model.cell.head[0].bias.copy_(torch.tensor([-1.0, 0.5, 0.5]))
+    save_checkpoint(path, model, geometry=GeometryConfig(**TINY_GEOMETRY_KW), peaks=PeakConfig())
+    return path

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import write_tiny_checkpoint
 
 from wsi_ocelot.cohort import Manifest, collect_jobs, read_manifest_csv
 from wsi_ocelot.cohort.inputs import SlideJob, check_unique
 from wsi_ocelot.config import GeometryConfig
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
-from wsi_ocelot.inference import PeakConfig
-from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
 
 GEO = GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32)
 SLIDE_SIZE = (768, 768)
@@ -34,13 +32,7 @@ SLIDE_SIZE = (768, 768)
 # -- fixtures ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("cohort_ckpt") / "tiny.safetensors"
-    model = build_model(ModelConfig(encoder="resnet18", decoder_channels=64))
-    with torch.no_grad():  # tilt the untrained head so that peaks appear
-        model.cell.head[0].bias.copy_(torch.tensor([-1.0, 0.5, 0.5]))
-    save_checkpoint(path, model, geometry=GEO, peaks=PeakConfig())
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("cohort_ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")

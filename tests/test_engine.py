@@ -11,26 +11,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import import_extra
+from conftest import import_extra, write_tiny_checkpoint
 from shapely.geometry import shape
 
 from wsi_ocelot.config import GeometryConfig
-from wsi_ocelot.inference import PeakConfig
 from wsi_ocelot.inference.engine import EngineConfig, SlideRunner, slide_id_for
-from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
 
 GEO = GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32)
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    model = build_model(ModelConfig(encoder="resnet18", decoder_channels=64))
-    with torch.no_grad():  # an untrained head predicts "no cell" everywhere; tilt it so peaks appear
-        model.cell.head[0].bias.copy_(torch.tensor([-1.0, 0.5, 0.5]))
-    save_checkpoint(path, model, geometry=GEO, peaks=PeakConfig())
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_checkpoint
 
-from wsi_ocelot.config import GeometryConfig
-from wsi_ocelot.inference import PeakConfig
 from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
 from wsi_ocelot.inference.tissue_map import BlendedTissueMap, TissueMap
-from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
 from wsi_ocelot.naming import slide_id_for
 from wsi_ocelot.tiling.grid import make_grid
 
@@ -123,11 +121,7 @@ def _positional_tissue_probs(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    model = build_model(ModelConfig(encoder="resnet18", decoder_channels=64))
-    save_checkpoint(path, model, geometry=GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32), peaks=PeakConfig())
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", tilt=False)
 
 
 def test_engine_tissue_map_has_no_steps_at_tile_seams(tiny_ckpt, synth_025, tmp_path) -> None:

@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_checkpoint
 
 from wsi_ocelot.config import GeometryConfig
 from wsi_ocelot.errors import SlideFormatError
-from wsi_ocelot.inference import PeakConfig
 from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
-from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
 
 GEO = GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32)
 MPP = 0.25
@@ -29,13 +28,7 @@ MPP = 0.25
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("faults_ckpt") / "tiny.safetensors"
-    model = build_model(ModelConfig(encoder="resnet18", decoder_channels=64))
-    with torch.no_grad():  # tilt the untrained head so that peaks appear
-        model.cell.head[0].bias.copy_(torch.tensor([-1.0, 0.5, 0.5]))
-    save_checkpoint(path, model, geometry=GEO, peaks=PeakConfig())
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("faults_ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
