@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 from wsi_ocelot.errors import OutputWriteError
 
-__all__ = ["atomic_open", "atomic_path", "commit_temp", "discard_temp", "open_temp", "partial_folder", "publish_folder",
+__all__ = ["StreamedFile", "atomic_open", "atomic_path", "commit_temp", "discard_temp", "open_temp", "partial_folder", "publish_folder",
            "write_bytes", "write_json", "write_text"]
 
 
@@ -64,6 +64,31 @@ def discard_temp(temp: Path) -> None:
     """Remove a temporary file after a failure; never raises."""
     with contextlib.suppress(OSError):
         temp.unlink()
+
+
+class StreamedFile:
+    """A file written as a stream (a writer holding it for a whole slide) under a temporary name
+    beside ``path``: ``raw`` is its binary handle; :meth:`commit` flushes, fsyncs and gives it
+    its final name; :meth:`discard` closes and removes it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.final, self.temp, self.raw = open_temp(path)
+
+    def commit(self) -> Path:
+        """Flush, fsync, close and rename to the final name; return it."""
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        commit_temp(self.temp, self.final)
+        return self.final
+
+    def discard(self, *closers: Any) -> None:
+        """Call ``closers`` (the writer's own streams over ``raw``), close ``raw`` and remove the
+        file; never raises (the file is being thrown away)."""
+        for close in (*closers, self.raw.close):
+            with contextlib.suppress(Exception):
+                close()
+        discard_temp(self.temp)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from wsi_ocelot.atomic import commit_temp, discard_temp, open_temp
+from wsi_ocelot.atomic import StreamedFile
 from wsi_ocelot.errors import OutputWriteError, PredictionFileError
 from wsi_ocelot.outputs.geojson import CELL_CLASSES
 from wsi_ocelot.outputs.zarr_store import open_predictions
@@ -145,15 +145,14 @@ class CellsTableWriter:
             ("x", pa.float32()), ("y", pa.float32()), ("x_um", pa.float64()), ("y_um", pa.float64()),
             ("class_id", pa.uint8()), ("class_name", name_type), ("prob", pa.float32()), ("in_cancer_area", pa.bool_()),
         ], metadata={"wsi_ocelot": "cells of one slide; x, y OpenSlide level-0 px; x_um, y_um = x, y * slide mpp"})
-        self._final, self._temp, self._raw = open_temp(self.path)
+        self._file = StreamedFile(self.path)
         try:
             if self.fmt == "parquet":
-                self._writer: Any = pq.ParquetWriter(self._raw, self._schema, compression="zstd")
+                self._writer: Any = pq.ParquetWriter(self._file.raw, self._schema, compression="zstd")
             else:
-                self._writer = pa_csv.CSVWriter(self._raw, self._schema)
+                self._writer = pa_csv.CSVWriter(self._file.raw, self._schema)
         except BaseException:
-            self._raw.close()
-            discard_temp(self._temp)
+            self._file.discard()
             raise
 
     # -- context manager ------------------------------------------------------------------
@@ -208,30 +207,22 @@ class CellsTableWriter:
     def close(self) -> Path:
         """Write the rest and move the file to its final name; return the path."""
         if self._closed:
-            return self._final
+            return self._file.final
         try:
             if self._nbuf:
                 self._flush(self._nbuf)
             self._writer.close()
-            self._raw.flush()
-            os.fsync(self._raw.fileno())
-            self._raw.close()
-            commit_temp(self._temp, self._final)
+            self._file.commit()
         except BaseException:
             self.abort()
             raise
         self._closed = True
-        log.info("wrote %d cells to %s", self.count, self._final)
-        return self._final
+        log.info("wrote %d cells to %s", self.count, self._file.final)
+        return self._file.final
 
     def abort(self) -> None:
         """Drop everything written so far."""
         if self._closed:
             return
         self._closed = True
-        for close in (self._writer.close, self._raw.close):
-            try:
-                close()
-            except Exception:  # noqa: BLE001 - best effort, the file is being discarded
-                pass
-        discard_temp(self._temp)
+        self._file.discard(self._writer.close)

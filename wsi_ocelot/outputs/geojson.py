@@ -27,7 +27,7 @@ import shapely
 from numpy.typing import ArrayLike, NDArray
 from shapely.geometry.base import BaseGeometry
 
-from wsi_ocelot.atomic import atomic_open, commit_temp, discard_temp, open_temp
+from wsi_ocelot.atomic import StreamedFile, atomic_open
 from wsi_ocelot.outputs.polygons import clean_polygons, polygons_from_map
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,14 @@ class CellsGeoJSONWriter:
         self.count = 0
         self._templates = {k: _point_template(n, c) for k, (n, c) in CELL_CLASSES.items()}
         self._table = [self._templates.get(k, "") for k in range(max(self._templates) + 1)]
-        self._final, self._temp, self._raw = open_temp(self.path)
+        self._file = StreamedFile(self.path)
         self._out: BinaryIO
         if gzip:
             # filename="" and mtime=0: no name or timestamp in the header → reproducible bytes
-            self._out = _gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0,
+            self._out = _gzip.GzipFile(filename="", mode="wb", fileobj=self._file.raw, mtime=0,
                                        compresslevel=compresslevel)  # type: ignore[assignment]
         else:
-            self._out = self._raw
+            self._out = self._file.raw
         self._closed = False
         self._out.write(_HEADER)
 
@@ -168,34 +168,26 @@ class CellsGeoJSONWriter:
     def close(self) -> Path:
         """Finish the FeatureCollection and move it to its final name; return the path."""
         if self._closed:
-            return self._final
+            return self._file.final
         try:
             self._out.write(_FOOTER)
-            if self._out is not self._raw:
+            if self._out is not self._file.raw:
                 self._out.close()  # ends the gzip stream; leaves the file itself open
-            self._raw.flush()
-            os.fsync(self._raw.fileno())
-            self._raw.close()
-            commit_temp(self._temp, self._final)
+            self._file.commit()
         except BaseException:
             self.abort()
             raise
         self._closed = True
-        log.info("wrote %d cell detections to %s", self.count, self._final)
-        return self._final
+        log.info("wrote %d cell detections to %s", self.count, self._file.final)
+        return self._file.final
 
     def abort(self) -> None:
         """Drop everything written so far: close and remove the temporary file."""
         if self._closed:
             return
         self._closed = True
-        for fh in (self._out, self._raw):
-            try:
-                fh.close()
-            except Exception:  # noqa: BLE001 - best effort, the file is being discarded
-                pass
-        discard_temp(self._temp)
-        log.debug("discarded partial %s", self._final)
+        self._file.discard(self._out.close)
+        log.debug("discarded partial %s", self._file.final)
 
 
 # --------------------------------------------------------------------------------------
