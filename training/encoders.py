@@ -26,7 +26,6 @@ channels and scaled by 3 / C; one with fewer keeps the file's first C channels (
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 from wsi_ocelot.atomic import atomic_path
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.model.checkpoint import weight_key_problems
+from wsi_ocelot.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def init_encoders(model: nn.Module, spec: str | None, *, encoder_name: str, outp
         path = Path(spec)
         state = read_weights_file(path, encoder_name)
         source = os.fspath(path.resolve())
-        extra = {"sha256": _sha256(path)}
+        extra = {"sha256": file_sha256(path)}
     n = 0
     for enc in encoders.values():
         mapped = map_state_dict(enc, state, spec)
@@ -215,14 +215,6 @@ def init_encoders(model: nn.Module, spec: str | None, *, encoder_name: str, outp
         n = len(mapped)
     log.info("encoders of %s initialised from %s (%d tensors each)", ", ".join(sorted(encoders)), source, n)
     return {"encoder_weights": spec, "source": source, "branches": sorted(encoders), "tensors": n, **extra}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_encoder(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *, branch: str = "cell") -> Path:

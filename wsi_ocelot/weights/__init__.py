@@ -36,7 +36,9 @@ def resolve_model(spec: str | os.PathLike[str] | None) -> Path:
     return Path(spec)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a weights file, read in 1 MiB blocks (remembered while its size and mtime stay)."""
+    path = Path(path)
     st = path.stat()
     return _sha256_of(path, st.st_size, st.st_mtime_ns)
 
@@ -57,7 +59,7 @@ def is_demo_weights(path: str | os.PathLike[str]) -> bool:
         return False
     if p.resolve() == DEMO_FILE.resolve():
         return True
-    return p.stat().st_size == DEMO_FILE.stat().st_size and _sha256(p.resolve()) == _sha256(DEMO_FILE)
+    return p.stat().st_size == DEMO_FILE.stat().st_size and file_sha256(p.resolve()) == file_sha256(DEMO_FILE)
 
 
 def weights_note(path: str | os.PathLike[str]) -> str | None:
