@@ -23,17 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from writer_bench import machine, random_cells
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    import numpy
-    import pandas
-    import pyarrow
-
-    from wsi_ocelot.sysinfo import describe_machine
-
-    return f"{describe_machine('cpu')}, numpy {numpy.__version__}, pandas {pandas.__version__}, pyarrow {pyarrow.__version__}"
 
 
 def child(fmt: str, n: int, batch: int, out: str) -> dict[str, float]:
@@ -44,10 +36,7 @@ def child(fmt: str, n: int, batch: int, out: str) -> dict[str, float]:
     from wsi_ocelot.outputs import CellsTableWriter
 
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 150_000, n).astype(np.float32)
-    y = rng.uniform(0, 100_000, n).astype(np.float32)
-    cls = rng.integers(1, 3, n).astype(np.uint8)
-    prob = rng.uniform(0.3, 1.0, n).astype(np.float32)
+    x, y, cls, prob = random_cells(rng, n)
     inside = rng.random(n) < 0.4
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     path = Path(out) / f"cells.{fmt}"
@@ -89,7 +78,7 @@ def main() -> None:
     small, big = pq[args.cells // 4], pq[args.cells * 4]
     main_pq = pq[args.cells]
     main_csv = next(r for r in results if r["format"] == "csv")
-    doc = {"benchmark": "bench_cells_table", "cells": args.cells, "batch": args.batch, "machine": machine(), "results": results,
+    doc = {"benchmark": "bench_cells_table", "cells": args.cells, "batch": args.batch, "machine": machine("numpy", "pandas", "pyarrow"), "results": results,
            "ratios": {"csv_vs_parquet_time": main_csv["seconds"] / main_pq["seconds"],
                       "parquet_memory_16x_cells": big["peak_rss_added_mib"] / max(small["peak_rss_added_mib"], 1e-9)}}
     out = Path(args.out)

@@ -20,17 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from writer_bench import machine, random_cells
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    import numpy
-    import shapely
-    import zarr
-
-    from wsi_ocelot.sysinfo import describe_machine
-
-    return f"{describe_machine('cpu')}, numpy {numpy.__version__}, shapely {shapely.__version__}, zarr {zarr.__version__}"
 
 
 def child(kind: str, n: int, batch: int, out: str) -> dict[str, float]:
@@ -40,10 +32,7 @@ def child(kind: str, n: int, batch: int, out: str) -> dict[str, float]:
     from wsi_ocelot.outputs import CellsGeoJSONWriter, PredictionStore
 
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 150_000, n).astype(np.float32)
-    y = rng.uniform(0, 100_000, n).astype(np.float32)
-    cls = rng.integers(1, 3, n).astype(np.uint8)
-    prob = rng.uniform(0.3, 1.0, n).astype(np.float32)
+    x, y, cls, prob = random_cells(rng, n)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     if kind.startswith("geojson"):
@@ -85,7 +74,7 @@ def main() -> None:
                                   capture_output=True, text=True, env=env, check=True)
             results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(kind, results[kind], flush=True)
-    doc = {"benchmark": "bench_geojson", "cells": args.cells, "batch": args.batch, "machine": machine(),
+    doc = {"benchmark": "bench_geojson", "cells": args.cells, "batch": args.batch, "machine": machine("numpy", "shapely", "zarr"),
            "results": results,
            "ratios": {"geojson_gzip_vs_plain_time": results["geojson_gzip"]["seconds"] / results["geojson"]["seconds"],
                       "zarr_vs_geojson_time": results["zarr_cells"]["seconds"] / results["geojson"]["seconds"]}}

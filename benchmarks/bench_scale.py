@@ -134,13 +134,40 @@ def _peak_map(tile: int, spacing: int):
     return torch.stack([1.0 - fg, fg - tc, tc])
 
 
+def _phase_timed_runner():
+    """SlideRunner that also times the wall of each phase (tissue pass, cell pass, finish)."""
+    from wsi_ocelot.inference.engine import SlideRunner
+
+    class PhaseTimedRunner(SlideRunner):
+        phases: dict[str, float]
+
+        def _timed(self, name, fn, *a):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
+
+        def _tissue_pass(self, run, writer):
+            return self._timed("tissue pass", super()._tissue_pass, run, writer)
+
+        def _cell_pass(self, run, writer):
+            return self._timed("cell pass", super()._cell_pass, run, writer)
+
+        def _finish(self, run):
+            return self._timed("finish", super()._finish, run)
+
+    return PhaseTimedRunner
+
+
 def child(slide: str, out: str, spacing: int, workers: int, batch: int) -> dict:
     import torch
 
-    from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
+    from wsi_ocelot.inference.engine import EngineConfig
 
     torch.set_num_threads(1)
-    runner = SlideRunner("demo", EngineConfig(device="cpu", batch_size=batch, workers=workers, progress=False))
+    runner = _phase_timed_runner()("demo", EngineConfig(device="cpu", batch_size=batch, workers=workers, progress=False))
+    runner.phases = {}
     T = runner.geometry.tile_size
     cell_map = _peak_map(T, spacing)
     def on_tissue(x):  # (B, T, T): where the tile shows stained tissue, not glass
@@ -164,7 +191,10 @@ def child(slide: str, out: str, spacing: int, workers: int, batch: int) -> dict:
     res = runner.run(slide, out)
     wall, cpu_s = time.perf_counter() - t0, cpu() - c0
     rec = res.purity
+    phases = {k: round(v, 2) for k, v in runner.phases.items()}
+    phases["rest"] = round(wall - sum(runner.phases.values()), 2)  # opening, planning, the passes' set-up and flush, publishing
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu_s, 2), "timings_s": {k: round(v, 2) for k, v in res.timings.items()},
+            "phases_s": phases,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "readers_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
             "n_cells": rec["n_cells"], "tissue_area_mm2": rec["tissue_area_mm2"], "n_cell_tiles": rec["n_cell_tiles"],
@@ -191,7 +221,9 @@ def main() -> None:
     ap.add_argument("--dense-spacing", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=2, help="runs per size, in rounds over the sizes; a size's row is its fastest run")
     ap.add_argument("--only", nargs="*", help="run only these sizes (small 1x 4x 16x 100k 100k-scattered 10M)")
+    ap.add_argument("--note", help="a paragraph for the end of scale.md (how and when this was run); kept by --summarise")
     ap.add_argument("--summarise", action="store_true", help="only rebuild scale.md/json's summary from the runs in scale.json")
     args = ap.parse_args()
     if args.child:
@@ -201,21 +233,32 @@ def main() -> None:
     slides = {} if args.summarise else make_slides(work)
     order = ["small", "1x", "4x", "16x", "100k", "100k-scattered", "10M"]
     runs = {}
+    previous_note = None
     if (args.only or args.summarise) and (RESULTS / "scale.json").exists():  # keep the other sizes' results
-        runs = {k: v for k, v in json.loads((RESULTS / "scale.json").read_text())["runs"].items() if k in order}
-    for name in [] if args.summarise else args.only or list(slides):
-        spacing = args.dense_spacing if name == "10M" else args.spacing
-        r = run_child(slides[name]["path"], work / f"out_{name}", spacing, args.workers, args.batch)
+        previous = json.loads((RESULTS / "scale.json").read_text())
+        runs = {k: v for k, v in previous["runs"].items() if k in order}
+        previous_note = previous.get("note")
+    tries: dict[str, list[dict]] = {}
+    names = [] if args.summarise else args.only or list(slides)
+    for rnd in range(args.repeat):  # rounds over the sizes: a slow spell of the machine hits every size, not one
+        for name in names:
+            spacing = args.dense_spacing if name == "10M" else args.spacing
+            r = run_child(slides[name]["path"], work / f"out_{name}", spacing, args.workers, args.batch)
+            r["spacing_px"] = spacing
+            tries.setdefault(name, []).append(r)
+            print(f"round {rnd + 1}", name, json.dumps(r), file=sys.stderr, flush=True)
+    for name, rs in tries.items():
+        r = dict(min(rs, key=lambda x: x["wall_s"]))  # the fastest run: the least disturbed by the rest of the machine
         r["wall_s_per_mm2"] = round(r["wall_s"] / r["tissue_area_mm2"], 3)
         r["wall_ms_per_cell_tile"] = round(1000 * r["wall_s"] / r["n_cell_tiles"], 1)
-        if "cpu_s" in r:
-            r["cpu_s_per_mm2"] = round(r["cpu_s"] / r["tissue_area_mm2"], 3)
-        r["spacing_px"] = spacing
+        r["cpu_s_per_mm2"] = round(r["cpu_s"] / r["tissue_area_mm2"], 3)
+        r["runs_wall_s"] = [x["wall_s"] for x in rs]
+        r["runs_peak_rss_mb"] = [x["peak_rss_mb"] for x in rs]
         runs[name] = {**slides[name], **r}
-        print(name, json.dumps(runs[name]), file=sys.stderr, flush=True)
     scaled = [n for n in ("1x", "4x", "16x", "100k") if n in runs]
     runs = {n: runs[n] for n in order if n in runs}
-    rss = [runs[n]["peak_rss_mb"] for n in runs if n != "small"]  # the issue's sizes: 1x-16x, 100k², 10M
+    # the issue's sizes: 1x-16x, 100k², 10M; every run's peak counts, not only the fastest run's
+    rss = [max(runs[n].get("runs_peak_rss_mb") or [runs[n]["peak_rss_mb"]]) for n in runs if n != "small"]
     per = [runs[n]["wall_s_per_mm2"] for n in scaled]
     per_cpu = [runs[n]["cpu_s_per_mm2"] for n in scaled if "cpu_s_per_mm2" in runs[n]]
     from wsi_ocelot.sysinfo import describe_machine
@@ -229,8 +272,15 @@ def main() -> None:
         resid = wall - (fixed + slope * area)
         fit = {"fixed_s": round(float(fixed), 2), "s_per_mm2": round(float(slope), 3),
                "max_residual_fraction": round(float(np.max(np.abs(resid) / wall)), 3)}
+    # the same fit for each phase's wall: which phase holds the fixed cost per slide
+    phase_fit = {}
+    if len(scaled) >= 2 and all("phases_s" in runs[n] for n in scaled):
+        for ph in runs[scaled[0]]["phases_s"]:
+            y = np.array([runs[n]["phases_s"].get(ph, 0.0) for n in scaled])
+            sl, fx = np.polyfit(area, y, 1)
+            phase_fit[ph] = {"fixed_s": round(float(fx), 2), "s_per_mm2": round(float(sl), 4)}
     report = {"machine": describe_machine("cpu"), "python": platform.python_version(), "workers": args.workers, "batch": args.batch,
-              "runs": runs, "linear_fit": fit,
+              "repeat": args.repeat, "runs": runs, "linear_fit": fit, "phase_fit": phase_fit, "note": args.note or previous_note,
               "peak_rss_ratio_all": round(max(rss) / min(rss), 3) if rss else None,
               "time_per_mm2_ratio": round(max(per) / min(per), 3) if per else None,
               "cpu_per_mm2_ratio": round(max(per_cpu) / min(per_cpu), 3) if len(per_cpu) == len(per) and per_cpu else None}
@@ -242,8 +292,12 @@ def main() -> None:
 
 def write_markdown(r: dict, path: Path) -> None:
     lines = ["# Engine memory and time as slides grow (stand-in model)", "",
-             f"Machine: {r['machine']}; {r['workers']} reader process(es), batch {r['batch']}, CPU, torch 1 thread. "
-             "Produced by `python benchmarks/bench_scale.py`; each size in a fresh child process.", "",
+             f"Machine: {r['machine']}; {r['workers']} reader process(es) in the cell pass and one more in the tissue pass, "
+             f"batch {r['batch']}, CPU, torch 1 thread. "
+             "Produced by `python benchmarks/bench_scale.py`; each run in a fresh child process. The sizes are run in "
+             "rounds (`--repeat`, 2 by default), so that a slow spell of the machine (other jobs, the CPU's clock) "
+             "falls on every size rather than on one; a size's row is its fastest run, and the walls of all its runs are "
+             "listed. Peak RSS is the largest over all of a size's runs.", "",
              "The model is a stand-in (constant tissue probability, a fixed cell-probability map with a peak every "
              "*spacing* px), so the numbers measure the engine (reading, tissue map, peaks, borders, purity, GeoJSON/Zarr "
              "writing), not the CPU's convolutions. Slides: JPEG-tiled pyramidal TIFFs at 0.25 µm/px, white with square "
@@ -252,22 +306,41 @@ def write_markdown(r: dict, path: Path) -> None:
              "resection); the 100k slide (100,000 × 100,000 px) holds the 16× tissue in its middle (43 % of its area); "
              "*small* (4 mm²) shows the fixed cost per slide and is not part of the per-mm² target; 100k-scattered holds 67 mm² "
              "as 256 blobs spread over the slide (more tiles per mm²: every blob has edges; not part of the target).", "",
-             "| run | slide px | file MB | tissue mm² | cell tiles | cells | wall s | s / mm² | CPU s / mm² | ms / cell tile | peak RSS MB | readers' peak RSS MB | write s | outputs MB |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| run | slide px | file MB | tissue mm² | tissue tiles | cell tiles | cells | wall s | runs' wall s | s / mm² | CPU s / mm² | ms / cell tile | peak RSS MB | readers' peak RSS MB | write s | outputs MB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, x in r["runs"].items():
-        lines.append(f"| {name} | {x['size_px'][0]:,}² | {x['file_mb']} | {x['tissue_area_mm2']:.2f} | {x['n_cell_tiles']} | "
-                     f"{x['n_cells']:,} | {x['wall_s']} | {x['wall_s_per_mm2']} | {x.get('cpu_s_per_mm2', '')} | {x['wall_ms_per_cell_tile']} | {x['peak_rss_mb']} | {x['readers_peak_rss_mb']} | "
+        walls = ", ".join(str(w) for w in x.get("runs_wall_s", [x["wall_s"]]))
+        rss = max(x.get("runs_peak_rss_mb") or [x["peak_rss_mb"]])
+        lines.append(f"| {name} | {x['size_px'][0]:,}² | {x['file_mb']} | {x['tissue_area_mm2']:.2f} | {x['n_tissue_tiles']} | {x['n_cell_tiles']} | "
+                     f"{x['n_cells']:,} | {x['wall_s']} | {walls} | {x['wall_s_per_mm2']} | {x.get('cpu_s_per_mm2', '')} | "
+                     f"{x['wall_ms_per_cell_tile']} | {rss} | {x['readers_peak_rss_mb']} | "
                      f"{x['timings_s'].get('write', 0)} | {x['outputs_mb']} |")
     lines += ["", f"Peak RSS, largest / smallest over all runs but *small*: **{r['peak_rss_ratio_all']}** (target ≤ 1.2).",
               f"Wall time per mm² of tissue, largest / smallest over 1×, 4×, 16×, 100k: **{r['time_per_mm2_ratio']}** (target ≤ 1.2); "
-              f"CPU time (engine and reader processes) per mm², the same: **{r.get('cpu_per_mm2_ratio')}**. Where the machine is shared, "
-              "other jobs' load changes wall time between runs; CPU time is the steadier measure of the engine's work."]
+              f"CPU time (engine and reader processes) per mm², the same: **{r.get('cpu_per_mm2_ratio')}**."]
     if r.get("linear_fit"):
         f = r["linear_fit"]
         lines += ["", f"Wall time against tissue area, least squares over 1×–100k: **{f['fixed_s']} s per slide + "
-                  f"{f['s_per_mm2']} s per mm²**, largest residual {100 * f['max_residual_fraction']:.1f} % of a run's time: "
-                  "the cost is linear in the tissue area; the fixed part per slide (not yet broken down by stage) is what makes "
-                  "small slides dearer per mm² and keeps the wall-time ratio above 1.2 at 17 mm²."]
+                  f"{f['s_per_mm2']} s per mm²**, largest residual {100 * f['max_residual_fraction']:.1f} % of a run's time."]
+    phased = [n for n, x in r["runs"].items() if "phases_s" in x]
+    if phased:
+        names = list(r["runs"][phased[0]]["phases_s"])
+        lines += ["", "Where the time goes: the wall of each phase (s per mm² of tissue); *rest* is opening the slide, "
+                  "planning, the passes' set-up and flush and publishing the folder. The tissue pass reads 4096 px "
+                  "contexts and blends the map (the main process mostly waits for the readers), the cell pass runs the model, "
+                  "finds peaks and writes cells, *finish* writes the tissue outline, the overview and purity.", "",
+                  "| run | tissue tiles / mm² | cell tiles / mm² | " + " | ".join(f"{p} s/mm²" for p in names) + " |",
+                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
+        for n in phased:
+            x = r["runs"][n]
+            a = x["tissue_area_mm2"]
+            lines.append(f"| {n} | {x['n_tissue_tiles'] / a:.2f} | {x['n_cell_tiles'] / a:.2f} | "
+                         + " | ".join(f"{x['phases_s'].get(p, 0.0) / a:.3f}" for p in names) + " |")
+        if r.get("phase_fit"):
+            lines += ["", "Each phase's wall fitted as *fixed + slope × area* over 1×–100k: "
+                      + "; ".join(f"{p} {v['fixed_s']} s + {v['s_per_mm2']} s/mm²" for p, v in r["phase_fit"].items()) + "."]
+    if r.get("note"):
+        lines += ["", r["note"]]
     lines.append("")
     write_text(path, "\n".join(lines) + "\n")
 

@@ -444,6 +444,39 @@ def test_prediction_store_reads_a_map_inside_an_older_store(tmp_path: Path) -> N
     assert int(store.read_tissue(0, 8, 0, 8).min()) == 255
 
 
+@pytest.mark.parametrize("cache_bytes", [64 << 20, 3 * 2 * 32 * 32])  # roomy, and three chunks (evicts all the time)
+def test_tissue_map_chunk_cache_stores_what_was_written(tmp_path: Path, cache_bytes: int) -> None:
+    """Unaligned, overlapping blocks through the write-back chunk cache read back exactly as
+    written into a plain array, before and after the handle is closed and the map reopened;
+    a write after a read (chunks already stored) keeps the stored pixels."""
+    from wsi_ocelot.outputs import TissueMapStore
+
+    rng = np.random.default_rng(3)
+    ref = np.zeros((150, 203), np.uint8)
+    tm = TissueMapStore.create(tmp_path / "t.ome.zarr", *ref.shape, 0.8, ngff="0.4", chunk=32)
+    tm._cache_bytes = cache_bytes
+    for k in range(60):
+        y0, x0 = int(rng.integers(0, 150)), int(rng.integers(0, 203))
+        h, w = int(rng.integers(1, 70)), int(rng.integers(1, 70))
+        block = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        tm.write_block(y0, x0, block)
+        ref[y0:y0 + h, x0:x0 + w] = block[: 150 - y0, : 203 - x0]
+        if k == 30:  # a read in between stores every cached chunk; later writes read them back
+            np.testing.assert_array_equal(tm.read(0, 150, 0, 203), ref)
+    probs = rng.random((40, 50))
+    tm.write_block(100, 160, probs)  # floats: stored as round(p × 255), cropped at the edge
+    ref[100:140, 160:203] = np.rint(probs[:, :43] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(tm.read(0, 150, 0, 203), ref)
+    assert not tm.written(0, 1, 0, 1) or ref[:32, :32].any()
+    tm.build_pyramid()
+    again = TissueMapStore.open(tmp_path / "t.ome.zarr", mode="r+")
+    np.testing.assert_array_equal(again.read(0, 150, 0, 203), ref)
+    again.write_block(5, 7, np.full((3, 4), 9, np.uint8))  # an opened map: chunks read back before writing
+    again.flush()
+    ref[5:8, 7:11] = 9
+    np.testing.assert_array_equal(TissueMapStore.open(tmp_path / "t.ome.zarr").read(0, 150, 0, 203), ref)
+
+
 def test_tissue_map_errors(tmp_path: Path) -> None:
     from wsi_ocelot.outputs import TissueMapStore
 

@@ -87,6 +87,25 @@ def test_read_at_other_mpp_matches_resized_level0(pattern_slide):
     assert up.shape == (200, 200, 3)
 
 
+def test_transparent_regions_composite_on_white_exactly():
+    """OpenSlide gives straight RGBA, transparent where nothing was scanned: on white, every
+    (value, alpha) pair is round((c·a + 255·(255 − a)) / 255), and the array is writable."""
+    from PIL import Image
+
+    from wsi_ocelot.slide._slide import _composite_white
+
+    a, c = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    rgba = np.stack([c, 255 - c, (c * 7) % 256, a], axis=-1).astype(np.uint8)
+    out = _composite_white(Image.fromarray(rgba, "RGBA"))
+    rgb, alpha = rgba[..., :3].astype(np.int64), a[..., None]
+    expected = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
+    np.testing.assert_array_equal(out, expected)
+    assert out.flags.writeable
+    opaque = rgba.copy()
+    opaque[..., 3] = 255
+    np.testing.assert_array_equal(_composite_white(Image.fromarray(opaque, "RGBA")), opaque[..., :3])
+
+
 def test_thumbnail_and_repr(pattern_slide):
     s = open_slide(pattern_slide)
     img, ds = s.thumbnail(mpp=2.0)

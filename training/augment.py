@@ -320,17 +320,21 @@ def random_augment_geometry(s: PairSample, cfg: AugmentConfig, generator: torch.
     return s, params, sample_stain(cfg, generator)
 
 
+def _changed_rows(params: Tensor, identity) -> list[int]:
+    """The samples (rows of ``params``) whose parameters are not ``identity``: only they change."""
+    ident = torch.tensor(identity, device=params.device, dtype=params.dtype)
+    return (params != ident).any(dim=1).nonzero().flatten().tolist()
+
+
 def apply_stain(cell: Tensor, tissue: Tensor, stain: Tensor, *, phase: str, context_factor: int = 4) -> tuple[Tensor, Tensor]:
     """Per-sample stain augmentation of float batches ``(B, 3, H, W)`` in [0, 1]; ``stain``
     is ``(B, 9)`` rows of :meth:`StainParams.as_tensor`. ``phase`` ``"hed"`` applies the
     HED jitter (before :func:`apply_jitter`), ``"optics"`` blur and noise (after it), as
     :func:`random_augment` does. Runs wherever the tensors are."""
-    ident = torch.tensor(IDENTITY_STAIN, device=stain.device, dtype=stain.dtype)
-    rows = (stain != ident).any(dim=1).nonzero().flatten().tolist()
+    rows = _changed_rows(stain, IDENTITY_STAIN)
     if not rows:
         return cell, tissue
-    cell = cell.clone()
-    tissue = tissue.clone()
+    cell, tissue = cell.clone(), tissue.clone()
     for i in rows:
         p = StainParams.from_tensor(stain[i])
         pair = PairSample(cell=cell[i], tissue=tissue[i], offset=torch.zeros(2), points=torch.zeros(0, 3), tissue_label=torch.zeros(0))
@@ -344,12 +348,10 @@ def apply_jitter(cell: Tensor, tissue: Tensor, jitter: Tensor) -> tuple[Tensor, 
     ``(B, 4)`` = (brightness, contrast, saturation, hue) as :func:`color_jitter` applies
     them (the same parameters on a sample's cell and tissue image). Runs wherever the
     tensors are (the GPU in training)."""
-    ident = torch.tensor(IDENTITY_JITTER, device=jitter.device, dtype=jitter.dtype)
-    rows = (jitter != ident).any(dim=1).nonzero().flatten().tolist()
+    rows = _changed_rows(jitter, IDENTITY_JITTER)
     if not rows:
         return cell, tissue
-    cell = cell.clone()
-    tissue = tissue.clone()
+    cell, tissue = cell.clone(), tissue.clone()
     values = jitter[rows].double().cpu().tolist()
     for i, (b, c, sat, h) in zip(rows, values, strict=True):
         p = JitterParams(brightness=b, contrast=c, saturation=sat, hue=h)

@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, help="override the level-0 µm/px of every slide")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, help="tiles per batch (default: 8 on a CPU, 4-32 from the GPU's memory; halved automatically on GPU out-of-memory)")
-    p.add_argument("--workers", type=int, help="tile-reading worker processes (default: the cores available less one, at most 16)")
+    p.add_argument("--workers", type=int, help="tile-reading worker processes (default: the cores available less one, at most 16; the tissue pass uses one more)")
     p.add_argument("--reader", choices=("openslide", "tifffile"), default="openslide",
                    help="slide decoder: openslide (every format) or tifffile (tiled TIFF/SVS: the same pixels, faster; other files fall back to OpenSlide)")
     p.add_argument("--max-unreadable", type=float, default=0.05, metavar="FRACTION",
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "demo", cmd_demo, "Run the embedded default end to end on a synthetic slide.", "wsi-ocelot demo --out demo_out")
     p.add_argument("--out", default="wsi_ocelot_demo", help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, help="tile-reading worker processes (default: the cores available less one, at most 16)")
+    p.add_argument("--workers", type=int, help="tile-reading worker processes (default: the cores available less one, at most 16; the tissue pass uses one more)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_output_options(p)
 

@@ -24,6 +24,7 @@ is renamed to ``<out>/<slide-id>`` at the end.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -97,7 +98,8 @@ class EngineConfig:
 
     ``batch_size`` and ``workers`` of None are chosen for the machine: the batch from the
     device (:func:`~wsi_ocelot.inference.predictor.default_batch_size`), the tile-reading
-    processes from the cores available (:func:`~wsi_ocelot.tiling.dataset.default_workers`).
+    processes from the cores available (:func:`~wsi_ocelot.tiling.dataset.default_workers`); the
+    tissue pass, where the main process mostly waits for reads, uses one more (none when 0).
     ``reader`` decodes slide regions: ``openslide`` (default) or ``tifffile`` (tiled TIFF /
     SVS, the same pixels faster). ``border_reach_um``: how far beyond its core a tile's
     detections are kept (cells seen by two tiles are then reported once, the stronger); 0
@@ -479,20 +481,23 @@ class SlideRunner:
         return record
 
     # ------------------------------------------------------------------------------------
-    def _loader(self, dataset, workers: int | None = None):
+    def _loader(self, dataset, workers: int | None = None, *, readers: int | None = None):
+        """A loader over ``dataset`` with ``readers`` processes (None: ``config.workers``), fewer
+        when there is too little to read; ``workers`` (from :func:`read_batches`) caps them."""
         cfg = self.config
+        readers = cfg.workers if readers is None else readers
         # no reader processes when there is too little to read (a BlockBatches item is a whole batch)
         blocks = isinstance(getattr(dataset, "dataset", dataset), BlockBatches)
         spare = len(dataset) - 1 if blocks else len(dataset) // max(cfg.batch_size, 1)
         # (a batch read alone after readers died on it is still read in a process of its own)
-        workers = min(cfg.workers, max(0, spare)) if workers is None else min(workers, cfg.workers)
+        workers = min(readers, max(0, spare)) if workers is None else min(workers, readers)
         return make_loader(dataset, batch_size=cfg.batch_size, workers=workers, prefetch=cfg.prefetch,
                            pin_memory=self.device.type == "cuda")
 
-    def _batches(self, run: _SlideRun, dataset) -> Iterator[dict[str, Any]]:
+    def _batches(self, run: _SlideRun, dataset, readers: int | None = None) -> Iterator[dict[str, Any]]:
         """The dataset's batches, read in reader processes that are replaced when they die."""
         per_item = 1 if isinstance(dataset, BlockBatches) else self.config.batch_size
-        return _timed(read_batches(dataset, self._loader, batch_items=per_item), run.timer)
+        return _timed(read_batches(dataset, functools.partial(self._loader, readers=readers), batch_items=per_item), run.timer)
 
     @staticmethod
     def _unreadable(batch: dict[str, Any]) -> np.ndarray:
@@ -529,7 +534,10 @@ class SlideRunner:
                     blend.add(int(grid.rows[i]), int(grid.cols[i]), probs[k], grid.boxes[i])
 
         bar = _progress(len(grid), "tissue pass", self.config.progress)
-        for batch in self._batches(run, self._blocks(run.slide, grid)):
+        # one reader more than the cell pass: here the main process only runs the tissue branch on
+        # one context per batch (no peaks, no cells to write), so reading is what the pass waits for
+        readers = self.config.workers + 1 if self.config.workers else 0
+        for batch in self._batches(run, self._blocks(run.slide, grid), readers):
             bad = self._unreadable(batch)
             if bad.any():
                 idx = batch["index"].numpy()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +102,28 @@ class TissueMapStore:
         tm = TissueMapStore.create(out / "tissue.ome.zarr", h, w, map_mpp=0.8, slide_mpp=0.25,
                                    level0_downsample=3.2, ngff="0.4")
         tm.write_block(y0, x0, probs)     # float probabilities or uint8
-        tm.build_pyramid()                # level "1" from level "0"
+        tm.build_pyramid()                # stores the cached chunks; level "1" from level "0"
         TissueMapStore.open(out / "tissue.ome.zarr").read(0, 64, 0, 64)
+
+    Writes go through a write-back cache of level-0 chunks: a block lands in the chunks it
+    covers in memory, and a chunk is stored (compressed once, as a whole) as soon as every one of
+    its pixels has been written, or when the cache passes ``cache_bytes`` (oldest chunk first),
+    or before anything reads the map (:meth:`level`, :meth:`read`), and by :meth:`flush` and
+    :meth:`build_pyramid` (a handle that wrote must end with one of them). Writing
+    unaligned blocks straight into Zarr would decompress and recompress a chunk for every block
+    that touches it (the tissue pass writes ~9 blocks per tile). A chunk never written is
+    zeros, so storing a partly written chunk whole gives what Zarr would have.
     """
 
-    def __init__(self, group: zarr.Group, path: Path) -> None:
+    def __init__(self, group: zarr.Group, path: Path, cache_bytes: int = 64 << 20) -> None:
         self.group = group
         self.path = path
         self.levels = sum(1 for k in ("0", "1", "2", "3") if k in group)
         self._written: np.ndarray | None = None  # level-0 chunks written through this handle (None: unknown)
+        self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # chunk -> (pixels, written mask)
+        self._stored: set[tuple[int, int]] = set()  # chunks this handle has stored (a later write reads them back)
+        self._cache_bytes = int(cache_bytes)
+        self._lock = threading.Lock()
 
     # -- create / open ------------------------------------------------------------------------
     @classmethod
@@ -195,7 +209,11 @@ class TissueMapStore:
 
     # -- pixels -----------------------------------------------------------------------------------
     def level(self, k: int = 0) -> zarr.Array:
-        """The array of level ``k`` (lazy: index it to read)."""
+        """The array of level ``k`` (lazy: index it to read), with every cached write stored."""
+        self.flush()
+        return self._array(k)
+
+    def _array(self, k: int) -> zarr.Array:
         if str(k) not in self.group:
             raise PredictionFileError(self.path, f"the tissue map has no level {k}", "use level 0")
         arr = self.group[str(k)]
@@ -205,8 +223,8 @@ class TissueMapStore:
     def write_block(self, y0: int, x0: int, block: ArrayLike) -> None:
         """Write ``block`` (h, w) with its top-left at level-0 map px ``(y0, x0)``; float blocks are
         probabilities in [0, 1] (stored as ``round(p × 255)``), uint8 as they are; parts beyond the
-        map's right/bottom edge are cropped."""
-        arr = self.level(0)
+        map's right/bottom edge are cropped. The pixels reach Zarr through the chunk cache."""
+        arr = self._array(0)
         b = np.asarray(block)
         if b.ndim != 2:
             raise ValueError(f"a tissue block must be 2-D (h, w), got shape {b.shape}")
@@ -216,18 +234,64 @@ class TissueMapStore:
             b = np.rint(np.clip(b.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
         h, w = arr.shape
         b = b[: max(0, h - y0), : max(0, w - x0)]
-        if b.size:
-            arr[y0 : y0 + b.shape[0], x0 : x0 + b.shape[1]] = b
+        if not b.size:
+            return
+        ch, cw = arr.chunks
+        y1, x1 = y0 + b.shape[0], x0 + b.shape[1]
+        with self._lock:
             if self._written is not None:
-                ch, cw = arr.chunks
-                self._written[y0 // ch:(y0 + b.shape[0] - 1) // ch + 1, x0 // cw:(x0 + b.shape[1] - 1) // cw + 1] = True
+                self._written[y0 // ch:(y1 - 1) // ch + 1, x0 // cw:(x1 - 1) // cw + 1] = True
+            for cy in range(y0 // ch, (y1 - 1) // ch + 1):
+                for cx in range(x0 // cw, (x1 - 1) // cw + 1):
+                    pix, mask = self._chunk(arr, cy, cx)
+                    oy, ox = cy * ch, cx * cw
+                    sy0, sy1 = max(y0, oy), min(y1, oy + ch)
+                    sx0, sx1 = max(x0, ox), min(x1, ox + cw)
+                    pix[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox] = b[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+                    mask[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox] = True
+                    if mask.all():
+                        self._store(arr, (cy, cx))
+            while len(self._cache) * 2 * ch * cw > self._cache_bytes:  # pixels and mask: 2 bytes per px
+                self._store(arr, next(iter(self._cache)))  # the oldest chunk
+
+    def _chunk(self, arr: zarr.Array, cy: int, cx: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk (cy, cx) in the cache: read back when it may hold stored pixels, else zeros."""
+        key = (cy, cx)
+        hit = self._cache.get(key)
+        if hit is None:
+            ch, cw = arr.chunks
+            ys, xs = slice(cy * ch, min(arr.shape[0], (cy + 1) * ch)), slice(cx * cw, min(arr.shape[1], (cx + 1) * cw))
+            shape = (ys.stop - ys.start, xs.stop - xs.start)
+            if self._written is None or key in self._stored:
+                pix = np.array(arr[ys, xs], dtype=np.uint8)
+            else:
+                pix = np.zeros(shape, np.uint8)
+            hit = self._cache[key] = (pix, np.zeros(shape, bool))
+        return hit
+
+    def _store(self, arr: zarr.Array, key: tuple[int, int]) -> None:
+        pix, _ = self._cache.pop(key)
+        ch, cw = arr.chunks
+        y, x = key[0] * ch, key[1] * cw
+        arr[y:y + pix.shape[0], x:x + pix.shape[1]] = pix
+        self._stored.add(key)
+
+    def flush(self) -> None:
+        """Store every cached chunk."""
+        if not self._cache:
+            return
+        with self._lock:
+            if self._cache:
+                arr = self._array(0)
+                for key in list(self._cache):
+                    self._store(arr, key)
 
     def written(self, y0: int, y1: int, x0: int, x1: int) -> bool:
         """Whether any of level 0's pixels ``[y0:y1, x0:x1]`` may hold a written value (False
         only when this handle created the map and wrote nothing there: it reads as zeros)."""
         if self._written is None:
             return True
-        ch, cw = self.level(0).chunks
+        ch, cw = self._array(0).chunks
         return bool(self._written[y0 // ch:max(y0 + 1, -(-y1 // ch)), x0 // cw:max(x0 + 1, -(-x1 // cw))].any())
 
     def read(self, y0: int, y1: int, x0: int, x1: int, *, level: int = 0) -> NDArray[np.uint8]:
@@ -235,7 +299,9 @@ class TissueMapStore:
         return np.asarray(self.level(level)[y0:y1, x0:x1])
 
     def build_pyramid(self) -> None:
-        """Fill level "1" from level "0" by 2×2 means, tile by tile (edge pixels replicated)."""
+        """Store the cached chunks, then fill level "1" from level "0" by 2×2 means, tile by tile
+        (edge pixels replicated)."""
+        self.flush()
         if self.levels < 2 or self.meta.get("pyramid_built"):
             return
         src, dst = self.level(0), self.level(1)

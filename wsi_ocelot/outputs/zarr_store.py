@@ -248,7 +248,8 @@ class PredictionStore:
         are stored as they are. Parts beyond the map's right/bottom edge are cropped.
         """
         self._writable()
-        self.tissue(0)
+        if self._tissue is None:
+            self.tissue(0)  # raises: no map
         assert self._tissue is not None
         self._tissue.write_block(y0, x0, block)
 
@@ -271,13 +272,15 @@ class PredictionStore:
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
-        """Flush buffered cells, record the cell count, build tissue level "1"."""
+        """Flush buffered cells and the tissue map's cached chunks, record the cell count, build
+        tissue level "1"."""
         if self._closed:
             return
         if self.mode != "r":
             self.flush()
             self.root["cells"].attrs["count"] = self._n_written
             if self._tissue is not None:
+                self._tissue.flush()  # the map's cached chunks
                 self._tissue.build_pyramid()
             log.info("predictions store %s: %d cells", self.path, self._n_written)
         self._closed = True

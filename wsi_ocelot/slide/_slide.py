@@ -375,16 +375,17 @@ class Slide:
 
 
 def _composite_white(rgba: Image.Image) -> np.ndarray:
-    arr = np.asarray(rgba)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        alpha = arr[..., 3:4]
-        if alpha.min() == 255:
-            return np.ascontiguousarray(arr[..., :3])
-        rgb = arr[..., :3].astype(np.uint16)
-        a = alpha.astype(np.uint16)
-        out = (rgb * a + 255 * (255 - a) + 127) // 255
-        return out.astype(np.uint8)
-    return np.asarray(rgba.convert("RGB"))
+    """OpenSlide's RGBA region (straight alpha: transparent where nothing was scanned) on
+    white, as RGB. Pillow's ``alpha_composite`` gives exactly ``round((c·a + 255·(255 − a)) / 255)``
+    (checked for every value and alpha in ``tests/test_slide.py``) several times faster than
+    NumPy in uint16. The array is the caller's (writable)."""
+    if rgba.mode != "RGBA":
+        return np.array(rgba.convert("RGB"))
+    lo, _ = rgba.getchannel("A").getextrema()
+    if lo == 255:  # opaque: most of a scanned slide
+        return np.array(rgba.convert("RGB"))
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
 
 
 def _validate_path(path: Path) -> None:
