@@ -13,19 +13,13 @@ columns, i.e. what writing adds. Results go to ``results/cells_table.json`` and 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from writer_bench import machine, random_cells
-
-ROOT = Path(__file__).resolve().parents[1]
+from writer_bench import machine, measured, parse_args, random_cells, run_child
 
 
 def child(fmt: str, n: int, batch: int, out: str) -> dict[str, float]:
@@ -45,33 +39,22 @@ def child(fmt: str, n: int, batch: int, out: str) -> dict[str, float]:
         for s in range(0, n, batch):
             w.write(x[s:s + batch], y[s:s + batch], cls[s:s + batch], prob[s:s + batch], inside[s:s + batch])
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     size = path.stat().st_size
     path.unlink()
-    return {"cells": n, "seconds": dt, "cells_per_second": n / dt, "bytes": size,
-            "peak_rss_added_mib": (peak - base) / 1024, "peak_rss_mib": peak / 1024}
+    return {"cells": n, **measured(n, dt, size, base)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", type=int, default=1_000_000)
-    ap.add_argument("--batch", type=int, default=50_000, help="cells per write call")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--tmp", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     if args.child:
         print(json.dumps(child(args.child, args.cells, args.batch, args.tmp)))
         return
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     runs = [("parquet", args.cells), ("csv", args.cells)] + [("parquet", m) for m in (args.cells // 4, args.cells * 4)]
     results: list[dict[str, float | str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, n in runs:
-            proc = subprocess.run([sys.executable, __file__, "--child", fmt, "--cells", str(n), "--batch", str(args.batch), "--tmp", tmp],
-                                  capture_output=True, text=True, env=env, check=True)
-            r = {"format": fmt, **json.loads(proc.stdout.strip().splitlines()[-1])}
+            r = {"format": fmt, **run_child(__file__, fmt, n, args.batch, tmp)}
             results.append(r)
             print(r, flush=True)
     pq = {int(r["cells"]): r for r in results if r["format"] == "parquet"}

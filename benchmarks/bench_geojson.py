@@ -10,19 +10,13 @@ Cells arrive in batches (as from the slide engine). Peak memory is the child pro
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from writer_bench import machine, random_cells
-
-ROOT = Path(__file__).resolve().parents[1]
+from writer_bench import machine, measured, parse_args, random_cells, run_child
 
 
 def child(kind: str, n: int, batch: int, out: str) -> dict[str, float]:
@@ -47,32 +41,19 @@ def child(kind: str, n: int, batch: int, out: str) -> dict[str, float]:
             for s in range(0, n, batch):
                 store.append_cells(x[s:s + batch], y[s:s + batch], cls[s:s + batch], prob[s:s + batch])
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": dt, "cells_per_second": n / dt, "bytes": size,
-            "peak_rss_added_mib": (peak - base) / 1024, "peak_rss_mib": peak / 1024}
+    return measured(n, time.perf_counter() - t0, size, base)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", type=int, default=1_000_000)
-    ap.add_argument("--batch", type=int, default=50_000, help="cells per write call")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--tmp", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     if args.child:
         print(json.dumps(child(args.child, args.cells, args.batch, args.tmp)))
         return
 
     results: dict[str, dict[str, float]] = {}
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("geojson", "geojson_gzip", "zarr_cells"):
-            proc = subprocess.run([sys.executable, __file__, "--child", kind, "--cells", str(args.cells),
-                                   "--batch", str(args.batch), "--tmp", tmp],
-                                  capture_output=True, text=True, env=env, check=True)
-            results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[kind] = run_child(__file__, kind, args.cells, args.batch, tmp)
             print(kind, results[kind], flush=True)
     doc = {"benchmark": "bench_geojson", "cells": args.cells, "batch": args.batch, "machine": machine("numpy", "shapely", "zarr"),
            "results": results,
