@@ -12,16 +12,20 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from types import TracebackType
+from typing import Any, BinaryIO, Self
 
 from wsi_ocelot.errors import OutputWriteError
 
-__all__ = ["StreamedFile", "atomic_open", "atomic_path", "commit_temp", "discard_temp", "open_temp", "partial_folder", "publish_folder",
+log = logging.getLogger(__name__)
+
+__all__ = ["StreamedFile", "StreamedWriter", "atomic_open", "atomic_path", "commit_temp", "discard_temp", "open_temp", "partial_folder", "publish_folder",
            "write_bytes", "write_json", "write_text"]
 
 
@@ -82,6 +86,17 @@ class StreamedFile:
         commit_temp(self.temp, self.final)
         return self.final
 
+    def finish(self, last: Callable[[], Any], *closers: Any) -> Path:
+        """Run ``last`` (the writer's closing bytes; it ends the writer's own streams over
+        ``raw``), then :meth:`commit`; if either fails, :meth:`discard` with ``closers`` and
+        re-raise."""
+        try:
+            last()
+            return self.commit()
+        except BaseException:
+            self.discard(*closers)
+            raise
+
     def discard(self, *closers: Any) -> None:
         """Call ``closers`` (the writer's own streams over ``raw``), close ``raw`` and remove the
         file; never raises (the file is being thrown away)."""
@@ -89,6 +104,51 @@ class StreamedFile:
             with contextlib.suppress(Exception):
                 close()
         discard_temp(self.temp)
+
+
+class StreamedWriter:
+    """Base of a writer that streams one file through a :class:`StreamedFile` (``self._file``,
+    set by the subclass): ``close()`` writes its closing bytes (``_end``) and gives the file its
+    final name, ``abort()`` throws it away; as a context manager it closes on success and aborts
+    on an exception. ``_what`` names the rows in the log line; ``_closers`` are the subclass's
+    own streams over ``raw``, closed when the file is thrown away."""
+
+    _file: StreamedFile
+    _closed: bool = False
+    _what: str = "rows"
+    count: int = 0
+
+    def _end(self) -> None:  # pragma: no cover - each writer has its own
+        raise NotImplementedError
+
+    def _closers(self) -> tuple[Callable[[], Any], ...]:
+        return ()
+
+    def close(self) -> Path:
+        """Finish the file and move it to its final name; return the path."""
+        if self._closed:
+            return self._file.final
+        self._closed = True
+        self._file.finish(self._end, *self._closers())
+        log.info("wrote %d %s to %s", self.count, self._what, self._file.final)
+        return self._file.final
+
+    def abort(self) -> None:
+        """Drop everything written so far: close and remove the temporary file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._file.discard(*self._closers())
+        log.debug("discarded partial %s", self._file.final)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -169,21 +169,33 @@ _JS = """
 })();
 """
 
-_COLS = (  # (key, header, unit, css class, format); "%" shows a fraction as a percentage
-    ("overview", "overview", "cancer area · purity map", "l nosort", None),
-    ("slide_id", "slide", "", "l", "s"),
-    ("status", "status", "", "l", "s"),
-    ("purity", "purity", "TC / all cells", "pur", "%"),
-    ("purity_in_cancer_area", "purity in cancer area", "", "pur", "%"),
-    ("n_cells", "cells", "", "", "d"),
-    ("n_tc", "tumour", "cells (TC)", "", "d"),
-    ("n_bc", "background", "cells (BC)", "", "d"),
-    ("tissue_area_mm2", "tissue", "mm²", "", "2"),
-    ("cancer_area_mm2", "cancer area", "mm²", "", "2"),
-    ("n_unreadable_tiles", "unreadable", "tiles", "", "d"),
-    ("mpp", "resolution", "µm/px", "", "3"),
-    ("runtime_s", "runtime", "s", "", "1"),
-    ("error", "error", "", "l", "s"),
+class _Col(NamedTuple):
+    """A column of the report's table: the row's ``key``, its ``header`` and ``unit``, the CSS
+    ``css`` class and the ``fmt`` of its values ("s" text, "d" integer, "%" a fraction shown as
+    a percentage, a digit: decimals; None: the overview image)."""
+
+    key: str
+    header: str
+    unit: str = ""
+    css: str = ""
+    fmt: str | None = "s"
+
+
+_COLS = (
+    _Col("overview", "overview", "cancer area · purity map", css="l nosort", fmt=None),
+    _Col("slide_id", "slide", css="l"),
+    _Col("status", "status", css="l"),
+    _Col("purity", "purity", "TC / all cells", css="pur", fmt="%"),
+    _Col("purity_in_cancer_area", "purity in cancer area", css="pur", fmt="%"),
+    _Col("n_cells", "cells", fmt="d"),
+    _Col("n_tc", "tumour", "cells (TC)", fmt="d"),
+    _Col("n_bc", "background", "cells (BC)", fmt="d"),
+    _Col("tissue_area_mm2", "tissue", "mm²", fmt="2"),
+    _Col("cancer_area_mm2", "cancer area", "mm²", fmt="2"),
+    _Col("n_unreadable_tiles", "unreadable", "tiles", fmt="d"),
+    _Col("mpp", "resolution", "µm/px", fmt="3"),
+    _Col("runtime_s", "runtime", "s", fmt="1"),
+    _Col("error", "error", css="l"),
 )
 
 
@@ -300,12 +312,12 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
     thumbs = {r["slide_id"]: _thumbnail(out_dir / r["slide_id"] / "overview.png") for r in rows if r.get("status") == DONE}
     purities = [float(r["purity"]) for r in rows if r.get("status") == DONE and r.get("purity") is not None and math.isfinite(float(r["purity"]))]
     title = f"Tumour purity report: {out_dir.resolve().name}"
-    head = "".join(f'<th class="{c}">{html.escape(h)}' + (f'<span class="u">{html.escape(u)}</span>' if u else "") + "</th>"
-                   for _, h, u, c, _ in _COLS)
+    head = "".join(f'<th class="{c.css}">{html.escape(c.header)}' + (f'<span class="u">{html.escape(c.unit)}</span>' if c.unit else "")
+                   + "</th>" for c in _COLS)
     body = []
     for r in rows:
         cls = ' class="failed"' if r.get("status") == "failed" else ""
-        body.append(f"<tr{cls}>" + "".join(_cell(r, k, f, thumbs) for k, _, _, _, f in _COLS) + "</tr>")
+        body.append(f"<tr{cls}>" + "".join(_cell(r, c.key, c.fmt, thumbs) for c in _COLS) + "</tr>")
     notes = sorted({str(n) for n in [manifest.meta.get("model_note"), *(r.get("model_note") for r in rows)] if n})
     note_html = "".join(f'<div class="note" role="alert">&#9888; {html.escape(n)}</div>' for n in notes)
     doc = f"""<!DOCTYPE html>

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from wsi_ocelot.atomic import StreamedFile
+from wsi_ocelot.atomic import StreamedFile, StreamedWriter
 from wsi_ocelot.errors import OutputWriteError, PredictionFileError
 from wsi_ocelot.outputs.geojson import CELL_CLASSES
 from wsi_ocelot.outputs.zarr_store import open_predictions
@@ -104,7 +104,7 @@ def read_cells(result_folder: str | os.PathLike[str]) -> pd.DataFrame:
     return _frame(c["x"], c["y"], c["class"], c["prob"], inside, mpp)
 
 
-class CellsTableWriter:
+class CellsTableWriter(StreamedWriter):
     """Stream cells into ``cells.parquet`` (one row group per ``row_group`` rows) or ``cells.csv``
     (header line, then one line per cell), both written with pyarrow under a temporary name and
     renamed on a clean close.
@@ -119,6 +119,8 @@ class CellsTableWriter:
     cells come. ``x``, ``y`` are OpenSlide level-0 px; ``mpp`` the slide's µm/px (for ``x_um``).
     The format follows the file name's suffix (``.parquet`` or ``.csv``).
     """
+
+    _what = "cells"
 
     def __init__(self, path: str | os.PathLike[str], *, mpp: float, row_group: int = 1 << 18) -> None:
         import pyarrow as pa  # imported here to keep `import wsi_ocelot.outputs` light
@@ -154,16 +156,6 @@ class CellsTableWriter:
         except BaseException:
             self._file.discard()
             raise
-
-    # -- context manager ------------------------------------------------------------------
-    def __enter__(self) -> CellsTableWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     # -- writing --------------------------------------------------------------------------
     def write(self, x: ArrayLike, y: ArrayLike, cls: ArrayLike, prob: ArrayLike, in_cancer_area: ArrayLike | None = None) -> int:
@@ -204,25 +196,12 @@ class CellsTableWriter:
         self._buf = [rest] if rest[0].size else []
         self._nbuf = int(rest[0].size)
 
-    def close(self) -> Path:
-        """Write the rest and move the file to its final name; return the path."""
-        if self._closed:
-            return self._file.final
-        try:
-            if self._nbuf:
-                self._flush(self._nbuf)
-            self._writer.close()
-            self._file.commit()
-        except BaseException:
-            self.abort()
-            raise
-        self._closed = True
-        log.info("wrote %d cells to %s", self.count, self._file.final)
-        return self._file.final
+    def _end(self) -> None:
+        if self._nbuf:
+            self._flush(self._nbuf)
+        self._writer.close()
 
-    def abort(self) -> None:
-        """Drop everything written so far."""
-        if self._closed:
-            return
-        self._closed = True
-        self._file.discard(self._writer.close)
+    def _closers(self) -> tuple[Callable[[], Any], ...]:
+        return (self._writer.close,)
+
+

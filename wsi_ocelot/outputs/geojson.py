@@ -17,9 +17,8 @@ import gzip as _gzip
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -27,7 +26,7 @@ import shapely
 from numpy.typing import ArrayLike, NDArray
 from shapely.geometry.base import BaseGeometry
 
-from wsi_ocelot.atomic import StreamedFile, atomic_open
+from wsi_ocelot.atomic import StreamedFile, StreamedWriter, atomic_open
 from wsi_ocelot.outputs.polygons import clean_polygons, polygons_from_map
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ def _round2(a: NDArray[np.float64]) -> list[float]:
     return (np.round(a, 2) + 0.0).tolist()
 
 
-class CellsGeoJSONWriter:
+class CellsGeoJSONWriter(StreamedWriter):
     """Stream cell detections into a QuPath FeatureCollection of Point detections.
 
     ::
@@ -91,6 +90,8 @@ class CellsGeoJSONWriter:
     path accordingly). The file appears under ``path`` only after a clean ``close()`` / end of
     the ``with`` block; an exception inside the block removes the temporary file.
     """
+
+    _what = "cell detections"
 
     def __init__(
         self,
@@ -115,18 +116,6 @@ class CellsGeoJSONWriter:
             self._out = self._file.raw
         self._closed = False
         self._out.write(_HEADER)
-
-    # -- context manager ------------------------------------------------------------------
-    def __enter__(self) -> CellsGeoJSONWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     # -- writing --------------------------------------------------------------------------
     def write(self, x: ArrayLike, y: ArrayLike, cls: ArrayLike, prob: ArrayLike) -> int:
@@ -165,29 +154,13 @@ class CellsGeoJSONWriter:
             self.count += e - s
         return n
 
-    def close(self) -> Path:
-        """Finish the FeatureCollection and move it to its final name; return the path."""
-        if self._closed:
-            return self._file.final
-        try:
-            self._out.write(_FOOTER)
-            if self._out is not self._file.raw:
-                self._out.close()  # ends the gzip stream; leaves the file itself open
-            self._file.commit()
-        except BaseException:
-            self.abort()
-            raise
-        self._closed = True
-        log.info("wrote %d cell detections to %s", self.count, self._file.final)
-        return self._file.final
+    def _end(self) -> None:
+        self._out.write(_FOOTER)
+        if self._out is not self._file.raw:
+            self._out.close()  # ends the gzip stream; leaves the file itself open
 
-    def abort(self) -> None:
-        """Drop everything written so far: close and remove the temporary file."""
-        if self._closed:
-            return
-        self._closed = True
-        self._file.discard(self._out.close)
-        log.debug("discarded partial %s", self._file.final)
+    def _closers(self) -> tuple[Callable[[], Any], ...]:
+        return (self._out.close,)
 
 
 # --------------------------------------------------------------------------------------
