@@ -93,7 +93,8 @@ def grid_blobs(n_side: int, origin: int = 1024) -> list[tuple[int, int]]:
     return [(origin + i * BLOB, origin + j * BLOB) for j in range(n_side) for i in range(n_side)]
 
 
-def make_slides(workdir: Path) -> dict[str, dict]:
+def make_slides(workdir: Path, names: list[str] | None = None) -> dict[str, dict]:
+    """The benchmark slides ``names`` (all when None) in ``workdir``, written where missing."""
     workdir.mkdir(parents=True, exist_ok=True)
     tex = None
     specs = {
@@ -111,6 +112,8 @@ def make_slides(workdir: Path) -> dict[str, dict]:
     }
     out = {}
     for name, (size, blobs) in specs.items():
+        if names is not None and name not in names:
+            continue
         path = workdir / f"scale_{name}.tiff"
         if not path.exists():
             tex = _texture() if tex is None else tex
@@ -230,7 +233,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.out, args.spacing, args.workers, args.batch)))
         return
     work = Path(args.workdir)
-    slides = {} if args.summarise else make_slides(work)
+    slides = {} if args.summarise else make_slides(work, args.only or None)
     order = ["small", "1x", "4x", "16x", "100k", "100k-scattered", "10M"]
     runs = {}
     previous_note = None

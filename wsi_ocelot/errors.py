@@ -69,6 +69,12 @@ class DiskFullError(OutputWriteError):
     """The output disk is full (ENOSPC) or over quota (EDQUOT): every later slide of a batch
     would fail the same way, so a batch stops at the first one."""
 
+    @classmethod
+    def under(cls, out_dir: str | os.PathLike[str], problem: str) -> DiskFullError:
+        """``problem`` writing under ``out_dir``, with the one fix: free space, then run again."""
+        return cls(out_dir, problem, f"free space on the disk of {out_dir} (or choose another --out), then run the same "
+                                     "command again: finished slides are kept")
+
 
 def disk_full_reason(err: BaseException | None) -> str | None:
     """The OS's words ("No space left on device", "Disk quota exceeded") when ``err`` or an

@@ -230,9 +230,7 @@ def _run_in_process(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manif
                 raise
             # not even the manifest can be written: the slide fails as it would have, unattempted
             yield job, {"path": job.path, "status": FAILED, "runtime_s": 0.0, "disk_full": True,
-                        "error": DiskFullError(Path(out), f"No space left on device before {job.slide_id} could start",
-                                               f"free space on the disk of {out} (or choose another --out), then run the same "
-                                               "command again: finished slides are kept").one_line()}
+                        "error": DiskFullError.under(Path(out), f"No space left on device before {job.slide_id} could start").one_line()}
             continue
         yield job, process_slide(job, out, cfg.model, cfg.engine, torch_threads=cfg.threads)
 

@@ -390,9 +390,7 @@ class SlideRunner:
         except Exception as err:
             reason = disk_full_reason(err)
             if reason and not isinstance(err, DiskFullError):
-                raise DiskFullError(out_root, f"{reason} while writing the results of {sid} (its unfinished folder was removed)",
-                                    f"free space on the disk of {out_root} (or choose another --out), then run the same "
-                                    "command again: finished slides are kept") from err
+                raise DiskFullError.under(out_root, f"{reason} while writing the results of {sid} (its unfinished folder was removed)") from err
             raise
 
     def _run(self, slide_path: str | os.PathLike[str], out_root: Path, sid: str, mpp: float | None, t_start: float) -> SlideResult:
@@ -500,20 +498,21 @@ class SlideRunner:
         return _timed(read_batches(dataset, functools.partial(self._loader, readers=readers), batch_items=per_item), run.timer)
 
     @staticmethod
-    def _unreadable(batch: dict[str, Any]) -> np.ndarray:
-        """The batch's tiles that could not be read (bool per tile)."""
-        return batch["unreadable"].numpy().astype(bool).reshape(-1)
+    def _count_unreadable(run: _SlideRun, kind: str, grid, batch: dict[str, Any], idx: np.ndarray) -> np.ndarray:
+        """Count the batch's unreadable tiles (``idx`` into ``grid``) of pass ``kind`` with their
+        reasons (a cell tile's core also leaves the tissue area); returns which they are."""
+        bad = batch["unreadable"].numpy().astype(bool).reshape(-1)
+        if bad.any():
+            reasons = [e for e, b in zip(batch["errors"], bad, strict=True) if b]
+            run.unreadable.add(kind, grid.boxes[idx[bad]], reasons, cores=grid.cores[idx[bad]] if kind == "cell" else None)
+        return bad
 
     def _drop_unreadable(self, run: _SlideRun, batch: dict[str, Any], idx: np.ndarray, pts: list[np.ndarray]) -> np.ndarray:
         """Empty the points of the batch's unreadable cell tiles (in place) and count them;
         returns which tiles were unreadable."""
-        bad = self._unreadable(batch)
-        if bad.any():
-            for k in np.flatnonzero(bad):
-                pts[k] = pts[k][:0]
-            grid = run.plan.cells
-            run.unreadable.add("cell", grid.boxes[idx[bad]], [e for e, b in zip(batch["errors"], bad, strict=True) if b],
-                               cores=grid.cores[idx[bad]])
+        bad = self._count_unreadable(run, "cell", run.plan.cells, batch, idx)
+        for k in np.flatnonzero(bad):
+            pts[k] = pts[k][:0]
         return bad
 
     def _blocks(self, slide: Slide, grid) -> BlockBatches:
@@ -538,10 +537,7 @@ class SlideRunner:
         # one context per batch (no peaks, no cells to write), so reading is what the pass waits for
         readers = self.config.workers + 1 if self.config.workers else 0
         for batch in self._batches(run, self._blocks(run.slide, grid), readers):
-            bad = self._unreadable(batch)
-            if bad.any():
-                idx = batch["index"].numpy()
-                run.unreadable.add("tissue", grid.boxes[idx[bad]], [e for e, b in zip(batch["errors"], bad, strict=True) if b])
+            bad = self._count_unreadable(run, "tissue", grid, batch, batch["index"].numpy())
             with timer("tissue pass"):
                 probs = with_oom_retry(self.predictor.tissue_probs, batch["cell"])[:, 1].float()
                 if bad.any():

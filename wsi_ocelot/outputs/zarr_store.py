@@ -234,12 +234,15 @@ class PredictionStore:
         """µm per pixel of tissue level 0, or None when the store has no tissue map."""
         return None if self._tissue is None else self._tissue.mpp
 
-    def tissue(self, level: int = 0) -> zarr.Array:
-        """The tissue array of ``level`` (a lazy Zarr array: index it to read)."""
+    def _map(self) -> TissueMapStore:
         if self._tissue is None:
             raise PredictionFileError(self.path, f"the result has no tissue map ({TISSUE_MAP_NAME})",
                                       "create the tissue map first (create_tissue_map), or run a model with a tissue branch")
-        return self._tissue.level(level)
+        return self._tissue
+
+    def tissue(self, level: int = 0) -> zarr.Array:
+        """The tissue array of ``level`` (a lazy Zarr array: index it to read)."""
+        return self._map().level(level)
 
     def write_tissue_block(self, y0: int, x0: int, block: ArrayLike) -> None:
         """Write ``block`` (h, w) with its top-left at map pixel ``(y0, x0)`` of level 0.
@@ -248,10 +251,7 @@ class PredictionStore:
         are stored as they are. Parts beyond the map's right/bottom edge are cropped.
         """
         self._writable()
-        if self._tissue is None:
-            self.tissue(0)  # raises: no map
-        assert self._tissue is not None
-        self._tissue.write_block(y0, x0, block)
+        self._map().write_block(y0, x0, block)
 
     def tissue_written(self, y0: int, y1: int, x0: int, x1: int) -> bool:
         """Whether any of the tissue map's level-0 pixels ``[y0:y1, x0:x1]`` may hold a written
@@ -280,8 +280,7 @@ class PredictionStore:
             self.flush()
             self.root["cells"].attrs["count"] = self._n_written
             if self._tissue is not None:
-                self._tissue.flush()  # the map's cached chunks
-                self._tissue.build_pyramid()
+                self._tissue.build_pyramid()  # stores the map's cached chunks first
             log.info("predictions store %s: %d cells", self.path, self._n_written)
         self._closed = True
 
