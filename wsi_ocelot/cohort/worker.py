@@ -4,6 +4,13 @@ It never raises for a bad slide: it returns a record (``status`` done or failed,
 one-line error), so one slide cannot take the batch down and Dask does not retry a slide
 that failed for a reason a retry cannot fix. The model is loaded once per process and kept
 (a Dask worker loads it for its first slide and reuses it for the rest).
+
+A Dask worker started by ``dask worker`` or dask-jobqueue runs under a nanny, in a daemonic
+process, which may not start processes of its own: there the tiles are read in the worker
+process (``workers=0``) unless the workers are started with
+``DASK_DISTRIBUTED__WORKER__DAEMON=False`` (as ``--scheduler local`` does). Such a worker also
+starts with ``OMP_NUM_THREADS=1`` (Dask's default): torch uses one CPU thread per slide there
+unless ``torch_threads`` (``--threads``) says otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import socket
 import time
 import traceback
@@ -25,7 +33,8 @@ from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.inputs import SlideJob
 from wsi_ocelot.cohort.manifest import DONE, FAILED
 from wsi_ocelot.errors import DiskFullError, WsiOcelotError
-from wsi_ocelot.inference.engine import SlideRunner
+from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
+from wsi_ocelot.tiling.dataset import default_workers
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +42,9 @@ _RUNNERS: dict[tuple[str, Any], Any] = {}
 
 
 def _worker_index() -> int | None:
-    """This Dask worker's index (LocalCluster names workers 0, 1, ...), else None."""
+    """This Dask worker's index, else None: LocalCluster names its workers 0, 1, ...;
+    ``dask worker --nworkers N --name NAME`` (and dask-jobqueue with several processes per job)
+    names them NAME-0, NAME-1, ... A worker named by its address has no index."""
     try:
         from distributed import (
             get_worker,  # deliberately deferred: Dask is imported only on a Dask worker
@@ -42,10 +53,10 @@ def _worker_index() -> int | None:
         name = get_worker().name
     except (ImportError, ValueError):
         return None
-    try:
-        return int(name)
-    except (TypeError, ValueError):
-        return None
+    if isinstance(name, int):
+        return name
+    m = re.fullmatch(r"(?:.*-)?(\d+)", str(name))
+    return int(m.group(1)) if m else None
 
 
 def _device_for_this_process(device: str) -> str:
@@ -59,17 +70,42 @@ def _device_for_this_process(device: str) -> str:
     return f"cuda:{idx % n}" if n > 1 else device
 
 
-def get_runner(model: str, config):
-    """The :class:`SlideRunner` of this process for (model, config), loaded on first use."""
-    if multiprocessing.current_process().daemon and config.workers > 0:
-        # daemonic processes (Dask's default workers) cannot start DataLoader workers
-        log.info("running inside a daemonic worker process: tile reading in-process (workers=0)")
-        config = dataclasses.replace(config, workers=0)
-    config = dataclasses.replace(config, device=_device_for_this_process(config.device))
-    key = (model, config)
+def _readers_for_this_process(config: EngineConfig) -> EngineConfig:
+    """``config`` with the tile readers this process can start.
+
+    ``workers=None`` means the machine's default (the engine picks it). A daemonic process (a
+    Dask worker under a nanny: ``dask worker``, dask-jobqueue) may not start processes, so there
+    the tiles are read in this process (``workers=0``), whatever was asked for."""
+    if config.workers == 0 or not multiprocessing.current_process().daemon:
+        return config
+    return dataclasses.replace(config, workers=0)
+
+
+def _note_readers(asked: int | None) -> None:
+    """Say why a daemonic process reads tiles itself: a note for the default, a warning when
+    readers were asked for."""
+    hint = "start the Dask workers with DASK_DISTRIBUTED__WORKER__DAEMON=False in their environment"
+    if asked is None:
+        log.info("a daemonic process (a Dask worker under a nanny): tiles are read in this process; "
+                 "%s to read them in %d processes", hint, default_workers())
+    else:
+        log.warning("%d tile-reading processes were asked for, but this is a daemonic process (a Dask worker "
+                    "under a nanny), which cannot start them: tiles are read in this process. Fix: %s", asked, hint)
+
+
+def get_runner(model: str, config: EngineConfig) -> SlideRunner:
+    """The :class:`SlideRunner` of this process for (model, config), loaded on first use.
+
+    The config is first fitted to this process: its tile readers
+    (:func:`_readers_for_this_process`) and, on a Dask worker of a multi-GPU machine, its GPU."""
+    fitted = _readers_for_this_process(config)
+    fitted = dataclasses.replace(fitted, device=_device_for_this_process(fitted.device))
+    key = (model, fitted)
     runner = _RUNNERS.get(key)
     if runner is None:
-        runner = SlideRunner(model, config)
+        if fitted.workers != config.workers:
+            _note_readers(config.workers)
+        runner = SlideRunner(model, fitted)
         _RUNNERS[key] = runner
     return runner
 
@@ -80,7 +116,7 @@ def _where() -> str:
     return f"{host}:{os.getpid()}" + (f" (dask worker {idx})" if idx is not None else "")
 
 
-def run_slide_task(job: SlideJob, out_dir: str, model: str, config, *, torch_threads: int | None = None,
+def run_slide_task(job: SlideJob, out_dir: str, model: str, config: EngineConfig, *, torch_threads: int | None = None,
                    started_marker: str | None = None) -> dict[str, Any]:
     """The Dask task: :func:`process_slide` between two notes in the shared output folder.
 
@@ -97,7 +133,7 @@ def run_slide_task(job: SlideJob, out_dir: str, model: str, config, *, torch_thr
     return rec
 
 
-def process_slide(job: SlideJob, out_dir: str, model: str, config, *, torch_threads: int | None = None) -> dict[str, Any]:
+def process_slide(job: SlideJob, out_dir: str, model: str, config: EngineConfig, *, torch_threads: int | None = None) -> dict[str, Any]:
     """Run one slide into ``out_dir/<slide-id>/`` and return its manifest record."""
     t0 = time.perf_counter()
     base: dict[str, Any] = {"path": job.path, "mpp_override": job.mpp, "worker": _where()}
