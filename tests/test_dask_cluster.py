@@ -258,7 +258,8 @@ def test_worker_index_from_the_names_dask_gives(monkeypatch, name, index):
 
 
 # -- a batch on `dask scheduler` + `dask worker` ----------------------------------------------
-@pytest.mark.slow  # about 31 s on a 2-core CPU (the reference run, a 3-process cluster, the batch)
+# about 31 s on a 2-core CPU (the reference run, a 3-process cluster, the batch): not marked slow on
+# purpose, so that CI runs a batch on a real cluster (the path only LocalCluster used to cover)
 def test_batch_on_dask_scheduler_and_nanny_workers_matches_in_process(dask_cluster, in_process, ckpt, slides, tmp_path):
     """The batch of a new user: default tile readers (none given), daemonic workers. Every slide is
     done, on the cluster's workers, with the cells of an in-process run of the same slides."""
