@@ -52,7 +52,9 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
     (good / "case_0.cells.csv").unlink(missing_ok=True)  # ground truth files are not slides either way
     bad = root / "bad"
     bad.mkdir()
-    (bad / "corrupt.svs").write_bytes(b"II*\x00" + os.urandom(2000))
+    # a TIFF header whose first directory (at byte 8) is noise: not a slide format (deterministic: an IFD offset
+    # drawn at random may point past the end of the file, which is a truncated file instead)
+    (bad / "corrupt.svs").write_bytes(b"II*\x00\x08\x00\x00\x00" + np.random.default_rng(7).bytes(2000))
     with openslide.OpenSlide(str(good / "case_0.tiff")) as s:
         img = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
     write_pyramidal_tiff(bad / "nompp.tiff", img, None)
@@ -124,7 +126,7 @@ def test_duplicate_ids_fail_before_any_work(cohort, tmp_path):
 def test_bad_manifest_csv_one_line_errors(tmp_path, text, problem):
     p = tmp_path / "m.csv"
     p.write_text(text, encoding="utf-8")
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(WsiOcelotError) as exc:  # ConfigError, or MppError for an mpp out of range
         read_manifest_csv(p)
     assert problem in str(exc.value) and str(p) in str(exc.value) and "Fix:" in str(exc.value)
 
@@ -146,24 +148,28 @@ def batch(cohort, ckpt, tmp_path_factory):
 
 
 def test_batch_reports_bad_slides_and_goes_on(batch, cohort):
+    """Inputs that are not slides (no such file, not a slide format, truncated) are reported before
+    the batch starts and not recorded; slides that fail when they run are recorded as failed."""
     proc, out = batch["proc"], batch["out"]
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     slides = json.loads((out / "manifest.json").read_text())["slides"]
     status = {k: v["status"] for k, v in slides.items()}
-    assert status == {"case_0": "done", "case_1": "done", "case_2": "done", "nompp_with_mpp": "done", "glass": "done",
-                      "corrupt": "failed", "missing": "failed", "nompp": "failed", "truncated": "failed"}
+    assert status == {"case_0": "done", "case_1": "done", "case_2": "done", "nompp_with_mpp": "done", "glass": "done", "nompp": "failed"}
     # a slide without tissue is a result: zero cells, purity null with the reason
     assert slides["glass"]["n_cells"] == 0 and slides["glass"]["purity"] is None and "no tissue" in slides["glass"]["purity_reason"]
-    assert "truncated.tiff" in slides["truncated"]["error"] and "Fix:" in slides["truncated"]["error"]
-    assert "corrupt.svs" in slides["corrupt"]["error"] and "Fix:" in slides["corrupt"]["error"]
-    assert "missing.svs" in slides["missing"]["error"] and "no such file" in slides["missing"]["error"]
     assert "nompp.tiff" in slides["nompp"]["error"] and "--mpp" in slides["nompp"]["error"]
     assert slides["nompp_with_mpp"]["mpp"] == 0.25
+    # the input errors: each one line, before the batch started, and again at the end
+    before = proc.stderr[: proc.stderr.index("batch of ")]
+    for path, needle in ((cohort["truncated"], "truncated"), (cohort["corrupt"], "not a slide format"), (cohort["missing"], "no such file")):
+        line = next(ln for ln in before.splitlines() if str(path) in ln)
+        assert line.startswith("error: ") and needle in line and "Fix:" in line
+    closing = proc.stderr[proc.stderr.index("3 input(s) not run"):]
+    assert str(cohort["missing"]) in closing and str(cohort["truncated"]) in closing
     # the failure table at the end of the run names each failed slide with its message
-    table = proc.stderr[proc.stderr.index("4 slide(s) failed"):]
-    for sid in ("corrupt", "missing", "nompp", "truncated"):
-        assert slides[sid]["error"] in table
+    table = proc.stderr[proc.stderr.index("1 slide(s) failed"):]
+    assert slides["nompp"]["error"] in table
     # only complete slide folders, no leftovers
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert names == ["case_0", "case_1", "case_2", "glass", "nompp_with_mpp"]
@@ -175,7 +181,7 @@ def test_batch_reports_bad_slides_and_goes_on(batch, cohort):
 def test_summary_csv_one_row_per_slide(batch):
     out = batch["out"]
     rows = list(csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
-    assert [r["slide_id"] for r in rows] == sorted(["case_0", "case_1", "case_2", "nompp_with_mpp", "glass", "corrupt", "missing", "nompp", "truncated"])
+    assert [r["slide_id"] for r in rows] == sorted(["case_0", "case_1", "case_2", "nompp_with_mpp", "glass", "nompp"])
     by = {r["slide_id"]: r for r in rows}
     for sid in ("case_0", "nompp_with_mpp"):
         p = json.loads((out / sid / "purity.json").read_text())
@@ -183,7 +189,7 @@ def test_summary_csv_one_row_per_slide(batch):
         assert float(by[sid]["purity"]) == pytest.approx(p["purity"], rel=1e-5)
         assert float(by[sid]["tissue_area_mm2"]) == pytest.approx(p["tissue_area_mm2"], rel=1e-5)
         assert float(by[sid]["mpp"]) == 0.25 and float(by[sid]["runtime_s"]) > 0
-    assert by["corrupt"]["status"] == "failed" and by["corrupt"]["error"] and by["corrupt"]["n_cells"] == ""
+    assert by["nompp"]["status"] == "failed" and by["nompp"]["error"] and by["nompp"]["n_cells"] == ""
 
 
 def test_rerun_skips_done_slides_without_touching_them(batch):
@@ -195,7 +201,7 @@ def test_rerun_skips_done_slides_without_touching_them(batch):
     for sid, digest in before.items():
         assert _tree_digest(out / sid) == digest, sid
     m = Manifest.load(out)
-    assert m.counts() == {"done": 5, "failed": 4, "running": 0}
+    assert m.counts() == {"done": 5, "failed": 1, "running": 0}
 
 
 def test_report_rebuild_and_html_content(batch):
@@ -300,7 +306,7 @@ def test_report_renders_in_headless_chromium(batch):
                 break
             time.sleep(0.1)
         rows = wd.js("return document.querySelectorAll('#slides tbody tr').length")
-        assert rows == 9
+        assert rows == 6  # 5 done, nompp failed; inputs that are not slides are not recorded
         imgs = wd.js("return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
         assert len(imgs) == 5 and all(ok and w > 0 and shown > 0 for ok, w, shown in imgs), imgs
         bars = wd.js("return document.querySelectorAll('#purity-plot rect.bar').length")
@@ -308,13 +314,14 @@ def test_report_renders_in_headless_chromium(batch):
         plot_w = wd.js("return document.getElementById('purity-plot').getBoundingClientRect().width")
         assert plot_w > 100
         failed = wd.js("return document.querySelectorAll('#slides tr.failed').length")
-        assert failed == 4
-        # sorting: click the "cells" header twice → descending cell counts, empty cells last
-        col = wd.js("return Array.from(document.querySelectorAll('#slides th')).findIndex(h => h.textContent === 'cells')")
-        wd.js(f"document.querySelectorAll('#slides th')[{col}].click(); document.querySelectorAll('#slides th')[{col}].click();")
-        vals = wd.js(f"return Array.from(document.querySelectorAll('#slides tbody tr')).map(r => r.cells[{col}].getAttribute('data-v'))")
+        assert failed == 1  # nompp; inputs that are not slides are not recorded
+        # sorting: click the "cells" header twice → descending cell counts, empty cells last (a failed
+        # row has no "cells" cell: its message spans the result columns, so cells are found by key)
+        wd.js("const th = Array.from(document.querySelectorAll('#slides th')).find(h => h.textContent === 'cells'); th.click(); th.click();")
+        vals = wd.js("return Array.from(document.querySelectorAll('#slides tbody tr'))"
+                     ".map(r => r.querySelector('td[data-k=n_cells]')).map(td => td ? td.getAttribute('data-v') : '')")
         nums = [float(v) for v in vals if v]
-        assert len(nums) == 5 and nums == sorted(nums, reverse=True) and vals[5:] == ["", "", "", ""]
+        assert len(nums) == 5 and nums == sorted(nums, reverse=True) and vals[5:] == [""]
     finally:
         wd.quit()
 
@@ -322,26 +329,63 @@ def test_report_renders_in_headless_chromium(batch):
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
+#: A real TCGA slide's name: long and without spaces, it must be cut in its column, not widen the table.
+LONG_ID = "TCGA-A2-A0CM-01Z-00-DX1.AC4901DE-4B6D-4185-BB9F-156033839828"
+
+#: Headers and cells of the slides table whose text does not fit their column (to the sub-pixel:
+#: scrollWidth rounds), slide names and error messages aside: those are cut on purpose.
+_CUT_CELLS_JS = """return Array.from(document.querySelectorAll('#slides th, #slides td')).filter(c => {
+  const k = c.getAttribute('data-k');
+  if ((c.tagName === 'TD' && (k === 'slide_id' || k === 'error')) || !c.textContent) return false;
+  const s = getComputedStyle(c), r = document.createRange();
+  r.selectNodeContents(c);
+  return r.getBoundingClientRect().width > c.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight) + 0.05;
+}).map(c => [c.getAttribute('data-k'), c.textContent]);"""
+
+_FAILED_ROW_JS = """const r = document.querySelector('#slides tr.failed'), s = r.querySelector('td.err summary');
+return {h: r.getBoundingClientRect().height, bottom: r.getBoundingClientRect().bottom, open: s.parentElement.open,
+        cut: s.scrollWidth > s.clientWidth, w: s.getBoundingClientRect().width, title: s.title, text: s.textContent};"""
+
+
+def _check_fits_a_laptop(wd: _WebDriver, error: str) -> dict:
+    """Bug 8 at the window's width: no sideways scrolling, no header or number cut, and the failed
+    row one line high with its message cut by an ellipsis and whole on hover. Returns that row."""
+    assert wd.js("return document.documentElement.scrollWidth") <= wd.js("return window.innerWidth")  # old: wider, or about to be
+    assert wd.js(_CUT_CELLS_JS) == []
+    row = wd.js(_FAILED_ROW_JS)
+    assert row["h"] < 80, row  # old: ~700 px, the message wrapped in a column about 3 characters wide
+    assert not row["open"] and row["cut"] and row["w"] > 500 and row["title"] == error, row
+    return row
+
+
 def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
-    """One good slide (the demo model on a synthetic slide), one failed (not a slide) and one glass
-    slide (no tissue), run as a cohort; the report opened at a laptop's width must show, without a
-    click: the model, the counts, the failure with its message, the purity distribution, the
+    """One good slide with a long TCGA-style name (the demo model on a synthetic slide), one that
+    fails part-way with a long real message (a damaged JPEG tile: more unreadable tiles than allowed)
+    and one glass slide (no tissue), run as a cohort. The report opened at a laptop's 1366 px must
+    show without a click: the model and the name of the data it was trained on (not the training
+    machine's folder), the counts, the failure with its message, the purity distribution, the
     legend of the overviews (cancer area, purity colours, units), every slide's row and the demo
-    weights' synthetic-only note. The screenshot goes to docs/report.png where
-    ``WSI_OCELOT_UPDATE_DOCS=1`` (a plain test run leaves the tree clean)."""
+    weights' synthetic-only note. And it must fit the window (issue 19, bug 8): no sideways
+    scrolling, no header or number cut, the failed row one line high with its whole message on
+    hover and after a click. The screenshot, of the 1366×900 window with the failed row in view,
+    goes to docs/report.png where ``WSI_OCELOT_UPDATE_DOCS=1`` (a plain test run leaves the tree clean)."""
     found = _require_browser()
     from wsi_ocelot.synthetic import write_synthetic_slide
+    from wsi_ocelot.synthetic.tiff import corrupt_tile
 
     slides = tmp_path / "slides"
     slides.mkdir()
-    write_synthetic_slide(slides / "case_A.tiff", mpp=0.25, size=(1536, 1536), seed=7)
+    write_synthetic_slide(slides / f"{LONG_ID}.tiff", mpp=0.25, size=(1536, 1536), seed=7)
     write_synthetic_slide(slides / "glass_B.tiff", mpp=0.25, size=(768, 768), seed=8, empty=True)
-    (slides / "corrupt_C.svs").write_bytes(b"II*\x00" + os.urandom(2000))
+    write_synthetic_slide(slides / "damaged_C.tiff", mpp=0.25, size=(1024, 1024), seed=9)
+    corrupt_tile(slides / "damaged_C.tiff", 512, 512)  # in its tissue: too many unreadable tiles, it fails part-way
     out = tmp_path / "cohort_report"
-    proc = _cli("run", *(str(slides / n) for n in ("case_A.tiff", "glass_B.tiff", "corrupt_C.svs")), "--out", str(out),
+    proc = _cli("run", *(str(slides / n) for n in (f"{LONG_ID}.tiff", "glass_B.tiff", "damaged_C.tiff")), "--out", str(out),
                 "--model", "demo", "--device", "cpu", "--workers", "0", "--no-progress", "--cells-table", "parquet")
     assert proc.returncode == 1, proc.stderr  # one slide failed, the others are done
-    assert {"tissue.ome.zarr", "cells.parquet"} <= {p.name for p in (out / "case_A").iterdir()}  # output options reach cohort runs
+    assert {"tissue.ome.zarr", "cells.parquet"} <= {p.name for p in (out / LONG_ID).iterdir()}  # output options reach cohort runs
+    error = Manifest.load(out).slides["damaged_C"]["error"]
+    assert len(error) > 200 and "\n" not in error and "unreadable" in error  # a real one-line message, and a long one
     wd = _WebDriver(*found, size=(1366, 900))
     try:
         _load(wd, out / "report.html")
@@ -352,24 +396,39 @@ def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
             top = wd.js(f"return document.querySelector('{sel}').getBoundingClientRect().top")
             assert 0 <= top < fold, (sel, top, fold)
         assert "demo.safetensors" in wd.js("return document.getElementById('model').textContent")
+        data = wd.js("return document.getElementById('model-data').textContent")
+        assert data.startswith("wsi-ocelot synthetic") and "/" not in data, data  # old: "data /tmp/gdata", the training machine's scratch folder
         note = wd.js("return document.querySelector('.note').getBoundingClientRect().top")
         assert 0 <= note < fold and "synthetic-only" in wd.js("return document.querySelector('.note').textContent")
         failures = wd.js("return document.getElementById('failures').textContent")
-        assert "corrupt_C" in failures and "Fix:" in failures
+        assert "damaged_C" in failures and "unreadable" in failures and "Fix:" in failures
         assert wd.js("return document.querySelectorAll('#purity-plot rect.bar').length") == 1
         legend = wd.js("return document.getElementById('legend').textContent")
         assert "cancer area" in legend and "100 µm" in legend and "0 %" in legend and "100 %" in legend
         rows = wd.js("return Array.from(document.querySelectorAll('#slides tbody tr')).map(r => r.textContent)")
         assert len(rows) == 3
-        by = {next(n for n in ("case_A", "glass_B", "corrupt_C") if n in r): r for r in rows}
-        assert "%" in by["case_A"] and "no tissue" in by["glass_B"] and "not a slide" in by["corrupt_C"]
+        by = {next(n for n in (LONG_ID, "glass_B", "damaged_C") if n in r): r for r in rows}
+        assert "%" in by[LONG_ID] and "no tissue" in by["glass_B"] and "unreadable" in by["damaged_C"]
         imgs = wd.js("return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
         assert len(imgs) == 2 and all(ok and w >= 300 and shown >= 250 for ok, w, shown in imgs), imgs
         heads = wd.js("return Array.from(document.querySelectorAll('#slides th')).map(h => h.textContent)")
         assert any("mm²" in h for h in heads) and any("µm/px" in h for h in heads)
-        # the whole page at the laptop's width, for the docs
-        height = wd.js("return document.documentElement.scrollHeight")
-        wd.set_window(1366, height + 900 - fold)
+        # the long name is cut in its column, whole (with the slide's file) on hover
+        name = wd.js("const td = document.querySelector('#slides td[data-k=slide_id]'); "
+                     "return {cut: td.scrollWidth > td.clientWidth, title: td.querySelector('span').title}")
+        assert name["cut"] and name["title"] == f"{LONG_ID}\n{slides / LONG_ID}.tiff", name
+        closed = _check_fits_a_laptop(wd, error)
+        # a click shows the whole message, wrapped in its cell; a second click folds it again
+        wd.js("document.querySelector('#slides tr.failed td.err summary').click()")
+        opened = wd.js(_FAILED_ROW_JS)
+        assert opened["open"] and not opened["cut"] and opened["h"] > closed["h"] and error.endswith(opened["text"]), opened
+        assert wd.js("return document.documentElement.scrollWidth") <= 1366
+        wd.js("document.querySelector('#slides tr.failed td.err summary').click()")
+        # the screenshot: a 1366×900 window (its own bars take 900 - fold px), the failed row in view
+        wd.set_window(1366, 900 + (900 - fold))
+        assert wd.js("return [window.innerWidth, window.innerHeight]") == [1366, 900]
+        row = _check_fits_a_laptop(wd, error)
+        assert row["bottom"] <= 900, row
         png = wd.screenshot()
     finally:
         wd.quit()
@@ -378,9 +437,49 @@ def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
 
     (tmp_path / "report.png").write_bytes(png)
     with Image.open(tmp_path / "report.png") as im:
-        assert im.width == 1366 and im.height >= fold
+        assert im.size == (1366, 900)
         if os.environ.get("WSI_OCELOT_UPDATE_DOCS") == "1":
             im.save(DOCS / "report.png", optimize=True)
+
+
+def test_report_names_the_training_data_not_the_training_machines_folder(tmp_path):
+    """Issue 19: the header's "trained on" showed the data folder the checkpoint records, a path on
+    the training machine (the demo's: a scratch folder, /tmp/gdata). It shows the dataset's name: the
+    one the checkpoint records, the one in the dataset's metadata.json when the folder is here, else
+    the folder's last part; never the path."""
+    # fails on the old code, which showed "data <the recorded path>; 80 train, 20 val tiles; ..."
+    import html
+    import re
+
+    from conftest import TINY_GEOMETRY_KW
+
+    from wsi_ocelot.cohort.report import dataset_name, write_report
+    from wsi_ocelot.inference import PeakConfig
+    from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
+    from wsi_ocelot.weights import demo_path
+
+    root = tmp_path / "scratch" / "job-4711" / "ocelot2023_v1.0.1"  # not there: the training machine's folder
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(ModelConfig(encoder="resnet18", decoder_channels=64)),
+                           geometry=GeometryConfig(**TINY_GEOMETRY_KW), peaks=PeakConfig(),
+                           training={"data_root": str(root), "split_sizes": {"train": 80, "val": 20}}, metrics={"val_mF1": 0.71})
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def trained_on() -> str:
+        write_report(out, Manifest(out, meta={"model": str(ckpt)}))
+        page = (out / "report.html").read_text(encoding="utf-8")
+        assert str(root) not in page and "scratch" not in page
+        return html.unescape(re.search(r'<span id="model-data">([^<]*)</span>', page).group(1))
+
+    assert trained_on() == "ocelot2023_v1.0.1; 80 train, 20 val tiles; val mF1 0.710"
+    root.mkdir(parents=True)  # the dataset is on this machine and names itself
+    (root / "metadata.json").write_text(json.dumps({"general_info": {"dataset": "OCELOT 2023"}, "sample_pairs": {}}), encoding="utf-8")
+    assert trained_on() == "OCELOT 2023; 80 train, 20 val tiles; val mF1 0.710"
+    assert dataset_name({"dataset": "TCGA-BRCA H&E", "data_root": str(root)}) == "TCGA-BRCA H&E"  # recorded by the checkpoint
+    assert dataset_name({"data_root": "D:\\scratch\\lung_set\\"}) == "lung_set"  # a Windows training machine
+    assert dataset_name({"data_root": "/tmp/gdata"}, ckpt) == "gdata"  # the folder's name, not its path
+    assert dataset_name({"data_root": "/tmp/gdata"}, demo_path()) == "wsi-ocelot synthetic"  # what the demo weights were trained on
+    assert dataset_name({}) is None
 
 
 # -- SIGKILL part-way ----------------------------------------------------------------------

@@ -146,8 +146,8 @@ def test_cli_run_bad_slide_continues(tiny_ckpt, synth_05, tmp_path):
     (tmp_path / "broken.svs").write_text("not a slide")
     proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "run", str(tmp_path / "broken.svs"), str(synth_05), "--out", str(tmp_path / "o"),
                            "--model", str(tiny_ckpt), "--device", "cpu", "--workers", "0"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1, proc.stderr
-    assert "broken.svs" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr  # an input that is not a slide: reported, not run, the rest goes on
+    assert "broken.svs: not a slide format" in proc.stderr and "Traceback" not in proc.stderr
     assert (tmp_path / "o" / "synth_05" / "purity.json").is_file()
     assert not (tmp_path / "o" / "broken").exists()
 

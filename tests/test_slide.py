@@ -183,3 +183,130 @@ def test_mask_on_real_slide(cmu_slide):
 
     m = tissue_mask(open_slide(cmu_slide))
     assert 0.2 < m.fraction < 0.6
+
+
+# -- a copy cut short (issue 19: "a truncated SVS is diagnosed as 'renamed?'") ----------------
+def _write_tiff_directories_last(path, img: np.ndarray, mpp: float = 0.5, tile: int = 256) -> None:
+    """A tiled, uncompressed RGB TIFF laid out as Aperio lays out an SVS: the image data first,
+    the image directory (IFD) at the end of the file, so a copy cut short loses the directory."""
+    import struct
+
+    h, w = img.shape[:2]
+    body = bytearray(b"II*\0\0\0\0\0")  # classic little-endian TIFF; the first-IFD offset is patched below
+    offsets, counts = [], []
+    for r in range(0, h, tile):
+        for c in range(0, w, tile):
+            t = np.full((tile, tile, 3), 255, np.uint8)
+            part = img[r:r + tile, c:c + tile]
+            t[:part.shape[0], :part.shape[1]] = part
+            offsets.append(len(body))
+            counts.append(t.nbytes)
+            body += t.tobytes()
+
+    def put(data: bytes) -> int:
+        body.extend(b"\0" * (len(body) % 2))
+        at = len(body)
+        body.extend(data)
+        return at
+
+    ppcm = round(1e4 / mpp)
+    bps, xres, yres = put(struct.pack("<3H", 8, 8, 8)), put(struct.pack("<2I", ppcm, 1)), put(struct.pack("<2I", ppcm, 1))
+    n = len(offsets)
+    toff = put(struct.pack(f"<{n}I", *offsets)) if n > 1 else offsets[0]
+    tcnt = put(struct.pack(f"<{n}I", *counts)) if n > 1 else counts[0]
+    short, long_, rational = 3, 4, 5
+    tags = [(256, long_, 1, w), (257, long_, 1, h), (258, short, 3, bps), (259, short, 1, 1), (262, short, 1, 2),
+            (277, short, 1, 3), (282, rational, 1, xres), (283, rational, 1, yres), (284, short, 1, 1),
+            (296, short, 1, 3), (322, short, 1, tile), (323, short, 1, tile), (324, long_, n, toff), (325, long_, n, tcnt)]
+    ifd = put(struct.pack("<H", len(tags)))
+    for code, kind, count, value in tags:
+        value_bytes = struct.pack("<HH", value, 0) if kind == short and count == 1 else struct.pack("<I", value)
+        body += struct.pack("<HHI", code, kind, count) + value_bytes
+    body += struct.pack("<I", 0)
+    body[4:8] = struct.pack("<I", ifd)
+    path.write_bytes(bytes(body))
+
+
+def _assert_truncated_quietly(path, caplog) -> None:
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(SlideFormatError) as err:
+            open_slide(path)
+    msg = str(err.value)
+    assert "truncated" in msg and "renamed" not in msg and str(path) in msg and "copy the slide again" in msg and "\n" not in msg
+    # tifffile's own complaint ("invalid offset to first page ...") is no longer on the terminal
+    assert not [r for r in caplog.records if r.name == "tifffile" and r.levelno >= logging.WARNING]
+    from wsi_ocelot.slide import check_slide_file
+
+    with pytest.raises(SlideFormatError, match="truncated"):  # the batch's cheap pre-check says the same
+        check_slide_file(path)
+
+
+def test_truncated_tiff_with_directories_last(tmp_path, caplog):
+    # Fails on the old code: "not a slide format OpenSlide can read ... check the file is not
+    # renamed", and tifffile's "invalid offset to first page" line reached the terminal.
+    whole = tmp_path / "whole.tiff"
+    yy, xx = np.mgrid[0:600, 0:700]
+    img = np.stack([(xx * 7 // 13) % 256, (yy * 5 // 11) % 256, ((xx + yy) // 9) % 256], -1).astype(np.uint8)
+    _write_tiff_directories_last(whole, img)
+    assert np.array_equal(open_slide(whole).read_region((0, 0), 0, (700, 600)), img)  # a valid slide when whole
+    data = whole.read_bytes()
+    for frac in (0.5, 0.99):
+        cut = tmp_path / f"cut{frac}.tiff"
+        cut.write_bytes(data[: int(len(data) * frac)])
+        _assert_truncated_quietly(cut, caplog)
+
+
+def test_truncated_tiff_cli_says_so_in_one_line(tmp_path):
+    # Fails on the old code: two lines on stderr (tifffile's and ours), the second saying "renamed".
+    import subprocess
+    import sys
+
+    whole = tmp_path / "whole.tiff"
+    _write_tiff_directories_last(whole, np.full((300, 300, 3), (215, 130, 185), np.uint8))
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes(whole.read_bytes()[:100_000])
+    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "info", str(cut)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "truncated" in lines[0] and "Fix:" in lines[0], proc.stderr
+
+
+@pytest.mark.real_slides
+@pytest.mark.parametrize("frac", [0.5, 0.9, 0.01])
+def test_truncated_svs_is_named_truncated(cmu_slide, tmp_path, caplog, frac):
+    # Fails on the old code (issue 19): a cut CMU-1-Small-Region.svs was "not a slide format
+    # OpenSlide can read ... check the file is not renamed", plus a stray tifffile line.
+    data = cmu_slide.read_bytes()
+    cut = tmp_path / "trunc.svs"
+    cut.write_bytes(data[: int(len(data) * frac)])
+    _assert_truncated_quietly(cut, caplog)
+
+
+def test_tiff_chain_check_passes_whole_files(pattern_slide, synth_05):
+    from wsi_ocelot.slide._slide import _tiff_chain_truncation
+
+    for p in (pattern_slide, synth_05):
+        assert _tiff_chain_truncation(p, p.stat().st_size) is None
+
+
+# -- opening a slide without MPP for inspection (issue 19: "`info` refuses a slide without MPP") --
+def test_open_without_mpp_for_inspection(tmp_path):
+    # Fails on the old code: open_slide had no require_mpp and raised MppError.
+    p = tmp_path / "nompp.tiff"
+    write_pyramidal_tiff(p, np.full((300, 300, 3), (215, 130, 185), np.uint8), None)
+    with open_slide(p, require_mpp=False) as s:
+        assert s.mpp_info.missing and s.mpp_info.source == "missing"
+        assert "microns-per-pixel" in s.mpp_info.problem and "--mpp" in s.mpp_info.fix
+        assert s.dimensions == (300, 300) and "mpp=missing" in repr(s)
+        img, ds = s.thumbnail()  # everything that needs no MPP still works
+        assert img.ndim == 3 and ds >= 1
+        with pytest.raises(MppError, match="--mpp") as err:  # what needs it says so, in the usual one line
+            _ = s.mpp
+        assert str(p) in str(err.value)
+        with pytest.raises(MppError):
+            s.read_at_mpp((0, 0, 100, 100), 1.0)
+        s2 = pickle.loads(pickle.dumps(s))
+        assert s2.mpp_info.missing
+    with pytest.raises(MppError, match="not a µm/px value|invalid"):  # a bad override is an error either way
+        open_slide(p, mpp=-1, require_mpp=False)
+    assert not open_slide(p, mpp=0.3, require_mpp=False).mpp_info.missing

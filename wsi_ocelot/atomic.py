@@ -130,7 +130,7 @@ class StreamedWriter:
             return self._file.final
         self._closed = True
         self._file.finish(self._end, *self._closers())
-        log.info("wrote %d %s to %s", self.count, self._what, self._file.final)
+        log.debug("wrote %d %s to %s", self.count, self._what, self._file.final)
         return self._file.final
 
     def abort(self) -> None:

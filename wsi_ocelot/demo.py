@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_ocelot.cohort.batch import prepare_out_dir
 from wsi_ocelot.evaluation import score_slide
 from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
 from wsi_ocelot.outputs import open_predictions
@@ -28,8 +29,7 @@ DEMO_SIZE = (4096, 4096)
 
 def run_demo(out: str | Path, *, device: str = "auto", workers: int | None = None, progress: bool = True,
              ngff: str = "0.4", cells_table: str | None = None) -> int:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(out)  # a file in the way or a read-only folder: one line, before anything runs
     t0 = time.perf_counter()
     model = demo_path()
     synth = write_synthetic_slide(out / "demo_slide.tiff", mpp=DEMO_MPP, size=DEMO_SIZE, seed=DEMO_SEED)

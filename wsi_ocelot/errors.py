@@ -37,6 +37,11 @@ class SlideFormatError(WsiOcelotError, ValueError):
     """The file exists but is not a slide OpenSlide can read (or it is truncated/corrupt)."""
 
 
+class NotBrightfieldError(SlideFormatError):
+    """The slide opens, but it is not brightfield H&E (fluorescence, dark field, IHC): the
+    model cannot read it (``wsi_ocelot.slide.stain_check``)."""
+
+
 class MppError(WsiOcelotError, ValueError):
     """The slide's microns-per-pixel cannot be determined, or an override is invalid."""
 
@@ -96,3 +101,12 @@ def is_disk_full(err: BaseException | None) -> bool:
     """Whether ``err`` (or an error it was raised from) is "no space left on the device" or
     "disk quota exceeded"."""
     return disk_full_reason(err) is not None
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was told to stop by a signal: SIGINT (Ctrl-C) or SIGTERM (what Slurm, docker and
+    systemd send). A ``KeyboardInterrupt``, so every cleanup that handles Ctrl-C handles both."""
+
+    def __init__(self, signal_name: str = "SIGINT"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name

@@ -25,13 +25,15 @@ import torch
 
 from wsi_ocelot import __version__
 from wsi_ocelot.cohort.inputs import SlideJob, check_unique
-from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest
+from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest, file_identity
 from wsi_ocelot.cohort.report import write_report, write_summary_csv
 from wsi_ocelot.cohort.worker import process_slide, run_slide_task
 from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
 from wsi_ocelot.inference.engine import EngineConfig
-from wsi_ocelot.model import read_checkpoint_info
-from wsi_ocelot.weights import resolve_model, weights_note
+from wsi_ocelot.inference.predictor import resolve_device
+from wsi_ocelot.model import CheckpointInfo, read_checkpoint_info
+from wsi_ocelot.slide import check_slide_file
+from wsi_ocelot.weights import file_sha256, resolve_model, weights_note
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,17 @@ class CohortResult:
     skipped: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the batch stopped before its last slide (a full disk), one line
+    input_errors: list[str] = field(default_factory=list)  # inputs not run and not recorded (not a slide, an id taken), one line each
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when the run was stopped by a signal
     wall_s: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed or self.stopped else 0
+        """1 when a slide failed or the batch stopped early, else 2 when an input was refused
+        (nothing recorded for it), else 0."""
+        if self.failed or self.stopped:
+            return 1
+        return 2 if self.input_errors else 0
 
     def failure_table(self) -> str:
         """A short plain-text table of the failed slides (id, path, error)."""
@@ -347,6 +355,60 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
             shutil.rmtree(tasks, ignore_errors=True)
 
 
+# -- before any slide ----------------------------------------------------------------------
+def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """Create the batch's output folder, or a one-line :class:`ConfigError` when it cannot be
+    a writable folder (a file in the way, a read-only mount, no permission)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(out, "--out is a file, not a folder", "choose a folder for the results (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".wsi-ocelot-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(out, f"cannot write the results there ({exc.strerror or exc})",
+                          "choose a folder you can write to for --out (a local disk or a writable share)") from None
+    return out
+
+
+def check_options(config: CohortConfig, info: CheckpointInfo) -> None:
+    """The options every slide would use, checked once before any slide is touched: the device
+    (its syntax always; that it exists here unless the slides run on a remote Dask cluster,
+    whose workers may have GPUs this machine lacks) and the cell margin against the model's tiles."""
+    engine = config.engine or EngineConfig()
+    if config.scheduler in (None, "local"):
+        resolve_device(engine.device)
+    elif (spec := (engine.device or "auto").strip().lower()) != "auto":
+        try:
+            torch.device(spec)
+        except RuntimeError:
+            raise ConfigError(None, f"unknown device {engine.device!r}", "use auto, cpu, cuda or cuda:N") from None
+    margin, tile = engine.cell_margin, info.geometry.tile_size
+    if margin is not None and not 0 <= margin < tile // 2:
+        raise ConfigError(None, f"--cell-margin {margin} does not fit the model's {tile} px cell tiles (a margin must be in [0, {tile // 2}))",
+                          f"use a margin below {tile // 2}, or leave it unset for the model's own {info.geometry.cell_margin}")
+
+
+def check_inputs(jobs: Sequence[SlideJob]) -> tuple[list[SlideJob], list[str]]:
+    """Split jobs into slides to run and input errors (no such file, not a slide), one line each;
+    the cheap checks only (:func:`~wsi_ocelot.slide.check_slide_file`)."""
+    ok, errors = [], []
+    for job in jobs:
+        try:
+            check_slide_file(job.path)
+        except WsiOcelotError as err:
+            errors.append(err.one_line())
+        else:
+            ok.append(job)
+    return ok, errors
+
+
+def _absolute(job: SlideJob) -> SlideJob:
+    return job if os.path.isabs(job.path) else dataclasses.replace(job, path=os.path.abspath(job.path))
+
+
 # -- the batch -----------------------------------------------------------------------------
 def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config: CohortConfig,
                on_record: Callable[[SlideJob, dict[str, Any]], None] | None = None) -> CohortResult:
@@ -375,57 +437,93 @@ def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config
     >>> res = run_cohort(jobs, "results", CohortConfig(model="best.safetensors"))  # doctest: +SKIP
     """
     check_unique(jobs)
+    jobs = [_absolute(j) for j in jobs]  # the manifest keeps absolute paths: resume works from any folder
     engine = config.engine or EngineConfig()
+    out = prepare_out_dir(out_dir)
     model = str(resolve_model(config.model))
-    read_checkpoint_info(model)  # a bad checkpoint fails the batch up front, not once per slide
+    info = read_checkpoint_info(model)  # a bad checkpoint fails the batch up front, not once per slide
     cfg = dataclasses.replace(config, model=model, engine=engine)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_options(cfg, info)
+    runnable, input_errors = check_inputs(jobs)
+    model_sha = file_sha256(model)
     t0 = time.perf_counter()
     with _lock(out), _log_file(out) as log_path:
+        for line in input_errors:  # before any slide (and the model) is loaded; in run.log too
+            log.error("%s", line)
         manifest = Manifest.load(out)
         clean_partials(out)
-        result = CohortResult(out, manifest)
+        result = CohortResult(out, manifest, input_errors=input_errors)
         todo = []
-        for job in jobs:
-            if not cfg.overwrite and manifest.is_done(job.slide_id, job.path):
-                result.skipped.append(job.slide_id)
-            else:
-                todo.append(job)
+        for job in runnable:
+            decision = manifest.resume(job.slide_id, job.path, mpp=job.mpp, model_sha256=model_sha, overwrite=cfg.overwrite)
+            if decision.conflict is not None:
+                result.input_errors.append(decision.conflict.one_line())
+                log.error("%s", decision.conflict.one_line())
+                continue
+            if decision.why:
+                log.info("%s", decision.why)
+            (result.skipped.append(job.slide_id) if decision.done else todo.append(job))
         manifest.meta.update({"model": model, "model_note": weights_note(model), "software": f"wsi-ocelot {__version__}",
                               "scheduler": cfg.scheduler or "in-process"})
-        log.info("batch of %d slide(s) into %s: %d to run, %d already done%s; log: %s", len(jobs), out, len(todo),
-                 len(result.skipped), " (skipped; --overwrite redoes them)" if result.skipped else "", log_path)
+        log.info("batch of %d slide(s) into %s: %d to run, %d already done%s%s; log: %s", len(todo) + len(result.skipped), out,
+                 len(todo), len(result.skipped), " (skipped; --overwrite redoes them)" if result.skipped else "",
+                 f", {len(result.input_errors)} input(s) not run (above)" if result.input_errors else "", log_path)
         progress = _Progress(len(todo), len(result.skipped))
         run = _run_in_process if cfg.scheduler is None else _run_on_dask
-        for job, rec in run(todo, str(out), cfg, manifest):
-            tb = rec.pop("traceback", None)
-            if tb:
-                log.error("%s: unexpected error on %s\n%s", job.slide_id, rec.get("worker"), tb)
-            disk_full = bool(rec.pop("disk_full", False))
-            _saving("manifest.json", manifest.record, job.slide_id, rec)
-            (result.done if rec["status"] == DONE else result.failed).append(job.slide_id)
-            progress.update(job.slide_id, rec)
-            _saving("summary.csv", write_summary_csv, out, manifest)
-            if on_record:
-                on_record(job, rec)
-            if disk_full:  # every later slide would fail the same way: stop, keep them for a rerun
-                finished = set(result.done) | set(result.failed)
-                result.pending = [j.slide_id for j in todo if j.slide_id not in finished]
-                result.stopped = (f"{out}: the disk is full; the batch stopped after {job.slide_id}, {len(result.pending)} slide(s) "
-                                  f"not attempted (pending). Fix: free space on the disk of {out}, then run the same command "
-                                  "again: it goes on where this run stopped")
-                log.error("%s", result.stopped)
-                manifest.mark_pending([(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
-                                      "not attempted: the batch stopped on a full disk")
-                break
-        result.wall_s = time.perf_counter() - t0
-        manifest.meta["last_run"] = {"slides": len(jobs), "ran": len(todo), "done": len(result.done), "failed": len(result.failed),
-                                     "skipped": len(result.skipped), "pending": len(result.pending), "wall_s": round(result.wall_s, 2)}
-        _saving("manifest.json", manifest.save)
-        _saving("summary.csv", write_summary_csv, out, manifest)
-        if cfg.report:
-            _saving("report.html", write_report, out, manifest)
-        log.info("batch finished in %s: %d done, %d failed, %d skipped; summary %s, report %s", _fmt_eta(result.wall_s),
-                 len(result.done), len(result.failed), len(result.skipped), out / "summary.csv", out / "report.html")
+        try:
+            for job, rec in run(todo, str(out), cfg, manifest):
+                tb = rec.pop("traceback", None)
+                if tb:
+                    log.error("%s: unexpected error on %s\n%s", job.slide_id, rec.get("worker"), tb)
+                disk_full = bool(rec.pop("disk_full", False))
+                rec.update(path=job.path, model=model, model_sha256=model_sha, identity=file_identity(job.path))
+                _saving("manifest.json", manifest.record, job.slide_id, rec)
+                (result.done if rec["status"] == DONE else result.failed).append(job.slide_id)
+                progress.update(job.slide_id, rec)
+                _saving("summary.csv", write_summary_csv, out, manifest)
+                if on_record:
+                    on_record(job, rec)
+                if disk_full:  # every later slide would fail the same way: stop, keep them for a rerun
+                    result.pending = _unfinished(todo, result)
+                    result.stopped = (f"{out}: the disk is full; the batch stopped after {job.slide_id}, {len(result.pending)} slide(s) "
+                                      f"not attempted (pending). Fix: free space on the disk of {out}, then run the same command "
+                                      "again: it goes on where this run stopped")
+                    log.error("%s", result.stopped)
+                    manifest.mark_pending([(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
+                                          "not attempted: the batch stopped on a full disk")
+                    break
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (the CLI turns it into Interrupted)
+            result.interrupted = getattr(stop, "signal_name", "SIGINT")
+            result.pending = _unfinished(todo, result)
+            manifest.mark_pending([(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
+                                  f"interrupted ({result.interrupted}) before it finished: run the same command again to go on")
+            log.warning("interrupted (%s): %d done, %d failed, %d pending; run the same command again to go on",
+                        result.interrupted, len(result.done), len(result.failed), len(result.pending))
+            _finish_batch(result, jobs, todo, cfg, t0)
+            clean_partials(out)  # a write still in flight on a library's I/O thread (Zarr's) may land after the slide's own cleanup
+            raise
+        _finish_batch(result, jobs, todo, cfg, t0)
     return result
+
+
+def _unfinished(todo: Sequence[SlideJob], result: CohortResult) -> list[str]:
+    finished = set(result.done) | set(result.failed)
+    return [j.slide_id for j in todo if j.slide_id not in finished]
+
+
+def _finish_batch(result: CohortResult, jobs: Sequence[SlideJob], todo: Sequence[SlideJob], cfg: CohortConfig, t0: float) -> None:
+    """The batch's own files at its end (also when interrupted): manifest, summary, report."""
+    out, manifest = result.out_dir, result.manifest
+    result.wall_s = time.perf_counter() - t0
+    manifest.meta["last_run"] = {"slides": len(jobs), "ran": len(todo), "done": len(result.done), "failed": len(result.failed),
+                                 "skipped": len(result.skipped), "pending": len(result.pending),
+                                 "not_run": list(result.input_errors), "wall_s": round(result.wall_s, 2)}
+    if result.interrupted:
+        manifest.meta["last_run"]["interrupted"] = result.interrupted
+    _saving("manifest.json", manifest.save)
+    _saving("summary.csv", write_summary_csv, out, manifest)
+    if cfg.report:
+        _saving("report.html", write_report, out, manifest)
+    log.info("batch finished in %s: %d done, %d failed, %d skipped%s; summary %s, report %s", _fmt_eta(result.wall_s),
+             len(result.done), len(result.failed), len(result.skipped),
+             f", {len(result.pending)} pending" if result.pending else "", out / "summary.csv", out / "report.html")

@@ -6,7 +6,14 @@ Layout::
         "<slide-id>": {"path": ..., "status": "done" | "failed" | "running" | "pending",
                        "error": "<one-line message>" | null, "mpp": ..., "n_cells": ...,
                        "purity": ..., "runtime_s": ..., "timings": {...}, "attempts": n,
-                       "started": ..., "finished": ...}}}
+                       "started": ..., "finished": ..., "mpp_override": ..., "model_sha256": ...,
+                       "identity": {"size": ..., "mtime_ns": ..., "head_sha256": ...}}}}
+
+``path`` is absolute, so a batch resumes from any working directory. ``identity`` recognises
+the same slide file at another path (a cohort moved to a new mount point): same size and the
+same SHA-256 of its first and last 64 KiB. A done slide is run again when its MPP override or
+the model changed, or its file did; a *different* slide with the same id never replaces a
+finished result (:meth:`Manifest.resume`).
 
 Only the process that drives the batch writes it (Dask workers return records to it), each
 write goes to a temporary file that replaces the old one, so a kill at any moment leaves
@@ -16,9 +23,11 @@ either the previous or the new manifest, never a torn one.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +41,44 @@ DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"  # pendi
 STATUSES = (DONE, FAILED, RUNNING, PENDING)
 
 
+IDENTITY_BYTES = 64 * 1024  # hashed at each end of a slide file to recognise it elsewhere
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
+
+
+def file_identity(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Size, mtime and the SHA-256 of the first and last :data:`IDENTITY_BYTES` of a slide file
+    (cheap on any size: two small reads), or None when it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            h = hashlib.sha256(fh.read(IDENTITY_BYTES))
+            if st.st_size > 2 * IDENTITY_BYTES:
+                fh.seek(-IDENTITY_BYTES, os.SEEK_END)
+                h.update(fh.read(IDENTITY_BYTES))
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": h.hexdigest()}
+
+
+def _same_content(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    return bool(a and b) and a["size"] == b["size"] and a["head_sha256"] == b["head_sha256"]  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a batch does with one of its slides, given the manifest (:meth:`Manifest.resume`).
+
+    ``done``: keep the finished result (skip the slide). ``why``: one line for the log, why a
+    slide marked done runs again or how a moved file was recognised. ``conflict``: the slide
+    must not run (another slide's finished result holds its id).
+    """
+
+    done: bool
+    why: str | None = None
+    conflict: ConfigError | None = None
 
 
 class Manifest:
@@ -77,18 +122,53 @@ class Manifest:
         rec = self.slides.get(slide_id)
         return None if rec is None else rec.get("status")
 
-    def is_done(self, slide_id: str, path: str) -> bool:
-        """Done, for the same slide file, and its folder still there."""
+    def resume(self, slide_id: str, path: str, *, mpp: float | None = None, model_sha256: str | None = None,
+               overwrite: bool = False) -> Resume:
+        """Whether the slide ``path`` (absolute) under ``slide_id`` is done, runs (again), or
+        must not run because a different slide's finished result holds the id.
+
+        Done means: marked done, its folder still there, for the same file (the same path, or
+        the same content at a new path: the record follows it), the same MPP override and the
+        same model. A record without a field (older manifests) does not count against it.
+        """
         rec = self.slides.get(slide_id)
-        if not rec or rec.get("status") != DONE:
-            return False
-        if os.path.abspath(rec.get("path", "")) != os.path.abspath(path):
-            log.warning("%s: the manifest's record for '%s' is for %s; running it again", path, slide_id, rec.get("path"))
-            return False
-        if not (self.out_dir / slide_id / "purity.json").is_file():
-            log.warning("%s: marked done but %s/ is missing; running it again", path, self.out_dir / slide_id)
-            return False
-        return True
+        if not rec:
+            return Resume(False)
+        done = rec.get("status") == DONE and (self.out_dir / slide_id / "purity.json").is_file()
+        old_path = str(rec.get("path", ""))
+        same_path = os.path.abspath(old_path) == os.path.abspath(path)
+        ident = file_identity(path) if (not same_path or "identity" in rec) else None
+        moved = not same_path and _same_content(rec.get("identity"), ident)
+        if not same_path and not moved:
+            if not done:
+                return Resume(False, f"{slide_id}: the record of {old_path} ({rec.get('status')}) is replaced by {path}")
+            if overwrite:
+                return Resume(False, f"{slide_id}: replacing the finished result of {old_path} with {path} (--overwrite)")
+            return Resume(False, conflict=ConfigError(
+                path, f"its id '{slide_id}' already holds the finished result of a different slide, {old_path}, in {self.out_dir}",
+                "give it a distinct id (an 'id' column in a CSV manifest), run it into another --out, "
+                "or pass --overwrite to replace that result"))
+        if not done:
+            if rec.get("status") == DONE:
+                return Resume(False, f"{slide_id}: marked done but {self.out_dir / slide_id}/ is missing; running it again")
+            return Resume(False)
+        if overwrite:
+            return Resume(False)
+        old_ident = rec.get("identity")
+        if same_path and old_ident and ident and (ident["size"], ident["mtime_ns"]) != (old_ident["size"], old_ident["mtime_ns"]) \
+                and not _same_content(old_ident, ident):
+            return Resume(False, f"{slide_id}: {path} changed since it was done; running it again")
+        if "mpp_override" in rec and rec["mpp_override"] != mpp:
+            def show(v: float | None) -> str:
+                return "none" if v is None else f"{v:g}"
+            return Resume(False, f"{slide_id}: the MPP override changed ({show(rec['mpp_override'])} -> {show(mpp)}); running it again")
+        if model_sha256 and rec.get("model_sha256") and rec["model_sha256"] != model_sha256:
+            return Resume(False, f"{slide_id}: done with another model ({rec.get('model') or 'unknown'}); running it again")
+        if moved:
+            rec.update(path=path, moved_from=old_path, identity={**rec["identity"], **ident})  # type: ignore[dict-item]
+            return Resume(True, f"{slide_id}: recognised {path} as {old_path} moved (same size and the same hash of its "
+                                "first and last 64 KiB); its result is kept")
+        return Resume(True)
 
     def counts(self) -> dict[str, int]:
         """Slides per status: done, failed and running always, pending when there are any."""

@@ -4,7 +4,10 @@ Both are built from ``manifest.json`` and each finished slide's ``purity.json``,
 ``wsi-ocelot report DIR`` rebuilds them at any time (also for a folder of slides run one
 by one with ``wsi-ocelot run`` before batches existed). The HTML has no external
 resources: thumbnails are embedded as data URIs, the purity distribution is inline SVG,
-and the table sorts with a few lines of inline JavaScript.
+and the table sorts with a few lines of inline JavaScript. The table fits a laptop's window
+(1366 px): its columns have fixed widths, a long slide name is cut with an ellipsis (whole on
+hover), and a failed slide's message runs on one line across the columns it has no results
+for, whole on hover and after a click.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +33,7 @@ from wsi_ocelot.inference.engine import PURITY_GRID_UM
 from wsi_ocelot.model import read_checkpoint_info
 from wsi_ocelot.outputs import purity_colormap
 from wsi_ocelot.purity import SUMMARY_COLUMNS, SlideRecord
+from wsi_ocelot.weights import is_demo_weights
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +139,25 @@ h1{font-size:21px;margin:0 0 2px} h2{font-size:16px;margin:18px 0 6px}
 .card .n{font-size:19px;font-weight:600;display:block} .card .k{font-size:11px;color:#555;text-transform:uppercase;letter-spacing:.03em}
 .card.bad{border-color:#e3a39c;background:#fdecea} .card.bad .n{color:#a00}
 .failures{border:1px solid #e3a39c;background:#fdecea;border-radius:6px;padding:6px 12px;margin:0 0 10px}
-.failures h2{margin:2px 0 4px;color:#a00;font-size:15px} .failures li{margin:2px 0} .failures .msg{color:#a00}
+.failures h2{margin:2px 0 4px;color:#a00;font-size:15px} .failures ul{margin:0;padding-left:20px} .failures li{margin:2px 0;overflow-wrap:anywhere}
+.failures .msg{color:#a00} .failures summary{cursor:pointer;color:#555;font-size:12.5px;margin:2px 0}
 .row{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start}
 .legend{font-size:12.5px;max-width:560px;line-height:1.45} .legend p{margin:4px 0}
 .swatch{display:inline-block;width:22px;height:0;border-top:3px solid rgb(0,200,0);vertical-align:middle;margin-right:4px}
 .cbar{display:inline-block;width:150px;height:11px;vertical-align:middle;border:1px solid #999;margin:0 4px}
-table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:4px 7px;text-align:right;vertical-align:middle}
-th{cursor:pointer;background:#f1f1f1;position:sticky;top:0;user-select:none;font-weight:600} th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
+table{border-collapse:collapse;font-size:13px;width:100%;table-layout:fixed;font-variant-numeric:tabular-nums}
+th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:right;vertical-align:middle;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+th{cursor:pointer;background:#f1f1f1;position:sticky;top:0;user-select:none;font-weight:600;font-size:12px;white-space:normal;vertical-align:bottom}
+th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"} th.nosort{cursor:default}
 th .u{display:block;font-weight:400;color:#666;font-size:11px}
-td.l,th.l{text-align:left} tr.failed td{background:#fdecea} td.err{max-width:340px;text-align:left;color:#a00;white-space:normal;overflow-wrap:anywhere;font-size:12px}
-td.pur{font-weight:600;font-size:14px;white-space:nowrap} th.pur{min-width:92px} .why{display:block;font-size:11px;color:#666;font-weight:400;white-space:normal;max-width:110px}
+td.l,th.l{text-align:left} tr.failed td{background:#fdecea} tr.pending td{background:#f4f4f4}
+td.st-failed{color:#a00;font-weight:600}
+td.err{text-align:left;color:#a00;font-size:12.5px;white-space:normal}
+td.err summary{cursor:pointer;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;list-style-position:inside}
+td.err details[open] summary{white-space:normal;overflow-wrap:anywhere}
+td.pur{font-weight:600;font-size:14px} .why{display:block;font-size:11px;color:#666;font-weight:400;white-space:normal}
 img.ov{width:300px;height:auto;display:block}
+@media (max-width:1320px){col.overview{width:212px !important} img.ov{width:200px}}
 .note{background:#fff4d6;border:1px solid #e0b84a;color:#5a4300;padding:8px 12px;margin:0 0 10px;font-size:14px}
 """
 
@@ -152,15 +165,16 @@ _JS = """
 (function(){
   const table=document.getElementById('slides');
   const heads=table.tHead.rows[0].cells;
-  function key(td){const v=td.getAttribute('data-v');if(v===null||v==='')return null;const n=Number(v);return isNaN(n)?v.toLowerCase():n;}
-  for(let i=0;i<heads.length;i++){
-    if(heads[i].classList.contains('nosort'))continue;
-    heads[i].addEventListener('click',function(){
-      const asc=!this.classList.contains('sorted-asc');
+  function key(tr,k){const td=tr.querySelector('td[data-k="'+k+'"]');const v=td?td.getAttribute('data-v'):null;
+    if(v===null||v==='')return null;const n=Number(v);return isNaN(n)?v.toLowerCase():n;}
+  for(const th of heads){
+    if(th.classList.contains('nosort'))continue;
+    th.addEventListener('click',function(){
+      const asc=!this.classList.contains('sorted-asc'),k=this.getAttribute('data-k');
       for(const h of heads)h.classList.remove('sorted-asc','sorted-desc');
       this.classList.add(asc?'sorted-asc':'sorted-desc');
       const rows=Array.from(table.tBodies[0].rows);
-      rows.sort(function(a,b){const x=key(a.cells[i]),y=key(b.cells[i]);
+      rows.sort(function(a,b){const x=key(a,k),y=key(b,k);
         if(x===null&&y===null)return 0;if(x===null)return 1;if(y===null)return -1;
         return (x<y?-1:x>y?1:0)*(asc?1:-1);});
       for(const r of rows)table.tBodies[0].appendChild(r);
@@ -171,35 +185,68 @@ _JS = """
 
 class _Col(NamedTuple):
     """A column of the report's table: the row's ``key``, its ``header`` and ``unit``, the CSS
-    ``css`` class and the ``fmt`` of its values ("s" text, "d" integer, "%" a fraction shown as
-    a percentage, a digit: decimals; None: the overview image)."""
+    ``css`` class, the ``fmt`` of its values ("s" text, "d" integer, "%" a fraction shown as
+    a percentage, a digit: decimals; None: the overview image) and its ``width`` in CSS px
+    (None: what the other columns leave, so the table fits the window)."""
 
     key: str
     header: str
     unit: str = ""
     css: str = ""
     fmt: str | None = "s"
+    width: int | None = None
 
 
 _COLS = (
-    _Col("overview", "overview", "cancer area · purity map", css="l nosort", fmt=None),
+    _Col("overview", "overview", "cancer area · purity map", css="l nosort", fmt=None, width=312),
     _Col("slide_id", "slide", css="l"),
-    _Col("status", "status", css="l"),
-    _Col("purity", "purity", "TC / all cells", css="pur", fmt="%"),
-    _Col("purity_in_cancer_area", "purity in cancer area", css="pur", fmt="%"),
-    _Col("n_cells", "cells", fmt="d"),
-    _Col("n_tc", "tumour", "cells (TC)", fmt="d"),
-    _Col("n_bc", "background", "cells (BC)", fmt="d"),
-    _Col("tissue_area_mm2", "tissue", "mm²", fmt="2"),
-    _Col("cancer_area_mm2", "cancer area", "mm²", fmt="2"),
-    _Col("n_unreadable_tiles", "unreadable", "tiles", fmt="d"),
-    _Col("mpp", "resolution", "µm/px", fmt="3"),
-    _Col("runtime_s", "runtime", "s", fmt="1"),
-    _Col("error", "error", css="l"),
+    _Col("status", "status", css="l", width=64),
+    _Col("purity", "purity", "TC / all cells", css="pur", fmt="%", width=80),
+    _Col("purity_in_cancer_area", "purity in cancer area", css="pur", fmt="%", width=84),
+    _Col("n_cells", "cells", fmt="d", width=80),
+    _Col("n_tc", "tumour", "cells (TC)", fmt="d", width=80),
+    _Col("n_bc", "background", "cells (BC)", fmt="d", width=96),
+    _Col("tissue_area_mm2", "tissue", "mm²", fmt="2", width=70),
+    _Col("cancer_area_mm2", "cancer area", "mm²", fmt="2", width=70),
+    _Col("n_unreadable_tiles", "unreadable", "tiles", fmt="d", width=90),
+    _Col("mpp", "resolution", "µm/px", fmt="3", width=88),
+    _Col("runtime_s", "runtime", "s", fmt="1", width=72),
 )
+#: The columns a failed (or pending) slide's error message spans: it has no results to show there,
+#: and a one-line message across them fits the window where a column of its own would not.
+_ERROR_SPAN = ("purity", "purity_in_cancer_area", "n_cells", "n_tc", "n_bc", "tissue_area_mm2", "cancer_area_mm2",
+               "n_unreadable_tiles", "mpp")
+
+
+def _shorten_middle(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters with "…" in the middle (for paths, whose start
+    and end say the most)."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+
+
+def _error_text(row: dict[str, Any]) -> tuple[str, str]:
+    """The row's error as (full line, shown part): a message that starts with the slide's path
+    drops it (the row names the slide; its path is on the slide's hover)."""
+    full = str(row.get("error") or "")
+    path = str(row.get("path") or "")
+    shown = full[len(path) + 2:] if path and full.startswith(path + ": ") else full
+    return full, shown
+
+
+def _error_cell(row: dict[str, Any]) -> str:
+    """A failed slide's message across :data:`_ERROR_SPAN`: one line cut with an ellipsis, the
+    whole line on hover, and the whole message wrapped after a click (a ``<details>``)."""
+    full, shown = _error_text(row)
+    q = html.escape(full, quote=True)
+    return (f'<td class="err" colspan="{len(_ERROR_SPAN)}" data-k="error" data-v="{q}">'
+            f'<details><summary title="{q}">{html.escape(shown)}</summary></details></td>')
 
 
 def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str | None]) -> str:
+    k = f' data-k="{key}"'
     if key == "overview":
         uri = thumbs.get(row["slide_id"])
         if not uri:
@@ -212,21 +259,87 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str 
         reason = row.get("purity_reason") if key == "purity" else None
         if reason:
             shown = f'<span title="{html.escape(str(reason), quote=True)}">n/a<span class="why">{html.escape(str(reason))}</span></span>'
-        return f'<td class="{"l" if fmt == "s" else ("pur" if fmt == "%" else "")}" data-v="">{shown}</td>'
+        return f'<td class="{"l" if fmt == "s" else ("pur" if fmt == "%" else "")}"{k} data-v="">{shown}</td>'
     if fmt == "s":
-        cls = "err" if key == "error" else "l"
+        cls = f"l st-{html.escape(str(v), quote=True)}" if key == "status" else "l"
         shown = html.escape(str(v))
-        path = str(row.get("path") or "")
-        if key == "error" and path and str(v).startswith(path + ": "):  # the row names the slide; the full line on hover
-            shown = f'<span title="{html.escape(str(v), quote=True)}">{html.escape(str(v)[len(path) + 2:])}</span>'
-        if key == "slide_id" and row.get("path"):  # the slide's file, on hover
-            shown = f'<span title="{html.escape(str(row["path"]), quote=True)}">{shown}</span>'
-        return f'<td class="{cls}" data-v="{html.escape(str(v), quote=True)}">{shown}</td>'
+        if key == "slide_id":  # a long id is cut with an ellipsis: the id and the slide's file in full on hover
+            tip = str(v) + (f"\n{row['path']}" if row.get("path") else "")
+            shown = f'<span title="{html.escape(tip, quote=True)}">{shown}</span>'
+        return f'<td class="{cls}"{k} data-v="{html.escape(str(v), quote=True)}">{shown}</td>'
     num = float(v)
     if fmt == "%":
-        return f'<td class="pur" data-v="{num!r}">{100 * num:.1f} %</td>'
+        return f'<td class="pur"{k} data-v="{num!r}">{100 * num:.1f} %</td>'
     shown = f"{int(num):,}" if fmt == "d" else f"{num:.{int(fmt)}f}"
-    return f'<td data-v="{num!r}">{shown}</td>'
+    return f'<td{k} data-v="{num!r}">{shown}</td>'
+
+
+def _table_row(row: dict[str, Any], thumbs: dict[str, str | None]) -> str:
+    """One ``<tr>``; a slide that is not done but has an error shows it across :data:`_ERROR_SPAN`."""
+    status = row.get("status")
+    cls = f' class="{html.escape(str(status), quote=True)}"' if status in ("failed", "pending", "running") else ""
+    spans = status != DONE and bool(row.get("error"))
+    cells = []
+    for c in _COLS:
+        if spans and c.key in _ERROR_SPAN:
+            if c.key == _ERROR_SPAN[0]:
+                cells.append(_error_cell(row))
+            continue
+        cells.append(_cell(row, c.key, c.fmt, thumbs))
+    return f"<tr{cls}>" + "".join(cells) + "</tr>"
+
+
+#: What ``wsi-ocelot synthetic-dataset`` names its data (``general_info.dataset`` of its
+#: ``metadata.json``): the data the shipped demo weights were trained on.
+SYNTHETIC_DATASET = "wsi-ocelot synthetic"
+_NAME_MAX = 80
+
+
+def _metadata_name(root: str) -> str | None:
+    """The name a dataset's ``metadata.json`` gives itself (``general_info.dataset`` or ``name``,
+    or a top-level ``dataset`` or ``name``), when the folder is on this machine."""
+    try:
+        meta = json.loads((Path(root) / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    general = meta.get("general_info") if isinstance(meta.get("general_info"), dict) else {}
+    for v in (general.get("dataset"), general.get("name"), meta.get("dataset"), meta.get("name")):
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+    return None
+
+
+def dataset_name(training: dict[str, Any], model_path: str | os.PathLike[str] | None = None) -> str | None:
+    """A name for the data a checkpoint was trained on, for the report's "trained on".
+
+    Parameters
+    ----------
+    training : dict
+        The checkpoint's ``training`` metadata (``CheckpointInfo.training``).
+    model_path : str or path-like, optional
+        The checkpoint, to recognise the shipped demo weights.
+
+    Returns
+    -------
+    str or None
+        In order: the name the checkpoint records (``dataset``); :data:`SYNTHETIC_DATASET` for the
+        demo weights; the name in the dataset's ``metadata.json`` when its folder is on this
+        machine; else the last component of the recorded folder. Never the recorded folder itself:
+        that is a path on the training machine (often a scratch folder such as ``/tmp/gdata``),
+        which means nothing to the report's reader. None when nothing is recorded.
+    """
+    named = training.get("dataset")
+    if isinstance(named, str) and named.strip():
+        return named.strip()[:_NAME_MAX]
+    if model_path is not None and is_demo_weights(model_path):
+        return SYNTHETIC_DATASET
+    root = training.get("data") or training.get("data_root")
+    if not isinstance(root, str) or not root.strip():
+        return None
+    name = _metadata_name(root) or re.split(r"[\\/]", root.strip().rstrip("\\/"))[-1]
+    return name[:_NAME_MAX] or None
 
 
 def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -> str:
@@ -254,8 +367,7 @@ def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -
             variant, encoder = info.model.variant, info.model.encoder
             t, m = info.training or {}, info.metrics or {}
             sizes = t.get("split_sizes") or {}
-            data = t.get("data") or t.get("data_root")
-            parts = [f"data {data}" if data else "", ", ".join(f"{v} {k}" for k, v in sizes.items()) + " tiles" if sizes else ""]
+            parts = [dataset_name(t, path) or "", ", ".join(f"{v} {k}" for k, v in sizes.items()) + " tiles" if sizes else ""]
             mf1 = m.get("val_mF1") or (m.get(m.get("split", "val")) or {}).get("mF1")
             parts.append(f"{m.get('split', 'val')} mF1 {float(mf1):.3f}" if mf1 is not None else "")
             trained = "; ".join(p for p in parts if p)
@@ -296,12 +408,33 @@ def _cards(rows: list[dict[str, Any]], purities: list[float]) -> str:
         + "</div>")
 
 
-def _failures(rows: list[dict[str, Any]]) -> str:
+def _failures(rows: list[dict[str, Any]], shown: int = 5) -> str:
+    """The box of failed slides above the table, each with its whole message (the first ``shown``
+    open, the rest behind a click so that a bad batch does not push the table off the screen)."""
     failed = [r for r in rows if r.get("status") == "failed"]
     if not failed:
         return ""
-    items = "".join(f'<li><strong>{html.escape(r["slide_id"])}</strong>: <span class="msg">{html.escape(str(r.get("error") or "no message"))}</span></li>' for r in failed)
-    return f'<div class="failures" id="failures"><h2>{len(failed)} slide(s) failed</h2><ul>{items}</ul></div>'
+
+    def item(r: dict[str, Any]) -> str:
+        full, msg = _error_text(r)
+        return (f'<li><strong>{html.escape(r["slide_id"])}</strong>: <span class="msg" title="{html.escape(full, quote=True)}">'
+                f'{html.escape(msg or "no message")}</span></li>')
+
+    items = "".join(item(r) for r in failed[:shown])
+    more = (f'<details><summary>{len(failed) - shown} more</summary><ul>{"".join(item(r) for r in failed[shown:])}</ul></details>'
+            if len(failed) > shown else "")
+    return f'<div class="failures" id="failures"><h2>{len(failed)} slide(s) failed</h2><ul>{items}</ul>{more}</div>'
+
+
+def _not_run(manifest: Manifest) -> str:
+    """The inputs the last run refused before it started (not slides, an id holding another
+    slide's result): not in the table, since nothing was recorded for them."""
+    lines = [str(x) for x in (manifest.meta.get("last_run") or {}).get("not_run") or []]
+    if not lines:
+        return ""
+    items = "".join(f'<li><span class="msg">{html.escape(line)}</span></li>' for line in lines)
+    return (f'<div class="failures" id="not-run"><h2>{len(lines)} input(s) of the last run not run (nothing recorded for them)</h2>'
+            f"<ul>{items}</ul></div>")
 
 
 def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = None) -> Path:
@@ -312,12 +445,11 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
     thumbs = {r["slide_id"]: _thumbnail(out_dir / r["slide_id"] / "overview.png") for r in rows if r.get("status") == DONE}
     purities = [float(r["purity"]) for r in rows if r.get("status") == DONE and r.get("purity") is not None and math.isfinite(float(r["purity"]))]
     title = f"Tumour purity report: {out_dir.resolve().name}"
-    head = "".join(f'<th class="{c.css}">{html.escape(c.header)}' + (f'<span class="u">{html.escape(c.unit)}</span>' if c.unit else "")
-                   + "</th>" for c in _COLS)
-    body = []
-    for r in rows:
-        cls = ' class="failed"' if r.get("status") == "failed" else ""
-        body.append(f"<tr{cls}>" + "".join(_cell(r, c.key, c.fmt, thumbs) for c in _COLS) + "</tr>")
+    head = "".join(f'<th class="{c.css}" data-k="{c.key}">{html.escape(c.header)}'
+                   + (f'<span class="u">{html.escape(c.unit)}</span>' if c.unit else "") + "</th>" for c in _COLS)
+    cols = "".join(f'<col class="{c.key}"' + (f' style="width:{c.width}px"' if c.width else "") + ">" for c in _COLS)
+    body = [_table_row(r, thumbs) for r in rows]
+    where = str(out_dir.resolve())
     notes = sorted({str(n) for n in [manifest.meta.get("model_note"), *(r.get("model_note") for r in rows)] if n})
     note_html = "".join(f'<div class="note" role="alert">&#9888; {html.escape(n)}</div>' for n in notes)
     doc = f"""<!DOCTYPE html>
@@ -325,16 +457,17 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<div class="meta">wsi-ocelot batch in {html.escape(str(out_dir.resolve()))} · {html.escape(str(manifest.meta.get("software", "")))} · built {html.escape(now_iso())}</div>
+<div class="meta">wsi-ocelot batch in <span title="{html.escape(where, quote=True)}">{html.escape(_shorten_middle(where, 90))}</span> · {html.escape(str(manifest.meta.get("software", "")))} · built {html.escape(now_iso())}</div>
 {_model_line(manifest, rows, out_dir)}
 {note_html}
 {_cards(rows, purities)}
 {_failures(rows)}
+{_not_run(manifest)}
 <div class="row"><div><h2>Tumour purity over the cohort ({len(purities)} slide(s) with cells)</h2>
 {purity_histogram_svg(purities, width=460, height=170)}</div>
 {_legend()}</div>
 <h2>Slides</h2>
-<table id="slides"><thead><tr>{head}</tr></thead><tbody>
+<table id="slides"><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(body)}
 </tbody></table>
 <script>{_JS}</script>

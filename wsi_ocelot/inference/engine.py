@@ -80,8 +80,11 @@ from wsi_ocelot.outputs import (
     write_overview,
     write_tissue_geojson,
 )
+from wsi_ocelot.outputs.overview import DEMO_WEIGHTS_BANNER
 from wsi_ocelot.purity import PurityCounter, SlideRecord
-from wsi_ocelot.slide import READERS, Slide, open_slide, tissue_mask
+from wsi_ocelot.slide import READERS, Slide, open_slide
+from wsi_ocelot.slide.mask import tissue_mask_from_image
+from wsi_ocelot.slide.stain_check import classify_stain, require_brightfield
 from wsi_ocelot.tiling import BlockBatches, TileDataset, make_loader, plan_tiles
 from wsi_ocelot.tiling.dataset import default_workers, read_batches
 from wsi_ocelot.weights import resolve_model, weights_note
@@ -110,7 +113,9 @@ class EngineConfig:
     the slide fails; below it each such tile costs only itself (``unreadable.py``). ``ngff``: the
     OME-NGFF version of ``tissue.ome.zarr`` ("0.4" on Zarr v2, what QuPath and napari open; "0.5" on
     Zarr v3). ``cells_table``: also write the cells as ``cells.parquet`` ("parquet") or ``cells.csv``
-    ("csv"), streamed beside the GeoJSON; None writes no table.
+    ("csv"), streamed beside the GeoJSON; None writes no table. ``stain_check``: fail a slide that
+    is not brightfield H&E (fluorescence or dark field, IHC; ``slide/stain_check.py``) with one
+    line, right after its tissue mask, before any model work; False runs it anyway.
 
     Examples
     --------
@@ -136,6 +141,7 @@ class EngineConfig:
     max_unreadable: float = DEFAULT_MAX_UNREADABLE
     ngff: str = "0.4"
     cells_table: str | None = None
+    stain_check: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -222,7 +228,8 @@ def _timed(it: Iterator[Any], timer: _Timer, name: str = "read") -> Iterator[Any
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    return tqdm(total=total, desc=desc, unit="tile", disable=not enabled, leave=False, dynamic_ncols=True)
+    # disable=None: tqdm's own "only on a terminal" (no bars in log files, pipes or a batch's run.log)
+    return tqdm(total=total, desc=desc, unit="tile", disable=None if enabled else True, leave=False, dynamic_ncols=True)
 
 
 def _to_host(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
@@ -245,7 +252,11 @@ class _SlideRun:
         self.runner, self.slide, self.work, self.sid = runner, slide, work, sid
         self.timer = _Timer()
         with self.timer("plan"):
-            self.mask = tissue_mask(slide)
+            thumb, ds = slide.thumbnail()
+            self.mask = tissue_mask_from_image(thumb, ds)
+            self.stain = classify_stain(thumb, self.mask.mask)
+            if cfg.stain_check:
+                require_brightfield(slide.path, self.stain)  # a fluorescence or IHC slide fails here, not as "no tissue"
             self.plan = plan_tiles(slide, runner.geometry, self.mask)
         W, H = slide.dimensions
         T = runner.geometry.tile_size
@@ -360,6 +371,7 @@ class SlideRunner:
         self.config = config.resolved(self.device)
         self.model_path = str(model_path)
         self.model_note = weights_note(model_path)  # the demo weights: synthetic-only
+        self._warned_demo = False  # the demo-weights warning: once per runner (a batch), not per slide
         model, info = load_model(model_path, device="cpu")
         if getattr(model, "needs_tissue_label", False):
             raise WsiOcelotError(model_path, "this is a tissue-label-leaking model, which needs tissue labels as input", "use it for analysis with `wsi-ocelot evaluate --data`; run slides with an injection model")
@@ -400,7 +412,7 @@ class SlideRunner:
         try:
             with open_slide(slide_path, mpp=mpp, reader=self.config.reader) as slide:
                 if self.model_note and not slide.is_synthetic:
-                    log.warning("%s: running the demo weights on a slide that is not synthetic: %s", slide.path, self.model_note)
+                    self._warn_demo(slide.path)
                 run = _SlideRun(self, slide, work, sid)
                 self._passes(run)
                 record = self._finish(run)
@@ -415,6 +427,15 @@ class SlideRunner:
         log.info("%s: %d cells, purity %s, %.1f s -> %s", sid, p.n_cells, "n/a" if p.purity is None else f"{p.purity:.3f}",
                  timings["total"], final)
         return SlideResult(sid, final, timings, record)
+
+    def _warn_demo(self, path: Path) -> None:
+        """The demo weights on a real slide: a warning once (the note is in every output anyway)."""
+        if self._warned_demo:
+            log.debug("%s: demo weights on a slide that is not synthetic (warned once)", path)
+            return
+        self._warned_demo = True
+        log.warning("the demo weights were trained on synthetic slides only; %s is not synthetic, so its cells and purity mean "
+                    "nothing (every output says so). Train on your data (training/README.md) and pass --model PATH", path)
 
     # ------------------------------------------------------------------------------------
     def _passes(self, run: _SlideRun) -> None:
@@ -460,7 +481,8 @@ class SlideRunner:
                     ca_geom = polygons_from_map(coarse, threshold=0.5, scale=tmap.scale * k, min_area=(20.0 / mpp) ** 2)
                 write_tissue_geojson(work / "tissue.geojson", ca_geom, origin=run.origin)
                 thumb, ds = slide.thumbnail(mpp=max(1.0, max(W, H) * mpp / 1200.0))  # ~1200 px on the long side
-                write_overview(work / "overview.png", thumb, ds, ca_geometry=ca_geom, purity=run.counter.grid(), purity_cell_size=run.grid_px)
+                write_overview(work / "overview.png", thumb, ds, ca_geometry=ca_geom, purity=run.counter.grid(), purity_cell_size=run.grid_px,
+                               banner=DEMO_WEIGHTS_BANNER if self.model_note else None)
             tissue_mm2 = float(run.unreadable.tissue_pixels()) * (run.mask.downsample * mpp) ** 2 / 1e6
             ca_mm2 = run.ca_pixels * (tmap.scale * mpp) ** 2 / 1e6 if self.has_tissue else None
             purity = run.counter.result(

@@ -227,7 +227,7 @@ def write_tissue_geojson(
         out.write(_FOOTER)
         if gzip:
             out.close()
-    log.info("wrote %d cancer-area polygons to %s", n, path)
+    log.debug("wrote %d cancer-area polygons to %s", n, path)
     return Path(path)
 
 

@@ -4,6 +4,8 @@ Frames: ``thumbnail`` pixel (r, c) shows level-0 px ``[c·d, (c+1)·d) × [r·d,
 ``d = downsample``; geometry and cells are given in level-0 px (OpenSlide frame) and divided
 by ``d`` for drawing; the purity grid square (i, j) covers level-0 ``[j·s, (j+1)·s) × [i·s,
 (i+1)·s)`` with ``s = purity_cell_size`` (as made by ``purity.purity_grid``).
+An optional banner (a warning such as :data:`DEMO_WEIGHTS_BANNER`) runs across the top; the
+panels and the legend then sit that many px lower in the image.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from wsi_ocelot.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
-__all__ = ["purity_colormap", "write_overview"]
+__all__ = ["DEMO_WEIGHTS_BANNER", "purity_colormap", "write_overview"]
 
 CA_OUTLINE = (0, 200, 0)
 TC_DOT = (220, 20, 20)
@@ -31,6 +33,12 @@ BC_DOT = (30, 90, 230)
 _STOPS = np.array([[49, 54, 149], [255, 255, 191], [165, 0, 38]], dtype=np.float64)
 _GAP = 8
 _LEGEND_H = 34
+#: The banner of an overview made with the shipped demo weights (``weights_note`` is not None).
+DEMO_WEIGHTS_BANNER = "DEMO WEIGHTS (synthetic data only): not for real slides"
+# the banner's colours (light amber strip, dark amber letters, a darker edge below), as the report's note
+BANNER_FILL = (255, 236, 179)
+BANNER_INK = (110, 70, 0)
+BANNER_EDGE = (224, 160, 40)
 
 
 def purity_colormap(p: ArrayLike) -> NDArray[np.uint8]:
@@ -113,6 +121,44 @@ def _legend(width: int, with_heat: bool, with_ca: bool, with_cells: bool) -> Ima
     return img
 
 
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's own font at ``size`` px (no system font needed); its small bitmap font on Pillow < 10.1."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow 10.0: no size argument
+        return ImageFont.load_default()
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` px (a single long word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def _banner(width: int, text: str) -> Image.Image:
+    """A strip ``width`` px wide carrying ``text`` in dark amber on light amber, its letters scaled
+    with the image (about 1/36 of its width) so that they stay legible when the overview is shown
+    small, wrapped onto as many lines as it needs."""
+    size = max(12, round(width / 36))
+    font = _font(size)
+    pad = max(4, size // 2)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = _wrap(probe, text, font, width - 2 * pad)
+    line_h = round(size * 1.25)
+    img = Image.new("RGB", (width, 2 * pad + line_h * len(lines)), BANNER_FILL)
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        draw.text((pad, pad + i * line_h), line, fill=BANNER_INK, font=font, stroke_width=size // 28, stroke_fill=BANNER_INK)
+    edge = max(2, size // 8)
+    draw.rectangle([0, img.height - edge, width - 1, img.height - 1], fill=BANNER_EDGE)
+    return img
+
+
 def write_overview(
     path: str | os.PathLike[str],
     thumbnail: ArrayLike,
@@ -124,6 +170,7 @@ def write_overview(
     cells: tuple[ArrayLike, ArrayLike, ArrayLike] | None = None,
     max_cells: int = 200_000,
     heat_alpha: float = 0.65,
+    banner: str | None = None,
 ) -> Path:
     """Write ``overview.png`` atomically; return the path.
 
@@ -132,7 +179,9 @@ def write_overview(
     BC blue; at most ``max_cells``, evenly subsampled). Right panel, when ``purity`` (a grid
     from ``purity_grid``) and ``purity_cell_size`` (level-0 px per grid square) are given: the
     faded thumbnail under the purity heat map (blue 0 → red 1, blank where no cells) with the
-    same outline. A legend strip runs along the bottom.
+    same outline. A legend strip runs along the bottom. ``banner``: a warning drawn in a strip
+    across the top, above the panels (:data:`DEMO_WEIGHTS_BANNER` for the demo weights); None
+    (the default) draws none.
     """
     thumb = np.asarray(thumbnail)
     if thumb.ndim != 3 or thumb.shape[2] not in (3, 4) or thumb.dtype != np.uint8:
@@ -163,13 +212,18 @@ def write_overview(
 
     total_w = sum(p.width for p in panels) + _GAP * (len(panels) - 1)
     legend_w = _legend_width(purity is not None, has_ca, cells is not None)
-    canvas = Image.new("RGB", (max(total_w, legend_w), h + _LEGEND_H), (255, 255, 255))
+    canvas_w = max(total_w, legend_w)
+    top = _banner(canvas_w, banner) if banner else None
+    top_h = top.height if top is not None else 0
+    canvas = Image.new("RGB", (canvas_w, top_h + h + _LEGEND_H), (255, 255, 255))
+    if top is not None:
+        canvas.paste(top, (0, 0))
     x = 0
     for p in panels:
-        canvas.paste(p, (x, 0))
+        canvas.paste(p, (x, top_h))
         x += p.width + _GAP
-    canvas.paste(_legend(canvas.width, purity is not None, has_ca, cells is not None), (0, h))
+    canvas.paste(_legend(canvas.width, purity is not None, has_ca, cells is not None), (0, top_h + h))
     with atomic_open(path) as fh:
         canvas.save(fh, format="PNG", optimize=False)
-    log.info("wrote overview %s (%d×%d)", path, canvas.width, canvas.height)
+    log.debug("wrote overview %s (%d×%d)", path, canvas.width, canvas.height)
     return Path(path)

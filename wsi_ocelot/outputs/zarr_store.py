@@ -281,7 +281,7 @@ class PredictionStore:
             self.root["cells"].attrs["count"] = self._n_written
             if self._tissue is not None:
                 self._tissue.build_pyramid()  # stores the map's cached chunks first
-            log.info("predictions store %s: %d cells", self.path, self._n_written)
+            log.debug("predictions store %s: %d cells", self.path, self._n_written)
         self._closed = True
 
     def _writable(self) -> None:

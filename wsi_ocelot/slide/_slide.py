@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,22 +35,43 @@ SYNTHETIC_DESCRIPTION = "wsi-ocelot synthetic H&E slide"
 
 _MPP_RANGE = (0.02, 50.0)  # anything outside is metadata noise (e.g. 72 dpi defaults)
 
+#: The level-0 µm/px a thumbnail assumes for a slide without MPP (opened for inspection).
+PREVIEW_MPP = 0.25
+
 
 @dataclass(frozen=True)
 class MppInfo:
     """Microns per level-0 pixel and where the value came from.
 
     ``source`` is one of ``override``, ``openslide``, ``tiff-resolution``,
-    ``objective-power``.
+    ``objective-power``, or ``missing`` for a slide opened with ``require_mpp=False`` that
+    has none: then ``x`` and ``y`` are NaN and ``problem`` / ``fix`` say why and what to do
+    (:meth:`error` is the :class:`MppError` that opening it normally raises).
     """
 
     x: float
     y: float
     source: str
+    problem: str | None = None
+    fix: str | None = None
 
     @property
     def mean(self) -> float:
         return (self.x + self.y) / 2.0
+
+    @property
+    def missing(self) -> bool:
+        """True when the slide has no usable MPP (opened with ``require_mpp=False``)."""
+        return self.source == "missing"
+
+    @classmethod
+    def missing_because(cls, err: MppError) -> MppInfo:
+        """The MPP of a slide whose resolution raised ``err``: missing, with its reason and fix."""
+        return cls(math.nan, math.nan, "missing", err.problem, err.fix)
+
+    def error(self, path: str | os.PathLike[str] | None) -> MppError:
+        """The one-line :class:`MppError` of a missing MPP, naming ``path``."""
+        return MppError(path, self.problem or "the slide has no microns-per-pixel in its metadata", self.fix or MPP_FIX)
 
 
 def _float(value: Any) -> float | None:
@@ -62,14 +86,23 @@ def _plausible(mpp: float | None) -> bool:
     return mpp is not None and _MPP_RANGE[0] <= mpp <= _MPP_RANGE[1]
 
 
+def check_mpp(value: Any, where: str | os.PathLike[str] | None, what: str = "MPP override") -> float:
+    """``value`` as a level-0 µm/px override, or :class:`MppError` naming ``where`` (a slide, a
+    manifest line, or None for a flag): the one range for ``--mpp``, a manifest's ``mpp`` column
+    and :func:`resolve_mpp`."""
+    mpp = _float(value)
+    if not _plausible(mpp):
+        raise MppError(where, f"{what} {value!r} is not a µm/px value between {_MPP_RANGE[0]:g} and {_MPP_RANGE[1]:g}",
+                       "give the level-0 microns per pixel, e.g. 0.25 for 40x or 0.5 for 20x")
+    return mpp  # type: ignore[return-value]
+
+
 def resolve_mpp(path: str | os.PathLike[str], properties: dict[str, str], override: float | None = None) -> MppInfo:
     """Resolve level-0 MPP: override → ``openslide.mpp-x/y`` → TIFF resolution tags →
     objective power (with a warning) → :class:`MppError` naming the slide and the flag."""
     if override is not None:
-        value = _float(override)
-        if not _plausible(value):
-            raise MppError(path, f"invalid MPP override {override!r}", f"give a value between {_MPP_RANGE[0]} and {_MPP_RANGE[1]} µm/px")
-        return MppInfo(value, value, "override")  # type: ignore[arg-type]
+        value = check_mpp(override, path)
+        return MppInfo(value, value, "override")
 
     mx, my = _float(properties.get("openslide.mpp-x")), _float(properties.get("openslide.mpp-y"))
     if _plausible(mx):
@@ -93,26 +126,125 @@ def resolve_mpp(path: str | os.PathLike[str], properties: dict[str, str], overri
     raise MppError(path, "the slide has no microns-per-pixel in its metadata (no openslide.mpp-x, TIFF resolution or objective power)", MPP_FIX)
 
 
-def _check_tiff_complete(path: Path) -> None:
-    """For TIFF-based files, every tile/strip must lie inside the file (catches truncation)."""
-    size = path.stat().st_size
+#: What to do about a file that ends early; used in every truncation error.
+TRUNCATED_FIX = ("the copy or download did not finish: copy the slide again and check that the transfer completed "
+                 "(the file's size should match the original's)")
+
+_TIFF_BYTE_ORDER = {b"II": "<", b"MM": ">"}
+_MAX_TIFF_DIRECTORIES = 100_000
+_MAX_TIFF_TAGS = 4096  # more tags than this is not a directory (tifffile's limit too)
+
+
+def _truncated(path: Path, size: int, what: str) -> SlideFormatError:
+    return SlideFormatError(path, f"the file is truncated (incomplete): it is {size:,} bytes, but {what}", TRUNCATED_FIX)
+
+
+class _Collect(logging.Filter):
+    """Takes a logger's records off the terminal and keeps their text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(record.getMessage())
+        return False
+
+
+@contextmanager
+def _quiet_tifffile(path: Path) -> Iterator[None]:
+    """tifffile reports a malformed file on its own logger ("tifffile"), whose lines reach the
+    terminal beside ours. While we probe a file we judge it ourselves and raise one line, so
+    its messages go to our debug log instead."""
+    tiff_log = logging.getLogger("tifffile")
+    collect = _Collect()
+    tiff_log.addFilter(collect)
     try:
-        with tifffile.TiffFile(path) as tif:
-            for page in tif.pages:
-                offsets = getattr(page, "dataoffsets", ()) or ()
-                counts = getattr(page, "databytecounts", ()) or ()
-                if offsets and counts:
-                    end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=False))
-                    if end > size:
-                        raise SlideFormatError(
-                            path,
-                            f"the file is truncated ({size} bytes, but its image data runs to byte {end})",
-                            "copy or download the slide again",
-                        )
-    except SlideFormatError:
-        raise
-    except Exception:  # not a TIFF tifffile understands (MRXS, some NDPI): OpenSlide decides
-        return
+        yield
+    finally:
+        tiff_log.removeFilter(collect)
+        for message in collect.messages:
+            log.debug("%s: tifffile: %s", path, message)
+
+
+def _tiff_chain_truncation(path: Path, size: int) -> str | None:
+    """Where the chain of image directories (IFDs) of a TIFF-based file runs past the file's
+    end, in words; None when the file is not TIFF-based or its chain is whole.
+
+    Reads only the header and each directory's tag count and next-directory offset. Scanners
+    (Aperio's SVS among them) write the directories after the image data, so a copy cut short
+    loses them first: tifffile then finds no pages and OpenSlide no slide, which looks like a
+    renamed file. A chain that is malformed in another way (a loop, an absurd tag count) is
+    not called truncated: OpenSlide judges it."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = _TIFF_BYTE_ORDER.get(head[:2])
+        if order is None or len(head) < 8:
+            return None
+        version = struct.unpack(order + "H", head[2:4])[0]
+        if version == 42:  # classic TIFF; Hamamatsu NDPI keeps 64-bit next-directory offsets (read as tifffile does)
+            ndpi = order == "<" and path.suffix.lower() == ".ndpi"
+            first, count_fmt, tag_size, next_fmt = 4, "H", 12, "Q" if ndpi else "I"
+        elif version == 43:  # BigTIFF
+            first, count_fmt, tag_size, next_fmt = 8, "Q", 20, "Q"
+        else:
+            return None
+        count_size, next_size = struct.calcsize(count_fmt), struct.calcsize(next_fmt)
+        fh.seek(first)
+        raw = fh.read(next_size)
+        if len(raw) < next_size:
+            return "its TIFF header is cut short"
+        offset = struct.unpack(order + next_fmt, raw)[0]
+        seen: set[int] = set()
+        while offset and len(seen) < _MAX_TIFF_DIRECTORIES:
+            if offset in seen:
+                return None
+            seen.add(offset)
+            n = len(seen)
+            if offset + count_size > size:
+                return f"its TIFF directory {n} starts at byte {offset:,}"
+            fh.seek(offset)
+            count = struct.unpack(order + count_fmt, fh.read(count_size))[0]
+            if count == 0 or count > _MAX_TIFF_TAGS:
+                return None
+            end = offset + count_size + count * tag_size + next_size
+            if end > size:
+                return f"its TIFF directory {n} runs to byte {end:,}"
+            fh.seek(end - next_size)
+            offset = struct.unpack(order + next_fmt, fh.read(next_size))[0]
+    return None
+
+
+def _check_tiff_chain(path: Path, size: int) -> None:
+    """:func:`_tiff_chain_truncation` as the one-line error (a few small reads: cheap)."""
+    try:
+        cut = _tiff_chain_truncation(path, size)
+    except (OSError, struct.error):  # unreadable: OpenSlide's open reports it
+        cut = None
+    if cut:
+        raise _truncated(path, size, cut)
+
+
+def _check_tiff_complete(path: Path) -> None:
+    """For TIFF-based files, the chain of image directories and every tile/strip must lie
+    inside the file (catches a copy cut short). tifffile's own complaints stay off the
+    terminal (debug log)."""
+    size = path.stat().st_size
+    _check_tiff_chain(path, size)
+    with _quiet_tifffile(path):
+        try:
+            with tifffile.TiffFile(path) as tif:
+                for page in tif.pages:
+                    offsets = getattr(page, "dataoffsets", ()) or ()
+                    counts = getattr(page, "databytecounts", ()) or ()
+                    if offsets and counts:
+                        end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=False))
+                        if end > size:
+                            raise _truncated(path, size, f"its image data runs to byte {end:,}")
+        except SlideFormatError:
+            raise
+        except Exception:  # not a TIFF tifffile understands (MRXS, some NDPI): OpenSlide decides
+            return
 
 
 class Slide:
@@ -126,7 +258,8 @@ class Slide:
     cannot answer exactly, and other formats, go through OpenSlide).
     """
 
-    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None, reader: str = "openslide"):
+    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None, reader: str = "openslide", *,
+                 require_mpp: bool = True):
         self.path = Path(path)
         self._mpp_override = mpp
         self._handle: Any = None
@@ -142,7 +275,12 @@ class Slide:
         self.level_count: int = osr.level_count
         self.level_dimensions: tuple[tuple[int, int], ...] = tuple(osr.level_dimensions)
         self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in osr.level_downsamples)
-        self.mpp_info = resolve_mpp(self.path, self.properties, mpp)
+        try:
+            self.mpp_info = resolve_mpp(self.path, self.properties, mpp)
+        except MppError as err:
+            if require_mpp or mpp is not None:  # a bad --mpp is always an error
+                raise
+            self.mpp_info = MppInfo.missing_because(err)
         self._probe()
 
     # -- handle management -------------------------------------------------------------
@@ -201,7 +339,8 @@ class Slide:
 
     def __repr__(self) -> str:
         w, h = self.dimensions
-        return f"Slide({str(self.path)!r}, {w}x{h}, mpp={self.mpp:.4f} [{self.mpp_info.source}], levels={self.level_count})"
+        mpp = "missing" if self.mpp_info.missing else f"{self.mpp:.4f} [{self.mpp_info.source}]"
+        return f"Slide({str(self.path)!r}, {w}x{h}, mpp={mpp}, levels={self.level_count})"
 
     def _probe(self) -> None:
         """Read the smallest level once so a corrupt file fails at open, not mid-run."""
@@ -218,7 +357,10 @@ class Slide:
 
     @property
     def mpp(self) -> float:
-        """Level-0 µm/px (mean of x and y)."""
+        """Level-0 µm/px (mean of x and y). Raises :class:`MppError` for a slide opened with
+        ``require_mpp=False`` that has none."""
+        if self.mpp_info.missing:
+            raise self.mpp_info.error(self.path)
         return self.mpp_info.mean
 
     @property
@@ -366,9 +508,12 @@ class Slide:
     def thumbnail(self, mpp: float = 8.0, max_size: int = 4096) -> tuple[np.ndarray, float]:
         """The whole slide at about ``mpp`` µm/px (capped at ``max_size`` on the long
         side). Returns ``(image, downsample)`` with ``downsample`` = level-0 px per
-        thumbnail px."""
+        thumbnail px. A slide without MPP (``require_mpp=False``) is taken as
+        :data:`PREVIEW_MPP` µm/px here (the finest common scan: the thumbnail is not coarser
+        than asked)."""
         w, h = self.dimensions
-        ds = max(mpp / self.mpp, max(w, h) / max_size, 1.0)
+        level0_mpp = PREVIEW_MPP if self.mpp_info.missing else self.mpp
+        ds = max(mpp / level0_mpp, max(w, h) / max_size, 1.0)
         tw, th = max(1, round(w / ds)), max(1, round(h / ds))
         img = self.read_box((0, 0, w, h), (tw, th))
         return img, w / tw
@@ -388,12 +533,14 @@ def _composite_white(rgba: Image.Image) -> np.ndarray:
     return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
 
 
-def _validate_path(path: Path) -> None:
+def _check_file(path: Path) -> int | None:
+    """The file exists, is not a folder (but a MIRAX data folder beside its ``.mrxs``), is not
+    empty and can be read; returns its size (None for the MIRAX folder)."""
     if not path.exists():
         raise SlideNotFoundError(path, "no such file", "check the path (and that the drive or share is mounted)")
     if path.is_dir():
         if any(p.suffix.lower() == ".mrxs" for p in path.parent.glob(path.name + ".mrxs")):
-            return
+            return None
         raise SlideNotFoundError(path, "is a directory, not a slide file", "pass the slide file itself; `wsi-ocelot run` takes folders and searches them")
     size = path.stat().st_size
     if size == 0:
@@ -403,10 +550,31 @@ def _validate_path(path: Path) -> None:
             fh.read(1)
     except OSError as err:
         raise SlideNotFoundError(path, f"cannot read the file ({err.strerror})", "check the file permissions") from err
-    _check_tiff_complete(path)
+    return size
 
 
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None, reader: str = "openslide") -> Slide:
+def _validate_path(path: Path) -> None:
+    if _check_file(path) is not None:
+        _check_tiff_complete(path)
+
+
+def check_slide_file(path: str | os.PathLike[str]) -> None:
+    """The cheap checks of an input before a batch starts (no pixels read, no MPP needed): the
+    file exists, is readable and non-empty, is not cut short, and OpenSlide recognises its
+    format. Raises the same one-line errors as :func:`open_slide` (:class:`SlideNotFoundError`,
+    :class:`SlideFormatError`); damage inside a recognised slide is found when it runs."""
+    path = Path(path)
+    size = _check_file(path)
+    if size is None:
+        return
+    _check_tiff_chain(path, size)  # a TIFF cut short is not recognised either: say it is truncated, not renamed
+    if openslide.OpenSlide.detect_format(str(path)) is None:
+        raise SlideFormatError(path, "not a slide format OpenSlide can read",
+                               "pass a whole-slide image (.svs, .tif/.tiff, .ndpi, .mrxs, .scn, .dcm, ...)")
+
+
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None, reader: str = "openslide", *,
+               require_mpp: bool = True) -> Slide:
     """Open a whole-slide image.
 
     Parameters
@@ -418,6 +586,12 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, reader: s
     reader
         ``"openslide"`` (default, every format) or ``"tifffile"`` (tiled TIFF / SVS decoded
         with tifffile: the same pixels, faster).
+    require_mpp
+        True (default): a slide whose MPP cannot be resolved raises :class:`MppError`.
+        False opens it for inspection (``wsi-ocelot info``): ``.mpp_info.missing`` is then
+        True with the reason in ``.mpp_info.problem``, ``.mpp`` and every read at an MPP
+        raise the same :class:`MppError`, and everything else works. An invalid ``mpp``
+        override raises either way.
 
     Returns
     -------
@@ -430,4 +604,4 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, reader: s
     >>> with open_slide("CMU-1-Small-Region.svs") as s:      # doctest: +SKIP
     ...     tile = s.read_at_mpp((0, 0, 2048, 2048), 0.5)   # (1024, 1024, 3) uint8
     """
-    return Slide(path, mpp=mpp, reader=reader)
+    return Slide(path, mpp=mpp, reader=reader, require_mpp=require_mpp)
