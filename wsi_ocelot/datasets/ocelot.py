@@ -8,6 +8,12 @@ label PNGs and ``metadata.json``.
     ROOT/images/{split}/tissue/NNN.jpg              tissue patch (x_l), tissue-MPP px
     ROOT/annotations/{split}/cell/NNN.csv           "x,y,class" lines, no header, may be empty
     ROOT/annotations/{split}/tissue/NNN.png         1 = BG, 2 = CA, 255 = unknown
+    ROOT/annotations/{split}/cell_mask/NNN.png      optional (not in the release): 1 where every cell is
+                                                    marked (inside an annotated region), 0 unknown
+
+A pair without a ``cell_mask`` PNG is labelled everywhere (the OCELOT release). A dataset built
+from partial annotations (QuPath regions, ``wsi-ocelot tiles --annotations``) has one per pair:
+the cell loss and the metric ignore what lies outside it (it is not "no cell" there, it is unknown).
 
 Every problem with the files raises :class:`~wsi_ocelot.errors.DatasetError` naming the
 file, the problem and the fix. Shared by ``wsi-ocelot evaluate --data`` and ``training/``.
@@ -34,7 +40,8 @@ SPLITS = ("train", "val", "test")
 TILE_MODES = ("crop", "resize")
 CELL_CLASSES = (1, 2)
 TISSUE_VALUES = (1, 2, 255)
-_LAYOUT_FIX = "use the OCELOT release layout: images/{split}/{cell,tissue}/NNN.jpg, annotations/{split}/cell/NNN.csv, annotations/{split}/tissue/NNN.png, metadata.json"
+_LAYOUT_FIX = ("use the OCELOT release layout: images/{split}/{cell,tissue}/NNN.jpg, annotations/{split}/cell/NNN.csv, "
+               "annotations/{split}/tissue/NNN.png (and optionally annotations/{split}/cell_mask/NNN.png), metadata.json")
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class PairRecord:
     organ: str | None
     cell_mpp: float | None
     tissue_mpp: float | None
+    cell_mask: Path | None = None  # where the cell labels are complete (None: everywhere)
 
 
 # --------------------------------------------------------------------------- readers
@@ -116,6 +124,27 @@ def read_tissue_png(path: str | os.PathLike[str]) -> np.ndarray:
     if bad.size:
         raise DatasetError(p, f"tissue annotation holds value(s) {bad[:5].tolist()}, allowed 1 (BG), 2 (CA), 255 (unknown)", "write the label map with OCELOT values only")
     return arr.astype(np.uint8)
+
+
+def read_cell_mask(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a cell-label mask PNG as ``bool (H, W)`` in cell-patch px: True where every cell is
+    marked, False where the labels are unknown; values must be 0 or 1 (255 reads as 1)."""
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            if im.mode not in ("L", "P", "1"):
+                raise DatasetError(p, f"cell mask has image mode {im.mode!r}, expected a single-channel PNG",
+                                   "write a grayscale PNG with 1 where the cells are completely marked, 0 elsewhere")
+            arr = np.asarray(im.convert("L"))
+    except FileNotFoundError as err:
+        raise DatasetError(p, "cell mask not found", _LAYOUT_FIX) from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DatasetError(p, f"not a readable PNG ({err})", "re-extract the file from the dataset archive") from err
+    bad = np.setdiff1d(np.unique(arr), (0, 1, 255))
+    if bad.size:
+        raise DatasetError(p, f"cell mask holds value(s) {bad[:5].tolist()}, allowed 0 (unknown) and 1 (labelled)",
+                           "write the mask with 0 and 1 only")
+    return arr > 0
 
 
 def read_metadata(root: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -186,6 +215,7 @@ def list_pairs(root: str | os.PathLike[str], split: str) -> list[PairRecord]:
         if not all(0.0 <= v <= 1.0 for v in offset):
             raise DatasetError(root / "metadata.json", f"pair {id_!r} has offset {offset} outside [0, 1]", "offsets are the relative centre of the cell patch in the tissue patch")
         organ = m.get("organ")
+        mask = root / "annotations" / split / "cell_mask" / f"{id_}.png"
         records.append(
             PairRecord(
                 id=id_,
@@ -197,6 +227,7 @@ def list_pairs(root: str | os.PathLike[str], split: str) -> list[PairRecord]:
                 organ=str(organ) if organ is not None else None,
                 cell_mpp=_resized_mpp(m, "cell"),
                 tissue_mpp=_resized_mpp(m, "tissue"),
+                cell_mask=mask if mask.is_file() else None,
             )
         )
     return records

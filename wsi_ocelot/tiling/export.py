@@ -3,7 +3,9 @@
 ``images[/split]/cell/NNN.jpg`` (the cell tile at the cell MPP), ``images[/split]/tissue/NNN.jpg``
 (its context, ``context_factor`` × the field of view, at the tissue MPP) and
 ``metadata.json`` whose ``sample_pairs`` use OCELOT's field names. Users inspect what
-the model sees with it, and make training data from their own slides.
+the model sees with it, and make training data from their own slides: with labels
+(:func:`write_labels`: ``annotations[/split]/{cell,tissue,cell_mask}/``) from QuPath annotations
+in ``tiling/annotated.py`` (``wsi-ocelot tiles --annotations``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ FIELD_DESCRIPTION = {
     "mpp_y": "level-0 µm/px of the slide (y)",
 }
 LABEL_INFO = {"cell": {"background_cell": 1, "tumor_cell": 2}, "tissue": {"background": 1, "cancer_area": 2, "unknown": 255}}
+CELL_MASK_INFO = {"unknown": 0, "labelled": 1}
 
 
 def _box_dict(box: np.ndarray, mpp_x: float, mpp_y: float, size: int) -> dict[str, Any]:
@@ -60,6 +64,20 @@ def pick_cell_boxes(slide: Slide, geometry: GeometryConfig, mask: TissueMask, li
     return boxes
 
 
+def pair_offsets(n: int, offsets: str | np.ndarray = "centre", seed: int | np.random.Generator = 0) -> np.ndarray:
+    """``(n, 2)`` relative positions of each cell patch centre in its context: ``"centre"``
+    (0.5, 0.5, as the slide engine sees tiles), ``"ocelot"`` (each pair at one of OCELOT's four
+    positions, drawn with ``seed``, a seed or a generator) or an (n, 2) array."""
+    if isinstance(offsets, str):
+        if offsets == "centre":
+            return np.full((n, 2), 0.5)
+        if offsets == "ocelot":
+            rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+            return rng.choice(np.asarray(OCELOT_OFFSETS), size=(n, 2))
+        raise ValueError(f"offsets must be 'centre', 'ocelot' or an array, got {offsets!r}")
+    return np.asarray(offsets, dtype=np.float64).reshape(n, 2)
+
+
 def export_pairs(
     slide: Slide,
     out_dir: str | os.PathLike[str],
@@ -74,25 +92,17 @@ def export_pairs(
     quality: int = 95,
     mask: TissueMask | None = None,
     extra: dict[str, Any] | None = None,
+    per_pair: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Write pairs for ``cell_boxes`` (default: :func:`pick_cell_boxes`) under
     ``out_dir/images[/split]/{cell,tissue}/`` and return their ``sample_pairs`` entries
-    keyed by id. ``offsets``: ``"centre"`` (0.5, 0.5, as the slide engine sees tiles),
-    ``"ocelot"`` (each pair at one of OCELOT's four positions, drawn with ``seed``) or an
-    (N, 2) array. ``extra`` fields (e.g. ``organ``, ``subset``) are added to each entry."""
+    keyed by id. ``offsets``: see :func:`pair_offsets`. ``extra`` fields (e.g. ``organ``,
+    ``subset``) are added to each entry, then ``per_pair[k]`` to the k-th."""
     out = Path(out_dir)
     if cell_boxes is None:
         cell_boxes = pick_cell_boxes(slide, geometry, mask if mask is not None else tissue_mask(slide), limit)
     n = len(cell_boxes)
-    if isinstance(offsets, str):
-        if offsets == "centre":
-            off = np.full((n, 2), 0.5)
-        elif offsets == "ocelot":
-            off = np.random.default_rng(seed).choice(np.asarray(OCELOT_OFFSETS), size=(n, 2))
-        else:
-            raise ValueError(f"offsets must be 'centre', 'ocelot' or an array, got {offsets!r}")
-    else:
-        off = np.asarray(offsets, dtype=np.float64).reshape(n, 2)
+    off = pair_offsets(n, offsets, seed)
     ctx = context_boxes(cell_boxes, geometry.context_factor, off)
     sub = Path("images") / split if split else Path("images")
     (out / sub / "cell").mkdir(parents=True, exist_ok=True)
@@ -118,18 +128,49 @@ def export_pairs(
             entry["subset"] = split
         if extra:
             entry.update(extra)
+        if per_pair is not None:
+            entry.update(per_pair[k])
         pairs[pid] = entry
     log.info("%s: wrote %d cell/tissue pairs to %s", slide.path.name, n, out / sub)
     return pairs
 
 
-def write_metadata(out_dir: str | os.PathLike[str], pairs: dict[str, dict[str, Any]], geometry: GeometryConfig, **general: Any) -> Path:
-    """Write ``metadata.json`` (OCELOT's top-level keys) into ``out_dir``."""
+def write_labels(
+    out_dir: str | os.PathLike[str],
+    split: str | None,
+    pid: str,
+    cells: np.ndarray,
+    tissue: np.ndarray,
+    cell_mask: np.ndarray | None = None,
+) -> None:
+    """Write one pair's labels in the OCELOT layout under ``out_dir/annotations[/split]/``:
+    ``cell/PID.csv`` (``x,y,class`` per line, cell-patch px, no header; empty when no cell),
+    ``tissue/PID.png`` (1 BG, 2 CA, 255 unknown) and, when given, ``cell_mask/PID.png``
+    (uint8, 1 where every cell is marked, 0 unknown)."""
+    root = Path(out_dir) / "annotations" / (split or "")
+    kinds = ("cell", "tissue") + (("cell_mask",) if cell_mask is not None else ())
+    for kind in kinds:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+    rows = [f"{int(x)},{int(y)},{int(c)}" for x, y, c in np.asarray(cells).reshape(-1, 3)]
+    (root / "cell" / f"{pid}.csv").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    Image.fromarray(np.asarray(tissue, dtype=np.uint8)).save(root / "tissue" / f"{pid}.png")
+    if cell_mask is not None:
+        Image.fromarray(np.asarray(cell_mask, dtype=np.uint8)).save(root / "cell_mask" / f"{pid}.png")
+
+
+def write_metadata(out_dir: str | os.PathLike[str], pairs: dict[str, dict[str, Any]], geometry: GeometryConfig, *,
+                   cell_mask: bool = False, fields: dict[str, str] | None = None, **general: Any) -> Path:
+    """Write ``metadata.json`` (OCELOT's top-level keys) into ``out_dir``. ``cell_mask``: the
+    pairs have ``annotations/{split}/cell_mask/`` PNGs (described in ``label_info``);
+    ``fields`` adds descriptions of extra per-pair fields."""
     path = Path(out_dir) / "metadata.json"
+    label_info: dict[str, Any] = dict(LABEL_INFO)
+    if cell_mask:
+        label_info["cell_mask"] = CELL_MASK_INFO
     meta = {
         "general_info": {"generator": f"wsi-ocelot {__version__}", "geometry": asdict(geometry), **general},
-        "label_info": LABEL_INFO,
-        "field_description": FIELD_DESCRIPTION,
+        "label_info": label_info,
+        "field_description": {**FIELD_DESCRIPTION, **(fields or {})},
         "sample_pairs": pairs,
     }
     return write_text(path, json.dumps(meta, indent=2))
