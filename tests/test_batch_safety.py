@@ -339,3 +339,12 @@ def test_a_signal_marks_the_slide_pending_and_writes_the_reports(slides, ckpt, t
     proc = _cli("run", str(csv), "--out", str(out), "--model", str(ckpt), *FAST)
     assert proc.returncode == 0, proc.stderr
     assert Manifest.load(out).counts() == {"done": 4, "failed": 0, "running": 0}
+
+
+def test_no_progress_bars_off_a_terminal():
+    """The engine's bars show on a terminal only, also for library users (run_slide, SlideRunner)
+    whose config keeps the default progress=True: under pytest stderr is a pipe."""
+    from wsi_ocelot.inference.engine import _progress
+
+    assert not sys.stderr.isatty()
+    assert _progress(3, "cell pass", True).disable and _progress(3, "cell pass", False).disable
