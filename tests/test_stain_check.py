@@ -223,3 +223,18 @@ def test_info_shows_the_stain(not_he):
     assert proc.returncode == 0, proc.stderr
     stain = json.loads(proc.stdout)["stain"]
     assert stain["kind"] == "ihc" and stain["brown_fraction"] >= 0.2 and "IHC" in stain["description"]
+
+
+@pytest.mark.parametrize("domain", ["blue-grey", "dark-pink"])
+def test_he_of_other_stain_protocols_stays_brightfield(domain):
+    """H&E from other labs' protocols (``synthetic.layout.STAIN_DOMAINS``): an orange eosin (as with
+    saffron, HES) is pale, not a DAB deposit; an over-stained purple-pink slide is H&E too."""
+    from wsi_ocelot.synthetic.layout import STAIN_DOMAINS, SyntheticParams
+    from wsi_ocelot.synthetic.render import render_um
+    from wsi_ocelot.synthetic.slide import make_synthetic_slide
+
+    params = dataclasses.replace(SyntheticParams(), **STAIN_DOMAINS[domain])
+    for seed in (21, 22):
+        model = make_synthetic_slide(mpp=0.5, size=(1024, 1024), seed=seed, params=params).model
+        check = classify_stain(render_um(model, 0, 0, 1024, 1024, 0.5))
+        assert check.kind == "brightfield", (domain, seed, check)

@@ -25,8 +25,9 @@ The rule, on the thumbnail (about 8 µm/px) and the tissue mask computed from it
   stain vectors (they vary from lab to lab and scanner to scanner): haematoxylin and eosin
   both absorb green most (an H&E pixel is never blue-darkest), DAB brown absorbs blue most.
   A tissue pixel is DAB-brown when blue is its darkest channel and its hue is orange to
-  yellow-brown (:data:`BROWN_HUE` degrees, at least :data:`BROWN_SATURATION_MIN` saturated):
-  red blood cells, red but not brown, stay out. A brightfield slide is called ``ihc`` when at
+  yellow-brown (:data:`BROWN_HUE` degrees, at least :data:`BROWN_SATURATION_MIN` saturated)
+  and dark enough to be a deposit (:data:`BROWN_VALUE_MAX`): red blood cells, red but not
+  brown, and a pale orange eosin or saffron, orange but not dark, stay out. A brightfield slide is called ``ihc`` when at
   least :data:`BROWN_FRACTION_MIN` of its coloured tissue pixels are brown and its lit
   pixels look like a stained slide (:data:`IHC_BRIGHTFIELD_SHARE_MIN`; a random colour
   pattern does not). An IHC slide with little DAB (the negative areas of most markers) passes
@@ -76,8 +77,12 @@ STAIN_SATURATION = (0.08, 0.80)
 COLOURED_SATURATION_MIN = 0.10
 #: DAB brown: hue in this range (degrees; 0 is red, 60 yellow) ...
 BROWN_HUE = (10.0, 60.0)
-#: ... at least this saturated.
+#: ... at least this saturated ...
 BROWN_SATURATION_MIN = 0.15
+#: ... and at most this bright (the brightest channel): DAB deposits absorb strongly, while an
+#: orange eosin or a saffron (HES) colours stroma a pale orange (measured: synthetic DAB median
+#: 0.77-0.82, an orange-eosin H&E's median 0.90, ``STAIN_DOMAINS["blue-grey"]``).
+BROWN_VALUE_MAX = 0.85
 #: IHC: at least this fraction of the coloured tissue pixels DAB-brown ...
 BROWN_FRACTION_MIN = 0.20
 #: ... on a slide whose lit pixels are at least this much glass or stain colours.
@@ -180,8 +185,8 @@ def classify_stain(img: np.ndarray, tissue: np.ndarray | None = None) -> StainCh
     n_tissue = int(coloured.sum())
     brown_fraction = None
     if n_tissue >= MIN_TISSUE_PIXELS:
-        h, s = hue[coloured], sat[coloured]  # hue 10-60°: R ≥ G > B, blue absorbed most, and not plain red
-        brown_fraction = float(((h >= BROWN_HUE[0]) & (h < BROWN_HUE[1]) & (s >= BROWN_SATURATION_MIN)).mean())
+        h, s, v = hue[coloured], sat[coloured], val[coloured]  # hue 10-60°: R ≥ G > B, blue absorbed most, and not plain red
+        brown_fraction = float(((h >= BROWN_HUE[0]) & (h < BROWN_HUE[1]) & (s >= BROWN_SATURATION_MIN) & (v <= BROWN_VALUE_MAX)).mean())
 
     if n_scanned and dark_fraction >= DARK_FRACTION_MIN and share < BRIGHTFIELD_SHARE_MIN:
         kind = "fluorescence"

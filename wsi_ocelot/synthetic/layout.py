@@ -74,6 +74,11 @@ class SyntheticParams:
     stroma_spacing_um: float = 11.0
     budding_distance_um: float = 60.0  # TC outside CA cluster within ~this distance of CA
     stain_jitter: float = 0.06
+    # the stain protocol: haematoxylin and eosin optical-density vectors (RGB, normalised) before
+    # the per-slide jitter, and the stains' mean strengths (STAIN_DOMAINS: other labs' stains)
+    stain_h: tuple[float, float, float] = (0.5626, 0.7201, 0.4062)
+    stain_e: tuple[float, float, float] = (0.2159, 0.8012, 0.5581)
+    stain_gain: tuple[float, float] = (1.0, 1.0)
     fissure_probability: float = 0.6
     hole_probability: float = 0.6
 
@@ -550,13 +555,25 @@ def _resolve_overlaps(cells: CellTable) -> CellTable:
     return cells
 
 
-def _make_stain(rng: np.random.Generator, jitter: float) -> Stain:
-    h = np.array([0.5626, 0.7201, 0.4062]) + rng.normal(0, jitter, 3)
-    e = np.array([0.2159, 0.8012, 0.5581]) + rng.normal(0, jitter, 3)
+#: Stain protocols the demo weights never saw (``SyntheticParams`` overrides): ``blue-grey``, a
+#: haematoxylin that reads blue-grey and a pale orange eosin (a progressive haematoxylin, an older
+#: scanner's colour profile); ``dark-pink``, a strong, purplish haematoxylin under a saturated pink
+#: eosin (a regressive protocol, over-staining). Slides of a domain differ from each other by the
+#: usual per-slide jitter around it.
+STAIN_DOMAINS: dict[str, dict[str, object]] = {
+    "default": {},
+    "blue-grey": {"stain_h": (0.72, 0.62, 0.31), "stain_e": (0.06, 0.55, 0.83), "stain_gain": (1.25, 0.7)},
+    "dark-pink": {"stain_h": (0.45, 0.80, 0.40), "stain_e": (0.12, 0.92, 0.37), "stain_gain": (1.35, 1.4)},
+}
+
+
+def _make_stain(rng: np.random.Generator, p: SyntheticParams) -> Stain:
+    h = np.asarray(p.stain_h, dtype=np.float64) + rng.normal(0, p.stain_jitter, 3)
+    e = np.asarray(p.stain_e, dtype=np.float64) + rng.normal(0, p.stain_jitter, 3)
     h = np.clip(h, 0.05, None)
     e = np.clip(e, 0.05, None)
     return Stain(h_vec=h / np.linalg.norm(h), e_vec=e / np.linalg.norm(e),
-                 h_gain=float(rng.uniform(0.88, 1.12)), e_gain=float(rng.uniform(0.85, 1.15)),
+                 h_gain=float(rng.uniform(0.88, 1.12)) * p.stain_gain[0], e_gain=float(rng.uniform(0.85, 1.15)) * p.stain_gain[1],
                  glass_od=float(rng.uniform(0.02, 0.04)))
 
 
@@ -579,7 +596,7 @@ def build_tissue_model(
     ss = np.random.SeedSequence([int(seed), 0x0CE107])
     r_geo, r_field, r_cell, r_morph, r_stain = (np.random.default_rng(s) for s in ss.spawn(5))
     ext = (W, H)
-    stain = _make_stain(r_stain, p.stain_jitter)
+    stain = _make_stain(r_stain, p)
     nest = Fbm(r_field, [(p.nest_scale_um, 1.0), (p.nest_scale_um / 2, 0.45), (p.nest_scale_um / 4, 0.15)], ext)
     warps = (Fbm(r_field, [(130.0, 1.0), (45.0, 0.35), (12.0, 0.07)], ext),
              Fbm(r_field, [(90.0, 1.0), (30.0, 0.4), (10.0, 0.08)], ext))
