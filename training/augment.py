@@ -9,7 +9,10 @@ A :class:`PairSample` holds one cell/tissue pair as tensors:
 - ``points``: float32 ``(N, 3)`` = (x, y, class), x = column, y = row in cell-patch
   pixels (pixel centres at integers), class 1 = BC, 2 = TC;
 - ``tissue_label``: long ``(Ht, Wt)``, OCELOT values 1 = BG, 2 = CA, 255 = unknown;
-- ``cell_target``: optional long ``(H, W)`` disk target (transformed like ``cell``).
+- ``cell_target``: optional long ``(H, W)`` disk target (transformed like ``cell``);
+- ``cell_mask``: optional bool ``(H, W)``, True where every cell is marked (inside an
+  annotated region), False where the cell labels are unknown; None = labelled everywhere.
+  Transformed like ``cell``, so it stays aligned with the image and the target.
 
 Geometric transforms (flips, 90° rotations) act on both images, the points, the labels
 and the offset, so that after every transform the cell patch still equals the region of
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +57,12 @@ class PairSample:
     points: Tensor
     tissue_label: Tensor
     cell_target: Tensor | None = None
+    cell_mask: Tensor | None = None
+
+
+def _maybe(t: Tensor | None, fn: Callable[[Tensor], Tensor]) -> Tensor | None:
+    """``fn(t)``, or None for an absent cell-frame map (target, mask)."""
+    return None if t is None else fn(t)
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,8 @@ def hflip(s: PairSample) -> PairSample:
         offset=torch.stack([1.0 - s.offset[0], s.offset[1]]),
         points=points,
         tissue_label=s.tissue_label.flip(-1),
-        cell_target=None if s.cell_target is None else s.cell_target.flip(-1),
+        cell_target=_maybe(s.cell_target, lambda t: t.flip(-1)),
+        cell_mask=_maybe(s.cell_mask, lambda t: t.flip(-1)),
     )
 
 
@@ -137,7 +148,8 @@ def vflip(s: PairSample) -> PairSample:
         offset=torch.stack([s.offset[0], 1.0 - s.offset[1]]),
         points=points,
         tissue_label=s.tissue_label.flip(-2),
-        cell_target=None if s.cell_target is None else s.cell_target.flip(-2),
+        cell_target=_maybe(s.cell_target, lambda t: t.flip(-2)),
+        cell_mask=_maybe(s.cell_mask, lambda t: t.flip(-2)),
     )
 
 
@@ -164,7 +176,8 @@ def rot90(s: PairSample, k: int = 1) -> PairSample:
             offset=torch.stack([out.offset[1], 1.0 - out.offset[0]]),
             points=points,
             tissue_label=torch.rot90(out.tissue_label, 1, dims=(-2, -1)),
-            cell_target=None if out.cell_target is None else torch.rot90(out.cell_target, 1, dims=(-2, -1)),
+            cell_target=_maybe(out.cell_target, lambda t: torch.rot90(t, 1, dims=(-2, -1))),
+            cell_mask=_maybe(out.cell_mask, lambda t: torch.rot90(t, 1, dims=(-2, -1))),
         )
     return out
 

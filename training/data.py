@@ -7,6 +7,14 @@
     ROOT/images/{split}/tissue/NNN.jpg              tissue patch (x_l), tissue-MPP px
     ROOT/annotations/{split}/cell/NNN.csv           "x,y,class" lines, no header, may be empty
     ROOT/annotations/{split}/tissue/NNN.png         1 = BG, 2 = CA, 255 = unknown
+    ROOT/annotations/{split}/cell_mask/NNN.png      optional: 1 where every cell is marked, 0 unknown
+
+Partial labels: a pair with a ``cell_mask`` (a dataset built from annotated regions) is
+labelled only inside it. The mask is read with the pair, cropped, resized (nearest) and
+flipped/rotated with the cell image, and the disk target is
+:data:`~training.targets.CELL_IGNORE` outside it, so the loss neither rewards nor punishes what
+the model predicts there; items also carry the mask (``cell_mask``) for the validation metric,
+which drops predictions outside it (:func:`wsi_ocelot.metrics.evaluate`'s ``masks``).
 
 The tissue patch covers ``context_factor`` (4) × the cell patch's field of view and the
 cell patch's centre lies at ``(patch_x_offset, patch_y_offset)`` of it, so the cell patch
@@ -60,7 +68,7 @@ from training.augment import (
     random_augment,
     random_augment_geometry,
 )
-from training.targets import disk_targets
+from training.targets import disk_targets, mask_cell_target
 from wsi_ocelot.datasets.ocelot import (  # noqa: E402,F401  (re-exported: the readers live in the package)
     _LAYOUT_FIX,
     CELL_CLASSES,
@@ -69,6 +77,7 @@ from wsi_ocelot.datasets.ocelot import (  # noqa: E402,F401  (re-exported: the r
     PairRecord,
     list_pairs,
     read_cell_csv,
+    read_cell_mask,
     read_metadata,
     read_rgb,
     read_tissue_png,
@@ -168,6 +177,7 @@ def crop_pair(s: PairSample, box: CropBox, context_factor: int) -> PairSample:
         points=pts[keep],
         tissue_label=s.tissue_label[ts],
         cell_target=None if s.cell_target is None else s.cell_target[cs],
+        cell_mask=None if s.cell_mask is None else s.cell_mask[cs],
     )
 
 
@@ -180,9 +190,15 @@ def resize_pair(s: PairSample, size: int) -> PairSample:
         return F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
 
     label = F.interpolate(s.tissue_label[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
+    mask = None if s.cell_mask is None else resize_mask(s.cell_mask, size)
     pts = s.points.clone()
     pts[:, :2] = (pts[:, :2] + 0.5) * scale - 0.5
-    return PairSample(cell=rs(s.cell), tissue=rs(s.tissue), offset=s.offset.clone(), points=pts, tissue_label=label, cell_target=None)
+    return PairSample(cell=rs(s.cell), tissue=rs(s.tissue), offset=s.offset.clone(), points=pts, tissue_label=label, cell_target=None, cell_mask=mask)
+
+
+def resize_mask(mask: Tensor, size: int) -> Tensor:
+    """A bool cell mask resized to ``size`` px by nearest neighbour (as the tissue label)."""
+    return F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0] > 0.5
 
 
 # --------------------------------------------------------------------------- dataset
@@ -207,6 +223,10 @@ class OcelotDataset(Dataset[dict[str, Any]]):
     :func:`training.evaluate_data.forward` converts and augments them on the model's
     device (:func:`training.augment.apply_stain`, :func:`~training.augment.apply_jitter`).
     Same draws as the default path, where the workers do all of it on the CPU.
+
+    When any pair of the split has a cell mask (:attr:`has_masks`), ``cell_target`` is
+    :data:`~training.targets.CELL_IGNORE` outside each pair's mask and items carry
+    ``cell_mask`` bool ``(T, T)`` (all True for a pair without a mask).
     """
 
     def __init__(
@@ -237,6 +257,7 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         self.device_augment = device_augment
         # read every CSV now: a malformed file fails at start-up, not hours into training
         self._points = [read_cell_csv(r.cell_csv) for r in self.records]
+        self.has_masks = any(r.cell_mask is not None for r in self.records)
         first = self.records[0].cell_image
         with Image.open(first) as im:
             self.image_size = int(im.size[0])
@@ -272,6 +293,17 @@ class OcelotDataset(Dataset[dict[str, Any]]):
     def organs(self) -> list[str | None]:
         return [r.organ for r in self.records]
 
+    @property
+    def masked_pairs(self) -> int:
+        """How many pairs carry a cell mask (are labelled only inside annotated regions)."""
+        return sum(r.cell_mask is not None for r in self.records)
+
+    def labelled_fraction(self) -> float | None:
+        """The labelled share of the masked pairs' cell images (mean of their masks), or None
+        without masks. Reads the mask PNGs (small; call it once)."""
+        masks = [read_cell_mask(r.cell_mask) for r in self.records if r.cell_mask is not None]
+        return None if not masks else float(sum(m.sum() for m in masks) / sum(m.size for m in masks))
+
     def mpp(self) -> tuple[float, float] | None:
         """Mean ``resized_mpp`` of cell and tissue patches from the metadata (original px), if present."""
         cells = [r.cell_mpp for r in self.records if r.cell_mpp is not None]
@@ -293,12 +325,18 @@ class OcelotDataset(Dataset[dict[str, Any]]):
             raise DatasetError(r.cell_image, f"image is {w}×{h} px but the split's first image is {self.image_size} px", "use one image size per split")
         if label.shape != tissue.shape[:2]:
             raise DatasetError(r.tissue_png, f"tissue annotation is {label.shape[1]}×{label.shape[0]} px, the tissue image {tissue.shape[1]}×{tissue.shape[0]}", "use the annotation that belongs to this image")
+        mask = None
+        if r.cell_mask is not None:
+            mask = read_cell_mask(r.cell_mask)
+            if mask.shape != (h, w):
+                raise DatasetError(r.cell_mask, f"cell mask is {mask.shape[1]}×{mask.shape[0]} px, the cell image {w}×{h}", "use the mask that belongs to this cell image (same size, cell-patch px)")
         return PairSample(
             cell=torch.from_numpy(cell).permute(2, 0, 1).float().div_(255.0),
             tissue=torch.from_numpy(tissue).permute(2, 0, 1).float().div_(255.0),
             offset=torch.tensor(r.offset, dtype=torch.float64),
             points=torch.from_numpy(self._points[index].copy()),
             tissue_label=torch.from_numpy(label).long(),
+            cell_mask=None if mask is None else torch.from_numpy(mask),
         )
 
     def _cache_key(self) -> tuple[Any, ...]:
@@ -313,7 +351,8 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         if self.tile_size is not None and self.tile_size != self.image_size and self.tile_mode == "resize":
             s = resize_pair(s, self.tile_size)
         return PairSample(cell=(s.cell * 255.0).round_().to(torch.uint8), tissue=(s.tissue * 255.0).round_().to(torch.uint8),
-                          offset=s.offset.clone(), points=s.points.clone(), tissue_label=s.tissue_label.to(torch.uint8), cell_target=None)
+                          offset=s.offset.clone(), points=s.points.clone(), tissue_label=s.tissue_label.to(torch.uint8), cell_target=None,
+                          cell_mask=s.cell_mask)
 
     def preload(self, threads: int | None = None) -> int:
         """Decode every pair not yet in the cache, ``threads`` at a time (default: the CPUs,
@@ -350,9 +389,10 @@ class OcelotDataset(Dataset[dict[str, Any]]):
             if self.cache:
                 self._cache[index] = c
         if uint8:
-            return PairSample(cell=c.cell, tissue=c.tissue, offset=c.offset.clone(), points=c.points.clone(), tissue_label=c.tissue_label.long(), cell_target=None)
+            return PairSample(cell=c.cell, tissue=c.tissue, offset=c.offset.clone(), points=c.points.clone(), tissue_label=c.tissue_label.long(), cell_target=None,
+                              cell_mask=c.cell_mask)
         return PairSample(cell=c.cell.float().div_(255.0), tissue=c.tissue.float().div_(255.0), offset=c.offset.clone(),
-                          points=c.points.clone(), tissue_label=c.tissue_label.long(), cell_target=None)
+                          points=c.points.clone(), tissue_label=c.tissue_label.long(), cell_target=None, cell_mask=c.cell_mask)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self._base_pair(index, uint8=self.device_augment)
@@ -372,8 +412,11 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         elif self.augment is not None:
             s = random_augment(s, self.augment, context_factor=self.context_factor)
         size = s.cell.shape[-1]
-        target = disk_targets(s.points, size, size, max(1.0, self.disk_radius * self.scale))
+        target = mask_cell_target(disk_targets(s.points, size, size, max(1.0, self.disk_radius * self.scale)), s.cell_mask)
         r = self.records[index]
+        mask = None
+        if self.has_masks:  # every item of a masked split carries one, so batches stack
+            mask = s.cell_mask.contiguous() if s.cell_mask is not None else torch.ones(size, size, dtype=torch.bool)
         return {
             "cell": s.cell.contiguous(),
             "tissue": s.tissue.contiguous(),
@@ -383,6 +426,7 @@ class OcelotDataset(Dataset[dict[str, Any]]):
             "points": s.points,
             "id": r.id,
             "organ": r.organ,
+            **({"cell_mask": mask} if mask is not None else {}),
             **({"jitter": jitter} if jitter is not None else {}),
             **({"stain": stain} if stain is not None else {}),
         }
@@ -391,7 +435,7 @@ class OcelotDataset(Dataset[dict[str, Any]]):
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the tensors; ``points``, ``id`` and ``organ`` stay lists (variable length)."""
     out: dict[str, Any] = {}
-    for key in ("cell", "tissue", "offset", "cell_target", "tissue_label", "jitter", "stain"):
+    for key in ("cell", "tissue", "offset", "cell_target", "tissue_label", "cell_mask", "jitter", "stain"):
         if key in batch[0]:
             out[key] = torch.stack([b[key] for b in batch])
     for key in ("points", "id", "organ"):

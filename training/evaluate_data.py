@@ -8,6 +8,10 @@ Scores are computed in the model-input pixel frame, with the matching radius sca
 same factor as the images (radius 15 px at the release's ≈0.194 µm/px ≈ 3 µm). A checkpoint
 trained on resized tiles (``tile_mode: resize``) records its coarser ``cell_mpp``; the split
 is then resized to that resolution before inference, so the model sees what it was trained on.
+
+Pairs with a cell mask (partial labels) are scored within it: :func:`predict` keeps each
+image's mask and :func:`score` hands them to the metric, which drops predictions (and ground
+truth) outside them.
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Predictions:
-    """Per image: predicted ``(N, 4)`` (x, y, class, prob) and ground-truth ``(M, 3)`` points."""
+    """Per image: predicted ``(N, 4)`` (x, y, class, prob) and ground-truth ``(M, 3)`` points,
+    and the cell mask (bool ``(H, W)``, model-input px) of a partially labelled pair, else None."""
 
     preds: list[np.ndarray] = field(default_factory=list)
     gts: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray | None] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     organs: list[str | None] = field(default_factory=list)
     loss: float | None = None
@@ -95,9 +101,11 @@ def predict(
                 loss, _ = total_loss(outputs, targets, loss_cfg)
                 losses.append(loss.detach().float())
             points = find_peaks(cell_logits.float().softmax(dim=1), peaks)
-            for p, gt, id_, organ in zip(points, batch["points"], batch["id"], batch["organ"], strict=True):
+            masks = batch.get("cell_mask")
+            for k, (p, gt, id_, organ) in enumerate(zip(points, batch["points"], batch["id"], batch["organ"], strict=True)):
                 out.preds.append(p.detach().cpu().double().numpy())
                 out.gts.append(gt.detach().cpu().double().numpy())
+                out.masks.append(None if masks is None else masks[k].cpu().numpy().astype(bool))
                 out.ids.append(id_)
                 out.organs.append(organ)
     finally:
@@ -107,9 +115,16 @@ def predict(
     return out
 
 
+def _masks(pred: Predictions, idx: list[int] | None = None) -> list[np.ndarray | None] | None:
+    if not any(m is not None for m in pred.masks):
+        return None
+    return list(pred.masks) if idx is None else [pred.masks[i] for i in idx]
+
+
 def score(pred: Predictions, radius: float = DISTANCE_CUTOFF) -> dict[str, Any]:
-    """OCELOT score of all images: ``{"mF1", "BC": {...}, "TC": {...}}``."""
-    return evaluate(pred.preds, pred.gts, radius).to_dict()
+    """OCELOT score of all images: ``{"mF1", "BC": {...}, "TC": {...}}`` (within the masks of
+    partially labelled pairs)."""
+    return evaluate(pred.preds, pred.gts, radius, masks=_masks(pred)).to_dict()
 
 
 def score_by_organ(pred: Predictions, radius: float = DISTANCE_CUTOFF) -> dict[str, dict[str, Any]]:
@@ -118,5 +133,6 @@ def score_by_organ(pred: Predictions, radius: float = DISTANCE_CUTOFF) -> dict[s
     for i, organ in enumerate(pred.organs):
         if organ is not None:
             groups[organ].append(i)
-    return {organ: evaluate([pred.preds[i] for i in idx], [pred.gts[i] for i in idx], radius).to_dict() for organ, idx in sorted(groups.items())}
+    return {organ: evaluate([pred.preds[i] for i in idx], [pred.gts[i] for i in idx], radius, masks=_masks(pred, idx)).to_dict()
+            for organ, idx in sorted(groups.items())}
 

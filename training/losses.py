@@ -2,7 +2,10 @@
 
 Both cross-entropies are means over the *labelled* pixels, computed as sum / max(count, 1)
 so that a batch whose tissue mask is entirely unknown (255) contributes 0, never NaN
-(``F.cross_entropy(..., reduction="mean")`` divides by zero there).
+(``F.cross_entropy(..., reduction="mean")`` divides by zero there). The cell target is
+:data:`~training.targets.CELL_IGNORE` outside a pair's cell mask (partial labels): those pixels
+count in neither the cross-entropy nor the soft Dice, so what the model predicts there does
+not change the loss at all.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from training.targets import TISSUE_IGNORE, tissue_target
+from training.targets import CELL_IGNORE, TISSUE_IGNORE, tissue_target
 from wsi_ocelot.errors import ConfigError
 
 
@@ -51,12 +54,15 @@ def masked_ce(logits: Tensor, target: Tensor, *, ignore_index: int = TISSUE_IGNO
     return loss / denom.clamp_min(1.0)
 
 
-def soft_dice(logits: Tensor, target: Tensor, classes: tuple[int, ...] = (1, 2), eps: float = 1.0) -> Tensor:
-    """1 − mean soft Dice over ``classes`` (softmax probabilities), summed over the batch."""
+def soft_dice(logits: Tensor, target: Tensor, classes: tuple[int, ...] = (1, 2), eps: float = 1.0, *,
+              ignore_index: int = CELL_IGNORE) -> Tensor:
+    """1 − mean soft Dice over ``classes`` (softmax probabilities), summed over the batch;
+    pixels whose target is ``ignore_index`` are left out."""
     probs = logits.float().softmax(dim=1)
+    valid = target != ignore_index
     losses = []
     for c in classes:
-        p = probs[:, c]
+        p = probs[:, c].masked_fill(~valid, 0.0)
         t = (target == c).to(p.dtype)
         inter = (p * t).sum()
         losses.append(1.0 - (2.0 * inter + eps) / (p.sum() + t.sum() + eps))
@@ -64,9 +70,10 @@ def soft_dice(logits: Tensor, target: Tensor, classes: tuple[int, ...] = (1, 2),
 
 
 def cell_loss(logits: Tensor, target: Tensor, cfg: LossConfig) -> Tensor:
-    """Cell branch loss on disk targets ``(B, H, W)`` with values 0 / 1 / 2."""
+    """Cell branch loss on disk targets ``(B, H, W)`` with values 0 / 1 / 2, or
+    :data:`~training.targets.CELL_IGNORE` where the labels are unknown (ignored)."""
     weight = None if cfg.cell_class_weights is None else torch.tensor(cfg.cell_class_weights, dtype=torch.float32, device=logits.device)
-    loss = masked_ce(logits, target, ignore_index=-100, weight=weight)
+    loss = masked_ce(logits, target, ignore_index=CELL_IGNORE, weight=weight)
     if cfg.dice_weight > 0:
         loss = loss + cfg.dice_weight * soft_dice(logits, target)
     return loss

@@ -4,6 +4,10 @@ Cell detection is trained as segmentation (paper §5.1): a disk of fixed radius 
 around every annotated point and filled with its class (1 = BC, 2 = TC); 0 = no cell.
 Where disks overlap, each pixel takes the class of the *nearest* centre (ties: any one of
 them), so touching cells stay separated instead of the later one overwriting the earlier.
+
+Partial labels (a pair with a ``cell_mask``: cells marked only inside annotated regions):
+outside the mask the target is :data:`CELL_IGNORE`, like the tissue branch's 255, so the loss
+counts those pixels neither as a cell nor as "no cell" (:func:`mask_cell_target`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from torch import Tensor
 
 #: Tissue loss target values: 0 = BG (OCELOT 1), 1 = CA (OCELOT 2), 255 = ignored.
 TISSUE_IGNORE = 255
+#: Cell target value of pixels whose label is unknown (outside a pair's ``cell_mask``); the
+#: cell loss ignores it (``F.cross_entropy``'s default ``ignore_index``).
+CELL_IGNORE = -100
 
 
 def disk_targets(points: Tensor | np.ndarray, height: int, width: int, radius: float) -> Tensor:
@@ -55,3 +62,13 @@ def tissue_target(label: Tensor) -> Tensor:
     out[label == 1] = 0
     out[label == 2] = 1
     return out
+
+
+def mask_cell_target(target: Tensor, mask: Tensor | None) -> Tensor:
+    """The disk target with :data:`CELL_IGNORE` wherever ``mask`` (bool, same shape) is False;
+    ``target`` itself when there is no mask (labelled everywhere)."""
+    if mask is None:
+        return target
+    if mask.shape != target.shape:
+        raise ValueError(f"cell mask {tuple(mask.shape)} and cell target {tuple(target.shape)} differ in shape")
+    return target.masked_fill(~mask.bool(), CELL_IGNORE)

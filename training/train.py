@@ -6,6 +6,9 @@
         [--epochs N] [--max-steps N] [--device D] [--seed S] [--resume] [--lr X] \
         [--batch-size B] [--tile-size T] [--workers W] [--encoder NAME]
 
+    # fine-tuning: start from a checkpoint's weights, model and geometry (configs/finetune.yaml)
+    python -m training.train --config configs/finetune.yaml --data ROOT --init CKPT|demo --out RUN_DIR
+
 Run folder:
 
 - ``config.yaml``: the resolved :class:`TrainConfig` (file + flags); it can be passed back as
@@ -23,6 +26,14 @@ Run folder:
 Randomness is reseeded at every epoch from ``seed + epoch`` (global torch RNG, the sampler
 and the DataLoader workers), so an interrupted run resumed with ``--resume`` draws the same
 batches and augmentations as an uninterrupted one.
+
+Fine-tuning (``init``, ``--init CKPT|demo``): the model is rebuilt from the checkpoint's own
+config (variant, encoder, normalisation), its weights loaded strictly, its peak settings and
+geometry kept (the data's MPPs and tile size must agree with the checkpoint's: one-line error
+otherwise). Every checkpoint of the run records ``training.parent`` (path, SHA-256, the data
+it was trained on) and the fine-tuning data (``dataset``, ``data_root``, ``split_sizes``,
+``data_masks``). Every run records ``training.validation``: the data its best epoch was chosen
+on (name, split, pairs, how many within region masks, labelled share).
 """
 
 from __future__ import annotations
@@ -52,15 +63,17 @@ from training.data import TILE_MODES, OcelotDataset, collate
 from training.encoders import describe, init_encoders
 from training.evaluate_data import forward, predict, score
 from training.losses import LossConfig, total_loss
-from training.report import ReportConfig
+from training.report import CARD_FILE, ReportConfig
 from training.report import finish as finish_report
 from wsi_ocelot.atomic import atomic_path, write_text
 from wsi_ocelot.config import GeometryConfig, from_dict, load_yaml
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.evaluation import data_name
 from wsi_ocelot.inference.peaks import PeakConfig
 from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.metrics import DISTANCE_CUTOFF
 from wsi_ocelot.model import (
+    CheckpointInfo,
     ModelConfig,
     OcelotModel,
     build_model,
@@ -69,6 +82,7 @@ from wsi_ocelot.model import (
     save_checkpoint,
 )
 from wsi_ocelot.model.precision import autocast
+from wsi_ocelot.weights import file_sha256, is_demo_weights, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +90,9 @@ log = logging.getLogger(__name__)
 PAPER_LR_RANGE = (5e-5, 2e-3)
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "adamw")
+#: What the data's MPPs may differ from an ``init`` checkpoint's (as ``wsi-ocelot evaluate`` allows).
+GEOMETRY_MPP_TOLERANCE = 0.05
 #: Geometry defaults when the metadata has no ``resized_mpp`` (nominal OCELOT).
 DEFAULT_MPP = (0.2, 0.8)
 STATE_JSON = "last_state.json"
@@ -102,6 +119,15 @@ class TrainConfig:
     ``checkpoint_every``: write ``last.safetensors`` and the optimizer state every N epochs
     and after the last one (a large study sets it high: a ResNet-34 pair with its Adam
     moments is ~0.5 GB per write); ``--resume`` continues from the last one written.
+
+    Fine-tuning (``configs/finetune.yaml``): ``init`` (``demo`` or a checkpoint path; None =
+    train from ``encoder_weights``) starts from that checkpoint's weights, model, peaks and
+    geometry (``model`` and ``encoder_weights`` are then taken from it). ``optimizer``
+    ``adam`` (the paper) or ``adamw`` (decoupled ``weight_decay``). ``warmup_epochs``: the
+    learning rate ramps linearly over the first N epochs (``lr · (e + 1) / (N + 1)``), then
+    follows ``lr_schedule`` over the rest. ``encoder_lr_scale``: the encoders learn at
+    ``lr × scale`` (1 = as the rest). ``freeze_encoder_epochs``: the encoders (weights and
+    BatchNorm statistics) stay fixed for the first N epochs, the decoders and heads adapt.
     """
 
     data: str | None = None
@@ -114,6 +140,11 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
+    init: str | None = None
+    optimizer: str = "adam"
+    warmup_epochs: int = 0
+    encoder_lr_scale: float = 1.0
+    freeze_encoder_epochs: int = 0
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
@@ -152,6 +183,16 @@ class TrainConfig:
             raise bad("weight_decay", self.weight_decay, "use 0 or a small positive value")
         if self.lr_schedule not in LR_SCHEDULES:
             raise bad("lr_schedule", self.lr_schedule, f"use one of {', '.join(LR_SCHEDULES)}")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init.strip()):
+            raise bad("init", self.init, "use demo, the path of a checkpoint (.safetensors), or null")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", self.optimizer, f"use one of {', '.join(OPTIMIZERS)}")
+        if self.warmup_epochs < 0:
+            raise bad("warmup_epochs", self.warmup_epochs, "use 0 (no warm-up) or a number of epochs, e.g. 1")
+        if not (0.0 <= self.encoder_lr_scale <= 1.0):
+            raise bad("encoder_lr_scale", self.encoder_lr_scale, "use a factor in [0, 1], e.g. 0.1 (1 = the encoders learn at lr)")
+        if self.freeze_encoder_epochs < 0:
+            raise bad("freeze_encoder_epochs", self.freeze_encoder_epochs, "use 0 (never frozen) or a number of epochs")
         if self.amp not in AMP_MODES:
             raise bad("amp", self.amp, f"use one of {', '.join(AMP_MODES)}")
         if self.workers < 0:
@@ -231,10 +272,41 @@ def seed_everything(seed: int) -> None:
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of ``epoch`` (0-based): constant, or cosine from ``lr`` towards 0."""
+    """Learning rate of ``epoch`` (0-based): a linear warm-up over ``warmup_epochs``, then
+    constant, or cosine from ``lr`` towards 0 over the remaining epochs."""
+    w = cfg.warmup_epochs
+    if epoch < w:
+        return cfg.lr * (epoch + 1) / (w + 1)
     if cfg.lr_schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - w) / (cfg.epochs - w)))
     return cfg.lr
+
+
+def encoders(model: nn.Module) -> list[nn.Module]:
+    """The branches' encoders (``cell.encoder``, ``tissue.encoder`` where the variant has them)."""
+    return [getattr(model, b).encoder for b in ("cell", "tissue") if isinstance(getattr(getattr(model, b, None), "encoder", None), nn.Module)]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW; with ``encoder_lr_scale`` ≠ 1 two parameter groups (the encoders' group
+    learns at ``lr × encoder_lr_scale``; each group's ``lr_scale`` is applied per epoch)."""
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    if cfg.encoder_lr_scale == 1.0:
+        return cls([{"params": list(model.parameters()), "lr_scale": 1.0}], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    enc_ids = {id(q) for m in encoders(model) for q in m.parameters()}
+    rest = [q for q in model.parameters() if id(q) not in enc_ids]
+    enc = [q for q in model.parameters() if id(q) in enc_ids]
+    return cls([{"params": rest, "lr_scale": 1.0}, {"params": enc, "lr_scale": cfg.encoder_lr_scale}], lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def set_encoders_frozen(model: nn.Module, frozen: bool) -> list[nn.Module]:
+    """Freeze (or release) the encoders' weights; returns the frozen modules, which the training
+    loop keeps in eval mode (BatchNorm statistics fixed too)."""
+    mods = encoders(model)
+    for m in mods:
+        for q in m.parameters():
+            q.requires_grad_(not frozen)
+    return mods if frozen else []
 
 
 def geometry_for(ds: OcelotDataset, context_factor: int) -> GeometryConfig:
@@ -323,9 +395,13 @@ def train_one_epoch(
     step: int,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    frozen: Sequence[nn.Module] = (),
 ) -> tuple[dict[str, float], int]:
-    """One pass over ``loader``; stops early at ``cfg.max_steps``. Returns (mean losses, step)."""
+    """One pass over ``loader``; stops early at ``cfg.max_steps``. Returns (mean losses, step).
+    ``frozen`` modules stay in eval mode (fixed BatchNorm statistics)."""
     model.train()
+    for m in frozen:
+        m.eval()
     sums: dict[str, Tensor] = {}
     n = 0
     for batch in loader:
@@ -392,15 +468,18 @@ def _loader(ds: OcelotDataset, cfg: TrainConfig, device: torch.device, *, shuffl
     )
 
 
-def _datasets(cfg: TrainConfig) -> tuple[OcelotDataset, OcelotDataset | None]:
+def _datasets(cfg: TrainConfig, parent: Parent | None = None) -> tuple[OcelotDataset, OcelotDataset | None]:
     """The training and validation datasets (uint8 images out of the workers: colour jitter
-    runs on the device), decoded into memory first with ``cache``."""
+    runs on the device), decoded into memory first with ``cache``; their geometry checked
+    against the ``parent`` checkpoint's first (:func:`check_geometry`)."""
     cf = cfg.model.context_factor
     train_ds = OcelotDataset(cfg.data, cfg.train_split, tile_size=cfg.tile_size, tile_mode=cfg.tile_mode, random_crop=True, augment=cfg.augment, disk_radius=cfg.disk_radius, context_factor=cf, cache=cfg.cache, device_augment=True)
     val_ds = None
     if cfg.val_split is not None:
         val_tile = None if cfg.val_full_size and cfg.tile_mode == "crop" else cfg.tile_size
         val_ds = OcelotDataset(cfg.data, cfg.val_split, tile_size=val_tile, tile_mode=cfg.tile_mode, random_crop=False, augment=None, disk_radius=cfg.disk_radius, context_factor=cf, cache=cfg.cache, device_augment=True)
+    if parent is not None:  # before decoding anything
+        check_geometry(geometry_for(train_ds, cf), parent, cfg.data)  # type: ignore[arg-type]
     if cfg.cache:  # decode once, in threads, before the loader's workers fork (they inherit it)
         t_load = time.perf_counter()
         n_loaded = sum(ds.preload() for ds in (train_ds, val_ds) if ds is not None)
@@ -411,12 +490,89 @@ def _datasets(cfg: TrainConfig) -> tuple[OcelotDataset, OcelotDataset | None]:
     return train_ds, val_ds
 
 
+@dataclass(frozen=True)
+class Parent:
+    """The checkpoint a fine-tuning run starts from (``init``)."""
+
+    spec: str  # as given: "demo" or a path
+    path: Path
+    info: CheckpointInfo
+
+    def record(self) -> dict[str, Any]:
+        """What every checkpoint of the run records as ``training.parent``."""
+        t, m = self.info.training, self.info.metrics
+        return {"init": self.spec, "path": os.fspath(self.path.resolve()), "sha256": file_sha256(self.path),
+                "dataset": parent_data_name(self.info, self.path), "data_root": t.get("data_root"),
+                "variant": self.info.model.variant, "encoder": self.info.model.encoder,
+                "val_mF1": m.get("val_mF1"), "parent": t.get("parent")}
+
+
+def parent_data_name(info: CheckpointInfo, path: Path) -> str | None:
+    """The name of the data a checkpoint was trained on: what it records (``training.dataset``,
+    its card's data), the synthetic data for the demo weights, else its data folder's name."""
+    t = info.training
+    card_data = (t.get("card") or {}).get("data") or {}
+    for name in (t.get("dataset"), card_data.get("dataset")):
+        if isinstance(name, str) and name.strip():
+            return name.strip()
+    if is_demo_weights(path):
+        return "wsi-ocelot synthetic"
+    root = t.get("data_root")
+    return Path(root).name if isinstance(root, str) and root.strip() else None
+
+
+def apply_init(cfg: TrainConfig) -> tuple[TrainConfig, Parent | None]:
+    """``cfg`` with the ``init`` checkpoint's model config and peak settings, and that
+    checkpoint; ``(cfg, None)`` without ``init``. A ``model`` setting (or ``--encoder``) other
+    than the default that differs from the checkpoint's is an error: the weights decide the model."""
+    if cfg.init is None:
+        return cfg, None
+    path = resolve_model(cfg.init)
+    info = read_checkpoint_info(path)  # a missing or foreign file: one line naming it
+    default = ModelConfig()
+    diff = [f"{f.name} {getattr(cfg.model, f.name)!r} vs {getattr(info.model, f.name)!r}" for f in dataclasses.fields(ModelConfig)
+            if getattr(cfg.model, f.name) not in (getattr(default, f.name), getattr(info.model, f.name))]
+    if diff:  # a model setting given (not the default) that contradicts the checkpoint
+        raise ConfigError(path, f"the config's model differs from this --init checkpoint's ({'; '.join(diff[:3])})",
+                          "drop the model section and --encoder: with --init the model is the checkpoint's")
+    if cfg.encoder_weights not in (None, "none"):
+        log.info("init %s: encoder_weights %r not used (the weights are the checkpoint's)", cfg.init, cfg.encoder_weights)
+    peaks = info.peaks if cfg.peaks == PeakConfig() else cfg.peaks
+    if peaks != info.peaks:
+        log.info("peaks from the config (%s), not the checkpoint's (%s)", cfg.peaks, info.peaks)
+    parent_radius = (info.training.get("config") or {}).get("disk_radius")
+    if isinstance(parent_radius, (int, float)) and abs(parent_radius - cfg.disk_radius) > 1e-6:
+        log.warning("disk_radius %g differs from the %g px %s was trained with: its cell head learnt disks of that size", cfg.disk_radius, parent_radius, cfg.init)
+    return dataclasses.replace(cfg, model=info.model, peaks=peaks), Parent(spec=cfg.init, path=path, info=info)
+
+
+def check_geometry(geometry: GeometryConfig, parent: Parent, data_root: str | os.PathLike[str]) -> None:
+    """The data's geometry (:func:`geometry_for`) must be the ``init`` checkpoint's: cell and
+    tissue MPP within 5 %, the same tile size. One line naming both and the fix otherwise."""
+    g = parent.info.geometry
+    off = [abs(geometry.cell_mpp / g.cell_mpp - 1), abs(geometry.tissue_mpp / g.tissue_mpp - 1)]
+    if max(off) <= GEOMETRY_MPP_TOLERANCE and geometry.tile_size == g.tile_size:
+        return
+    t_mode = (parent.info.training.get("config") or {}).get("tile_mode") or parent.info.training.get("tile_mode")
+    also = f" (or, as it was trained on resized tiles, set tile_mode: resize and tile_size: {g.tile_size})" if t_mode == "resize" else ""
+    raise ConfigError(
+        Path(data_root),
+        f"the data's geometry (cell {geometry.cell_mpp:.4f} / tissue {geometry.tissue_mpp:.4f} µm/px, {geometry.tile_size} px tiles) differs from "
+        f"--init {parent.spec}'s (cell {g.cell_mpp:.4f} / tissue {g.tissue_mpp:.4f} µm/px, {g.tile_size} px tiles)",
+        f"rebuild the dataset at the checkpoint's geometry: wsi-ocelot tiles ... --annotations ... --like {parent.spec}{also}")
+
+
 def _model(cfg: TrainConfig, train_ds: OcelotDataset, val_ds: OcelotDataset | None, device: torch.device, *,
-           resume: bool = False) -> tuple[OcelotModel, dict[str, Any]]:
+           resume: bool = False, parent: Parent | None = None) -> tuple[OcelotModel, dict[str, Any]]:
     """The model on ``device`` (channels-last on CUDA), its input sizes checked against the
-    encoder's stride, its encoders initialised from ``cfg.encoder_weights`` (not when
-    resuming: the run's own weights follow). Returns (model, how the encoders started)."""
-    model = build_model(cfg.model)
+    encoder's stride, its encoders initialised from ``cfg.encoder_weights`` or all its weights
+    from the ``parent`` checkpoint (strictly; not when resuming: the run's own weights follow).
+    Returns (model, how the encoders started)."""
+    if parent is not None and not resume:
+        model, _ = load_model(parent.path, "cpu")  # rebuilt from its own config, every tensor checked
+        model.train()
+    else:
+        model = build_model(cfg.model)
     multiple = int(getattr(getattr(model, "cell", None), "input_multiple", 1))
     for what, size in (("training", train_ds.out_size), ("validation", val_ds.out_size if val_ds else multiple)):
         if size % multiple:
@@ -425,6 +581,8 @@ def _model(cfg: TrainConfig, train_ds: OcelotDataset, val_ds: OcelotDataset | No
         last = Path(cfg.out) / "last.safetensors"  # type: ignore[arg-type]
         init = read_checkpoint_info(last).training.get("encoder_init") if last.is_file() else None
         init = init or {"encoder_weights": describe(cfg.encoder_weights), "source": "unknown (resumed)"}
+    elif parent is not None:
+        init = {"encoder_weights": "init", "source": f"the whole model from {parent.path.resolve()} (--init {parent.spec})", "sha256": file_sha256(parent.path)}
     else:
         init = init_encoders(model, cfg.encoder_weights, encoder_name=cfg.model.encoder, output_stride=cfg.model.encoder_output_stride)
     model.to(device)
@@ -447,13 +605,27 @@ def _resume(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, s
     return start_epoch, step, best
 
 
+def validation_record(cfg: TrainConfig, val_ds: OcelotDataset | None) -> dict[str, Any] | None:
+    """``training.validation``: the data the best epoch is chosen on (``{"dataset", "root",
+    "split", "pairs", "masked_pairs", "labelled_fraction"}``), None without validation."""
+    if val_ds is None or cfg.val_split is None:
+        return None
+    frac = val_ds.labelled_fraction()
+    return {"dataset": data_name(cfg.data), "root": os.fspath(Path(cfg.data).resolve()), "split": cfg.val_split, "pairs": len(val_ds),  # type: ignore[arg-type]
+            "masked_pairs": val_ds.masked_pairs, "labelled_fraction": None if frac is None else round(frac, 4)}
+
+
 def _training_info(cfg: TrainConfig, train_ds: OcelotDataset, val_ds: OcelotDataset | None, resolved: dict[str, Any],
-                   encoder_init: dict[str, Any]) -> dict[str, Any]:
+                   encoder_init: dict[str, Any], parent: Parent | None = None) -> dict[str, Any]:
     """What every checkpoint of the run records about its training."""
     return {
         "encoder_init": encoder_init,
+        **({"parent": parent.record()} if parent is not None else {}),
+        "dataset": data_name(cfg.data),  # type: ignore[arg-type]
         "data_root": os.fspath(Path(cfg.data).resolve()),
         "split_sizes": {cfg.train_split: len(train_ds), **({cfg.val_split: len(val_ds)} if val_ds is not None and cfg.val_split else {})},
+        "data_masks": {cfg.train_split: train_ds.masked_pairs, **({cfg.val_split: val_ds.masked_pairs} if val_ds is not None and cfg.val_split else {})},
+        "validation": validation_record(cfg, val_ds),
         "epochs": cfg.epochs,
         "seed": cfg.seed,
         "lr": cfg.lr,
@@ -492,11 +664,14 @@ class _Run:
         torch.manual_seed(cfg.seed + epoch)
         lr = lr_at(cfg, epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * float(group.get("lr_scale", 1.0))
+        frozen = set_encoders_frozen(self.model, epoch < cfg.freeze_encoder_epochs)
         self.gen.manual_seed(cfg.seed + epoch)  # the same shuffle as a fresh generator with this seed
         train_stats, self.step = train_one_epoch(self.model, self.train_loader, self.optimizer, self.device, cfg, epoch=epoch, step=self.step,
-                                                 amp_dtype=self.amp_dtype, scaler=self.scaler)
+                                                 amp_dtype=self.amp_dtype, scaler=self.scaler, frozen=frozen)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
+        if frozen:
+            record["encoders_frozen"] = True
         val = None
         if self.val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             val = evaluate(self.model, self.val_loader, self.device, cfg, scale=self.val_scale, amp_dtype=self.amp_dtype)
@@ -525,6 +700,20 @@ class _Run:
         )
 
 
+def _parent_val_before(run: _Run, *, resume: bool) -> dict[str, Any] | None:
+    """The ``init`` checkpoint's validation score on this run's validation data, before any
+    fine-tuning (on ``--resume``: as the run recorded it). None without validation."""
+    if run.val_loader is None:
+        return None
+    if resume:
+        last = run.run_dir / "last.safetensors"
+        rec = (read_checkpoint_info(last).training.get("parent") or {}) if last.is_file() else {}
+        return rec.get("val_before")
+    val = evaluate(run.model, run.val_loader, run.device, run.cfg, scale=run.val_scale, amp_dtype=run.amp_dtype)
+    log.info("before fine-tuning: val mF1 %.4f (the --init checkpoint on %s)", val["mF1"], run.cfg.val_split)
+    return {"split": run.cfg.val_split, "mF1": val["mF1"], "BC": val["BC"], "TC": val["TC"]}
+
+
 def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) training; returns ``{"best_mF1", "epochs_done", "steps", "run_dir"}``."""
     if not cfg.data or not cfg.out:
@@ -535,10 +724,13 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     amp_dtype, use_scaler = resolve_amp(cfg.amp, device)
     if not PAPER_LR_RANGE[0] <= cfg.lr <= PAPER_LR_RANGE[1]:
         log.warning("lr %g is outside the paper's range [%g, %g]", cfg.lr, *PAPER_LR_RANGE)
+    cfg, parent = apply_init(cfg)
     seed_everything(cfg.seed)
-    train_ds, val_ds = _datasets(cfg)
-    model, encoder_init = _model(cfg, train_ds, val_ds, device, resume=resume)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_ds, val_ds = _datasets(cfg, parent)
+    # a fine-tuned model keeps its parent's geometry, margins included (the data agrees within tolerance)
+    geometry = parent.info.geometry if parent is not None else geometry_for(train_ds, cfg.model.context_factor)
+    model, encoder_init = _model(cfg, train_ds, val_ds, device, resume=resume, parent=parent)
+    optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     resolved = config_to_dict(cfg)
     start_epoch, step, best = _resume(run_dir, model, optimizer, scaler, device, resolved) if resume else (0, 0, None)
@@ -547,21 +739,73 @@ def main(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         "training %s (%s) on %s: %d train / %s val pairs, %d epochs, device %s, amp %s",
         cfg.model.variant, cfg.model.encoder, cfg.data, len(train_ds), len(val_ds) if val_ds else "no", cfg.epochs, device, amp_dtype,
     )
+    info = _training_info(cfg, train_ds, val_ds, resolved, encoder_init, parent)
+    if parent is not None:
+        rec = info["parent"]
+        log.info("fine-tuning from %s (sha256 %s…, trained on %s)", rec["path"], rec["sha256"][:12], rec["dataset"] or "unknown data")
+    if train_ds.masked_pairs:
+        log.info("%d of %d training pairs labelled within region masks (the loss ignores cells outside them)", train_ds.masked_pairs, len(train_ds))
+    if info["validation"] is not None:
+        v = info["validation"]
+        log.info("validating on %s split %s: %d pairs%s", v["dataset"], v["split"], v["pairs"],
+                 f", {v['masked_pairs']} within region masks (labelled {100 * v['labelled_fraction']:.0f} %)" if v["masked_pairs"] else "")
     val_loader = _loader(val_ds, cfg, device, shuffle=False) if val_ds is not None else None
     gen = torch.Generator()
     train_loader = _loader(train_ds, cfg, device, shuffle=True, generator=gen)  # one loader: persistent workers keep their caches
-    run = _Run(cfg, run_dir, device, model, optimizer, scaler, amp_dtype, geometry_for(train_ds, cfg.model.context_factor),
-               _training_info(cfg, train_ds, val_ds, resolved, encoder_init), resolved, train_loader, val_loader,
+    run = _Run(cfg, run_dir, device, model, optimizer, scaler, amp_dtype, geometry, info, resolved, train_loader, val_loader,
                val_ds.scale if val_ds else 1.0, gen, step, best)
+    if parent is not None:
+        info["parent"]["val_before"] = _parent_val_before(run, resume=resume)
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.max_steps is not None and run.step >= cfg.max_steps:
             log.info("max_steps %d reached", cfg.max_steps)
             break
         run.epoch(epoch)
+    before = (info.get("parent") or {}).get("val_before")
+    if before and run.best is not None and run.best < before["mF1"]:
+        log.warning("fine-tuning did not beat its starting point on %s: best val mF1 %.4f, the --init checkpoint %.4f before fine-tuning; "
+                    "keep using %s (or try more labelled regions, another lr)", cfg.val_split, run.best, before["mF1"], parent.spec if parent else "it")
     if cfg.report.enabled:
         finish_report(run_dir, cfg, train_ds=train_ds, device=str(device))
+        append_card_lineage(run_dir / CARD_FILE, info)
     state = json.loads((run_dir / STATE_JSON).read_text(encoding="utf-8")) if (run_dir / STATE_JSON).is_file() else {}
     return {"best_mF1": run.best, "epochs_done": int(state.get("epoch", 0)), "steps": run.step, "run_dir": os.fspath(run_dir)}
+
+
+def card_lineage_markdown(info: dict[str, Any]) -> str:
+    """The model card's section on where the weights came from and what they were validated on."""
+    lines = ["## Lineage and validation data", ""]
+    parent = info.get("parent")
+    if parent:
+        lines.append(f"- Fine-tuned from `{parent['path']}` (`--init {parent['init']}`, sha256 `{parent['sha256']}`), "
+                     f"{parent['variant']} ({parent['encoder']}) trained on {parent.get('dataset') or 'unknown data'}.")
+        before = parent.get("val_before")
+        if before:
+            lines.append(f"- Before fine-tuning it scored val mF1 {before['mF1']:.4f} on the validation data below (the same metric, the same masks).")
+    else:
+        lines.append(f"- Trained from {info.get('encoder_init', {}).get('encoder_weights')} encoder weights (no parent checkpoint).")
+    c = info.get("config") or {}
+    if c:
+        lines.append(f"- Optimiser {c.get('optimizer')} at lr {c.get('lr'):g} ({c.get('lr_schedule')}, {c.get('warmup_epochs')} warm-up epoch(s)), "
+                     f"weight decay {c.get('weight_decay'):g}; encoders at lr × {c.get('encoder_lr_scale'):g}, "
+                     f"frozen for the first {c.get('freeze_encoder_epochs')} epoch(s).")
+    sizes, masks = info.get("split_sizes") or {}, info.get("data_masks") or {}
+    lines.append(f"- Training data: {info.get('dataset')} at `{info.get('data_root')}`: "
+                 + ", ".join(f"{split} {n} pairs" + (f" ({masks[split]} within region masks)" if masks.get(split) else "") for split, n in sizes.items()) + ".")
+    v = info.get("validation")
+    if v:
+        how = (f", {v['masked_pairs']} of them scored within region masks (labelled {100 * v['labelled_fraction']:.0f} % of their area)"
+               if v.get("masked_pairs") else ", labelled everywhere")
+        lines.append(f"- Validated on: {v['dataset']}, split `{v['split']}`, {v['pairs']} pairs{how}; the best epoch was chosen there.")
+    else:
+        lines.append("- Validated on: nothing (no validation split): the last epoch is not a chosen one.")
+    return "\n".join(lines) + "\n"
+
+
+def append_card_lineage(card: Path, info: dict[str, Any]) -> None:
+    """Add :func:`card_lineage_markdown` to a written model card (nothing without a card)."""
+    if card.is_file():
+        write_text(card, card.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + card_lineage_markdown(info))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -588,13 +832,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", help="override model.encoder (e.g. resnet18 for quick runs)")
     p.add_argument("--encoder-weights", dest="encoder_weights", metavar="imagenet|PATH|none",
                    help="how the encoders start: imagenet (downloaded at training time), a local weights file, or none (random)")
+    p.add_argument("--init", metavar="CKPT|demo",
+                   help="fine-tune: start from this checkpoint's weights, model, peaks and geometry (configs/finetune.yaml)")
     return p.parse_args(argv)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: getattr(args, k) for k in ("data", "out", "epochs", "max_steps", "device", "seed", "lr", "batch_size", "tile_size", "tile_mode", "workers", "cache", "eval_every", "encoder", "encoder_weights")}
+    overrides = {k: getattr(args, k) for k in ("data", "out", "epochs", "max_steps", "device", "seed", "lr", "batch_size", "tile_size", "tile_mode", "workers", "cache", "eval_every", "encoder", "encoder_weights", "init")}
     handler: logging.Handler | None = None
     try:
         cfg = load_config(args.config, overrides)

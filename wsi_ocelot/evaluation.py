@@ -5,13 +5,21 @@ Images are used whole, at the checkpoint's ``cell_mpp``: when the data's ``resiz
 differs by more than 5 %, both images are resized (antialiased) to match, the ground-truth
 points scale as ``x' = (x + 0.5)·s − 0.5`` and the 15 px matching radius (≈3 µm at the
 release's 0.194 µm/px) scales by the same ``s``, so the radius stays ≈3 µm.
+
+Pairs with a cell mask (``annotations/{split}/cell_mask/NNN.png``: a dataset cut from annotated
+regions, labelled only inside them) are scored within it: detections outside the mask are
+dropped before matching (:func:`wsi_ocelot.metrics.evaluate`'s ``masks``), so the demo weights,
+a model trained on OCELOT and a fine-tuned one compare fairly on a user's partial labels. The
+result says how many pairs were scored that way and the labelled area.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from wsi_ocelot.datasets import list_pairs, read_cell_csv, read_rgb, read_tissue_png
+from wsi_ocelot.datasets.ocelot import read_cell_mask
+from wsi_ocelot.errors import DatasetError
 from wsi_ocelot.inference import find_peaks
 from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
@@ -35,6 +45,27 @@ def _target_size(image_size: int, data_mpp: float | None, ckpt_mpp: float, multi
         return None
     size = image_size * data_mpp / ckpt_mpp
     return min(image_size, max(multiple, int(round(size / multiple)) * multiple))
+
+
+def data_name(root: str | os.PathLike[str]) -> str:
+    """The name a dataset gives itself in ``metadata.json`` (``general_info.dataset`` or
+    ``name``), else its folder's name."""
+    try:
+        meta = json.loads((Path(root) / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    general = meta.get("general_info") if isinstance(meta, dict) and isinstance(meta.get("general_info"), dict) else {}
+    for value in (general.get("dataset"), general.get("name")):
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return Path(root).resolve().name
+
+
+def _resize_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or size == mask.shape[-1]:
+        return mask
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return (F.interpolate(t, size=(size, size), mode="nearest-exact")[0, 0] > 0.5).numpy()
 
 
 def _to_tensor(img: np.ndarray, size: int | None) -> torch.Tensor:
@@ -71,7 +102,10 @@ def evaluate_dataset(
     -------
     dict
         ``{"overall": {"mF1", "BC": {...}, "TC": {...}}, "per_organ": {organ: ...},
-        "num_images": N, "split": split, "model": path, "radius_px": r}``.
+        "num_images": N, "split": split, "model": path, "radius_px": r, "data": name,
+        "masks": None or {"pairs", "labelled_mm2", "labelled_fraction"}}``; ``masks`` says
+        how many pairs were scored within their cell masks, their labelled area (mm², at
+        the data's cell MPP) and its share of those pairs' cell images.
 
     Examples
     --------
@@ -91,7 +125,10 @@ def evaluate_dataset(
     amp = inference_autocast(dev)
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []
+    masks: list[np.ndarray | None] = []
     organs: list[str | None] = []
+    labelled_px = total_px = 0
+    labelled_um2 = 0.0
     for i in range(0, len(records), batch_size):
         chunk = records[i:i + batch_size]
         cell = torch.stack([_to_tensor(read_rgb(r.cell_image), size) for r in chunk]).to(dev)
@@ -112,27 +149,59 @@ def evaluate_dataset(
             preds.append(p.cpu().double().numpy())
             gts.append(gt)
             organs.append(r.organ)
+            mask = None
+            if r.cell_mask is not None:
+                full = read_cell_mask(r.cell_mask)
+                if full.shape != (size0, size0):
+                    raise DatasetError(r.cell_mask, f"cell mask is {full.shape[1]}×{full.shape[0]} px, the cell images {size0}×{size0}",
+                                       "use the mask that belongs to this cell image (same size, cell-patch px)")
+                labelled_px += int(full.sum())
+                total_px += full.size
+                labelled_um2 += float(full.sum()) * (r.cell_mpp or info.geometry.cell_mpp * scale) ** 2
+                mask = _resize_mask(full, size)
+            masks.append(mask)
     radius = DISTANCE_CUTOFF * scale
+    n_masked = sum(m is not None for m in masks)
+    mask_arg = masks if n_masked else None
     groups: dict[str, list[int]] = defaultdict(list)
     for k, organ in enumerate(organs):
         if organ is not None:
             groups[organ].append(k)
     result = {
-        "overall": evaluate(preds, gts, radius).to_dict(),
-        "per_organ": {o: evaluate([preds[k] for k in idx], [gts[k] for k in idx], radius).to_dict() for o, idx in sorted(groups.items())},
+        "overall": evaluate(preds, gts, radius, masks=mask_arg).to_dict(),
+        "per_organ": {o: evaluate([preds[k] for k in idx], [gts[k] for k in idx], radius,
+                                  masks=None if mask_arg is None else [masks[k] for k in idx]).to_dict() for o, idx in sorted(groups.items())},
         "num_images": len(preds),
         "split": split,
         "model": os.fspath(model_path),
         "radius_px": radius,
+        "data": data_name(data_root),
+        "masks": None if not n_masked else {"pairs": n_masked, "labelled_mm2": round(labelled_um2 / 1e6, 6),
+                                            "labelled_fraction": round(labelled_px / total_px, 4)},
     }
-    log.info("%s on %s/%s: mF1 %.4f over %d images", os.fspath(model_path), os.fspath(data_root), split, result["overall"]["mF1"], len(preds))
+    log.info("%s on %s/%s: mF1 %.4f over %d images%s", os.fspath(model_path), os.fspath(data_root), split, result["overall"]["mF1"], len(preds),
+             f"; {masks_line(result)}" if n_masked else "")
     return result
+
+
+def masks_line(result: dict[str, Any]) -> str:
+    """How a result's pairs were scored: within region masks (how many, the labelled area) or
+    labelled everywhere."""
+    m = result.get("masks")
+    n = result.get("num_images")
+    if not m:
+        return f"all {n} pairs labelled everywhere"
+    return (f"{m['pairs']} of {n} pairs scored within region masks (labelled area {m['labelled_mm2']:.4f} mm², "
+            f"{100 * m['labelled_fraction']:.0f} % of those pairs; detections outside the masks not counted)")
 
 
 def format_result(result: dict[str, Any]) -> str:
     """A Table-6-style text report: overall and per-organ precision, recall, F1, mF1."""
     rows = [("population", result["overall"])] + list(result["per_organ"].items())
-    lines = [f"{result['model']} on {result['split']} ({result['num_images']} images)", "",
+    head = [f"{result['model']} on {result['split']} ({result['num_images']} images)"]
+    if result.get("masks"):
+        head.append(masks_line(result))
+    lines = [*head, "",
              f"{'subset':<16}{'mF1':>8}{'BC P':>8}{'BC R':>8}{'BC F1':>8}{'TC P':>8}{'TC R':>8}{'TC F1':>8}"]
     for name, s in rows:
         lines.append(f"{name:<16}{s['mF1']:>8.4f}{s['BC']['precision']:>8.4f}{s['BC']['recall']:>8.4f}{s['BC']['f1']:>8.4f}"
@@ -142,8 +211,13 @@ def format_result(result: dict[str, Any]) -> str:
 
 def recorded_metrics(model_path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metrics a checkpoint's model card recorded (``wsi-ocelot evaluate --model CKPT``
-    without ``--data``): ``{"model", "best_epoch", "val_mF1", "per_split": {split: result}}``,
-    each result as :func:`evaluate_dataset` returns it. Nothing is run."""
+    without ``--data``): ``{"model", "best_epoch", "val_mF1", "validated_on", "parent",
+    "per_split": {split: result}}``, each result as :func:`evaluate_dataset` returns it.
+    ``validated_on`` is the checkpoint's ``training.validation`` (``{"dataset", "root",
+    "split", "pairs", "masked_pairs", "labelled_fraction"}``, recorded by ``training.train``;
+    for older checkpoints what their card's data and split sizes say, or None); ``parent`` its
+    ``training.parent`` (fine-tuned runs: ``{"path", "sha256", "dataset", ...}``) or None.
+    Nothing is run."""
     from wsi_ocelot.errors import CheckpointError
     from wsi_ocelot.model import read_checkpoint_info
 
@@ -153,12 +227,41 @@ def recorded_metrics(model_path: str | os.PathLike[str]) -> dict[str, Any]:
     if not per_split:
         raise CheckpointError(model_path, "the checkpoint records no per-split metrics (no model card: trained before the training report, or without validation)",
                               "score it on data instead: wsi-ocelot evaluate --data ROOT --split test --model CKPT")
-    return {"model": os.fspath(model_path), "best_epoch": info.metrics.get("best_epoch"), "val_mF1": info.metrics.get("val_mF1"), "per_split": per_split}
+    return {"model": os.fspath(model_path), "best_epoch": info.metrics.get("best_epoch"), "val_mF1": info.metrics.get("val_mF1"),
+            "validated_on": _validated_on(info.training, info.metrics), "parent": info.training.get("parent"), "per_split": per_split}
+
+
+def _validated_on(training: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """``training.validation`` as recorded, or the same facts from an older checkpoint's card."""
+    recorded = training.get("validation")
+    if isinstance(recorded, dict):
+        return recorded
+    split = metrics.get("split")
+    sizes = training.get("split_sizes") or {}
+    if not split or split not in sizes:
+        return None
+    card_data = (training.get("card") or {}).get("data") or {}
+    root = training.get("data_root")
+    name = card_data.get("dataset") or (Path(root).name if isinstance(root, str) and root else None)
+    return {"dataset": name, "root": root, "split": split, "pairs": sizes[split], "masked_pairs": None, "labelled_fraction": None}
+
+
+def validated_on_line(validated: dict[str, Any] | None) -> str:
+    """``validated on: NAME (N pairs, masked)``: the data a checkpoint's best epoch was chosen on."""
+    if not validated:
+        return "validated on: not recorded"
+    masked, pairs = validated.get("masked_pairs"), validated.get("pairs")
+    how = "" if not masked else (", masked" if masked == pairs else f", {masked} masked")
+    return f"validated on: {validated.get('dataset') or 'unknown data'} ({pairs} pairs{how})"
 
 
 def format_recorded(recorded: dict[str, Any]) -> str:
     """:func:`recorded_metrics` as text: the model card's metrics, one table per split."""
     head = f"{recorded['model']}: metrics recorded by its training run (best epoch {recorded['best_epoch']})"
+    head += "\n" + validated_on_line(recorded.get("validated_on"))
+    parent = recorded.get("parent")
+    if parent:
+        head += f"\nfine-tuned from: {parent.get('path')} (sha256 {str(parent.get('sha256'))[:12]}…, trained on {parent.get('dataset') or 'unknown data'})"
     return "\n\n".join([head] + [format_result(r) for r in recorded["per_split"].values()])
 
 

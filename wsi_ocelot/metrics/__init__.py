@@ -1,6 +1,8 @@
 """The OCELOT 2023 challenge metric and its file formats.
 
-- :func:`evaluate` / :func:`evaluate_files`: the challenge score (mF1 over BC and TC).
+- :func:`evaluate` / :func:`evaluate_files`: the challenge score (mF1 over BC and TC);
+  ``evaluate(..., masks=...)`` scores partially labelled images within their masks
+  (:func:`points_in_mask`).
 - :func:`match_image`, :func:`greedy_match`, :func:`match_by_class`: the greedy matcher, also
   for whole slides (any pixel frame, radius in the same pixels).
 - :func:`read_points_json`, :func:`write_points_json`, :func:`read_points_csv`,
@@ -30,7 +32,7 @@ from wsi_ocelot.metrics.matching import (
     match_by_class,
     match_image,
 )
-from wsi_ocelot.metrics.ocelot import CLASS_NAMES, ClassScore, OcelotScore, evaluate
+from wsi_ocelot.metrics.ocelot import CLASS_NAMES, ClassScore, OcelotScore, evaluate, points_in_mask
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ __all__ = [
     "greedy_match",
     "match_by_class",
     "match_image",
+    "points_in_mask",
     "read_points_csv",
     "read_points_csv_dir",
     "read_points_json",

@@ -11,6 +11,11 @@ images** per class, then (as ``ocelot23algo/evaluation/eval.py``)::
 each rounded to 4 decimals (F1 from the unrounded precision and recall), and
 ``mF1 = (F1_BC + F1_TC) / 2`` of the rounded F1s. A class without ground truth and without
 predictions scores 0.
+
+Partial labels: an image may come with a mask of where its cells are completely marked
+(``masks``; a dataset cut from annotated regions). Points whose pixel lies outside the mask are
+dropped before matching, predictions and ground truth alike (the ground truth should have none
+there), so a model is neither rewarded nor punished for cells in unlabelled parts.
 """
 
 from __future__ import annotations
@@ -144,12 +149,31 @@ def _points(arr: ArrayLike, ncols: tuple[int, ...], what: str) -> NDArray[np.flo
     return a
 
 
+def points_in_mask(points: ArrayLike, mask: ArrayLike) -> NDArray[np.bool_]:
+    """Which of ``points`` (rows ``(x, y, ...)``, x = column, y = row, in the mask's pixels)
+    lie in ``mask`` (bool ``(H, W)``): the pixel nearest to the point is True. Points outside
+    the mask's bounds are outside."""
+    pts = np.asarray(points, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask: expected a 2-D (H, W) array, got shape {m.shape}")
+    if pts.size == 0:
+        return np.zeros(0, dtype=bool)
+    xs = np.rint(pts[:, 0]).astype(np.int64)
+    ys = np.rint(pts[:, 1]).astype(np.int64)
+    inside = (xs >= 0) & (xs < m.shape[1]) & (ys >= 0) & (ys < m.shape[0])
+    out = np.zeros(len(pts), dtype=bool)
+    out[inside] = m[ys[inside], xs[inside]]
+    return out
+
+
 def evaluate(
     preds: PerImage,
     gts: PerImage,
     radius: float = DISTANCE_CUTOFF,
     *,
     rank_by: RankBy = "probability",
+    masks: Mapping[int, ArrayLike | None] | Sequence[ArrayLike | None] | None = None,
 ) -> OcelotScore:
     """Score predictions against ground truth the way the OCELOT 2023 challenge does.
 
@@ -167,6 +191,11 @@ def evaluate(
     rank_by:
         ``"probability"`` (the specification) or ``"file_order"`` (what the published
         ``eval.py`` effectively does; see :data:`wsi_ocelot.metrics.matching.RankBy`).
+    masks:
+        Optional, per image (keyed or ordered like ``gts``): a bool ``(H, W)`` array in the
+        points' pixels, True where every cell is marked, or None (labelled everywhere).
+        Predictions and ground-truth points outside an image's mask are dropped before
+        matching (:func:`points_in_mask`). None: every image is labelled everywhere.
 
     Raises
     ------
@@ -190,10 +219,20 @@ def evaluate(
             f"predictions for image_{extra[0]} ({len(extra)} image(s) in all) but the ground "
             f"truth has no such image; ground-truth images: {len(gt_map)}"
         )
+    mask_map = {} if masks is None else _as_mapping(masks, "masks")  # type: ignore[arg-type]
+    extra = sorted(set(mask_map) - set(gt_map))
+    if extra:
+        raise ValueError(f"a mask for image_{extra[0]} but the ground truth has no such image; ground-truth images: {len(gt_map)}")
     totals = {c: [0, 0, 0] for c in CLASS_NAMES}
+    dropped_gt = 0
     for img in sorted(gt_map):
         g = _points(gt_map[img], (3, 4), f"gts[{img}]")
         p = _points(pred_map.get(img, ()), (4,), f"preds[{img}]")
+        mask = mask_map.get(img)
+        if mask is not None:
+            keep_g = points_in_mask(g, mask)
+            dropped_gt += int((~keep_g).sum())
+            g, p = g[keep_g], p[points_in_mask(p, mask)]
         try:
             res = match_by_class(p, g, radius, classes=tuple(CLASS_NAMES), rank_by=rank_by)
         except ValueError as err:
@@ -206,5 +245,7 @@ def evaluate(
     tc = ClassScore.from_counts("TC", *totals[2])
     mf1 = sum([bc.f1, tc.f1]) / len(CLASS_NAMES)
     score = OcelotScore(bc=bc, tc=tc, mf1=mf1, num_images=len(gt_map), radius=float(radius))
+    if dropped_gt:
+        log.debug("%d ground-truth point(s) outside their image's mask left out", dropped_gt)
     log.debug("OCELOT mF1 %.4f (BC F1 %.4f, TC F1 %.4f)", mf1, bc.f1, tc.f1)
     return score
