@@ -701,3 +701,26 @@ def test_hostile_names_pass_through_intact_and_inert(ckpt, cohort, tmp_path):
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "<script>alert" not in page and "<img src=x" not in page and "<b>" not in page
     assert html.escape(names[0]) in page or html.escape(names[0], quote=True) in page
+
+
+def test_report_says_what_a_fine_tuned_model_was_validated_on(tmp_path):
+    """#20: the run's report states which data the model was validated on, and its parent."""
+    import html
+    import re
+
+    from conftest import TINY_GEOMETRY_KW
+
+    from wsi_ocelot.cohort.report import write_report
+    from wsi_ocelot.inference import PeakConfig
+    from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
+
+    training = {"dataset": "lab-B regions", "split_sizes": {"train": 12, "val": 4},
+                "validation": {"dataset": "lab-B regions", "split": "val", "pairs": 4, "masked_pairs": 4},
+                "parent": {"init": "demo", "path": "/x/demo.safetensors"}}
+    ckpt = save_checkpoint(tmp_path / "ft.safetensors", build_model(ModelConfig(encoder="resnet18", decoder_channels=64)),
+                           geometry=GeometryConfig(**TINY_GEOMETRY_KW), peaks=PeakConfig(), training=training)
+    out = tmp_path / "out"
+    out.mkdir()
+    page = write_report(out, Manifest(out, meta={"model": str(ckpt)})).read_text(encoding="utf-8")
+    line = html.unescape(re.search(r'<span id="model-lineage">([^<]*)</span>', page).group(1))
+    assert line == "validated on lab-B regions (4 pairs within region masks); fine-tuned from the demo weights"

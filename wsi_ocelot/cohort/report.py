@@ -357,7 +357,7 @@ def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -
             if rec:
                 break
     path = path or str(rec.get("path") or "")
-    variant, encoder, trained = rec.get("variant"), rec.get("encoder"), ""
+    variant, encoder, trained, lineage = rec.get("variant"), rec.get("encoder"), "", ""
     if path and Path(path).is_file():
         try:
             info = read_checkpoint_info(path)
@@ -371,12 +371,30 @@ def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -
             mf1 = m.get("val_mF1") or (m.get(m.get("split", "val")) or {}).get("mF1")
             parts.append(f"{m.get('split', 'val')} mF1 {float(mf1):.3f}" if mf1 is not None else "")
             trained = "; ".join(p for p in parts if p)
+            lineage = _lineage(t)
     if not path:
         return '<p class="model" id="model"><strong>Model:</strong> unknown</p>'
     desc = ", ".join(x for x in (variant, f"encoder {encoder}" if encoder else None) if x)
     return (f'<p class="model" id="model"><strong>Model:</strong> <span title="{html.escape(path, quote=True)}">{html.escape(Path(path).name)}</span>'
             + (f" ({html.escape(desc)})" if desc else "")
-            + (f' · <strong>trained on:</strong> <span id="model-data">{html.escape(trained)}</span>' if trained else "") + "</p>")
+            + (f' · <strong>trained on:</strong> <span id="model-data">{html.escape(trained)}</span>' if trained else "")
+            + (f' · <span id="model-lineage">{html.escape(lineage)}</span>' if lineage else "") + "</p>")
+
+
+def _lineage(training: dict[str, Any]) -> str:
+    """What a fine-tuned checkpoint records of its validation data and its parent (training.train
+    ``--init``): "validated on NAME (N pairs, within region masks); fine-tuned from FILE"."""
+    parts = []
+    val = training.get("validation") or {}
+    if val:
+        masked = " within region masks" if val.get("masked_pairs") else ""
+        parts.append(f"validated on {val.get('dataset') or 'its ' + str(val.get('split', 'val')) + ' split'} "
+                     f"({val.get('pairs', '?')} pairs{masked})")
+    parent = training.get("parent") or {}
+    if parent:
+        name = "the demo weights" if parent.get("init") == "demo" else Path(str(parent.get("path") or "?")).name
+        parts.append(f"fine-tuned from {name}")
+    return "; ".join(parts)
 
 
 def _legend() -> str:
