@@ -267,6 +267,26 @@ def test_the_training_dataset_loads_a_sample(built):
     assert ds.masked_pairs == len(ds)
 
 
+def test_show_labels_draws_the_mask_and_the_cells(built, tmp_path):
+    """training.show_labels: the README's picture of a dataset; the area outside a pair's cell mask is
+    dimmed, marked cells are drawn in their class colour."""
+    from training.show_labels import BC_COLOUR, TC_COLOUR, main, render
+    from wsi_ocelot.datasets.ocelot import list_pairs, read_cell_mask
+
+    root, _, _ = built
+    rec = next(r for r in list_pairs(root, "train") if r.cell_mask and not read_cell_mask(r.cell_mask).all())
+    size = 256
+    img = np.asarray(render(root, "train", ids=[rec.id], size=size))
+    cell = img[10:10 + size, 10:10 + size].astype(int)
+    mask = np.asarray(Image.fromarray(read_cell_mask(rec.cell_mask).astype(np.uint8) * 255).resize((size, size))) > 127
+    plain = np.asarray(Image.open(rec.cell_image).convert("RGB").resize((size, size))).astype(int)
+    assert cell[~mask].mean() < 0.6 * plain[~mask].mean()  # dimmed outside the mask
+    colours = {tuple(c) for c in cell.reshape(-1, 3)}
+    assert TC_COLOUR in colours or BC_COLOUR in colours
+    assert main([str(root), "--split", "train", "--pairs", "2", "--size", "64", "--out", str(tmp_path / "l.png")]) == 0
+    assert Image.open(tmp_path / "l.png").size == (2 * 64 + 30, 2 * (64 + 10) + 10)
+
+
 # --------------------------------------------------------------------------- geometry details
 
 
