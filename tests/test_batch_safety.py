@@ -348,3 +348,22 @@ def test_no_progress_bars_off_a_terminal():
 
     assert not sys.stderr.isatty()
     assert _progress(3, "cell pass", True).disable and _progress(3, "cell pass", False).disable
+
+
+def test_an_unexpected_error_leaves_its_traceback_in_a_slide_log(slides, ckpt, tmp_path, monkeypatch, capsys):
+    """#22 item 4: the whole traceback of a slide's unexpected error (a bug) goes to
+    <out>/logs/<slide-id>.log, which the manifest and the one-line error point to."""
+    import wsi_ocelot.cohort.worker as worker
+
+    class Broken:
+        def run(self, *a, **k):
+            raise RuntimeError("boom in the engine")
+
+    monkeypatch.setattr(worker, "get_runner", lambda model, config: Broken())
+    out = tmp_path / "res"
+    assert _run("run", str(slides["cohort"] / "s0.tiff"), "--out", str(out), "--model", str(ckpt), *FAST) == 1
+    rec = Manifest.load(out).slides["s0"]
+    assert rec["status"] == "failed" and rec["log"] == "logs/s0.log" and "logs/s0.log" in rec["error"]
+    text = (out / rec["log"]).read_text()
+    assert "Traceback" in text and "RuntimeError: boom in the engine" in text and str(slides["cohort"] / "s0.tiff") in text
+    assert "Traceback" not in capsys.readouterr().err.split("1 slide(s) failed")[-1]  # the closing table stays one line each

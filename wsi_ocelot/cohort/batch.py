@@ -24,10 +24,11 @@ from typing import Any
 import torch
 
 from wsi_ocelot import __version__
+from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.inputs import SlideJob, check_unique
-from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest, file_identity
+from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest, file_identity, now_iso
 from wsi_ocelot.cohort.report import write_report, write_summary_csv
-from wsi_ocelot.cohort.worker import process_slide, run_slide_task
+from wsi_ocelot.cohort.worker import SLIDE_LOGS, process_slide, run_slide_task
 from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
 from wsi_ocelot.inference.engine import EngineConfig
 from wsi_ocelot.inference.predictor import resolve_device
@@ -475,6 +476,7 @@ def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config
                 tb = rec.pop("traceback", None)
                 if tb:
                     log.error("%s: unexpected error on %s\n%s", job.slide_id, rec.get("worker"), tb)
+                    rec["log"] = _slide_log(out, job.slide_id, rec, tb)
                 disk_full = bool(rec.pop("disk_full", False))
                 rec.update(path=job.path, model=model, model_sha256=model_sha, identity=file_identity(job.path))
                 _saving("manifest.json", manifest.record, job.slide_id, rec)
@@ -504,6 +506,20 @@ def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config
             raise
         _finish_batch(result, jobs, todo, cfg, t0)
     return result
+
+
+def _slide_log(out: Path, slide_id: str, rec: dict[str, Any], tb: str) -> str | None:
+    """Write a slide's unexpected error, whole, to ``<out>/logs/<slide-id>.log``; the manifest
+    points to it (relative to ``out``). None when it cannot be written (it is in run.log too)."""
+    rel = f"{SLIDE_LOGS}/{slide_id}.log"
+    text = f"{now_iso()} {slide_id} ({rec.get('path')}) on {rec.get('worker')}\n{rec.get('error')}\n\n{tb}"
+    try:
+        (out / SLIDE_LOGS).mkdir(exist_ok=True)
+        write_text(out / rel, text)
+    except (OSError, WsiOcelotError) as err:
+        log.error("could not write %s (%s); the traceback is in %s", out / rel, err, LOG_NAME)
+        return None
+    return rel
 
 
 def _unfinished(todo: Sequence[SlideJob], result: CohortResult) -> list[str]:

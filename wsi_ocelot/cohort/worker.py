@@ -39,6 +39,7 @@ from wsi_ocelot.tiling.dataset import default_workers
 log = logging.getLogger(__name__)
 
 _RUNNERS: dict[tuple[str, Any], Any] = {}
+SLIDE_LOGS = "logs"  # <out>/logs/<slide-id>.log: the traceback of a slide's unexpected error
 
 
 def _worker_index() -> int | None:
@@ -150,7 +151,7 @@ def process_slide(job: SlideJob, out_dir: str, model: str, config: EngineConfig,
         return rec
     except Exception as exc:  # a bug or an unforeseen fault: report it, keep the batch going
         msg = f"{job.path}: unexpected error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). " \
-              "Fix: see the traceback in the run's log file; report it if the slide opens in other viewers"
+              f"Fix: see the traceback in {Path(out_dir) / SLIDE_LOGS / (job.slide_id + '.log')}; report it if the slide opens in other viewers"
         return {**base, "status": FAILED, "error": msg, "runtime_s": round(time.perf_counter() - t0, 3),
                 "traceback": traceback.format_exc()}
     return {**base, "status": DONE, "error": None, **res.record.manifest_fields(), "runtime_s": round(time.perf_counter() - t0, 3)}
