@@ -169,7 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", default="configs/finetune.yaml")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--note", default="", help="a line for the results (machine state, what else ran)")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the Markdown table from the JSON of an earlier run")
     args = p.parse_args(argv)
+    if args.report_only:
+        results = json.loads((Path(args.results) / f"{args.name}.json").read_text())
+        write_text(Path(args.results) / f"{args.name}.md", _markdown(results, args))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
@@ -228,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results["machine"] = f"{platform.processor() or platform.machine()}; {_cpu_model()}; torch threads {args.threads}"
     results["note"] = args.note
+    results["epochs"] = args.epochs or "the config's"
     results["wall_s"] = round(time.perf_counter() - t_all, 1)
     write_json(res_json, results)
     write_text(Path(args.results) / f"{args.name}.md", _markdown(results, args))
@@ -251,7 +257,9 @@ def _markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
              f"Stain domain `{args.domain}` (`wsi_ocelot.synthetic.layout.STAIN_DOMAINS`). Test: {args.test_slides} unseen slides of "
              f"{args.test_px}² px at {args.mpp} µm/px, slide mF1 (OCELOT matching, 3 µm) from the slide engine. Regions: "
              f"~{TILE_UM:.0f} µm squares (one cell tile) on {args.train_slides} annotated slides, validation on "
-             f"{args.val_slides * args.val_regions} regions of {args.val_slides} other slides; recipe `{args.config}` from the demo weights.", "",
+             f"{args.val_slides * args.val_regions} regions of {args.val_slides} other slides; recipe `{args.config}` from the demo weights "
+             f"({results.get('epochs', 'the config')} epochs). Each K uses the first K regions of a seed's draw (nested), spread over the "
+             "slides; the 95 % CI is over seeds (which regions, training randomness), the test slides being the same.", "",
              f"Demo weights, default stain (same layouts): slide mF1 **{results['default_stain']['mf1']:.4f}**, purity error "
              f"{results['default_stain']['purity_abs_error']:.3f}.  ",
              f"Demo weights, `{args.domain}` stain: slide mF1 **{base['mf1']:.4f}**, purity error {base['purity_abs_error']:.3f}.", "",
