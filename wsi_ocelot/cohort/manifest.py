@@ -67,6 +67,19 @@ def _same_content(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     return bool(a and b) and a["size"] == b["size"] and a["head_sha256"] == b["head_sha256"]  # type: ignore[index]
 
 
+def _changed(path: str, old: dict[str, Any]) -> bool:
+    """Whether the file at ``path`` differs from its recorded identity: the same size and mtime
+    answer "no" from a stat alone (a resume of 10,000 done slides reads nothing); otherwise its
+    content decides (a copy over itself with a new mtime is the same slide)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False  # gone: the input check reports it before the batch
+    if (st.st_size, st.st_mtime_ns) == (old.get("size"), old.get("mtime_ns")):
+        return False
+    return not _same_content(old, file_identity(path))
+
+
 @dataclass(frozen=True)
 class Resume:
     """What a batch does with one of its slides, given the manifest (:meth:`Manifest.resume`).
@@ -137,8 +150,9 @@ class Manifest:
         done = rec.get("status") == DONE and (self.out_dir / slide_id / "purity.json").is_file()
         old_path = str(rec.get("path", ""))
         same_path = os.path.abspath(old_path) == os.path.abspath(path)
-        ident = file_identity(path) if (not same_path or "identity" in rec) else None
-        moved = not same_path and _same_content(rec.get("identity"), ident)
+        old_ident = rec.get("identity")
+        ident = None if same_path else file_identity(path)  # two small reads, only when the path differs
+        moved = not same_path and _same_content(old_ident, ident)
         if not same_path and not moved:
             if not done:
                 return Resume(False, f"{slide_id}: the record of {old_path} ({rec.get('status')}) is replaced by {path}")
@@ -154,9 +168,7 @@ class Manifest:
             return Resume(False)
         if overwrite:
             return Resume(False)
-        old_ident = rec.get("identity")
-        if same_path and old_ident and ident and (ident["size"], ident["mtime_ns"]) != (old_ident["size"], old_ident["mtime_ns"]) \
-                and not _same_content(old_ident, ident):
+        if same_path and old_ident and _changed(path, old_ident):
             return Resume(False, f"{slide_id}: {path} changed since it was done; running it again")
         if "mpp_override" in rec and rec["mpp_override"] != mpp:
             def show(v: float | None) -> str:
