@@ -367,3 +367,42 @@ def test_an_unexpected_error_leaves_its_traceback_in_a_slide_log(slides, ckpt, t
     text = (out / rec["log"]).read_text()
     assert "Traceback" in text and "RuntimeError: boom in the engine" in text and str(slides["cohort"] / "s0.tiff") in text
     assert "Traceback" not in capsys.readouterr().err.split("1 slide(s) failed")[-1]  # the closing table stays one line each
+
+
+def test_status_while_a_batch_runs_and_after(slides, ckpt, tmp_path):
+    """`wsi-ocelot status OUT` (#22 item 2's reader): counts, this run's progress, throughput and ETA
+    while it runs; the last run and every failed slide after it."""
+    from wsi_ocelot.cohort.status import batch_status, format_status
+
+    out = tmp_path / "res"
+    nompp = tmp_path / "nompp.tiff"
+    from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
+
+    write_pyramidal_tiff(nompp, np.full((256, 256, 3), 200, np.uint8), None)  # fails when it runs: no MPP
+    inputs = [str(slides["cohort"] / f"s{i}.tiff") for i in range(3)] + [str(nompp)]
+    proc = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", "run", *inputs, "--out", str(out), "--model", str(ckpt), *FAST],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            st = batch_status(out)
+        except Exception:  # noqa: BLE001 - no manifest yet
+            time.sleep(0.05)
+            continue
+        if st.running and st.run_finished and st.run_finished < (st.run_total or 0):
+            seen = st
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err  # nompp failed
+    assert seen is not None, "never saw the batch running with a slide finished"
+    assert seen.run_total == 4 and seen.eta_s is not None and seen.slides_per_hour > 0
+    assert "a batch is running" in format_status(seen) and "ETA" in format_status(seen)
+    after = batch_status(out)
+    assert not after.running and after.counts["done"] == 3 and after.counts["failed"] == 1
+    text = format_status(after)
+    assert "no batch running" in text and "last run: 3 done, 1 failed" in text and "nompp:" in text and "--mpp" in text
+    proc = _cli("status", str(out), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["counts"]["failed"] == 1
+    assert _cli("status", str(tmp_path)).returncode == 2

@@ -284,6 +284,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from wsi_ocelot.cohort.status import batch_status, format_status
+
+    st = batch_status(args.dir)
+    _say(json.dumps(st.to_json(), indent=2) if args.json else format_status(st))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from wsi_ocelot.cohort import rebuild_reports
 
@@ -468,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=1, help="times a slide whose Dask worker died is retried before it is reported failed")
     p.add_argument("--no-report", action="store_true", help="skip report.html at the end (summary.csv is always written)")
     _add_output_options(p)
+
+    p = _add(sub, "status", cmd_status, "Where a batch stands, while it runs or after: counts, throughput, ETA, the failed slides.",
+             "wsi-ocelot status results\n  watch -n 60 wsi-ocelot status results")
+    p.add_argument("dir", help="the --out folder of a `wsi-ocelot run`")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = _add(sub, "report", cmd_report, "Rebuild summary.csv and report.html of a batch output folder.", "wsi-ocelot report results")
     p.add_argument("dir", help="the --out folder of a `wsi-ocelot run`")

@@ -28,6 +28,7 @@ from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.inputs import SlideJob, check_unique
 from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest, file_identity, now_iso
 from wsi_ocelot.cohort.report import write_report, write_summary_csv
+from wsi_ocelot.cohort.status import LOCK_NAME, pid_alive
 from wsi_ocelot.cohort.worker import SLIDE_LOGS, process_slide, run_slide_task
 from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
 from wsi_ocelot.inference.engine import EngineConfig
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 LOG_NAME = "run.log"
 TASKS_DIR = ".wsi-ocelot-tasks"  # start markers of the Dask tasks of the running batch
 MAX_REQUEUES = 5  # resubmissions of a slide lost from a dead worker before it started
-LOCK_NAME = ".wsi-ocelot.lock"
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def _lock(out_dir: Path) -> Iterator[None]:
     except FileExistsError:
         try:
             host, pid = path.read_text().split()
-            alive = host == socket.gethostname() and _pid_alive(int(pid))
+            alive = host == socket.gethostname() and pid_alive(int(pid))
         except (OSError, ValueError):
             alive = False
         if alive:
@@ -135,16 +135,6 @@ def _lock(out_dir: Path) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clean_partials(out_dir: Path) -> list[str]:
@@ -465,7 +455,10 @@ def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config
                 log.info("%s", decision.why)
             (result.skipped.append(job.slide_id) if decision.done else todo.append(job))
         manifest.meta.update({"model": model, "model_note": weights_note(model), "software": f"wsi-ocelot {__version__}",
-                              "scheduler": cfg.scheduler or "in-process"})
+                              "scheduler": cfg.scheduler or "in-process",
+                              # what `wsi-ocelot status` needs while the batch runs (saved with the first slide's mark)
+                              "current_run": {"started": now_iso(), "to_run": [j.slide_id for j in todo],
+                                              "skipped": len(result.skipped), "host": socket.gethostname(), "pid": os.getpid()}})
         log.info("batch of %d slide(s) into %s: %d to run, %d already done%s%s; log: %s", len(todo) + len(result.skipped), out,
                  len(todo), len(result.skipped), " (skipped; --overwrite redoes them)" if result.skipped else "",
                  f", {len(result.input_errors)} input(s) not run (above)" if result.input_errors else "", log_path)
@@ -536,6 +529,8 @@ def _finish_batch(result: CohortResult, jobs: Sequence[SlideJob], todo: Sequence
                                  "not_run": list(result.input_errors), "wall_s": round(result.wall_s, 2)}
     if result.interrupted:
         manifest.meta["last_run"]["interrupted"] = result.interrupted
+    manifest.meta["last_run"]["started"] = (manifest.meta.pop("current_run", None) or {}).get("started")
+    manifest.meta["last_run"]["finished"] = now_iso()
     _saving("manifest.json", manifest.save)
     _saving("summary.csv", write_summary_csv, out, manifest)
     if cfg.report:
