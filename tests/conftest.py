@@ -117,6 +117,12 @@ def import_extra(module: str, extra: str):
 TINY_GEOMETRY_KW = dict(tile_size=256, cell_margin=16, tissue_margin=32)
 
 
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """The tests' tiny checkpoint (:func:`write_tiny_checkpoint`, tilted, seeded), written once."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "tiny.safetensors")
+
+
 def write_tiny_checkpoint(path: Path, *, tilt: bool = True) -> Path:
     """An untrained ResNet-18 Pred-to-inter-2 checkpoint at the tests' 256 px geometry, seeded.
     ``tilt``: an untrained head predicts "no cell" everywhere; tilting its bias makes peaks appear."""

@@ -27,11 +27,6 @@ FAST = ["--device", "cpu", "--workers", "0", "--threads", "1", "--no-report"]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("safety_ckpt") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
 def slides(tmp_path_factory) -> dict[str, Path]:
     """Three slides in cohort/, and other/s1.tiff: another slide with the same stem as cohort/s1.tiff."""
     from wsi_ocelot.synthetic import write_synthetic_slide
@@ -92,13 +87,13 @@ def test_unwritable_out_is_one_line_before_the_model_loads(slides, tmp_path, cap
 
 
 # -- bug 2: another slide with the same stem -----------------------------------------------
-def test_a_different_slide_with_the_same_stem_never_replaces_a_result(slides, ckpt, tmp_path, capsys):
+def test_a_different_slide_with_the_same_stem_never_replaces_a_result(slides, tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "res"
-    assert _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(ckpt), *FAST) == 0
+    assert _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
     before = _digest(out / "s1")
     capsys.readouterr()
     other = slides["other"] / "s1.tiff"
-    assert _run("run", str(other), "--out", str(out), "--model", str(ckpt), *FAST) == 2
+    assert _run("run", str(other), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 2
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if "already holds the finished result" in ln)
     assert str(other) in line and str(slides["cohort"] / "s1.tiff") in line and "'id' column" in line and "--overwrite" in line
@@ -108,29 +103,29 @@ def test_a_different_slide_with_the_same_stem_never_replaces_a_result(slides, ck
     # the way out: a manifest id
     csv = tmp_path / "other.csv"
     csv.write_text(f"slide,id\n{other},s1_other\n", encoding="utf-8")
-    assert _run("run", str(csv), "--out", str(out), "--model", str(ckpt), *FAST) == 0
+    assert _run("run", str(csv), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
     assert _digest(out / "s1") == before and (out / "s1_other" / "purity.json").is_file()
     # --overwrite replaces it, on purpose
-    assert _run("run", str(other), "--out", str(out), "--model", str(ckpt), "--overwrite", *FAST) == 0
+    assert _run("run", str(other), "--out", str(out), "--model", str(tiny_ckpt), "--overwrite", *FAST) == 0
     assert Manifest.load(out).slides["s1"]["path"] == str(other) and _digest(out / "s1") != before
 
 
 # -- bug 3: resume from another working directory; a moved cohort ---------------------------
-def test_resume_works_from_any_folder_and_recognises_a_moved_cohort(slides, ckpt, tmp_path, capsys):
+def test_resume_works_from_any_folder_and_recognises_a_moved_cohort(slides, tiny_ckpt, tmp_path, capsys):
     root, out = slides["root"], tmp_path / "res"
-    assert _run("run", "cohort/s0.tiff", "cohort/s2.tiff", "--out", str(out), "--model", str(ckpt), *FAST, cwd=root) == 0
+    assert _run("run", "cohort/s0.tiff", "cohort/s2.tiff", "--out", str(out), "--model", str(tiny_ckpt), *FAST, cwd=root) == 0
     rec = Manifest.load(out).slides["s0"]
     assert rec["path"] == str(root / "cohort" / "s0.tiff")  # stored absolute
     assert rec["identity"]["size"] == (root / "cohort" / "s0.tiff").stat().st_size
     done = {sid: _digest(out / sid) for sid in ("s0", "s2")}
     capsys.readouterr()
-    assert _run("run", "s0.tiff", "--out", str(out), "--model", str(ckpt), *FAST, cwd=root / "cohort") == 0
+    assert _run("run", "s0.tiff", "--out", str(out), "--model", str(tiny_ckpt), *FAST, cwd=root / "cohort") == 0
     assert "1 slide(s) already done, skipped" in capsys.readouterr().out
     # the same files under a new mount point: recognised by size and the hash of both ends
     moved = tmp_path / "new_mount" / "cohort"
     shutil.copytree(root / "cohort", moved)  # copytree keeps mtimes; content decides anyway
     os.utime(moved / "s0.tiff", ns=(1, 1))
-    assert _run("run", str(moved / "s0.tiff"), str(moved / "s2.tiff"), "--out", str(out), "--model", str(ckpt), *FAST) == 0
+    assert _run("run", str(moved / "s0.tiff"), str(moved / "s2.tiff"), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
     cap = capsys.readouterr()
     assert "2 slide(s) already done, skipped" in cap.out
     assert "moved (same size and the same hash" in cap.err
@@ -138,19 +133,19 @@ def test_resume_works_from_any_folder_and_recognises_a_moved_cohort(slides, ckpt
     assert Manifest.load(out).slides["s0"]["path"] == str(moved / "s0.tiff")
     # a file changed at the same path is run again
     shutil.copy(slides["other"] / "s1.tiff", moved / "s2.tiff")
-    assert _run("run", str(moved / "s2.tiff"), "--out", str(out), "--model", str(ckpt), *FAST) == 0
+    assert _run("run", str(moved / "s2.tiff"), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
     assert "changed since it was done" in capsys.readouterr().err and _digest(out / "s2") != done["s2"]
 
 
 # -- rough edge: a changed --mpp or model invalidates "done" ------------------------------
-def test_a_changed_mpp_override_or_model_runs_a_done_slide_again(slides, ckpt, tmp_path, capsys):
+def test_a_changed_mpp_override_or_model_runs_a_done_slide_again(slides, tiny_ckpt, tmp_path, capsys):
     out, s0 = tmp_path / "res", str(slides["cohort"] / "s0.tiff")
-    assert _run("run", s0, "--out", str(out), "--model", str(ckpt), *FAST) == 0
-    assert _run("run", s0, "--out", str(out), "--model", str(ckpt), "--mpp", "0.3", *FAST) == 0
+    assert _run("run", s0, "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
+    assert _run("run", s0, "--out", str(out), "--model", str(tiny_ckpt), "--mpp", "0.3", *FAST) == 0
     assert "the MPP override changed (none -> 0.3)" in capsys.readouterr().err
     assert json.loads((out / "s0" / "purity.json").read_text())["mpp"] == pytest.approx(0.3)
     capsys.readouterr()
-    assert _run("run", s0, "--out", str(out), "--model", str(ckpt), "--mpp", "0.3", *FAST) == 0
+    assert _run("run", s0, "--out", str(out), "--model", str(tiny_ckpt), "--mpp", "0.3", *FAST) == 0
     assert "1 slide(s) already done" in capsys.readouterr().out
     other = write_tiny_checkpoint(tmp_path / "other.safetensors", tilt=False)
     assert _run("run", s0, "--out", str(out), "--model", str(other), "--mpp", "0.3", *FAST) == 0
@@ -159,9 +154,9 @@ def test_a_changed_mpp_override_or_model_runs_a_done_slide_again(slides, ckpt, t
 
 
 # -- bug 4: a closed stdout ---------------------------------------------------------------
-def test_a_closed_stdout_does_not_stop_the_batch(slides, ckpt, tmp_path):
+def test_a_closed_stdout_does_not_stop_the_batch(slides, tiny_ckpt, tmp_path):
     out = tmp_path / "res"
-    cmd = [sys.executable, "-m", "wsi_ocelot", "run", str(slides["cohort"]), "--out", str(out), "--model", str(ckpt),
+    cmd = [sys.executable, "-m", "wsi_ocelot", "run", str(slides["cohort"]), "--out", str(out), "--model", str(tiny_ckpt),
            "--device", "cpu", "--workers", "0", "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # `| head -0`: the reader is gone before the first line
@@ -184,14 +179,14 @@ def test_info_into_a_closed_pipe_exits_quietly(pattern_slide):
                                             (["--cell-margin", "600"], "--cell-margin 600"),
                                             (["--mpp", "-1"], "--mpp -1"),
                                             (["--mpp", "60"], "between 0.02 and 50")])
-def test_bad_options_fail_the_command_before_any_slide(slides, ckpt, tmp_path_factory, capsys, option, needle):
+def test_bad_options_fail_the_command_before_any_slide(slides, tiny_ckpt, tmp_path_factory, capsys, option, needle):
     out = tmp_path_factory.getbasetemp() / "bad_options_res"
     if not (out / "manifest.json").exists():  # every slide done, once for all the cases
-        assert _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(ckpt), *FAST) == 0
+        assert _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
     before = (out / "manifest.json").read_bytes()
     capsys.readouterr()
     for extra in ([], ["--overwrite"]):
-        assert _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(ckpt), *FAST, *option, *extra) == 2
+        assert _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(tiny_ckpt), *FAST, *option, *extra) == 2
         err = capsys.readouterr().err
         lines = _error_lines(err)
         assert len(lines) == 1 and needle in lines[0] and "Fix:" in lines[0], err
@@ -214,12 +209,12 @@ def test_the_mpp_range_is_one_for_the_flag_and_the_manifest(tmp_path):
 
 
 # -- rough edge: input errors are reported before the model loads, not recorded -------------
-def test_input_errors_are_reported_up_front_and_not_recorded(slides, ckpt, tmp_path, capsys):
+def test_input_errors_are_reported_up_front_and_not_recorded(slides, tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "res"
     typo = tmp_path / "s9.tiff"
     notes = tmp_path / "notes.svs"
     notes.write_text("not a slide")
-    code = _run("run", str(slides["cohort"] / "s0.tiff"), str(typo), str(notes), "--out", str(out), "--model", str(ckpt), *FAST)
+    code = _run("run", str(slides["cohort"] / "s0.tiff"), str(typo), str(notes), "--out", str(out), "--model", str(tiny_ckpt), *FAST)
     cap = capsys.readouterr()
     assert code == 2  # the slides that exist ran; the inputs that did not are the user's to fix
     first_error = cap.err.index("error:")
@@ -306,12 +301,12 @@ def test_demo_warning_once_per_run_and_logs_name_only_final_folders(tmp_path):
 
 # -- rough edge: SIGTERM and Ctrl-C end a batch as they should ----------------------------
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_marks_the_slide_pending_and_writes_the_reports(slides, ckpt, tmp_path, sig, code):
+def test_a_signal_marks_the_slide_pending_and_writes_the_reports(slides, tiny_ckpt, tmp_path, sig, code):
     out = tmp_path / "res"
     inputs = [str(slides["cohort"] / f"s{i}.tiff") for i in range(3)] + [str(slides["other"] / "s1.tiff")]
     csv = tmp_path / "four.csv"
     csv.write_text("slide,id\n" + "".join(f"{p},slide_{i}\n" for i, p in enumerate(inputs)), encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", "run", str(csv), "--out", str(out), "--model", str(ckpt),
+    proc = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", "run", str(csv), "--out", str(out), "--model", str(tiny_ckpt),
                              "--device", "cpu", "--workers", "1", "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -336,7 +331,7 @@ def test_a_signal_marks_the_slide_pending_and_writes_the_reports(slides, ckpt, t
     assert not (out / ".wsi-ocelot.lock").exists()
     assert not [p for p in out.iterdir() if ".partial-" in p.name], err
     # the same command again goes on where it stopped
-    proc = _cli("run", str(csv), "--out", str(out), "--model", str(ckpt), *FAST)
+    proc = _cli("run", str(csv), "--out", str(out), "--model", str(tiny_ckpt), *FAST)
     assert proc.returncode == 0, proc.stderr
     assert Manifest.load(out).counts() == {"done": 4, "failed": 0, "running": 0}
 
@@ -350,7 +345,7 @@ def test_no_progress_bars_off_a_terminal():
     assert _progress(3, "cell pass", True).disable and _progress(3, "cell pass", False).disable
 
 
-def test_an_unexpected_error_leaves_its_traceback_in_a_slide_log(slides, ckpt, tmp_path, monkeypatch, capsys):
+def test_an_unexpected_error_leaves_its_traceback_in_a_slide_log(slides, tiny_ckpt, tmp_path, monkeypatch, capsys):
     """#22 item 4: the whole traceback of a slide's unexpected error (a bug) goes to
     <out>/logs/<slide-id>.log, which the manifest and the one-line error point to."""
     import wsi_ocelot.cohort.worker as worker
@@ -361,7 +356,7 @@ def test_an_unexpected_error_leaves_its_traceback_in_a_slide_log(slides, ckpt, t
 
     monkeypatch.setattr(worker, "get_runner", lambda model, config: Broken())
     out = tmp_path / "res"
-    assert _run("run", str(slides["cohort"] / "s0.tiff"), "--out", str(out), "--model", str(ckpt), *FAST) == 1
+    assert _run("run", str(slides["cohort"] / "s0.tiff"), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 1
     rec = Manifest.load(out).slides["s0"]
     assert rec["status"] == "failed" and rec["log"] == "logs/s0.log" and "logs/s0.log" in rec["error"]
     text = (out / rec["log"]).read_text()
@@ -369,7 +364,7 @@ def test_an_unexpected_error_leaves_its_traceback_in_a_slide_log(slides, ckpt, t
     assert "Traceback" not in capsys.readouterr().err.split("1 slide(s) failed")[-1]  # the closing table stays one line each
 
 
-def test_status_while_a_batch_runs_and_after(slides, ckpt, tmp_path):
+def test_status_while_a_batch_runs_and_after(slides, tiny_ckpt, tmp_path):
     """`wsi-ocelot status OUT` (#22 item 2's reader): counts, this run's progress, throughput and ETA
     while it runs; the last run and every failed slide after it."""
     from wsi_ocelot.cohort.status import batch_status, format_status
@@ -380,7 +375,7 @@ def test_status_while_a_batch_runs_and_after(slides, ckpt, tmp_path):
 
     write_pyramidal_tiff(nompp, np.full((256, 256, 3), 200, np.uint8), None)  # fails when it runs: no MPP
     inputs = [str(slides["cohort"] / f"s{i}.tiff") for i in range(3)] + [str(nompp)]
-    proc = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", "run", *inputs, "--out", str(out), "--model", str(ckpt), *FAST],
+    proc = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", "run", *inputs, "--out", str(out), "--model", str(tiny_ckpt), *FAST],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = None
     deadline = time.time() + 300

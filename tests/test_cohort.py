@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_tiny_checkpoint
 
 from wsi_ocelot.cohort import Manifest, collect_jobs, read_manifest_csv
 from wsi_ocelot.cohort.inputs import SlideJob, check_unique
@@ -30,11 +29,6 @@ SLIDE_SIZE = (768, 768)
 
 
 # -- fixtures ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("cohort_ckpt") / "tiny.safetensors")
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> dict[str, Path]:
     """Good synthetic slides in a folder, a corrupt file, a missing path, a slide without MPP
@@ -139,10 +133,10 @@ def test_unreadable_manifest_json_is_a_one_line_error(tmp_path):
 
 # -- a batch with bad slides, then a rerun --------------------------------------------------
 @pytest.fixture(scope="module")
-def batch(cohort, ckpt, tmp_path_factory):
+def batch(cohort, tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("batch") / "out"
     args = ["run", str(cohort["good"]), str(cohort["corrupt"]), str(cohort["missing"]), str(cohort["nompp"]),
-            str(cohort["truncated"]), str(cohort["glass"]), str(cohort["manifest"]), "--out", str(out), "--model", str(ckpt), "--device", "cpu", "--workers", "0", "--threads", "1"]
+            str(cohort["truncated"]), str(cohort["glass"]), str(cohort["manifest"]), "--out", str(out), "--model", str(tiny_ckpt), "--device", "cpu", "--workers", "0", "--threads", "1"]
     proc = _cli(*args)
     return {"out": out, "args": args, "proc": proc}
 
@@ -459,14 +453,14 @@ def test_report_names_the_training_data_not_the_training_machines_folder(tmp_pat
     from wsi_ocelot.weights import demo_path
 
     root = tmp_path / "scratch" / "job-4711" / "ocelot2023_v1.0.1"  # not there: the training machine's folder
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(ModelConfig(encoder="resnet18", decoder_channels=64)),
+    tiny_ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(ModelConfig(encoder="resnet18", decoder_channels=64)),
                            geometry=GeometryConfig(**TINY_GEOMETRY_KW), peaks=PeakConfig(),
                            training={"data_root": str(root), "split_sizes": {"train": 80, "val": 20}}, metrics={"val_mF1": 0.71})
     out = tmp_path / "out"
     out.mkdir()
 
     def trained_on() -> str:
-        write_report(out, Manifest(out, meta={"model": str(ckpt)}))
+        write_report(out, Manifest(out, meta={"model": str(tiny_ckpt)}))
         page = (out / "report.html").read_text(encoding="utf-8")
         assert str(root) not in page and "scratch" not in page
         return html.unescape(re.search(r'<span id="model-data">([^<]*)</span>', page).group(1))
@@ -477,15 +471,15 @@ def test_report_names_the_training_data_not_the_training_machines_folder(tmp_pat
     assert trained_on() == "OCELOT 2023; 80 train, 20 val tiles; val mF1 0.710"
     assert dataset_name({"dataset": "TCGA-BRCA H&E", "data_root": str(root)}) == "TCGA-BRCA H&E"  # recorded by the checkpoint
     assert dataset_name({"data_root": "D:\\scratch\\lung_set\\"}) == "lung_set"  # a Windows training machine
-    assert dataset_name({"data_root": "/tmp/gdata"}, ckpt) == "gdata"  # the folder's name, not its path
+    assert dataset_name({"data_root": "/tmp/gdata"}, tiny_ckpt) == "gdata"  # the folder's name, not its path
     assert dataset_name({"data_root": "/tmp/gdata"}, demo_path()) == "wsi-ocelot synthetic"  # what the demo weights were trained on
     assert dataset_name({}) is None
 
 
 # -- SIGKILL part-way ----------------------------------------------------------------------
-def test_sigkill_then_rerun_completes_and_keeps_finished_slides(cohort, ckpt, tmp_path):
+def test_sigkill_then_rerun_completes_and_keeps_finished_slides(cohort, tiny_ckpt, tmp_path):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "wsi_ocelot", "-q", "run", str(cohort["good"]), "--out", str(out), "--model", str(ckpt),
+    args = [sys.executable, "-m", "wsi_ocelot", "-q", "run", str(cohort["good"]), "--out", str(out), "--model", str(tiny_ckpt),
             "--device", "cpu", "--workers", "0", "--no-report"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 600
@@ -553,10 +547,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_local_cluster_matches_in_process(batch, cohort, ckpt, tmp_path):
+def test_local_cluster_matches_in_process(batch, cohort, tiny_ckpt, tmp_path):
     out = tmp_path / "dask_local"
     proc = _cli("-q", "run", str(cohort["good"] / "case_0.tiff"), str(cohort["good"] / "case_1.tiff"), "--out", str(out),
-                "--model", str(ckpt), "--device", "cpu", "--workers", "0", "--scheduler", "local", "--dask-workers", "2", "--threads", "1", "--no-report")
+                "--model", str(tiny_ckpt), "--device", "cpu", "--workers", "0", "--scheduler", "local", "--dask-workers", "2", "--threads", "1", "--no-report")
     assert proc.returncode == 0, proc.stderr
     for sid in ("case_0", "case_1"):
         a, b = _cells(batch["out"] / sid), _cells(out / sid)
@@ -565,7 +559,7 @@ def test_local_cluster_matches_in_process(batch, cohort, ckpt, tmp_path):
         np.testing.assert_allclose(a[:, 3], b[:, 3], atol=1e-4)
 
 
-def test_dask_scheduler_and_workers_survive_a_killed_worker(batch, cohort, ckpt, tmp_path):
+def test_dask_scheduler_and_workers_survive_a_killed_worker(batch, cohort, tiny_ckpt, tmp_path):
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -585,7 +579,7 @@ def test_dask_scheduler_and_workers_survive_a_killed_worker(batch, cohort, ckpt,
             c.wait_for_workers(2, timeout=120)
         out = tmp_path / "dask_tcp"
         run = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", "-q", "run", str(cohort["good"]), str(cohort["manifest"]), "--out", str(out),
-                                "--model", str(ckpt), "--device", "cpu", "--workers", "0", "--scheduler", addr, "--threads", "1", "--no-report"],
+                                "--model", str(tiny_ckpt), "--device", "cpu", "--workers", "0", "--scheduler", addr, "--threads", "1", "--no-report"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 600
         while time.time() < deadline and run.poll() is None:  # kill a worker once the first slide is back
@@ -646,7 +640,7 @@ if not hasattr(w, "_real_process_slide"):  # a preload may run more than once in
 '''
 
 
-def test_slide_that_kills_its_worker_is_retried_once_then_failed(cohort, ckpt, tmp_path):
+def test_slide_that_kills_its_worker_is_retried_once_then_failed(cohort, tiny_ckpt, tmp_path):
     import shutil
 
     crash = tmp_path / "crash_me.tiff"
@@ -656,7 +650,7 @@ def test_slide_that_kills_its_worker_is_retried_once_then_failed(cohort, ckpt, t
     out = tmp_path / "out"
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": f'["{preload}"]'}
     proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "run", str(cohort["good"] / "case_0.tiff"), str(crash), "--out", str(out),
-                           "--model", str(ckpt), "--device", "cpu", "--workers", "0", "--scheduler", "local", "--dask-workers", "1",
+                           "--model", str(tiny_ckpt), "--device", "cpu", "--workers", "0", "--scheduler", "local", "--dask-workers", "1",
                            "--threads", "1", "--no-report"], capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 1, proc.stderr
     slides = Manifest.load(out).slides
@@ -669,7 +663,7 @@ def test_slide_that_kills_its_worker_is_retried_once_then_failed(cohort, ckpt, t
     assert not (out / "crash_me").exists()
 
 
-def test_hostile_names_pass_through_intact_and_inert(ckpt, cohort, tmp_path):
+def test_hostile_names_pass_through_intact_and_inert(tiny_ckpt, cohort, tmp_path):
     """Slide paths with quotes, markup, non-ASCII, spaces and a very long name, and a manifest
     id with markup: the manifest, summary.csv and report.html keep them intact and inert."""
     import csv
@@ -687,7 +681,7 @@ def test_hostile_names_pass_through_intact_and_inert(ckpt, cohort, tmp_path):
         w.writerow(["slide", "mpp", "id"])
         w.writerow([str(folder / names[0]), "", "<img src=x onerror=alert(2)>"])
     out = tmp_path / "out"
-    proc = _cli("run", str(folder), str(manifest_csv), "--out", str(out), "--model", str(ckpt), "--device", "cpu",
+    proc = _cli("run", str(folder), str(manifest_csv), "--out", str(out), "--model", str(tiny_ckpt), "--device", "cpu",
                 "--workers", "0", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     slides = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["slides"]
@@ -717,10 +711,10 @@ def test_report_says_what_a_fine_tuned_model_was_validated_on(tmp_path):
     training = {"dataset": "lab-B regions", "split_sizes": {"train": 12, "val": 4},
                 "validation": {"dataset": "lab-B regions", "split": "val", "pairs": 4, "masked_pairs": 4},
                 "parent": {"init": "demo", "path": "/x/demo.safetensors"}}
-    ckpt = save_checkpoint(tmp_path / "ft.safetensors", build_model(ModelConfig(encoder="resnet18", decoder_channels=64)),
+    tiny_ckpt = save_checkpoint(tmp_path / "ft.safetensors", build_model(ModelConfig(encoder="resnet18", decoder_channels=64)),
                            geometry=GeometryConfig(**TINY_GEOMETRY_KW), peaks=PeakConfig(), training=training)
     out = tmp_path / "out"
     out.mkdir()
-    page = write_report(out, Manifest(out, meta={"model": str(ckpt)})).read_text(encoding="utf-8")
+    page = write_report(out, Manifest(out, meta={"model": str(tiny_ckpt)})).read_text(encoding="utf-8")
     line = html.unescape(re.search(r'<span id="model-lineage">([^<]*)</span>', page).group(1))
     assert line == "validated on lab-B regions (4 pairs within region masks); fine-tuned from the demo weights"

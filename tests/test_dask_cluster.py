@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import import_extra, write_tiny_checkpoint
+from conftest import import_extra
 
 from wsi_ocelot.cohort import Manifest
 from wsi_ocelot.cohort.inputs import SlideJob
@@ -48,11 +48,6 @@ SLURM_RECIPE: dict = dict(
 
 
 # -- fixtures ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("dask_ckpt") / "tiny.safetensors")
-
-
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory) -> list[Path]:
     from wsi_ocelot.synthetic import write_synthetic_slide
@@ -145,20 +140,20 @@ def dask_cluster(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def in_process(ckpt, slides, tmp_path_factory) -> Path:
+def in_process(tiny_ckpt, slides, tmp_path_factory) -> Path:
     """The batch run in one process (default tile readers, one torch thread): the reference."""
     out = tmp_path_factory.mktemp("dask_reference") / "in_process"
-    proc, _ = _run_cli("-q", "run", *map(str, slides), "--out", str(out), *_common_args(ckpt))
+    proc, _ = _run_cli("-q", "run", *map(str, slides), "--out", str(out), *_common_args(tiny_ckpt))
     assert proc.returncode == 0, proc.stderr
     assert {sid: r["status"] for sid, r in Manifest.load(out).slides.items()} == {"case_0": "done", "case_1": "done"}
     return out
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _common_args(ckpt: Path) -> list[str]:
+def _common_args(tiny_ckpt: Path) -> list[str]:
     """The same model, device and torch threads for every run (CPU results then bit-identical);
     no ``--workers``: the default tile readers, as a new user runs it."""
-    return ["--model", str(ckpt), "--device", "cpu", "--threads", "1", "--no-report"]
+    return ["--model", str(tiny_ckpt), "--device", "cpu", "--threads", "1", "--no-report"]
 
 
 def _assert_same_cells(reference: Path, out: Path, sids: list[str]) -> None:
@@ -200,7 +195,7 @@ def _pid(where: str) -> int:
 
 
 # -- the bug, in a daemonic process ----------------------------------------------------------
-def test_default_tile_readers_in_a_daemonic_process(ckpt, slides, tmp_path, monkeypatch):
+def test_default_tile_readers_in_a_daemonic_process(tiny_ckpt, slides, tmp_path, monkeypatch):
     """A daemonic process (a Dask worker under a nanny) may not start tile-reading processes:
     the default ``workers=None`` means read in-process there, and the slide runs."""
     import wsi_ocelot.cohort.worker as worker
@@ -208,7 +203,7 @@ def test_default_tile_readers_in_a_daemonic_process(ckpt, slides, tmp_path, monk
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)  # what a nanny's worker process is
     monkeypatch.setattr(worker, "_RUNNERS", {})
     job = SlideJob(slide_id="case_0", path=str(slides[0]))
-    rec = worker.process_slide(job, str(tmp_path), str(ckpt), EngineConfig(device="cpu", progress=False))
+    rec = worker.process_slide(job, str(tmp_path), str(tiny_ckpt), EngineConfig(device="cpu", progress=False))
     assert rec["status"] == "done", rec.get("error")
     assert rec["n_cells"] > 0
     (runner,) = worker._RUNNERS.values()
@@ -216,7 +211,7 @@ def test_default_tile_readers_in_a_daemonic_process(ckpt, slides, tmp_path, monk
 
 
 @pytest.mark.parametrize("asked", [None, 0, 3])
-def test_get_runner_tile_readers(ckpt, monkeypatch, caplog, asked):
+def test_get_runner_tile_readers(tiny_ckpt, monkeypatch, caplog, asked):
     """Daemonic: always 0 readers (a warning when more were asked for). Not daemonic: as asked, None
     left for the engine to choose for the machine."""
     import wsi_ocelot.cohort.worker as worker
@@ -230,17 +225,17 @@ def test_get_runner_tile_readers(ckpt, monkeypatch, caplog, asked):
     monkeypatch.setattr(worker, "SlideRunner", FakeRunner)
     monkeypatch.setattr(worker, "_RUNNERS", {})
     cfg = EngineConfig(device="cpu", workers=asked)
-    worker.get_runner(str(ckpt), cfg)
+    worker.get_runner(str(tiny_ckpt), cfg)
     assert made[-1].workers == asked
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)
     with caplog.at_level(logging.INFO, logger="wsi_ocelot.cohort.worker"):
-        worker.get_runner(str(ckpt), cfg)
+        worker.get_runner(str(tiny_ckpt), cfg)
     assert made[-1].workers == 0
     warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert bool(warned) == bool(asked), [r.getMessage() for r in caplog.records]
     if asked:
         assert "DASK_DISTRIBUTED__WORKER__DAEMON=False" in warned[0].getMessage()
-    worker.get_runner(str(ckpt), cfg)  # the same runner, not loaded again
+    worker.get_runner(str(tiny_ckpt), cfg)  # the same runner, not loaded again
     assert len(made) == (1 if asked == 0 else 2)  # 0 readers asked for: the same config either way
 
 
@@ -260,11 +255,11 @@ def test_worker_index_from_the_names_dask_gives(monkeypatch, name, index):
 # -- a batch on `dask scheduler` + `dask worker` ----------------------------------------------
 # about 31 s on a 2-core CPU (the reference run, a 3-process cluster, the batch): not marked slow on
 # purpose, so that CI runs a batch on a real cluster (the path only LocalCluster used to cover)
-def test_batch_on_dask_scheduler_and_nanny_workers_matches_in_process(dask_cluster, in_process, ckpt, slides, tmp_path):
+def test_batch_on_dask_scheduler_and_nanny_workers_matches_in_process(dask_cluster, in_process, tiny_ckpt, slides, tmp_path):
     """The batch of a new user: default tile readers (none given), daemonic workers. Every slide is
     done, on the cluster's workers, with the cells of an in-process run of the same slides."""
     out = tmp_path / "dask"
-    proc, driver_pid = _run_cli("-q", "run", *map(str, slides), "--out", str(out), *_common_args(ckpt), "--scheduler", dask_cluster)
+    proc, driver_pid = _run_cli("-q", "run", *map(str, slides), "--out", str(out), *_common_args(tiny_ckpt), "--scheduler", dask_cluster)
     assert proc.returncode == 0, proc.stderr
     m = Manifest.load(out)
     assert m.meta["scheduler"] == dask_cluster
@@ -309,7 +304,7 @@ def test_slurm_recipe_job_script(tmp_path):
 
 
 @pytest.mark.slow  # 25-35 s on a 2-core CPU (the reference run, the worker's start, the batch)
-def test_slurm_recipe_worker_runs_a_batch(in_process, ckpt, slides, tmp_path):
+def test_slurm_recipe_worker_runs_a_batch(in_process, tiny_ckpt, slides, tmp_path):
     """The recipe's job script, run here as Slurm would run it on a node (bash; the ``#SBATCH``
     lines are comments): its worker is non-daemonic, reads tiles in processes of its own (the
     default readers) and runs the batch given ``--scheduler <cluster.scheduler_address>``."""
@@ -333,7 +328,7 @@ def test_slurm_recipe_worker_runs_a_batch(in_process, ckpt, slides, tmp_path):
                 pytest.fail("the job script's worker did not register in time:\n" + log.read_text(errors="replace")[-4000:])
             assert list(client.run(eval, IS_DAEMONIC).values()) == [False]
         out = tmp_path / "slurm"
-        proc, _ = _run_cli("-q", "run", str(slides[0]), "--out", str(out), *_common_args(ckpt), "--scheduler", cluster.scheduler_address)
+        proc, _ = _run_cli("-q", "run", str(slides[0]), "--out", str(out), *_common_args(tiny_ckpt), "--scheduler", cluster.scheduler_address)
         assert proc.returncode == 0, proc.stderr + log.read_text(errors="replace")[-4000:]
         rec = Manifest.load(out).slides["case_0"]
         assert rec["status"] == "done" and rec["attempts"] == 1, rec

@@ -11,18 +11,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import import_extra, write_tiny_checkpoint
+from conftest import import_extra
 from shapely.geometry import shape
 
 from wsi_ocelot.config import GeometryConfig
 from wsi_ocelot.inference.engine import EngineConfig, SlideRunner, slide_id_for
 
 GEO = GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")

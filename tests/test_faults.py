@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_checkpoint
 
 from wsi_ocelot.config import GeometryConfig
 from wsi_ocelot.errors import SlideFormatError
@@ -24,11 +23,6 @@ from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
 
 GEO = GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32)
 MPP = 0.25
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("faults_ckpt") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +40,9 @@ def slides(tmp_path_factory) -> dict[str, object]:
     return {"clean": clean, "bad": bad, "box": box}
 
 
-def _runner(ckpt, **kw) -> SlideRunner:
+def _runner(tiny_ckpt, **kw) -> SlideRunner:
     torch.set_num_threads(2)
-    return SlideRunner(ckpt, EngineConfig(device="cpu", batch_size=4, workers=kw.pop("workers", 0), progress=False, **kw))
+    return SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=kw.pop("workers", 0), progress=False, **kw))
 
 
 def _cells(folder: Path) -> np.ndarray:
@@ -61,9 +55,9 @@ def _cells(folder: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def clean_run(ckpt, slides, tmp_path_factory):
+def clean_run(tiny_ckpt, slides, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean_out")
-    res = _runner(ckpt).run(slides["clean"], out, slide_id="s")
+    res = _runner(tiny_ckpt).run(slides["clean"], out, slide_id="s")
     return res, _cells(res.out_dir)
 
 
@@ -77,10 +71,10 @@ def test_openslide_really_fails_on_the_corrupt_tile(slides):
 
 
 @pytest.mark.parametrize("reader", ["openslide", "tifffile"])
-def test_corrupt_tile_costs_only_its_tiles(ckpt, slides, clean_run, tmp_path, caplog, reader):
+def test_corrupt_tile_costs_only_its_tiles(tiny_ckpt, slides, clean_run, tmp_path, caplog, reader):
     clean, clean_cells = clean_run
     with caplog.at_level(logging.WARNING, logger="wsi_ocelot"):
-        res = _runner(ckpt, reader=reader, max_unreadable=1.0).run(slides["bad"], tmp_path, slide_id="s")
+        res = _runner(tiny_ckpt, reader=reader, max_unreadable=1.0).run(slides["bad"], tmp_path, slide_id="s")
     rec = json.loads((res.out_dir / "purity.json").read_text())
     n_bad = rec["n_unreadable_tiles"]
     assert 0 < n_bad < rec["n_cell_tiles"]
@@ -105,15 +99,15 @@ def test_corrupt_tile_costs_only_its_tiles(ckpt, slides, clean_run, tmp_path, ca
     np.testing.assert_array_equal(bad_cells[away(bad_cells)], clean_cells[away(clean_cells)])
 
 
-def test_too_many_unreadable_tiles_fail_the_slide_in_one_line(ckpt, slides, tmp_path):
+def test_too_many_unreadable_tiles_fail_the_slide_in_one_line(tiny_ckpt, slides, tmp_path):
     with pytest.raises(SlideFormatError) as exc:
-        _runner(ckpt, max_unreadable=0.0).run(slides["bad"], tmp_path, slide_id="s")
+        _runner(tiny_ckpt, max_unreadable=0.0).run(slides["bad"], tmp_path, slide_id="s")
     msg = exc.value.one_line()
     assert "\n" not in msg and str(slides["bad"]) in msg and "unreadable" in msg and "--max-unreadable" in msg
     assert not any(tmp_path.iterdir())  # no folder, no half-written one
 
 
-def test_max_unreadable_is_checked(ckpt):
+def test_max_unreadable_is_checked(tiny_ckpt):
     from wsi_ocelot.errors import ConfigError
 
     with pytest.raises(ConfigError, match="max_unreadable"):
@@ -142,30 +136,30 @@ def _die_on(monkeypatch, marker_dir: Path, item: int, times: int) -> None:
     monkeypatch.setattr(ds.BlockBatches, "__getitem__", getitem)
 
 
-def test_a_reader_process_that_dies_is_replaced(ckpt, slides, clean_run, tmp_path, monkeypatch):
+def test_a_reader_process_that_dies_is_replaced(tiny_ckpt, slides, clean_run, tmp_path, monkeypatch):
     clean, clean_cells = clean_run
     _die_on(monkeypatch, tmp_path, item=2, times=1)
-    res = _runner(ckpt, workers=1).run(slides["clean"], tmp_path / "out", slide_id="s")
+    res = _runner(tiny_ckpt, workers=1).run(slides["clean"], tmp_path / "out", slide_id="s")
     assert (tmp_path / "death-0").exists()  # a reader did die
     assert res.record.n_unreadable_tiles == 0
     np.testing.assert_array_equal(_cells(res.out_dir), clean_cells)
 
 
-def test_a_batch_that_kills_every_reader_is_counted_unreadable(ckpt, slides, clean_run, tmp_path, monkeypatch):
+def test_a_batch_that_kills_every_reader_is_counted_unreadable(tiny_ckpt, slides, clean_run, tmp_path, monkeypatch):
     clean, _ = clean_run
     _die_on(monkeypatch, tmp_path, item=2, times=50)  # every reader that touches batch 2 dies
-    res = _runner(ckpt, workers=1, max_unreadable=1.0).run(slides["clean"], tmp_path / "out", slide_id="s")
+    res = _runner(tiny_ckpt, workers=1, max_unreadable=1.0).run(slides["clean"], tmp_path / "out", slide_id="s")
     assert 0 < res.record.n_unreadable_tiles <= 4  # the batch (of at most four tiles) no reader could read
     assert res.record.purity.tissue_area_mm2 < clean.record.purity.tissue_area_mm2
 
 
-def test_unreadable_counts_reach_manifest_summary_and_report(ckpt, slides, tmp_path):
+def test_unreadable_counts_reach_manifest_summary_and_report(tiny_ckpt, slides, tmp_path):
     import csv
 
     from wsi_ocelot.cohort import CohortConfig, collect_jobs, run_cohort
 
     engine = EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, max_unreadable=1.0)
-    res = run_cohort(collect_jobs([str(slides["bad"])]), tmp_path, CohortConfig(model=str(ckpt), engine=engine, threads=2))
+    res = run_cohort(collect_jobs([str(slides["bad"])]), tmp_path, CohortConfig(model=str(tiny_ckpt), engine=engine, threads=2))
     assert res.exit_code == 0
     n = json.loads((tmp_path / "bad_tile" / "purity.json").read_text())["n_unreadable_tiles"]
     assert n > 0
@@ -189,11 +183,11 @@ def small_slides(tmp_path_factory) -> list[Path]:
     return paths
 
 
-def _batch(ckpt, slides, out):
+def _batch(tiny_ckpt, slides, out):
     from wsi_ocelot.cohort import CohortConfig, collect_jobs, run_cohort
 
     engine = EngineConfig(device="cpu", batch_size=4, workers=0, progress=False)
-    return run_cohort(collect_jobs([str(p) for p in slides]), out, CohortConfig(model=str(ckpt), engine=engine, threads=2))
+    return run_cohort(collect_jobs([str(p) for p in slides]), out, CohortConfig(model=str(tiny_ckpt), engine=engine, threads=2))
 
 
 def _check_stopped(res, out: Path, failed: str, pending: list[str]) -> None:
@@ -208,7 +202,7 @@ def _check_stopped(res, out: Path, failed: str, pending: list[str]) -> None:
     assert not any((out / sid).exists() for sid in [failed, *pending])
 
 
-def test_full_disk_fails_the_slide_stops_the_batch_and_a_rerun_finishes(ckpt, small_slides, tmp_path, monkeypatch):
+def test_full_disk_fails_the_slide_stops_the_batch_and_a_rerun_finishes(tiny_ckpt, small_slides, tmp_path, monkeypatch):
     from wsi_ocelot.atomic import write_json
     from wsi_ocelot.inference import engine
 
@@ -219,12 +213,12 @@ def test_full_disk_fails_the_slide_stops_the_batch_and_a_rerun_finishes(ckpt, sm
 
     monkeypatch.setattr(engine, "write_json", full)
     out = tmp_path / "out"
-    res = _batch(ckpt, small_slides, out)
+    res = _batch(tiny_ckpt, small_slides, out)
     assert res.done == ["s_0"]
     _check_stopped(res, out, "s_1", ["s_2", "s_3"])
     monkeypatch.undo()  # space freed
     before = (out / "s_0" / "purity.json").stat().st_mtime_ns
-    res = _batch(ckpt, small_slides, out)
+    res = _batch(tiny_ckpt, small_slides, out)
     assert res.exit_code == 0 and res.skipped == ["s_0"] and res.done == ["s_1", "s_2", "s_3"]
     assert (out / "s_0" / "purity.json").stat().st_mtime_ns == before
     slides = json.loads((out / "manifest.json").read_text())["slides"]
@@ -240,7 +234,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     return proc.returncode == 0
 
 
-def test_full_disk_on_a_real_small_tmpfs(ckpt, small_slides, tmp_path):
+def test_full_disk_on_a_real_small_tmpfs(tiny_ckpt, small_slides, tmp_path):
     mnt = tmp_path / "mnt"
     if not _mount_tmpfs(mnt, "4m"):
         pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
@@ -250,10 +244,10 @@ def test_full_disk_on_a_real_small_tmpfs(ckpt, small_slides, tmp_path):
         filler = mnt / "filler"
         with open(filler, "wb") as fh:  # leave about 48 KiB: the batch's own files fit, a slide's outputs do not
             fh.write(bytes(4 * 2**20 - 48 * 2**10))
-        res = _batch(ckpt, small_slides, out)
+        res = _batch(tiny_ckpt, small_slides, out)
         _check_stopped(res, out, "s_0", ["s_1", "s_2", "s_3"])
         filler.unlink()  # space freed
-        res = _batch(ckpt, small_slides, out)
+        res = _batch(tiny_ckpt, small_slides, out)
         assert res.exit_code == 0 and res.done == ["s_0", "s_1", "s_2", "s_3"]
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True, timeout=20)
