@@ -28,7 +28,7 @@ from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.inputs import SlideJob, check_unique
 from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest, file_identity, now_iso
 from wsi_ocelot.cohort.report import write_report, write_summary_csv
-from wsi_ocelot.cohort.status import LOCK_NAME, pid_alive
+from wsi_ocelot.cohort.status import LOCK_NAME, format_duration, pid_alive
 from wsi_ocelot.cohort.worker import SLIDE_LOGS, process_slide, run_slide_task
 from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
 from wsi_ocelot.inference.engine import EngineConfig
@@ -206,14 +206,7 @@ class _Progress:
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / finished * remaining if finished else float("nan")
         log.info("[%d/%d] %s: %s (%.1f s) | done %d, failed %d, remaining %d, ETA %s", finished, self.total, sid, what,
-                 rec.get("runtime_s", 0.0), self.done, self.failed, remaining, _fmt_eta(eta) if remaining else "0 s")
-
-
-def _fmt_eta(s: float) -> str:
-    if s != s:  # nan
-        return "?"
-    s = int(round(s))
-    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else (f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s")
+                 rec.get("runtime_s", 0.0), self.done, self.failed, remaining, format_duration(eta) if remaining else "0 s")
 
 
 # -- executors -----------------------------------------------------------------------------
@@ -369,13 +362,7 @@ def check_options(config: CohortConfig, info: CheckpointInfo) -> None:
     (its syntax always; that it exists here unless the slides run on a remote Dask cluster,
     whose workers may have GPUs this machine lacks) and the cell margin against the model's tiles."""
     engine = config.engine or EngineConfig()
-    if config.scheduler in (None, "local"):
-        resolve_device(engine.device)
-    elif (spec := (engine.device or "auto").strip().lower()) != "auto":
-        try:
-            torch.device(spec)
-        except RuntimeError:
-            raise ConfigError(None, f"unknown device {engine.device!r}", "use auto, cpu, cuda or cuda:N") from None
+    resolve_device(engine.device, here=config.scheduler in (None, "local"))
     margin, tile = engine.cell_margin, info.geometry.tile_size
     if margin is not None and not 0 <= margin < tile // 2:
         raise ConfigError(None, f"--cell-margin {margin} does not fit the model's {tile} px cell tiles (a margin must be in [0, {tile // 2}))",
@@ -535,6 +522,6 @@ def _finish_batch(result: CohortResult, jobs: Sequence[SlideJob], todo: Sequence
     _saving("summary.csv", write_summary_csv, out, manifest)
     if cfg.report:
         _saving("report.html", write_report, out, manifest)
-    log.info("batch finished in %s: %d done, %d failed, %d skipped%s; summary %s, report %s", _fmt_eta(result.wall_s),
+    log.info("batch finished in %s: %d done, %d failed, %d skipped%s; summary %s, report %s", format_duration(result.wall_s),
              len(result.done), len(result.failed), len(result.skipped),
              f", {len(result.pending)} pending" if result.pending else "", out / "summary.csv", out / "report.html")

@@ -111,7 +111,10 @@ def batch_status(out_dir: str | os.PathLike[str]) -> BatchStatus:
                        last.get("wall_s"), failed, last)
 
 
-def _duration(s: float) -> str:
+def format_duration(s: float) -> str:
+    """``s`` seconds as "42 s", "3 min 05 s" or "1 h 07 min" ("?" for NaN)."""
+    if s != s:  # nan
+        return "?"
     s = int(round(s))
     return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else (f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s")
 
@@ -128,15 +131,15 @@ def format_status(st: BatchStatus, shown: int = 20) -> str:
     if st.running and st.run_total is not None:
         rate = st.slides_per_hour
         eta = st.eta_s
-        lines.append(f"this run: {st.run_finished} of {st.run_total} slide(s) finished in {_duration(st.elapsed_s or 0)}"
-                     + (f", {rate:.0f} slides/hour, ETA {_duration(eta)}" if rate and eta is not None else ""))
+        lines.append(f"this run: {st.run_finished} of {st.run_total} slide(s) finished in {format_duration(st.elapsed_s or 0)}"
+                     + (f", {rate:.0f} slides/hour, ETA {format_duration(eta)}" if rate and eta is not None else ""))
     elif st.last_run:
         lr = st.last_run
         rate = st.slides_per_hour
         lines.append(f"last run: {lr.get('done', 0)} done, {lr.get('failed', 0)} failed, {lr.get('skipped', 0)} skipped"
                      + (f", {lr.get('pending')} pending" if lr.get("pending") else "")
                      + (f", interrupted ({lr['interrupted']})" if lr.get("interrupted") else "")
-                     + (f" in {_duration(float(lr['wall_s']))}" if lr.get("wall_s") is not None else "")
+                     + (f" in {format_duration(float(lr['wall_s']))}" if lr.get("wall_s") is not None else "")
                      + (f" ({rate:.0f} slides/hour)" if rate else "")
                      + (f"; {len(lr['not_run'])} input(s) not run" if lr.get("not_run") else ""))
     if st.failed:
