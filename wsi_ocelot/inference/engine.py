@@ -59,6 +59,8 @@ from wsi_ocelot.inference.predictor import (
     with_oom_retry,
 )
 from wsi_ocelot.inference.run_metadata import run_attributes
+from wsi_ocelot.inference.runtimes.select import check_runtime_options, choose_runtime
+from wsi_ocelot.inference.runtimes.select import describe as describe_runtime
 from wsi_ocelot.inference.tissue_map import (
     BlendedTissueMap,
     MapWindow,
@@ -115,7 +117,11 @@ class EngineConfig:
     Zarr v3). ``cells_table``: also write the cells as ``cells.parquet`` ("parquet") or ``cells.csv``
     ("csv"), streamed beside the GeoJSON; None writes no table. ``stain_check``: fail a slide that
     is not brightfield H&E (fluorescence or dark field, IHC; ``slide/stain_check.py``) with one
-    line, right after its tissue mask, before any model work; False runs it anyway.
+    line, right after its tissue mask, before any model work; False runs it anyway. ``runtime``
+    and ``precision``: what runs the forward pass (``inference/runtimes/``, docs/runtimes.md):
+    ``auto`` takes the fastest path that keeps the fidelity gate for this model on this CPU
+    (bf16 autocast on CUDA); ``torch`` + ``fp32`` is the plain eager path. ``threads``: the
+    runtime's intra-op threads (None: torch's current count).
 
     Examples
     --------
@@ -142,8 +148,14 @@ class EngineConfig:
     ngff: str = "0.4"
     cells_table: str | None = None
     stain_check: bool = True
+    runtime: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        check_runtime_options(self.runtime, self.precision)
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(None, f"threads must be >= 1, got {self.threads}", "use 1 or more, or leave it unset")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(None, f"batch_size must be >= 1, got {self.batch_size}", "use e.g. 8 on a CPU, 16-32 on a GPU, or leave it unset")
         if self.workers is not None and self.workers < 0:
@@ -380,9 +392,14 @@ class SlideRunner:
         if config.cell_margin is not None:
             self.geometry = dataclasses.replace(info.geometry, cell_margin=config.cell_margin)
         self.peaks = info.peaks
-        self.predictor = Predictor(model, self.device, amp=config.amp, channels_last=config.channels_last)
         self.has_tissue = bool(getattr(model, "has_tissue_branch", False))
         self.two_pass = bool(getattr(model, "supports_two_pass", True)) and not config.per_tile
+        self.runtime, backend = choose_runtime(model, info, self.model_path, self.device, config.runtime, config.precision,
+                                               two_pass=self.two_pass, amp=config.amp, threads=config.threads)
+        log.info("forward pass: %s", describe_runtime(self.runtime))
+        self.predictor = Predictor(model, self.device, amp=config.amp and self.runtime.precision == "bf16",
+                                   channels_last=config.channels_last, backend=backend,
+                                   cpu_bf16=self.runtime.precision == "bf16" and self.device.type == "cpu")
         log.info("model %s (%s, encoder %s) on %s, %s path, batch %d, %d reader process(es), %s reader",
                  Path(model_path).name, info.model.variant, info.model.encoder, self.device,
                  "two-pass" if self.two_pass else "per-tile", self.config.batch_size, self.config.workers, self.config.reader)
@@ -492,7 +509,7 @@ class SlideRunner:
             record = SlideRecord(
                 slide=str(slide.path), purity=purity, mpp_source=slide.mpp_info.source,
                 model={"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder},
-                mode=mode, device=str(self.device), n_cell_tiles=len(run.plan.cells),
+                mode=mode, device=str(self.device), runtime=self.runtime.to_json(), n_cell_tiles=len(run.plan.cells),
                 n_tissue_tiles=len(run.plan.tissue) if self.two_pass and self.has_tissue else 0,
                 n_unreadable_tiles=run.unreadable.n, model_note=self.model_note)
             store.set_attrs(run_attributes(self, run, record, dict(timer.t)))

@@ -1,7 +1,9 @@
 """The predictor: batches in, probabilities out, on the model's device.
 
 Holds the model, the device and the precision policy (bf16 autocast and channels-last
-on CUDA), and retries a batch in halves when the GPU runs out of memory.
+on CUDA; on the CPU fp32, or bf16 autocast where asked), or a loaded runtime backend
+(OpenVINO, ONNX Runtime: ``inference/runtimes/``) that runs the two graphs instead of torch,
+and retries a batch in halves when the GPU runs out of memory.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch
 from torch import Tensor
 
 from wsi_ocelot.errors import WsiOcelotError
-from wsi_ocelot.model.precision import inference_autocast
+from wsi_ocelot.inference.runtimes.backends import Backend
+from wsi_ocelot.model.align import resize_map
+from wsi_ocelot.model.precision import autocast, inference_autocast
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +61,16 @@ class Predictor:
 
     Inputs are uint8 ``(B, 3, H, W)`` tensors on the host; they are moved to the device,
     scaled to [0, 1] and, on CUDA, cast under bf16 autocast in channels-last layout.
-    Outputs are float32 probabilities on the device."""
+    Outputs are float32 probabilities on the device. With a ``backend`` the two-pass calls
+    run in it (on the CPU; the tissue crop is resized to the injection point here, in torch);
+    ``cpu_bf16`` runs torch on the CPU under bf16 autocast."""
 
     model: torch.nn.Module
     device: torch.device
     amp: bool = True
     channels_last: bool = True
+    backend: Backend | None = None
+    cpu_bf16: bool = False
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)
@@ -77,17 +85,26 @@ class Predictor:
         return x
 
     def _ctx(self) -> contextlib.AbstractContextManager:
+        if self.cpu_bf16 and not self._cuda:
+            return autocast(self.device, torch.bfloat16)
         return inference_autocast(self.device, self.amp)
 
     @torch.inference_mode()
     def tissue_probs(self, tissue: Tensor) -> Tensor:
         """(B, 3, T, T) uint8 → (B, 2, T, T) float32 tissue probabilities (BG, CA)."""
+        if self.backend is not None:
+            return torch.from_numpy(self.backend.tissue(tissue.float().div_(255.0).numpy()))
         with self._ctx():
             return self.model.tissue_probs(self._prep(tissue)).float()
 
     @torch.inference_mode()
     def cell_probs(self, cell: Tensor, tissue_crop: Tensor | None) -> Tensor:
         """(B, 3, T, T) uint8 + (B, 2, h, w) float crop → (B, 3, T, T) float32 cell probabilities."""
+        if self.backend is not None:
+            inj = None
+            if tissue_crop is not None and hasattr(self.model, "injection_size"):
+                inj = resize_map(tissue_crop.float(), self.model.injection_size(cell.shape[-2:])).numpy()
+            return torch.from_numpy(self.backend.cell(cell.float().div_(255.0).numpy(), inj))
         crop = None if tissue_crop is None else tissue_crop.to(self.device, non_blocking=True)
         with self._ctx():
             return self.model.cell_logits_from_tissue(self._prep(cell), crop).float().softmax(dim=1)

@@ -33,6 +33,7 @@ def run_attributes(runner: SlideRunner, run: _SlideRun, record: SlideRecord, tim
                   "training": info.training, "metrics": info.metrics},
         "software": {"wsi_ocelot": __version__, "torch": torch.__version__},
         "run": {**asdict(runner.config), "mode": record.mode, "device": str(runner.device)},
+        "runtime": runner.runtime.to_json(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "counts": {"cells": p.n_cells, "tc": p.n_tc, "bc": p.n_bc},
     }

@@ -101,11 +101,6 @@ class OcelotModel(nn.Module):
             )
 
 
-def _injected(crop: Tensor, like: Tensor) -> Tensor:
-    """Resize the crop (B, K, h, w) to the injection point's spatial size of ``like``."""
-    return resize_map(crop, like.shape[-2:])
-
-
 class CellOnlyModel(OcelotModel):
     """The single-task baseline: one DeepLabV3+ on the cell patch; no tissue branch."""
 
@@ -179,20 +174,39 @@ class InjectionModel(OcelotModel):
             raise ValueError(
                 f"tissue_crop must be ({cell.shape[0]}, {k}, h, w) for variant {self.variant!r}, got {got}"
             )
+        return self.cell_logits_injected(cell, resize_map(tissue_crop, self.injection_size(cell.shape[-2:])))
+
+    def injection_size(self, cell_hw: tuple[int, int] | torch.Size) -> tuple[int, int]:
+        """(h, w) of the cell branch's features at the injection point for a cell patch of
+        ``cell_hw`` (multiples of the encoder's stride): the input itself, 1/stride at the
+        encoder's output and the ASPP, 1/4 at the decoder."""
+        h, w = (int(v) for v in cell_hw)
+        if self.stage == "input":
+            return h, w
+        if self.stage == "decoder":
+            return h // 4, w // 4
+        s = self.cell.input_multiple
+        return -(-h // s), -(-w // s)
+
+    def cell_logits_injected(self, cell: Tensor, injected: Tensor) -> Tensor:
+        """The cell branch with the tissue probabilities already resized to the injection
+        point (:meth:`injection_size`): (B, 3, H, W) in [0, 1] + (B, tissue_classes, h, w) →
+        (B, cell_classes, H, W) logits. What an exported graph of the cell pass holds
+        (``inference/runtimes/``); the resize stays outside it, in torch."""
         br = self.cell
         x = self.normalise(cell)
         if self.stage == "input":
-            x = br.join(x, _injected(tissue_crop, x))
+            x = br.join(x, injected)
         feats = br.encode(x)
         deep = feats[-1]
         if self.stage == "encoder":
-            deep = br.join(deep, _injected(tissue_crop, deep))
+            deep = br.join(deep, injected)
         a = br.aspp(deep)
         if self.stage == "aspp":
-            a = br.join(a, _injected(tissue_crop, a))
+            a = br.join(a, injected)
         d = br.decode(a, feats)
         if self.stage == "decoder":
-            d = br.join(d, _injected(tissue_crop, d))
+            d = br.join(d, injected)
         return br.head(d)
 
     def forward(

@@ -28,7 +28,8 @@ class SlideRecord:
     stage (``runtime_s``, with ``total``). ``n_unreadable_tiles``: tiles the slide would not
     give (corrupt image data; they gave no detections and their area is out of
     ``tissue_area_mm2``). ``model_note`` is the caveat every output of these weights carries
-    (the demo weights: synthetic-only), or None."""
+    (the demo weights: synthetic-only), or None. ``runtime``: what ran the forward pass
+    (runtime, precision, version, processor, threads, why, fidelity; docs/runtimes.md)."""
 
     slide: str
     purity: PurityResult
@@ -36,6 +37,7 @@ class SlideRecord:
     model: dict[str, Any] = field(default_factory=dict)
     mode: str | None = None
     device: str | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
     n_cell_tiles: int | None = None
     n_tissue_tiles: int | None = None
     n_unreadable_tiles: int = 0
@@ -45,7 +47,9 @@ class SlideRecord:
     def to_json(self) -> dict[str, Any]:
         """The body of ``purity.json``: ``slide``, the :class:`PurityResult` fields, then the provenance."""
         return {"slide": self.slide, **self.purity.to_dict(), "mpp_source": self.mpp_source, "model": dict(self.model),
-                "model_note": self.model_note, "mode": self.mode, "device": self.device, "n_cell_tiles": self.n_cell_tiles,
+                "model_note": self.model_note, "mode": self.mode, "device": self.device,
+                "runtime": self.runtime.get("runtime"), "precision": self.runtime.get("precision"),
+                "runtime_detail": dict(self.runtime), "n_cell_tiles": self.n_cell_tiles,
                 "n_tissue_tiles": self.n_tissue_tiles, "n_unreadable_tiles": self.n_unreadable_tiles,
                 "runtime_s": dict(self.runtime_s)}
 
@@ -54,7 +58,7 @@ class SlideRecord:
         """Read back :meth:`to_json` (missing keys of older files become None)."""
         return cls(slide=str(data.get("slide", "")), purity=PurityResult(**{k: data.get(k) for k in _PURITY_KEYS}),
                    mpp_source=data.get("mpp_source"), model=dict(data.get("model") or {}), mode=data.get("mode"),
-                   device=data.get("device"), n_cell_tiles=data.get("n_cell_tiles"), n_tissue_tiles=data.get("n_tissue_tiles"),
+                   device=data.get("device"), runtime=dict(data.get("runtime_detail") or {}), n_cell_tiles=data.get("n_cell_tiles"), n_tissue_tiles=data.get("n_tissue_tiles"),
                    n_unreadable_tiles=int(data.get("n_unreadable_tiles") or 0), runtime_s=dict(data.get("runtime_s") or {}),
                    model_note=data.get("model_note"))
 
@@ -66,7 +70,8 @@ class SlideRecord:
                 "purity": p.purity, "purity_reason": p.purity_reason, "purity_in_cancer_area": p.purity_in_cancer_area,
                 "tissue_area_mm2": p.tissue_area_mm2, "cancer_area_mm2": p.cancer_area_mm2,
                 "n_unreadable_tiles": self.n_unreadable_tiles, "mode": self.mode,
-                "device": self.device, "model_note": self.model_note, "timings": {k: round(v, 3) for k, v in self.runtime_s.items()}}
+                "device": self.device, "runtime": self.runtime.get("runtime"), "precision": self.runtime.get("precision"),
+                "model_note": self.model_note, "timings": {k: round(v, 3) for k, v in self.runtime_s.items()}}
 
     def summary_row(self) -> dict[str, Any]:
         """The ``summary.csv`` fields this record knows (see :data:`SUMMARY_COLUMNS`)."""

@@ -1,0 +1,103 @@
+"""Sessions of the exported graphs in OpenVINO or ONNX Runtime: numpy in, numpy out, on the
+CPU, with an explicit thread count (docs/runtimes.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from wsi_ocelot.errors import WsiOcelotError
+
+__all__ = ["Backend", "OnnxRuntimeBackend", "OpenVinoBackend", "open_backend", "require_runtime"]
+
+
+class Backend(Protocol):
+    """A loaded runtime: the tissue graph and the cell graph of ``graphs.py``."""
+
+    runtime: str
+    precision: str
+
+    def tissue(self, x: np.ndarray) -> np.ndarray: ...
+
+    def cell(self, cell: np.ndarray, injection: np.ndarray | None) -> np.ndarray: ...
+
+
+def require_runtime(runtime: str) -> None:
+    """Import ``runtime`` or raise the one-line error that names the fix."""
+    try:
+        if runtime == "openvino":
+            import openvino  # noqa: F401
+        elif runtime == "onnxruntime":
+            import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise WsiOcelotError(None, f"--runtime {runtime} asked for, but {runtime} does not import here ({err})",
+                             f"pip install {runtime} (wsi-ocelot's install brings it), or use --runtime auto") from err
+
+
+def _feed(cell: np.ndarray, injection: np.ndarray | None) -> dict[str, np.ndarray]:
+    feed = {"cell": np.ascontiguousarray(cell, dtype=np.float32)}
+    if injection is not None:
+        feed["injection"] = np.ascontiguousarray(injection, dtype=np.float32)
+    return feed
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime's CPU execution provider over ``tissue.onnx`` / ``cell.onnx`` (or their int8 forms)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, graphs: dict[str, Path], precision: str, threads: int):
+        import onnxruntime as ort
+
+        self.precision = precision
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self._sessions = {name: ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                          for name, path in graphs.items()}
+
+    def tissue(self, x: np.ndarray) -> np.ndarray:
+        return self._sessions["tissue"].run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def cell(self, cell: np.ndarray, injection: np.ndarray | None) -> np.ndarray:
+        return self._sessions["cell"].run(None, _feed(cell, injection))[0]
+
+
+class OpenVinoBackend:
+    """OpenVINO's CPU plugin over the same ONNX files: ``fp32`` and ``bf16`` as the inference
+    precision hint, ``int8`` by running the quantised (QDQ) graphs."""
+
+    runtime = "openvino"
+
+    def __init__(self, graphs: dict[str, Path], precision: str, threads: int):
+        import openvino as ov
+
+        self.precision = precision
+        core = ov.Core()
+        hint = "bf16" if precision == "bf16" else "f32"
+        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        self._compiled = {name: core.compile_model(str(path), "CPU", config) for name, path in graphs.items()}
+        self._requests = {name: c.create_infer_request() for name, c in self._compiled.items()}
+
+    def _run(self, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+        req = self._requests[name]
+        req.infer(feed)
+        return np.array(req.get_output_tensor(0).data, copy=True)
+
+    def tissue(self, x: np.ndarray) -> np.ndarray:
+        return self._run("tissue", {"x": np.ascontiguousarray(x, dtype=np.float32)})
+
+    def cell(self, cell: np.ndarray, injection: np.ndarray | None) -> np.ndarray:
+        return self._run("cell", _feed(cell, injection))
+
+
+def open_backend(runtime: str, precision: str, graphs: dict[str, Path], threads: int) -> Backend:
+    """Load the graphs (``{"tissue": path, "cell": path}``) in ``runtime`` at ``precision``."""
+    if runtime == "openvino":
+        return OpenVinoBackend(graphs, precision, threads)
+    if runtime == "onnxruntime":
+        return OnnxRuntimeBackend(graphs, precision, threads)
+    raise ValueError(f"no exported-graph backend for runtime {runtime!r}")

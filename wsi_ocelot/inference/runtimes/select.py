@@ -1,0 +1,250 @@
+"""Which runtime and precision run a model's forward pass here, built once and gated on
+fidelity (docs/runtimes.md).
+
+``auto`` on the CPU builds the candidate paths for this checkpoint (in a child process, cached
+by checkpoint, versions and CPU), measures each one's speed and its fidelity against fp32
+torch on synthetic tiles at the model's geometry, and takes the fastest that keeps
+:data:`~wsi_ocelot.inference.runtimes.spec.FIDELITY`. A path that is missing, fails to build
+or load, or crashes its child falls back (to the next candidate, at worst fp32 torch) with one
+warning line; nothing a runtime does can take down a slide or a batch. On CUDA, torch runs
+bf16 autocast (fp32 with ``--precision fp32``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.inference.runtimes.backends import Backend, open_backend, require_runtime
+from wsi_ocelot.inference.runtimes.cache import CacheEntry, key_material
+from wsi_ocelot.inference.runtimes.graphs import injection_size
+from wsi_ocelot.inference.runtimes.spec import (
+    PRECISIONS,
+    RUNTIMES,
+    SUPPORTED,
+    RuntimeChoice,
+    cpu_has_bf16,
+    runtime_version,
+)
+from wsi_ocelot.model.checkpoint import CheckpointInfo
+from wsi_ocelot.sysinfo import cpu_model
+from wsi_ocelot.weights import file_sha256
+
+log = logging.getLogger(__name__)
+
+__all__ = ["check_runtime_options", "choose_runtime"]
+
+BUILD_TIMEOUT_S = 1800
+
+
+def check_runtime_options(runtime: str, precision: str) -> None:
+    """The spelling of ``--runtime`` / ``--precision`` (one line each)."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(None, f"unknown runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(None, f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
+    if runtime != "auto" and precision not in ("auto", *SUPPORTED[runtime]):
+        raise ConfigError(None, f"--runtime {runtime} has no {precision} path",
+                          f"use --precision {' or '.join(SUPPORTED[runtime])} (or auto) with it")
+
+
+def _cuda_choice(device: torch.device, runtime: str, precision: str, amp: bool) -> RuntimeChoice:
+    if runtime not in ("auto", "torch"):
+        raise WsiOcelotError(None, f"--runtime {runtime} runs on the CPU, and the device is {device}", "use --runtime torch (or auto) on a GPU, or --device cpu")
+    if precision == "int8":
+        raise WsiOcelotError(None, "--precision int8 is a CPU path", "use --precision bf16, fp32 or auto on a GPU")
+    prec = "bf16" if precision == "bf16" or (precision == "auto" and amp) else "fp32"
+    return RuntimeChoice("torch", prec, torch.__version__, torch.cuda.get_device_name(device), None,
+                         "CUDA: bf16 autocast, channels-last" if prec == "bf16" else "CUDA: fp32 as asked")
+
+
+def _candidates(runtime: str, precision: str, bf16: bool) -> list[tuple[str, str]]:
+    order = [("openvino", "int8"), ("openvino", "bf16"), ("openvino", "fp32"), ("onnxruntime", "int8"),
+             ("onnxruntime", "fp32"), ("torch", "bf16"), ("torch", "fp32")]
+    out = []
+    for rt, prec in order:
+        if runtime not in ("auto", rt) or precision not in ("auto", prec):
+            continue
+        if prec == "bf16" and not bf16:
+            continue
+        if runtime == "auto" and rt != "torch" and runtime_version(rt) is None:
+            continue
+        out.append((rt, prec))
+    return out
+
+
+def _run_children(entry: CacheEntry, checkpoint: str, missing: list[tuple[str, str]], threads: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """Build and gate ``missing`` in child processes; a child that dies marks the path it was
+    trying as crashed and a new child goes on with the rest."""
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    reference: dict[str, Any] = {}
+    todo = list(missing)
+    with tempfile.TemporaryDirectory(prefix="wsi-ocelot-build-") as tmp:
+        while todo:
+            progress = Path(tmp) / f"progress-{len(results)}.jsonl"
+            request = Path(tmp) / "request.json"
+            request.write_text(json.dumps({"checkpoint": checkpoint, "entry_dir": str(entry.dir), "progress": str(progress),
+                                           "candidates": [list(c) for c in todo], "threads": threads}), encoding="utf-8")
+            log.info("building %s for this model (once per checkpoint and machine)", ", ".join(f"{r} {p}" for r, p in todo))
+            try:
+                proc = subprocess.run([sys.executable, "-m", "wsi_ocelot.inference.runtimes.build", str(request)],
+                                      capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+                rc, err_tail = proc.returncode, (proc.stderr.strip().splitlines() or [""])[-1]
+            except subprocess.TimeoutExpired:
+                rc, err_tail = -9, f"the build took over {BUILD_TIMEOUT_S} s"
+            started: tuple[str, str] | None = None
+            lines = progress.read_text(encoding="utf-8").splitlines() if progress.exists() else []
+            for line in lines:
+                rec = json.loads(line)
+                if "reference" in rec:
+                    reference = rec
+                elif "start" in rec:
+                    started = (rec["start"][0], rec["start"][1])
+                elif "result" in rec:
+                    key = (rec["result"][0], rec["result"][1])
+                    results[key] = {k: v for k, v in rec.items() if k != "result"}
+                    started = None
+            if started is not None:  # the child died inside this path
+                how = f"signal {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.Signals._value2member_map_ else f"exit {rc}"
+                results[started] = {"status": "crashed", "error": f"the build process died ({how}) in this path"}
+            elif rc != 0 and not reference:  # died before any path: export or calibration failed
+                for c in todo:
+                    results[c] = {"status": "failed", "error": err_tail[:300] or f"the build process exited {rc}"}
+            todo = [c for c in todo if c not in results]
+            if rc == 0 and todo:  # should not happen: the child reported nothing for these
+                for c in todo:
+                    results[c] = {"status": "failed", "error": "no result from the build process"}
+                todo = []
+    if reference:
+        results[("reference", "")] = reference
+    return results
+
+
+def _entry_for(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str) -> CacheEntry:
+    tile = info.geometry.tile_size
+    return CacheEntry(key_material(file_sha256(checkpoint), tile, injection_size(model, tile)))
+
+
+def gate_results(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str, paths: list[tuple[str, str]],
+                 threads: int) -> tuple[CacheEntry, dict[str, Any]]:
+    """The cache entry for this checkpoint here and its ``build.json`` with a result for every
+    one of ``paths`` (built in child processes where missing)."""
+    entry = _entry_for(model, info, checkpoint)
+    with entry.locked():
+        data = entry.read()
+        missing = [c for c in paths if c != ("torch", "fp32") and f"{c[0]} {c[1]}" not in data["paths"]]
+        if missing or "reference" not in data:
+            built = _run_children(entry, checkpoint, missing, threads)
+            if ("reference", "") in built:
+                ref = built.pop(("reference", ""))
+                data["reference"] = {**ref["reference"], "export_s": ref.get("export_s"), "quantize_s": ref.get("quantize_s")}
+            for (rt, prec), res in built.items():
+                data["paths"][f"{rt} {prec}"] = res
+            entry.write(data)
+    return entry, data
+
+
+def _speed(res: dict[str, Any]) -> float:
+    return float(res.get("ms_per_cell_tile") or float("inf"))
+
+
+def choose_runtime(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str, device: torch.device, runtime: str = "auto",
+                   precision: str = "auto", *, two_pass: bool = True, amp: bool = True,
+                   threads: int | None = None) -> tuple[RuntimeChoice, Backend | None]:
+    """The path this model runs here and, for OpenVINO or ONNX Runtime, its loaded backend
+    (None: torch runs it, at the returned precision). ``auto`` means the environment's
+    ``WSI_OCELOT_RUNTIME`` / ``WSI_OCELOT_PRECISION`` where set (a site's or a cluster's
+    default), else the choice described in the module's docstring."""
+    check_runtime_options(runtime, precision)
+    runtime = os.environ.get("WSI_OCELOT_RUNTIME", runtime) if runtime == "auto" else runtime
+    precision = os.environ.get("WSI_OCELOT_PRECISION", precision) if precision == "auto" else precision
+    check_runtime_options(runtime, precision)
+    if device.type == "cuda":
+        return _cuda_choice(device, runtime, precision, amp), None
+    threads = threads or torch.get_num_threads()
+    bf16 = cpu_has_bf16()
+    torch_fp32 = RuntimeChoice("torch", "fp32", torch.__version__, cpu_model(), threads, "")
+    if precision == "bf16" and not bf16:
+        raise WsiOcelotError(None, "--precision bf16 asked for, but this CPU has no bf16 instructions (AVX-512 BF16 or AMX): it would run emulated, many times slower than fp32",
+                             "use --precision auto, fp32 or int8")
+    if runtime not in ("auto", "torch"):
+        require_runtime(runtime)
+    if not two_pass:
+        if runtime not in ("auto", "torch") or precision == "int8":
+            raise WsiOcelotError(None, "this model runs the per-tile path, which only torch runs", "use --runtime torch (or auto) and --precision fp32 or auto")
+        prec = "bf16" if precision == "bf16" else "fp32"
+        return RuntimeChoice("torch", prec, torch.__version__, cpu_model(), threads, "per-tile path: torch only"), None
+    candidates = _candidates(runtime, precision, bf16)
+    if candidates == [("torch", "fp32")]:
+        why = "asked for" if runtime == "torch" and precision == "fp32" else "the only path asked for"
+        return RuntimeChoice(**{**torch_fp32.to_json(), "reason": why}), None
+    explicit = runtime != "auto" and precision != "auto"
+    try:
+        entry, data = gate_results(model, info, checkpoint, candidates, threads)
+    except (OSError, RuntimeError) as err:  # an unwritable cache, a child that cannot start
+        log.warning("warning: the runtime cache could not be built (%s); running fp32 torch", err)
+        return RuntimeChoice(**{**torch_fp32.to_json(), "reason": f"fallback: {err}"}), None
+    ref_ms = _speed(data.get("reference", {}))
+    results = {c: data["paths"].get(f"{c[0]} {c[1]}", {}) for c in candidates if c != ("torch", "fp32")}
+    broken = {c: r for c, r in results.items() if r.get("status") != "ok"}
+    if explicit:
+        c = candidates[0]
+        res = results.get(c, {}) if c != ("torch", "fp32") else {"status": "ok"}
+        if res.get("status") != "ok":
+            log.warning("warning: %s %s does not run here (%s); running fp32 torch instead", c[0], c[1], res.get("error"))
+            return RuntimeChoice(**{**torch_fp32.to_json(), "reason": f"fallback: {c[0]} {c[1]} {res.get('status')}"}), None
+        if not res.get("fidelity", {}).get("passes", True):
+            log.warning("warning: %s %s misses the fidelity gate on this model (%s); running it because you asked", c[0], c[1],
+                        _fid_text(res["fidelity"]))
+        chosen: list[tuple[str, str]] = [c]
+        why = "asked for"
+    else:
+        if broken:
+            log.warning("warning: %s not usable here (%s); choosing among the rest",
+                        ", ".join(f"{r} {p}" for r, p in broken), "; ".join(f"{r} {p}: {v.get('error')}" for (r, p), v in broken.items()))
+        ok = [c for c, r in results.items() if r.get("status") == "ok" and r.get("fidelity", {}).get("passes")]
+        ok.sort(key=lambda c: _speed(results[c]))
+        if ("torch", "fp32") in candidates:
+            ok = [c for c in ok if _speed(results[c]) < ref_ms] + [("torch", "fp32")]
+        chosen = ok
+        why = "auto"
+    for c in chosen:
+        if c == ("torch", "fp32"):
+            return RuntimeChoice(**{**torch_fp32.to_json(), "reason": f"{why}: no faster path keeps the fidelity gate" if why == "auto" else why}), None
+        res = results[c]
+        try:
+            backend = None if c[0] == "torch" else open_backend(c[0], c[1], entry.graphs(c[1]), threads)
+        except Exception as err:  # a runtime that raises at load: the next path
+            log.warning("warning: %s %s failed to load (%s: %s); %s", c[0], c[1], type(err).__name__, err,
+                        "running fp32 torch" if explicit else "trying the next path")
+            if explicit:
+                return RuntimeChoice(**{**torch_fp32.to_json(), "reason": f"fallback: {c[0]} {c[1]} failed to load"}), None
+            continue
+        reason = why if why != "auto" else (f"auto: fastest within the fidelity gate here ({_speed(res):.0f} ms per cell tile, "
+                                             f"fp32 torch {ref_ms:.0f})")
+        return RuntimeChoice(c[0], c[1], runtime_version(c[0]) or "?", cpu_model(), threads, reason, res.get("fidelity")), backend
+    return RuntimeChoice(**{**torch_fp32.to_json(), "reason": "fallback: no other path loaded"}), None
+
+
+def _fid_text(fid: dict[str, Any]) -> str:
+    parts = [f"cells F1 {fid.get('cells_f1')}"]
+    if "tissue_mean_abs" in fid:
+        parts.append(f"tissue map mean |diff| {fid['tissue_mean_abs']}/255, cancer-area agreement {fid['ca_agreement']}")
+    return ", ".join(parts)
+
+
+def describe(choice: RuntimeChoice) -> str:
+    """One line for the log: ``openvino 2026.4.1 int8 on AMD EPYC, 2 threads (auto: ...)``."""
+    threads = f", {choice.threads} thread(s)" if choice.threads else ""
+    return f"{choice.label()} on {choice.processor}{threads} ({choice.reason})"
+

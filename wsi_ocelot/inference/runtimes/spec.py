@@ -1,0 +1,101 @@
+"""Runtimes and precisions: their names, what each runtime supports, what this CPU can do,
+the fidelity a path must keep, and the record of what ran (docs/runtimes.md).
+
+Imports neither torch nor a runtime, so the CLI can name the choices cheaply.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["FIDELITY", "PRECISIONS", "RUNTIMES", "SUPPORTED", "RuntimeChoice", "cpu_flags", "cpu_has_bf16",
+           "runtime_version"]
+
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+#: the precisions each runtime runs (on the CPU; on CUDA only torch runs, fp32 or bf16)
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "bf16"),
+    "openvino": ("int8", "bf16", "fp32"),
+    "onnxruntime": ("int8", "fp32"),
+}
+
+#: the Python distribution that brings each runtime
+DISTRIBUTION = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnxruntime"}
+
+#: What a path must keep against fp32 torch on the gate's tiles before ``auto`` may choose it:
+#: cells F1 (same class, within ``match_px``), the tissue map's mean absolute difference
+#: (0-255) and the share of map pixels on the same side of the cancer-area threshold.
+FIDELITY: dict[str, float] = {"cells_f1": 0.99, "tissue_mean_abs": 1.0, "ca_agreement": 0.995, "match_px": 3.0}
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+#: the flags that change which kernels a runtime may use (part of the cache key)
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+                "amx_tile", "avx512_fp16")
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic (AVX-512 BF16 or AMX): without it bf16 is emulated, and far slower
+    than fp32 (measured ~100× on an AVX2-only AMD EPYC)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_vnni() -> bool:
+    """int8 dot products without 16-bit saturation (AVX-512 VNNI, AVX-VNNI or AMX)."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def runtime_version(runtime: str) -> str | None:
+    """The installed version of ``runtime``'s distribution, or None when it is not installed
+    (read from the package metadata: nothing is imported)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION[runtime])
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cores_available() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What ran a slide's forward pass: ``runtime`` and ``precision`` (as run, never ``auto``),
+    the runtime's version, the processor, the intra-op threads, why this path was taken and,
+    for a path other than fp32 torch, its fidelity on the gate's tiles."""
+
+    runtime: str
+    precision: str
+    version: str
+    processor: str
+    threads: int | None = None
+    reason: str = ""
+    fidelity: dict[str, Any] | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def label(self) -> str:
+        """E.g. ``openvino 2026.4.1 int8``."""
+        return f"{self.runtime} {self.version} {self.precision}"
