@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 

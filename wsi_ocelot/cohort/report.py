@@ -347,15 +347,16 @@ def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -
     there, else from a finished slide's record)."""
     path = str(manifest.meta.get("model") or "")
     rec: dict[str, Any] = {}
+    ran: set[str] = set()  # what ran the forward pass (runtime + precision), over the finished slides
     for r in rows:
+        if r.get("status") == DONE and r.get("runtime"):
+            ran.add(f"{r['runtime']} {r.get('precision') or ''}".strip())
         pj = out_dir / r["slide_id"] / "purity.json"
-        if r.get("status") == DONE and pj.is_file():
+        if not rec and r.get("status") == DONE and pj.is_file():
             try:
                 rec = json.loads(pj.read_text(encoding="utf-8")).get("model") or {}
             except (OSError, ValueError):
                 rec = {}
-            if rec:
-                break
     path = path or str(rec.get("path") or "")
     variant, encoder, trained, lineage = rec.get("variant"), rec.get("encoder"), "", ""
     if path and Path(path).is_file():
@@ -378,7 +379,9 @@ def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -
     return (f'<p class="model" id="model"><strong>Model:</strong> <span title="{html.escape(path, quote=True)}">{html.escape(Path(path).name)}</span>'
             + (f" ({html.escape(desc)})" if desc else "")
             + (f' · <strong>trained on:</strong> <span id="model-data">{html.escape(trained)}</span>' if trained else "")
-            + (f' · <span id="model-lineage">{html.escape(lineage)}</span>' if lineage else "") + "</p>")
+            + (f' · <span id="model-lineage">{html.escape(lineage)}</span>' if lineage else "")
+            + (f' · <strong>forward pass:</strong> <span id="model-runtime">{html.escape(", ".join(sorted(ran)))}</span>' if ran else "")
+            + "</p>")
 
 
 def _lineage(training: dict[str, Any]) -> str:
