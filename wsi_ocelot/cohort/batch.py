@@ -33,6 +33,7 @@ from wsi_ocelot.cohort.worker import SLIDE_LOGS, process_slide, run_slide_task
 from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
 from wsi_ocelot.inference.engine import EngineConfig
 from wsi_ocelot.inference.predictor import resolve_device
+from wsi_ocelot.inference.runtimes.select import check_runtime_here
 from wsi_ocelot.model import CheckpointInfo, read_checkpoint_info
 from wsi_ocelot.slide import check_slide_file
 from wsi_ocelot.weights import file_sha256, resolve_model, weights_note
@@ -360,9 +361,13 @@ def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
 def check_options(config: CohortConfig, info: CheckpointInfo) -> None:
     """The options every slide would use, checked once before any slide is touched: the device
     (its syntax always; that it exists here unless the slides run on a remote Dask cluster,
-    whose workers may have GPUs this machine lacks) and the cell margin against the model's tiles."""
+    whose workers may have GPUs this machine lacks), the runtime and precision (that they can
+    run here, on the same condition) and the cell margin against the model's tiles."""
     engine = config.engine or EngineConfig()
-    resolve_device(engine.device, here=config.scheduler in (None, "local"))
+    here = config.scheduler in (None, "local")
+    device = resolve_device(engine.device, here=here)
+    if here:  # a remote cluster's workers may have other CPUs, GPUs and packages
+        check_runtime_here(engine.runtime, engine.precision, device)
     margin, tile = engine.cell_margin, info.geometry.tile_size
     if margin is not None and not 0 <= margin < tile // 2:
         raise ConfigError(None, f"--cell-margin {margin} does not fit the model's {tile} px cell tiles (a margin must be in [0, {tile // 2}))",

@@ -42,7 +42,7 @@ from wsi_ocelot.weights import file_sha256
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_runtime_options", "choose_runtime"]
+__all__ = ["check_runtime_here", "check_runtime_options", "choose_runtime"]
 
 BUILD_TIMEOUT_S = 1800
 
@@ -56,6 +56,20 @@ def check_runtime_options(runtime: str, precision: str) -> None:
     if runtime != "auto" and precision not in ("auto", *SUPPORTED[runtime]):
         raise ConfigError(None, f"--runtime {runtime} has no {precision} path",
                           f"use --precision {' or '.join(SUPPORTED[runtime])} (or auto) with it")
+
+
+def check_runtime_here(runtime: str, precision: str, device: torch.device) -> None:
+    """The checks that need no model: the spelling, the runtime imports, bf16 on a CPU without
+    it, a CPU runtime or int8 on a GPU. One line each, before any slide (``cohort/batch.py``)."""
+    check_runtime_options(runtime, precision)
+    if device.type == "cuda":
+        _cuda_choice(device, runtime, precision, True)
+        return
+    if precision == "bf16" and not cpu_has_bf16():
+        raise WsiOcelotError(None, "--precision bf16 asked for, but this CPU has no bf16 instructions (AVX-512 BF16 or AMX): it would run emulated, many times slower than fp32",
+                             "use --precision auto, fp32 or int8")
+    if runtime not in ("auto", "torch"):
+        require_runtime(runtime)
 
 
 def _cuda_choice(device: torch.device, runtime: str, precision: str, amp: bool) -> RuntimeChoice:
@@ -174,11 +188,7 @@ def choose_runtime(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str
     threads = threads or torch.get_num_threads()
     bf16 = cpu_has_bf16()
     torch_fp32 = RuntimeChoice("torch", "fp32", torch.__version__, cpu_model(), threads, "")
-    if precision == "bf16" and not bf16:
-        raise WsiOcelotError(None, "--precision bf16 asked for, but this CPU has no bf16 instructions (AVX-512 BF16 or AMX): it would run emulated, many times slower than fp32",
-                             "use --precision auto, fp32 or int8")
-    if runtime not in ("auto", "torch"):
-        require_runtime(runtime)
+    check_runtime_here(runtime, precision, device)
     if not two_pass:
         if runtime not in ("auto", "torch") or precision == "int8":
             raise WsiOcelotError(None, "this model runs the per-tile path, which only torch runs", "use --runtime torch (or auto) and --precision fp32 or auto")
