@@ -111,8 +111,9 @@ def _run_children(entry: CacheEntry, checkpoint: str, missing: list[tuple[str, s
                                            "candidates": [list(c) for c in todo], "threads": threads}), encoding="utf-8")
             log.info("building %s for this model (once per checkpoint and machine)", ", ".join(f"{r} {p}" for r, p in todo))
             try:
+                # in a folder of its own: ONNX Runtime's shape inference leaves temporary files in the working directory
                 proc = subprocess.run([sys.executable, "-m", "wsi_ocelot.inference.runtimes.build", str(request)],
-                                      capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+                                      capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, cwd=tmp)
                 rc, err_tail = proc.returncode, (proc.stderr.strip().splitlines() or [""])[-1]
             except subprocess.TimeoutExpired:
                 rc, err_tail = -9, f"the build took over {BUILD_TIMEOUT_S} s"
@@ -161,7 +162,8 @@ def gate_results(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str, 
             built = _run_children(entry, checkpoint, missing, threads)
             if ("reference", "") in built:
                 ref = built.pop(("reference", ""))
-                data["reference"] = {**ref["reference"], "export_s": ref.get("export_s"), "quantize_s": ref.get("quantize_s")}
+                # the first build's record stands (export and calibration happen once; later builds reuse them)
+                data.setdefault("reference", {**ref["reference"], "export_s": ref.get("export_s"), "quantize_s": ref.get("quantize_s")})
             for (rt, prec), res in built.items():
                 data["paths"][f"{rt} {prec}"] = res
             entry.write(data)
@@ -228,9 +230,12 @@ def choose_runtime(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str
             ok = [c for c in ok if _speed(results[c]) < ref_ms] + [("torch", "fp32")]
         chosen = ok
         why = "auto"
+    unloaded: list[str] = []  # faster paths that raised at load (then fp32 torch is a fallback, not a choice)
     for c in chosen:
         if c == ("torch", "fp32"):
-            return RuntimeChoice(**{**torch_fp32.to_json(), "reason": f"{why}: no faster path keeps the fidelity gate" if why == "auto" else why}), None
+            why_torch = (f"fallback: {', '.join(unloaded)} failed to load" if unloaded
+                         else f"{why}: no faster path keeps the fidelity gate" if why == "auto" else why)
+            return RuntimeChoice(**{**torch_fp32.to_json(), "reason": why_torch}), None
         res = results[c]
         try:
             backend = None if c[0] == "torch" else open_backend(c[0], c[1], entry.graphs(c[1]), threads)
@@ -239,6 +244,7 @@ def choose_runtime(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str
                         "running fp32 torch" if explicit else "trying the next path")
             if explicit:
                 return RuntimeChoice(**{**torch_fp32.to_json(), "reason": f"fallback: {c[0]} {c[1]} failed to load"}), None
+            unloaded.append(f"{c[0]} {c[1]}")
             continue
         reason = why if why != "auto" else (f"auto: fastest within the fidelity gate here ({_speed(res):.0f} ms per cell tile, "
                                              f"fp32 torch {ref_ms:.0f})")
