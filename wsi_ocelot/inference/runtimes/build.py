@@ -8,12 +8,19 @@ before a path is tried, then its result (``ok`` with fidelity and speed, or ``fa
 the error). A runtime that kills the process (OpenVINO's SIGFPE in ``compile_model`` on some
 AMD Zen 4 CPUs, issue 35943) leaves a ``start`` without a result: the parent marks that path
 crashed and starts a new child for the rest, so nothing in the engine's process is at risk.
+
+Fault injection (for the tests): where the environment variable ``WSI_OCELOT_BUILD_CRASH``
+is ``"<runtime> <precision>"`` (e.g. ``"openvino fp32"``), the child kills itself with SIGFPE
+right after writing that path's ``start`` line, as OpenVINO issue 35943 does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
+import signal
 import sys
 import time
 import traceback
@@ -69,16 +76,20 @@ def _torch_run(model: torch.nn.Module, dtype: torch.dtype | None):
 
 def _outputs(model, tissue_fn, cell_fn, pairs, tile: int, has_tissue: bool) -> tuple[dict[str, Any], float, float]:
     """Run the gate's pairs the way the engine does (the cell graph gets the crop of this path's
-    own tissue prediction); returns outputs and ms per tile of each graph (after a warm-up)."""
-    tis = tissue_fn(pairs.tissue[:1]) if has_tissue else None  # warm-up
-    t0 = time.perf_counter()
-    tis = tissue_fn(pairs.tissue) if has_tissue else None
-    t_tissue = (time.perf_counter() - t0) * 1000 / len(pairs.tissue) if has_tissue else 0.0
+    own tissue prediction); returns outputs and ms per tile of each graph (after a warm-up, the
+    faster of two timed runs: a build may share the CPU with other work)."""
+    def timed(fn, *args):
+        fn(*(a[:1] if a is not None else None for a in args))  # warm-up
+        best, out = float("inf"), None
+        for _ in range(2):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            best = min(best, time.perf_counter() - t0)
+        return out, best * 1000 / len(args[0])
+
+    tis, t_tissue = timed(tissue_fn, pairs.tissue) if has_tissue else (None, 0.0)
     inj = crop_injection(model, tis, tile) if has_tissue else None
-    cell_fn(pairs.cell[:1], None if inj is None else inj[:1])
-    t0 = time.perf_counter()
-    cell = cell_fn(pairs.cell, inj)
-    t_cell = (time.perf_counter() - t0) * 1000 / len(pairs.cell)
+    cell, t_cell = timed(cell_fn, pairs.cell, inj)
     return {"tissue": tis, "cell": cell}, t_tissue, t_cell
 
 
@@ -136,6 +147,12 @@ def build(request: dict[str, Any]) -> None:
                        "export_s": round(t_export, 2), "quantize_s": round(t_quant, 2)})
     for runtime, precision in candidates:
         _append(progress, {"start": [runtime, precision]})
+        if os.environ.get("WSI_OCELOT_BUILD_CRASH") == f"{runtime} {precision}":
+            # fault injection: stands in for OpenVINO issue 35943 (SIGFPE in compile_model on some
+            # AMD Zen 4 CPUs), so the parent's handling of a child that dies can be tested
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file for a planned crash
+            signal.signal(signal.SIGFPE, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGFPE)
         try:
             t0 = time.perf_counter()
             if runtime == "torch":
