@@ -132,14 +132,15 @@ def evaluate_dataset(
         log.info("resizing %s images from %d to %d px to match the checkpoint's cell MPP %.3f", split, size0, size, info.geometry.cell_mpp)
     needs_label = bool(getattr(model, "needs_tissue_label", False))
     tile = size or size0
-    if tile != info.geometry.tile_size and runtime == "auto":
-        runtime = "torch"  # the exported graphs are built for the checkpoint's tile size
+    if tile != info.geometry.tile_size:  # the exported graphs are built for the checkpoint's tile size: torch runs these
+        if runtime not in ("auto", "torch") or precision == "int8":
+            raise WsiOcelotError(data_root, f"the {split} images are {tile} px and the checkpoint's tiles {info.geometry.tile_size} px; "
+                                 f"--runtime {runtime} --precision {precision} runs graphs built for the checkpoint's tiles",
+                                 "use --runtime torch (or auto) with --precision fp32 or auto for this data")
+        runtime = "torch"
     choice, backend = choose_runtime(model, info, str(model_path), dev, runtime, precision,
                                      two_pass=bool(getattr(model, "supports_two_pass", True)) and not needs_label)
-    if backend is not None and tile != info.geometry.tile_size:
-        raise WsiOcelotError(data_root, f"the {split} images are {tile} px, the checkpoint's tiles {info.geometry.tile_size} px, and --runtime {runtime} runs graphs built for the latter",
-                             "use --runtime torch (or auto) for this data")
-    log.info("forward pass: %s", describe_runtime(choice))
+    log.info("the forward pass runs in %s", describe_runtime(choice))
     amp = autocast(dev, torch.bfloat16) if choice.precision == "bf16" else inference_autocast(dev, amp=False)
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []

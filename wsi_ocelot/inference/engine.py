@@ -396,7 +396,7 @@ class SlideRunner:
         self.two_pass = bool(getattr(model, "supports_two_pass", True)) and not config.per_tile
         self.runtime, backend = choose_runtime(model, info, self.model_path, self.device, config.runtime, config.precision,
                                                two_pass=self.two_pass, amp=config.amp, threads=config.threads)
-        log.info("forward pass: %s", describe_runtime(self.runtime))
+        log.info("the forward pass runs in %s", describe_runtime(self.runtime))
         self.predictor = Predictor(model, self.device, amp=config.amp and self.runtime.precision == "bf16",
                                    channels_last=config.channels_last, backend=backend,
                                    cpu_bf16=self.runtime.precision == "bf16" and self.device.type == "cpu")

@@ -68,7 +68,11 @@ class OnnxRuntimeBackend:
 
 class OpenVinoBackend:
     """OpenVINO's CPU plugin over the same ONNX files: ``fp32`` and ``bf16`` as the inference
-    precision hint, ``int8`` by running the quantised (QDQ) graphs."""
+    precision hint, ``int8`` by running the quantised (QDQ) graphs.
+
+    Compiled for throughput: a batch goes out as one request per tile over the plugin's streams
+    (on 2 cores, 2 streams of one thread each), which measured 1.1× (fp32) to 1.3× (int8) faster
+    per tile than one 2-thread request for the whole batch of 8 on a 2-core AMD EPYC (AVX2)."""
 
     runtime = "openvino"
 
@@ -78,14 +82,26 @@ class OpenVinoBackend:
         self.precision = precision
         core = ov.Core()
         hint = "bf16" if precision == "bf16" else "f32"
-        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "THROUGHPUT"}
         self._compiled = {name: core.compile_model(str(path), "CPU", config) for name, path in graphs.items()}
-        self._requests = {name: c.create_infer_request() for name, c in self._compiled.items()}
+        self._queues = {}
+        for name, compiled in self._compiled.items():
+            n = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            self._queues[name] = ov.AsyncInferQueue(compiled, n)
 
     def _run(self, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
-        req = self._requests[name]
-        req.infer(feed)
-        return np.array(req.get_output_tensor(0).data, copy=True)
+        queue = self._queues[name]
+        batch = next(iter(feed.values())).shape[0]
+        outs: list[np.ndarray | None] = [None] * batch
+
+        def done(request, index: int) -> None:
+            outs[index] = np.array(request.get_output_tensor(0).data, copy=True)
+
+        queue.set_callback(done)
+        for i in range(batch):
+            queue.start_async({k: v[i:i + 1] for k, v in feed.items()}, i)
+        queue.wait_all()
+        return np.concatenate(outs)  # type: ignore[arg-type]
 
     def tissue(self, x: np.ndarray) -> np.ndarray:
         return self._run("tissue", {"x": np.ascontiguousarray(x, dtype=np.float32)})

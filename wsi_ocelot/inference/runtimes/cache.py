@@ -29,7 +29,7 @@ from wsi_ocelot.sysinfo import cpu_model
 __all__ = ["GRAPH_VERSION", "CacheEntry", "cache_root", "key_material"]
 
 #: bump when graphs.py or the gate change what a cached entry means
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 
 
 def cache_root() -> Path:

@@ -58,10 +58,22 @@ def check_runtime_options(runtime: str, precision: str) -> None:
                           f"use --precision {' or '.join(SUPPORTED[runtime])} (or auto) with it")
 
 
+def site_defaults(runtime: str, precision: str) -> tuple[str, str]:
+    """``auto`` as this environment means it: ``WSI_OCELOT_RUNTIME`` / ``WSI_OCELOT_PRECISION``
+    where set (a site's or a cluster's default), else ``auto``."""
+    check_runtime_options(runtime, precision)
+    if runtime == "auto":
+        runtime = os.environ.get("WSI_OCELOT_RUNTIME") or runtime
+    if precision == "auto":
+        precision = os.environ.get("WSI_OCELOT_PRECISION") or precision
+    check_runtime_options(runtime, precision)
+    return runtime, precision
+
+
 def check_runtime_here(runtime: str, precision: str, device: torch.device) -> None:
     """The checks that need no model: the spelling, the runtime imports, bf16 on a CPU without
     it, a CPU runtime or int8 on a GPU. One line each, before any slide (``cohort/batch.py``)."""
-    check_runtime_options(runtime, precision)
+    runtime, precision = site_defaults(runtime, precision)
     if device.type == "cuda":
         _cuda_choice(device, runtime, precision, True)
         return
@@ -131,7 +143,10 @@ def _run_children(entry: CacheEntry, checkpoint: str, missing: list[tuple[str, s
                     started = None
             if started is not None:  # the child died inside this path
                 how = f"signal {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.Signals._value2member_map_ else f"exit {rc}"
-                results[started] = {"status": "crashed", "error": f"the build process died ({how}) in this path"}
+                # killed (the out-of-memory killer, our timeout) may not happen again: tried anew next time;
+                # a fault (SIGFPE, SIGSEGV, SIGILL) in a runtime is this CPU's and version's: remembered
+                results[started] = {"status": "crashed", "error": f"the build process died ({how}) in this path",
+                                    "transient": rc in (-signal.SIGKILL, -signal.SIGTERM)}
             elif rc != 0 and not reference:  # died before any path: export or calibration failed
                 for c in todo:
                     results[c] = {"status": "failed", "error": err_tail[:300] or f"the build process exited {rc}"}
@@ -157,7 +172,8 @@ def gate_results(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str, 
     entry = _entry_for(model, info, checkpoint)
     with entry.locked():
         data = entry.read()
-        missing = [c for c in paths if c != ("torch", "fp32") and f"{c[0]} {c[1]}" not in data["paths"]]
+        missing = [c for c in paths if c != ("torch", "fp32") and (f"{c[0]} {c[1]}" not in data["paths"]
+                                                              or data["paths"][f"{c[0]} {c[1]}"].get("transient"))]
         if missing or "reference" not in data:
             built = _run_children(entry, checkpoint, missing, threads)
             if ("reference", "") in built:
@@ -181,10 +197,7 @@ def choose_runtime(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str
     (None: torch runs it, at the returned precision). ``auto`` means the environment's
     ``WSI_OCELOT_RUNTIME`` / ``WSI_OCELOT_PRECISION`` where set (a site's or a cluster's
     default), else the choice described in the module's docstring."""
-    check_runtime_options(runtime, precision)
-    runtime = os.environ.get("WSI_OCELOT_RUNTIME", runtime) if runtime == "auto" else runtime
-    precision = os.environ.get("WSI_OCELOT_PRECISION", precision) if precision == "auto" else precision
-    check_runtime_options(runtime, precision)
+    runtime, precision = site_defaults(runtime, precision)
     if device.type == "cuda":
         return _cuda_choice(device, runtime, precision, amp), None
     threads = threads or torch.get_num_threads()
