@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo slides that manifest.json marks done (default: skip them)")
     p.add_argument("--scheduler", help="run on Dask: 'local' starts a cluster here, or a scheduler address such as tcp://10.0.0.5:8786")
     p.add_argument("--dask-workers", type=int, help="workers of --scheduler local (default: one per GPU, else 1)")
-    p.add_argument("--threads", type=int, help="torch CPU threads per slide process (default: all cores in-process; cores / workers with --scheduler local; "
+    p.add_argument("--threads", type=int, help="CPU threads of the forward pass (torch, OpenVINO or ONNX Runtime) per slide process (default: all cores in-process; cores / workers with --scheduler local; "
                         "1 on `dask worker` workers, which Dask starts with OMP_NUM_THREADS=1). "
                    "CPU results are bit-identical between runs with the same thread count")
     p.add_argument("--retries", type=int, default=1, help="times a slide whose Dask worker died is retried before it is reported failed")
