@@ -468,7 +468,7 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     md = markdown(report)
-    md_path = Path(args.md) if args.md else path.with_suffix(".md")
+    md_path = Path(vars(args)["md"] or path.with_suffix(".md"))
     md_path.write_text(md)
     print(md)
 

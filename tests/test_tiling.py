@@ -8,7 +8,7 @@ from PIL import Image
 
 from wsi_ocelot.config import GeometryConfig
 from wsi_ocelot.slide import open_slide
-from wsi_ocelot.tiling import cell_grid, context_boxes, make_grid, owner_of, plan_tiles, tissue_grid
+from wsi_ocelot.tiling import cell_grid, context_boxes, make_grid, plan_tiles, tissue_grid
 from wsi_ocelot.tiling.export import export_pairs, write_metadata
 
 SMALL = GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32)
@@ -26,15 +26,6 @@ def test_cores_partition_the_slide(w, h, mpp, target):
     assert (bx <= g.cores[:, 0] - g.margin_l0 + 0).all() and (by <= g.cores[:, 1] - g.margin_l0).all()
     assert ((bx + bw)[:-1] >= g.cores[:-1, 2]).all()
     assert g.tile_l0 % 2 == 0 and g.mpp == pytest.approx(target, rel=0.02)
-
-
-def test_owner_of_matches_cores():
-    g = make_grid(1000, 700, 0.25, 0.2, 128, 12)
-    pts = np.random.default_rng(0).uniform([0, 0], [1000, 700], size=(500, 2))
-    own = owner_of(pts, g)
-    for p, k in zip(pts, own, strict=True):
-        x0, y0, x1, y1 = g.cores[k]
-        assert x0 <= p[0] < x1 and y0 <= p[1] < y1
 
 
 def test_context_boxes_centre_and_ocelot_offsets():

@@ -66,10 +66,6 @@ class GeometryConfig:
         """Step between cell tiles in cell-MPP px (the core size)."""
         return self.tile_size - 2 * self.cell_margin
 
-    @property
-    def tissue_stride(self) -> int:
-        return self.tile_size - 2 * self.tissue_margin
-
 
 @dataclass(frozen=True)
 class PeakConfig:

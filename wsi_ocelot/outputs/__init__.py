@@ -15,7 +15,6 @@ Every file is written atomically (temporary name, then rename).
 
 from __future__ import annotations
 
-from wsi_ocelot.atomic import atomic_open
 from wsi_ocelot.errors import OutputWriteError
 from wsi_ocelot.outputs.cells_table import (
     CELL_TABLE_COLUMNS,
@@ -58,7 +57,6 @@ __all__ = [
     "PredictionStore",
     "TISSUE_MAP_NAME",
     "TissueMapStore",
-    "atomic_open",
     "clean_polygons",
     "export_spatialdata",
     "ngff_multiscales",

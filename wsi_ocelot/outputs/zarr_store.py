@@ -264,12 +264,6 @@ class PredictionStore:
         out = np.asarray(self.tissue(level)[y0:y1, x0:x1])
         return out.astype(np.float32) / 255.0 if as_float else out
 
-    def build_tissue_pyramid(self) -> None:
-        """Fill level "1" from level "0" by 2×2 means, tile by tile (edge pixels replicated)."""
-        self._writable()
-        if self._tissue is not None:
-            self._tissue.build_pyramid()
-
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
         """Flush buffered cells and the tissue map's cached chunks, record the cell count, build

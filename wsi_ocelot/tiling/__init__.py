@@ -8,11 +8,10 @@ from wsi_ocelot.tiling.grid import (
     context_boxes,
     filter_by_mask,
     make_grid,
-    owner_of,
     tissue_grid,
 )
 
-__all__ = ["Grid", "cell_grid", "context_boxes", "filter_by_mask", "make_grid", "owner_of", "tissue_grid", "TileDataset", "BlockBatches", "block_ids", "plan_batches", "make_loader", "SlideTiles", "plan_tiles"]
+__all__ = ["Grid", "cell_grid", "context_boxes", "filter_by_mask", "make_grid", "tissue_grid", "TileDataset", "BlockBatches", "block_ids", "plan_batches", "make_loader", "SlideTiles", "plan_tiles"]
 
 
 def __getattr__(name: str):  # deliberately deferred: torch is imported only when the Dataset is asked for

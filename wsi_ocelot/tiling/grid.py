@@ -124,11 +124,3 @@ def filter_by_mask(grid: Grid, mask, min_fraction: float = 0.0, *, use_core: boo
         keep[i] = mask.touches(box, min_fraction)
     return grid.subset(keep)
 
-
-def owner_of(points: np.ndarray, grid: Grid) -> np.ndarray:
-    """For level-0 points (N, 2), the index in the *full* grid (row-major) of the tile whose
-    core holds each point."""
-    stride = grid.stride_l0
-    c = np.clip(np.floor(points[:, 0] / stride).astype(np.int64), 0, grid.n_cols - 1)
-    r = np.clip(np.floor(points[:, 1] / stride).astype(np.int64), 0, grid.n_rows - 1)
-    return r * grid.n_cols + c

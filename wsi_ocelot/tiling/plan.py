@@ -28,10 +28,6 @@ class SlideTiles:
     mask: TissueMask
     geometry: GeometryConfig
 
-    @property
-    def offsets(self) -> np.ndarray:
-        return np.full((len(self.cells), 2), 0.5, np.float32)
-
 
 def plan_tiles(slide: Slide, geometry: GeometryConfig, mask: TissueMask | None = None) -> SlideTiles:
     """Grids for ``slide`` at the geometry's MPPs, keeping tiles that touch tissue."""
