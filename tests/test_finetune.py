@@ -349,3 +349,17 @@ def test_init_model_conflict_and_missing_parent(data: dict[str, Path], parent: P
         apply_init(load_config(FINETUNE_YAML, {"init": str(tmp_path / "nope.safetensors")}))
     same, p = apply_init(load_config(FINETUNE_YAML, {"init": str(parent)}))
     assert p is not None and same.model == p.info.model and same.peaks == PARENT_PEAKS
+
+
+def test_model_card_names_the_optimizer_that_ran():
+    """The model card says AdamW when AdamW ran (it said "Adam" whatever the optimizer)."""
+    from training.report import card_markdown
+
+    card = {"model": {"variant": "pred_to_inter2", "encoder": "resnet18"}, "encoder_init": {"encoder_weights": None, "source": "random"},
+            "geometry": {"cell_mpp": 0.2, "tissue_mpp": 0.8, "tile_size": 256, "context_factor": 4}, "checkpoint": "best.safetensors",
+            "data": {"dataset": "synthetic", "root": "data", "licence": "n/a", "mpp": {"cell": 0.2, "tissue": 0.8}, "splits": {}},
+            "best_epoch": 1, "best_val_mF1": 0.5, "metrics": {}, "software": {"torch": "x"}}
+    training = {"epochs": 2, "epochs_done": 2, "steps": 4, "batch_size": 2, "lr": 1e-4, "lr_schedule": "constant", "weight_decay": 0.01,
+                "seed": 0, "tile_size": 256, "tile_mode": "crop", "amp": "auto", "device": "cpu", "augment": {}}
+    assert ", AdamW lr 0.0001 " in card_markdown({**card, "training": {**training, "optimizer": "adamw"}})
+    assert ", Adam lr 0.0001 " in card_markdown({**card, "training": {**training, "optimizer": "adam"}})

@@ -55,6 +55,8 @@ class ReportConfig:
 
 # --------------------------------------------------------------------------- plots
 
+_OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW"}  # the model card's spelling of TrainConfig.optimizer
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -220,7 +222,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         "## Training",
         "",
-        f"- {t['epochs_done']} epochs ({t['steps']} optimizer steps) of {t['epochs']} configured, batch {t['batch_size']}, Adam lr {t['lr']:g} "
+        f"- {t['epochs_done']} epochs ({t['steps']} optimizer steps) of {t['epochs']} configured, batch {t['batch_size']}, {_OPTIMIZER_NAMES.get(t.get('optimizer', 'adam'), t.get('optimizer'))} lr {t['lr']:g} "
         f"({t['lr_schedule']}), weight decay {t['weight_decay']:g}, seed {t['seed']}, tile {t['tile_size']} ({t['tile_mode']}), amp {t['amp']}, device {t['device']}.",
         f"- Best validation epoch: {card['best_epoch']} (val mF1 {card['best_val_mF1']}).",
         f"- Augmentation: {'on' if aug.get('enabled') else 'off'}; flips {aug.get('hflip')}/{aug.get('vflip')}, rot90 {aug.get('rot90')}, "
@@ -296,7 +298,8 @@ def finish(run_dir: Path, cfg: Any, *, train_ds: Any, device: str) -> dict[str, 
     state = history[-1] if history else {}
     training = {"epochs": cfg.epochs, "epochs_done": state.get("epoch"), "steps": state.get("step"), "batch_size": cfg.batch_size, "lr": cfg.lr,
                 "lr_schedule": cfg.lr_schedule, "weight_decay": cfg.weight_decay, "seed": cfg.seed, "tile_size": cfg.tile_size, "tile_mode": cfg.tile_mode,
-                "amp": cfg.amp, "device": device, "augment": dataclasses.asdict(cfg.augment), "encoder_weights": cfg.encoder_weights}
+                "amp": cfg.amp, "device": device, "augment": dataclasses.asdict(cfg.augment), "encoder_weights": cfg.encoder_weights,
+                "optimizer": cfg.optimizer}
     card = build_card(checkpoint=best.resolve(), info=info, data=data, training=training, metrics=metrics, history=history)
     write_text(run_dir / CARD_FILE, card_markdown(card))
     save_checkpoint(best, model, geometry=info.geometry, peaks=info.peaks, training={**info.training, "card": card},
