@@ -415,3 +415,21 @@ def test_evaluate_dataset_in_onnxruntime_matches_fp32_torch(demo_auto, shared_ca
     assert abs(ort["overall"]["mF1"] - ref["overall"]["mF1"]) <= 0.005, (ref["overall"], ort["overall"])
     assert (ort["runtime"]["runtime"], ort["runtime"]["precision"]) == ("onnxruntime", "fp32")
     assert (ref["runtime"]["runtime"], ref["runtime"]["precision"]) == ("torch", "fp32")
+
+
+def test_report_names_the_runtimes_the_slides_ran(tmp_path, tiny_ckpt):
+    """report.html's model line says which runtime and precision the finished slides ran (#21 item 6)."""
+    import html
+    import re
+
+    from wsi_ocelot.cohort.manifest import Manifest
+    from wsi_ocelot.cohort.report import write_report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    slides = {"a": {"status": "done", "path": "a.svs", "n_cells": 1, "runtime": "openvino", "precision": "int8"},
+              "b": {"status": "done", "path": "b.svs", "n_cells": 1, "runtime": "torch", "precision": "fp32"},
+              "c": {"status": "failed", "path": "c.svs", "error": "c.svs: broken. Fix: none"}}
+    page = write_report(out, Manifest(out, slides=slides, meta={"model": str(tiny_ckpt)})).read_text(encoding="utf-8")
+    ran = html.unescape(re.search(r'<span id="model-runtime">([^<]*)</span>', page).group(1))
+    assert ran == "openvino int8, torch fp32"

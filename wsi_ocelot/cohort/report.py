@@ -51,7 +51,7 @@ def _rows(out_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
     for sid in sorted(slides):
         rec = slides[sid]
         row: dict[str, Any] = {"slide_id": sid, **{k: rec.get(k) for k in SUMMARY_COLUMNS if k != "slide_id"},
-                               "purity_reason": rec.get("purity_reason")}
+                               "purity_reason": rec.get("purity_reason"), "runtime": rec.get("runtime"), "precision": rec.get("precision")}
         pj = out_dir / sid / "purity.json"
         if rec.get("status") == DONE and "n_cells" not in rec and pj.is_file():  # not re-read after every slide of a batch
             try:
