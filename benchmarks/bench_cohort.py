@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _run(jobs, out: Path, model: str, device: str, scheduler: str | None, n: int, threads: int) -> dict:
-    cfg = CohortConfig(model=model, engine=EngineConfig(device=device, workers=0, progress=False), scheduler=scheduler,
+    cfg = CohortConfig(model=model, engine=EngineConfig(device=device, workers=0, progress=False, runtime="torch"), scheduler=scheduler,
                        dask_workers=n if scheduler else None, threads=threads, report=False)
     t0 = time.perf_counter()
     res = run_cohort(jobs, out, cfg)

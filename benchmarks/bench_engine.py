@@ -47,7 +47,7 @@ import json, resource, sys, time
 import torch
 from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
 a = json.loads(sys.argv[1])
-cfg = EngineConfig(device=a["device"], workers=a["workers"], batch_size=a["batch_size"], amp=a["amp"],
+cfg = EngineConfig(device=a["device"], runtime="torch", workers=a["workers"], batch_size=a["batch_size"], amp=a["amp"],
                    channels_last=a["channels_last"], progress=False, per_tile=a["mode"] == "per-tile")
 def cpu():
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)

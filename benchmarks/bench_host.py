@@ -112,7 +112,7 @@ if hasattr(eng, "BackgroundWriter"):
         writer["wait"] = writer.get("wait", 0.0) + self.wait_s
     eng.BackgroundWriter.close = close
 
-cfg = eng.EngineConfig(device="cpu", workers=a["workers"], batch_size=a["batch_size"], progress=False)
+cfg = eng.EngineConfig(device="cpu", runtime="torch", precision="fp32", workers=a["workers"], batch_size=a["batch_size"], progress=False)
 runner = eng.SlideRunner("demo", cfg)
 runner.predictor.tissue_probs = StandIn("t")
 runner.predictor.cell_probs = StandIn("c")
@@ -150,7 +150,7 @@ def record_outputs(slide: Path, path: Path, threads: int, margins: tuple[int, ..
 
     t0 = time.perf_counter()
     for margin in margins:
-        runner = SlideRunner("demo", EngineConfig(device="cpu", workers=1, batch_size=8, progress=False, cell_margin=margin))
+        runner = SlideRunner("demo", EngineConfig(device="cpu", runtime="torch", precision="fp32", workers=1, batch_size=8, progress=False, cell_margin=margin))
         _record_run(runner, slide, out, key)
     np.savez(path, **out)
     return {"tiles_recorded": len(out), "margins": list(margins), "model_run_s": round(time.perf_counter() - t0, 1)}

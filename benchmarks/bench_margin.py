@@ -45,7 +45,7 @@ def run_one(slide: Path, gt: np.ndarray, tmp: Path, margin: int, reach: float) -
     ckpt = tmp / f"m{margin}.safetensors"
     save_checkpoint(ckpt, model, geometry=geo, peaks=info.peaks)
     t0 = time.time()
-    res = SlideRunner(ckpt, EngineConfig(device="cpu", workers=1, progress=False, border_reach_um=reach)).run(slide, tmp / "out")
+    res = SlideRunner(ckpt, EngineConfig(device="cpu", runtime="torch", precision="fp32", workers=1, progress=False, border_reach_um=reach)).run(slide, tmp / "out")
     wall = time.time() - t0
     with open_predictions(res.out_dir / "predictions.zarr") as store:
         c = store.cells()

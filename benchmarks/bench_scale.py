@@ -169,7 +169,7 @@ def child(slide: str, out: str, spacing: int, workers: int, batch: int) -> dict:
     from wsi_ocelot.inference.engine import EngineConfig
 
     torch.set_num_threads(1)
-    runner = _phase_timed_runner()("demo", EngineConfig(device="cpu", batch_size=batch, workers=workers, progress=False))
+    runner = _phase_timed_runner()("demo", EngineConfig(device="cpu", runtime="torch", precision="fp32", batch_size=batch, workers=workers, progress=False))
     runner.phases = {}
     T = runner.geometry.tile_size
     cell_map = _peak_map(T, spacing)

@@ -62,7 +62,7 @@ def main() -> None:
 
     model_path = str(resolve_model(args.model))
     info = read_checkpoint_info(model_path)
-    runner = SlideRunner(model_path, EngineConfig(device=args.device, workers=args.workers, batch_size=args.batch_size, progress=False))
+    runner = SlideRunner(model_path, EngineConfig(device=args.device, runtime="torch", workers=args.workers, batch_size=args.batch_size, progress=False))
     dev = str(runner.device)
     pred = runner.predictor
     mpp = 0.25

@@ -27,6 +27,9 @@ assert wsi_ocelot.__file__.startswith(a["src"])
 kw = {"border_reach_um": a["reach"]} if a.get("reach") is not None else {}
 if a.get("margin") is not None:
     kw["cell_margin"] = a["margin"]
+import dataclasses
+if "runtime" in {f.name for f in dataclasses.fields(eng.EngineConfig)}:  # revisions with runtimes: the eager fp32 path, as before them
+    kw.update(runtime="torch", precision="fp32")
 res = eng.SlideRunner("demo", eng.EngineConfig(device="cpu", workers=2, batch_size=8, progress=False, **kw)).run(a["slide"], a["out"])
 print(json.dumps({"out": str(res.out_dir), "timings": res.timings}))
 """

@@ -123,7 +123,7 @@ def _score(model: str, slides: Sequence[Any], out: Path, threads: int) -> dict[s
     from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
     from wsi_ocelot.outputs import open_predictions
 
-    runner = SlideRunner(model, EngineConfig(device="cpu", workers=1, progress=False))
+    runner = SlideRunner(model, EngineConfig(device="cpu", runtime="torch", precision="fp32", workers=1, progress=False))
     per = []
     for s in slides:
         res = runner.run(s.tiff_path, out)

@@ -293,7 +293,7 @@ def finish(run_dir: Path, cfg: Any, *, train_ds: Any, device: str) -> dict[str, 
         if split not in data["splits"]:
             log.info("model card: the dataset has no %r split, not scored", split)
             continue
-        metrics[split] = evaluate_dataset(best, cfg.data, split, device=device)
+        metrics[split] = evaluate_dataset(best, cfg.data, split, device=device, runtime="torch")  # the model's own numbers
     model, info = load_model(best, "cpu")
     state = history[-1] if history else {}
     training = {"epochs": cfg.epochs, "epochs_done": state.get("epoch"), "steps": state.get("step"), "batch_size": cfg.batch_size, "lr": cfg.lr,

@@ -145,7 +145,8 @@ def _score_test(run_dir: Path, cfg: Any, args: argparse.Namespace, evaluate_data
     elif args.cache and (cfg.tile_mode == "resize" or cfg.tile_size is None):
         test = score_split_cached(best, args.data, args.test_split, cfg, device=args.device, batch_size=args.eval_batch_size)
     else:
-        test = evaluate_dataset(best, args.data, args.test_split, device=args.device if args.device != "auto" else "auto", batch_size=args.eval_batch_size)
+        test = evaluate_dataset(best, args.data, args.test_split, device=args.device if args.device != "auto" else "auto", batch_size=args.eval_batch_size,
+                                runtime="torch")  # the model's own numbers, not a runtime's
     return {"test_mF1": test["overall"]["mF1"], "test": test["overall"], "test_per_organ": test["per_organ"], "test_wall_s": round(time.perf_counter() - t1, 1)}
 
 
@@ -460,7 +461,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     if args.demo:
         from wsi_ocelot.evaluation import evaluate_dataset
 
-        d = evaluate_dataset(args.demo, args.data, args.test_split, device=args.device, batch_size=args.eval_batch_size)
+        d = evaluate_dataset(args.demo, args.data, args.test_split, device=args.device, batch_size=args.eval_batch_size, runtime="torch")
         table["demo"] = {"checkpoint": os.fspath(args.demo), "data": os.fspath(args.data), "mean": d["overall"]["mF1"], "test": d["overall"]}
     write_json(results_dir / f"{args.name}.json", table)
     write_text(results_dir / f"{args.name}.md", to_markdown(table))

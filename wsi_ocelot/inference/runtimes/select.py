@@ -103,6 +103,8 @@ def _candidates(runtime: str, precision: str, bf16: bool) -> list[tuple[str, str
             continue
         if prec == "bf16" and not bf16:
             continue
+        if (rt, prec) == ("torch", "bf16") and runtime == "torch" and precision == "auto":
+            continue  # --runtime torch alone: torch's own default, fp32 on the CPU (bf16 autocast on CUDA)
         if runtime == "auto" and rt != "torch" and runtime_version(rt) is None:
             continue
         out.append((rt, prec))
