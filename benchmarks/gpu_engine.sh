@@ -3,7 +3,7 @@
 # Wheels the box may lack (no internet there) go in WHEELS (default .whl/), fetched on a connected machine with
 #   pip download --no-deps --only-binary :all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
 #       --platform manylinux2014_x86_64 -d .whl openslide-python openslide-bin segmentation-models-pytorch==0.6.0 shapely
-# Results: $OUT/engine_gpu.json and .md (copy them to benchmarks/results/).
+# Results: $OUT/engine_gpu.json (bf16, auto) and engine_gpu_fp32.json, with their .md (copy them to benchmarks/results/).
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}; WHEELS=${WHEELS:-.whl}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD
@@ -14,5 +14,8 @@ if ! python3 -c "import openslide, segmentation_models_pytorch, shapely, zarr" 2
 fi
 python3 -c "import openslide, segmentation_models_pytorch, shapely, zarr, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-exec python3 benchmarks/bench_engine.py --device cuda --batch-size "${BS:-32}" --workers "${WORKERS:-15}" --repeat 2 \
-    --skip-memory --json "$OUT/engine_gpu.json" --note "${NOTE:-bf16 autocast + channels-last; the first of two runs per mode warms the GPU up}"
+# each GPU runtime x precision (docs/runtimes.md: on CUDA only torch runs; bf16 autocast is auto's choice, fp32 the reference)
+python3 benchmarks/bench_engine.py --device cuda --batch-size "${BS:-32}" --workers "${WORKERS:-15}" --repeat 2 \
+    --skip-memory --json "$OUT/engine_gpu.json" --note "${NOTE:-torch bf16 autocast + channels-last (auto); the first of two runs per mode warms the GPU up}" || exit 1
+exec python3 benchmarks/bench_engine.py --device cuda --no-amp --batch-size "${BS:-32}" --workers "${WORKERS:-15}" --repeat 2 \
+    --skip-memory --json "$OUT/engine_gpu_fp32.json" --note "torch fp32 (--precision fp32); the first of two runs per mode warms the GPU up"
