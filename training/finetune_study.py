@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from wsi_ocelot.atomic import write_json, write_text
+from wsi_ocelot.sysinfo import cpu_model
 
 log = logging.getLogger("training.finetune_study")
 
@@ -231,23 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("K=%d seed %d: slide mF1 %.4f (demo %.4f), fine-tuning %.0f s", k, seed, scored["mf1"],
                      results["baseline"]["mf1"], train_s)
 
-    results["machine"] = f"{platform.processor() or platform.machine()}; {_cpu_model()}; torch threads {args.threads}"
+    results["machine"] = f"{platform.processor() or platform.machine()}; {cpu_model()}; torch threads {args.threads}"
     results["note"] = args.note
     results["epochs"] = args.epochs or "the config's"
     results["wall_s"] = round(time.perf_counter() - t_all, 1)
     write_json(res_json, results)
     write_text(Path(args.results) / f"{args.name}.md", _markdown(results, args))
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _markdown(results: dict[str, Any], args: argparse.Namespace) -> str:

@@ -7,10 +7,10 @@ Imports neither torch nor a runtime, so the CLI can name the choices cheaply.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any
+
+from wsi_ocelot.sysinfo import cpu_flags
 
 __all__ = ["FIDELITY", "PRECISIONS", "RUNTIMES", "SUPPORTED", "RuntimeChoice", "cpu_flags", "cpu_has_bf16",
            "runtime_version"]
@@ -32,19 +32,6 @@ DISTRIBUTION = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnxru
 #: cells F1 (same class, within ``match_px``), the tissue map's mean absolute difference
 #: (0-255) and the share of map pixels on the same side of the cancer-area threshold.
 FIDELITY: dict[str, float] = {"cells_f1": 0.99, "tissue_mean_abs": 1.0, "ca_agreement": 0.995, "match_px": 3.0}
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 #: the flags that change which kernels a runtime may use (part of the cache key)
@@ -70,13 +57,6 @@ def runtime_version(runtime: str) -> str | None:
         return importlib.metadata.version(DISTRIBUTION[runtime])
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def cores_available() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
