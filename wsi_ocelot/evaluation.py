@@ -32,11 +32,11 @@ from wsi_ocelot.errors import DatasetError, WsiOcelotError
 from wsi_ocelot.inference import find_peaks
 from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.inference.runtimes.backends import Backend
+from wsi_ocelot.inference.runtimes.graphs import crop_injection, injection_size
 from wsi_ocelot.inference.runtimes.select import choose_runtime
 from wsi_ocelot.inference.runtimes.select import describe as describe_runtime
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
 from wsi_ocelot.model import load_model
-from wsi_ocelot.model.align import crop_tissue, resize_map
 from wsi_ocelot.model.precision import autocast, inference_autocast
 from wsi_ocelot.weights import resolve_model
 
@@ -212,11 +212,10 @@ def _backend_pair_probs(backend: Backend, model: torch.nn.Module, cell: torch.Te
                         offset: torch.Tensor) -> torch.Tensor:
     """A pair's cell probabilities from a runtime backend: the tissue graph on the context, its
     crop over the cell patch (as in training), resized to the injection point, then the cell graph."""
-    tissue_probs = torch.from_numpy(backend.tissue(tissue.cpu().float().numpy()))
+    tile = cell.shape[-1]
     inj = None
-    if getattr(model, "has_tissue_branch", False):
-        crop = crop_tissue(tissue_probs, offset.cpu(), model.config.context_factor)
-        inj = resize_map(crop, model.injection_size(cell.shape[-2:])).numpy()
+    if injection_size(model, tile) is not None:
+        inj = crop_injection(model, backend.tissue(tissue.cpu().float().numpy()), tile, offset.cpu())
     return torch.from_numpy(backend.cell(cell.cpu().float().numpy(), inj))
 
 

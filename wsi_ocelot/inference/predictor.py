@@ -19,7 +19,7 @@ from torch import Tensor
 
 from wsi_ocelot.errors import WsiOcelotError
 from wsi_ocelot.inference.runtimes.backends import Backend
-from wsi_ocelot.model.align import resize_map
+from wsi_ocelot.inference.runtimes.graphs import resize_to_injection
 from wsi_ocelot.model.precision import autocast, inference_autocast
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,7 @@ class Predictor:
     def cell_probs(self, cell: Tensor, tissue_crop: Tensor | None) -> Tensor:
         """(B, 3, T, T) uint8 + (B, 2, h, w) float crop → (B, 3, T, T) float32 cell probabilities."""
         if self.backend is not None:
-            inj = None
-            if tissue_crop is not None and hasattr(self.model, "injection_size"):
-                inj = resize_map(tissue_crop.float(), self.model.injection_size(cell.shape[-2:])).numpy()
+            inj = None if tissue_crop is None else resize_to_injection(self.model, tissue_crop, cell.shape[-1])
             return torch.from_numpy(self.backend.cell(cell.float().div_(255.0).numpy(), inj))
         crop = None if tissue_crop is None else tissue_crop.to(self.device, non_blocking=True)
         with self._ctx():

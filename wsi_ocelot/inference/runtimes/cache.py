@@ -99,8 +99,6 @@ class CacheEntry:
         data["files"] = {p.name: _sha256(p) for p in sorted(self.dir.glob("*.onnx"))}
         write_json(self.build_json, data, indent=1)
 
-    def graphs(self, precision: str) -> dict[str, Path]:
-        return graph_files(self.dir, precision)
 
 
 def graph_files(folder: Path, precision: str) -> dict[str, Path]:

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wsi_ocelot.model.align import resize_map
+from wsi_ocelot.model.align import crop_tissue, resize_map
 from wsi_ocelot.model.checkpoint import CheckpointInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationPairs", "CellGraph", "TissueGraph", "calibration_pairs", "export_onnx", "injection_size",
-           "quantize_int8"]
+__all__ = ["CalibrationPairs", "CellGraph", "TissueGraph", "calibration_pairs", "crop_injection", "export_onnx", "injection_size",
+           "quantize_int8", "resize_to_injection"]
 
 OPSET = 17
 
@@ -135,18 +135,21 @@ def calibration_pairs(info: CheckpointInfo, n: int, seed: int) -> CalibrationPai
     return CalibrationPairs(tissue=stack(tissue), cell=stack(cell))
 
 
-def crop_injection(model: nn.Module, tissue_probs: np.ndarray, tile: int) -> np.ndarray | None:
-    """The centre 1/context_factor of each tissue prediction (the cell tile's field of view),
-    resized to the injection point: what the engine hands the cell graph."""
+def resize_to_injection(model: nn.Module, crop: Tensor, tile: int) -> np.ndarray | None:
+    """A tissue crop over a ``tile``² cell patch (B, tissue_classes, h, w), resized to the injection
+    point: the cell graph's ``injection`` input (None for a model without one)."""
     size = injection_size(model, tile)
-    if size is None:
+    return None if size is None else resize_map(crop.float(), size).numpy()
+
+
+def crop_injection(model: nn.Module, tissue_probs: np.ndarray, tile: int, offset: Tensor | None = None) -> np.ndarray | None:
+    """The cell patch's region of each tissue prediction (``offset`` (B, 2) its centre in the
+    tissue patch, [0, 1]; None: centred, as the engine's tiles are), resized to the injection point."""
+    if injection_size(model, tile) is None:
         return None
-    f = model.config.context_factor
-    T = tissue_probs.shape[-1]
-    n = max(1, round(T / f))
-    o = (T - n) // 2
-    crop = torch.from_numpy(tissue_probs[:, :, o:o + n, o:o + n].copy())
-    return resize_map(crop, size).numpy()
+    probs = torch.from_numpy(tissue_probs)
+    off = torch.full((len(probs), 2), 0.5) if offset is None else offset
+    return resize_to_injection(model, crop_tissue(probs, off, model.config.context_factor), tile)
 
 
 def quantize_int8(onnx_path: Path, out_path: Path, feeds: list[dict[str, np.ndarray]], *, reduce_range: bool) -> Path:

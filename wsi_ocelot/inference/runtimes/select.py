@@ -26,7 +26,7 @@ import torch
 
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.inference.runtimes.backends import Backend, open_backend, require_runtime
-from wsi_ocelot.inference.runtimes.cache import CacheEntry, key_material
+from wsi_ocelot.inference.runtimes.cache import CacheEntry, graph_files, key_material
 from wsi_ocelot.inference.runtimes.graphs import injection_size
 from wsi_ocelot.inference.runtimes.spec import (
     PRECISIONS,
@@ -253,7 +253,7 @@ def choose_runtime(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str
             return RuntimeChoice(**{**torch_fp32.to_json(), "reason": why_torch}), None
         res = results[c]
         try:
-            backend = None if c[0] == "torch" else open_backend(c[0], c[1], entry.graphs(c[1]), threads)
+            backend = None if c[0] == "torch" else open_backend(c[0], c[1], graph_files(entry.dir, c[1]), threads)
         except Exception as err:  # a runtime that raises at load: the next path
             log.warning("warning: %s %s failed to load (%s: %s); %s", c[0], c[1], type(err).__name__, err,
                         "running fp32 torch" if explicit else "trying the next path")
