@@ -37,7 +37,7 @@ from wsi_ocelot.inference.runtimes.select import choose_runtime
 from wsi_ocelot.inference.runtimes.select import describe as describe_runtime
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
 from wsi_ocelot.model import load_model
-from wsi_ocelot.model.precision import autocast, inference_autocast
+from wsi_ocelot.model.precision import autocast
 from wsi_ocelot.weights import resolve_model
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def evaluate_dataset(
     choice, backend = choose_runtime(model, info, str(model_path), dev, runtime, precision,
                                      two_pass=bool(getattr(model, "supports_two_pass", True)) and not needs_label)
     log.info("the forward pass runs in %s", describe_runtime(choice))
-    amp = autocast(dev, torch.bfloat16) if choice.precision == "bf16" else inference_autocast(dev, amp=False)
+    amp = autocast(dev, torch.bfloat16 if choice.precision == "bf16" else None)  # what choose_runtime decided, on either device
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []
     masks: list[np.ndarray | None] = []
