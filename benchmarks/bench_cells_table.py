@@ -37,7 +37,13 @@ def child(fmt: str, n: int, batch: int, out: str) -> dict[str, float]:
     t0 = time.perf_counter()
     with CellsTableWriter(path, mpp=0.25) as w:
         for s in range(0, n, batch):
-            w.write(x[s:s + batch], y[s:s + batch], cls[s:s + batch], prob[s:s + batch], inside[s:s + batch])
+            w.write(
+                x[s : s + batch],
+                y[s : s + batch],
+                cls[s : s + batch],
+                prob[s : s + batch],
+                inside[s : s + batch],
+            )
     dt = time.perf_counter() - t0
     size = path.stat().st_size
     path.unlink()
@@ -50,7 +56,9 @@ def main() -> None:
         print(json.dumps(child(args.child, args.cells, args.batch, args.tmp)))
         return
 
-    runs = [("parquet", args.cells), ("csv", args.cells)] + [("parquet", m) for m in (args.cells // 4, args.cells * 4)]
+    runs = [("parquet", args.cells), ("csv", args.cells)] + [
+        ("parquet", m) for m in (args.cells // 4, args.cells * 4)
+    ]
     results: list[dict[str, float | str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, n in runs:
@@ -61,9 +69,18 @@ def main() -> None:
     small, big = pq[args.cells // 4], pq[args.cells * 4]
     main_pq = pq[args.cells]
     main_csv = next(r for r in results if r["format"] == "csv")
-    doc = {"benchmark": "bench_cells_table", "cells": args.cells, "batch": args.batch, "machine": machine("numpy", "pandas", "pyarrow"), "results": results,
-           "ratios": {"csv_vs_parquet_time": main_csv["seconds"] / main_pq["seconds"],
-                      "parquet_memory_16x_cells": big["peak_rss_added_mib"] / max(small["peak_rss_added_mib"], 1e-9)}}
+    doc = {
+        "benchmark": "bench_cells_table",
+        "cells": args.cells,
+        "batch": args.batch,
+        "machine": machine("numpy", "pandas", "pyarrow"),
+        "results": results,
+        "ratios": {
+            "csv_vs_parquet_time": main_csv["seconds"] / main_pq["seconds"],
+            "parquet_memory_16x_cells": big["peak_rss_added_mib"]
+            / max(small["peak_rss_added_mib"], 1e-9),
+        },
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cells_table.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -78,13 +95,19 @@ def main() -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
-        lines.append(f"| cells.{r['format']} | {int(r['cells']):,} | {r['seconds']:.2f} | {r['cells_per_second']:,.0f} | "
-                     f"{r['bytes'] / 1e6:.1f} | {r['peak_rss_added_mib']:.1f} |")
-    lines += ["", f"Memory against the cell count: 16× the cells ({small['cells']:,} → {big['cells']:,}) to parquet adds "
-              f"{doc['ratios']['parquet_memory_16x_cells']:.2f}× the memory (row groups of 262,144 rows are written as they fill; "
-              "one row group is the most held).",
-              f"csv / parquet time at {args.cells:,} cells: {doc['ratios']['csv_vs_parquet_time']:.2f}. "
-              "The same cells as GeoJSON and Zarr columns: `geojson.md`.", ""]
+        lines.append(
+            f"| cells.{r['format']} | {int(r['cells']):,} | {r['seconds']:.2f} | {r['cells_per_second']:,.0f} | "
+            f"{r['bytes'] / 1e6:.1f} | {r['peak_rss_added_mib']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Memory against the cell count: 16× the cells ({small['cells']:,} → {big['cells']:,}) to parquet adds "
+        f"{doc['ratios']['parquet_memory_16x_cells']:.2f}× the memory (row groups of 262,144 rows are written as they fill; "
+        "one row group is the most held).",
+        f"csv / parquet time at {args.cells:,} cells: {doc['ratios']['csv_vs_parquet_time']:.2f}. "
+        "The same cells as GeoJSON and Zarr columns: `geojson.md`.",
+        "",
+    ]
     (out / "cells_table.md").write_text("\n".join(lines))
 
 

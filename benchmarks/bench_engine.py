@@ -94,16 +94,40 @@ print(json.dumps({"wall_s": wall, "cpu_s": cpu_s, "model_load_s": load_s, "timin
 
 
 def run_child(slide: Path, out: Path, mode: str, args, model: str) -> dict:
-    spec = {"slide": str(slide), "out": str(out), "mode": mode, "device": args.device, "workers": args.workers,
-            "batch_size": args.batch_size, "amp": args.amp, "channels_last": args.channels_last, "model": model,
-            "repeat": args.repeat}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True, check=False)
+    spec = {
+        "slide": str(slide),
+        "out": str(out),
+        "mode": mode,
+        "device": args.device,
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "model": model,
+        "repeat": args.repeat,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def patch_level(slide, gt: np.ndarray, geo, pred, peaks, n: int, seed: int, slide_cells: np.ndarray, batch_size: int) -> dict:
+def patch_level(
+    slide,
+    gt: np.ndarray,
+    geo,
+    pred,
+    peaks,
+    n: int,
+    seed: int,
+    slide_cells: np.ndarray,
+    batch_size: int,
+) -> dict:
     """The demo model the way its test split scores it, on OCELOT-style pairs cut from this
     slide: non-overlapping cell patches (>= 50 % tissue, evenly spread), each with its context
     at one of OCELOT's four offsets, whole patch through the full model, peaks over the whole
@@ -125,14 +149,35 @@ def patch_level(slide, gt: np.ndarray, geo, pred, peaks, n: int, seed: int, slid
     t0 = time.perf_counter()
     for i in range(0, len(boxes), batch_size):
         sl = slice(i, i + batch_size)
-        cell = torch.stack([torch.from_numpy(np.ascontiguousarray(slide.read_box(tuple(b), (T, T)).transpose(2, 0, 1))) for b in boxes[sl]])
-        tissue = torch.stack([torch.from_numpy(np.ascontiguousarray(slide.read_box(tuple(b), (T, T)).transpose(2, 0, 1))) for b in ctx[sl]])
+        cell = torch.stack(
+            [
+                torch.from_numpy(
+                    np.ascontiguousarray(slide.read_box(tuple(b), (T, T)).transpose(2, 0, 1))
+                )
+                for b in boxes[sl]
+            ]
+        )
+        tissue = torch.stack(
+            [
+                torch.from_numpy(
+                    np.ascontiguousarray(slide.read_box(tuple(b), (T, T)).transpose(2, 0, 1))
+                )
+                for b in ctx[sl]
+            ]
+        )
         probs, _ = pred.per_tile(cell, tissue, torch.from_numpy(off[sl]).float())
         preds += [pts.cpu().double().numpy() for pts in find_peaks(probs, peaks)]
     for b in boxes:
         s = b[2] / T  # level-0 px per patch px
+
         def in_box(p, b=b):
-            return (p[:, 0] >= b[0]) & (p[:, 0] < b[0] + b[2]) & (p[:, 1] >= b[1]) & (p[:, 1] < b[1] + b[3])
+            return (
+                (p[:, 0] >= b[0])
+                & (p[:, 0] < b[0] + b[2])
+                & (p[:, 1] >= b[1])
+                & (p[:, 1] < b[1] + b[3])
+            )
+
         g = gt[in_box(gt)].copy()
         g[:, :2] = (g[:, :2] - b[:2]) / s - 0.5  # level-0 → patch px (pixel j centred at j + 0.5)
         gts.append(g)
@@ -142,9 +187,16 @@ def patch_level(slide, gt: np.ndarray, geo, pred, peaks, n: int, seed: int, slid
     radius = 3.0 / (boxes[0][2] * slide.mpp / T) if len(boxes) else 15.0
     own = evaluate(preds, gts, radius)
     st = evaluate(stitched, gts, radius)
-    return {"patches": len(boxes), "gt_cells": int(sum(len(g) for g in gts)), "radius_px": round(radius, 3),
-            "patch_mF1": round(own.mf1, 4), "patch_BC_f1": round(own.bc.f1, 4), "patch_TC_f1": round(own.tc.f1, 4),
-            "stitched_on_same_patches_mF1": round(st.mf1, 4), "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "patches": len(boxes),
+        "gt_cells": int(sum(len(g) for g in gts)),
+        "radius_px": round(radius, 3),
+        "patch_mF1": round(own.mf1, 4),
+        "patch_BC_f1": round(own.bc.f1, 4),
+        "patch_TC_f1": round(own.tc.f1, 4),
+        "stitched_on_same_patches_mF1": round(st.mf1, 4),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def demo_test_splits() -> dict[str, dict[str, float]]:
@@ -153,7 +205,10 @@ def demo_test_splits() -> dict[str, dict[str, float]]:
     out = {}
     for f in sorted(RESULTS.glob("demo_test_seed*.json")):
         d = json.loads(f.read_text())
-        out[f.stem.rsplit("seed", 1)[1]] = {"overall": d["overall"]["mF1"], **{o: v["mF1"] for o, v in d.get("per_organ", {}).items()}}
+        out[f.stem.rsplit("seed", 1)[1]] = {
+            "overall": d["overall"]["mF1"],
+            **{o: v["mF1"] for o, v in d.get("per_organ", {}).items()},
+        }
     return out
 
 
@@ -170,27 +225,64 @@ def cells_of(out_dir: str) -> np.ndarray:
 
     with open_predictions(Path(out_dir) / "predictions.zarr") as s:
         c = s.cells()
-    return np.stack([c["x"], c["y"], c["class"], c["prob"]], 1).astype(np.float64) if len(c["x"]) else np.zeros((0, 4))
+    return (
+        np.stack([c["x"], c["y"], c["class"], c["prob"]], 1).astype(np.float64)
+        if len(c["x"])
+        else np.zeros((0, 4))
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=7168, help="slide side, level-0 px at 0.25 µm/px (7168 → a 10 × 10 cell-tile grid)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=7168,
+        help="slide side, level-0 px at 0.25 µm/px (7168 → a 10 × 10 cell-tile grid)",
+    )
     ap.add_argument("--seed", type=int, default=777)
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the engine runs")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA (default: on)")
-    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW on CUDA (default: channels-last)")
-    ap.add_argument("--repeat", type=int, default=1, help="engine runs per mode in one process; the last is reported (2 on a GPU: warm-up)")
-    ap.add_argument("--patches", type=int, default=24, help="cell/context pairs cut from the slide for the patch-level mF1 (0: skip)")
+    ap.add_argument(
+        "--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA (default: on)"
+    )
+    ap.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="NCHW on CUDA (default: channels-last)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="engine runs per mode in one process; the last is reported (2 on a GPU: warm-up)",
+    )
+    ap.add_argument(
+        "--patches",
+        type=int,
+        default=24,
+        help="cell/context pairs cut from the slide for the patch-level mF1 (0: skip)",
+    )
     ap.add_argument("--model", default=None, help="checkpoint (default: the demo weights)")
     ap.add_argument("--skip-memory", action="store_true", help="skip the 4×-area memory run")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for engine[_gpu].json/.md")
-    ap.add_argument("--json", default=None, help="write the JSON here instead (the Markdown beside it, .md)")
-    ap.add_argument("--memory-only", action="store_true",
-                    help="rerun only the peak-memory pair (the slide and 4x its area) and update the memory of an existing result JSON")
-    ap.add_argument("--note", default="", help="a line added under the machine description (e.g. 'machine shared with other jobs')")
+    ap.add_argument(
+        "--json", default=None, help="write the JSON here instead (the Markdown beside it, .md)"
+    )
+    ap.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="rerun only the peak-memory pair (the slide and 4x its area) and update the memory of an existing result JSON",
+    )
+    ap.add_argument(
+        "--note",
+        default="",
+        help="a line added under the machine description (e.g. 'machine shared with other jobs')",
+    )
     args = ap.parse_args()
 
     import torch
@@ -211,20 +303,40 @@ def main() -> None:
     dev = str(resolve_device(args.device))
     args.device = dev
     cuda = dev.startswith("cuda")
-    report: dict = {"machine": describe_machine(dev), "device": dev, "model": Path(model_path).name, "seed": args.seed, "size": args.size,
-                    "settings": {"batch_size": args.batch_size, "workers": args.workers, "repeat": args.repeat,
-                                 "bf16_autocast": bool(cuda and args.amp), "channels_last": bool(cuda and args.channels_last)},
-                    "note": args.note, "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+    report: dict = {
+        "machine": describe_machine(dev),
+        "device": dev,
+        "model": Path(model_path).name,
+        "seed": args.seed,
+        "size": args.size,
+        "settings": {
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "repeat": args.repeat,
+            "bf16_autocast": bool(cuda and args.amp),
+            "channels_last": bool(cuda and args.channels_last),
+        },
+        "note": args.note,
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+    }
     t_bench = time.perf_counter()
     if args.memory_only:
-        json_path = Path(args.json) if args.json else Path(args.out) / ("engine_gpu.json" if cuda else "engine.json")
+        json_path = (
+            Path(args.json)
+            if args.json
+            else Path(args.out) / ("engine_gpu.json" if cuda else "engine.json")
+        )
         report = json.loads(json_path.read_text())
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            write_synthetic_slide(tmp / "bench.tiff", mpp=0.25, size=(args.size, args.size), seed=args.seed)
+            write_synthetic_slide(
+                tmp / "bench.tiff", mpp=0.25, size=(args.size, args.size), seed=args.seed
+            )
             one = run_child(tmp / "bench.tiff", tmp / "one", "two-pass", args, model_path)
             report["memory"] = _memory_pair(one, tmp, args, model_path, write_synthetic_slide)
-        report["memory"]["rerun"] = f"memory pair rerun alone (--memory-only), {describe_machine(dev)}, {round(time.perf_counter() - t_bench)} s"
+        report["memory"]["rerun"] = (
+            f"memory pair rerun alone (--memory-only), {describe_machine(dev)}, {round(time.perf_counter() - t_bench)} s"
+        )
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         write_markdown(report, json_path, cuda)
         return
@@ -232,7 +344,9 @@ def main() -> None:
         tmp = Path(tmp)
         slide_path = tmp / "bench.tiff"
         t0 = time.perf_counter()
-        synth = write_synthetic_slide(slide_path, mpp=0.25, size=(args.size, args.size), seed=args.seed)
+        synth = write_synthetic_slide(
+            slide_path, mpp=0.25, size=(args.size, args.size), seed=args.seed
+        )
         report["slide_write_s"] = round(time.perf_counter() - t0, 1)
         gt, _ = read_ground_truth(slide_path)
         geo: GeometryConfig = info.geometry
@@ -270,12 +384,22 @@ def main() -> None:
 
         with open_predictions(Path(two["out"]) / "predictions.zarr") as s:
             tm = np.asarray(s.tissue(0)[:]).astype(float)
-        t_stride = geo.tile_size - 2 * round(plan.tissue.margin_l0 * geo.tile_size / plan.tissue.tile_l0)
+        t_stride = geo.tile_size - 2 * round(
+            plan.tissue.margin_l0 * geo.tile_size / plan.tissue.tile_l0
+        )
         cols = np.arange(t_stride, tm.shape[1], t_stride)
         rows = np.arange(t_stride, tm.shape[0], t_stride)
         dx, dy = np.abs(np.diff(tm, axis=1)), np.abs(np.diff(tm, axis=0))
-        seam = float(np.concatenate([dx[:, cols - 1].ravel(), dy[rows - 1, :].ravel()]).mean()) if len(cols) or len(rows) else float("nan")
-        other = float(np.concatenate([np.delete(dx, cols - 1, axis=1).ravel(), np.delete(dy, rows - 1, axis=0).ravel()]).mean())
+        seam = (
+            float(np.concatenate([dx[:, cols - 1].ravel(), dy[rows - 1, :].ravel()]).mean())
+            if len(cols) or len(rows)
+            else float("nan")
+        )
+        other = float(
+            np.concatenate(
+                [np.delete(dx, cols - 1, axis=1).ravel(), np.delete(dy, rows - 1, axis=0).ravel()]
+            ).mean()
+        )
         # purity
         true_purity = float((gt[:, 2] == 2).mean())
         est = json.loads((Path(two["out"]) / "purity.json").read_text())["purity"]
@@ -285,26 +409,45 @@ def main() -> None:
         prec, rec = tp / max(len(a), 1), tp / max(len(b), 1)
         agree_f1 = 2 * prec * rec / max(prec + rec, 1e-12)
         table5 = RESULTS / "synthetic_table5.json"
-        demo_patch = json.loads(table5.read_text()).get("demo", {}).get("mean") if table5.is_file() else None
+        demo_patch = (
+            json.loads(table5.read_text()).get("demo", {}).get("mean") if table5.is_file() else None
+        )
         splits = {seed: d["overall"] for seed, d in demo_test_splits().items()}
         report["accuracy"] = {
-            "slide_mF1": score.mf1, "BC_f1": score.bc.f1, "TC_f1": score.tc.f1, "demo_patch_test_mF1": demo_patch,
+            "slide_mF1": score.mf1,
+            "BC_f1": score.bc.f1,
+            "TC_f1": score.tc.f1,
+            "demo_patch_test_mF1": demo_patch,
             "demo_patch_test_splits_mF1": {k: round(v, 4) for k, v in splits.items()},
-            "demo_patch_test_splits_mean": round(float(np.mean(list(splits.values()))), 4) if splits else None,
-            "demo_patch_test_splits_ci95": round(_ci95(list(splits.values())), 4) if len(splits) > 1 else None,
-            "gt_cells": int(len(gt)), "detections": int(len(a)), "gt_cells_with_two_detections_within_3um": twice,
+            "demo_patch_test_splits_mean": round(float(np.mean(list(splits.values()))), 4)
+            if splits
+            else None,
+            "demo_patch_test_splits_ci95": round(_ci95(list(splits.values())), 4)
+            if len(splits) > 1
+            else None,
+            "gt_cells": int(len(gt)),
+            "detections": int(len(a)),
+            "gt_cells_with_two_detections_within_3um": twice,
             "detection_pairs_closer_than_3um": close_pairs,
-            "recall_within_20px_of_tile_border": round(rec_border, 4), "recall_elsewhere": round(rec_inner, 4),
-            "purity_estimated": est, "purity_true": round(true_purity, 4),
-            "tissue_map_step_at_tile_seams": round(seam, 3), "tissue_map_step_elsewhere": round(other, 3),
+            "recall_within_20px_of_tile_border": round(rec_border, 4),
+            "recall_elsewhere": round(rec_inner, 4),
+            "purity_estimated": est,
+            "purity_true": round(true_purity, 4),
+            "tissue_map_step_at_tile_seams": round(seam, 3),
+            "tissue_map_step_elsewhere": round(other, 3),
         }
         report["two_pass_vs_per_tile"] = {
-            "agreement_f1": round(agree_f1, 4), "two_pass_s": round(two["wall_s"], 2), "per_tile_s": round(per["wall_s"], 2),
-            "speedup": round(per["wall_s"] / two["wall_s"], 3), "two_pass_cpu_s": round(two["cpu_s"], 2), "per_tile_cpu_s": round(per["cpu_s"], 2),
+            "agreement_f1": round(agree_f1, 4),
+            "two_pass_s": round(two["wall_s"], 2),
+            "per_tile_s": round(per["wall_s"], 2),
+            "speedup": round(per["wall_s"] / two["wall_s"], 3),
+            "two_pass_cpu_s": round(two["cpu_s"], 2),
+            "per_tile_cpu_s": round(per["cpu_s"], 2),
             "speedup_cpu_time": round(per["cpu_s"] / two["cpu_s"], 3),
             "two_pass_timings": {k: round(v, 2) for k, v in two["timings"].items()},
             "per_tile_timings": {k: round(v, 2) for k, v in per["timings"].items()},
-            "model_load_s": round(two["model_load_s"], 2), "gpu_max_mem_mb": two["gpu_max_mem_mb"],
+            "model_load_s": round(two["model_load_s"], 2),
+            "gpu_max_mem_mb": two["gpu_max_mem_mb"],
         }
         # model-only throughput on the same tiles and device: tiles read once into memory first,
         # one warm-up batch, then the tissue branch over the tissue tiles and the cell branch
@@ -312,8 +455,18 @@ def main() -> None:
         model, _ = load_model(model_path, dev)
         pred = Predictor(model, torch.device(dev), amp=args.amp, channels_last=args.channels_last)
         bs = args.batch_size
-        tiss = [bt["cell"] for bt in make_loader(TileDataset(slide, plan.tissue.boxes, geo.tile_size), batch_size=bs, workers=0)]
-        cells = [bt["cell"] for bt in make_loader(TileDataset(slide, plan.cells.boxes, geo.tile_size), batch_size=bs, workers=0)]
+        tiss = [
+            bt["cell"]
+            for bt in make_loader(
+                TileDataset(slide, plan.tissue.boxes, geo.tile_size), batch_size=bs, workers=0
+            )
+        ]
+        cells = [
+            bt["cell"]
+            for bt in make_loader(
+                TileDataset(slide, plan.cells.boxes, geo.tile_size), batch_size=bs, workers=0
+            )
+        ]
         n_crop = geo.tile_size // geo.context_factor
         crops = [torch.rand(x.shape[0], 2, n_crop, n_crop) for x in cells]
         pred.tissue_probs(tiss[0])
@@ -330,20 +483,32 @@ def main() -> None:
         model_s, model_cpu = time.perf_counter() - t0, time.process_time() - c0
         n_tiles = len(plan.cells)
         report["throughput"] = {
-            "cell_tiles": n_tiles, "end_to_end_tiles_per_s": round(n_tiles / two["wall_s"], 3),
-            "model_only_tiles_per_s": round(n_tiles / model_s, 3), "ratio": round(model_s / two["wall_s"], 3),
-            "end_to_end_cpu_s": round(two["cpu_s"], 2), "model_only_cpu_s": round(model_cpu, 2),
+            "cell_tiles": n_tiles,
+            "end_to_end_tiles_per_s": round(n_tiles / two["wall_s"], 3),
+            "model_only_tiles_per_s": round(n_tiles / model_s, 3),
+            "ratio": round(model_s / two["wall_s"], 3),
+            "end_to_end_cpu_s": round(two["cpu_s"], 2),
+            "model_only_cpu_s": round(model_cpu, 2),
             "ratio_cpu_time": round(model_cpu / two["cpu_s"], 3),
-            "s_per_mm2_tissue": None if two.get("s_per_mm2") is None else round(two["s_per_mm2"], 3),
+            "s_per_mm2_tissue": None
+            if two.get("s_per_mm2") is None
+            else round(two["s_per_mm2"], 3),
             "tissue_mm2": two.get("tissue_mm2"),
-            "gpu_busy_fraction": None if two.get("gpu_busy_fraction") is None else round(two["gpu_busy_fraction"], 3),
+            "gpu_busy_fraction": None
+            if two.get("gpu_busy_fraction") is None
+            else round(two["gpu_busy_fraction"], 3),
             "note": "end to end = SlideRunner.run() of the two-pass path (model loaded once beforehand, "
-                    f"{two['model_load_s']:.1f} s); CPU time = the process and its DataLoader workers",
+            f"{two['model_load_s']:.1f} s); CPU time = the process and its DataLoader workers",
         }
         if args.patches:
-            report["patch_level_on_this_slide"] = patch_level(slide, gt, geo, pred, info.peaks, args.patches, args.seed, a, bs)
+            report["patch_level_on_this_slide"] = patch_level(
+                slide, gt, geo, pred, info.peaks, args.patches, args.seed, a, bs
+            )
         if args.skip_memory:
-            report["memory"] = {"slide_max_rss_mb": round(two["max_rss_mb"], 1), "slide_area_mm2": round((args.size * 0.25 / 1000) ** 2, 3)}
+            report["memory"] = {
+                "slide_max_rss_mb": round(two["max_rss_mb"], 1),
+                "slide_area_mm2": round((args.size * 0.25 / 1000) ** 2, 3),
+            }
         else:
             report["memory"] = _memory_pair(two, tmp, args, model_path, write_synthetic_slide)
         del synth
@@ -363,34 +528,55 @@ def _memory_pair(one: dict, tmp: Path, args, model_path: str, write_synthetic_sl
     big = tmp / "big.tiff"
     write_synthetic_slide(big, mpp=0.25, size=(2 * args.size, 2 * args.size), seed=args.seed + 1)
     r4 = run_child(big, tmp / "big", "two-pass", args, model_path)
-    return {"slide_max_rss_mb": round(one["max_rss_mb"], 1), "slide_area_mm2": round((args.size * 0.25 / 1000) ** 2, 3),
-            "4x_area_max_rss_mb": round(r4["max_rss_mb"], 1), "ratio": round(r4["max_rss_mb"] / one["max_rss_mb"], 3),
-            "4x_area_wall_s": round(r4["wall_s"], 1), "4x_area_cells": r4["n_cells"],
-            "measure": "VmHWM (peak RSS) of the engine process, a fresh process per slide; its tile-reading workers are separate processes"}
+    return {
+        "slide_max_rss_mb": round(one["max_rss_mb"], 1),
+        "slide_area_mm2": round((args.size * 0.25 / 1000) ** 2, 3),
+        "4x_area_max_rss_mb": round(r4["max_rss_mb"], 1),
+        "ratio": round(r4["max_rss_mb"] / one["max_rss_mb"], 3),
+        "4x_area_wall_s": round(r4["wall_s"], 1),
+        "4x_area_cells": r4["n_cells"],
+        "measure": "VmHWM (peak RSS) of the engine process, a fresh process per slide; its tile-reading workers are separate processes",
+    }
 
 
 def write_markdown(report: dict, json_path: Path, cuda: bool) -> None:
-    acc, tp_, th, mem = report["accuracy"], report["two_pass_vs_per_tile"], report["throughput"], report["memory"]
+    acc, tp_, th, mem = (
+        report["accuracy"],
+        report["two_pass_vs_per_tile"],
+        report["throughput"],
+        report["memory"],
+    )
     pl = report.get("patch_level_on_this_slide")
     st = report["settings"]
     md = [
-        "# Slide engine with the demo model" + (" (GPU)" if cuda else ""), "",
-        f"Machine: {report['machine']}; device {report['device']}" + (f", bf16 autocast {st['bf16_autocast']}, channels-last {st['channels_last']}" if cuda else "")
+        "# Slide engine with the demo model" + (" (GPU)" if cuda else ""),
+        "",
+        f"Machine: {report['machine']}; device {report['device']}"
+        + (
+            f", bf16 autocast {st['bf16_autocast']}, channels-last {st['channels_last']}"
+            if cuda
+            else ""
+        )
         + f"; batch {st['batch_size']}, {st['workers']} loader workers. Synthetic slide, seed {report['seed']}, {report['size']}² px at 0.25 µm/px, "
         f"cell grid {report['cell_grid'][0]} × {report['cell_grid'][1]} ({report['cell_tiles_on_tissue']} cell tiles on tissue, {report['tissue_tiles']} tissue tiles).",
     ]
     if report.get("note"):
         md += ["", report["note"]]
     md += [
-        "", "| measure | value | target |", "| --- | ---: | --- |",
+        "",
+        "| measure | value | target |",
+        "| --- | ---: | --- |",
         f"| slide mF1 vs ground truth (3 µm) | {acc['slide_mF1']:.4f} | within 0.02 of the demo's patch-level mF1 (below) |",
     ]
     if pl:
-        md.append(f"| demo patch-level mF1 on {pl['patches']} OCELOT-style pairs cut from this slide ({pl['gt_cells']} cells) | {pl['patch_mF1']:.4f} "
-                  f"(stitched detections on the same patches: {pl['stitched_on_same_patches_mF1']:.4f}) | the matched comparison |")
+        md.append(
+            f"| demo patch-level mF1 on {pl['patches']} OCELOT-style pairs cut from this slide ({pl['gt_cells']} cells) | {pl['patch_mF1']:.4f} "
+            f"(stitched detections on the same patches: {pl['stitched_on_same_patches_mF1']:.4f}) | the matched comparison |"
+        )
     md += [
         f"| demo patch-level test mF1: recorded (its own split, seed 200) / every split so far, mean ± 95 % CI "
-        f"({len(acc['demo_patch_test_splits_mF1'])} splits: " + ", ".join(f"seed {k} {v}" for k, v in acc['demo_patch_test_splits_mF1'].items())
+        f"({len(acc['demo_patch_test_splits_mF1'])} splits: "
+        + ", ".join(f"seed {k} {v}" for k, v in acc["demo_patch_test_splits_mF1"].items())
         + f") | {acc['demo_patch_test_mF1']} / {acc['demo_patch_test_splits_mean']} ± {acc['demo_patch_test_splits_ci95']} | training/results/demo_test_seed*.json |",
         f"| detection pairs closer than 3 µm (a cell reported twice) | {acc['detection_pairs_closer_than_3um']} of {acc['detections']} detections | 0 |",
         f"| ground-truth cells with two detections within 3 µm of them (the two up to 6 µm apart) | {acc['gt_cells_with_two_detections_within_3um']} of {acc['gt_cells']} | |",
@@ -406,15 +592,22 @@ def write_markdown(report: dict, json_path: Path, cuda: bool) -> None:
         f"| device busy fraction (NVML utilisation sampled every 100 ms) | {th.get('gpu_busy_fraction', '-')} | ≥ 0.8 on a GPU |",
         f"| peak memory (the engine process's peak RSS): slide / 4× area | {mem['slide_max_rss_mb']} MB / {mem.get('4x_area_max_rss_mb', '-')} MB (ratio {mem.get('ratio', '-')}) | ≤ 1.2× |",
         "",
-        "Two-pass stage times (s): " + ", ".join(f"{k} {v}" for k, v in tp_["two_pass_timings"].items()) + ".",
-        "Per-tile stage times (s): " + ", ".join(f"{k} {v}" for k, v in tp_["per_tile_timings"].items()) + ".",
+        "Two-pass stage times (s): "
+        + ", ".join(f"{k} {v}" for k, v in tp_["two_pass_timings"].items())
+        + ".",
+        "Per-tile stage times (s): "
+        + ", ".join(f"{k} {v}" for k, v in tp_["per_tile_timings"].items())
+        + ".",
         f"End to end is `SlideRunner.run()` (model loaded once beforehand, {tp_['model_load_s']} s). Benchmark wall time {report['bench_wall_s']} s "
         f"(synthetic slide written in {report['slide_write_s']} s). Load average (1, 5, 15 min) at start {report['load_average_at_start']}, "
         f"at end {report['load_average_at_end']} on {os.cpu_count()} cores.",
     ]
     if mem.get("measure"):
         md += ["", f"Memory: {mem['measure']}." + (f" {mem['rerun']}." if mem.get("rerun") else "")]
-    md += ["", "Analysis and earlier runs: `engine_notes.md`; slide vs patch-level mF1 over the six organ presets: `slide_vs_patch.md`."]
+    md += [
+        "",
+        "Analysis and earlier runs: `engine_notes.md`; slide vs patch-level mF1 over the six organ presets: `slide_vs_patch.md`.",
+    ]
     json_path.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

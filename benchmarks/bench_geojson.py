@@ -33,13 +33,15 @@ def child(kind: str, n: int, batch: int, out: str) -> dict[str, float]:
         path = Path(out) / ("cells.geojson.gz" if kind == "geojson_gzip" else "cells.geojson")
         with CellsGeoJSONWriter(path, gzip=kind == "geojson_gzip", origin=(1000.0, 2000.0)) as w:
             for s in range(0, n, batch):
-                w.write(x[s:s + batch], y[s:s + batch], cls[s:s + batch], prob[s:s + batch])
+                w.write(x[s : s + batch], y[s : s + batch], cls[s : s + batch], prob[s : s + batch])
         size = path.stat().st_size
     else:
         path = Path(out) / "predictions.zarr"
         with PredictionStore(path) as store:
             for s in range(0, n, batch):
-                store.append_cells(x[s:s + batch], y[s:s + batch], cls[s:s + batch], prob[s:s + batch])
+                store.append_cells(
+                    x[s : s + batch], y[s : s + batch], cls[s : s + batch], prob[s : s + batch]
+                )
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return measured(n, time.perf_counter() - t0, size, base)
 
@@ -55,15 +57,26 @@ def main() -> None:
         for kind in ("geojson", "geojson_gzip", "zarr_cells"):
             results[kind] = run_child(__file__, kind, args.cells, args.batch, tmp)
             print(kind, results[kind], flush=True)
-    doc = {"benchmark": "bench_geojson", "cells": args.cells, "batch": args.batch, "machine": machine("numpy", "shapely", "zarr"),
-           "results": results,
-           "ratios": {"geojson_gzip_vs_plain_time": results["geojson_gzip"]["seconds"] / results["geojson"]["seconds"],
-                      "zarr_vs_geojson_time": results["zarr_cells"]["seconds"] / results["geojson"]["seconds"]}}
+    doc = {
+        "benchmark": "bench_geojson",
+        "cells": args.cells,
+        "batch": args.batch,
+        "machine": machine("numpy", "shapely", "zarr"),
+        "results": results,
+        "ratios": {
+            "geojson_gzip_vs_plain_time": results["geojson_gzip"]["seconds"]
+            / results["geojson"]["seconds"],
+            "zarr_vs_geojson_time": results["zarr_cells"]["seconds"]
+            / results["geojson"]["seconds"],
+        },
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "geojson.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [
-        "# Export of 1 million cells" if args.cells == 1_000_000 else f"# Export of {args.cells} cells",
+        "# Export of 1 million cells"
+        if args.cells == 1_000_000
+        else f"# Export of {args.cells} cells",
         "",
         f"Machine: {doc['machine']}. Batches of {args.batch} cells; each row measured in a fresh process.",
         "Peak memory = ru_maxrss added by writing (beyond the input columns).",
@@ -72,10 +85,16 @@ def main() -> None:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for kind, r in results.items():
-        lines.append(f"| {kind} | {r['seconds']:.2f} | {r['cells_per_second']:,.0f} | {r['bytes'] / 1e6:.1f} | "
-                     f"{r['peak_rss_added_mib']:.1f} |")
-    lines += ["", f"gzip / plain time: {doc['ratios']['geojson_gzip_vs_plain_time']:.2f}; "
-              f"zarr / geojson time: {doc['ratios']['zarr_vs_geojson_time']:.2f}", ""]
+        lines.append(
+            f"| {kind} | {r['seconds']:.2f} | {r['cells_per_second']:,.0f} | {r['bytes'] / 1e6:.1f} | "
+            f"{r['peak_rss_added_mib']:.1f} |"
+        )
+    lines += [
+        "",
+        f"gzip / plain time: {doc['ratios']['geojson_gzip_vs_plain_time']:.2f}; "
+        f"zarr / geojson time: {doc['ratios']['zarr_vs_geojson_time']:.2f}",
+        "",
+    ]
     (out / "geojson.md").write_text("\n".join(lines))
 
 

@@ -131,6 +131,7 @@ print(json.dumps({"wall": wall, "main_cpu": main_cpu, "standin_cpu": StandIn.cpu
                   "engine": wsi_ocelot.__file__}))
 """
 
+
 # --- 1. recording ---------------------------------------------------------------------------------
 def record_outputs(slide: Path, path: Path, threads: int, margins: tuple[int, ...]) -> dict:
     """Run the demo model over the slide (two-pass, this tree's engine) at each cell margin
@@ -146,14 +147,31 @@ def record_outputs(slide: Path, path: Path, threads: int, margins: tuple[int, ..
     out: dict[str, np.ndarray] = {}
 
     def key(t: torch.Tensor) -> str:
-        return hashlib.blake2b(np.ascontiguousarray(t[:, ::8, ::8].numpy()).tobytes(), digest_size=16).hexdigest()
+        return hashlib.blake2b(
+            np.ascontiguousarray(t[:, ::8, ::8].numpy()).tobytes(), digest_size=16
+        ).hexdigest()
 
     t0 = time.perf_counter()
     for margin in margins:
-        runner = SlideRunner("demo", EngineConfig(device="cpu", runtime="torch", precision="fp32", workers=1, batch_size=8, progress=False, cell_margin=margin))
+        runner = SlideRunner(
+            "demo",
+            EngineConfig(
+                device="cpu",
+                runtime="torch",
+                precision="fp32",
+                workers=1,
+                batch_size=8,
+                progress=False,
+                cell_margin=margin,
+            ),
+        )
         _record_run(runner, slide, out, key)
     np.savez(path, **out)
-    return {"tiles_recorded": len(out), "margins": list(margins), "model_run_s": round(time.perf_counter() - t0, 1)}
+    return {
+        "tiles_recorded": len(out),
+        "margins": list(margins),
+        "model_run_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _record_run(runner, slide: Path, out: dict, key) -> None:
@@ -233,16 +251,27 @@ def read_costs(slide_path: Path, geometry, batch_sizes: tuple[int, ...] = (8, 32
                 for b in np.unique(blocks):
                     slide.read_boxes(grid.boxes[idx[blocks == b]], (T, T), union=True)
             blocks_by_batch[batch_size] = (time.process_time() - t0, decode[0])
+
         def ms(s: float, n: int = n) -> float:
             return round(1000 * s / n, 2)
 
         out[reader] = {
-            "stored_tiles": len(stored), "stored_tile_size": [tw, th],
+            "stored_tiles": len(stored),
+            "stored_tile_size": [tw, th],
             "floor_decode_ms": ms(floor),
-            "per_tile": {"decode_ms": ms(per_tile_decode), "resize_ms": ms(per_tile_total - per_tile_decode),
-                         "decode_vs_floor": round(per_tile_decode / floor, 3)},
-            **{f"blocks_{b}": {"decode_ms": ms(dec), "resize_ms": ms(tot - dec), "decode_vs_floor": round(dec / floor, 3)}
-               for b, (tot, dec) in blocks_by_batch.items()},
+            "per_tile": {
+                "decode_ms": ms(per_tile_decode),
+                "resize_ms": ms(per_tile_total - per_tile_decode),
+                "decode_vs_floor": round(per_tile_decode / floor, 3),
+            },
+            **{
+                f"blocks_{b}": {
+                    "decode_ms": ms(dec),
+                    "resize_ms": ms(tot - dec),
+                    "decode_vs_floor": round(dec / floor, 3),
+                }
+                for b, (tot, dec) in blocks_by_batch.items()
+            },
         }
         slide.close()
     return out
@@ -292,42 +321,65 @@ def model_costs(batch: int = 32) -> dict:
         with FlopCounterMode(display=False) as fc:
             tissue = model.tissue_probs(x)
         tissue_flops = fc.get_total_flops()
-        crop = torch.rand(1, 2, T // info.geometry.context_factor, T // info.geometry.context_factor)
+        crop = torch.rand(
+            1, 2, T // info.geometry.context_factor, T // info.geometry.context_factor
+        )
         with FlopCounterMode(display=False) as fc:
             probs = model.cell_logits_from_tissue(x, crop).softmax(1)
         cell_flops = fc.get_total_flops()
         # eager op counts do not depend on the tile size: count them on small tiles
         t = 256
         xb = torch.rand(batch, 3, t, t)
-        cb = torch.rand(batch, 2, t // info.geometry.context_factor, t // info.geometry.context_factor)
+        cb = torch.rand(
+            batch, 2, t // info.geometry.context_factor, t // info.geometry.context_factor
+        )
         with CountOps() as ops:
             pb = model.cell_logits_from_tissue(xb, cb).softmax(1)
         model_ops = ops.n
         with CountOps() as ops:
-            find_peaks(pb, info.peaks, core=(30.0, 30.0, 226.0, 226.0), per_image=False)  # CUDA's path
+            find_peaks(
+                pb, info.peaks, core=(30.0, 30.0, 226.0, 226.0), per_image=False
+            )  # CUDA's path
         peak_ops = ops.n
     del tissue, probs
-    return {"encoder": info.model.encoder, "variant": info.model.variant, "tile": T,
-            "cell_gflop_per_tile": round(cell_flops / 1e9, 1), "tissue_gflop_per_tile": round(tissue_flops / 1e9, 1),
-            "ops_per_batch": {"batch": batch, "model": model_ops, "peaks": peak_ops}}
+    return {
+        "encoder": info.model.encoder,
+        "variant": info.model.variant,
+        "tile": T,
+        "cell_gflop_per_tile": round(cell_flops / 1e9, 1),
+        "tissue_gflop_per_tile": round(tissue_flops / 1e9, 1),
+        "ops_per_batch": {"batch": batch, "model": model_ops, "peaks": peak_ops},
+    }
 
 
 def tiles_per_mm2(geometry, slide_mpp: float = 0.25) -> dict:
     """Cell and tissue tiles per mm² of tissue (interior: one core per tile) at ``slide_mpp``."""
     from wsi_ocelot.tiling.grid import make_grid
 
-    cg = make_grid(10_000, 10_000, slide_mpp, geometry.cell_mpp, geometry.tile_size, geometry.cell_margin)
-    tg = make_grid(10_000, 10_000, slide_mpp, geometry.tissue_mpp, geometry.tile_size, geometry.tissue_margin)
+    cg = make_grid(
+        10_000, 10_000, slide_mpp, geometry.cell_mpp, geometry.tile_size, geometry.cell_margin
+    )
+    tg = make_grid(
+        10_000, 10_000, slide_mpp, geometry.tissue_mpp, geometry.tile_size, geometry.tissue_margin
+    )
     core_mm = lambda g: g.stride_l0 * slide_mpp / 1000.0  # noqa: E731
-    return {"cell": round(1 / core_mm(cg) ** 2, 2), "tissue": round(1 / core_mm(tg) ** 2, 3),
-            "cell_core_um": round(core_mm(cg) * 1000, 1), "margin_px": geometry.cell_margin}
+    return {
+        "cell": round(1 / core_mm(cg) ** 2, 2),
+        "tissue": round(1 / core_mm(tg) ** 2, 3),
+        "cell_core_um": round(core_mm(cg) * 1000, 1),
+        "margin_px": geometry.cell_margin,
+    }
 
 
 def project(after: dict, reads: dict, costs: dict, density: dict, cores: int = 16) -> dict:
     """s/mm² on one H100 with ``cores`` cores: each cell tile's period is the slowest of the
     device, the main thread, the writer thread and the readers (``cores - 1`` processes)."""
-    dev_ms = costs["cell_gflop_per_tile"] * 1e9 / (H100_BF16_TFLOPS * 1e12 * ASSUMED_UTILISATION) * 1e3
-    tissue_dev_ms = costs["tissue_gflop_per_tile"] * 1e9 / (H100_BF16_TFLOPS * 1e12 * ASSUMED_UTILISATION) * 1e3
+    dev_ms = (
+        costs["cell_gflop_per_tile"] * 1e9 / (H100_BF16_TFLOPS * 1e12 * ASSUMED_UTILISATION) * 1e3
+    )
+    tissue_dev_ms = (
+        costs["tissue_gflop_per_tile"] * 1e9 / (H100_BF16_TFLOPS * 1e12 * ASSUMED_UTILISATION) * 1e3
+    )
     ops = costs["ops_per_batch"]
     launch_ms = (ops["model"] + ops["peaks"]) * LAUNCH_US / 1e3 / ops["batch"]
     host_ms = after["serial_ms_per_cell_tile"] + launch_ms
@@ -338,14 +390,24 @@ def project(after: dict, reads: dict, costs: dict, density: dict, cores: int = 1
         read_ms = (r["decode_ms"] + r["resize_ms"]) / (cores - 1)
         period = max(dev_ms, host_ms, after["writer_ms_per_cell_tile"], read_ms)
         s_mm2 = density["cell"] * period / 1e3 + density["tissue"] * tissue_dev_ms / 1e3
-        rows[name] = {"reader_ms_per_tile": round(read_ms, 2), "period_ms": round(period, 2), "s_per_mm2": round(s_mm2, 3),
-                      "bound_by": ["device", "main thread", "writer thread", "readers"][
-                          [dev_ms, host_ms, after["writer_ms_per_cell_tile"], read_ms].index(period)]}
-    return {"device_ms_per_cell_tile": round(dev_ms, 3), "device_ms_per_tissue_tile": round(tissue_dev_ms, 3),
-            "assumption": f"no GPU was available: device time from FLOPs at {int(ASSUMED_UTILISATION * 100)} % of an H100's "
-                          f"{H100_BF16_TFLOPS:g} dense bf16 TFLOPS; kernel launches at {LAUNCH_US:g} µs each on the host",
-            "launch_ms_per_cell_tile": round(launch_ms, 3), "host_serial_ms_per_cell_tile": round(host_ms, 3),
-            "cores": cores, "by_reader": rows}
+        rows[name] = {
+            "reader_ms_per_tile": round(read_ms, 2),
+            "period_ms": round(period, 2),
+            "s_per_mm2": round(s_mm2, 3),
+            "bound_by": ["device", "main thread", "writer thread", "readers"][
+                [dev_ms, host_ms, after["writer_ms_per_cell_tile"], read_ms].index(period)
+            ],
+        }
+    return {
+        "device_ms_per_cell_tile": round(dev_ms, 3),
+        "device_ms_per_tissue_tile": round(tissue_dev_ms, 3),
+        "assumption": f"no GPU was available: device time from FLOPs at {int(ASSUMED_UTILISATION * 100)} % of an H100's "
+        f"{H100_BF16_TFLOPS:g} dense bf16 TFLOPS; kernel launches at {LAUNCH_US:g} µs each on the host",
+        "launch_ms_per_cell_tile": round(launch_ms, 3),
+        "host_serial_ms_per_cell_tile": round(host_ms, 3),
+        "cores": cores,
+        "by_reader": rows,
+    }
 
 
 def summarise(run: dict) -> dict:
@@ -354,15 +416,22 @@ def summarise(run: dict) -> dict:
     serial_all = run["main_cpu"] - run["standin_cpu"] - run["peaks_cpu"]
     serial_cp = cp["cpu"] - cp["standin"] - cp["peaks"]
     writer = run["writer"].get("cpu", 0.0)
-    return {"wall_s_per_mm2": round(run["wall"] / run["tissue_mm2"], 3), "cell_tiles": n,
-            "cell_tiles_per_s": round(n / run["wall"], 2), "cell_pass_tiles_per_s": round(n / cp["wall"], 2),
-            "wall_s": round(run["wall"], 2),
-            "serial_ms_per_cell_tile": round(1000 * serial_cp / n, 2),
-            "serial_ms_per_cell_tile_whole_run": round(1000 * serial_all / n, 2),
-            "peaks_ms_per_cell_tile": round(1000 * cp["peaks"] / n, 2),
-            "writer_ms_per_cell_tile": round(1000 * writer / n, 2),
-            "readers_core_ms_per_tile": round(1000 * run["readers_cpu"] / (n + run["n_tissue_tiles"]), 2),
-            "standin_misses": run["misses"], "cells": run["n_cells"]}
+    return {
+        "wall_s_per_mm2": round(run["wall"] / run["tissue_mm2"], 3),
+        "cell_tiles": n,
+        "cell_tiles_per_s": round(n / run["wall"], 2),
+        "cell_pass_tiles_per_s": round(n / cp["wall"], 2),
+        "wall_s": round(run["wall"], 2),
+        "serial_ms_per_cell_tile": round(1000 * serial_cp / n, 2),
+        "serial_ms_per_cell_tile_whole_run": round(1000 * serial_all / n, 2),
+        "peaks_ms_per_cell_tile": round(1000 * cp["peaks"] / n, 2),
+        "writer_ms_per_cell_tile": round(1000 * writer / n, 2),
+        "readers_core_ms_per_tile": round(
+            1000 * run["readers_cpu"] / (n + run["n_tissue_tiles"]), 2
+        ),
+        "standin_misses": run["misses"],
+        "cells": run["n_cells"],
+    }
 
 
 def main() -> None:
@@ -372,9 +441,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=777)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the engine process")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per setting; the last is kept (the first warms up)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="runs per setting; the last is kept (the first warms up)",
+    )
     ap.add_argument("--skip-answers", action="store_true")
-    ap.add_argument("--reading-only", action="store_true", help="rerun only the reading costs (and the projection) into the existing --json")
+    ap.add_argument(
+        "--reading-only",
+        action="store_true",
+        help="rerun only the reading costs (and the projection) into the existing --json",
+    )
     ap.add_argument("--json", default=str(HERE / "results" / "host.json"))
     args = ap.parse_args()
 
@@ -395,27 +473,54 @@ def main() -> None:
             write_synthetic_slide(slide, mpp=0.25, size=(args.size, args.size), seed=args.seed)
             report["reading"] = read_costs(slide, geo)
         report["reading_rerun"] = f"reading costs rerun alone, load average {list(os.getloadavg())}"
-        report["projection"] = project(report["stand_in"]["after, batch 32, 2 reader(s)"], report["reading"], report["model"], report["tiles_per_mm2"])
+        report["projection"] = project(
+            report["stand_in"]["after, batch 32, 2 reader(s)"],
+            report["reading"],
+            report["model"],
+            report["tiles_per_mm2"],
+        )
         path.write_text(json.dumps(report, indent=2) + "\n")
         write_markdown(report, path.with_suffix(".md"))
         print(path.with_suffix(".md").read_text())
         return
-    report: dict = {"machine": describe_machine("cpu"), "before": args.before,
-                    "after": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() + " + working tree",
-                    "slide": f"synthetic, seed {args.seed}, {args.size}x{args.size} px at 0.25 um/px", "batch_size": args.batch_size,
-                    "load_start": list(os.getloadavg())}
+    report: dict = {
+        "machine": describe_machine("cpu"),
+        "before": args.before,
+        "after": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        + " + working tree",
+        "slide": f"synthetic, seed {args.seed}, {args.size}x{args.size} px at 0.25 um/px",
+        "batch_size": args.batch_size,
+        "load_start": list(os.getloadavg()),
+    }
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         slide = tmp / "host.tiff"
         write_synthetic_slide(slide, mpp=0.25, size=(args.size, args.size), seed=args.seed)
-        report["recording"] = record_outputs(slide, tmp / "record.npz", threads=2, margins=tuple(sorted({OLD_MARGIN, geo.cell_margin})))
+        report["recording"] = record_outputs(
+            slide,
+            tmp / "record.npz",
+            threads=2,
+            margins=tuple(sorted({OLD_MARGIN, geo.cell_margin})),
+        )
         before_src = checkout(args.before, tmp / "before")
         runs: dict[str, dict] = {}
         for name, src in (("before", before_src), ("after", ROOT)):
             for batch, workers in ((args.batch_size, 1), (args.batch_size, 2), (32, 2)):
-                r = run_child(_CHILD, src, {"slide": str(slide), "out": str(tmp / f"out_{name}_{batch}_{workers}"), "workers": workers,
-                                        "batch_size": batch, "threads": args.threads, "record": str(tmp / "record.npz"),
-                                        "repeat": args.repeat})
+                r = run_child(
+                    _CHILD,
+                    src,
+                    {
+                        "slide": str(slide),
+                        "out": str(tmp / f"out_{name}_{batch}_{workers}"),
+                        "workers": workers,
+                        "batch_size": batch,
+                        "threads": args.threads,
+                        "record": str(tmp / "record.npz"),
+                        "repeat": args.repeat,
+                    },
+                )
                 runs[f"{name}, batch {batch}, {workers} reader(s)"] = {"raw": r, **summarise(r)}
                 print(name, batch, workers, json.dumps(summarise(r)), flush=True)
         report["stand_in"] = runs
@@ -425,18 +530,32 @@ def main() -> None:
             bench = tmp / "bench.tiff"
             write_synthetic_slide(bench, mpp=0.25, size=(7168, 7168), seed=777)
             outs = {}
-            for name, src, reach, margin in (("before", before_src, None, None), ("after, strict cores, margin 160", ROOT, 0.0, OLD_MARGIN),
-                                             ("after", ROOT, None, None)):
-                outs[name] = run_real(src, bench, tmp / f"real_{len(outs)}", reach=reach, margin=margin)
+            for name, src, reach, margin in (
+                ("before", before_src, None, None),
+                ("after, strict cores, margin 160", ROOT, 0.0, OLD_MARGIN),
+                ("after", ROOT, None, None),
+            ):
+                outs[name] = run_real(
+                    src, bench, tmp / f"real_{len(outs)}", reach=reach, margin=margin
+                )
             gt_mf1 = {name: ground_truth_mf1(d, bench) for name, d in outs.items()}
-            report["answers"] = {"slide": "engine benchmark slide: synthetic, seed 777, 7168x7168 px at 0.25 um/px; demo model, CPU",
-                                 "after, strict cores, margin 160 vs before": compare_results(outs["before"], outs["after, strict cores, margin 160"], 0.25),
-                                 "after (defaults) vs before": compare_results(outs["before"], outs["after"], 0.25),
-                                 "mF1 against the ground truth": gt_mf1}
+            report["answers"] = {
+                "slide": "engine benchmark slide: synthetic, seed 777, 7168x7168 px at 0.25 um/px; demo model, CPU",
+                "after, strict cores, margin 160 vs before": compare_results(
+                    outs["before"], outs["after, strict cores, margin 160"], 0.25
+                ),
+                "after (defaults) vs before": compare_results(outs["before"], outs["after"], 0.25),
+                "mF1 against the ground truth": gt_mf1,
+            }
             print(json.dumps(report["answers"]), flush=True)
     report["model"] = model_costs()
     report["tiles_per_mm2"] = tiles_per_mm2(geo)
-    report["projection"] = project(runs["after, batch 32, 2 reader(s)"], report["reading"], report["model"], report["tiles_per_mm2"])
+    report["projection"] = project(
+        runs["after, batch 32, 2 reader(s)"],
+        report["reading"],
+        report["model"],
+        report["tiles_per_mm2"],
+    )
     report["load_end"] = list(os.getloadavg())
     report["wall_s"] = round(time.perf_counter() - t_start, 1)
     _ = SlideRunner  # the engine of this tree is importable (checked before the long run)
@@ -450,55 +569,93 @@ def main() -> None:
 def write_markdown(r: dict, path: Path) -> None:
     runs = r["stand_in"]
     lines = [
-        "# Host throughput of the slide engine (stand-in model)", "",
+        "# Host throughput of the slide engine (stand-in model)",
+        "",
         f"Machine: {r['machine']}. Slide: {r['slide']}; engine process on 1 torch thread. "
-        f"Before: `{r['before']}`; after: `{r['after']}`. Load average at start {r['load_start']}, at end {r['load_end']}.", "",
+        f"Before: `{r['before']}`; after: `{r['after']}`. Load average at start {r['load_start']}, at end {r['load_end']}.",
+        "",
         "The model is replaced by a stand-in that returns the demo model's real outputs for each tile, recorded in a real run "
         f"({r['recording']['tiles_recorded']} tiles). Serial main-thread CPU excludes the stand-in's own time and peak finding "
-        "(device work under CUDA: its kernel launches are counted in the projection).", "",
+        "(device work under CUDA: its kernel launches are counted in the projection).",
+        "",
         "Before and after tile the slide differently (cell margin 160 px before, 48 after: larger cores, fewer tiles per mm², "
         "more peak-finding area per tile), so compare per mm² of tissue. The whole run's serial CPU includes the per-slide "
         "fixed costs (tissue mask, overview, polygons, map pyramid, starting the readers), a few tenths of a second per slide "
-        "that weigh on a slide this small; the cell pass's is the cost per tile that grows with the slide.", "",
+        "that weigh on a slide this small; the cell pass's is the cost per tile that grows with the slide.",
+        "",
         "| run | wall s per mm² of tissue (whole run) | cell tiles | cell tiles/s (whole run) | cell pass tiles/s | serial main-thread CPU ms per cell tile (cell pass / whole run) | writer thread ms per cell tile | peak finding ms per tile (device under CUDA) | readers core-ms per tile |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, s in runs.items():
-        lines.append(f"| {name} | {s['wall_s_per_mm2']} | {s['cell_tiles']} | {s['cell_tiles_per_s']} | {s['cell_pass_tiles_per_s']} | {s['serial_ms_per_cell_tile']} / "
-                     f"{s['serial_ms_per_cell_tile_whole_run']} | {s['writer_ms_per_cell_tile']} | {s['peaks_ms_per_cell_tile']} | "
-                     f"{s['readers_core_ms_per_tile']} |")
-    lines += ["", "## Reading (core-ms per cell tile, one process)", "",
-              "The engine reads block by block with tifffile and tile by tile with OpenSlide (whose cache of decoded tiles "
-              "already serves the overlap; a large region costs it more per pixel).", "",
-              "| reader | decode-once floor | tile by tile: decode / resize (× floor) | blocks of 2 × 4 tiles (batch 8) | blocks of 4 × 8 tiles (batch 32) |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {name} | {s['wall_s_per_mm2']} | {s['cell_tiles']} | {s['cell_tiles_per_s']} | {s['cell_pass_tiles_per_s']} | {s['serial_ms_per_cell_tile']} / "
+            f"{s['serial_ms_per_cell_tile_whole_run']} | {s['writer_ms_per_cell_tile']} | {s['peaks_ms_per_cell_tile']} | "
+            f"{s['readers_core_ms_per_tile']} |"
+        )
+    lines += [
+        "",
+        "## Reading (core-ms per cell tile, one process)",
+        "",
+        "The engine reads block by block with tifffile and tile by tile with OpenSlide (whose cache of decoded tiles "
+        "already serves the overlap; a large region costs it more per pixel).",
+        "",
+        "| reader | decode-once floor | tile by tile: decode / resize (× floor) | blocks of 2 × 4 tiles (batch 8) | blocks of 4 × 8 tiles (batch 32) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for reader, x in r["reading"].items():
         blk = [x.get(f"blocks_{b}") for b in (8, 32)]
-        lines.append(f"| {reader} | {x['floor_decode_ms']} ({x['stored_tiles']} stored tiles of {x['stored_tile_size'][0]} px) | "
-                     f"{x['per_tile']['decode_ms']} / {x['per_tile']['resize_ms']} (× {x['per_tile']['decode_vs_floor']}) | "
-                     + " | ".join("-" if b is None else f"{b['decode_ms']} / {b['resize_ms']} (× {b['decode_vs_floor']})" for b in blk) + " |")
+        lines.append(
+            f"| {reader} | {x['floor_decode_ms']} ({x['stored_tiles']} stored tiles of {x['stored_tile_size'][0]} px) | "
+            f"{x['per_tile']['decode_ms']} / {x['per_tile']['resize_ms']} (× {x['per_tile']['decode_vs_floor']}) | "
+            + " | ".join(
+                "-"
+                if b is None
+                else f"{b['decode_ms']} / {b['resize_ms']} (× {b['decode_vs_floor']})"
+                for b in blk
+            )
+            + " |"
+        )
     if "answers" in r:
-        lines += ["", f"## Answers ({r['answers']['slide']})", "",
-                  "| comparison | cells | detection F1 | tissue map: largest difference (of 255), pixels differing | purity / in cancer area | equal to 3 decimals |",
-                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            "",
+            f"## Answers ({r['answers']['slide']})",
+            "",
+            "| comparison | cells | detection F1 | tissue map: largest difference (of 255), pixels differing | purity / in cancer area | equal to 3 decimals |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+        ]
         for k, a in r["answers"].items():
             if k in ("slide", "mF1 against the ground truth"):
                 continue
-            lines.append(f"| {k} | {a['cells'][0]} → {a['cells'][1]} | {a['f1']} | {a['tissue_map_max_diff']}, {a['tissue_map_pixels_differing']} | "
-                         f"{a['purity']['purity']} / {a['purity']['purity_in_cancer_area']} | {a['purity_equal_3dp']} |")
-        lines += ["", "mF1 against the slide's ground truth: " + ", ".join(f"{k} {v}" for k, v in r["answers"]["mF1 against the ground truth"].items()) + "."]
+            lines.append(
+                f"| {k} | {a['cells'][0]} → {a['cells'][1]} | {a['f1']} | {a['tissue_map_max_diff']}, {a['tissue_map_pixels_differing']} | "
+                f"{a['purity']['purity']} / {a['purity']['purity_in_cancer_area']} | {a['purity_equal_3dp']} |"
+            )
+        lines += [
+            "",
+            "mF1 against the slide's ground truth: "
+            + ", ".join(f"{k} {v}" for k, v in r["answers"]["mF1 against the ground truth"].items())
+            + ".",
+        ]
     p, m, d = r["projection"], r["model"], r["tiles_per_mm2"]
-    lines += ["", "## Projection: one H100, 16 cores (a projection, not a measurement)", "",
-              f"Default geometry: {d['cell']} cell tiles and {d['tissue']} tissue tiles per mm² of tissue (cell margin {d['margin_px']} px, "
-              f"core {d['cell_core_um']} µm). Model ({m['variant']}, {m['encoder']}): {m['cell_gflop_per_tile']} GFLOP per cell tile, "
-              f"{m['tissue_gflop_per_tile']} per tissue tile; {m['ops_per_batch']['model']} + {m['ops_per_batch']['peaks']} eager ops per batch "
-              f"of {m['ops_per_batch']['batch']} (model + peaks). {p['assumption']}.", "",
-              f"Device {p['device_ms_per_cell_tile']} ms per cell tile; host serial {p['host_serial_ms_per_cell_tile']} ms per cell tile "
-              f"(measured main thread + {p['launch_ms_per_cell_tile']} ms of launches).", "",
-              "| reader | readers ms per tile (15 processes) | period per cell tile (ms) | bound by | s per mm² of tissue |",
-              "| --- | ---: | ---: | --- | ---: |"]
+    lines += [
+        "",
+        "## Projection: one H100, 16 cores (a projection, not a measurement)",
+        "",
+        f"Default geometry: {d['cell']} cell tiles and {d['tissue']} tissue tiles per mm² of tissue (cell margin {d['margin_px']} px, "
+        f"core {d['cell_core_um']} µm). Model ({m['variant']}, {m['encoder']}): {m['cell_gflop_per_tile']} GFLOP per cell tile, "
+        f"{m['tissue_gflop_per_tile']} per tissue tile; {m['ops_per_batch']['model']} + {m['ops_per_batch']['peaks']} eager ops per batch "
+        f"of {m['ops_per_batch']['batch']} (model + peaks). {p['assumption']}.",
+        "",
+        f"Device {p['device_ms_per_cell_tile']} ms per cell tile; host serial {p['host_serial_ms_per_cell_tile']} ms per cell tile "
+        f"(measured main thread + {p['launch_ms_per_cell_tile']} ms of launches).",
+        "",
+        "| reader | readers ms per tile (15 processes) | period per cell tile (ms) | bound by | s per mm² of tissue |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
     for reader, x in p["by_reader"].items():
-        lines.append(f"| {reader} | {x['reader_ms_per_tile']} | {x['period_ms']} | {x['bound_by']} | {x['s_per_mm2']} |")
+        lines.append(
+            f"| {reader} | {x['reader_ms_per_tile']} | {x['period_ms']} | {x['bound_by']} | {x['s_per_mm2']} |"
+        )
     lines += ["", f"Benchmark wall time {r['wall_s']} s.", ""]
     path.write_text("\n".join(lines))
 

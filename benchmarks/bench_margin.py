@@ -14,6 +14,7 @@ stays within 0.002 of the best margin's: the demo's geometry.
 Results: ``results/margin.json`` and ``margin.md`` (earlier strict-core runs of the old engine:
 ``results/engine_margin.json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,17 @@ def run_one(slide: Path, gt: np.ndarray, tmp: Path, margin: int, reach: float) -
     ckpt = tmp / f"m{margin}.safetensors"
     save_checkpoint(ckpt, model, geometry=geo, peaks=info.peaks)
     t0 = time.time()
-    res = SlideRunner(ckpt, EngineConfig(device="cpu", runtime="torch", precision="fp32", workers=1, progress=False, border_reach_um=reach)).run(slide, tmp / "out")
+    res = SlideRunner(
+        ckpt,
+        EngineConfig(
+            device="cpu",
+            runtime="torch",
+            precision="fp32",
+            workers=1,
+            progress=False,
+            border_reach_um=reach,
+        ),
+    ).run(slide, tmp / "out")
     wall = time.time() - t0
     with open_predictions(res.out_dir / "predictions.zarr") as store:
         c = store.cells()
@@ -62,16 +73,30 @@ def run_one(slide: Path, gt: np.ndarray, tmp: Path, margin: int, reach: float) -
             matched[r.pairs[:, 1]] = True
             tp += len(r.pairs)
     core_mm = stride * 0.25 / 1000.0
-    return {"margin": margin, "reach_um": reach, "tiles": len(plan.cells), "cell_tiles_per_mm2": round(1 / core_mm**2, 2),
-            "wall": round(wall, 1), "recall_border": round(float(matched[border].mean()), 4),
-            "recall_else": round(float(matched[~border].mean()), 4), "n_border": int(border.sum()),
-            "f1": round(2 * tp / (len(pred) + len(gt)), 4), "cells": len(pred)}
+    return {
+        "margin": margin,
+        "reach_um": reach,
+        "tiles": len(plan.cells),
+        "cell_tiles_per_mm2": round(1 / core_mm**2, 2),
+        "wall": round(wall, 1),
+        "recall_border": round(float(matched[border].mean()), 4),
+        "recall_else": round(float(matched[~border].mean()), 4),
+        "n_border": int(border.sum()),
+        "f1": round(2 * tp / (len(pred) + len(gt)), 4),
+        "cells": len(pred),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--margins", type=int, nargs="+", default=[16, 32, 48, 64, 96, 160])
-    ap.add_argument("--strict-margins", type=int, nargs="*", default=[32, 64, 160], help="margins also run with strict cores")
+    ap.add_argument(
+        "--strict-margins",
+        type=int,
+        nargs="*",
+        default=[32, 64, 160],
+        help="margins also run with strict cores",
+    )
     ap.add_argument("--json", default=str(HERE / "results" / "margin.json"))
     args = ap.parse_args()
     t_start = time.time()
@@ -86,24 +111,44 @@ def main() -> None:
                 runs.append(run_one(slide, gt, tmp, margin, reach))
                 print(json.dumps(runs[-1]), flush=True)
     best_f1 = max(r["f1"] for r in runs if r["reach_um"] == REACH)
-    ok = [r for r in runs if r["reach_um"] == REACH and r["recall_border"] >= r["recall_else"] - 0.01 and r["f1"] >= best_f1 - 0.002]
+    ok = [
+        r
+        for r in runs
+        if r["reach_um"] == REACH
+        and r["recall_border"] >= r["recall_else"] - 0.01
+        and r["f1"] >= best_f1 - 0.002
+    ]
     chosen = min(ok, key=lambda r: r["margin"]) if ok else None
-    report = {"machine": describe_machine("cpu"),
-              "slide": "synthetic, seed 777, 7168x7168 px at 0.25 um/px; demo weights (two-pass); class-aware matching at 3 um",
-              "runs": runs, "chosen_margin": chosen["margin"] if chosen else None, "wall_s": round(time.time() - t_start, 1)}
+    report = {
+        "machine": describe_machine("cpu"),
+        "slide": "synthetic, seed 777, 7168x7168 px at 0.25 um/px; demo weights (two-pass); class-aware matching at 3 um",
+        "runs": runs,
+        "chosen_margin": chosen["margin"] if chosen else None,
+        "wall_s": round(time.time() - t_start, 1),
+    }
     path = Path(args.json)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# Cell-tile margin against recall near tile-core borders (demo model, CPU)", "",
-             f"Machine: {report['machine']}. Slide: {report['slide']}. Border: ground-truth cells within 20 cell-tile px "
-             "(4 µm) of a tile-core border. Reach: how far beyond its core a tile keeps its detections (0 = strict cores, "
-             "the engine before; cross-tile pairs closer than 3 µm are one cell either way).", "",
-             "| margin (cell px) | reach (µm) | cell tiles per mm² | tiles on this slide | recall near borders | recall elsewhere | gap | slide F1 | wall (s) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# Cell-tile margin against recall near tile-core borders (demo model, CPU)",
+        "",
+        f"Machine: {report['machine']}. Slide: {report['slide']}. Border: ground-truth cells within 20 cell-tile px "
+        "(4 µm) of a tile-core border. Reach: how far beyond its core a tile keeps its detections (0 = strict cores, "
+        "the engine before; cross-tile pairs closer than 3 µm are one cell either way).",
+        "",
+        "| margin (cell px) | reach (µm) | cell tiles per mm² | tiles on this slide | recall near borders | recall elsewhere | gap | slide F1 | wall (s) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in runs:
-        lines.append(f"| {r['margin']} | {r['reach_um']:g} | {r['cell_tiles_per_mm2']} | {r['tiles']} | {r['recall_border']} | "
-                     f"{r['recall_else']} | {r['recall_else'] - r['recall_border']:+.4f} | {r['f1']} | {r['wall']} |")
-    lines += ["", f"Smallest margin whose border recall is within 0.01 of the interior's and whose F1 is within 0.002 of the best (reach {REACH:g} µm): "
-              f"**{report['chosen_margin']} px**. Benchmark wall time {report['wall_s']} s.", ""]
+        lines.append(
+            f"| {r['margin']} | {r['reach_um']:g} | {r['cell_tiles_per_mm2']} | {r['tiles']} | {r['recall_border']} | "
+            f"{r['recall_else']} | {r['recall_else'] - r['recall_border']:+.4f} | {r['f1']} | {r['wall']} |"
+        )
+    lines += [
+        "",
+        f"Smallest margin whose border recall is within 0.01 of the interior's and whose F1 is within 0.002 of the best (reach {REACH:g} µm): "
+        f"**{report['chosen_margin']} px**. Benchmark wall time {report['wall_s']} s.",
+        "",
+    ]
     path.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

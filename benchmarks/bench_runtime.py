@@ -52,11 +52,28 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 TARGETS = {"demo": 4.0, "resnet34": 6.0}  # auto's end-to-end speed-up over torch fp32 (issue)
-FID_TOL = {"cells_f1": 0.99, "mF1": 0.005, "purity": 0.005, "purity_in_ca": 0.005}  # the issue's fidelity criteria
-ALL_PATHS = ("torch:fp32", "torch:bf16", "openvino:fp32", "openvino:int8", "openvino:bf16", "onnxruntime:fp32",
-             "onnxruntime:int8", "auto")
+FID_TOL = {
+    "cells_f1": 0.99,
+    "mF1": 0.005,
+    "purity": 0.005,
+    "purity_in_ca": 0.005,
+}  # the issue's fidelity criteria
+ALL_PATHS = (
+    "torch:fp32",
+    "torch:bf16",
+    "openvino:fp32",
+    "openvino:int8",
+    "openvino:bf16",
+    "onnxruntime:fp32",
+    "onnxruntime:int8",
+    "auto",
+)
 RESNET34_SEED = 0
-TILT = (-1.0, 0.5, 0.5)  # the cell head's bias (no cell, BC, TC), as tests/conftest.py write_tiny_checkpoint
+TILT = (
+    -1.0,
+    0.5,
+    0.5,
+)  # the cell head's bias (no cell, BC, TC), as tests/conftest.py write_tiny_checkpoint
 
 # --- one path in a fresh process -------------------------------------------------------------------
 _CHILD = r"""
@@ -89,16 +106,36 @@ print(json.dumps({"build_s": build_s, "runs": runs, "out": str(res.out_dir), "pu
 """
 
 
-def run_path(model_ckpt: Path, slide: Path, out: Path, runtime: str, precision: str, args, cache: Path) -> dict[str, Any]:
-    spec = {"model": str(model_ckpt), "slide": str(slide), "out": str(out), "runtime": runtime, "precision": precision,
-            "threads": args.threads, "workers": args.workers, "repeat": args.repeat, "cache": str(cache)}
+def run_path(
+    model_ckpt: Path, slide: Path, out: Path, runtime: str, precision: str, args, cache: Path
+) -> dict[str, Any]:
+    spec = {
+        "model": str(model_ckpt),
+        "slide": str(slide),
+        "out": str(out),
+        "runtime": runtime,
+        "precision": precision,
+        "threads": args.threads,
+        "workers": args.workers,
+        "repeat": args.repeat,
+        "cache": str(cache),
+    }
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode:
-        raise RuntimeError(f"{runtime} {precision}: the benchmark's process exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{runtime} {precision}: the benchmark's process exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+        )
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
     rec["child_wall_s"] = time.perf_counter() - t0
-    rec["log"] = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(" ")][-20:]
+    rec["log"] = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(" ")][
+        -20:
+    ]
     return rec
 
 
@@ -115,14 +152,27 @@ def model_checkpoint(name: str, tmp: Path) -> Path:
 
     info = read_checkpoint_info(demo_path())
     torch.manual_seed(RESNET34_SEED)
-    model = build_model(ModelConfig(variant="pred_to_inter2", encoder="resnet34", decoder_channels=256,
-                                    context_factor=info.geometry.context_factor)).eval()
+    model = build_model(
+        ModelConfig(
+            variant="pred_to_inter2",
+            encoder="resnet34",
+            decoder_channels=256,
+            context_factor=info.geometry.context_factor,
+        )
+    ).eval()
     with torch.no_grad():
         model.cell.head[0].bias.copy_(torch.tensor(TILT))
     path = tmp / "resnet34_random.safetensors"
-    save_checkpoint(path, model, geometry=info.geometry, peaks=info.peaks,
-                    training={"note": f"random weights (torch seed {RESNET34_SEED}), cell head bias tilted {list(TILT)}; "
-                                      "for runtime benchmarks only"})
+    save_checkpoint(
+        path,
+        model,
+        geometry=info.geometry,
+        peaks=info.peaks,
+        training={
+            "note": f"random weights (torch seed {RESNET34_SEED}), cell head bias tilted {list(TILT)}; "
+            "for runtime benchmarks only"
+        },
+    )
     return path
 
 
@@ -132,7 +182,11 @@ def read_cells(out_dir: Path) -> np.ndarray:
 
     with open_predictions(out_dir / "predictions.zarr") as s:
         c = s.cells()
-    return np.stack([c["x"], c["y"], c["class"], c["prob"]], 1).astype(np.float64) if len(c["x"]) else np.zeros((0, 4))
+    return (
+        np.stack([c["x"], c["y"], c["class"], c["prob"]], 1).astype(np.float64)
+        if len(c["x"])
+        else np.zeros((0, 4))
+    )
 
 
 def read_tissue(out_dir: Path) -> np.ndarray | None:
@@ -146,7 +200,9 @@ def _delta(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(b - a, 5)
 
 
-def fidelity(ref: dict[str, Any], row: dict[str, Any], gt: np.ndarray | None, mpp: float, cell_mpp: float) -> dict[str, Any]:
+def fidelity(
+    ref: dict[str, Any], row: dict[str, Any], gt: np.ndarray | None, mpp: float, cell_mpp: float
+) -> dict[str, Any]:
     """``row``'s outputs against ``ref``'s (torch fp32) on the same slide."""
     from wsi_ocelot.evaluation import score_slide
     from wsi_ocelot.inference.runtimes.fidelity import cells_agreement, tissue_agreement
@@ -154,31 +210,46 @@ def fidelity(ref: dict[str, Any], row: dict[str, Any], gt: np.ndarray | None, mp
 
     pa, pb = ref["_cells"], row["_cells"]
     gate_px = FIDELITY["match_px"] * cell_mpp / mpp  # the gate's 3 model px, in level-0 px
-    f: dict[str, Any] = {"cells": len(pb), "cells_fp32": len(pa),
-                         "cells_f1_vs_fp32": cells_agreement(pa, pb, gate_px)["cells_f1"],
-                         "cells_f1_vs_fp32_3um": cells_agreement(pa, pb, 3.0 / mpp)["cells_f1"]}
+    f: dict[str, Any] = {
+        "cells": len(pb),
+        "cells_fp32": len(pa),
+        "cells_f1_vs_fp32": cells_agreement(pa, pb, gate_px)["cells_f1"],
+        "cells_f1_vs_fp32_3um": cells_agreement(pa, pb, 3.0 / mpp)["cells_f1"],
+    }
     if gt is not None:
         mf1 = round(float(score_slide(pb, gt, mpp).mf1), 5)
         f["mF1"], f["mF1_delta"] = mf1, _delta(ref["mF1"], mf1)
     pr, pp = ref["purity_json"], row["purity_json"]
     f["purity"], f["purity_delta"] = pp.get("purity"), _delta(pr.get("purity"), pp.get("purity"))
-    f["purity_in_ca"], f["purity_in_ca_delta"] = pp.get("purity_in_cancer_area"), _delta(pr.get("purity_in_cancer_area"),
-                                                                                          pp.get("purity_in_cancer_area"))
+    f["purity_in_ca"], f["purity_in_ca_delta"] = (
+        pp.get("purity_in_cancer_area"),
+        _delta(pr.get("purity_in_cancer_area"), pp.get("purity_in_cancer_area")),
+    )
     ta, tb = ref["_tissue"], row["_tissue"]
     if ta is not None and tb is not None and ta.shape == tb.shape:
         t = tissue_agreement(ta, tb)
-        f["tissue_max_abs"], f["tissue_mean_abs"], f["ca_agreement"] = int(t["tissue_max_abs"]), t["tissue_mean_abs"], t["ca_agreement"]
+        f["tissue_max_abs"], f["tissue_mean_abs"], f["ca_agreement"] = (
+            int(t["tissue_max_abs"]),
+            t["tissue_mean_abs"],
+            t["ca_agreement"],
+        )
     else:
         f["tissue_max_abs"] = f["tissue_mean_abs"] = f["ca_agreement"] = None
 
     def within(delta: float | None, a: float | None, b: float | None, tol: float) -> bool:
         return (a is None and b is None) if delta is None else abs(delta) <= tol
 
-    passes = {"cells_f1": bool(f["cells_f1_vs_fp32"] >= FID_TOL["cells_f1"]),
-              "mF1": None if gt is None else within(f["mF1_delta"], ref["mF1"], f["mF1"], FID_TOL["mF1"]),
-              "purity": within(f["purity_delta"], pr.get("purity"), pp.get("purity"), FID_TOL["purity"]),
-              "purity_in_ca": within(f["purity_in_ca_delta"], pr.get("purity_in_cancer_area"), pp.get("purity_in_cancer_area"),
-                                     FID_TOL["purity_in_ca"])}
+    passes = {
+        "cells_f1": bool(f["cells_f1_vs_fp32"] >= FID_TOL["cells_f1"]),
+        "mF1": None if gt is None else within(f["mF1_delta"], ref["mF1"], f["mF1"], FID_TOL["mF1"]),
+        "purity": within(f["purity_delta"], pr.get("purity"), pp.get("purity"), FID_TOL["purity"]),
+        "purity_in_ca": within(
+            f["purity_in_ca_delta"],
+            pr.get("purity_in_cancer_area"),
+            pp.get("purity_in_cancer_area"),
+            FID_TOL["purity_in_ca"],
+        ),
+    }
     passes["all"] = all(v for v in passes.values() if v is not None)
     f["passes"] = passes
     return f
@@ -206,7 +277,9 @@ def parse_paths(paths: list[str], bf16: bool) -> tuple[list[tuple[str, str]], li
         if p == "auto":
             rt, prec = "auto", "auto"
         elif rt not in SUPPORTED or prec not in SUPPORTED[rt]:
-            raise SystemExit(f"unknown path {p!r}: use runtime:precision from {', '.join(ALL_PATHS)}")
+            raise SystemExit(
+                f"unknown path {p!r}: use runtime:precision from {', '.join(ALL_PATHS)}"
+            )
         if prec == "bf16" and not bf16:
             skipped.append(f"{p} (this CPU has no native bf16: AVX-512 BF16 or AMX)")
             continue
@@ -214,25 +287,38 @@ def parse_paths(paths: list[str], bf16: bool) -> tuple[list[tuple[str, str]], li
             out.append((rt, prec))
     if ("torch", "fp32") not in out:  # the baseline of every comparison
         out.insert(0, ("torch", "fp32"))
-    out.sort(key=lambda c: (c != ("torch", "fp32"), c == ("auto", "auto")))  # the baseline first, auto last
+    out.sort(
+        key=lambda c: (c != ("torch", "fp32"), c == ("auto", "auto"))
+    )  # the baseline first, auto last
     return out, skipped
 
 
-def bench_model(name: str, args, tmp: Path, cache: Path, slides: dict[int, Any], paths: list[tuple[str, str]]) -> dict[str, Any]:
+def bench_model(
+    name: str, args, tmp: Path, cache: Path, slides: dict[int, Any], paths: list[tuple[str, str]]
+) -> dict[str, Any]:
     from wsi_ocelot.model.checkpoint import read_checkpoint_info
     from wsi_ocelot.synthetic import read_ground_truth, write_synthetic_slide
 
-    size = args.resnet34_slide_size if name == "resnet34" and args.resnet34_slide_size else args.slide_size
+    size = (
+        args.resnet34_slide_size
+        if name == "resnet34" and args.resnet34_slide_size
+        else args.slide_size
+    )
     if size not in slides:
         t0 = time.perf_counter()
         path = tmp / f"slide_{size}.tiff"
         write_synthetic_slide(path, mpp=args.mpp, size=(size, size), seed=args.seed)
         slides[size] = path
-        print(f"synthetic slide {size}x{size} px at {args.mpp} um/px, seed {args.seed}: {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"synthetic slide {size}x{size} px at {args.mpp} um/px, seed {args.seed}: {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
     slide = slides[size]
     ckpt = model_checkpoint(name, tmp)
     info = read_checkpoint_info(ckpt)
-    gt = read_ground_truth(slide)[0] if name == "demo" else None  # random weights: an mF1 would mean nothing
+    gt = (
+        read_ground_truth(slide)[0] if name == "demo" else None
+    )  # random weights: an mF1 would mean nothing
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     ref: dict[str, Any] | None = None
@@ -245,7 +331,13 @@ def bench_model(name: str, args, tmp: Path, cache: Path, slides: dict[int, Any],
             if ref is None:  # no baseline, no comparison
                 raise SystemExit(str(err)) from err
             print(f"  FAILED: {err}", flush=True)
-            failed.append({"model": name, "path": {"runtime": rt, "precision": prec}, "error": str(err)[-1500:]})
+            failed.append(
+                {
+                    "model": name,
+                    "path": {"runtime": rt, "precision": prec},
+                    "error": str(err)[-1500:],
+                }
+            )
             continue
         best = min(rec["runs"], key=lambda r: r["wall_s"])
         timings, pj = best["timings"], rec["purity"]
@@ -254,23 +346,52 @@ def bench_model(name: str, args, tmp: Path, cache: Path, slides: dict[int, Any],
         model_s = timings.get("cell pass", 0.0) + timings.get("tissue pass", 0.0)
         choice = rec["choice"]
         row: dict[str, Any] = {
-            "model": name, "path": {"runtime": rt, "precision": prec},
-            "ran": {"runtime": choice["runtime"], "precision": choice["precision"], "version": choice["version"],
-                    "reason": choice["reason"], "threads": choice["threads"], "gate_fidelity": choice.get("fidelity")},
-            "build_s": round(rec["build_s"], 2), "e2e_s": round(best["wall_s"], 3),
-            "e2e_first_s": round(rec["runs"][0]["wall_s"], 3),  # the runner's first slide: first-call costs included
-            "e2e_runs_s": [round(r["wall_s"], 3) for r in rec["runs"]], "cpu_s": round(best["cpu_s"], 2),
-            "s_per_mm2": round(best["wall_s"] / tissue_mm2, 4) if tissue_mm2 else None, "tissue_area_mm2": tissue_mm2,
-            "n_cell_tiles": n_tiles, "n_tissue_tiles": pj.get("n_tissue_tiles"),
+            "model": name,
+            "path": {"runtime": rt, "precision": prec},
+            "ran": {
+                "runtime": choice["runtime"],
+                "precision": choice["precision"],
+                "version": choice["version"],
+                "reason": choice["reason"],
+                "threads": choice["threads"],
+                "gate_fidelity": choice.get("fidelity"),
+            },
+            "build_s": round(rec["build_s"], 2),
+            "e2e_s": round(best["wall_s"], 3),
+            "e2e_first_s": round(
+                rec["runs"][0]["wall_s"], 3
+            ),  # the runner's first slide: first-call costs included
+            "e2e_runs_s": [round(r["wall_s"], 3) for r in rec["runs"]],
+            "cpu_s": round(best["cpu_s"], 2),
+            "s_per_mm2": round(best["wall_s"] / tissue_mm2, 4) if tissue_mm2 else None,
+            "tissue_area_mm2": tissue_mm2,
+            "n_cell_tiles": n_tiles,
+            "n_tissue_tiles": pj.get("n_tissue_tiles"),
             "model_ms_per_cell_tile": round(model_s * 1000 / n_tiles, 1) if n_tiles else None,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            "torch_threads": rec["torch_threads"], "workers": rec["workers"], "batch_size": rec["batch_size"],
+            "torch_threads": rec["torch_threads"],
+            "workers": rec["workers"],
+            "batch_size": rec["batch_size"],
             "log": [ln for ln in rec["log"] if "warning" in ln.lower()],
-            "purity_json": {k: pj.get(k) for k in ("purity", "purity_in_cancer_area", "n_cells", "n_tc", "n_bc",
-                                                   "tissue_area_mm2", "cancer_area_mm2")},
-            "_cells": read_cells(Path(rec["out"])), "_tissue": read_tissue(Path(rec["out"]))}
+            "purity_json": {
+                k: pj.get(k)
+                for k in (
+                    "purity",
+                    "purity_in_cancer_area",
+                    "n_cells",
+                    "n_tc",
+                    "n_bc",
+                    "tissue_area_mm2",
+                    "cancer_area_mm2",
+                )
+            },
+            "_cells": read_cells(Path(rec["out"])),
+            "_tissue": read_tissue(Path(rec["out"])),
+        }
         if rt != "auto" and (choice["runtime"], choice["precision"]) != (rt, prec):
-            row["fell_back"] = True  # the engine ran something else (the path failed to build or load)
+            row["fell_back"] = (
+                True  # the engine ran something else (the path failed to build or load)
+            )
         if ref is None:
             ref = row
             if gt is not None:
@@ -279,29 +400,73 @@ def bench_model(name: str, args, tmp: Path, cache: Path, slides: dict[int, Any],
                 ref["mF1"] = round(float(score_slide(ref["_cells"], gt, args.mpp).mf1), 5)
         row["speedup_e2e"] = round(ref["e2e_s"] / row["e2e_s"], 3)
         row["speedup_e2e_first"] = round(ref["e2e_first_s"] / row["e2e_first_s"], 3)
-        row["speedup_model"] = (round(ref["model_ms_per_cell_tile"] / row["model_ms_per_cell_tile"], 3)
-                                if ref["model_ms_per_cell_tile"] and row["model_ms_per_cell_tile"] else None)
+        row["speedup_model"] = (
+            round(ref["model_ms_per_cell_tile"] / row["model_ms_per_cell_tile"], 3)
+            if ref["model_ms_per_cell_tile"] and row["model_ms_per_cell_tile"]
+            else None
+        )
         row.update(fidelity(ref, row, gt, args.mpp, info.geometry.cell_mpp))
         rows.append(row)
-        print("  " + json.dumps({k: row.get(k) for k in ("ran", "build_s", "e2e_s", "s_per_mm2", "model_ms_per_cell_tile",
-                                                         "speedup_e2e", "cells_f1_vs_fp32", "mF1_delta", "purity_delta",
-                                                         "purity_in_ca_delta", "tissue_max_abs", "tissue_mean_abs", "passes")},
-                                default=str), flush=True)
+        print(
+            "  "
+            + json.dumps(
+                {
+                    k: row.get(k)
+                    for k in (
+                        "ran",
+                        "build_s",
+                        "e2e_s",
+                        "s_per_mm2",
+                        "model_ms_per_cell_tile",
+                        "speedup_e2e",
+                        "cells_f1_vs_fp32",
+                        "mF1_delta",
+                        "purity_delta",
+                        "purity_in_ca_delta",
+                        "tissue_max_abs",
+                        "tissue_mean_abs",
+                        "passes",
+                    )
+                },
+                default=str,
+            ),
+            flush=True,
+        )
         for ln in row["log"]:
             print(f"  log: {ln}", flush=True)
     for r in rows:
         r.pop("_cells"), r.pop("_tissue")
     auto = next((r for r in rows if r["path"]["runtime"] == "auto"), None)
     target = TARGETS.get(name)
-    return {"model": name, "checkpoint": ckpt.name, "encoder": info.model.encoder, "decoder_channels": info.model.decoder_channels,
-            "random_weights": name != "demo",
-            "slide": {"size_px": size, "mpp": args.mpp, "seed": args.seed, "tissue_area_mm2": rows[0]["tissue_area_mm2"],
-                      "n_cell_tiles": rows[0]["n_cell_tiles"], "n_tissue_tiles": rows[0]["n_tissue_tiles"]},
-            "rows": rows, "failed": failed, "gate": gate_record(cache, ckpt),
-            "auto": None if auto is None else {"picked": auto["ran"], "speedup_e2e": auto["speedup_e2e"],
-                                               "speedup_e2e_first": auto["speedup_e2e_first"]},
-            "target_speedup_e2e": target,
-            "target_met": None if auto is None or target is None else bool(auto["speedup_e2e"] >= target)}
+    return {
+        "model": name,
+        "checkpoint": ckpt.name,
+        "encoder": info.model.encoder,
+        "decoder_channels": info.model.decoder_channels,
+        "random_weights": name != "demo",
+        "slide": {
+            "size_px": size,
+            "mpp": args.mpp,
+            "seed": args.seed,
+            "tissue_area_mm2": rows[0]["tissue_area_mm2"],
+            "n_cell_tiles": rows[0]["n_cell_tiles"],
+            "n_tissue_tiles": rows[0]["n_tissue_tiles"],
+        },
+        "rows": rows,
+        "failed": failed,
+        "gate": gate_record(cache, ckpt),
+        "auto": None
+        if auto is None
+        else {
+            "picked": auto["ran"],
+            "speedup_e2e": auto["speedup_e2e"],
+            "speedup_e2e_first": auto["speedup_e2e_first"],
+        },
+        "target_speedup_e2e": target,
+        "target_met": None
+        if auto is None or target is None
+        else bool(auto["speedup_e2e"] >= target),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -315,15 +480,30 @@ def machine() -> dict[str, Any]:
     from wsi_ocelot.sysinfo import cpu_model, describe_machine
 
     flags = cpu_flags()
-    return {"describe": describe_machine("cpu"), "cpu_model": cpu_model(), "cores": len(os.sched_getaffinity(0)),
-            "kernel_flags": [f for f in KERNEL_FLAGS if f in flags], "bf16": cpu_has_bf16(), "vnni": cpu_has_vnni(),
-            "versions": {rt: runtime_version(rt) for rt in ("torch", "openvino", "onnxruntime")}}
+    return {
+        "describe": describe_machine("cpu"),
+        "cpu_model": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
+        "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
+        "bf16": cpu_has_bf16(),
+        "vnni": cpu_has_vnni(),
+        "versions": {rt: runtime_version(rt) for rt in ("torch", "openvino", "onnxruntime")},
+    }
 
 
 def git_head() -> str | None:
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        )
         return head.stdout.strip() + (" + working tree" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -342,46 +522,71 @@ def markdown(report: dict[str, Any]) -> str:
     from wsi_ocelot.inference.runtimes.build import GATE_PAIRS
 
     m = report["machine"]
-    lines = ["# Forward-pass runtimes, end to end on a synthetic slide (CPU)", "",
-             f"Machine: {m['describe']}. CPU: {m['cpu_model']}; kernel flags: {', '.join(m['kernel_flags']) or 'none'} "
-             f"(native bf16: {'yes' if m['bf16'] else 'no'}, VNNI: {'yes' if m['vnni'] else 'no'}). "
-             f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}. "
-             f"Load average at start {report['loadavg_start']}, at end {report['loadavg_end']}.", "",
-             f"Command: `{report['command']}`. Benchmark wall time {report['wall_s']} s.", ""]
+    lines = [
+        "# Forward-pass runtimes, end to end on a synthetic slide (CPU)",
+        "",
+        f"Machine: {m['describe']}. CPU: {m['cpu_model']}; kernel flags: {', '.join(m['kernel_flags']) or 'none'} "
+        f"(native bf16: {'yes' if m['bf16'] else 'no'}, VNNI: {'yes' if m['vnni'] else 'no'}). "
+        f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}. "
+        f"Load average at start {report['loadavg_start']}, at end {report['loadavg_end']}.",
+        "",
+        f"Command: `{report['command']}`. Benchmark wall time {report['wall_s']} s.",
+        "",
+    ]
     if report["skipped"]:
         lines += [f"Not run: {'; '.join(report['skipped'])}.", ""]
     for mr in report["models"]:
         s = mr["slide"]
-        title = "demo model (shipped weights)" if mr["model"] == "demo" else \
-            f"ResNet-34 model (DeepLabV3+ Pred-to-inter-2, {mr['decoder_channels']} decoder channels, **random weights**)"
-        lines += [f"## {title}", "",
-                  f"Slide: synthetic, seed {s['seed']}, {s['size_px']}x{s['size_px']} px at {s['mpp']} µm/px, "
-                  f"{_f(s['tissue_area_mm2'])} mm² of tissue, {s['n_cell_tiles']} cell tiles and {s['n_tissue_tiles']} tissue tiles. "
-                  f"Each path in a fresh process; {report['repeat']} run(s) per path, the fastest reported; "
-                  f"{mr['rows'][0]['torch_threads']} torch thread(s), {mr['rows'][0]['workers']} reader process(es).", ""]
+        title = (
+            "demo model (shipped weights)"
+            if mr["model"] == "demo"
+            else f"ResNet-34 model (DeepLabV3+ Pred-to-inter-2, {mr['decoder_channels']} decoder channels, **random weights**)"
+        )
+        lines += [
+            f"## {title}",
+            "",
+            f"Slide: synthetic, seed {s['seed']}, {s['size_px']}x{s['size_px']} px at {s['mpp']} µm/px, "
+            f"{_f(s['tissue_area_mm2'])} mm² of tissue, {s['n_cell_tiles']} cell tiles and {s['n_tissue_tiles']} tissue tiles. "
+            f"Each path in a fresh process; {report['repeat']} run(s) per path, the fastest reported; "
+            f"{mr['rows'][0]['torch_threads']} torch thread(s), {mr['rows'][0]['workers']} reader process(es).",
+            "",
+        ]
         if mr["random_weights"]:
-            lines += ["Random seeded weights (cell head bias tilted so peaks appear, as in the tests' tiny checkpoint): its "
-                      "cells, purity and tissue map mean nothing, but speed and agreement with fp32 torch are valid figures; no "
-                      "mF1 against ground truth. Nearly all its cells come out as tumour cells, so its purity is near 1 and the "
-                      "purity deltas say little: the class-aware cells F1 and the tissue map difference are its agreement "
-                      "figures. Its untrained tissue branch puts most of the map near 0.5, so the cancer area (map >= 128) is "
-                      "far more sensitive to small numeric differences than a trained model's.", ""]
-        lines += ["| path (ran as) | build s | end-to-end s (first run) | s per mm² | model ms per cell tile | speed-up e2e (first run; model) | "
-                  "cells F1 vs fp32 (3 µm) | mF1 (Δ) | purity (Δ) | purity in CA (Δ) | tissue map max / mean diff | fidelity criteria |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+            lines += [
+                "Random seeded weights (cell head bias tilted so peaks appear, as in the tests' tiny checkpoint): its "
+                "cells, purity and tissue map mean nothing, but speed and agreement with fp32 torch are valid figures; no "
+                "mF1 against ground truth. Nearly all its cells come out as tumour cells, so its purity is near 1 and the "
+                "purity deltas say little: the class-aware cells F1 and the tissue map difference are its agreement "
+                "figures. Its untrained tissue branch puts most of the map near 0.5, so the cancer area (map >= 128) is "
+                "far more sensitive to small numeric differences than a trained model's.",
+                "",
+            ]
+        lines += [
+            "| path (ran as) | build s | end-to-end s (first run) | s per mm² | model ms per cell tile | speed-up e2e (first run; model) | "
+            "cells F1 vs fp32 (3 µm) | mF1 (Δ) | purity (Δ) | purity in CA (Δ) | tissue map max / mean diff | fidelity criteria |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
         for r in mr["rows"]:
             ran = r["ran"]
-            label = ("auto → " if r["path"]["runtime"] == "auto" else "") + f"{ran['runtime']} {ran['precision']}"
+            label = (
+                "auto → " if r["path"]["runtime"] == "auto" else ""
+            ) + f"{ran['runtime']} {ran['precision']}"
             if r.get("fell_back"):
                 label = f"{r['path']['runtime']} {r['path']['precision']} (fell back to {ran['runtime']} {ran['precision']})"
             mf1 = "-" if "mF1" not in r else f"{r['mF1']} ({_f(r['mF1_delta'], '{:+.4f}')})"
             fails = [k for k, v in r["passes"].items() if k != "all" and v is False]
-            crit = "ref." if r is mr["rows"][0] else ("all met" if r["passes"]["all"] else "misses " + ", ".join(fails))
-            lines.append(f"| {label} | {r['build_s']} | {r['e2e_s']} ({r['e2e_first_s']}) | {_f(r['s_per_mm2'])} | {_f(r['model_ms_per_cell_tile'])} | "
-                         f"{r['speedup_e2e']}× ({r['speedup_e2e_first']}×; {_f(r['speedup_model'])}×) | {r['cells_f1_vs_fp32']} ({r['cells_f1_vs_fp32_3um']}) | {mf1} | "
-                         f"{_f(r['purity'], '{:.4f}')} ({_f(r['purity_delta'], '{:+.4f}')}) | "
-                         f"{_f(r['purity_in_ca'], '{:.4f}')} ({_f(r['purity_in_ca_delta'], '{:+.4f}')}) | "
-                         f"{_f(r['tissue_max_abs'])} / {_f(r['tissue_mean_abs'])} | {crit} |")
+            crit = (
+                "ref."
+                if r is mr["rows"][0]
+                else ("all met" if r["passes"]["all"] else "misses " + ", ".join(fails))
+            )
+            lines.append(
+                f"| {label} | {r['build_s']} | {r['e2e_s']} ({r['e2e_first_s']}) | {_f(r['s_per_mm2'])} | {_f(r['model_ms_per_cell_tile'])} | "
+                f"{r['speedup_e2e']}× ({r['speedup_e2e_first']}×; {_f(r['speedup_model'])}×) | {r['cells_f1_vs_fp32']} ({r['cells_f1_vs_fp32_3um']}) | {mf1} | "
+                f"{_f(r['purity'], '{:.4f}')} ({_f(r['purity_delta'], '{:+.4f}')}) | "
+                f"{_f(r['purity_in_ca'], '{:.4f}')} ({_f(r['purity_in_ca_delta'], '{:+.4f}')}) | "
+                f"{_f(r['tissue_max_abs'])} / {_f(r['tissue_mean_abs'])} | {crit} |"
+            )
         lines.append("")
         for fr in mr.get("failed", []):
             last = fr["error"].strip().splitlines()[-1] if fr["error"].strip() else ""
@@ -389,58 +594,102 @@ def markdown(report: dict[str, Any]) -> str:
         if mr["auto"]:
             a = mr["auto"]["picked"]
             met = "met" if mr["target_met"] else "**not met**"
-            lines += [f"`auto` picked **{a['runtime']} {a['precision']}** ({a['runtime']} {a['version']}): {a['reason']}. "
-                      f"Target: auto >= {mr['target_speedup_e2e']}× faster end to end than torch fp32; measured "
-                      f"{mr['auto']['speedup_e2e']}× ({mr['auto']['speedup_e2e_first']}× on the runner's first slide): {met}.", ""]
+            lines += [
+                f"`auto` picked **{a['runtime']} {a['precision']}** ({a['runtime']} {a['version']}): {a['reason']}. "
+                f"Target: auto >= {mr['target_speedup_e2e']}× faster end to end than torch fp32; measured "
+                f"{mr['auto']['speedup_e2e']}× ({mr['auto']['speedup_e2e_first']}× on the runner's first slide): {met}.",
+                "",
+            ]
         g = mr.get("gate")
         if g and g.get("paths"):
             ref = g.get("reference") or {}
-            lines += [f"The gate's own figures (cache `build.json`: {GATE_PAIRS} synthetic tile pairs at the model's geometry, "
-                      f"one batch; fp32 torch {ref.get('ms_per_cell_tile')} ms per cell tile there), which `auto` ranks by:", "",
-                      "| path | status | gate ms per cell tile | load s | cells F1 | tissue mean diff | CA agreement | passes gate |",
-                      "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+            lines += [
+                f"The gate's own figures (cache `build.json`: {GATE_PAIRS} synthetic tile pairs at the model's geometry, "
+                f"one batch; fp32 torch {ref.get('ms_per_cell_tile')} ms per cell tile there), which `auto` ranks by:",
+                "",
+                "| path | status | gate ms per cell tile | load s | cells F1 | tissue mean diff | CA agreement | passes gate |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+            ]
             for k, v in g["paths"].items():
                 fid = v.get("fidelity") or {}
-                status = v.get("status") if v.get("status") == "ok" else f"{v.get('status')}: {v.get('error')}"
-                lines.append(f"| {k} | {status} | {_f(v.get('ms_per_cell_tile'))} | {_f(v.get('load_s'))} | {_f(fid.get('cells_f1'))} | "
-                             f"{_f(fid.get('tissue_mean_abs'))} | {_f(fid.get('ca_agreement'))} | {_ok(fid.get('passes'))} |")
+                status = (
+                    v.get("status")
+                    if v.get("status") == "ok"
+                    else f"{v.get('status')}: {v.get('error')}"
+                )
+                lines.append(
+                    f"| {k} | {status} | {_f(v.get('ms_per_cell_tile'))} | {_f(v.get('load_s'))} | {_f(fid.get('cells_f1'))} | "
+                    f"{_f(fid.get('tissue_mean_abs'))} | {_f(fid.get('ca_agreement'))} | {_ok(fid.get('passes'))} |"
+                )
             lines.append("")
-    lines += ["## Notes", "",
-              "* Build s: the first `SlideRunner` construction of the path on a fresh runtime cache (export, int8 calibration, "
-              "the fidelity gate of the paths the cache lacks, and loading). The first non-torch path pays the ONNX export and "
-              "the gate's fp32 reference, the first int8 path the quantisation; `auto` runs last and builds only what the explicit "
-              "paths left. A user pays this once per checkpoint, machine and versions.",
-              "* End-to-end s: `SlideRunner.run` on the slide with the runner built (tissue mask, both passes, reading, peaks, "
-              "writing, overview, purity): the fastest of the runs (a runner's steady state, as over a cohort); in brackets "
-              "the runner's first slide, which also pays each runtime's first-call costs (torch's oneDNN set-up, OpenVINO's "
-              "shape compilation), as a one-slide `wsi-ocelot run` does. The targets are judged on the fastest. Model ms per "
-              "cell tile (of the fastest run): the engine's cell-pass + tissue-pass time (the forward "
-              "passes, the tissue crop's resize included) over the slide's cell tiles.",
-              f"* Fidelity criteria (issue), each path against fp32 torch on the same slide: cells F1 between the two outputs "
-              f">= {FID_TOL['cells_f1']} (same class, matched within the gate's 3 model px; in brackets within the OCELOT 3 µm), "
-              f"slide mF1 against the ground truth within {FID_TOL['mF1']} (demo model only), purity and purity in the cancer area "
-              f"within {FID_TOL['purity']}. The tissue map's max and mean absolute difference (0-255, level 0 of "
-              "`tissue.ome.zarr`) are reported without a criterion of their own; the gate asks a mean <= 1.0 on its tiles. "
-              "int8 quantises the cell graph only; the tissue graph stays fp32.",
-              ""]
+    lines += [
+        "## Notes",
+        "",
+        "* Build s: the first `SlideRunner` construction of the path on a fresh runtime cache (export, int8 calibration, "
+        "the fidelity gate of the paths the cache lacks, and loading). The first non-torch path pays the ONNX export and "
+        "the gate's fp32 reference, the first int8 path the quantisation; `auto` runs last and builds only what the explicit "
+        "paths left. A user pays this once per checkpoint, machine and versions.",
+        "* End-to-end s: `SlideRunner.run` on the slide with the runner built (tissue mask, both passes, reading, peaks, "
+        "writing, overview, purity): the fastest of the runs (a runner's steady state, as over a cohort); in brackets "
+        "the runner's first slide, which also pays each runtime's first-call costs (torch's oneDNN set-up, OpenVINO's "
+        "shape compilation), as a one-slide `wsi-ocelot run` does. The targets are judged on the fastest. Model ms per "
+        "cell tile (of the fastest run): the engine's cell-pass + tissue-pass time (the forward "
+        "passes, the tissue crop's resize included) over the slide's cell tiles.",
+        f"* Fidelity criteria (issue), each path against fp32 torch on the same slide: cells F1 between the two outputs "
+        f">= {FID_TOL['cells_f1']} (same class, matched within the gate's 3 model px; in brackets within the OCELOT 3 µm), "
+        f"slide mF1 against the ground truth within {FID_TOL['mF1']} (demo model only), purity and purity in the cancer area "
+        f"within {FID_TOL['purity']}. The tissue map's max and mean absolute difference (0-255, level 0 of "
+        "`tissue.ome.zarr`) are reported without a criterion of their own; the gate asks a mean <= 1.0 on its tiles. "
+        "int8 quantises the cell graph only; the tissue graph stays fp32.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["demo", "resnet34"], choices=["demo", "resnet34"])
-    ap.add_argument("--paths", nargs="+", default=list(ALL_PATHS), metavar="RUNTIME:PRECISION",
-                    help=f"of {' '.join(ALL_PATHS)} (torch:fp32, the baseline, is always run; bf16 only on a CPU with it)")
-    ap.add_argument("--slide-size", type=int, default=4096, help="synthetic slide side in px (default 4096, like the demo)")
-    ap.add_argument("--resnet34-slide-size", type=int, help="the ResNet-34 model's slide side in px (default: --slide-size)")
+    ap.add_argument(
+        "--models", nargs="+", default=["demo", "resnet34"], choices=["demo", "resnet34"]
+    )
+    ap.add_argument(
+        "--paths",
+        nargs="+",
+        default=list(ALL_PATHS),
+        metavar="RUNTIME:PRECISION",
+        help=f"of {' '.join(ALL_PATHS)} (torch:fp32, the baseline, is always run; bf16 only on a CPU with it)",
+    )
+    ap.add_argument(
+        "--slide-size",
+        type=int,
+        default=4096,
+        help="synthetic slide side in px (default 4096, like the demo)",
+    )
+    ap.add_argument(
+        "--resnet34-slide-size",
+        type=int,
+        help="the ResNet-34 model's slide side in px (default: --slide-size)",
+    )
     ap.add_argument("--mpp", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=777)
-    ap.add_argument("--threads", type=int, help="the runtime's intra-op threads and torch's (default: torch's, all cores)")
-    ap.add_argument("--workers", type=int, help="tile-reading processes (default: the engine's, cores - 1)")
-    ap.add_argument("--repeat", type=int, default=2,
-                    help="runs per path with the same runner (default 2): the fastest is reported, the first (with the "
-                         "runtime's first-call costs) beside it")
-    ap.add_argument("--cache", help="runtime cache folder (default: a fresh temporary one, so build times are real)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="the runtime's intra-op threads and torch's (default: torch's, all cores)",
+    )
+    ap.add_argument(
+        "--workers", type=int, help="tile-reading processes (default: the engine's, cores - 1)"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="runs per path with the same runner (default 2): the fastest is reported, the first (with the "
+        "runtime's first-call costs) beside it",
+    )
+    ap.add_argument(
+        "--cache",
+        help="runtime cache folder (default: a fresh temporary one, so build times are real)",
+    )
     ap.add_argument("--json", default=str(HERE / "results" / "runtime.json"))
     ap.add_argument("--md", help="default: the --json path with .md")
     args = ap.parse_args()
@@ -450,17 +699,30 @@ def main() -> None:
 
     paths, skipped = parse_paths(args.paths, cpu_has_bf16())
     t_start = time.perf_counter()
-    report: dict[str, Any] = {"machine": machine(), "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-                              "command": "python benchmarks/bench_runtime.py " + " ".join(sys.argv[1:]),
-                              "repeat": args.repeat, "threads": args.threads, "workers": args.workers, "skipped": skipped,
-                              "fidelity_criteria": FID_TOL, "targets_speedup_e2e": TARGETS}
-    report["versions"] = {**report["machine"]["versions"], "wsi_ocelot": wsi_ocelot.__version__, "git": git_head()}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "command": "python benchmarks/bench_runtime.py " + " ".join(sys.argv[1:]),
+        "repeat": args.repeat,
+        "threads": args.threads,
+        "workers": args.workers,
+        "skipped": skipped,
+        "fidelity_criteria": FID_TOL,
+        "targets_speedup_e2e": TARGETS,
+    }
+    report["versions"] = {
+        **report["machine"]["versions"],
+        "wsi_ocelot": wsi_ocelot.__version__,
+        "git": git_head(),
+    }
     print(report["machine"]["describe"], "| flags:", report["machine"]["kernel_flags"], flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp_dir:
         tmp = Path(tmp_dir)
         cache = Path(args.cache) if args.cache else tmp / "cache"
         slides: dict[int, Any] = {}
-        report["models"] = [bench_model(name, args, tmp, cache, slides, paths) for name in args.models]
+        report["models"] = [
+            bench_model(name, args, tmp, cache, slides, paths) for name in args.models
+        ]
     report["targets_met"] = {mr["model"]: mr["target_met"] for mr in report["models"]}
     report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report["wall_s"] = round(time.perf_counter() - t_start, 1)

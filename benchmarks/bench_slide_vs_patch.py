@@ -40,9 +40,21 @@ log = logging.getLogger("bench_slide_vs_patch")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seed", type=int, default=900, help="slide seeds are seed, seed + 1, ... (one per organ)")
-    ap.add_argument("--size-um", type=float, default=1700.0, help="slide side in µm (the dataset generator's default)")
-    ap.add_argument("--patches", type=int, default=12, help="pairs cut from each slide for the patch-level score")
+    ap.add_argument(
+        "--seed", type=int, default=900, help="slide seeds are seed, seed + 1, ... (one per organ)"
+    )
+    ap.add_argument(
+        "--size-um",
+        type=float,
+        default=1700.0,
+        help="slide side in µm (the dataset generator's default)",
+    )
+    ap.add_argument(
+        "--patches",
+        type=int,
+        default=12,
+        help="pairs cut from each slide for the patch-level score",
+    )
     ap.add_argument("--model", default=None, help="checkpoint (default: the demo weights)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -62,7 +74,16 @@ def main() -> None:
 
     model_path = str(resolve_model(args.model))
     info = read_checkpoint_info(model_path)
-    runner = SlideRunner(model_path, EngineConfig(device=args.device, runtime="torch", workers=args.workers, batch_size=args.batch_size, progress=False))
+    runner = SlideRunner(
+        model_path,
+        EngineConfig(
+            device=args.device,
+            runtime="torch",
+            workers=args.workers,
+            batch_size=args.batch_size,
+            progress=False,
+        ),
+    )
     dev = str(runner.device)
     pred = runner.predictor
     mpp = 0.25
@@ -82,17 +103,40 @@ def main() -> None:
             gt, _ = read_ground_truth(path)
             slide = open_slide(path)
             score = score_slide(cells, gt, slide.mpp)
-            pl = patch_level(slide, gt, info.geometry, pred, info.peaks, args.patches, seed, cells, args.batch_size)
-            row = {"organ": organ, "seed": seed, "gt_cells": int(len(gt)), "detections": int(len(cells)), "slide_mF1": round(score.mf1, 4),
-                   "patch_mF1_same_slide": pl["patch_mF1"], "stitched_on_same_patches_mF1": pl["stitched_on_same_patches_mF1"],
-                   "patches": pl["patches"], "patch_gt_cells": pl["gt_cells"], "engine_s": round(run_s, 1)}
+            pl = patch_level(
+                slide,
+                gt,
+                info.geometry,
+                pred,
+                info.peaks,
+                args.patches,
+                seed,
+                cells,
+                args.batch_size,
+            )
+            row = {
+                "organ": organ,
+                "seed": seed,
+                "gt_cells": int(len(gt)),
+                "detections": int(len(cells)),
+                "slide_mF1": round(score.mf1, 4),
+                "patch_mF1_same_slide": pl["patch_mF1"],
+                "stitched_on_same_patches_mF1": pl["stitched_on_same_patches_mF1"],
+                "patches": pl["patches"],
+                "patch_gt_cells": pl["gt_cells"],
+                "engine_s": round(run_s, 1),
+            }
             log.info("%s", row)
             rows.append(row)
     splits = demo_test_splits()
 
     def mean_ci(vals):
         vals = [v for v in vals if v is not None]
-        return {"mean": round(float(np.mean(vals)), 4), "ci95": round(_ci95(vals), 4) if len(vals) > 1 else None, "n": len(vals)}
+        return {
+            "mean": round(float(np.mean(vals)), 4),
+            "ci95": round(_ci95(vals), 4) if len(vals) > 1 else None,
+            "n": len(vals),
+        }
 
     summary = {
         "slide_mF1": mean_ci([r["slide_mF1"] for r in rows]),
@@ -100,33 +144,58 @@ def main() -> None:
         "stitched_on_same_patches_mF1": mean_ci([r["stitched_on_same_patches_mF1"] for r in rows]),
         "test_splits_mF1": mean_ci([s["overall"] for s in splits.values()]),
     }
-    summary["slide_minus_test_splits"] = round(summary["slide_mF1"]["mean"] - summary["test_splits_mF1"]["mean"], 4)
-    summary["stitched_minus_patch_same_patches"] = round(summary["stitched_on_same_patches_mF1"]["mean"] - summary["patch_mF1_same_slides"]["mean"], 4)
-    report = {"machine": describe_machine(dev), "model": Path(model_path).name, "slide_size_um": args.size_um, "slide_mpp": mpp,
-              "patches_per_slide": args.patches, "organs": rows, "test_splits": splits, "summary": summary,
-              "wall_s": round(time.perf_counter() - t_all, 1)}
+    summary["slide_minus_test_splits"] = round(
+        summary["slide_mF1"]["mean"] - summary["test_splits_mF1"]["mean"], 4
+    )
+    summary["stitched_minus_patch_same_patches"] = round(
+        summary["stitched_on_same_patches_mF1"]["mean"] - summary["patch_mF1_same_slides"]["mean"],
+        4,
+    )
+    report = {
+        "machine": describe_machine(dev),
+        "model": Path(model_path).name,
+        "slide_size_um": args.size_um,
+        "slide_mpp": mpp,
+        "patches_per_slide": args.patches,
+        "organs": rows,
+        "test_splits": splits,
+        "summary": summary,
+        "wall_s": round(time.perf_counter() - t_all, 1),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "slide_vs_patch.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = ["# Slide-level vs patch-level mF1, one slide per organ preset", "",
-          f"Machine: {report['machine']}. Model `{report['model']}`; one synthetic slide per organ preset ({args.size_um:.0f} µm side, "
-          f"0.25 µm/px TIFF, seeds {args.seed}–{args.seed + len(rows) - 1}), two-pass engine; {args.patches} OCELOT-style pairs cut from each "
-          f"slide for the patch-level score. Wall time {report['wall_s']} s.", "",
-          "| organ | GT cells | slide mF1 | patch-level mF1 on pairs from this slide | stitched on the same pairs | test splits (per organ) |",
-          "| --- | ---: | ---: | ---: | ---: | --- |"]
+    md = [
+        "# Slide-level vs patch-level mF1, one slide per organ preset",
+        "",
+        f"Machine: {report['machine']}. Model `{report['model']}`; one synthetic slide per organ preset ({args.size_um:.0f} µm side, "
+        f"0.25 µm/px TIFF, seeds {args.seed}–{args.seed + len(rows) - 1}), two-pass engine; {args.patches} OCELOT-style pairs cut from each "
+        f"slide for the patch-level score. Wall time {report['wall_s']} s.",
+        "",
+        "| organ | GT cells | slide mF1 | patch-level mF1 on pairs from this slide | stitched on the same pairs | test splits (per organ) |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     for r in rows:
-        per = ", ".join(f"{s[r['organ']]:.3f}" for s in splits.values() if s.get(r["organ"]) is not None)
-        md.append(f"| {r['organ']} | {r['gt_cells']} | {r['slide_mF1']:.4f} | {r['patch_mF1_same_slide']:.4f} ({r['patch_gt_cells']} cells) | "
-                  f"{r['stitched_on_same_patches_mF1']:.4f} | {per} |")
+        per = ", ".join(
+            f"{s[r['organ']]:.3f}" for s in splits.values() if s.get(r["organ"]) is not None
+        )
+        md.append(
+            f"| {r['organ']} | {r['gt_cells']} | {r['slide_mF1']:.4f} | {r['patch_mF1_same_slide']:.4f} ({r['patch_gt_cells']} cells) | "
+            f"{r['stitched_on_same_patches_mF1']:.4f} | {per} |"
+        )
     s = summary
-    md += ["", "| summary (mean ± 95 % CI) | value |", "| --- | ---: |",
-           f"| slide mF1 over the {s['slide_mF1']['n']} organ slides | {s['slide_mF1']['mean']} ± {s['slide_mF1']['ci95']} |",
-           f"| patch-level mF1 on pairs cut from those slides | {s['patch_mF1_same_slides']['mean']} ± {s['patch_mF1_same_slides']['ci95']} |",
-           f"| stitched detections on the same pairs | {s['stitched_on_same_patches_mF1']['mean']} ± {s['stitched_on_same_patches_mF1']['ci95']} |",
-           f"| patch-level test mF1 over {s['test_splits_mF1']['n']} synthetic test splits (seeds {', '.join(splits)}) | "
-           f"{s['test_splits_mF1']['mean']} ± {s['test_splits_mF1']['ci95']} |",
-           f"| slide − test splits | {s['slide_minus_test_splits']:+.4f} |",
-           f"| stitched − patch-level on the same pairs | {s['stitched_minus_patch_same_patches']:+.4f} |"]
+    md += [
+        "",
+        "| summary (mean ± 95 % CI) | value |",
+        "| --- | ---: |",
+        f"| slide mF1 over the {s['slide_mF1']['n']} organ slides | {s['slide_mF1']['mean']} ± {s['slide_mF1']['ci95']} |",
+        f"| patch-level mF1 on pairs cut from those slides | {s['patch_mF1_same_slides']['mean']} ± {s['patch_mF1_same_slides']['ci95']} |",
+        f"| stitched detections on the same pairs | {s['stitched_on_same_patches_mF1']['mean']} ± {s['stitched_on_same_patches_mF1']['ci95']} |",
+        f"| patch-level test mF1 over {s['test_splits_mF1']['n']} synthetic test splits (seeds {', '.join(splits)}) | "
+        f"{s['test_splits_mF1']['mean']} ± {s['test_splits_mF1']['ci95']} |",
+        f"| slide − test splits | {s['slide_minus_test_splits']:+.4f} |",
+        f"| stitched − patch-level on the same pairs | {s['stitched_minus_patch_same_patches']:+.4f} |",
+    ]
     (out / "slide_vs_patch.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -20,8 +20,12 @@ import numpy as np
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=6144, help="synthetic slide side in level-0 px (0.25 µm/px)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--size", type=int, default=6144, help="synthetic slide side in level-0 px (0.25 µm/px)"
+    )
     ap.add_argument("--tiles", type=int, default=48, help="cell/context pairs per measurement")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -50,7 +54,9 @@ def main() -> None:
                 for x, y, w, h in boxes:
                     level = slide.best_level_for_downsample(target / slide.mpp)
                     d = slide.level_downsamples[level]
-                    slide._osr.read_region((int(x), int(y)), level, (int(np.ceil(w / d)), int(np.ceil(h / d))))
+                    slide._osr.read_region(
+                        (int(x), int(y)), level, (int(np.ceil(w / d)), int(np.ceil(h / d)))
+                    )
 
         def through(workers: int) -> None:
             ds = TileDataset(slide, cells, geo.tile_size, ctx)
@@ -59,7 +65,9 @@ def main() -> None:
 
         raw()  # warm the OS page cache and OpenSlide's tile cache equally for all
         results: dict[str, float] = {}
-        for name, fn in [("raw_read_region", raw)] + [(f"dataset_{w}_workers", (lambda w=w: through(w))) for w in (0, 1, 2)]:
+        for name, fn in [("raw_read_region", raw)] + [
+            (f"dataset_{w}_workers", (lambda w=w: through(w))) for w in (0, 1, 2)
+        ]:
             t0 = time.perf_counter()
             fn()
             results[name] = n / (time.perf_counter() - t0)

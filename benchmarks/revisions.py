@@ -40,8 +40,14 @@ def run_child(code: str, src: Path, args: dict, timeout: int = 3600) -> dict:
     ``sys.argv[1]`` (JSON, with ``src`` added); returns the JSON of its last output line."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     # run in the source folder: "python -c" puts the working folder first on sys.path
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps({**args, "src": str(src)})], env=env, cwd=src,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps({**args, "src": str(src)})],
+        env=env,
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode:
         raise RuntimeError(f"child failed ({src}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -50,21 +56,49 @@ def run_child(code: str, src: Path, args: dict, timeout: int = 3600) -> dict:
 def checkout(rev: str, dest: Path) -> Path:
     """The package of git revision ``rev`` (its ``wsi_ocelot/``) unpacked under ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "wsi_ocelot"], capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "wsi_ocelot"], capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
 
-def run_real(src: Path, slide: Path, out: Path, *, threads: int = 2, reach: float | None = None, margin: int | None = None) -> Path:
+def run_real(
+    src: Path,
+    slide: Path,
+    out: Path,
+    *,
+    threads: int = 2,
+    reach: float | None = None,
+    margin: int | None = None,
+) -> Path:
     """Run the demo model on ``slide`` with the engine in ``src``; return the result folder."""
-    return Path(run_child(REAL, src, {"slide": str(slide), "out": str(out), "threads": threads, "reach": reach, "margin": margin})["out"])
+    return Path(
+        run_child(
+            REAL,
+            src,
+            {
+                "slide": str(slide),
+                "out": str(out),
+                "threads": threads,
+                "reach": reach,
+                "margin": margin,
+            },
+        )["out"]
+    )
 
 
 def _differing(ja: dict, jb: dict) -> dict:
     """purity.json values of ``ja`` that ``jb`` has otherwise (runtimes and the model file's
     location, which differ between checkouts, left out)."""
+
     def norm(d: dict) -> dict:
-        return {**d, "runtime_s": None, "model": {k: v for k, v in (d.get("model") or {}).items() if k != "path"}}
+        return {
+            **d,
+            "runtime_s": None,
+            "model": {k: v for k, v in (d.get("model") or {}).items() if k != "path"},
+        }
+
     na, nb = norm(ja), norm(jb)
     return {k: [v, nb.get(k)] for k, v in na.items() if nb.get(k) != v}
 
@@ -81,7 +115,10 @@ def compare_results(a: Path, b: Path, mpp: float) -> dict:
     pa, pb = cells(a), cells(b)
     tp = sum(len(r.pairs) for r in match_by_class(pb, pa, radius=3.0 / mpp).values())
     f1 = 2 * tp / max(1, len(pa) + len(pb))
-    def tissue(d: Path) -> np.ndarray:  # tissue.ome.zarr, or predictions.zarr/tissue of older revisions
+
+    def tissue(
+        d: Path,
+    ) -> np.ndarray:  # tissue.ome.zarr, or predictions.zarr/tissue of older revisions
         with open_predictions(d / "predictions.zarr") as s:
             return np.asarray(s.tissue(0)[:], np.int16)
 
@@ -89,14 +126,25 @@ def compare_results(a: Path, b: Path, mpp: float) -> dict:
     ja, jb = (json.loads((d / "purity.json").read_text()) for d in (a, b))
     keys = ("purity", "purity_in_cancer_area", "tissue_area_mm2", "cancer_area_mm2")
     same_cells = pa.shape == pb.shape and bool(np.array_equal(pa, pb))
-    return {"cells": [len(pa), len(pb)], "f1": round(f1, 5), "cells_bit_identical": same_cells, "tissue_map_max_diff": int(np.abs(ta - tb).max()),
-            "tissue_map_pixels_differing": int((ta != tb).sum()),
-            "purity": {k: [ja.get(k), jb.get(k)] for k in keys},
-            "purity_values_identical": not _differing(ja, jb),
-            "purity_values_differing": _differing(ja, jb),
-            "purity_keys_added": sorted(set(jb) - set(ja)), "purity_keys_removed": sorted(set(ja) - set(jb)),
-            "purity_equal_3dp": all(ja.get(k) is None and jb.get(k) is None or
-                                    (ja.get(k) is not None and jb.get(k) is not None and round(ja[k], 3) == round(jb[k], 3))
-                                    for k in ("purity", "purity_in_cancer_area"))}
-
-
+    return {
+        "cells": [len(pa), len(pb)],
+        "f1": round(f1, 5),
+        "cells_bit_identical": same_cells,
+        "tissue_map_max_diff": int(np.abs(ta - tb).max()),
+        "tissue_map_pixels_differing": int((ta != tb).sum()),
+        "purity": {k: [ja.get(k), jb.get(k)] for k in keys},
+        "purity_values_identical": not _differing(ja, jb),
+        "purity_values_differing": _differing(ja, jb),
+        "purity_keys_added": sorted(set(jb) - set(ja)),
+        "purity_keys_removed": sorted(set(ja) - set(jb)),
+        "purity_equal_3dp": all(
+            ja.get(k) is None
+            and jb.get(k) is None
+            or (
+                ja.get(k) is not None
+                and jb.get(k) is not None
+                and round(ja[k], 3) == round(jb[k], 3)
+            )
+            for k in ("purity", "purity_in_cancer_area")
+        ),
+    }

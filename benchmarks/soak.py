@@ -49,7 +49,12 @@ def make_checkpoint(path: Path) -> Path:
     model = build_model(ModelConfig(encoder="resnet18", decoder_channels=64))
     with torch.no_grad():  # tilt the untrained head so that peaks appear
         model.cell.head[0].bias.copy_(torch.tensor([-1.0, 0.5, 0.5]))
-    save_checkpoint(path, model, geometry=GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32), peaks=PeakConfig())
+    save_checkpoint(
+        path,
+        model,
+        geometry=GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32),
+        peaks=PeakConfig(),
+    )
     return path
 
 
@@ -87,13 +92,35 @@ def make_cohort(root: Path, n: int, seed: int = 0) -> dict[str, str]:
 
 
 def _inputs(root: Path, kinds: dict[str, str]) -> list[str]:
-    return [str(root / "slides")] + [str(root / "slides" / f"{sid}.tiff") for sid, k in kinds.items() if k == "missing"]
+    return [str(root / "slides")] + [
+        str(root / "slides" / f"{sid}.tiff") for sid, k in kinds.items() if k == "missing"
+    ]
 
 
 def _cmd(root: Path, kinds: dict[str, str], out: Path, ckpt: Path) -> list[str]:
-    return [sys.executable, "-m", "wsi_ocelot", "run", *_inputs(root, kinds), "--out", str(out), "--model", str(ckpt),
-            "--device", "cpu", "--workers", "0", "--threads", "1", "--batch-size", "4", "--max-unreadable", "0.5",
-            "--no-progress", "--no-report"]
+    return [
+        sys.executable,
+        "-m",
+        "wsi_ocelot",
+        "run",
+        *_inputs(root, kinds),
+        "--out",
+        str(out),
+        "--model",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--batch-size",
+        "4",
+        "--max-unreadable",
+        "0.5",
+        "--no-progress",
+        "--no-report",
+    ]
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -124,7 +151,9 @@ def _done_lines(log: Path) -> dict[str, int]:
     return counts
 
 
-def soak(root: Path, n: int, kills: int, seed: int = 0, env: dict[str, str] | None = None) -> dict[str, Any]:
+def soak(
+    root: Path, n: int, kills: int, seed: int = 0, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     ckpt = root / "tiny.safetensors"
     if not ckpt.exists():
@@ -150,8 +179,14 @@ def soak(root: Path, n: int, kills: int, seed: int = 0, env: dict[str, str] | No
     problems: list[str] = []
     for k in range(kills + 1):
         t_start = time.perf_counter()
-        p = subprocess.Popen(_cmd(root, kinds, soaked, ckpt), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env=env, start_new_session=True)
+        p = subprocess.Popen(
+            _cmd(root, kinds, soaked, ckpt),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         if k < kills:
             delay = rng.uniform(0.15, 0.85) * t_clean / max(1, kills - k)
             try:
@@ -164,7 +199,13 @@ def soak(root: Path, n: int, kills: int, seed: int = 0, env: dict[str, str] | No
             p.wait()
             killed = False
         err = p.stderr.read() if p.stderr else ""
-        runs.append({"killed": killed, "after_s": round(time.perf_counter() - t_start, 2), "returncode": p.returncode})
+        runs.append(
+            {
+                "killed": killed,
+                "after_s": round(time.perf_counter() - t_start, 2),
+                "returncode": p.returncode,
+            }
+        )
         # after every run: the manifest is valid JSON and done slides are never rewritten
         mf = soaked / "manifest.json"
         if mf.exists():
@@ -198,51 +239,87 @@ def soak(root: Path, n: int, kills: int, seed: int = 0, env: dict[str, str] | No
                 problems.append(f"{sid}: outputs differ from the clean run's")
             else:
                 n_identical += 1
-            if kind == "glass" and not (rec.get("n_cells") == 0 and "no tissue" in str(rec.get("purity_reason"))):
+            if kind == "glass" and not (
+                rec.get("n_cells") == 0 and "no tissue" in str(rec.get("purity_reason"))
+            ):
                 problems.append(f"{sid}: glass without the no-tissue reason")
             if kind == "corrupt_tile" and not rec.get("n_unreadable_tiles"):
                 problems.append(f"{sid}: corrupt tile not counted")
         else:
             want = {"missing": "no such file", "truncated": "truncated", "no_mpp": "--mpp"}[kind]
-            if rec.get("status") != "failed" or want not in str(rec.get("error")) or "Fix:" not in str(rec.get("error")):
+            if (
+                rec.get("status") != "failed"
+                or want not in str(rec.get("error"))
+                or "Fix:" not in str(rec.get("error"))
+            ):
                 problems.append(f"{sid} ({kind}): {rec.get('status')}: {rec.get('error')}")
         if clean_slides.get(sid, {}).get("status") != rec.get("status"):
-            problems.append(f"{sid}: {rec.get('status')} here, {clean_slides.get(sid, {}).get('status')} in the clean run")
+            problems.append(
+                f"{sid}: {rec.get('status')} here, {clean_slides.get(sid, {}).get('status')} in the clean run"
+            )
     partials = [p.name for p in soaked.iterdir() if p.name.startswith(".") and p.is_dir()]
     if partials:
         problems.append(f"partial folders left: {partials}")
     by_kind = {k: sum(1 for v in kinds.values() if v == k) for k in ("good", *FAULTS)}
-    return {"slides": n, "by_kind": by_kind, "kills": kills, "runs": runs, "make_s": round(t_make, 1),
-            "clean_run_s": round(t_clean, 1), "soak_runs_s": round(wall, 1), "identical_to_clean": n_identical,
-            "done": sum(1 for r in slides.values() if r.get("status") == "done"),
-            "failed": sum(1 for r in slides.values() if r.get("status") == "failed"),
-            "unreadable_tiles": {sid: slides[sid].get("n_unreadable_tiles") for sid, k in kinds.items() if k == "corrupt_tile"},
-            "partial_folders": partials, "problems": problems, "ok": not problems}
+    return {
+        "slides": n,
+        "by_kind": by_kind,
+        "kills": kills,
+        "runs": runs,
+        "make_s": round(t_make, 1),
+        "clean_run_s": round(t_clean, 1),
+        "soak_runs_s": round(wall, 1),
+        "identical_to_clean": n_identical,
+        "done": sum(1 for r in slides.values() if r.get("status") == "done"),
+        "failed": sum(1 for r in slides.values() if r.get("status") == "failed"),
+        "unreadable_tiles": {
+            sid: slides[sid].get("n_unreadable_tiles")
+            for sid, k in kinds.items()
+            if k == "corrupt_tile"
+        },
+        "partial_folders": partials,
+        "problems": problems,
+        "ok": not problems,
+    }
 
 
 def write_markdown(r: dict[str, Any], path: Path) -> None:
     kills = [x for x in r["runs"] if x["killed"]]
-    lines = ["# Soak run: a cohort killed and resumed", "",
-             f"Machine: {r['machine']}. Produced by `python benchmarks/soak.py --slides {r['slides']} --kills {r['kills']}` "
-             f"on {r['date']}.", "",
-             f"{r['slides']} slides (512² px, 0.25 µm/px; tiny ResNet-18 checkpoint on 256 px tiles, CPU, one thread): "
-             + ", ".join(f"{v} {k}" for k, v in r["by_kind"].items()) + ". "
-             f"A clean run took {r['clean_run_s']} s. The soaked run was SIGKILLed {len(kills)} time(s), after "
-             + ", ".join(f"{x['after_s']} s" for x in kills) + " of its runs, and resumed each time "
-             f"({len(r['runs'])} runs, {r['soak_runs_s']} s in all).", "",
-             "| check | result |", "| --- | --- |",
-             f"| slides done (good, glass, corrupt tile) | {r['done']} |",
-             f"| their outputs identical to the clean run's | {r['identical_to_clean']} |",
-             f"| slides failed with their reason (missing, truncated, no MPP) | {r['failed']} |",
-             f"| corrupt-tile slides' unreadable tiles | {', '.join(str(v) for v in r['unreadable_tiles'].values())} |",
-             f"| partial folders left | {len(r['partial_folders'])} |",
-             f"| problems | {len(r['problems'])} |", "",
-             "**All checks passed.**" if r["ok"] else "Problems:\n\n" + "\n".join(f"- {p}" for p in r["problems"]), ""]
+    lines = [
+        "# Soak run: a cohort killed and resumed",
+        "",
+        f"Machine: {r['machine']}. Produced by `python benchmarks/soak.py --slides {r['slides']} --kills {r['kills']}` "
+        f"on {r['date']}.",
+        "",
+        f"{r['slides']} slides (512² px, 0.25 µm/px; tiny ResNet-18 checkpoint on 256 px tiles, CPU, one thread): "
+        + ", ".join(f"{v} {k}" for k, v in r["by_kind"].items())
+        + ". "
+        f"A clean run took {r['clean_run_s']} s. The soaked run was SIGKILLed {len(kills)} time(s), after "
+        + ", ".join(f"{x['after_s']} s" for x in kills)
+        + " of its runs, and resumed each time "
+        f"({len(r['runs'])} runs, {r['soak_runs_s']} s in all).",
+        "",
+        "| check | result |",
+        "| --- | --- |",
+        f"| slides done (good, glass, corrupt tile) | {r['done']} |",
+        f"| their outputs identical to the clean run's | {r['identical_to_clean']} |",
+        f"| slides failed with their reason (missing, truncated, no MPP) | {r['failed']} |",
+        f"| corrupt-tile slides' unreadable tiles | {', '.join(str(v) for v in r['unreadable_tiles'].values())} |",
+        f"| partial folders left | {len(r['partial_folders'])} |",
+        f"| problems | {len(r['problems'])} |",
+        "",
+        "**All checks passed.**"
+        if r["ok"]
+        else "Problems:\n\n" + "\n".join(f"- {p}" for p in r["problems"]),
+        "",
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--slides", type=int, default=200)
     ap.add_argument("--kills", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -258,7 +335,11 @@ def main() -> None:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "soak.json").write_text(json.dumps(r, indent=2) + "\n")
         write_markdown(r, RESULTS / "soak.md")
-    print(json.dumps({k: r[k] for k in ("ok", "done", "failed", "identical_to_clean", "problems")}, indent=2))
+    print(
+        json.dumps(
+            {k: r[k] for k in ("ok", "done", "failed", "identical_to_clean", "problems")}, indent=2
+        )
+    )
     sys.exit(0 if r["ok"] else 1)
 
 

@@ -17,7 +17,9 @@ def machine(*modules: str) -> str:
     return f"{describe_machine('cpu')}, {versions}" if versions else describe_machine("cpu")
 
 
-def random_cells(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def random_cells(
+    rng: np.random.Generator, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``x, y`` (float32, level-0 px over a 150,000 × 100,000 px slide), ``class`` (uint8, 1 or 2)
     and ``prob`` (float32 in [0.3, 1)) of ``n`` cells, drawn from ``rng``."""
     x = rng.uniform(0, 150_000, n).astype(np.float32)
@@ -33,7 +35,9 @@ def parse_args(doc: str | None):
     import argparse
     from pathlib import Path
 
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--cells", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=50_000, help="cells per write call")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -53,8 +57,24 @@ def run_child(script: str, kind: str, cells: int, batch: int, tmp: str) -> dict:
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, script, "--child", kind, "--cells", str(cells), "--batch", str(batch), "--tmp", tmp],
-                          capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--child",
+            kind,
+            "--cells",
+            str(cells),
+            "--batch",
+            str(batch),
+            "--tmp",
+            tmp,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -63,5 +83,10 @@ def measured(cells: int, seconds: float, size: int, base_rss_kib: int) -> dict[s
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "cells_per_second": cells / seconds, "bytes": size,
-            "peak_rss_added_mib": (peak - base_rss_kib) / 1024, "peak_rss_mib": peak / 1024}
+    return {
+        "seconds": seconds,
+        "cells_per_second": cells / seconds,
+        "bytes": size,
+        "peak_rss_added_mib": (peak - base_rss_kib) / 1024,
+        "peak_rss_mib": peak / 1024,
+    }

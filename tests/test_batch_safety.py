@@ -52,11 +52,21 @@ def _run(*args: str, cwd: Path | None = None) -> int:
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wsi_ocelot", *args], capture_output=True, text=True, timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "wsi_ocelot", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kw,
+    )
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _error_lines(err: str) -> list[str]:
@@ -68,10 +78,19 @@ def test_unwritable_out_is_one_line_before_the_model_loads(slides, tmp_path, cap
     a_file = tmp_path / "existing_file.txt"
     a_file.write_text("not a folder")
     missing_model = str(tmp_path / "never-read.safetensors")  # the --out error comes first
-    for out, needle in [(a_file, "is a file, not a folder"), (a_file / "sub", "cannot write the results there")]:
+    for out, needle in [
+        (a_file, "is a file, not a folder"),
+        (a_file / "sub", "cannot write the results there"),
+    ]:
         assert _run("run", str(slides["cohort"]), "--out", str(out), "--model", missing_model) == 2
         err = capsys.readouterr().err
-        assert "Traceback" not in err and len(_error_lines(err)) == 1 and str(out) in err and needle in err and "Fix:" in err
+        assert (
+            "Traceback" not in err
+            and len(_error_lines(err)) == 1
+            and str(out) in err
+            and needle in err
+            and "Fix:" in err
+        )
     # a read-only mount (EROFS), as the file system reports it
     real_mkdir = Path.mkdir
 
@@ -81,22 +100,41 @@ def test_unwritable_out_is_one_line_before_the_model_loads(slides, tmp_path, cap
         return real_mkdir(self, *a, **k)
 
     monkeypatch.setattr(Path, "mkdir", read_only)
-    assert _run("run", str(slides["cohort"]), "--out", str(tmp_path / "ro" / "res"), "--model", missing_model) == 2
+    assert (
+        _run(
+            "run",
+            str(slides["cohort"]),
+            "--out",
+            str(tmp_path / "ro" / "res"),
+            "--model",
+            missing_model,
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert len(_error_lines(err)) == 1 and "Read-only file system" in err and "--out" in err
 
 
 # -- bug 2: another slide with the same stem -----------------------------------------------
-def test_a_different_slide_with_the_same_stem_never_replaces_a_result(slides, tiny_ckpt, tmp_path, capsys):
+def test_a_different_slide_with_the_same_stem_never_replaces_a_result(
+    slides, tiny_ckpt, tmp_path, capsys
+):
     out = tmp_path / "res"
-    assert _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
+    assert (
+        _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
+    )
     before = _digest(out / "s1")
     capsys.readouterr()
     other = slides["other"] / "s1.tiff"
     assert _run("run", str(other), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 2
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if "already holds the finished result" in ln)
-    assert str(other) in line and str(slides["cohort"] / "s1.tiff") in line and "'id' column" in line and "--overwrite" in line
+    assert (
+        str(other) in line
+        and str(slides["cohort"] / "s1.tiff") in line
+        and "'id' column" in line
+        and "--overwrite" in line
+    )
     assert _digest(out / "s1") == before
     rec = Manifest.load(out).slides["s1"]
     assert rec["status"] == "done" and rec["path"] == str(slides["cohort"] / "s1.tiff")
@@ -106,26 +144,68 @@ def test_a_different_slide_with_the_same_stem_never_replaces_a_result(slides, ti
     assert _run("run", str(csv), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
     assert _digest(out / "s1") == before and (out / "s1_other" / "purity.json").is_file()
     # --overwrite replaces it, on purpose
-    assert _run("run", str(other), "--out", str(out), "--model", str(tiny_ckpt), "--overwrite", *FAST) == 0
+    assert (
+        _run("run", str(other), "--out", str(out), "--model", str(tiny_ckpt), "--overwrite", *FAST)
+        == 0
+    )
     assert Manifest.load(out).slides["s1"]["path"] == str(other) and _digest(out / "s1") != before
 
 
 # -- bug 3: resume from another working directory; a moved cohort ---------------------------
-def test_resume_works_from_any_folder_and_recognises_a_moved_cohort(slides, tiny_ckpt, tmp_path, capsys):
+def test_resume_works_from_any_folder_and_recognises_a_moved_cohort(
+    slides, tiny_ckpt, tmp_path, capsys
+):
     root, out = slides["root"], tmp_path / "res"
-    assert _run("run", "cohort/s0.tiff", "cohort/s2.tiff", "--out", str(out), "--model", str(tiny_ckpt), *FAST, cwd=root) == 0
+    assert (
+        _run(
+            "run",
+            "cohort/s0.tiff",
+            "cohort/s2.tiff",
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_ckpt),
+            *FAST,
+            cwd=root,
+        )
+        == 0
+    )
     rec = Manifest.load(out).slides["s0"]
     assert rec["path"] == str(root / "cohort" / "s0.tiff")  # stored absolute
     assert rec["identity"]["size"] == (root / "cohort" / "s0.tiff").stat().st_size
     done = {sid: _digest(out / sid) for sid in ("s0", "s2")}
     capsys.readouterr()
-    assert _run("run", "s0.tiff", "--out", str(out), "--model", str(tiny_ckpt), *FAST, cwd=root / "cohort") == 0
+    assert (
+        _run(
+            "run",
+            "s0.tiff",
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_ckpt),
+            *FAST,
+            cwd=root / "cohort",
+        )
+        == 0
+    )
     assert "1 slide(s) already done, skipped" in capsys.readouterr().out
     # the same files under a new mount point: recognised by size and the hash of both ends
     moved = tmp_path / "new_mount" / "cohort"
     shutil.copytree(root / "cohort", moved)  # copytree keeps mtimes; content decides anyway
     os.utime(moved / "s0.tiff", ns=(1, 1))
-    assert _run("run", str(moved / "s0.tiff"), str(moved / "s2.tiff"), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
+    assert (
+        _run(
+            "run",
+            str(moved / "s0.tiff"),
+            str(moved / "s2.tiff"),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_ckpt),
+            *FAST,
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     assert "2 slide(s) already done, skipped" in cap.out
     assert "moved (same size and the same hash" in cap.err
@@ -133,12 +213,19 @@ def test_resume_works_from_any_folder_and_recognises_a_moved_cohort(slides, tiny
     assert Manifest.load(out).slides["s0"]["path"] == str(moved / "s0.tiff")
     # a file changed at the same path is run again
     shutil.copy(slides["other"] / "s1.tiff", moved / "s2.tiff")
-    assert _run("run", str(moved / "s2.tiff"), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
-    assert "changed since it was done" in capsys.readouterr().err and _digest(out / "s2") != done["s2"]
+    assert (
+        _run("run", str(moved / "s2.tiff"), "--out", str(out), "--model", str(tiny_ckpt), *FAST)
+        == 0
+    )
+    assert (
+        "changed since it was done" in capsys.readouterr().err and _digest(out / "s2") != done["s2"]
+    )
 
 
 # -- rough edge: a changed --mpp or model invalidates "done" ------------------------------
-def test_a_changed_mpp_override_or_model_runs_a_done_slide_again(slides, tiny_ckpt, tmp_path, capsys):
+def test_a_changed_mpp_override_or_model_runs_a_done_slide_again(
+    slides, tiny_ckpt, tmp_path, capsys
+):
     out, s0 = tmp_path / "res", str(slides["cohort"] / "s0.tiff")
     assert _run("run", s0, "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
     assert _run("run", s0, "--out", str(out), "--model", str(tiny_ckpt), "--mpp", "0.3", *FAST) == 0
@@ -156,8 +243,23 @@ def test_a_changed_mpp_override_or_model_runs_a_done_slide_again(slides, tiny_ck
 # -- bug 4: a closed stdout ---------------------------------------------------------------
 def test_a_closed_stdout_does_not_stop_the_batch(slides, tiny_ckpt, tmp_path):
     out = tmp_path / "res"
-    cmd = [sys.executable, "-m", "wsi_ocelot", "run", str(slides["cohort"]), "--out", str(out), "--model", str(tiny_ckpt),
-           "--device", "cpu", "--workers", "0", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wsi_ocelot",
+        "run",
+        str(slides["cohort"]),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_ckpt),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # `| head -0`: the reader is gone before the first line
     err = proc.stderr.read()
@@ -168,25 +270,53 @@ def test_a_closed_stdout_does_not_stop_the_batch(slides, tiny_ckpt, tmp_path):
 
 
 def test_info_into_a_closed_pipe_exits_quietly(pattern_slide):
-    proc = subprocess.run(f"{sys.executable} -m wsi_ocelot info --json {pattern_slide} | head -1", shell=True,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        f"{sys.executable} -m wsi_ocelot info --json {pattern_slide} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.stdout.strip() == "{" and proc.stderr == "", proc.stderr
 
 
 # -- bug 5: bad options fail the command, not every slide ---------------------------------
-@pytest.mark.parametrize("option, needle", [(["--device", "foo"], "unknown device 'foo'"),
-                                            (["--device", "cuda:7"], "cuda:7"),
-                                            (["--cell-margin", "600"], "--cell-margin 600"),
-                                            (["--mpp", "-1"], "--mpp -1"),
-                                            (["--mpp", "60"], "between 0.02 and 50")])
-def test_bad_options_fail_the_command_before_any_slide(slides, tiny_ckpt, tmp_path_factory, capsys, option, needle):
+@pytest.mark.parametrize(
+    "option, needle",
+    [
+        (["--device", "foo"], "unknown device 'foo'"),
+        (["--device", "cuda:7"], "cuda:7"),
+        (["--cell-margin", "600"], "--cell-margin 600"),
+        (["--mpp", "-1"], "--mpp -1"),
+        (["--mpp", "60"], "between 0.02 and 50"),
+    ],
+)
+def test_bad_options_fail_the_command_before_any_slide(
+    slides, tiny_ckpt, tmp_path_factory, capsys, option, needle
+):
     out = tmp_path_factory.getbasetemp() / "bad_options_res"
     if not (out / "manifest.json").exists():  # every slide done, once for all the cases
-        assert _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 0
+        assert (
+            _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(tiny_ckpt), *FAST)
+            == 0
+        )
     before = (out / "manifest.json").read_bytes()
     capsys.readouterr()
     for extra in ([], ["--overwrite"]):
-        assert _run("run", str(slides["cohort"]), "--out", str(out), "--model", str(tiny_ckpt), *FAST, *option, *extra) == 2
+        assert (
+            _run(
+                "run",
+                str(slides["cohort"]),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_ckpt),
+                *FAST,
+                *option,
+                *extra,
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         lines = _error_lines(err)
         assert len(lines) == 1 and needle in lines[0] and "Fix:" in lines[0], err
@@ -214,16 +344,30 @@ def test_input_errors_are_reported_up_front_and_not_recorded(slides, tiny_ckpt, 
     typo = tmp_path / "s9.tiff"
     notes = tmp_path / "notes.svs"
     notes.write_text("not a slide")
-    code = _run("run", str(slides["cohort"] / "s0.tiff"), str(typo), str(notes), "--out", str(out), "--model", str(tiny_ckpt), *FAST)
+    code = _run(
+        "run",
+        str(slides["cohort"] / "s0.tiff"),
+        str(typo),
+        str(notes),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_ckpt),
+        *FAST,
+    )
     cap = capsys.readouterr()
     assert code == 2  # the slides that exist ran; the inputs that did not are the user's to fix
     first_error = cap.err.index("error:")
-    assert first_error < cap.err.index("batch of 1 slide(s)")  # before the batch (and its model) started
+    assert first_error < cap.err.index(
+        "batch of 1 slide(s)"
+    )  # before the batch (and its model) started
     assert f"{typo}: no such file" in cap.err and f"{notes}: not a slide format" in cap.err
     assert "2 input(s) not run" in cap.err
     m = Manifest.load(out)
     assert set(m.slides) == {"s0"} and m.slides["s0"]["status"] == "done"
-    assert len(m.meta["last_run"]["not_run"]) == 2  # and the report lists them apart from the slides
+    assert (
+        len(m.meta["last_run"]["not_run"]) == 2
+    )  # and the report lists them apart from the slides
     from wsi_ocelot.cohort import write_report
 
     page = write_report(out, m).read_text(encoding="utf-8")
@@ -245,21 +389,38 @@ def test_the_demo_margin_is_described_as_it_is():
         with safe_open(str(demo_path()), "pt") as f:
             note = json.loads(f.metadata()["wsi_ocelot"])["training"]["inference_note"]
     assert f"{margin} px" in note and "160" not in note
-    run = next(a for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions if "--cell-margin" in a.option_strings)
+    run = next(
+        a
+        for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions
+        if "--cell-margin" in a.option_strings
+    )
     assert f"{margin} for the demo" in run.help and "160" not in run.help
 
 
 # -- rough edges: --help ------------------------------------------------------------------
 def test_help_says_each_default_once_and_keeps_words_whole():
-    for verb in ("run", "demo", "evaluate", "tiles", "info", "synth-slide", "synth-dataset", "export-spatialdata", "report"):
+    for verb in (
+        "run",
+        "demo",
+        "evaluate",
+        "tiles",
+        "info",
+        "synth-slide",
+        "synth-dataset",
+        "export-spatialdata",
+        "report",
+    ):
         text = _cli(verb, "--help").stdout
         assert "(default: None)" not in text, verb
         for block in text.split("\n  -")[1:]:
             assert block.lower().count("default") <= 1, (verb, block)
     top = _cli("--help").stdout
-    assert "wsi-ocelot[spatialdata]" in top.replace("\n", " ") or "wsi-ocelot[spatialdata]" in _cli("export-spatialdata", "--help").stdout
+    assert (
+        "wsi-ocelot[spatialdata]" in top.replace("\n", " ")
+        or "wsi-ocelot[spatialdata]" in _cli("export-spatialdata", "--help").stdout
+    )
     run = _cli("run", "--help").stdout
-    required = run[run.index("\nrequired:"):]
+    required = run[run.index("\nrequired:") :]
     assert "--out DIR" in required and "--model CKPT" in required
     assert "(default: auto)" in _cli("evaluate", "--help").stdout
 
@@ -270,7 +431,10 @@ def test_verbosity_levels(synth_05, capsys):
     assert main(["info", str(synth_05)]) == 0
     assert logging.getLogger("wsi_ocelot").level == logging.INFO
     assert main(["-v", "info", str(synth_05)]) == 0
-    assert logging.getLogger("wsi_ocelot").level == logging.DEBUG and logging.getLogger().level == logging.WARNING
+    assert (
+        logging.getLogger("wsi_ocelot").level == logging.DEBUG
+        and logging.getLogger().level == logging.WARNING
+    )
     assert main(["-vv", "info", str(synth_05)]) == 0
     assert logging.getLogger().level == logging.DEBUG
     assert main(["-q", "info", str(synth_05)]) == 0
@@ -289,11 +453,27 @@ def test_demo_warning_once_per_run_and_logs_name_only_final_folders(tmp_path):
         img = (200 + rng.integers(-40, 40, (512, 512, 3))).clip(0, 255).astype(np.uint8)
         write_pyramidal_tiff(tmp_path / f"plain_{i}.tiff", img, 0.25)
     out = tmp_path / "res"
-    proc = _cli("run", str(tmp_path / "plain_0.tiff"), str(tmp_path / "plain_1.tiff"), "--out", str(out), "--model", "demo",
-                "--device", "cpu", "--workers", "0", "--threads", "1", "--no-report")
+    proc = _cli(
+        "run",
+        str(tmp_path / "plain_0.tiff"),
+        str(tmp_path / "plain_1.tiff"),
+        "--out",
+        str(out),
+        "--model",
+        "demo",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--no-report",
+    )
     assert proc.returncode == 0, proc.stderr
     warns = [ln for ln in proc.stderr.splitlines() if "demo weights" in ln]
-    assert len(warns) == 1 and warns[0].startswith("warning: ") and "plain_0.tiff" in warns[0], proc.stderr
+    assert len(warns) == 1 and warns[0].startswith("warning: ") and "plain_0.tiff" in warns[0], (
+        proc.stderr
+    )
     assert "synthetic: synthetic" not in warns[0]  # no stutter
     assert ".partial-" not in proc.stderr and "\r" not in proc.stderr and "pass:" not in proc.stderr
     assert ".partial-" not in (out / "run.log").read_text()
@@ -301,21 +481,48 @@ def test_demo_warning_once_per_run_and_logs_name_only_final_folders(tmp_path):
 
 # -- rough edge: SIGTERM and Ctrl-C end a batch as they should ----------------------------
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_marks_the_slide_pending_and_writes_the_reports(slides, tiny_ckpt, tmp_path, sig, code):
+def test_a_signal_marks_the_slide_pending_and_writes_the_reports(
+    slides, tiny_ckpt, tmp_path, sig, code
+):
     out = tmp_path / "res"
-    inputs = [str(slides["cohort"] / f"s{i}.tiff") for i in range(3)] + [str(slides["other"] / "s1.tiff")]
+    inputs = [str(slides["cohort"] / f"s{i}.tiff") for i in range(3)] + [
+        str(slides["other"] / "s1.tiff")
+    ]
     csv = tmp_path / "four.csv"
-    csv.write_text("slide,id\n" + "".join(f"{p},slide_{i}\n" for i, p in enumerate(inputs)), encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", "run", str(csv), "--out", str(out), "--model", str(tiny_ckpt),
-                             "--device", "cpu", "--workers", "1", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    csv.write_text(
+        "slide,id\n" + "".join(f"{p},slide_{i}\n" for i, p in enumerate(inputs)), encoding="utf-8"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wsi_ocelot",
+            "run",
+            str(csv),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_ckpt),
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until the second slide is running
         try:
             slides_now = json.loads((out / "manifest.json").read_text())["slides"]
         except (OSError, ValueError, KeyError):
             slides_now = {}
-        if sum(r["status"] == "done" for r in slides_now.values()) >= 1 and any(p.name.startswith(".slide_") for p in out.iterdir()):
+        if sum(r["status"] == "done" for r in slides_now.values()) >= 1 and any(
+            p.name.startswith(".slide_") for p in out.iterdir()
+        ):
             break
         time.sleep(0.05)
     proc.send_signal(sig)
@@ -345,7 +552,9 @@ def test_no_progress_bars_off_a_terminal():
     assert _progress(3, "cell pass", True).disable and _progress(3, "cell pass", False).disable
 
 
-def test_an_unexpected_error_leaves_its_traceback_in_a_slide_log(slides, tiny_ckpt, tmp_path, monkeypatch, capsys):
+def test_an_unexpected_error_leaves_its_traceback_in_a_slide_log(
+    slides, tiny_ckpt, tmp_path, monkeypatch, capsys
+):
     """#22 item 4: the whole traceback of a slide's unexpected error (a bug) goes to
     <out>/logs/<slide-id>.log, which the manifest and the one-line error point to."""
     import wsi_ocelot.cohort.worker as worker
@@ -356,12 +565,31 @@ def test_an_unexpected_error_leaves_its_traceback_in_a_slide_log(slides, tiny_ck
 
     monkeypatch.setattr(worker, "get_runner", lambda model, config: Broken())
     out = tmp_path / "res"
-    assert _run("run", str(slides["cohort"] / "s0.tiff"), "--out", str(out), "--model", str(tiny_ckpt), *FAST) == 1
+    assert (
+        _run(
+            "run",
+            str(slides["cohort"] / "s0.tiff"),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_ckpt),
+            *FAST,
+        )
+        == 1
+    )
     rec = Manifest.load(out).slides["s0"]
-    assert rec["status"] == "failed" and rec["log"] == "logs/s0.log" and "logs/s0.log" in rec["error"]
+    assert (
+        rec["status"] == "failed" and rec["log"] == "logs/s0.log" and "logs/s0.log" in rec["error"]
+    )
     text = (out / rec["log"]).read_text()
-    assert "Traceback" in text and "RuntimeError: boom in the engine" in text and str(slides["cohort"] / "s0.tiff") in text
-    assert "Traceback" not in capsys.readouterr().err.split("1 slide(s) failed")[-1]  # the closing table stays one line each
+    assert (
+        "Traceback" in text
+        and "RuntimeError: boom in the engine" in text
+        and str(slides["cohort"] / "s0.tiff") in text
+    )
+    assert (
+        "Traceback" not in capsys.readouterr().err.split("1 slide(s) failed")[-1]
+    )  # the closing table stays one line each
 
 
 def test_status_while_a_batch_runs_and_after(slides, tiny_ckpt, tmp_path):
@@ -373,10 +601,27 @@ def test_status_while_a_batch_runs_and_after(slides, tiny_ckpt, tmp_path):
     nompp = tmp_path / "nompp.tiff"
     from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
 
-    write_pyramidal_tiff(nompp, np.full((256, 256, 3), 200, np.uint8), None)  # fails when it runs: no MPP
+    write_pyramidal_tiff(
+        nompp, np.full((256, 256, 3), 200, np.uint8), None
+    )  # fails when it runs: no MPP
     inputs = [str(slides["cohort"] / f"s{i}.tiff") for i in range(3)] + [str(nompp)]
-    proc = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", "run", *inputs, "--out", str(out), "--model", str(tiny_ckpt), *FAST],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wsi_ocelot",
+            "run",
+            *inputs,
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_ckpt),
+            *FAST,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = None
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -397,7 +642,12 @@ def test_status_while_a_batch_runs_and_after(slides, tiny_ckpt, tmp_path):
     after = batch_status(out)
     assert not after.running and after.counts["done"] == 3 and after.counts["failed"] == 1
     text = format_status(after)
-    assert "no batch running" in text and "last run: 3 done, 1 failed" in text and "nompp:" in text and "--mpp" in text
+    assert (
+        "no batch running" in text
+        and "last run: 3 done, 1 failed" in text
+        and "nompp:" in text
+        and "--mpp" in text
+    )
     proc = _cli("status", str(out), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["counts"]["failed"] == 1
     assert _cli("status", str(tmp_path)).returncode == 2

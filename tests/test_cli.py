@@ -13,7 +13,13 @@ from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wsi_ocelot", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "wsi_ocelot", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -43,15 +49,31 @@ def bad_inputs(tmp_path, pattern_slide):
     cut.write_bytes(data[: int(len(data) * 0.7)])
     nompp = tmp_path / "nompp.tiff"
     write_pyramidal_tiff(nompp, np.full((512, 512, 3), (215, 130, 185), np.uint8), None)
-    return {"missing": tmp_path / "missing.svs", "directory": tmp_path, "zero": zero, "text": text, "truncated": cut, "nompp": nompp}
+    return {
+        "missing": tmp_path / "missing.svs",
+        "directory": tmp_path,
+        "zero": zero,
+        "text": text,
+        "truncated": cut,
+        "nompp": nompp,
+    }
 
 
-BAD_INPUTS = [("missing", "no such file"), ("directory", "directory"), ("zero", "empty"), ("text", "not a slide"),
-              ("truncated", "truncated"), ("nompp", "--mpp")]
+BAD_INPUTS = [
+    ("missing", "no such file"),
+    ("directory", "directory"),
+    ("zero", "empty"),
+    ("text", "not a slide"),
+    ("truncated", "truncated"),
+    ("nompp", "--mpp"),
+]
 
 
 # `info` shows a slide without MPP and says so (tests/test_info.py); `tiles` refuses it
-@pytest.mark.parametrize("verb,case,needle", [(v, c, n) for v in ("info", "tiles") for c, n in BAD_INPUTS if (v, c) != ("info", "nompp")])
+@pytest.mark.parametrize(
+    "verb,case,needle",
+    [(v, c, n) for v in ("info", "tiles") for c, n in BAD_INPUTS if (v, c) != ("info", "nompp")],
+)
 def test_bad_input_one_line_error(bad_inputs, tmp_path, verb, case, needle):
     path = str(bad_inputs[case])
     extra = ["--out", str(tmp_path / "out")] if verb == "tiles" else []
@@ -64,7 +86,16 @@ def test_no_mpp_works_with_flag(bad_inputs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["mpp"] == {"x": 0.25, "y": 0.25, "source": "override"}
-    proc = run_cli("tiles", str(bad_inputs["nompp"]), "--mpp", "0.25", "--out", str(tmp_path / "t"), "--tile-size", "128")
+    proc = run_cli(
+        "tiles",
+        str(bad_inputs["nompp"]),
+        "--mpp",
+        "0.25",
+        "--out",
+        str(tmp_path / "t"),
+        "--tile-size",
+        "128",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "t" / "metadata.json").read_text())["sample_pairs"]
 
@@ -100,12 +131,17 @@ def test_output_options_match_the_library_and_reach_the_engine():
         assert (args.ngff, args.cells_table) == ("0.5", "csv")
         args = parser.parse_args(verb)
         assert (args.ngff, args.cells_table) == ("0.4", None)  # defaults: NGFF 0.4, no table
-    for kwargs, needle in (({"ngff": "0.6"}, "0.4, 0.5"), ({"cells_table": "xlsx"}, "parquet, csv")):
+    for kwargs, needle in (
+        ({"ngff": "0.6"}, "0.4, 0.5"),
+        ({"cells_table": "xlsx"}, "parquet, csv"),
+    ):
         with pytest.raises(ConfigError) as err:
             EngineConfig(**kwargs)
         assert "\n" not in str(err.value) and "Fix:" in str(err.value) and needle in str(err.value)
     proc = run_cli("run", "s.svs", "--out", "o", "--ngff", "0.6")
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
+    )
 
 
 def test_export_spatialdata_of_a_folder_without_a_result(tmp_path):
@@ -128,13 +164,31 @@ def test_demo_weights_on_a_real_slide_warn_and_leave_a_note(cmu_slide, tmp_path)
     from wsi_ocelot.weights import SYNTHETIC_ONLY_NOTE
 
     out = tmp_path / "o"
-    proc = run_cli("run", str(cmu_slide), "--out", str(out), "--model", "demo", "--device", "cpu", "--workers", "0")
+    proc = run_cli(
+        "run",
+        str(cmu_slide),
+        "--out",
+        str(out),
+        "--model",
+        "demo",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     assert proc.returncode == 0, proc.stderr
     warn = [ln for ln in proc.stderr.splitlines() if "not synthetic" in ln]
-    assert len(warn) == 1 and cmu_slide.name in warn[0] and warn[0].startswith("warning: the demo weights"), proc.stderr
+    assert (
+        len(warn) == 1
+        and cmu_slide.name in warn[0]
+        and warn[0].startswith("warning: the demo weights")
+    ), proc.stderr
     sid = cmu_slide.stem
     assert json.loads((out / sid / "purity.json").read_text())["model_note"] == SYNTHETIC_ONLY_NOTE
-    assert zarr.open_group(str(out / sid / "predictions.zarr"), mode="r").attrs["model"]["note"] == SYNTHETIC_ONLY_NOTE
+    assert (
+        zarr.open_group(str(out / sid / "predictions.zarr"), mode="r").attrs["model"]["note"]
+        == SYNTHETIC_ONLY_NOTE
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model_note"] == SYNTHETIC_ONLY_NOTE
     assert manifest["slides"][sid]["model_note"] == SYNTHETIC_ONLY_NOTE
@@ -147,7 +201,19 @@ def test_demo_weights_on_a_real_slide_warn_and_leave_a_note(cmu_slide, tmp_path)
 def test_demo_weights_on_a_synthetic_slide_do_not_warn(synth_025, tmp_path):
     """Our own synthetic slides are what the demo weights are for: no warning, but the note stays."""
     out = tmp_path / "o"
-    proc = run_cli("run", str(synth_025), "--out", str(out), "--model", "demo", "--device", "cpu", "--workers", "0", "--no-report")
+    proc = run_cli(
+        "run",
+        str(synth_025),
+        "--out",
+        str(out),
+        "--model",
+        "demo",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-report",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "not synthetic" not in proc.stderr
     assert json.loads((out / synth_025.stem / "purity.json").read_text())["model_note"]

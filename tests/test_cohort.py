@@ -43,26 +43,42 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
     good.mkdir()
     for i in range(3):
         write_synthetic_slide(good / f"case_{i}.tiff", mpp=0.25, size=SLIDE_SIZE, seed=300 + i)
-    (good / "case_0.cells.csv").unlink(missing_ok=True)  # ground truth files are not slides either way
+    (good / "case_0.cells.csv").unlink(
+        missing_ok=True
+    )  # ground truth files are not slides either way
     bad = root / "bad"
     bad.mkdir()
     # a TIFF header whose first directory (at byte 8) is noise: not a slide format (deterministic: an IFD offset
     # drawn at random may point past the end of the file, which is a truncated file instead)
-    (bad / "corrupt.svs").write_bytes(b"II*\x00\x08\x00\x00\x00" + np.random.default_rng(7).bytes(2000))
+    (bad / "corrupt.svs").write_bytes(
+        b"II*\x00\x08\x00\x00\x00" + np.random.default_rng(7).bytes(2000)
+    )
     with openslide.OpenSlide(str(good / "case_0.tiff")) as s:
         img = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
     write_pyramidal_tiff(bad / "nompp.tiff", img, None)
     data = (good / "case_1.tiff").read_bytes()
     (bad / "truncated.tiff").write_bytes(data[: len(data) // 2])
-    write_synthetic_slide(bad / "glass.tiff", mpp=0.25, size=(512, 512), seed=310, empty=True)  # no tissue
+    write_synthetic_slide(
+        bad / "glass.tiff", mpp=0.25, size=(512, 512), seed=310, empty=True
+    )  # no tissue
     manifest = root / "cohort.csv"
     manifest.write_text("slide,mpp,id\nbad/nompp.tiff,0.25,nompp_with_mpp\n", encoding="utf-8")
-    return {"root": root, "good": good, "corrupt": bad / "corrupt.svs", "missing": bad / "missing.svs",
-            "nompp": bad / "nompp.tiff", "truncated": bad / "truncated.tiff", "glass": bad / "glass.tiff", "manifest": manifest}
+    return {
+        "root": root,
+        "good": good,
+        "corrupt": bad / "corrupt.svs",
+        "missing": bad / "missing.svs",
+        "nompp": bad / "nompp.tiff",
+        "truncated": bad / "truncated.tiff",
+        "glass": bad / "glass.tiff",
+        "manifest": manifest,
+    }
 
 
 def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wsi_ocelot", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "wsi_ocelot", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _tree_digest(folder: Path) -> dict[str, tuple[str, int]]:
@@ -70,7 +86,10 @@ def _tree_digest(folder: Path) -> dict[str, tuple[str, int]]:
     out = {}
     for p in sorted(folder.rglob("*")):
         if p.is_file():
-            out[str(p.relative_to(folder))] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            out[str(p.relative_to(folder))] = (
+                hashlib.sha256(p.read_bytes()).hexdigest(),
+                p.stat().st_mtime_ns,
+            )
     return out
 
 
@@ -106,17 +125,22 @@ def test_duplicate_ids_fail_before_any_work(cohort, tmp_path):
     assert "case_1" in msg and str(other) in msg and "id" in msg and "\n" not in msg
     with pytest.raises(WsiOcelotError, match="listed twice"):
         check_unique([SlideJob("a", "/x/a.svs"), SlideJob("a", "/x/a.svs")])
-    proc = _cli("run", str(cohort["good"]), str(other), "--out", str(tmp_path / "o"), "--model", "demo")
+    proc = _cli(
+        "run", str(cohort["good"]), str(other), "--out", str(tmp_path / "o"), "--model", "demo"
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "case_1" in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("path,mpp\na.svs,0.25\n", "no 'slide' column"),
-    ("slide,mpp\na.svs,fast\n", "is not a µm/px value"),
-    ("slide,mpp\na.svs,-1\n", "is not a µm/px value"),
-    ("slide,id\na.svs,///\n", "empty once made safe"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("path,mpp\na.svs,0.25\n", "no 'slide' column"),
+        ("slide,mpp\na.svs,fast\n", "is not a µm/px value"),
+        ("slide,mpp\na.svs,-1\n", "is not a µm/px value"),
+        ("slide,id\na.svs,///\n", "empty once made safe"),
+    ],
+)
 def test_bad_manifest_csv_one_line_errors(tmp_path, text, problem):
     p = tmp_path / "m.csv"
     p.write_text(text, encoding="utf-8")
@@ -135,8 +159,26 @@ def test_unreadable_manifest_json_is_a_one_line_error(tmp_path):
 @pytest.fixture(scope="module")
 def batch(cohort, tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("batch") / "out"
-    args = ["run", str(cohort["good"]), str(cohort["corrupt"]), str(cohort["missing"]), str(cohort["nompp"]),
-            str(cohort["truncated"]), str(cohort["glass"]), str(cohort["manifest"]), "--out", str(out), "--model", str(tiny_ckpt), "--device", "cpu", "--workers", "0", "--threads", "1"]
+    args = [
+        "run",
+        str(cohort["good"]),
+        str(cohort["corrupt"]),
+        str(cohort["missing"]),
+        str(cohort["nompp"]),
+        str(cohort["truncated"]),
+        str(cohort["glass"]),
+        str(cohort["manifest"]),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_ckpt),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+    ]
     proc = _cli(*args)
     return {"out": out, "args": args, "proc": proc}
 
@@ -149,33 +191,56 @@ def test_batch_reports_bad_slides_and_goes_on(batch, cohort):
     assert "Traceback" not in proc.stderr
     slides = json.loads((out / "manifest.json").read_text())["slides"]
     status = {k: v["status"] for k, v in slides.items()}
-    assert status == {"case_0": "done", "case_1": "done", "case_2": "done", "nompp_with_mpp": "done", "glass": "done", "nompp": "failed"}
+    assert status == {
+        "case_0": "done",
+        "case_1": "done",
+        "case_2": "done",
+        "nompp_with_mpp": "done",
+        "glass": "done",
+        "nompp": "failed",
+    }
     # a slide without tissue is a result: zero cells, purity null with the reason
-    assert slides["glass"]["n_cells"] == 0 and slides["glass"]["purity"] is None and "no tissue" in slides["glass"]["purity_reason"]
+    assert (
+        slides["glass"]["n_cells"] == 0
+        and slides["glass"]["purity"] is None
+        and "no tissue" in slides["glass"]["purity_reason"]
+    )
     assert "nompp.tiff" in slides["nompp"]["error"] and "--mpp" in slides["nompp"]["error"]
     assert slides["nompp_with_mpp"]["mpp"] == 0.25
     # the input errors: each one line, before the batch started, and again at the end
     before = proc.stderr[: proc.stderr.index("batch of ")]
-    for path, needle in ((cohort["truncated"], "truncated"), (cohort["corrupt"], "not a slide format"), (cohort["missing"], "no such file")):
+    for path, needle in (
+        (cohort["truncated"], "truncated"),
+        (cohort["corrupt"], "not a slide format"),
+        (cohort["missing"], "no such file"),
+    ):
         line = next(ln for ln in before.splitlines() if str(path) in ln)
         assert line.startswith("error: ") and needle in line and "Fix:" in line
-    closing = proc.stderr[proc.stderr.index("3 input(s) not run"):]
+    closing = proc.stderr[proc.stderr.index("3 input(s) not run") :]
     assert str(cohort["missing"]) in closing and str(cohort["truncated"]) in closing
     # the failure table at the end of the run names each failed slide with its message
-    table = proc.stderr[proc.stderr.index("1 slide(s) failed"):]
+    table = proc.stderr[proc.stderr.index("1 slide(s) failed") :]
     assert slides["nompp"]["error"] in table
     # only complete slide folders, no leftovers
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert names == ["case_0", "case_1", "case_2", "glass", "nompp_with_mpp"]
     for sid in names:
-        assert {"predictions.zarr", "cells.geojson", "tissue.geojson", "purity.json", "overview.png"} <= {p.name for p in (out / sid).iterdir()}
+        assert {
+            "predictions.zarr",
+            "cells.geojson",
+            "tissue.geojson",
+            "purity.json",
+            "overview.png",
+        } <= {p.name for p in (out / sid).iterdir()}
     assert (out / "run.log").stat().st_size > 0 and "corrupt" in (out / "run.log").read_text()
 
 
 def test_summary_csv_one_row_per_slide(batch):
     out = batch["out"]
     rows = list(csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
-    assert [r["slide_id"] for r in rows] == sorted(["case_0", "case_1", "case_2", "nompp_with_mpp", "glass", "nompp"])
+    assert [r["slide_id"] for r in rows] == sorted(
+        ["case_0", "case_1", "case_2", "nompp_with_mpp", "glass", "nompp"]
+    )
     by = {r["slide_id"]: r for r in rows}
     for sid in ("case_0", "nompp_with_mpp"):
         p = json.loads((out / sid / "purity.json").read_text())
@@ -183,12 +248,17 @@ def test_summary_csv_one_row_per_slide(batch):
         assert float(by[sid]["purity"]) == pytest.approx(p["purity"], rel=1e-5)
         assert float(by[sid]["tissue_area_mm2"]) == pytest.approx(p["tissue_area_mm2"], rel=1e-5)
         assert float(by[sid]["mpp"]) == 0.25 and float(by[sid]["runtime_s"]) > 0
-    assert by["nompp"]["status"] == "failed" and by["nompp"]["error"] and by["nompp"]["n_cells"] == ""
+    assert (
+        by["nompp"]["status"] == "failed" and by["nompp"]["error"] and by["nompp"]["n_cells"] == ""
+    )
 
 
 def test_rerun_skips_done_slides_without_touching_them(batch):
     out = batch["out"]
-    before = {sid: _tree_digest(out / sid) for sid in ("case_0", "case_1", "case_2", "nompp_with_mpp", "glass")}
+    before = {
+        sid: _tree_digest(out / sid)
+        for sid in ("case_0", "case_1", "case_2", "nompp_with_mpp", "glass")
+    }
     proc = _cli(*batch["args"])
     assert proc.returncode == 1  # the bad slides are tried again and fail again
     assert "5 slide(s) already done, skipped" in proc.stdout
@@ -206,7 +276,10 @@ def test_report_rebuild_and_html_content(batch):
     doc = (out / "report.html").read_text(encoding="utf-8")
     assert doc.count("data:image/jpeg;base64,") == 5  # one overview per finished slide, embedded
     assert 'id="purity-plot"' in doc and "<script>" in doc
-    assert "http://" not in doc.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in doc  # self-contained
+    assert (
+        "http://" not in doc.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        and "https://" not in doc
+    )  # self-contained
     proc = _cli("report", str(out / "nope"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
@@ -222,23 +295,44 @@ class _WebDriver:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen([driver, f"--port={self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [driver, f"--port={self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         for _ in range(100):
             try:
                 self._call("GET", "/status")
                 break
             except OSError:
                 time.sleep(0.1)
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-            "binary": browser,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",
-                     f"--window-size={size[0]},{size[1]}", "--hide-scrollbars"]}}}}
+        caps = {
+            "capabilities": {
+                "alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {
+                        "binary": browser,
+                        "args": [
+                            "--headless",
+                            "--no-sandbox",
+                            "--disable-gpu",
+                            "--disable-background-networking",
+                            "--disable-dev-shm-usage",
+                            f"--window-size={size[0]},{size[1]}",
+                            "--hide-scrollbars",
+                        ],
+                    },
+                }
+            }
+        }
         self.sid = self._call("POST", "/session", caps)["sessionId"]
 
     def _call(self, method: str, path: str, body: dict | None = None):
         data = None if body is None else json.dumps(body).encode()
-        req = self._req.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
-                                headers={"Content-Type": "application/json"})
+        req = self._req.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
         with self._req.urlopen(req, timeout=60) as resp:
             return json.loads(resp.read() or b"{}").get("value")
 
@@ -246,7 +340,9 @@ class _WebDriver:
         self._call("POST", f"/session/{self.sid}/url", {"url": url})
 
     def js(self, script: str):
-        return self._call("POST", f"/session/{self.sid}/execute/sync", {"script": script, "args": []})
+        return self._call(
+            "POST", f"/session/{self.sid}/execute/sync", {"script": script, "args": []}
+        )
 
     def set_window(self, width: int, height: int) -> None:
         self._call("POST", f"/session/{self.sid}/window/rect", {"width": width, "height": height})
@@ -268,7 +364,11 @@ def _browser() -> tuple[str, str] | None:
     import shutil
 
     driver = shutil.which("chromedriver")
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    browser = (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
     return (driver, browser) if driver and browser else None
 
 
@@ -277,7 +377,9 @@ def _require_browser() -> tuple[str, str]:
     if found is None:
         if os.environ.get("CI"):
             pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
-        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+        pytest.skip(
+            "chromium / chromedriver not installed (apt-get install chromium chromium-driver)"
+        )
     return found
 
 
@@ -301,19 +403,27 @@ def test_report_renders_in_headless_chromium(batch):
             time.sleep(0.1)
         rows = wd.js("return document.querySelectorAll('#slides tbody tr').length")
         assert rows == 6  # 5 done, nompp failed; inputs that are not slides are not recorded
-        imgs = wd.js("return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
+        imgs = wd.js(
+            "return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])"
+        )
         assert len(imgs) == 5 and all(ok and w > 0 and shown > 0 for ok, w, shown in imgs), imgs
         bars = wd.js("return document.querySelectorAll('#purity-plot rect.bar').length")
         assert bars >= 1
-        plot_w = wd.js("return document.getElementById('purity-plot').getBoundingClientRect().width")
+        plot_w = wd.js(
+            "return document.getElementById('purity-plot').getBoundingClientRect().width"
+        )
         assert plot_w > 100
         failed = wd.js("return document.querySelectorAll('#slides tr.failed').length")
         assert failed == 1  # nompp; inputs that are not slides are not recorded
         # sorting: click the "cells" header twice → descending cell counts, empty cells last (a failed
         # row has no "cells" cell: its message spans the result columns, so cells are found by key)
-        wd.js("const th = Array.from(document.querySelectorAll('#slides th')).find(h => h.textContent === 'cells'); th.click(); th.click();")
-        vals = wd.js("return Array.from(document.querySelectorAll('#slides tbody tr'))"
-                     ".map(r => r.querySelector('td[data-k=n_cells]')).map(td => td ? td.getAttribute('data-v') : '')")
+        wd.js(
+            "const th = Array.from(document.querySelectorAll('#slides th')).find(h => h.textContent === 'cells'); th.click(); th.click();"
+        )
+        vals = wd.js(
+            "return Array.from(document.querySelectorAll('#slides tbody tr'))"
+            ".map(r => r.querySelector('td[data-k=n_cells]')).map(td => td ? td.getAttribute('data-v') : '')"
+        )
         nums = [float(v) for v in vals if v]
         assert len(nums) == 5 and nums == sorted(nums, reverse=True) and vals[5:] == [""]
     finally:
@@ -344,10 +454,14 @@ return {h: r.getBoundingClientRect().height, bottom: r.getBoundingClientRect().b
 def _check_fits_a_laptop(wd: _WebDriver, error: str) -> dict:
     """Bug 8 at the window's width: no sideways scrolling, no header or number cut, and the failed
     row one line high with its message cut by an ellipsis and whole on hover. Returns that row."""
-    assert wd.js("return document.documentElement.scrollWidth") <= wd.js("return window.innerWidth")  # old: wider, or about to be
+    assert wd.js("return document.documentElement.scrollWidth") <= wd.js(
+        "return window.innerWidth"
+    )  # old: wider, or about to be
     assert wd.js(_CUT_CELLS_JS) == []
     row = wd.js(_FAILED_ROW_JS)
-    assert row["h"] < 80, row  # old: ~700 px, the message wrapped in a column about 3 characters wide
+    assert row["h"] < 80, (
+        row
+    )  # old: ~700 px, the message wrapped in a column about 3 characters wide
     assert not row["open"] and row["cut"] and row["w"] > 500 and row["title"] == error, row
     return row
 
@@ -372,14 +486,33 @@ def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
     write_synthetic_slide(slides / f"{LONG_ID}.tiff", mpp=0.25, size=(1536, 1536), seed=7)
     write_synthetic_slide(slides / "glass_B.tiff", mpp=0.25, size=(768, 768), seed=8, empty=True)
     write_synthetic_slide(slides / "damaged_C.tiff", mpp=0.25, size=(1024, 1024), seed=9)
-    corrupt_tile(slides / "damaged_C.tiff", 512, 512)  # in its tissue: too many unreadable tiles, it fails part-way
+    corrupt_tile(
+        slides / "damaged_C.tiff", 512, 512
+    )  # in its tissue: too many unreadable tiles, it fails part-way
     out = tmp_path / "cohort_report"
-    proc = _cli("run", *(str(slides / n) for n in (f"{LONG_ID}.tiff", "glass_B.tiff", "damaged_C.tiff")), "--out", str(out),
-                "--model", "demo", "--device", "cpu", "--workers", "0", "--no-progress", "--cells-table", "parquet")
+    proc = _cli(
+        "run",
+        *(str(slides / n) for n in (f"{LONG_ID}.tiff", "glass_B.tiff", "damaged_C.tiff")),
+        "--out",
+        str(out),
+        "--model",
+        "demo",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--cells-table",
+        "parquet",
+    )
     assert proc.returncode == 1, proc.stderr  # one slide failed, the others are done
-    assert {"tissue.ome.zarr", "cells.parquet"} <= {p.name for p in (out / LONG_ID).iterdir()}  # output options reach cohort runs
+    assert {"tissue.ome.zarr", "cells.parquet"} <= {
+        p.name for p in (out / LONG_ID).iterdir()
+    }  # output options reach cohort runs
     error = Manifest.load(out).slides["damaged_C"]["error"]
-    assert len(error) > 200 and "\n" not in error and "unreadable" in error  # a real one-line message, and a long one
+    assert (
+        len(error) > 200 and "\n" not in error and "unreadable" in error
+    )  # a real one-line message, and a long one
     wd = _WebDriver(*found, size=(1366, 900))
     try:
         _load(wd, out / "report.html")
@@ -391,31 +524,54 @@ def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
             assert 0 <= top < fold, (sel, top, fold)
         assert "demo.safetensors" in wd.js("return document.getElementById('model').textContent")
         data = wd.js("return document.getElementById('model-data').textContent")
-        assert data.startswith("wsi-ocelot synthetic") and "/" not in data, data  # old: "data /tmp/gdata", the training machine's scratch folder
+        assert data.startswith("wsi-ocelot synthetic") and "/" not in data, (
+            data
+        )  # old: "data /tmp/gdata", the training machine's scratch folder
         note = wd.js("return document.querySelector('.note').getBoundingClientRect().top")
-        assert 0 <= note < fold and "synthetic-only" in wd.js("return document.querySelector('.note').textContent")
+        assert 0 <= note < fold and "synthetic-only" in wd.js(
+            "return document.querySelector('.note').textContent"
+        )
         failures = wd.js("return document.getElementById('failures').textContent")
         assert "damaged_C" in failures and "unreadable" in failures and "Fix:" in failures
         assert wd.js("return document.querySelectorAll('#purity-plot rect.bar').length") == 1
         legend = wd.js("return document.getElementById('legend').textContent")
-        assert "cancer area" in legend and "100 µm" in legend and "0 %" in legend and "100 %" in legend
-        rows = wd.js("return Array.from(document.querySelectorAll('#slides tbody tr')).map(r => r.textContent)")
+        assert (
+            "cancer area" in legend and "100 µm" in legend and "0 %" in legend and "100 %" in legend
+        )
+        rows = wd.js(
+            "return Array.from(document.querySelectorAll('#slides tbody tr')).map(r => r.textContent)"
+        )
         assert len(rows) == 3
         by = {next(n for n in (LONG_ID, "glass_B", "damaged_C") if n in r): r for r in rows}
-        assert "%" in by[LONG_ID] and "no tissue" in by["glass_B"] and "unreadable" in by["damaged_C"]
-        imgs = wd.js("return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
-        assert len(imgs) == 2 and all(ok and w >= 300 and shown >= 250 for ok, w, shown in imgs), imgs
-        heads = wd.js("return Array.from(document.querySelectorAll('#slides th')).map(h => h.textContent)")
+        assert (
+            "%" in by[LONG_ID] and "no tissue" in by["glass_B"] and "unreadable" in by["damaged_C"]
+        )
+        imgs = wd.js(
+            "return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])"
+        )
+        assert len(imgs) == 2 and all(ok and w >= 300 and shown >= 250 for ok, w, shown in imgs), (
+            imgs
+        )
+        heads = wd.js(
+            "return Array.from(document.querySelectorAll('#slides th')).map(h => h.textContent)"
+        )
         assert any("mm²" in h for h in heads) and any("µm/px" in h for h in heads)
         # the long name is cut in its column, whole (with the slide's file) on hover
-        name = wd.js("const td = document.querySelector('#slides td[data-k=slide_id]'); "
-                     "return {cut: td.scrollWidth > td.clientWidth, title: td.querySelector('span').title}")
+        name = wd.js(
+            "const td = document.querySelector('#slides td[data-k=slide_id]'); "
+            "return {cut: td.scrollWidth > td.clientWidth, title: td.querySelector('span').title}"
+        )
         assert name["cut"] and name["title"] == f"{LONG_ID}\n{slides / LONG_ID}.tiff", name
         closed = _check_fits_a_laptop(wd, error)
         # a click shows the whole message, wrapped in its cell; a second click folds it again
         wd.js("document.querySelector('#slides tr.failed td.err summary').click()")
         opened = wd.js(_FAILED_ROW_JS)
-        assert opened["open"] and not opened["cut"] and opened["h"] > closed["h"] and error.endswith(opened["text"]), opened
+        assert (
+            opened["open"]
+            and not opened["cut"]
+            and opened["h"] > closed["h"]
+            and error.endswith(opened["text"])
+        ), opened
         assert wd.js("return document.documentElement.scrollWidth") <= 1366
         wd.js("document.querySelector('#slides tr.failed td.err summary').click()")
         # the screenshot: a 1366×900 window (its own bars take 900 - fold px), the failed row in view
@@ -452,10 +608,17 @@ def test_report_names_the_training_data_not_the_training_machines_folder(tmp_pat
     from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
     from wsi_ocelot.weights import demo_path
 
-    root = tmp_path / "scratch" / "job-4711" / "ocelot2023_v1.0.1"  # not there: the training machine's folder
-    tiny_ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(ModelConfig(encoder="resnet18", decoder_channels=64)),
-                           geometry=GeometryConfig(**TINY_GEOMETRY_KW), peaks=PeakConfig(),
-                           training={"data_root": str(root), "split_sizes": {"train": 80, "val": 20}}, metrics={"val_mF1": 0.71})
+    root = (
+        tmp_path / "scratch" / "job-4711" / "ocelot2023_v1.0.1"
+    )  # not there: the training machine's folder
+    tiny_ckpt = save_checkpoint(
+        tmp_path / "m.safetensors",
+        build_model(ModelConfig(encoder="resnet18", decoder_channels=64)),
+        geometry=GeometryConfig(**TINY_GEOMETRY_KW),
+        peaks=PeakConfig(),
+        training={"data_root": str(root), "split_sizes": {"train": 80, "val": 20}},
+        metrics={"val_mF1": 0.71},
+    )
     out = tmp_path / "out"
     out.mkdir()
 
@@ -467,42 +630,80 @@ def test_report_names_the_training_data_not_the_training_machines_folder(tmp_pat
 
     assert trained_on() == "ocelot2023_v1.0.1; 80 train, 20 val tiles; val mF1 0.710"
     root.mkdir(parents=True)  # the dataset is on this machine and names itself
-    (root / "metadata.json").write_text(json.dumps({"general_info": {"dataset": "OCELOT 2023"}, "sample_pairs": {}}), encoding="utf-8")
+    (root / "metadata.json").write_text(
+        json.dumps({"general_info": {"dataset": "OCELOT 2023"}, "sample_pairs": {}}),
+        encoding="utf-8",
+    )
     assert trained_on() == "OCELOT 2023; 80 train, 20 val tiles; val mF1 0.710"
-    assert dataset_name({"dataset": "TCGA-BRCA H&E", "data_root": str(root)}) == "TCGA-BRCA H&E"  # recorded by the checkpoint
-    assert dataset_name({"data_root": "D:\\scratch\\lung_set\\"}) == "lung_set"  # a Windows training machine
-    assert dataset_name({"data_root": "/tmp/gdata"}, tiny_ckpt) == "gdata"  # the folder's name, not its path
-    assert dataset_name({"data_root": "/tmp/gdata"}, demo_path()) == "wsi-ocelot synthetic"  # what the demo weights were trained on
+    assert (
+        dataset_name({"dataset": "TCGA-BRCA H&E", "data_root": str(root)}) == "TCGA-BRCA H&E"
+    )  # recorded by the checkpoint
+    assert (
+        dataset_name({"data_root": "D:\\scratch\\lung_set\\"}) == "lung_set"
+    )  # a Windows training machine
+    assert (
+        dataset_name({"data_root": "/tmp/gdata"}, tiny_ckpt) == "gdata"
+    )  # the folder's name, not its path
+    assert (
+        dataset_name({"data_root": "/tmp/gdata"}, demo_path()) == "wsi-ocelot synthetic"
+    )  # what the demo weights were trained on
     assert dataset_name({}) is None
 
 
 # -- SIGKILL part-way ----------------------------------------------------------------------
 def test_sigkill_then_rerun_completes_and_keeps_finished_slides(cohort, tiny_ckpt, tmp_path):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "wsi_ocelot", "-q", "run", str(cohort["good"]), "--out", str(out), "--model", str(tiny_ckpt),
-            "--device", "cpu", "--workers", "0", "--no-report"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "wsi_ocelot",
+        "-q",
+        "run",
+        str(cohort["good"]),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_ckpt),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-report",
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.time() + 600
     done: list[str] = []
     while time.time() < deadline and proc.poll() is None:
         if (out / "manifest.json").is_file():
             try:
                 slides = json.loads((out / "manifest.json").read_text())["slides"]
-            except ValueError:  # never torn: written by rename; a read racing the rename may see the old file only
+            except (
+                ValueError
+            ):  # never torn: written by rename; a read racing the rename may see the old file only
                 raise
             done = [k for k, v in slides.items() if v["status"] == "done"]
             if done and any(v["status"] == "running" for v in slides.values()):
                 time.sleep(1.0)  # let the next slide get going
                 break
         time.sleep(0.05)
-    assert proc.poll() is None, "the batch finished before it could be killed: " + proc.stderr.read().decode()
+    assert proc.poll() is None, (
+        "the batch finished before it could be killed: " + proc.stderr.read().decode()
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     # nothing that looks complete is incomplete: visible folders are whole, the rest is hidden partial work
     for d in out.iterdir():
         if d.is_dir() and not d.name.startswith("."):
             assert d.name in done or (d / "purity.json").is_file()
-            assert {"predictions.zarr", "cells.geojson", "tissue.geojson", "purity.json", "overview.png"} <= {p.name for p in d.iterdir()}
+            assert {
+                "predictions.zarr",
+                "cells.geojson",
+                "tissue.geojson",
+                "purity.json",
+                "overview.png",
+            } <= {p.name for p in d.iterdir()}
     before = {sid: _tree_digest(out / sid) for sid in done}
     rerun = subprocess.run(args[:-1], capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr
@@ -549,8 +750,27 @@ def _free_port() -> int:
 
 def test_local_cluster_matches_in_process(batch, cohort, tiny_ckpt, tmp_path):
     out = tmp_path / "dask_local"
-    proc = _cli("-q", "run", str(cohort["good"] / "case_0.tiff"), str(cohort["good"] / "case_1.tiff"), "--out", str(out),
-                "--model", str(tiny_ckpt), "--device", "cpu", "--workers", "0", "--scheduler", "local", "--dask-workers", "2", "--threads", "1", "--no-report")
+    proc = _cli(
+        "-q",
+        "run",
+        str(cohort["good"] / "case_0.tiff"),
+        str(cohort["good"] / "case_1.tiff"),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_ckpt),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--scheduler",
+        "local",
+        "--dask-workers",
+        "2",
+        "--threads",
+        "1",
+        "--no-report",
+    )
     assert proc.returncode == 0, proc.stderr
     for sid in ("case_0", "case_1"):
         a, b = _cells(batch["out"] / sid), _cells(out / sid)
@@ -566,23 +786,74 @@ def test_dask_scheduler_and_workers_survive_a_killed_worker(batch, cohort, tiny_
     # a scheduler that never retries by itself (its default worker-saturation sends a 1-thread worker two slides):
     # a slide queued on the killed worker is lost with it, and only the one it was running counts as an attempt
     sched_env = {**env, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
-    procs = [subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=sched_env, start_new_session=True)]
+    procs = [
+        subprocess.Popen(
+            ["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=sched_env,
+            start_new_session=True,
+        )
+    ]
     try:
         time.sleep(2)
-        workers = [subprocess.Popen(["dask", "worker", addr, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"w{i}"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True) for i in range(2)]
+        workers = [
+            subprocess.Popen(
+                [
+                    "dask",
+                    "worker",
+                    addr,
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--no-dashboard",
+                    "--name",
+                    f"w{i}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+            for i in range(2)
+        ]
         procs += workers
         from distributed import Client
 
         with Client(addr, timeout="60s") as c:
             c.wait_for_workers(2, timeout=120)
         out = tmp_path / "dask_tcp"
-        run = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", "-q", "run", str(cohort["good"]), str(cohort["manifest"]), "--out", str(out),
-                                "--model", str(tiny_ckpt), "--device", "cpu", "--workers", "0", "--scheduler", addr, "--threads", "1", "--no-report"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "wsi_ocelot",
+                "-q",
+                "run",
+                str(cohort["good"]),
+                str(cohort["manifest"]),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_ckpt),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                "--scheduler",
+                addr,
+                "--threads",
+                "1",
+                "--no-report",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.time() + 600
-        while time.time() < deadline and run.poll() is None:  # kill a worker once the first slide is back
+        while (
+            time.time() < deadline and run.poll() is None
+        ):  # kill a worker once the first slide is back
             try:
                 slides = json.loads((out / "manifest.json").read_text())["slides"]
             except (OSError, ValueError, KeyError):
@@ -606,7 +877,9 @@ def test_dask_scheduler_and_workers_survive_a_killed_worker(batch, cohort, tiny_
         assert run.returncode == 0, stderr
         m = Manifest.load(out)
         assert m.counts() == {"done": 4, "failed": 0, "running": 0}
-        assert sum(r["attempts"] == 2 for r in m.slides.values()) <= 1, {k: r["attempts"] for k, r in m.slides.items()}
+        assert sum(r["attempts"] == 2 for r in m.slides.values()) <= 1, {
+            k: r["attempts"] for k, r in m.slides.items()
+        }
         assert all(r["attempts"] in (1, 2) for r in m.slides.values())
         assert not (out / ".wsi-ocelot-tasks").exists()
         for sid in ("case_0", "case_1", "case_2", "nompp_with_mpp"):
@@ -649,14 +922,42 @@ def test_slide_that_kills_its_worker_is_retried_once_then_failed(cohort, tiny_ck
     preload.write_text(_CRASH_PRELOAD, encoding="utf-8")
     out = tmp_path / "out"
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": f'["{preload}"]'}
-    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "run", str(cohort["good"] / "case_0.tiff"), str(crash), "--out", str(out),
-                           "--model", str(tiny_ckpt), "--device", "cpu", "--workers", "0", "--scheduler", "local", "--dask-workers", "1",
-                           "--threads", "1", "--no-report"], capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_ocelot",
+            "run",
+            str(cohort["good"] / "case_0.tiff"),
+            str(crash),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_ckpt),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--scheduler",
+            "local",
+            "--dask-workers",
+            "1",
+            "--threads",
+            "1",
+            "--no-report",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 1, proc.stderr
     slides = Manifest.load(out).slides
     # one thread per worker: case_0 either finished before crash_me started (its record is kept even if the
     # worker died before reporting it) or waited behind it (resubmitted): never a failed attempt of its own
-    assert slides["case_0"]["status"] == "done" and slides["case_0"]["attempts"] == 1, slides["case_0"]
+    assert slides["case_0"]["status"] == "done" and slides["case_0"]["attempts"] == 1, slides[
+        "case_0"
+    ]
     assert slides["crash_me"]["status"] == "failed" and slides["crash_me"]["attempts"] == 2
     assert "died 2 time(s)" in slides["crash_me"]["error"] and "Fix:" in slides["crash_me"]["error"]
     assert "crash_me" in proc.stderr and "retrying" in proc.stderr
@@ -672,7 +973,7 @@ def test_hostile_names_pass_through_intact_and_inert(tiny_ckpt, cohort, tmp_path
     src = cohort["good"] / "case_2.tiff"
     folder = tmp_path / "in <b>\"quoted\" & 'odd'<\\b>"  # no '/': it separates path parts
     folder.mkdir()
-    names = ["O'Brien \"x\" <script>alert(1)<\\script> ü 漢字 space.tiff", "a" * 200 + " long.tiff"]
+    names = ['O\'Brien "x" <script>alert(1)<\\script> ü 漢字 space.tiff', "a" * 200 + " long.tiff"]
     for name in names:
         shutil.copy(src, folder / name)
     manifest_csv = tmp_path / "m.csv"
@@ -681,13 +982,27 @@ def test_hostile_names_pass_through_intact_and_inert(tiny_ckpt, cohort, tmp_path
         w.writerow(["slide", "mpp", "id"])
         w.writerow([str(folder / names[0]), "", "<img src=x onerror=alert(2)>"])
     out = tmp_path / "out"
-    proc = _cli("run", str(folder), str(manifest_csv), "--out", str(out), "--model", str(tiny_ckpt), "--device", "cpu",
-                "--workers", "0", "--no-progress")
+    proc = _cli(
+        "run",
+        str(folder),
+        str(manifest_csv),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_ckpt),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     slides = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["slides"]
     assert len(slides) == 3 and all(r["status"] == "done" for r in slides.values())
     paths = {r["path"] for r in slides.values()}
-    assert {str(folder / n) for n in names} <= paths  # paths intact (quotes, markup, non-ASCII, spaces)
+    assert {
+        str(folder / n) for n in names
+    } <= paths  # paths intact (quotes, markup, non-ASCII, spaces)
     assert all(len(sid) <= 120 and (out / sid / "purity.json").is_file() for sid in slides)
     with (out / "summary.csv").open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -708,13 +1023,26 @@ def test_report_says_what_a_fine_tuned_model_was_validated_on(tmp_path):
     from wsi_ocelot.inference import PeakConfig
     from wsi_ocelot.model import ModelConfig, build_model, save_checkpoint
 
-    training = {"dataset": "lab-B regions", "split_sizes": {"train": 12, "val": 4},
-                "validation": {"dataset": "lab-B regions", "split": "val", "pairs": 4, "masked_pairs": 4},
-                "parent": {"init": "demo", "path": "/x/demo.safetensors"}}
-    tiny_ckpt = save_checkpoint(tmp_path / "ft.safetensors", build_model(ModelConfig(encoder="resnet18", decoder_channels=64)),
-                           geometry=GeometryConfig(**TINY_GEOMETRY_KW), peaks=PeakConfig(), training=training)
+    training = {
+        "dataset": "lab-B regions",
+        "split_sizes": {"train": 12, "val": 4},
+        "validation": {"dataset": "lab-B regions", "split": "val", "pairs": 4, "masked_pairs": 4},
+        "parent": {"init": "demo", "path": "/x/demo.safetensors"},
+    }
+    tiny_ckpt = save_checkpoint(
+        tmp_path / "ft.safetensors",
+        build_model(ModelConfig(encoder="resnet18", decoder_channels=64)),
+        geometry=GeometryConfig(**TINY_GEOMETRY_KW),
+        peaks=PeakConfig(),
+        training=training,
+    )
     out = tmp_path / "out"
     out.mkdir()
-    page = write_report(out, Manifest(out, meta={"model": str(tiny_ckpt)})).read_text(encoding="utf-8")
+    page = write_report(out, Manifest(out, meta={"model": str(tiny_ckpt)})).read_text(
+        encoding="utf-8"
+    )
     line = html.unescape(re.search(r'<span id="model-lineage">([^<]*)</span>', page).group(1))
-    assert line == "validated on lab-B regions (4 pairs within region masks); fine-tuned from the demo weights"
+    assert (
+        line
+        == "validated on lab-B regions (4 pairs within region masks); fine-tuned from the demo weights"
+    )

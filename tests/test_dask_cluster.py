@@ -114,24 +114,65 @@ def dask_cluster(tmp_path_factory) -> Iterator[str]:
     logs = []
     try:
         logs.append(open(root / "scheduler.log", "wb"))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--scheduler-file", str(sched_file), "--no-dashboard"],
-            stdout=logs[-1], stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--scheduler-file",
+                    str(sched_file),
+                    "--no-dashboard",
+                ],
+                stdout=logs[-1],
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        )
         address = _wait_for_file(sched_file, procs[0], "the Dask scheduler", root / "scheduler.log")
         assert address.startswith("tcp://127.0.0.1:"), address
         logs.append(open(root / "worker.log", "wb"))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(sched_file), "--nworkers", "2",
-             "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(root / "scratch")],
-            stdout=logs[-1], stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    "--scheduler-file",
+                    str(sched_file),
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                    "--local-directory",
+                    str(root / "scratch"),
+                ],
+                stdout=logs[-1],
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        )
         with Client(address, timeout="30s") as client:
             try:
                 client.wait_for_workers(2, timeout=STARTUP_S)
             except TimeoutError:
-                pytest.fail("the two Dask workers did not register in time:\n" + (root / "worker.log").read_text(errors="replace")[-4000:])
+                pytest.fail(
+                    "the two Dask workers did not register in time:\n"
+                    + (root / "worker.log").read_text(errors="replace")[-4000:]
+                )
             daemonic = client.run(eval, IS_DAEMONIC)
-        assert len(daemonic) == 2 and all(daemonic.values()), daemonic  # the path this module is about
+        assert len(daemonic) == 2 and all(daemonic.values()), (
+            daemonic
+        )  # the path this module is about
         yield address
     finally:
         _stop(procs)
@@ -145,7 +186,10 @@ def in_process(tiny_ckpt, slides, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dask_reference") / "in_process"
     proc, _ = _run_cli("-q", "run", *map(str, slides), "--out", str(out), *_common_args(tiny_ckpt))
     assert proc.returncode == 0, proc.stderr
-    assert {sid: r["status"] for sid, r in Manifest.load(out).slides.items()} == {"case_0": "done", "case_1": "done"}
+    assert {sid: r["status"] for sid, r in Manifest.load(out).slides.items()} == {
+        "case_0": "done",
+        "case_1": "done",
+    }
     return out
 
 
@@ -167,7 +211,12 @@ def _assert_same_cells(reference: Path, out: Path, sids: list[str]) -> None:
 
 def _run_cli(*args: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, int]:
     """``python -m wsi_ocelot ARGS`` in a fresh process; its result and its pid."""
-    proc = subprocess.Popen([sys.executable, "-m", "wsi_ocelot", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsi_ocelot", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -200,10 +249,14 @@ def test_default_tile_readers_in_a_daemonic_process(tiny_ckpt, slides, tmp_path,
     the default ``workers=None`` means read in-process there, and the slide runs."""
     import wsi_ocelot.cohort.worker as worker
 
-    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)  # what a nanny's worker process is
+    monkeypatch.setattr(
+        multiprocessing.current_process(), "daemon", True
+    )  # what a nanny's worker process is
     monkeypatch.setattr(worker, "_RUNNERS", {})
     job = SlideJob(slide_id="case_0", path=str(slides[0]))
-    rec = worker.process_slide(job, str(tmp_path), str(tiny_ckpt), EngineConfig(device="cpu", progress=False))
+    rec = worker.process_slide(
+        job, str(tmp_path), str(tiny_ckpt), EngineConfig(device="cpu", progress=False)
+    )
     assert rec["status"] == "done", rec.get("error")
     assert rec["n_cells"] > 0
     (runner,) = worker._RUNNERS.values()
@@ -239,8 +292,19 @@ def test_get_runner_tile_readers(tiny_ckpt, monkeypatch, caplog, asked):
     assert len(made) == (1 if asked == 0 else 2)  # 0 readers asked for: the same config either way
 
 
-@pytest.mark.parametrize("name, index", [(0, 0), ("1", 1), ("gpu-1", 1), ("SLURMCluster-3-0", 0), ("SLURMCluster-3", 3),
-                                         ("tcp://127.0.0.1:40123", None), ("node7", None), (None, None)])
+@pytest.mark.parametrize(
+    "name, index",
+    [
+        (0, 0),
+        ("1", 1),
+        ("gpu-1", 1),
+        ("SLURMCluster-3-0", 0),
+        ("SLURMCluster-3", 3),
+        ("tcp://127.0.0.1:40123", None),
+        ("node7", None),
+        (None, None),
+    ],
+)
 def test_worker_index_from_the_names_dask_gives(monkeypatch, name, index):
     """LocalCluster names workers 0, 1, ...; ``dask worker --nworkers N --name gpu`` gpu-0, gpu-1, ...;
     a worker without a name is named by its address (no index: it keeps the device asked for)."""
@@ -255,18 +319,33 @@ def test_worker_index_from_the_names_dask_gives(monkeypatch, name, index):
 # -- a batch on `dask scheduler` + `dask worker` ----------------------------------------------
 # about 31 s on a 2-core CPU (the reference run, a 3-process cluster, the batch): not marked slow on
 # purpose, so that CI runs a batch on a real cluster (the path only LocalCluster used to cover)
-def test_batch_on_dask_scheduler_and_nanny_workers_matches_in_process(dask_cluster, in_process, tiny_ckpt, slides, tmp_path):
+def test_batch_on_dask_scheduler_and_nanny_workers_matches_in_process(
+    dask_cluster, in_process, tiny_ckpt, slides, tmp_path
+):
     """The batch of a new user: default tile readers (none given), daemonic workers. Every slide is
     done, on the cluster's workers, with the cells of an in-process run of the same slides."""
     out = tmp_path / "dask"
-    proc, driver_pid = _run_cli("-q", "run", *map(str, slides), "--out", str(out), *_common_args(tiny_ckpt), "--scheduler", dask_cluster)
+    proc, driver_pid = _run_cli(
+        "-q",
+        "run",
+        *map(str, slides),
+        "--out",
+        str(out),
+        *_common_args(tiny_ckpt),
+        "--scheduler",
+        dask_cluster,
+    )
     assert proc.returncode == 0, proc.stderr
     m = Manifest.load(out)
     assert m.meta["scheduler"] == dask_cluster
-    assert {sid: r["status"] for sid, r in m.slides.items()} == {"case_0": "done", "case_1": "done"}, \
-        {sid: r.get("error") for sid, r in m.slides.items()}
+    assert {sid: r["status"] for sid, r in m.slides.items()} == {
+        "case_0": "done",
+        "case_1": "done",
+    }, {sid: r.get("error") for sid, r in m.slides.items()}
     assert all(r["attempts"] == 1 for r in m.slides.values())
-    assert all(_pid(r["worker"]) != driver_pid for r in m.slides.values())  # run on the cluster's workers
+    assert all(
+        _pid(r["worker"]) != driver_pid for r in m.slides.values()
+    )  # run on the cluster's workers
     assert not (out / ".wsi-ocelot-tasks").exists()
     _assert_same_cells(in_process, out, ["case_0", "case_1"])
 
@@ -275,8 +354,11 @@ def test_batch_on_dask_scheduler_and_nanny_workers_matches_in_process(dask_clust
 def _slurm_cluster(tmp_path: Path):
     """The README's ``SLURMCluster``, its scheduler on the loopback and its logs under ``tmp_path``."""
     jq = import_extra("dask_jobqueue", "dev")
-    return jq.SLURMCluster(**SLURM_RECIPE, log_directory=str(tmp_path / "dask-logs"),
-                           scheduler_options={"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+    return jq.SLURMCluster(
+        **SLURM_RECIPE,
+        log_directory=str(tmp_path / "dask-logs"),
+        scheduler_options={"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+    )
 
 
 def test_slurm_recipe_job_script(tmp_path):
@@ -290,11 +372,20 @@ def test_slurm_recipe_job_script(tmp_path):
         cluster.close()
     lines = script.splitlines()
     directives = [ln for ln in lines if ln.startswith("#SBATCH")]
-    for want in ("#SBATCH --gres=gpu:1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=45G", "#SBATCH -t 04:00:00",
-                 "#SBATCH -p gpu", "#SBATCH -A my-lab", "#SBATCH -n 1"):
+    for want in (
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=45G",
+        "#SBATCH -t 04:00:00",
+        "#SBATCH -p gpu",
+        "#SBATCH -A my-lab",
+        "#SBATCH -n 1",
+    ):
         assert want in directives, (want, directives)
     body = [ln for ln in lines if ln and not ln.startswith("#")]
-    assert body[:2] == [VENV_LINE, "export DASK_DISTRIBUTED__WORKER__DAEMON=False"], body  # before the worker starts
+    assert body[:2] == [VENV_LINE, "export DASK_DISTRIBUTED__WORKER__DAEMON=False"], (
+        body
+    )  # before the worker starts
     (command,) = [ln for ln in body if "distributed.cli.dask_worker" in ln]
     args = command.split()
     assert args[args.index("--nthreads") + 1] == "1"  # one slide at a time per GPU
@@ -319,16 +410,34 @@ def test_slurm_recipe_worker_runs_a_batch(in_process, tiny_ckpt, slides, tmp_pat
         path.write_text(script.replace(VENV_LINE, "true  # this test runs in the venv already"))
         log = tmp_path / "job.log"
         with open(log, "wb") as fh:
-            job = subprocess.Popen(["bash", str(path)], stdout=fh, stderr=subprocess.STDOUT, env=_clean_env(),
-                                   cwd=tmp_path, start_new_session=True)
+            job = subprocess.Popen(
+                ["bash", str(path)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=_clean_env(),
+                cwd=tmp_path,
+                start_new_session=True,
+            )
         with Client(cluster, timeout="30s") as client:
             try:
                 client.wait_for_workers(1, timeout=STARTUP_S)
             except TimeoutError:
-                pytest.fail("the job script's worker did not register in time:\n" + log.read_text(errors="replace")[-4000:])
+                pytest.fail(
+                    "the job script's worker did not register in time:\n"
+                    + log.read_text(errors="replace")[-4000:]
+                )
             assert list(client.run(eval, IS_DAEMONIC).values()) == [False]
         out = tmp_path / "slurm"
-        proc, _ = _run_cli("-q", "run", str(slides[0]), "--out", str(out), *_common_args(tiny_ckpt), "--scheduler", cluster.scheduler_address)
+        proc, _ = _run_cli(
+            "-q",
+            "run",
+            str(slides[0]),
+            "--out",
+            str(out),
+            *_common_args(tiny_ckpt),
+            "--scheduler",
+            cluster.scheduler_address,
+        )
         assert proc.returncode == 0, proc.stderr + log.read_text(errors="replace")[-4000:]
         rec = Manifest.load(out).slides["case_0"]
         assert rec["status"] == "done" and rec["attempts"] == 1, rec

@@ -43,8 +43,16 @@ def series(tmp_path_factory, image) -> list[Path]:
     """``boxes_0.dcm`` (level 0), ``boxes_1.dcm`` (2× smaller) and ``boxes_label.dcm`` (a label
     with more pixels than level 0, which must not be taken for it), alone in a folder."""
     label = np.full((600, 2048, 3), 230, np.uint8)
-    return write_dicom_series(tmp_path_factory.mktemp("dicom") / "scan", image, MPP, levels=2, tile=256, stem="boxes",
-                              label=label, container_id="BC-0019")
+    return write_dicom_series(
+        tmp_path_factory.mktemp("dicom") / "scan",
+        image,
+        MPP,
+        levels=2,
+        tile=256,
+        stem="boxes",
+        label=label,
+        container_id="BC-0019",
+    )
 
 
 def _copy(files: list[Path], folder: Path) -> list[Path]:
@@ -74,7 +82,9 @@ def test_openslide_opens_the_series_from_either_file(series, image):
             seen.append(region)
             err = np.abs(region - image.astype(np.int16))
             assert err.mean() < 3.0 and np.percentile(err, 99) < 20  # JPEG q90, 4:2:2 chroma
-            small = np.asarray(osr.read_region((0, 0), 1, (SIZE[0] // 2, SIZE[1] // 2)).convert("RGB")).astype(np.int16)
+            small = np.asarray(
+                osr.read_region((0, 0), 1, (SIZE[0] // 2, SIZE[1] // 2)).convert("RGB")
+            ).astype(np.int16)
             assert np.abs(small - image[::2, ::2].astype(np.int16)).mean() < 8.0
     assert np.array_equal(seen[0], seen[1])
 
@@ -85,7 +95,9 @@ def test_uncompressed_series_reads_back_exactly(tmp_path):
     paths = write_dicom_series(tmp_path, img, 0.5, levels=3, tile=128, stem="raw", codec="raw")
     with openslide.OpenSlide(str(paths[-1])) as osr:
         assert osr.level_dimensions == ((500, 300), (250, 150), (125, 75))
-        assert np.array_equal(np.asarray(osr.read_region((0, 0), 0, (500, 300)).convert("RGB")), img)
+        assert np.array_equal(
+            np.asarray(osr.read_region((0, 0), 0, (500, 300)).convert("RGB")), img
+        )
 
 
 # -- (b) a folder: one job per series --------------------------------------------------------
@@ -108,14 +120,18 @@ def test_named_files_and_their_folder_give_one_job(series):
     assert [(j.slide_id, Path(j.path)) for j in jobs] == [("boxes", series[0])]
     # one file named alone brings the series' files beside it (the ones OpenSlide reads)
     jobs = collect_jobs([series[1]], mpp=0.3)
-    assert [(j.slide_id, Path(j.path), j.mpp, j.source) for j in jobs] == [("boxes", series[0], 0.3, "argument")]
+    assert [(j.slide_id, Path(j.path), j.mpp, j.source) for j in jobs] == [
+        ("boxes", series[0], 0.3, "argument")
+    ]
 
 
 def test_manifest_row_names_the_series(series, tmp_path):
     manifest = tmp_path / "cohort.csv"
     manifest.write_text(f"slide,mpp,id\n{series[1]},0.26,patient7\n", encoding="utf-8")
     jobs = collect_jobs([series[0].parent, manifest])
-    assert [(j.slide_id, Path(j.path), j.mpp, j.source) for j in jobs] == [("patient7", series[0], 0.26, str(manifest))]
+    assert [(j.slide_id, Path(j.path), j.mpp, j.source) for j in jobs] == [
+        ("patient7", series[0], 0.26, str(manifest))
+    ]
     manifest.write_text(f"slide,id\n{series[0]},a\n{series[1]},b\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="one DICOM slide") as exc:
         collect_jobs([manifest])
@@ -136,16 +152,24 @@ def test_two_series_in_one_folder_give_two_jobs(series, tmp_path):
     _copy(series, tmp_path)
     other = _other_series(tmp_path)
     jobs = collect_jobs([tmp_path])
-    assert [(j.slide_id, Path(j.path)) for j in jobs] == [("boxes", tmp_path / "boxes_0.dcm"), ("other", other[0])]
+    assert [(j.slide_id, Path(j.path)) for j in jobs] == [
+        ("boxes", tmp_path / "boxes_0.dcm"),
+        ("other", other[0]),
+    ]
     for job in jobs:  # and OpenSlide keeps them apart too
         with openslide.OpenSlide(job.path) as osr:
-            assert osr.level_count == 2 and osr.dimensions == ((1024, 768) if job.slide_id == "boxes" else (384, 256))
+            assert osr.level_count == 2 and osr.dimensions == (
+                (1024, 768) if job.slide_id == "boxes" else (384, 256)
+            )
 
 
 def test_uid_named_files_are_named_by_barcode_then_folder(tmp_path):
     def uid_named(folder: Path, **kw) -> list[Path]:
         paths = _other_series(folder, stem="tmp", **kw)
-        return [p.rename(folder / f"{read_dicom_header(p).series_uid}.{k + 1}.dcm") for k, p in enumerate(paths)]
+        return [
+            p.rename(folder / f"{read_dicom_header(p).series_uid}.{k + 1}.dcm")
+            for k, p in enumerate(paths)
+        ]
 
     first = uid_named(tmp_path / "case_a", container_id="S24-1234 A1")
     assert [j.slide_id for j in collect_jobs([tmp_path / "case_a"])] == ["S24-1234_A1"]
@@ -161,11 +185,18 @@ def test_uid_named_files_are_named_by_barcode_then_folder(tmp_path):
 def test_unreadable_dcm_stays_its_own_job(series, tmp_path):
     _copy(series, tmp_path)
     (tmp_path / "broken.dcm").write_bytes(b"this is not DICOM" * 10)
-    (tmp_path / "cut.dcm").write_bytes(series[0].read_bytes()[:200])  # truncated inside the file meta
-    assert read_dicom_header(tmp_path / "broken.dcm") is None and read_dicom_header(tmp_path / "cut.dcm") is None
+    (tmp_path / "cut.dcm").write_bytes(
+        series[0].read_bytes()[:200]
+    )  # truncated inside the file meta
+    assert (
+        read_dicom_header(tmp_path / "broken.dcm") is None
+        and read_dicom_header(tmp_path / "cut.dcm") is None
+    )
     jobs = collect_jobs([tmp_path])
     assert sorted(j.slide_id for j in jobs) == ["boxes", "broken", "cut"]
-    with openslide.OpenSlide(str(tmp_path / "boxes_1.dcm")) as osr:  # OpenSlide skips them beside the series
+    with openslide.OpenSlide(
+        str(tmp_path / "boxes_1.dcm")
+    ) as osr:  # OpenSlide skips them beside the series
         assert osr.level_count == 2
 
 
@@ -197,4 +228,6 @@ def test_open_slide_reads_the_series(series, image):
         expected = np.asarray(image[128:640, 256:768].reshape(256, 2, 256, 2, 3).mean(axis=(1, 3)))
         assert np.abs(tile.astype(np.float64) - expected).mean() < 8.0
         region = slide.read_region((100, 50), 0, (300, 200))
-        assert np.abs(region.astype(np.int16) - image[50:250, 100:400].astype(np.int16)).mean() < 3.0
+        assert (
+            np.abs(region.astype(np.int16) - image[50:250, 100:400].astype(np.int16)).mean() < 3.0
+        )

@@ -24,16 +24,28 @@ GEO = GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32)
 def run_out(tiny_ckpt, synth_025, tmp_path_factory):
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("engine")
-    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, cells_table="parquet"))
+    runner = SlideRunner(
+        tiny_ckpt,
+        EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, cells_table="parquet"),
+    )
     res = runner.run(synth_025, out)
     return res, out / slide_id_for(synth_025)
 
 
 def test_all_outputs_written(run_out):
     res, d = run_out
-    assert {p.name for p in d.iterdir()} == {"predictions.zarr", "tissue.ome.zarr", "cells.geojson", "cells.parquet", "tissue.geojson",
-                                             "purity.json", "overview.png"}
-    assert not [p for p in d.parent.iterdir() if p.name.startswith(".")], "no partial folders left behind"
+    assert {p.name for p in d.iterdir()} == {
+        "predictions.zarr",
+        "tissue.ome.zarr",
+        "cells.geojson",
+        "cells.parquet",
+        "tissue.geojson",
+        "purity.json",
+        "overview.png",
+    }
+    assert not [p for p in d.parent.iterdir() if p.name.startswith(".")], (
+        "no partial folders left behind"
+    )
     assert res.mode == "two-pass" and res.n_cells > 0
 
 
@@ -50,7 +62,10 @@ def test_geojson_valid_and_matches_zarr(run_out):
         assert shape(f["geometry"]).is_valid
     tissue = json.loads((d / "tissue.geojson").read_text())
     for f in tissue["features"]:
-        assert f["properties"]["objectType"] == "annotation" and "color" in f["properties"]["classification"]
+        assert (
+            f["properties"]["objectType"] == "annotation"
+            and "color" in f["properties"]["classification"]
+        )
         assert shape(f["geometry"]).is_valid and shape(f["geometry"]).area > 0
     g = zarr.open_group(str(d / "predictions.zarr"), mode="r")
     x, y, cls, prob = (np.asarray(g["cells"][k][:]) for k in ("x", "y", "class", "prob"))
@@ -60,13 +75,19 @@ def test_geojson_valid_and_matches_zarr(run_out):
     assert np.allclose(gx, x, atol=0.01) and np.allclose(gy, y, atol=0.01)
     names = np.array([f["properties"]["classification"]["name"] for f in cells["features"]])
     assert np.array_equal(names == "Tumor", cls == 2)
-    assert np.allclose([f["properties"]["measurements"]["probability"] for f in cells["features"]], prob, atol=1e-4)
+    assert np.allclose(
+        [f["properties"]["measurements"]["probability"] for f in cells["features"]], prob, atol=1e-4
+    )
     # the tissue map: OME-NGFF 0.4 on Zarr v2 beside the store, placed on the slide
     t = zarr.open_group(str(d / "tissue.ome.zarr"), mode="r")
     ms = t.attrs["multiscales"][0]
-    assert t.metadata.zarr_format == 2 and ms["version"] == "0.4" and ms["datasets"][0]["path"] == "0"
+    assert (
+        t.metadata.zarr_format == 2 and ms["version"] == "0.4" and ms["datasets"][0]["path"] == "0"
+    )
     d0 = t.attrs["wsi_ocelot"]["level0_downsample"]
-    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == pytest.approx([d0 * 0.25] * 2)
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == pytest.approx(
+        [d0 * 0.25] * 2
+    )
     assert g.attrs["slide"]["mpp"] == pytest.approx(0.25) and g.attrs["run"]["ngff"] == "0.4"
 
 
@@ -76,7 +97,14 @@ def test_purity_json(run_out):
     assert p["n_cells"] == res.n_cells == p["n_tc"] + p["n_bc"]
     assert p["purity"] == pytest.approx(p["n_tc"] / p["n_cells"])
     assert p["tissue_area_mm2"] > 0 and p["mode"] == "two-pass"
-    assert set(p["runtime_s"]) >= {"read", "tissue pass", "cell pass", "post-processing", "write", "total"}
+    assert set(p["runtime_s"]) >= {
+        "read",
+        "tissue pass",
+        "cell pass",
+        "post-processing",
+        "write",
+        "total",
+    }
 
 
 def test_no_cell_reported_twice(run_out):
@@ -92,14 +120,20 @@ def test_per_tile_path_and_agreement(tiny_ckpt, synth_025, run_out, tmp_path):
     from wsi_ocelot.metrics import match_by_class
 
     res2, d2 = run_out
-    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, per_tile=True))
+    runner = SlideRunner(
+        tiny_ckpt,
+        EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, per_tile=True),
+    )
     res = runner.run(synth_025, tmp_path)
     assert res.mode == "per-tile"
     import zarr
 
     def table(d):
         g = zarr.open_group(str(d / "predictions.zarr"), mode="r")
-        return np.stack([g["cells"]["x"][:], g["cells"]["y"][:], g["cells"]["class"][:], g["cells"]["prob"][:]], 1)
+        return np.stack(
+            [g["cells"]["x"][:], g["cells"]["y"][:], g["cells"]["class"][:], g["cells"]["prob"][:]],
+            1,
+        )
 
     a, b = table(tmp_path / slide_id_for(synth_025)), table(d2)
     # same model, same cell tiles: the detections mostly coincide even untrained
@@ -109,20 +143,31 @@ def test_per_tile_path_and_agreement(tiny_ckpt, synth_025, run_out, tmp_path):
 
 
 def test_empty_slide_zero_cells_null_purity(tiny_ckpt, synth_empty, tmp_path):
-    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False))
+    runner = SlideRunner(
+        tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False)
+    )
     res = runner.run(synth_empty, tmp_path)
     p = json.loads((res.out_dir / "purity.json").read_text())
-    assert res.n_cells == 0 and p["purity"] is None and p["purity_reason"] == "no tissue found on the slide"
+    assert (
+        res.n_cells == 0
+        and p["purity"] is None
+        and p["purity_reason"] == "no tissue found on the slide"
+    )
     assert json.loads((res.out_dir / "cells.geojson").read_text())["features"] == []
 
 
 def test_gzip_and_rerun_replaces_atomically(tiny_ckpt, pattern_slide, tmp_path):
-    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, geojson_gzip=True))
+    runner = SlideRunner(
+        tiny_ckpt,
+        EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, geojson_gzip=True),
+    )
     res = runner.run(pattern_slide, tmp_path)
     with gzip.open(res.out_dir / "cells.geojson.gz", "rt") as fh:
         assert json.load(fh)["type"] == "FeatureCollection"
     res2 = runner.run(pattern_slide, tmp_path)
-    assert res2.out_dir == res.out_dir and sorted(p.name for p in tmp_path.iterdir()) == [res.out_dir.name]
+    assert res2.out_dir == res.out_dir and sorted(p.name for p in tmp_path.iterdir()) == [
+        res.out_dir.name
+    ]
 
 
 def test_failure_leaves_no_folder(tiny_ckpt, tmp_path, monkeypatch):
@@ -139,9 +184,30 @@ def test_failure_leaves_no_folder(tiny_ckpt, tmp_path, monkeypatch):
 
 def test_cli_run_bad_slide_continues(tiny_ckpt, synth_05, tmp_path):
     (tmp_path / "broken.svs").write_text("not a slide")
-    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "run", str(tmp_path / "broken.svs"), str(synth_05), "--out", str(tmp_path / "o"),
-                           "--model", str(tiny_ckpt), "--device", "cpu", "--workers", "0"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2, proc.stderr  # an input that is not a slide: reported, not run, the rest goes on
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_ocelot",
+            "run",
+            str(tmp_path / "broken.svs"),
+            str(synth_05),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(tiny_ckpt),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2, (
+        proc.stderr
+    )  # an input that is not a slide: reported, not run, the rest goes on
     assert "broken.svs: not a slide format" in proc.stderr and "Traceback" not in proc.stderr
     assert (tmp_path / "o" / "synth_05" / "purity.json").is_file()
     assert not (tmp_path / "o" / "broken").exists()
@@ -158,12 +224,24 @@ def test_border_buffer_reports_a_cell_on_a_core_border_once():
     b = np.array([[103.0, 51, 2, 0.7], [105, 75, 1, 0.9]])
     now_a, _ = buf.split(a, np.array([True, False, False, False]), core_a)
     now_b, _ = buf.split(b, np.array([True, False]), core_b)
-    assert now_a.tolist() == [[50, 50, 1, 0.8]] and len(now_b) == 0  # only far-from-border points go out at once
+    assert (
+        now_a.tolist() == [[50, 50, 1, 0.8]] and len(now_b) == 0
+    )  # only far-from-border points go out at once
     held, inside, dropped = buf.resolve()
     assert dropped == 1
     kept = sorted(map(tuple, held.tolist()))
-    assert (103.0, 51.0, 2.0, 0.7) not in kept and (98.0, 50.0, 2.0, 0.9) in kept  # the stronger of the pair stays
-    assert (97.0, 10.0, 1.0, 0.6) in kept and (97.0, 18.0, 1.0, 0.7) in kept  # close points of one tile are two cells
+    assert (103.0, 51.0, 2.0, 0.7) not in kept and (
+        98.0,
+        50.0,
+        2.0,
+        0.9,
+    ) in kept  # the stronger of the pair stays
+    assert (97.0, 10.0, 1.0, 0.6) in kept and (
+        97.0,
+        18.0,
+        1.0,
+        0.7,
+    ) in kept  # close points of one tile are two cells
     assert (105.0, 75.0, 1.0, 0.9) in kept and len(kept) == 4
     assert inside.sum() == 1
 
@@ -179,18 +257,32 @@ def test_a_cell_both_tiles_place_on_the_others_side_is_kept_once():
     strict = reach_cores(cores, 0.0, 200, 100)
     assert not in_core(a, strict[0]).any() and not in_core(b, strict[1]).any()  # lost
     wide = reach_cores(cores, 12.0, 200, 100)
-    assert wide[0].tolist() == [0, 0, 112, 100] and wide[1].tolist() == [88, 0, 200, 100]  # not past the slide's edges
+    assert wide[0].tolist() == [0, 0, 112, 100] and wide[1].tolist() == [
+        88,
+        0,
+        200,
+        100,
+    ]  # not past the slide's edges
     buf = BorderBuffer(radius=12.0)
     for p, core, reach in ((a, cores[0], wide[0]), (b, cores[1], wide[1])):
-        now, _ = buf.split(p[in_core(p, reach)], None, core)  # kept within the reach, held by the true core's border
+        now, _ = buf.split(
+            p[in_core(p, reach)], None, core
+        )  # kept within the reach, held by the true core's border
         assert len(now) == 0
     held, _, dropped = buf.resolve()
     assert dropped == 1 and held.tolist() == [[99.5, 50, 2, 0.9]]
 
 
-def test_writer_thread_gives_the_same_outputs_as_writing_inline(tiny_ckpt, synth_025, run_out, tmp_path):
+def test_writer_thread_gives_the_same_outputs_as_writing_inline(
+    tiny_ckpt, synth_025, run_out, tmp_path
+):
     res, d = run_out
-    inline = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, background_writer=False))
+    inline = SlideRunner(
+        tiny_ckpt,
+        EngineConfig(
+            device="cpu", batch_size=4, workers=0, progress=False, background_writer=False
+        ),
+    )
     d2 = inline.run(synth_025, tmp_path).out_dir
     assert (d / "cells.geojson").read_bytes() == (d2 / "cells.geojson").read_bytes()
     a, b = (json.loads((x / "purity.json").read_text()) for x in (d, d2))
@@ -198,14 +290,18 @@ def test_writer_thread_gives_the_same_outputs_as_writing_inline(tiny_ckpt, synth
     assert a == b
 
 
-def test_writer_error_fails_the_slide_and_leaves_no_folder(tiny_ckpt, synth_025, tmp_path, monkeypatch):
+def test_writer_error_fails_the_slide_and_leaves_no_folder(
+    tiny_ckpt, synth_025, tmp_path, monkeypatch
+):
     from wsi_ocelot.inference import engine
 
     def broken(self, *args):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(engine._SlideRun, "emit", broken)
-    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False))
+    runner = SlideRunner(
+        tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False)
+    )
     with pytest.raises(OSError, match="No space left"):
         runner.run(synth_025, tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -234,8 +330,15 @@ def test_background_writer_runs_in_order_and_bounds_its_queue():
         w.close()
 
 
-@pytest.mark.parametrize("kw, match", [({"batch_size": 0}, "batch_size must be >= 1"), ({"workers": -1}, "workers must be >= 0"),
-                                       ({"reader": "pil"}, "unknown reader 'pil'"), ({"border_reach_um": 9.0}, "border_reach_um must be in")])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"workers": -1}, "workers must be >= 0"),
+        ({"reader": "pil"}, "unknown reader 'pil'"),
+        ({"border_reach_um": 9.0}, "border_reach_um must be in"),
+    ],
+)
 def test_engine_config_errors_are_one_line(kw, match):
     from wsi_ocelot.errors import ConfigError
 
@@ -260,11 +363,18 @@ def test_read_cells_equals_the_zarr_columns_and_the_geojson(run_out):
     _, d = run_out
     cells = read_cells(d)
     g = zarr.open_group(str(d / "predictions.zarr"), mode="r")
-    assert np.array_equal(cells["x"].to_numpy(), g["cells"]["x"][:]) and np.array_equal(cells["prob"].to_numpy(), g["cells"]["prob"][:])
-    assert np.allclose(cells["x_um"], cells["x"].astype(float) * 0.25) and cells["class_id"].isin([1, 2]).all()
+    assert np.array_equal(cells["x"].to_numpy(), g["cells"]["x"][:]) and np.array_equal(
+        cells["prob"].to_numpy(), g["cells"]["prob"][:]
+    )
+    assert (
+        np.allclose(cells["x_um"], cells["x"].astype(float) * 0.25)
+        and cells["class_id"].isin([1, 2]).all()
+    )
     feats = json.loads((d / "cells.geojson").read_text())["features"]
     assert len(feats) == len(cells)
-    assert [f["properties"]["classification"]["name"] for f in feats] == cells["class_name"].astype(str).tolist()
+    assert [f["properties"]["classification"]["name"] for f in feats] == cells["class_name"].astype(
+        str
+    ).tolist()
     purity = json.loads((d / "purity.json").read_text())
     assert int(cells["in_cancer_area"].sum()) == purity["n_cells_in_cancer_area"]
     # cells.parquet, streamed by the engine beside the GeoJSON: the same rows, in the same order
@@ -286,7 +396,12 @@ def test_ngff_05_and_csv_table_read_back_the_same(tiny_ckpt, synth_025, run_out,
     from wsi_ocelot import read_cells
 
     _, d04 = run_out
-    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, ngff="0.5", cells_table="csv"))
+    runner = SlideRunner(
+        tiny_ckpt,
+        EngineConfig(
+            device="cpu", batch_size=4, workers=0, progress=False, ngff="0.5", cells_table="csv"
+        ),
+    )
     res = runner.run(synth_025, tmp_path)
     t = zarr.open_group(str(res.out_dir / "tissue.ome.zarr"), mode="r")
     assert t.metadata.zarr_format == 3 and t.attrs["ome"]["version"] == "0.5"
@@ -297,7 +412,9 @@ def test_ngff_05_and_csv_table_read_back_the_same(tiny_ckpt, synth_025, run_out,
     table = pd.read_csv(res.out_dir / "cells.csv")
     assert len(table) == len(cells) and (table["in_cancer_area"] == cells["in_cancer_area"]).all()
     np.testing.assert_array_equal(table["x"].to_numpy(np.float32), cells["x"].to_numpy())
-    assert json.loads((res.out_dir / "purity.json").read_text())["n_cells_in_cancer_area"] == int(cells["in_cancer_area"].sum())
+    assert json.loads((res.out_dir / "purity.json").read_text())["n_cells_in_cancer_area"] == int(
+        cells["in_cancer_area"].sum()
+    )
 
 
 def test_export_spatialdata_of_an_engine_result(run_out, tmp_path):
@@ -311,6 +428,8 @@ def test_export_spatialdata_of_an_engine_result(run_out, tmp_path):
     assert len(pts) == len(cells) > 0
     np.testing.assert_array_equal(pts["x"].to_numpy(np.float32), cells["x"].to_numpy())
     np.testing.assert_array_equal(pts["y"].to_numpy(np.float32), cells["y"].to_numpy())
-    assert (pts["class_name"].astype(str).to_numpy() == cells["class_name"].astype(str).to_numpy()).all()
+    assert (
+        pts["class_name"].astype(str).to_numpy() == cells["class_name"].astype(str).to_numpy()
+    ).all()
     n_polys = len(json.loads((d / "tissue.geojson").read_text())["features"])
     assert len(sdata.shapes["cancer_area"]) == n_polys

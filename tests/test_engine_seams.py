@@ -28,11 +28,17 @@ class _ArrayStore:
     def write_tissue_block(self, y0, x0, block):
         h, w = self.map.shape
         b = block[: h - y0, : w - x0]
-        self.map[y0:y0 + b.shape[0], x0:x0 + b.shape[1]] = b
-        self.writes[y0:y0 + b.shape[0], x0:x0 + b.shape[1]] += 1
+        self.map[y0 : y0 + b.shape[0], x0 : x0 + b.shape[1]] = b
+        self.writes[y0 : y0 + b.shape[0], x0 : x0 + b.shape[1]] += 1
 
 
-def _blend(values: dict[tuple[int, int], float], size: int = 1000, tile: int = 64, margin: int = 16, order=None):
+def _blend(
+    values: dict[tuple[int, int], float],
+    size: int = 1000,
+    tile: int = 64,
+    margin: int = 16,
+    order=None,
+):
     """Grid over a ``size``² level-0 slide at 4 level-0 px per map px; tile (r, c) predicts
     the constant ``values[(r, c)]``; tiles not in ``values`` do not exist."""
     full = make_grid(size, size, 0.25, 1.0, tile, margin)
@@ -56,8 +62,14 @@ def _border_px(k: int, grid, tmap) -> int:
 
 def test_equal_predictions_give_that_value_everywhere_and_each_pixel_is_written_once() -> None:
     # partition of unity, corners with a missing diagonal included; nothing written twice
-    vals = {(r, c): 0.6 for r in range(6) for c in range(6) if (r, c) not in {(2, 3), (4, 1), (0, 5)}}
-    for order in (None, lambda n: list(range(n))[::-1], lambda n: list(np.random.default_rng(0).permutation(n))):
+    vals = {
+        (r, c): 0.6 for r in range(6) for c in range(6) if (r, c) not in {(2, 3), (4, 1), (0, 5)}
+    }
+    for order in (
+        None,
+        lambda n: list(range(n))[::-1],
+        lambda n: list(np.random.default_rng(0).permutation(n)),
+    ):
         store, grid, tmap, blend = _blend(vals, order=order)
         assert not blend.pending
         owned = store.map > 0
@@ -88,14 +100,20 @@ def test_disagreeing_tiles_are_cross_faded_without_a_step() -> None:
     # deep inside a core the tile's own value is kept
     b = math.ceil(band_px) + 1
     for (r, c), v in vals.items():
-        x0, x1 = _border_px(c, grid, tmap) + (b if c else 0), _border_px(c + 1, grid, tmap) - b if c < 3 else tmap.width
-        y0, y1 = _border_px(r, grid, tmap) + (b if r else 0), _border_px(r + 1, grid, tmap) - b if r < 3 else tmap.height
+        x0, x1 = (
+            _border_px(c, grid, tmap) + (b if c else 0),
+            _border_px(c + 1, grid, tmap) - b if c < 3 else tmap.width,
+        )
+        y0, y1 = (
+            _border_px(r, grid, tmap) + (b if r else 0),
+            _border_px(r + 1, grid, tmap) - b if r < 3 else tmap.height,
+        )
         inner = m[y0:y1, x0:x1]
         assert inner.size and np.all(inner == round(v * 255))
     # and on a border the two neighbours meet halfway
     xb = _border_px(1, grid, tmap)
     mid_row = (_border_px(1, grid, tmap) + _border_px(2, grid, tmap)) // 2
-    assert abs(m[mid_row, xb - 1:xb + 1].mean() - 0.5 * 255) < 0.6 * 255 / (2 * band_px) + 2
+    assert abs(m[mid_row, xb - 1 : xb + 1].mean() - 0.5 * 255) < 0.6 * 255 / (2 * band_px) + 2
 
 
 def test_tissue_edge_without_a_neighbour_is_not_faded() -> None:
@@ -103,8 +121,8 @@ def test_tissue_edge_without_a_neighbour_is_not_faded() -> None:
     store, grid, tmap, _ = _blend(vals, size=370)
     assert (grid.n_rows, grid.n_cols) == (3, 3)
     xb = _border_px(2, grid, tmap)
-    rows = store.map[:tmap.height - 1]  # the last map row's centre lies beyond the slide edge
-    assert np.all(rows[:, xb - 3:xb] == round(0.75 * 255))  # up to the last pixel of the core
+    rows = store.map[: tmap.height - 1]  # the last map row's centre lies beyond the slide edge
+    assert np.all(rows[:, xb - 3 : xb] == round(0.75 * 255))  # up to the last pixel of the core
     assert not store.map[:, xb:].any()
 
 
@@ -128,7 +146,9 @@ def test_engine_tissue_map_has_no_steps_at_tile_seams(tiny_ckpt, synth_025, tmp_
     import zarr
 
     torch.set_num_threads(2)
-    runner = SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False))
+    runner = SlideRunner(
+        tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False)
+    )
     runner.predictor.tissue_probs = _positional_tissue_probs
     runner.run(synth_025, tmp_path)
     g = zarr.open_group(str(tmp_path / slide_id_for(synth_025) / "tissue.ome.zarr"), mode="r")
@@ -140,7 +160,9 @@ def test_engine_tissue_map_has_no_steps_at_tile_seams(tiny_ckpt, synth_025, tmp_
     with open_slide(synth_025) as slide:
         grid = plan_tiles(slide, runner.geometry).tissue
     assert len(grid) >= 4 and grid.n_cols >= 2
-    seams = [math.ceil(k * grid.stride_l0 / scale - 0.5) for k in range(1, max(grid.n_cols, grid.n_rows))]
+    seams = [
+        math.ceil(k * grid.stride_l0 / scale - 0.5) for k in range(1, max(grid.n_cols, grid.n_rows))
+    ]
     dx = np.abs(np.diff(m, axis=1))
     both = (m[:, 1:] > 0) & (m[:, :-1] > 0)  # steps inside the map, not at its tissue edge
     at_seam = np.zeros_like(both)

@@ -19,24 +19,79 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("evalds")
     data = root / "data"
-    write_synthetic_dataset(data, SyntheticDatasetConfig(seed=9, train=4, val=2, test=3, geometry=GeometryConfig(tile_size=128, cell_margin=8, tissue_margin=16)))
+    write_synthetic_dataset(
+        data,
+        SyntheticDatasetConfig(
+            seed=9,
+            train=4,
+            val=2,
+            test=3,
+            geometry=GeometryConfig(tile_size=128, cell_margin=8, tissue_margin=16),
+        ),
+    )
     run = root / "run"
-    proc = subprocess.run([sys.executable, "-m", "training.train", "--config", "configs/pred_to_inter2.yaml", "--data", str(data), "--out", str(run),
-                           "--encoder", "resnet18", "--encoder-weights", "none", "--batch-size", "2", "--epochs", "1", "--max-steps", "2",
-                           "--device", "cpu", "--workers", "0"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.train",
+            "--config",
+            "configs/pred_to_inter2.yaml",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--encoder",
+            "resnet18",
+            "--encoder-weights",
+            "none",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return data, run / "best.safetensors"
 
 
 def test_evaluate_data_json(trained):
     data, ckpt = trained
-    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--data", str(data), "--split", "test", "--model", str(ckpt), "--json"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_ocelot",
+            "evaluate",
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--model",
+            str(ckpt),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["num_images"] == 3 and out["split"] == "test"
-    assert set(out["overall"]) == {"mF1", "BC", "TC"} and set(out["overall"]["BC"]) == {"precision", "recall", "f1"}
+    assert set(out["overall"]) == {"mF1", "BC", "TC"} and set(out["overall"]["BC"]) == {
+        "precision",
+        "recall",
+        "f1",
+    }
     meta = json.loads((data / "metadata.json").read_text())
     organs = {p["organ"] for p in meta["sample_pairs"].values() if p["subset"] == "test"}
     assert set(out["per_organ"]) == organs
@@ -44,16 +99,63 @@ def test_evaluate_data_json(trained):
 
 def test_evaluate_data_table_and_errors(trained, tmp_path):
     data, ckpt = trained
-    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--data", str(data), "--split", "val", "--model", str(ckpt)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_ocelot",
+            "evaluate",
+            "--data",
+            str(data),
+            "--split",
+            "val",
+            "--model",
+            str(ckpt),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "population" in proc.stdout and "mF1" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--data", str(tmp_path), "--split", "test", "--model", str(ckpt)],
-                         capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_ocelot",
+            "evaluate",
+            "--data",
+            str(tmp_path),
+            "--split",
+            "test",
+            "--model",
+            str(ckpt),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "Fix:" in bad.stderr
-    missing = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--data", str(data), "--model", str(tmp_path / "nope.safetensors")],
-                             capture_output=True, text=True, timeout=600)
-    assert missing.returncode == 2 and "nope.safetensors" in missing.stderr and "Traceback" not in missing.stderr
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_ocelot",
+            "evaluate",
+            "--data",
+            str(data),
+            "--model",
+            str(tmp_path / "nope.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert (
+        missing.returncode == 2
+        and "nope.safetensors" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
 
 
 def test_smoke_run_writes_report_and_evaluate_prints_card_metrics(trained):
@@ -67,22 +169,63 @@ def test_smoke_run_writes_report_and_evaluate_prints_card_metrics(trained):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (run / "model_card.md").read_text()
-    for fact in ("pred_to_inter2", "resnet18", "Encoder initialisation: none", "Licence: synthetic", "µm/px", "Best validation epoch: 1",
-                 "HED p 0.5", "| val | all | 2 |", "| test | all | 3 |", "torch "):
+    for fact in (
+        "pred_to_inter2",
+        "resnet18",
+        "Encoder initialisation: none",
+        "Licence: synthetic",
+        "µm/px",
+        "Best validation epoch: 1",
+        "HED p 0.5",
+        "| val | all | 2 |",
+        "| test | all | 3 |",
+        "torch ",
+    ):
         assert fact in card, fact
     info = read_checkpoint_info(ckpt)
-    assert info.training["card"]["best_epoch"] == 1 and info.training["card"]["data"]["splits"]["test"]["pairs"] == 3
+    assert (
+        info.training["card"]["best_epoch"] == 1
+        and info.training["card"]["data"]["splits"]["test"]["pairs"] == 3
+    )
     assert info.training["encoder_init"]["encoder_weights"] == "none"
     per_split = info.metrics["per_split"]
-    assert set(per_split) == {"val", "test"} and set(per_split["test"]["per_organ"]) == set(info.training["card"]["data"]["splits"]["test"]["organs"])
-    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", str(ckpt)], capture_output=True, text=True, timeout=600)
+    assert set(per_split) == {"val", "test"} and set(per_split["test"]["per_organ"]) == set(
+        info.training["card"]["data"]["splits"]["test"]["organs"]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", str(ckpt)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert "best epoch 1" in proc.stdout and "on val (2 images)" in proc.stdout and "on test (3 images)" in proc.stdout
+    assert (
+        "best epoch 1" in proc.stdout
+        and "on val (2 images)" in proc.stdout
+        and "on test (3 images)" in proc.stdout
+    )
     assert f"{per_split['test']['overall']['mF1']:.4f}" in proc.stdout
-    as_json = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", str(ckpt), "--json"], capture_output=True, text=True, timeout=600)
-    assert json.loads(as_json.stdout)["per_split"]["val"]["overall"]["mF1"] == per_split["val"]["overall"]["mF1"]
-    demo = subprocess.run([sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", "demo"], capture_output=True, text=True, timeout=600)
-    assert demo.returncode == 2 and "no per-split metrics" in demo.stderr and "Traceback" not in demo.stderr
+    as_json = subprocess.run(
+        [sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", str(ckpt), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert (
+        json.loads(as_json.stdout)["per_split"]["val"]["overall"]["mF1"]
+        == per_split["val"]["overall"]["mF1"]
+    )
+    demo = subprocess.run(
+        [sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert (
+        demo.returncode == 2
+        and "no per-split metrics" in demo.stderr
+        and "Traceback" not in demo.stderr
+    )
 
 
 def test_reproduce_summary_ci():

@@ -42,7 +42,12 @@ def slides(tmp_path_factory) -> dict[str, object]:
 
 def _runner(tiny_ckpt, **kw) -> SlideRunner:
     torch.set_num_threads(2)
-    return SlideRunner(tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=kw.pop("workers", 0), progress=False, **kw))
+    return SlideRunner(
+        tiny_ckpt,
+        EngineConfig(
+            device="cpu", batch_size=4, workers=kw.pop("workers", 0), progress=False, **kw
+        ),
+    )
 
 
 def _cells(folder: Path) -> np.ndarray:
@@ -74,26 +79,42 @@ def test_openslide_really_fails_on_the_corrupt_tile(slides):
 def test_corrupt_tile_costs_only_its_tiles(tiny_ckpt, slides, clean_run, tmp_path, caplog, reader):
     clean, clean_cells = clean_run
     with caplog.at_level(logging.WARNING, logger="wsi_ocelot"):
-        res = _runner(tiny_ckpt, reader=reader, max_unreadable=1.0).run(slides["bad"], tmp_path, slide_id="s")
+        res = _runner(tiny_ckpt, reader=reader, max_unreadable=1.0).run(
+            slides["bad"], tmp_path, slide_id="s"
+        )
     rec = json.loads((res.out_dir / "purity.json").read_text())
     n_bad = rec["n_unreadable_tiles"]
     assert 0 < n_bad < rec["n_cell_tiles"]
     assert rec["n_unreadable_tiles"] == res.record.n_unreadable_tiles
     # a warning per unreadable tile names the slide and the level-0 region
-    warns = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage() and r.levelno == logging.WARNING]
+    warns = [
+        r.getMessage()
+        for r in caplog.records
+        if "unreadable" in r.getMessage() and r.levelno == logging.WARNING
+    ]
     assert len(warns) == n_bad and all(str(slides["bad"]) in m and "level-0 x=" in m for m in warns)
     # the unreadable tiles' area is out of the tissue area
     assert rec["tissue_area_mm2"] < clean.record.purity.tissue_area_mm2
     # no detections inside the corrupt stored tile; cells away from it are the clean run's
     bad_cells = _cells(res.out_dir)
     x, y, w, h = slides["box"]
-    inside = (bad_cells[:, 0] >= x) & (bad_cells[:, 0] < x + w) & (bad_cells[:, 1] >= y) & (bad_cells[:, 1] < y + h)
+    inside = (
+        (bad_cells[:, 0] >= x)
+        & (bad_cells[:, 0] < x + w)
+        & (bad_cells[:, 1] >= y)
+        & (bad_cells[:, 1] < y + h)
+    )
     assert not inside.any()
     # tiles over the stored tile reach up to one cell-tile box beyond it; neighbours keep cells a reach further
     far = GEO.tile_size * GEO.cell_mpp / MPP + 2 * 3.0 / MPP
 
     def away(c):
-        return (c[:, 0] < x - far) | (c[:, 0] >= x + w + far) | (c[:, 1] < y - far) | (c[:, 1] >= y + h + far)
+        return (
+            (c[:, 0] < x - far)
+            | (c[:, 0] >= x + w + far)
+            | (c[:, 1] < y - far)
+            | (c[:, 1] >= y + h + far)
+        )
 
     assert len(clean_cells[away(clean_cells)]) > 0
     np.testing.assert_array_equal(bad_cells[away(bad_cells)], clean_cells[away(clean_cells)])
@@ -103,7 +124,12 @@ def test_too_many_unreadable_tiles_fail_the_slide_in_one_line(tiny_ckpt, slides,
     with pytest.raises(SlideFormatError) as exc:
         _runner(tiny_ckpt, max_unreadable=0.0).run(slides["bad"], tmp_path, slide_id="s")
     msg = exc.value.one_line()
-    assert "\n" not in msg and str(slides["bad"]) in msg and "unreadable" in msg and "--max-unreadable" in msg
+    assert (
+        "\n" not in msg
+        and str(slides["bad"]) in msg
+        and "unreadable" in msg
+        and "--max-unreadable" in msg
+    )
     assert not any(tmp_path.iterdir())  # no folder, no half-written one
 
 
@@ -123,7 +149,12 @@ def _die_on(monkeypatch, marker_dir: Path, item: int, times: int) -> None:
     orig = ds.BlockBatches.__getitem__
 
     def getitem(self, i):
-        if os.getpid() != parent and i == item and self.tile_size == GEO.tile_size and len(self.boxes) > 20:
+        if (
+            os.getpid() != parent
+            and i == item
+            and self.tile_size == GEO.tile_size
+            and len(self.boxes) > 20
+        ):
             for k in range(times):
                 try:
                     fd = os.open(marker_dir / f"death-{k}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -136,7 +167,9 @@ def _die_on(monkeypatch, marker_dir: Path, item: int, times: int) -> None:
     monkeypatch.setattr(ds.BlockBatches, "__getitem__", getitem)
 
 
-def test_a_reader_process_that_dies_is_replaced(tiny_ckpt, slides, clean_run, tmp_path, monkeypatch):
+def test_a_reader_process_that_dies_is_replaced(
+    tiny_ckpt, slides, clean_run, tmp_path, monkeypatch
+):
     clean, clean_cells = clean_run
     _die_on(monkeypatch, tmp_path, item=2, times=1)
     res = _runner(tiny_ckpt, workers=1).run(slides["clean"], tmp_path / "out", slide_id="s")
@@ -145,11 +178,17 @@ def test_a_reader_process_that_dies_is_replaced(tiny_ckpt, slides, clean_run, tm
     np.testing.assert_array_equal(_cells(res.out_dir), clean_cells)
 
 
-def test_a_batch_that_kills_every_reader_is_counted_unreadable(tiny_ckpt, slides, clean_run, tmp_path, monkeypatch):
+def test_a_batch_that_kills_every_reader_is_counted_unreadable(
+    tiny_ckpt, slides, clean_run, tmp_path, monkeypatch
+):
     clean, _ = clean_run
     _die_on(monkeypatch, tmp_path, item=2, times=50)  # every reader that touches batch 2 dies
-    res = _runner(tiny_ckpt, workers=1, max_unreadable=1.0).run(slides["clean"], tmp_path / "out", slide_id="s")
-    assert 0 < res.record.n_unreadable_tiles <= 4  # the batch (of at most four tiles) no reader could read
+    res = _runner(tiny_ckpt, workers=1, max_unreadable=1.0).run(
+        slides["clean"], tmp_path / "out", slide_id="s"
+    )
+    assert (
+        0 < res.record.n_unreadable_tiles <= 4
+    )  # the batch (of at most four tiles) no reader could read
     assert res.record.purity.tissue_area_mm2 < clean.record.purity.tissue_area_mm2
 
 
@@ -159,11 +198,20 @@ def test_unreadable_counts_reach_manifest_summary_and_report(tiny_ckpt, slides, 
     from wsi_ocelot.cohort import CohortConfig, collect_jobs, run_cohort
 
     engine = EngineConfig(device="cpu", batch_size=4, workers=0, progress=False, max_unreadable=1.0)
-    res = run_cohort(collect_jobs([str(slides["bad"])]), tmp_path, CohortConfig(model=str(tiny_ckpt), engine=engine, threads=2))
+    res = run_cohort(
+        collect_jobs([str(slides["bad"])]),
+        tmp_path,
+        CohortConfig(model=str(tiny_ckpt), engine=engine, threads=2),
+    )
     assert res.exit_code == 0
     n = json.loads((tmp_path / "bad_tile" / "purity.json").read_text())["n_unreadable_tiles"]
     assert n > 0
-    assert json.loads((tmp_path / "manifest.json").read_text())["slides"]["bad_tile"]["n_unreadable_tiles"] == n
+    assert (
+        json.loads((tmp_path / "manifest.json").read_text())["slides"]["bad_tile"][
+            "n_unreadable_tiles"
+        ]
+        == n
+    )
     row = next(csv.DictReader((tmp_path / "summary.csv").open(encoding="utf-8")))
     assert int(row["n_unreadable_tiles"]) == n
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
@@ -187,14 +235,24 @@ def _batch(tiny_ckpt, slides, out):
     from wsi_ocelot.cohort import CohortConfig, collect_jobs, run_cohort
 
     engine = EngineConfig(device="cpu", batch_size=4, workers=0, progress=False)
-    return run_cohort(collect_jobs([str(p) for p in slides]), out, CohortConfig(model=str(tiny_ckpt), engine=engine, threads=2))
+    return run_cohort(
+        collect_jobs([str(p) for p in slides]),
+        out,
+        CohortConfig(model=str(tiny_ckpt), engine=engine, threads=2),
+    )
 
 
 def _check_stopped(res, out: Path, failed: str, pending: list[str]) -> None:
     assert res.exit_code == 1 and res.failed == [failed] and res.pending == pending
     slides = json.loads((out / "manifest.json").read_text())["slides"]  # valid JSON
     err = slides[failed]["error"]
-    assert slides[failed]["status"] == "failed" and "\n" not in err and str(out) in err and "no space left on device" in err.lower() and "Fix:" in err
+    assert (
+        slides[failed]["status"] == "failed"
+        and "\n" not in err
+        and str(out) in err
+        and "no space left on device" in err.lower()
+        and "Fix:" in err
+    )
     assert {sid: slides[sid]["status"] for sid in pending} == dict.fromkeys(pending, "pending")
     assert str(out) in res.stopped and "pending" in res.stopped
     # no half-written folder, no folder for a slide that was not attempted
@@ -202,7 +260,9 @@ def _check_stopped(res, out: Path, failed: str, pending: list[str]) -> None:
     assert not any((out / sid).exists() for sid in [failed, *pending])
 
 
-def test_full_disk_fails_the_slide_stops_the_batch_and_a_rerun_finishes(tiny_ckpt, small_slides, tmp_path, monkeypatch):
+def test_full_disk_fails_the_slide_stops_the_batch_and_a_rerun_finishes(
+    tiny_ckpt, small_slides, tmp_path, monkeypatch
+):
     from wsi_ocelot.atomic import write_json
     from wsi_ocelot.inference import engine
 
@@ -228,7 +288,11 @@ def test_full_disk_fails_the_slide_stops_the_batch_and_a_rerun_finishes(tiny_ckp
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir()
     try:
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, timeout=20)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0
@@ -242,7 +306,9 @@ def test_full_disk_on_a_real_small_tmpfs(tiny_ckpt, small_slides, tmp_path):
         out = mnt / "out"
         out.mkdir()
         filler = mnt / "filler"
-        with open(filler, "wb") as fh:  # leave about 48 KiB: the batch's own files fit, a slide's outputs do not
+        with open(
+            filler, "wb"
+        ) as fh:  # leave about 48 KiB: the batch's own files fit, a slide's outputs do not
             fh.write(bytes(4 * 2**20 - 48 * 2**10))
         res = _batch(tiny_ckpt, small_slides, out)
         _check_stopped(res, out, "s_0", ["s_1", "s_2", "s_3"])

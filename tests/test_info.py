@@ -14,7 +14,12 @@ from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
 
 
 def _info(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wsi_ocelot", "info", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "wsi_ocelot", "info", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture()
@@ -33,9 +38,17 @@ def test_info_without_mpp_shows_everything_else(nompp):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     mpp_line = next(ln for ln in out.splitlines() if ln.strip().startswith("MPP"))
-    assert "missing: the slide has no microns-per-pixel" in mpp_line and "Fix: pass --mpp" in mpp_line
-    assert "dimensions       600 x 600 px" in out and "mm)" not in out  # no size in mm without an MPP
-    assert "format           generic-tiff" in out and "tissue fraction" in out and "stain            brightfield" in out
+    assert (
+        "missing: the slide has no microns-per-pixel" in mpp_line and "Fix: pass --mpp" in mpp_line
+    )
+    assert (
+        "dimensions       600 x 600 px" in out and "mm)" not in out
+    )  # no size in mm without an MPP
+    assert (
+        "format           generic-tiff" in out
+        and "tissue fraction" in out
+        and "stain            brightfield" in out
+    )
     assert "0: 600 x 600  downsample 1" in out and "µm/px)" not in out
     assert not proc.stderr.strip()
 

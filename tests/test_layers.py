@@ -18,9 +18,13 @@ pytest.importorskip("importlinter")
 
 def _lint(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    sibling = Path(sys.executable).with_name("lint-imports")  # the one installed with this Python's packages
+    sibling = Path(sys.executable).with_name(
+        "lint-imports"
+    )  # the one installed with this Python's packages
     exe = str(sibling) if sibling.is_file() else shutil.which("lint-imports") or "lint-imports"
-    return subprocess.run([exe, "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [exe, "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_the_layer_contracts_hold():
@@ -29,14 +33,21 @@ def test_the_layer_contracts_hold():
     assert "0 broken" in proc.stdout
 
 
-@pytest.mark.parametrize("module, planted", [
-    ("wsi_ocelot/slide/mask.py", "import wsi_ocelot.inference.engine  # planted"),
-    ("wsi_ocelot/model/branches.py", "from wsi_ocelot.outputs import geojson  # planted"),
-    ("wsi_ocelot/purity/purity.py", "import training.train  # planted"),
-])
+@pytest.mark.parametrize(
+    "module, planted",
+    [
+        ("wsi_ocelot/slide/mask.py", "import wsi_ocelot.inference.engine  # planted"),
+        ("wsi_ocelot/model/branches.py", "from wsi_ocelot.outputs import geojson  # planted"),
+        ("wsi_ocelot/purity/purity.py", "import training.train  # planted"),
+    ],
+)
 def test_a_planted_forbidden_import_breaks_the_contract(tmp_path, module, planted):
     for name in ("wsi_ocelot", "training"):
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("*.safetensors", "__pycache__"))
+        shutil.copytree(
+            ROOT / name,
+            tmp_path / name,
+            ignore=shutil.ignore_patterns("*.safetensors", "__pycache__"),
+        )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     target = tmp_path / module
     target.write_text(target.read_text() + "\n" + planted + "\n")
@@ -48,19 +59,40 @@ def test_code_cites_only_files_in_the_repository():
     import re
 
     cited = {}
-    for path in list((ROOT / "wsi_ocelot").rglob("*.py")) + list((ROOT / "training").rglob("*.py")) + list((ROOT / "benchmarks").rglob("*.py")):
-        for ref in re.findall(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.md)\b", path.read_text(encoding="utf-8")):
+    for path in (
+        list((ROOT / "wsi_ocelot").rglob("*.py"))
+        + list((ROOT / "training").rglob("*.py"))
+        + list((ROOT / "benchmarks").rglob("*.py"))
+    ):
+        for ref in re.findall(
+            r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.md)\b", path.read_text(encoding="utf-8")
+        ):
             cited.setdefault(ref, path)
-    missing = {ref: str(p.relative_to(ROOT)) for ref, p in cited.items()
-               if not any((base / ref).is_file() for base in (ROOT, p.parent, ROOT / "benchmarks" / "results"))}
+    missing = {
+        ref: str(p.relative_to(ROOT))
+        for ref, p in cited.items()
+        if not any(
+            (base / ref).is_file() for base in (ROOT, p.parent, ROOT / "benchmarks" / "results")
+        )
+    }
     assert not missing, missing
     assert "docs/architecture.md" in cited and "docs/formats.md" in cited
 
 
 def test_architecture_names_each_concepts_module():
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    for module in ("slide/_slide.py", "tiling/dataset.py", "inference/tissue_map.py", "inference/borders.py",
-                   "inference/background.py", "inference/engine.py", "purity/", "atomic.py", "model/precision.py",
-                   "inference/run_metadata.py", "outputs/cells_table.py"):
+    for module in (
+        "slide/_slide.py",
+        "tiling/dataset.py",
+        "inference/tissue_map.py",
+        "inference/borders.py",
+        "inference/background.py",
+        "inference/engine.py",
+        "purity/",
+        "atomic.py",
+        "model/precision.py",
+        "inference/run_metadata.py",
+        "outputs/cells_table.py",
+    ):
         assert module in text, module
         assert (ROOT / "wsi_ocelot" / module).exists(), module

@@ -432,7 +432,9 @@ def test_malformed_record_is_named(tmp_path: Path, record, problem: str) -> None
 def test_non_finite_probability_is_rejected(tmp_path: Path, token: str) -> None:
     text = json.dumps(_doc([_rec(0), _rec(0)])).replace("0.5}]", f"{token}}}]")
     path = _write(tmp_path, text)
-    with pytest.raises(PredictionFileError, match=r"points\[1\]: 'probability' must be a finite number"):
+    with pytest.raises(
+        PredictionFileError, match=r"points\[1\]: 'probability' must be a finite number"
+    ):
         read_points_json(path)
 
 

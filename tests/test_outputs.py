@@ -30,7 +30,12 @@ from wsi_ocelot.purity import purity_grid
 
 def _cells(n: int, seed: int = 0) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
-    return (rng.uniform(0, 5000, n), rng.uniform(0, 4000, n), rng.integers(1, 3, n), rng.uniform(0, 1, n))
+    return (
+        rng.uniform(0, 5000, n),
+        rng.uniform(0, 4000, n),
+        rng.integers(1, 3, n),
+        rng.uniform(0, 1, n),
+    )
 
 
 def _check_qupath_features(doc: dict, object_type: str) -> None:
@@ -41,22 +46,27 @@ def _check_qupath_features(doc: dict, object_type: str) -> None:
         assert props["objectType"] == object_type
         cl = props["classification"]
         assert isinstance(cl["name"], str) and cl["name"]
-        assert len(cl["color"]) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in cl["color"])
+        assert len(cl["color"]) == 3 and all(
+            isinstance(v, int) and 0 <= v <= 255 for v in cl["color"]
+        )
         geom = shapely.geometry.shape(f["geometry"])
         assert geom.is_valid, shapely.is_valid_reason(geom)
         # QuPath snaps to 0.01 px: snapping again must change nothing
         snapped = shapely.set_precision(geom, 0.01)
-        assert snapped.is_valid and snapped.equals(geom) and snapped.area == pytest.approx(geom.area)
+        assert (
+            snapped.is_valid and snapped.equals(geom) and snapped.area == pytest.approx(geom.area)
+        )
 
 
 # -- cells GeoJSON ----------------------------------------------------------------------------
+
 
 def test_cells_geojson_roundtrip_batches_and_origin(tmp_path: Path) -> None:
     x, y, c, p = _cells(1000)
     path = tmp_path / "cells.geojson"
     with CellsGeoJSONWriter(path, origin=(100.0, 50.0)) as w:
         for s in range(0, 1000, 137):  # uneven batches
-            w.write(x[s:s + 137], y[s:s + 137], c[s:s + 137], p[s:s + 137])
+            w.write(x[s : s + 137], y[s : s + 137], c[s : s + 137], p[s : s + 137])
         w.write([], [], [], [])
     assert w.count == 1000
     doc = json.loads(path.read_text())
@@ -78,7 +88,12 @@ def test_cells_geojson_roundtrip_batches_and_origin(tmp_path: Path) -> None:
 def test_cells_geojson_is_deterministic_and_gzip_readable(tmp_path: Path) -> None:
     x, y, c, p = _cells(300, seed=1)
     outs = []
-    for name, gz in (("a.geojson", False), ("b.geojson", False), ("a.geojson.gz", True), ("b.geojson.gz", True)):
+    for name, gz in (
+        ("a.geojson", False),
+        ("b.geojson", False),
+        ("a.geojson.gz", True),
+        ("b.geojson.gz", True),
+    ):
         with CellsGeoJSONWriter(tmp_path / name, gzip=gz) as w:
             w.write(x, y, c, p)
         outs.append((tmp_path / name).read_bytes())
@@ -132,16 +147,25 @@ def test_output_folder_missing_is_one_line_error(tmp_path: Path) -> None:
 
 # -- tissue GeoJSON -----------------------------------------------------------------------------
 
+
 def test_tissue_geojson_repairs_or_drops_invalid_polygons(tmp_path: Path) -> None:
     bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
     repeated = shapely.Polygon([(20, 0), (30, 0), (30, 0), (30, 10), (20, 10), (20, 10), (20, 0)])
-    sliver = shapely.Polygon([(0, 50), (100, 50), (100, 50.001), (0, 50.0005)])  # collapses at 0.01 px
+    sliver = shapely.Polygon(
+        [(0, 50), (100, 50), (100, 50.001), (0, 50.0005)]
+    )  # collapses at 0.01 px
     two_points = shapely.Polygon([(0, 0), (1, 1), (0, 0), (1, 1)])
-    with_hole = shapely.Polygon([(100, 100), (200, 100), (200, 200), (100, 200)],
-                                [[(120, 120), (180, 120), (180, 180), (120, 180)]])
-    multi = shapely.MultiPolygon([shapely.box(300, 300, 310.004, 310.006), shapely.box(400, 400, 410, 410)])
+    with_hole = shapely.Polygon(
+        [(100, 100), (200, 100), (200, 200), (100, 200)],
+        [[(120, 120), (180, 120), (180, 180), (120, 180)]],
+    )
+    multi = shapely.MultiPolygon(
+        [shapely.box(300, 300, 310.004, 310.006), shapely.box(400, 400, 410, 410)]
+    )
     path = tmp_path / "tissue.geojson"
-    write_tissue_geojson(path, [bowtie, repeated, sliver, two_points, with_hole, multi], origin=(0.0, 0.0))
+    write_tissue_geojson(
+        path, [bowtie, repeated, sliver, two_points, with_hole, multi], origin=(0.0, 0.0)
+    )
     doc = json.loads(path.read_text())
     _check_qupath_features(doc, "annotation")
     geoms = [shapely.geometry.shape(f["geometry"]) for f in doc["features"]]
@@ -173,11 +197,12 @@ def test_tissue_geojson_origin_empty_and_atomic(tmp_path: Path) -> None:
 
 # -- raster → polygons --------------------------------------------------------------------------
 
+
 def test_polygons_from_map_square_with_hole_and_two_blobs() -> None:
     m = np.zeros((40, 60), dtype=np.float32)
-    m[5:25, 5:25] = 0.9      # 20×20 square
-    m[10:15, 12:18] = 0.1    # 5×6 hole
-    m[30:35, 40:50] = 0.7    # second blob 5×10
+    m[5:25, 5:25] = 0.9  # 20×20 square
+    m[10:15, 12:18] = 0.1  # 5×6 hole
+    m[30:35, 40:50] = 0.7  # second blob 5×10
     g = polygons_from_map(m, threshold=0.5, scale=4.0, origin=(100.0, 200.0))
     assert g.is_valid and g.geom_type == "MultiPolygon" and len(g.geoms) == 2
     assert g.area == pytest.approx((400 - 30 + 50) * 16)
@@ -192,10 +217,7 @@ def test_polygons_from_map_square_with_hole_and_two_blobs() -> None:
 
 
 def test_polygons_from_map_corner_touching_and_nested() -> None:
-    m = np.array([[1, 1, 1, 0],
-                  [1, 0, 1, 0],
-                  [1, 1, 0, 1],
-                  [0, 0, 1, 1]], dtype=bool)
+    m = np.array([[1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 0, 1], [0, 0, 1, 1]], dtype=bool)
     g = polygons_from_map(m)
     assert g.is_valid and g.area == m.sum() and len(g.geoms) == 2
     ring = np.zeros((9, 9), dtype=bool)
@@ -246,6 +268,7 @@ def test_polygons_from_map_feeds_valid_tissue_geojson(tmp_path: Path) -> None:
 
 # -- predictions.zarr ---------------------------------------------------------------------------
 
+
 def test_prediction_store_roundtrip(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     path = tmp_path / "predictions.zarr"
@@ -255,7 +278,12 @@ def test_prediction_store_roundtrip(tmp_path: Path) -> None:
         store.create_tissue_map(301, 257, mpp=0.8, chunk=64, level0_downsample=3.2)
         for i in range(120):
             n = int(rng.integers(0, 20))
-            batch = (rng.uniform(0, 1e5, n), rng.uniform(0, 1e5, n), rng.integers(1, 3, n), rng.random(n))
+            batch = (
+                rng.uniform(0, 1e5, n),
+                rng.uniform(0, 1e5, n),
+                rng.integers(1, 3, n),
+                rng.random(n),
+            )
             parts.append(batch)
             store.append_cells(*batch)
             if i == 50:
@@ -263,7 +291,7 @@ def test_prediction_store_roundtrip(tmp_path: Path) -> None:
         prob = rng.random((301, 257)).astype(np.float32)
         for y0 in range(0, 301, 100):
             for x0 in range(0, 257, 100):
-                store.write_tissue_block(y0, x0, prob[y0:y0 + 100, x0:x0 + 100])
+                store.write_tissue_block(y0, x0, prob[y0 : y0 + 100, x0 : x0 + 100])
         store.write_tissue_block(300, 250, np.full((10, 10), 255, np.uint8))  # cropped at the edge
 
     g = zarr.open_group(path, mode="r")
@@ -275,7 +303,11 @@ def test_prediction_store_roundtrip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(g["cells/prob"][:], want[3].astype(np.float32))
     assert g["cells/x"].dtype == np.float32 and g["cells/class"].dtype == np.uint8
     assert g["cells"].attrs["count"] == want[0].size
-    assert g.attrs["mpp"] == 0.25 and g.attrs["size"] == [100, 200] and g.attrs["slide"].endswith("s.svs")
+    assert (
+        g.attrs["mpp"] == 0.25
+        and g.attrs["size"] == [100, 200]
+        and g.attrs["slide"].endswith("s.svs")
+    )
 
     assert "tissue" not in g  # the map is an OME-Zarr image of its own beside the store
     t = zarr.open_group(tmp_path / "tissue.ome.zarr", mode="r")
@@ -289,18 +321,30 @@ def test_prediction_store_roundtrip(tmp_path: Path) -> None:
     assert int(t1[0, 0]) == (int(t0[:2, :2].astype(int).sum()) + 2) // 4
     ms = t.attrs["multiscales"][0]
     assert ms["version"] == "0.4" and ms["name"] == "cancer_area_probability"
-    assert ms["axes"] == [{"name": "y", "type": "space", "unit": "micrometer"},
-                          {"name": "x", "type": "space", "unit": "micrometer"}]
+    assert ms["axes"] == [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
     assert [d["path"] for d in ms["datasets"]] == ["0", "1"]
-    assert ms["datasets"][0]["coordinateTransformations"][0] == {"type": "scale", "scale": [0.8, 0.8]}
-    assert ms["datasets"][1]["coordinateTransformations"][0] == {"type": "scale", "scale": [1.6, 1.6]}
+    assert ms["datasets"][0]["coordinateTransformations"][0] == {
+        "type": "scale",
+        "scale": [0.8, 0.8],
+    }
+    assert ms["datasets"][1]["coordinateTransformations"][0] == {
+        "type": "scale",
+        "scale": [1.6, 1.6],
+    }
 
     store = open_predictions(path)
     assert store.n_cells == want[0].size and store.tissue_mpp == 0.8
     batches = list(store.iter_cells(batch_size=500))
-    np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), want[0].astype(np.float32))
+    np.testing.assert_array_equal(
+        np.concatenate([b["x"] for b in batches]), want[0].astype(np.float32)
+    )
     np.testing.assert_array_equal(store.read_tissue(10, 20, 30, 45), expect[10:20, 30:45])
-    np.testing.assert_allclose(store.read_tissue(0, 5, 0, 5, as_float=True), prob[:5, :5], atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(
+        store.read_tissue(0, 5, 0, 5, as_float=True), prob[:5, :5], atol=0.5 / 255 + 1e-6
+    )
     with pytest.raises(ValueError, match="read-only"):
         store.append_cells([1.0], [1.0], [1], [0.5])
 
@@ -327,6 +371,7 @@ def test_prediction_store_append_mode_and_errors(tmp_path: Path) -> None:
 
 # -- overview.png -------------------------------------------------------------------------------
 
+
 def test_write_overview(tmp_path: Path) -> None:
     h, w, ds = 120, 160, 16.0
     thumb = np.full((h, w, 3), 235, np.uint8)
@@ -337,7 +382,9 @@ def test_write_overview(tmp_path: Path) -> None:
     cls = np.where(shapely.contains_xy(ca, x, y), 2, 1)
     _, _, pur = purity_grid(x, y, cls, w * ds, h * ds, 10 * ds)
     path = tmp_path / "overview.png"
-    write_overview(path, thumb, ds, ca_geometry=ca, purity=pur, purity_cell_size=10 * ds, cells=(x, y, cls))
+    write_overview(
+        path, thumb, ds, ca_geometry=ca, purity=pur, purity_cell_size=10 * ds, cells=(x, y, cls)
+    )
     img = np.asarray(Image.open(path).convert("RGB"))
     assert img.shape[0] > h and img.shape[1] >= 2 * w
     # the outline is green on the left panel's CA border
@@ -355,12 +402,15 @@ def test_write_overview(tmp_path: Path) -> None:
 
 # -- tissue.ome.zarr: OME-NGFF 0.4 (Zarr v2) and 0.5 (Zarr v3) ------------------------------------
 
+
 def _write_map(path: Path, ngff: str) -> np.ndarray:
     from wsi_ocelot.outputs import TissueMapStore
 
     rng = np.random.default_rng(5)
     prob = rng.random((203, 150)).astype(np.float32)
-    tm = TissueMapStore.create(path, 203, 150, 0.8, slide_mpp=0.25, level0_downsample=3.2, ngff=ngff, chunk=64)
+    tm = TissueMapStore.create(
+        path, 203, 150, 0.8, slide_mpp=0.25, level0_downsample=3.2, ngff=ngff, chunk=64
+    )
     tm.write_block(0, 0, prob)
     tm.build_pyramid()
     return np.rint(prob * 255).astype(np.uint8)
@@ -375,9 +425,17 @@ def test_tissue_map_ngff04_validates_and_opens_with_ome_zarr_py(tmp_path: Path) 
     path = tmp_path / "tissue.ome.zarr"
     expect = _write_map(path, "0.4")
     group = zarr.open_group(path, mode="r")
-    assert group.metadata.zarr_format == 2 and (path / ".zattrs").is_file() and (path / "0" / ".zarray").is_file()
-    assert json.loads((path / "0" / ".zarray").read_text())["dimension_separator"] == "/"  # NGFF 0.4 requires it
-    assert json.loads((path / "0" / ".zarray").read_text())["compressor"]["id"] == "blosc"  # Bio-Formats decodes it
+    assert (
+        group.metadata.zarr_format == 2
+        and (path / ".zattrs").is_file()
+        and (path / "0" / ".zarray").is_file()
+    )
+    assert (
+        json.loads((path / "0" / ".zarray").read_text())["dimension_separator"] == "/"
+    )  # NGFF 0.4 requires it
+    assert (
+        json.loads((path / "0" / ".zarray").read_text())["compressor"]["id"] == "blosc"
+    )  # Bio-Formats decodes it
     Image.from_zarr(group)  # the maintained validator accepts it as 0.4
     assert type(ome_zarr_models.open_ome_zarr(group)).__module__.startswith("ome_zarr_models.v04")
 
@@ -398,7 +456,11 @@ def test_tissue_map_ngff04_validates_and_opens_with_ome_zarr_py(tmp_path: Path) 
             assert idx * sy + ty == pytest.approx((first + last) / 2 * 0.25)
     assert [a["unit"] for a in image.metadata["axes"]] == ["micrometer", "micrometer"]
     meta = group.attrs["wsi_ocelot"]
-    assert meta["level0_downsample"] == 3.2 and meta["level0_offset"] == [0.0, 0.0] and meta["slide_mpp"] == 0.25
+    assert (
+        meta["level0_downsample"] == 3.2
+        and meta["level0_offset"] == [0.0, 0.0]
+        and meta["slide_mpp"] == 0.25
+    )
 
 
 def test_tissue_map_ngff05_validates_as_05(tmp_path: Path) -> None:
@@ -419,7 +481,9 @@ def test_tissue_map_ngff05_validates_as_05(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ngff", ["0.4", "0.5"])
 def test_prediction_store_reads_the_map_in_either_version(tmp_path: Path, ngff: str) -> None:
     with PredictionStore(tmp_path / "predictions.zarr") as store:
-        store.create_tissue_map(50, 40, mpp=0.8, chunk=16, level0_downsample=3.2, slide_mpp=0.25, ngff=ngff)
+        store.create_tissue_map(
+            50, 40, mpp=0.8, chunk=16, level0_downsample=3.2, slide_mpp=0.25, ngff=ngff
+        )
         store.write_tissue_block(0, 0, np.full((50, 40), 200, np.uint8))
     store = open_predictions(tmp_path / "predictions.zarr")
     assert store.tissue_mpp == 0.8 and store.tissue_map.ngff_version == ngff
@@ -437,14 +501,20 @@ def test_prediction_store_reads_a_map_inside_an_older_store(tmp_path: Path) -> N
     g = zarr.open_group(path, mode="r+")
     t = g.create_group("tissue")
     t.create_array("0", shape=(8, 8), dtype=np.uint8, chunks=(8, 8), fill_value=0)[:] = 255
-    t.attrs.update({"ome": {"version": "0.5", "multiscales": [ngff_multiscales(0.8, 1, version="0.5")]},
-                    "wsi_ocelot": {"mpp": 0.8, "level0_downsample": 3.2}})
+    t.attrs.update(
+        {
+            "ome": {"version": "0.5", "multiscales": [ngff_multiscales(0.8, 1, version="0.5")]},
+            "wsi_ocelot": {"mpp": 0.8, "level0_downsample": 3.2},
+        }
+    )
     store = open_predictions(path)
     assert store.tissue_mpp == 0.8 and store.tissue_map.ngff_version == "0.5"
     assert int(store.read_tissue(0, 8, 0, 8).min()) == 255
 
 
-@pytest.mark.parametrize("cache_bytes", [64 << 20, 3 * 2 * 32 * 32])  # roomy, and three chunks (evicts all the time)
+@pytest.mark.parametrize(
+    "cache_bytes", [64 << 20, 3 * 2 * 32 * 32]
+)  # roomy, and three chunks (evicts all the time)
 def test_tissue_map_chunk_cache_stores_what_was_written(tmp_path: Path, cache_bytes: int) -> None:
     """Unaligned, overlapping blocks through the write-back chunk cache read back exactly as
     written into a plain array, before and after the handle is closed and the map reopened;
@@ -460,7 +530,7 @@ def test_tissue_map_chunk_cache_stores_what_was_written(tmp_path: Path, cache_by
         h, w = int(rng.integers(1, 70)), int(rng.integers(1, 70))
         block = rng.integers(0, 256, (h, w), dtype=np.uint8)
         tm.write_block(y0, x0, block)
-        ref[y0:y0 + h, x0:x0 + w] = block[: 150 - y0, : 203 - x0]
+        ref[y0 : y0 + h, x0 : x0 + w] = block[: 150 - y0, : 203 - x0]
         if k == 30:  # a read in between stores every cached chunk; later writes read them back
             np.testing.assert_array_equal(tm.read(0, 150, 0, 203), ref)
     probs = rng.random((40, 50))
@@ -471,10 +541,14 @@ def test_tissue_map_chunk_cache_stores_what_was_written(tmp_path: Path, cache_by
     tm.build_pyramid()
     again = TissueMapStore.open(tmp_path / "t.ome.zarr", mode="r+")
     np.testing.assert_array_equal(again.read(0, 150, 0, 203), ref)
-    again.write_block(5, 7, np.full((3, 4), 9, np.uint8))  # an opened map: chunks read back before writing
+    again.write_block(
+        5, 7, np.full((3, 4), 9, np.uint8)
+    )  # an opened map: chunks read back before writing
     again.flush()
     ref[5:8, 7:11] = 9
-    np.testing.assert_array_equal(TissueMapStore.open(tmp_path / "t.ome.zarr").read(0, 150, 0, 203), ref)
+    np.testing.assert_array_equal(
+        TissueMapStore.open(tmp_path / "t.ome.zarr").read(0, 150, 0, 203), ref
+    )
 
 
 def test_tissue_map_errors(tmp_path: Path) -> None:
@@ -489,6 +563,7 @@ def test_tissue_map_errors(tmp_path: Path) -> None:
 
 # -- cells.parquet / cells.csv ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["cells.parquet", "cells.csv"])
 def test_cells_table_writer_streams_every_row(tmp_path: Path, name: str) -> None:
     import pandas as pd
@@ -499,10 +574,20 @@ def test_cells_table_writer_streams_every_row(tmp_path: Path, name: str) -> None
     inside = np.random.default_rng(4).random(2500) > 0.6
     with CellsTableWriter(tmp_path / name, mpp=0.25, row_group=1000) as w:
         for s in range(0, 2500, 333):
-            w.write(x[s:s + 333], y[s:s + 333], cls[s:s + 333], prob[s:s + 333], inside[s:s + 333])
+            w.write(
+                x[s : s + 333],
+                y[s : s + 333],
+                cls[s : s + 333],
+                prob[s : s + 333],
+                inside[s : s + 333],
+            )
         assert not (tmp_path / name).exists()  # appears only when complete
     assert w.count == 2500
-    df = pd.read_parquet(tmp_path / name) if name.endswith("parquet") else pd.read_csv(tmp_path / name)
+    df = (
+        pd.read_parquet(tmp_path / name)
+        if name.endswith("parquet")
+        else pd.read_csv(tmp_path / name)
+    )
     assert tuple(df.columns) == CELL_TABLE_COLUMNS and len(df) == 2500
     np.testing.assert_array_equal(df["x"].to_numpy(np.float32), x.astype(np.float32))
     np.testing.assert_array_equal(df["prob"].to_numpy(np.float32), prob.astype(np.float32))
@@ -513,7 +598,9 @@ def test_cells_table_writer_streams_every_row(tmp_path: Path, name: str) -> None
     if name.endswith("parquet"):
         import pyarrow.parquet as pq
 
-        assert pq.ParquetFile(tmp_path / name).metadata.num_row_groups == 3  # streamed in row groups
+        assert (
+            pq.ParquetFile(tmp_path / name).metadata.num_row_groups == 3
+        )  # streamed in row groups
 
 
 def test_cells_table_writer_errors_leave_nothing(tmp_path: Path) -> None:
@@ -531,6 +618,7 @@ def test_cells_table_writer_errors_leave_nothing(tmp_path: Path) -> None:
 
 # -- SpatialData export (optional extra) -----------------------------------------------------------
 
+
 def _result_folder(root: Path) -> tuple[Path, tuple[np.ndarray, ...], shapely.Polygon]:
     """A slide result as the engine leaves it: cells in predictions.zarr, the map, tissue.geojson
     in QuPath's frame (bounds offset (100, 50) subtracted)."""
@@ -538,16 +626,25 @@ def _result_folder(root: Path) -> tuple[Path, tuple[np.ndarray, ...], shapely.Po
     folder.mkdir()
     x, y, cls, prob = _cells(500, seed=9)
     with PredictionStore(folder / "predictions.zarr") as store:
-        store.set_attrs({"slide": {"path": "s.mrxs", "mpp": 0.25, "bounds": [100, 50, 5000, 4000]}, "run": {"qupath_crop": True}})
+        store.set_attrs(
+            {
+                "slide": {"path": "s.mrxs", "mpp": 0.25, "bounds": [100, 50, 5000, 4000]},
+                "run": {"qupath_crop": True},
+            }
+        )
         store.create_tissue_map(1250, 1563, 0.8, level0_downsample=3.2, slide_mpp=0.25)
-        store.write_tissue_block(0, 0, np.ones((600, 800), np.float32))  # cancer area: level-0 [0, 2560) × [0, 1920)
+        store.write_tissue_block(
+            0, 0, np.ones((600, 800), np.float32)
+        )  # cancer area: level-0 [0, 2560) × [0, 1920)
         store.append_cells(x, y, cls, prob)
     ca = shapely.box(0, 0, 2560, 1920)
     write_tissue_geojson(folder / "tissue.geojson", ca, origin=(100, 50))
     return folder, (x, y, cls, prob), ca
 
 
-def test_export_spatialdata_without_the_extra_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
+def test_export_spatialdata_without_the_extra_is_a_one_line_error(
+    tmp_path: Path, monkeypatch
+) -> None:
     import subprocess
     import sys
 
@@ -561,8 +658,10 @@ def test_export_spatialdata_without_the_extra_is_a_one_line_error(tmp_path: Path
     msg = str(err.value)
     assert "\n" not in msg and 'pip install "wsi-ocelot[spatialdata]"' in msg
     # the command line: one line on stderr, exit code 2, no traceback
-    code = ("import sys; sys.modules['spatialdata'] = None; from wsi_ocelot.cli import main; "
-            f"raise SystemExit(main(['export-spatialdata', {str(folder)!r}]))")
+    code = (
+        "import sys; sys.modules['spatialdata'] = None; from wsi_ocelot.cli import main; "
+        f"raise SystemExit(main(['export-spatialdata', {str(folder)!r}]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -585,18 +684,28 @@ def test_export_spatialdata_opens_with_read_zarr_and_matches_the_cells(tmp_path:
     np.testing.assert_array_equal(pts["x"].to_numpy(np.float32), x.astype(np.float32))
     np.testing.assert_array_equal(pts["y"].to_numpy(np.float32), y.astype(np.float32))
     np.testing.assert_allclose(pts["prob"].to_numpy(np.float32), prob.astype(np.float32))
-    assert (pts["class_name"].astype(str).to_numpy() == cells["class_name"].astype(str).to_numpy()).all()
-    np.testing.assert_array_equal(pts["in_cancer_area"].to_numpy(bool), cells["in_cancer_area"].to_numpy(bool))
+    assert (
+        pts["class_name"].astype(str).to_numpy() == cells["class_name"].astype(str).to_numpy()
+    ).all()
+    np.testing.assert_array_equal(
+        pts["in_cancer_area"].to_numpy(bool), cells["in_cancer_area"].to_numpy(bool)
+    )
     assert cells["in_cancer_area"].any() and not cells["in_cancer_area"].all()
     shapes = sdata.shapes["cancer_area"]
-    assert len(shapes) == 1 and shapes.geometry.iloc[0].equals(ca)  # back in level-0 px (bounds offset added)
+    assert len(shapes) == 1 and shapes.geometry.iloc[0].equals(
+        ca
+    )  # back in level-0 px (bounds offset added)
     for element in (sdata.points["cells"], shapes, sdata.images["cancer_area_probability"]):
         assert set(get_transformation(element, get_all=True)) == {"global", "micrometer"}
     # the tissue map on the slide: map px (r, c) covers level-0 [c·3.2, (c+1)·3.2); a cell's flag is the map there
     image = sdata.images["cancer_area_probability"]
-    arr = np.asarray(image["scale0"]["image"].values if hasattr(image, "children") else image.values)[0]
+    arr = np.asarray(
+        image["scale0"]["image"].values if hasattr(image, "children") else image.values
+    )[0]
     assert arr.shape == (1250, 1563)
-    assert get_transformation(image, "global").to_affine_matrix(("x", "y"), ("x", "y"))[0, 0] == pytest.approx(3.2)
+    assert get_transformation(image, "global").to_affine_matrix(("x", "y"), ("x", "y"))[
+        0, 0
+    ] == pytest.approx(3.2)
     r = np.clip(np.floor(y.astype(np.float32) / 3.2).astype(int), 0, 1249)
     c = np.clip(np.floor(x.astype(np.float32) / 3.2).astype(int), 0, 1562)
     np.testing.assert_array_equal(arr[r, c] >= 128, pts["in_cancer_area"].to_numpy(bool))

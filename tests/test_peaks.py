@@ -130,7 +130,10 @@ def test_batched_equals_per_image() -> None:
     assert sum(t.shape[0] for t in batched) > 0
     # the device's whole-batch computation, run on the CPU, gives the same peaks
     for core in (None, (5.0, 4.0, 30.0, 33.0)):
-        a, b = find_peaks(probs, cfg, core=core, per_image=True), find_peaks(probs, cfg, core=core, per_image=False)
+        a, b = (
+            find_peaks(probs, cfg, core=core, per_image=True),
+            find_peaks(probs, cfg, core=core, per_image=False),
+        )
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y)
 
@@ -199,7 +202,9 @@ def test_cuda_equals_cpu() -> None:
 # -- the fast formulation against the straightforward one it replaced ------------------------
 
 
-def _reference_find_peaks(cell_probs: torch.Tensor, cfg: PeakConfig, core=None) -> list[torch.Tensor]:
+def _reference_find_peaks(
+    cell_probs: torch.Tensor, cfg: PeakConfig, core=None
+) -> list[torch.Tensor]:
     """The original formulation: blur as shifted adds with temporaries, 2-D max-pool NMS,
     dense greedy tie rounds over the whole map, then the core filter."""
     import math
@@ -245,7 +250,9 @@ def _reference_find_peaks(cell_probs: torch.Tensor, cfg: PeakConfig, core=None) 
         ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
         kept &= (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
     bi, yi, xi = kept.nonzero(as_tuple=True)
-    pts = torch.stack([xi.float(), yi.float(), (cls_idx[bi, yi, xi] + 1).float(), cls_prob[bi, yi, xi]], 1)
+    pts = torch.stack(
+        [xi.float(), yi.float(), (cls_idx[bi, yi, xi] + 1).float(), cls_prob[bi, yi, xi]], 1
+    )
     return list(torch.split(pts, torch.bincount(bi, minlength=b).tolist()))
 
 
@@ -256,7 +263,11 @@ def _cell_like_probs(b: int, size: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     logits = torch.full((b, 3, size, size), -8.0)
     logits[:, 0] = 8.6
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32),
+        torch.arange(size, dtype=torch.float32),
+        indexing="ij",
+    )
     for i in range(b):
         n = size * size // 400
         cx, cy = torch.rand(n, generator=g) * size, torch.rand(n, generator=g) * size

@@ -39,16 +39,22 @@ def test_same_result_from_map_and_from_membership() -> None:
     inside = inside_map(X, Y, m, scale=10.0)
     np.testing.assert_array_equal(inside, inside_geometry(X, Y, CA))
     r = compute_purity(X, Y, C, ca_inside=inside, ca_area_um2=2500.0, mpp=0.5)
-    assert r.purity_in_cancer_area == pytest.approx(0.75) and r.cancer_area_mm2 == pytest.approx(0.0025)
+    assert r.purity_in_cancer_area == pytest.approx(0.75) and r.cancer_area_mm2 == pytest.approx(
+        0.0025
+    )
 
 
 def test_inside_map_threshold_origin_and_bounds() -> None:
     m = np.array([[0.2, 0.5], [0.9, 0.49]], dtype=np.float32)
     x = np.array([5.0, 15.0, 5.0, 15.0, -1.0, 25.0, 5.0])
     y = np.array([5.0, 5.0, 15.0, 15.0, 5.0, 5.0, 25.0])
-    np.testing.assert_array_equal(inside_map(x, y, m, 10.0), [False, True, True, False, False, False, False])
-    np.testing.assert_array_equal(inside_map(x + 100, y + 50, m, 10.0, origin=(100, 50)),
-                                  [False, True, True, False, False, False, False])
+    np.testing.assert_array_equal(
+        inside_map(x, y, m, 10.0), [False, True, True, False, False, False, False]
+    )
+    np.testing.assert_array_equal(
+        inside_map(x + 100, y + 50, m, 10.0, origin=(100, 50)),
+        [False, True, True, False, False, False, False],
+    )
     np.testing.assert_array_equal(inside_map(x, y, m, 10.0, threshold=0.1)[:4], [True] * 4)
 
 
@@ -65,7 +71,9 @@ def test_no_cancer_area() -> None:
     assert r.purity_in_cancer_area is None and r.n_cells_in_cancer_area is None
     assert r.purity_in_cancer_area_reason == "no cancer-area prediction given"
     r = compute_purity(X, Y, C, ca_geometry=shapely.MultiPolygon(), mpp=0.5)
-    assert r.purity_in_cancer_area is None and r.purity_in_cancer_area_reason == "no cancer area found"
+    assert (
+        r.purity_in_cancer_area is None and r.purity_in_cancer_area_reason == "no cancer area found"
+    )
     assert r.n_cells_in_cancer_area == 0 and r.cancer_area_mm2 == 0.0
     r = compute_purity(X, Y, C, ca_geometry=shapely.box(500, 500, 600, 600))
     assert r.purity_in_cancer_area_reason == "no cells inside the cancer area"

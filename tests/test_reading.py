@@ -33,7 +33,9 @@ def test_read_boxes_equals_read_box(pattern_slide, target_mpp, size, reader):
 
 def test_read_boxes_falls_back_for_mixed_phases(pattern_slide):
     s = open_slide(pattern_slide, reader="tifffile")
-    boxes = np.array([[10, 10, 301, 301], [11, 13, 300, 300], [500, 7, 64, 64]])  # odd offsets at a level-1 read
+    boxes = np.array(
+        [[10, 10, 301, 301], [11, 13, 300, 300], [500, 7, 64, 64]]
+    )  # odd offsets at a level-1 read
     assert np.array_equal(s.read_boxes(boxes, (100, 100)), _per_box(s, boxes, (100, 100)))
     assert s.read_boxes(np.zeros((0, 4), np.int64), (8, 8)).shape == (0, 8, 8, 3)
 
@@ -46,16 +48,25 @@ def test_tifffile_reader_gives_openslides_pixels(request, name):
     W, H = a.dimensions
     for level in range(a.level_count):
         d = int(a.level_downsamples[level])
-        for loc, size in [((0, 0), (300, 200)), ((W - 100 * d, H - 50 * d), (300, 200)), ((-64 * d, -32 * d), (200, 100)),
-                          ((256 * d, 512 * d), (256, 256)), ((W + 10 * d, 0), (16, 16))]:
-            assert np.array_equal(a.read_region(loc, level, size), b.read_region(loc, level, size)), (level, loc, size)
+        for loc, size in [
+            ((0, 0), (300, 200)),
+            ((W - 100 * d, H - 50 * d), (300, 200)),
+            ((-64 * d, -32 * d), (200, 100)),
+            ((256 * d, 512 * d), (256, 256)),
+            ((W + 10 * d, 0), (16, 16)),
+        ]:
+            assert np.array_equal(
+                a.read_region(loc, level, size), b.read_region(loc, level, size)
+            ), (level, loc, size)
     boxes = np.array([[100, 200, 820, 820], [664, 200, 820, 820], [5, 3, 1640, 1640]])
     assert np.array_equal(_per_box(a, boxes, (1024, 1024)), b.read_boxes(boxes, (1024, 1024)))
 
 
 def test_tifffile_reader_falls_back_to_openslide_for_fractional_level_coordinates(pattern_slide):
     a, b = open_slide(pattern_slide), open_slide(pattern_slide, reader="tifffile")
-    assert b._tiff_reader.read((3, 5), 1, (10, 10), 2.0) is None  # 1.5, 2.5 level px: not a whole pixel
+    assert (
+        b._tiff_reader.read((3, 5), 1, (10, 10), 2.0) is None
+    )  # 1.5, 2.5 level px: not a whole pixel
     assert np.array_equal(a.read_region((3, 5), 1, (40, 30)), b.read_region((3, 5), 1, (40, 30)))
 
 
@@ -66,7 +77,11 @@ def test_tifffile_reader_on_a_real_svs(cmu_slide):
     a, b = open_slide(cmu_slide), open_slide(cmu_slide, reader="tifffile")
     assert b._tiff_reader is not None
     W, H = a.dimensions
-    for loc, size in [((0, 0), (512, 512)), ((W // 2 + 13, H // 3 + 7), (700, 300)), ((W - 200, H - 100), (400, 300))]:
+    for loc, size in [
+        ((0, 0), (512, 512)),
+        ((W // 2 + 13, H // 3 + 7), (700, 300)),
+        ((W - 200, H - 100), (400, 300)),
+    ]:
         assert np.array_equal(a.read_region(loc, 0, size), b.read_region(loc, 0, size))
 
 
@@ -76,7 +91,12 @@ def test_unknown_reader_is_a_one_line_error(pattern_slide):
 
 
 def test_plan_batches_groups_neighbours_and_covers_every_tile_once():
-    assert block_shape(8) == (2, 4) and block_shape(16) == (4, 4) and block_shape(32) == (4, 8) and block_shape(7) == (1, 7)
+    assert (
+        block_shape(8) == (2, 4)
+        and block_shape(16) == (4, 4)
+        and block_shape(32) == (4, 8)
+        and block_shape(7) == (1, 7)
+    )
     rows, cols = np.meshgrid(np.arange(7), np.arange(9), indexing="ij")
     keep = (rows.ravel() + cols.ravel()) % 5 != 0  # holes, like tiles off tissue
     r, c = rows.ravel()[keep], cols.ravel()[keep]

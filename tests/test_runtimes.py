@@ -45,7 +45,12 @@ MATCH_UM = 3.0  # the OCELOT matching radius, in µm
 #: AVX2 cost 0.72-0.85 (graphs.quantize_int8), and an untrained checkpoint, whose peaks sit
 #: on a flat probability map, gives ~0.25 (why these tests use the demo weights, not tiny_ckpt).
 MIN_F1 = {"fp32": 0.99, "int8": 0.97}
-PATHS = [("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+PATHS = [
+    ("openvino", "fp32"),
+    ("openvino", "int8"),
+    ("onnxruntime", "fp32"),
+    ("onnxruntime", "int8"),
+]
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -69,11 +74,16 @@ def no_site_default(monkeypatch) -> None:
 
 def _stub_subprocess(monkeypatch, run) -> None:
     """Replace ``subprocess`` in select.py only (where the build children start)."""
-    monkeypatch.setattr(select, "subprocess", types.SimpleNamespace(run=run, TimeoutExpired=subprocess.TimeoutExpired))
+    monkeypatch.setattr(
+        select,
+        "subprocess",
+        types.SimpleNamespace(run=run, TimeoutExpired=subprocess.TimeoutExpired),
+    )
 
 
 def _no_child(monkeypatch) -> None:
     """Fail the test if a build child is started (the cache must be reused)."""
+
     def run(*args, **kwargs):
         raise AssertionError(f"a build child was started: {args}")
 
@@ -117,7 +127,11 @@ def _result(out_dir: Path) -> tuple[np.ndarray, np.ndarray, dict, dict]:
         c = store.cells()
         tissue = np.asarray(store.tissue(0)[:])
         attrs = store.attrs
-    pts = np.stack([c["x"], c["y"], c["class"], c["prob"]], axis=1).astype(np.float64) if len(c["x"]) else np.zeros((0, 4))
+    pts = (
+        np.stack([c["x"], c["y"], c["class"], c["prob"]], axis=1).astype(np.float64)
+        if len(c["x"])
+        else np.zeros((0, 4))
+    )
     return pts, tissue, attrs, json.loads((out_dir / "purity.json").read_text(encoding="utf-8"))
 
 
@@ -144,7 +158,11 @@ def tiny_fp32(runtime_cache, tiny_ckpt) -> SlideRunner:
 def demo_reference(synth_05, tmp_path_factory):
     """fp32 torch's result on the slide: what every other path is compared to."""
     runner = SlideRunner("demo", EngineConfig(**FAST, runtime="torch", precision="fp32"))
-    assert (runner.runtime.runtime, runner.runtime.precision, runner.runtime.reason) == ("torch", "fp32", "asked for")
+    assert (runner.runtime.runtime, runner.runtime.precision, runner.runtime.reason) == (
+        "torch",
+        "fp32",
+        "asked for",
+    )
     res = runner.run(synth_05, tmp_path_factory.mktemp("reference"))
     return res.out_dir, *_result(res.out_dir)
 
@@ -152,11 +170,14 @@ def demo_reference(synth_05, tmp_path_factory):
 # -- 1. each path against fp32 torch on a slide -------------------------------------------------
 @pytest.mark.slow  # with the demo build and the reference run: ~1.5 min on a 2-core CPU
 @pytest.mark.parametrize("runtime, precision", PATHS)
-def test_each_path_keeps_fp32_torch_cells_on_a_slide(runtime, precision, demo_auto, demo_reference, synth_05, shared_cache,
-                                                     tmp_path, monkeypatch):
+def test_each_path_keeps_fp32_torch_cells_on_a_slide(
+    runtime, precision, demo_auto, demo_reference, synth_05, shared_cache, tmp_path, monkeypatch
+):
     _, ref_pts, ref_tissue, ref_attrs, ref_purity = demo_reference
     assert ref_purity["runtime"] == "torch" and ref_purity["precision"] == "fp32"
-    assert ref_attrs["runtime"]["runtime"] == "torch" and ref_attrs["runtime"]["precision"] == "fp32"
+    assert (
+        ref_attrs["runtime"]["runtime"] == "torch" and ref_attrs["runtime"]["precision"] == "fp32"
+    )
     assert len(ref_pts) >= 300  # enough cells for an F1 to mean something
 
     _no_child(monkeypatch)  # demo_auto built every path
@@ -175,56 +196,94 @@ def test_each_path_keeps_fp32_torch_cells_on_a_slide(runtime, precision, demo_au
     assert abs(len(pts) - len(ref_pts)) <= (1 - MIN_F1[precision]) * len(ref_pts), agree
     # the tissue graph runs fp32 on every path (int8 quantises the cell graph only)
     t = tissue_agreement(ref_tissue, tissue)
-    assert t["tissue_mean_abs"] <= spec.FIDELITY["tissue_mean_abs"] and t["ca_agreement"] >= spec.FIDELITY["ca_agreement"], t
+    assert (
+        t["tissue_mean_abs"] <= spec.FIDELITY["tissue_mean_abs"]
+        and t["ca_agreement"] >= spec.FIDELITY["ca_agreement"]
+    ), t
     # what ran is recorded: purity.json (top-level keys and the detail) and the store's attributes
     assert purity["runtime"] == runtime and purity["precision"] == precision
-    assert purity["runtime_detail"]["version"] == choice.version and purity["runtime_detail"]["reason"] == "asked for"
+    assert (
+        purity["runtime_detail"]["version"] == choice.version
+        and purity["runtime_detail"]["reason"] == "asked for"
+    )
     assert attrs["runtime"]["runtime"] == runtime and attrs["runtime"]["precision"] == precision
     assert attrs["runtime"]["fidelity"]["cells_f1"] == choice.fidelity["cells_f1"]
 
 
 # -- 2. auto ------------------------------------------------------------------------------------
 @pytest.mark.slow  # shares the demo build with the test above
-def test_auto_takes_the_fastest_gated_path_and_builds_once(demo_auto, shared_cache, no_site_default, monkeypatch):
+def test_auto_takes_the_fastest_gated_path_and_builds_once(
+    demo_auto, shared_cache, no_site_default, monkeypatch
+):
     choice = demo_auto.runtime
     data = _build_json(demo_auto)
     expected = {"openvino int8", "openvino fp32", "onnxruntime int8", "onnxruntime fp32"}
     if spec.cpu_has_bf16():
         expected |= {"openvino bf16", "torch bf16"}
-    assert set(data["paths"]) == expected  # every candidate but fp32 torch (the reference) has a record
+    assert (
+        set(data["paths"]) == expected
+    )  # every candidate but fp32 torch (the reference) has a record
     ref_ms = data["reference"]["ms_per_cell_tile"]
     assert ref_ms > 0
     for name, res in data["paths"].items():
-        assert res["status"] == "ok", (name, res)  # both runtimes are core dependencies: each path builds here
+        assert res["status"] == "ok", (
+            name,
+            res,
+        )  # both runtimes are core dependencies: each path builds here
         fid = res["fidelity"]
-        assert {"cells_f1", "cells_reference", "tissue_mean_abs", "ca_agreement", "passes"} <= set(fid), (name, fid)
+        assert {"cells_f1", "cells_reference", "tissue_mean_abs", "ca_agreement", "passes"} <= set(
+            fid
+        ), (name, fid)
         assert fid["cells_reference"] > 0 and isinstance(fid["passes"], bool)
-        assert fid["passes"] == (fid["cells_f1"] >= spec.FIDELITY["cells_f1"] and fid["tissue_mean_abs"] <= spec.FIDELITY["tissue_mean_abs"]
-                                 and fid["ca_agreement"] >= spec.FIDELITY["ca_agreement"])
+        assert fid["passes"] == (
+            fid["cells_f1"] >= spec.FIDELITY["cells_f1"]
+            and fid["tissue_mean_abs"] <= spec.FIDELITY["tissue_mean_abs"]
+            and fid["ca_agreement"] >= spec.FIDELITY["ca_agreement"]
+        )
         assert res["ms_per_cell_tile"] > 0
     # the entry's files are all recorded with their hashes (what CacheEntry.read checks)
     folder = _entry(demo_auto).dir
-    assert set(data["files"]) == {p.name for p in folder.glob("*.onnx")} >= {"tissue.onnx", "cell.onnx", "cell.int8.onnx"}
+    assert (
+        set(data["files"])
+        == {p.name for p in folder.glob("*.onnx")}
+        >= {"tissue.onnx", "cell.onnx", "cell.int8.onnx"}
+    )
 
     assert choice.reason.startswith("auto"), choice
-    gated = {name: r["ms_per_cell_tile"] for name, r in data["paths"].items() if r["fidelity"]["passes"] and r["ms_per_cell_tile"] < ref_ms}
+    gated = {
+        name: r["ms_per_cell_tile"]
+        for name, r in data["paths"].items()
+        if r["fidelity"]["passes"] and r["ms_per_cell_tile"] < ref_ms
+    }
     if gated:
         fastest = min(gated, key=gated.get)
         assert f"{choice.runtime} {choice.precision}" == fastest, (choice, gated)
         assert choice.fidelity == data["paths"][fastest]["fidelity"]
-        assert demo_auto.predictor.backend is not None and demo_auto.predictor.backend.runtime == choice.runtime
+        assert (
+            demo_auto.predictor.backend is not None
+            and demo_auto.predictor.backend.runtime == choice.runtime
+        )
     else:
-        assert (choice.runtime, choice.precision) == ("torch", "fp32") and "no faster path" in choice.reason
+        assert (choice.runtime, choice.precision) == (
+            "torch",
+            "fp32",
+        ) and "no faster path" in choice.reason
 
     # a second runner loads what the first built: no child process
     _no_child(monkeypatch)
     again = SlideRunner("demo", EngineConfig(**FAST))
-    assert (again.runtime.runtime, again.runtime.precision, again.runtime.reason) == (choice.runtime, choice.precision, choice.reason)
+    assert (again.runtime.runtime, again.runtime.precision, again.runtime.reason) == (
+        choice.runtime,
+        choice.precision,
+        choice.reason,
+    )
     assert _build_json(again) == data
 
 
 # -- 3. the cache's key and integrity -------------------------------------------------------------
-def test_cache_follows_the_checkpoint_and_never_trusts_a_tampered_file(tiny_fp32, tiny_ckpt, shared_cache, tmp_path, monkeypatch):
+def test_cache_follows_the_checkpoint_and_never_trusts_a_tampered_file(
+    tiny_fp32, tiny_ckpt, shared_cache, tmp_path, monkeypatch
+):
     children = _count_children(monkeypatch)
     kw = dict(**FAST, runtime="onnxruntime", precision="fp32")
     first = _entry(tiny_fp32)
@@ -232,7 +291,11 @@ def test_cache_follows_the_checkpoint_and_never_trusts_a_tampered_file(tiny_fp32
     # the same bytes under another name: the same entry, nothing built
     same = shutil.copy(tiny_ckpt, tmp_path / "renamed.safetensors")
     runner = SlideRunner(same, EngineConfig(**kw))
-    assert _entry(runner).dir == first.dir and runner.runtime.runtime == "onnxruntime" and children == []
+    assert (
+        _entry(runner).dir == first.dir
+        and runner.runtime.runtime == "onnxruntime"
+        and children == []
+    )
 
     # other weights: another entry, built
     other_ckpt = write_tiny_checkpoint(tmp_path / "other.safetensors", tilt=False)
@@ -247,7 +310,7 @@ def test_cache_follows_the_checkpoint_and_never_trusts_a_tampered_file(tiny_fp32
     # a graph changed behind the cache's back: detected, the entry cleared, never loaded
     graph = entry.dir / "cell.onnx"
     blob = bytearray(graph.read_bytes())
-    blob[len(blob) // 2: len(blob) // 2 + 64] = b"\x00" * 64
+    blob[len(blob) // 2 : len(blob) // 2 + 64] = b"\x00" * 64
     graph.write_bytes(bytes(blob))
     with entry.locked():
         data = entry.read()
@@ -257,7 +320,10 @@ def test_cache_follows_the_checkpoint_and_never_trusts_a_tampered_file(tiny_fp32
     rebuilt = SlideRunner(other_ckpt, EngineConfig(**kw))
     assert len(children) == 2 and rebuilt.runtime.runtime == "onnxruntime"
     data = _build_json(rebuilt)
-    assert data["files"]["cell.onnx"] == file_sha256(graph) and data["paths"]["onnxruntime fp32"]["status"] == "ok"
+    assert (
+        data["files"]["cell.onnx"] == file_sha256(graph)
+        and data["paths"]["onnxruntime fp32"]["status"] == "ok"
+    )
     with entry.locked():
         assert entry.read()["paths"] == data["paths"]  # trusted again
 
@@ -275,7 +341,9 @@ def _raising_for(runtimes: set[str], calls: list):
     return open_backend
 
 
-def test_a_runtime_that_raises_at_load_falls_back_with_one_warning(tiny_fp32, tiny_ckpt, shared_cache, monkeypatch, caplog):
+def test_a_runtime_that_raises_at_load_falls_back_with_one_warning(
+    tiny_fp32, tiny_ckpt, shared_cache, monkeypatch, caplog
+):
     _no_child(monkeypatch)  # tiny_fp32 built both fp32 paths
     calls: list = []
 
@@ -284,10 +352,21 @@ def test_a_runtime_that_raises_at_load_falls_back_with_one_warning(tiny_fp32, ti
     with caplog.at_level(logging.WARNING, logger=SELECT_LOG):
         runner = SlideRunner(tiny_ckpt, EngineConfig(**FAST, runtime="openvino", precision="fp32"))
     assert calls == [("openvino", "fp32")]
-    assert (runner.runtime.runtime, runner.runtime.precision) == ("torch", "fp32") and runner.predictor.backend is None
+    assert (runner.runtime.runtime, runner.runtime.precision) == (
+        "torch",
+        "fp32",
+    ) and runner.predictor.backend is None
     assert runner.runtime.reason == "fallback: openvino fp32 failed to load"
-    warnings = [r.getMessage() for r in caplog.records if r.name == SELECT_LOG and r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "openvino fp32 failed to load" in warnings[0] and "simulated openvino load failure" in warnings[0]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == SELECT_LOG and r.levelno >= logging.WARNING
+    ]
+    assert (
+        len(warnings) == 1
+        and "openvino fp32 failed to load" in warnings[0]
+        and "simulated openvino load failure" in warnings[0]
+    )
     assert "\n" not in warnings[0]
 
     # auto: the next path. The build's speeds are noisy on a shared 2-core CPU (the tiny model's
@@ -305,7 +384,10 @@ def test_a_runtime_that_raises_at_load_falls_back_with_one_warning(tiny_fp32, ti
     monkeypatch.setattr(select, "gate_results", ordered)
     for name in ENV:
         monkeypatch.delenv(name)
-    for failing, expect, n_warn in (({"openvino"}, ("onnxruntime", "fp32"), 1), ({"openvino", "onnxruntime"}, ("torch", "fp32"), 2)):
+    for failing, expect, n_warn in (
+        ({"openvino"}, ("onnxruntime", "fp32"), 1),
+        ({"openvino", "onnxruntime"}, ("torch", "fp32"), 2),
+    ):
         calls.clear()
         caplog.clear()
         monkeypatch.setattr(select, "open_backend", _raising_for(failing, calls))
@@ -313,24 +395,58 @@ def test_a_runtime_that_raises_at_load_falls_back_with_one_warning(tiny_fp32, ti
             runner = SlideRunner(tiny_ckpt, EngineConfig(**FAST, precision="fp32"))
         assert (runner.runtime.runtime, runner.runtime.precision) == expect, runner.runtime
         assert calls == [("openvino", "fp32"), ("onnxruntime", "fp32")]
-        warnings = [r.getMessage() for r in caplog.records if r.name == SELECT_LOG and r.levelno >= logging.WARNING]
-        assert len(warnings) == n_warn and all("failed to load" in w and "trying the next path" in w for w in warnings), warnings
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == SELECT_LOG and r.levelno >= logging.WARNING
+        ]
+        assert len(warnings) == n_warn and all(
+            "failed to load" in w and "trying the next path" in w for w in warnings
+        ), warnings
         if expect[0] == "torch":
-            assert runner.predictor.backend is None and runner.runtime.reason == "fallback: openvino fp32, onnxruntime fp32 failed to load"
+            assert (
+                runner.predictor.backend is None
+                and runner.runtime.reason
+                == "fallback: openvino fp32, onnxruntime fp32 failed to load"
+            )
         else:
-            assert runner.predictor.backend.runtime == "onnxruntime" and runner.runtime.reason.startswith("auto")
+            assert (
+                runner.predictor.backend.runtime == "onnxruntime"
+                and runner.runtime.reason.startswith("auto")
+            )
 
 
 # -- 5. a runtime that does not import ---------------------------------------------------------------
-def test_a_runtime_that_does_not_import_is_one_line_naming_the_fix(tiny_ckpt, synth_05, tmp_path, monkeypatch, capsys):
+def test_a_runtime_that_does_not_import_is_one_line_naming_the_fix(
+    tiny_ckpt, synth_05, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
     out = tmp_path / "res"
-    code = main(["run", str(synth_05), "--out", str(out), "--model", str(tiny_ckpt), "--runtime", "openvino", "--precision", "fp32",
-                 "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "run",
+            str(synth_05),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_ckpt),
+            "--runtime",
+            "openvino",
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     lines = _error_lines(err)
     assert code == 2, err
-    assert len(lines) == 1 and "--runtime openvino" in lines[0] and "Fix: pip install openvino" in lines[0], err
+    assert (
+        len(lines) == 1
+        and "--runtime openvino" in lines[0]
+        and "Fix: pip install openvino" in lines[0]
+    ), err
     # raised before any slide ran: nothing recorded, no slide folder
     assert not (out / "manifest.json").exists() and not (out / synth_05.stem).exists()
     # the API says the same
@@ -339,9 +455,15 @@ def test_a_runtime_that_does_not_import_is_one_line_naming_the_fix(tiny_ckpt, sy
 
 
 # -- 6. a build child that dies ----------------------------------------------------------------------
-def test_a_crashing_build_child_marks_its_path_crashed_and_the_rest_go_on(tiny_ckpt, tmp_path, no_site_default, monkeypatch, caplog):
-    monkeypatch.setenv("WSI_OCELOT_CACHE", str(tmp_path / "cache"))  # a fresh entry: the shared one is built already
-    monkeypatch.setenv("WSI_OCELOT_BUILD_CRASH", "openvino fp32")  # build.py's fault injection (OpenVINO issue 35943)
+def test_a_crashing_build_child_marks_its_path_crashed_and_the_rest_go_on(
+    tiny_ckpt, tmp_path, no_site_default, monkeypatch, caplog
+):
+    monkeypatch.setenv(
+        "WSI_OCELOT_CACHE", str(tmp_path / "cache")
+    )  # a fresh entry: the shared one is built already
+    monkeypatch.setenv(
+        "WSI_OCELOT_BUILD_CRASH", "openvino fp32"
+    )  # build.py's fault injection (OpenVINO issue 35943)
     children = _count_children(monkeypatch)
     with caplog.at_level(logging.WARNING, logger=SELECT_LOG):
         runner = SlideRunner(tiny_ckpt, EngineConfig(**FAST, precision="fp32"))
@@ -349,11 +471,23 @@ def test_a_crashing_build_child_marks_its_path_crashed_and_the_rest_go_on(tiny_c
     data = _build_json(runner)
     crashed = data["paths"]["openvino fp32"]
     assert crashed["status"] == "crashed" and "SIGFPE" in crashed["error"], crashed
-    assert data["paths"]["onnxruntime fp32"]["status"] == "ok" and data["paths"]["onnxruntime fp32"]["fidelity"]["passes"]
+    assert (
+        data["paths"]["onnxruntime fp32"]["status"] == "ok"
+        and data["paths"]["onnxruntime fp32"]["fidelity"]["passes"]
+    )
     assert "reference" in data
-    assert (runner.runtime.runtime, runner.runtime.precision) in {("onnxruntime", "fp32"), ("torch", "fp32")}
-    warnings = [r.getMessage() for r in caplog.records if r.name == SELECT_LOG and r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "openvino fp32" in warnings[0] and "SIGFPE" in warnings[0], warnings
+    assert (runner.runtime.runtime, runner.runtime.precision) in {
+        ("onnxruntime", "fp32"),
+        ("torch", "fp32"),
+    }
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == SELECT_LOG and r.levelno >= logging.WARNING
+    ]
+    assert len(warnings) == 1 and "openvino fp32" in warnings[0] and "SIGFPE" in warnings[0], (
+        warnings
+    )
     # the crash is remembered: the next runner starts no child and skips that path
     _no_child(monkeypatch)
     again = SlideRunner(tiny_ckpt, EngineConfig(**FAST, precision="fp32"))
@@ -361,23 +495,48 @@ def test_a_crashing_build_child_marks_its_path_crashed_and_the_rest_go_on(tiny_c
     # asked for explicitly, the crashed path falls back to fp32 torch with one warning
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger=SELECT_LOG):
-        explicit = SlideRunner(tiny_ckpt, EngineConfig(**FAST, runtime="openvino", precision="fp32"))
+        explicit = SlideRunner(
+            tiny_ckpt, EngineConfig(**FAST, runtime="openvino", precision="fp32")
+        )
     assert (explicit.runtime.runtime, explicit.runtime.precision) == ("torch", "fp32")
     assert explicit.runtime.reason == "fallback: openvino fp32 crashed"
-    assert len([r for r in caplog.records if r.name == SELECT_LOG and r.levelno >= logging.WARNING]) == 1
+    assert (
+        len([r for r in caplog.records if r.name == SELECT_LOG and r.levelno >= logging.WARNING])
+        == 1
+    )
 
 
 # -- 7. options that cannot run ---------------------------------------------------------------------
-def test_bf16_without_cpu_support_and_paths_a_runtime_lacks(tiny_ckpt, synth_05, tmp_path, monkeypatch, capsys):
+def test_bf16_without_cpu_support_and_paths_a_runtime_lacks(
+    tiny_ckpt, synth_05, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(select, "cpu_has_bf16", lambda: False)
     with pytest.raises(WsiOcelotError) as info:
         SlideRunner(tiny_ckpt, EngineConfig(**FAST, runtime="torch", precision="bf16"))
     line = info.value.one_line()
-    assert "--precision bf16" in line and "no bf16 instructions" in line and "Fix: use --precision auto, fp32 or int8" in line
+    assert (
+        "--precision bf16" in line
+        and "no bf16 instructions" in line
+        and "Fix: use --precision auto, fp32 or int8" in line
+    )
     assert "\n" not in line
     # the CLI: that line, once, before any slide
     out = tmp_path / "res"
-    code = main(["run", str(synth_05), "--out", str(out), "--model", str(tiny_ckpt), "--precision", "bf16", "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "run",
+            str(synth_05),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_ckpt),
+            "--precision",
+            "bf16",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     lines = _error_lines(capsys.readouterr().err)
     assert code == 2 and lines == [f"error: {line}"]
     assert not (out / "manifest.json").exists()
@@ -386,7 +545,10 @@ def test_bf16_without_cpu_support_and_paths_a_runtime_lacks(tiny_ckpt, synth_05,
     with pytest.raises(ConfigError) as info:
         EngineConfig(runtime="onnxruntime", precision="bf16")
     line = info.value.one_line()
-    assert "--runtime onnxruntime has no bf16 path" in line and "Fix: use --precision int8 or fp32" in line
+    assert (
+        "--runtime onnxruntime has no bf16 path" in line
+        and "Fix: use --precision int8 or fp32" in line
+    )
     with pytest.raises(ConfigError, match="unknown runtime 'tensorrt'"):
         EngineConfig(runtime="tensorrt")
     with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
@@ -401,18 +563,33 @@ def test_cli_choices_are_the_runtimes_and_precisions():
 
 # -- 8. evaluation in a runtime ----------------------------------------------------------------------
 @pytest.mark.slow  # ~25 s: the dataset, then both runs (shares the demo build)
-def test_evaluate_dataset_in_onnxruntime_matches_fp32_torch(demo_auto, shared_cache, tmp_path, monkeypatch):
+def test_evaluate_dataset_in_onnxruntime_matches_fp32_torch(
+    demo_auto, shared_cache, tmp_path, monkeypatch
+):
     from wsi_ocelot.evaluation import evaluate_dataset
     from wsi_ocelot.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
 
-    root = tmp_path / "data"  # at the demo weights' own geometry: the images are the checkpoint's tiles
-    write_synthetic_dataset(root, SyntheticDatasetConfig(seed=5, train=0, val=0, test=4, slide_size_um=1000.0))
+    root = (
+        tmp_path / "data"
+    )  # at the demo weights' own geometry: the images are the checkpoint's tiles
+    write_synthetic_dataset(
+        root, SyntheticDatasetConfig(seed=5, train=0, val=0, test=4, slide_size_um=1000.0)
+    )
     _no_child(monkeypatch)
-    ref = evaluate_dataset("demo", root, "test", device="cpu", batch_size=2, runtime="torch", precision="fp32")
-    ort = evaluate_dataset("demo", root, "test", device="cpu", batch_size=2, runtime="onnxruntime", precision="fp32")
+    ref = evaluate_dataset(
+        "demo", root, "test", device="cpu", batch_size=2, runtime="torch", precision="fp32"
+    )
+    ort = evaluate_dataset(
+        "demo", root, "test", device="cpu", batch_size=2, runtime="onnxruntime", precision="fp32"
+    )
     assert ref["num_images"] == ort["num_images"] == 4
-    assert ref["overall"]["mF1"] > 0.5  # the demo weights on their own kind of data: a score that means something
-    assert abs(ort["overall"]["mF1"] - ref["overall"]["mF1"]) <= 0.005, (ref["overall"], ort["overall"])
+    assert (
+        ref["overall"]["mF1"] > 0.5
+    )  # the demo weights on their own kind of data: a score that means something
+    assert abs(ort["overall"]["mF1"] - ref["overall"]["mF1"]) <= 0.005, (
+        ref["overall"],
+        ort["overall"],
+    )
     assert (ort["runtime"]["runtime"], ort["runtime"]["precision"]) == ("onnxruntime", "fp32")
     assert (ref["runtime"]["runtime"], ref["runtime"]["precision"]) == ("torch", "fp32")
 
@@ -427,9 +604,25 @@ def test_report_names_the_runtimes_the_slides_ran(tmp_path, tiny_ckpt):
 
     out = tmp_path / "out"
     out.mkdir()
-    slides = {"a": {"status": "done", "path": "a.svs", "n_cells": 1, "runtime": "openvino", "precision": "int8"},
-              "b": {"status": "done", "path": "b.svs", "n_cells": 1, "runtime": "torch", "precision": "fp32"},
-              "c": {"status": "failed", "path": "c.svs", "error": "c.svs: broken. Fix: none"}}
-    page = write_report(out, Manifest(out, slides=slides, meta={"model": str(tiny_ckpt)})).read_text(encoding="utf-8")
+    slides = {
+        "a": {
+            "status": "done",
+            "path": "a.svs",
+            "n_cells": 1,
+            "runtime": "openvino",
+            "precision": "int8",
+        },
+        "b": {
+            "status": "done",
+            "path": "b.svs",
+            "n_cells": 1,
+            "runtime": "torch",
+            "precision": "fp32",
+        },
+        "c": {"status": "failed", "path": "c.svs", "error": "c.svs: broken. Fix: none"},
+    }
+    page = write_report(
+        out, Manifest(out, slides=slides, meta={"model": str(tiny_ckpt)})
+    ).read_text(encoding="utf-8")
     ran = html.unescape(re.search(r'<span id="model-runtime">([^<]*)</span>', page).group(1))
     assert ran == "openvino int8, torch fp32"

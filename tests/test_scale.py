@@ -14,8 +14,14 @@ def _grid_points(rng, n_rows: int, n_cols: int, core: float, per_tile: int):
     for r in range(n_rows):
         for c in range(n_cols):
             box = np.array([c * core, r * core, (c + 1) * core, (r + 1) * core])
-            p = np.column_stack([rng.uniform(box[0] - 3, box[2] + 3, per_tile), rng.uniform(box[1] - 3, box[3] + 3, per_tile),
-                                 rng.integers(1, 3, per_tile), rng.random(per_tile).round(2)])  # ties in probability too
+            p = np.column_stack(
+                [
+                    rng.uniform(box[0] - 3, box[2] + 3, per_tile),
+                    rng.uniform(box[1] - 3, box[3] + 3, per_tile),
+                    rng.integers(1, 3, per_tile),
+                    rng.random(per_tile).round(2),
+                ]
+            )  # ties in probability too
             tiles.append((r, c, box, p))
     return tiles
 

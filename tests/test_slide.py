@@ -14,18 +14,46 @@ from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
 
 # -- MPP resolution order ------------------------------------------------------------------
 def test_mpp_override_wins():
-    info = resolve_mpp("s.svs", {"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.25"}, override=0.5)
+    info = resolve_mpp(
+        "s.svs", {"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.25"}, override=0.5
+    )
     assert (info.x, info.source) == (0.5, "override")
 
 
 def test_mpp_from_openslide_then_tiff_then_objective(caplog):
-    assert resolve_mpp("s", {"openslide.mpp-x": "0.24", "openslide.mpp-y": "0.26", "tiff.XResolution": "1000", "tiff.ResolutionUnit": "centimeter"}).source == "openslide"
-    info = resolve_mpp("s", {"tiff.XResolution": "40000", "tiff.YResolution": "40000", "tiff.ResolutionUnit": "centimeter", "openslide.objective-power": "20"})
+    assert (
+        resolve_mpp(
+            "s",
+            {
+                "openslide.mpp-x": "0.24",
+                "openslide.mpp-y": "0.26",
+                "tiff.XResolution": "1000",
+                "tiff.ResolutionUnit": "centimeter",
+            },
+        ).source
+        == "openslide"
+    )
+    info = resolve_mpp(
+        "s",
+        {
+            "tiff.XResolution": "40000",
+            "tiff.YResolution": "40000",
+            "tiff.ResolutionUnit": "centimeter",
+            "openslide.objective-power": "20",
+        },
+    )
     assert info.source == "tiff-resolution" and info.x == pytest.approx(0.25)
     inch = resolve_mpp("s", {"tiff.XResolution": "101600", "tiff.ResolutionUnit": "inch"})
     assert inch.x == pytest.approx(0.25)
     with caplog.at_level(logging.WARNING):
-        obj = resolve_mpp("s.svs", {"tiff.XResolution": "72", "tiff.ResolutionUnit": "inch", "openslide.objective-power": "40"})
+        obj = resolve_mpp(
+            "s.svs",
+            {
+                "tiff.XResolution": "72",
+                "tiff.ResolutionUnit": "inch",
+                "openslide.objective-power": "40",
+            },
+        )
     assert obj.source == "objective-power" and obj.x == pytest.approx(0.25)
     assert "objective power" in caplog.text and "--mpp" in caplog.text
 
@@ -80,7 +108,11 @@ def test_read_at_other_mpp_matches_resized_level0(pattern_slide):
     box = (256, 256, 800, 800)
     out = s.read_at_mpp(box, 1.0)  # 4x coarser, read from level 2
     assert out.shape == (200, 200, 3)
-    ref = np.asarray(Image.fromarray(s.read_region((256, 256), 0, (800, 800))).resize((200, 200), Image.Resampling.BOX))
+    ref = np.asarray(
+        Image.fromarray(s.read_region((256, 256), 0, (800, 800))).resize(
+            (200, 200), Image.Resampling.BOX
+        )
+    )
     # level 2 is a box-filtered pyramid of level 0: same content up to resampling noise
     assert np.abs(out.astype(int) - ref).mean() < 6
     up = s.read_at_mpp((256, 256, 100, 100), 0.125)  # upsampling from level 0
@@ -103,13 +135,17 @@ def test_transparent_regions_composite_on_white_exactly():
     assert out.flags.writeable
     opaque = rgba.copy()
     opaque[..., 3] = 255
-    np.testing.assert_array_equal(_composite_white(Image.fromarray(opaque, "RGBA")), opaque[..., :3])
+    np.testing.assert_array_equal(
+        _composite_white(Image.fromarray(opaque, "RGBA")), opaque[..., :3]
+    )
 
 
 def test_thumbnail_and_repr(pattern_slide):
     s = open_slide(pattern_slide)
     img, ds = s.thumbnail(mpp=2.0)
-    assert img.shape[1] == round(s.dimensions[0] / 8) and ds == pytest.approx(s.dimensions[0] / img.shape[1])
+    assert img.shape[1] == round(s.dimensions[0] / 8) and ds == pytest.approx(
+        s.dimensions[0] / img.shape[1]
+    )
     assert "mpp=0.2500" in repr(s)
 
 
@@ -192,13 +228,15 @@ def _write_tiff_directories_last(path, img: np.ndarray, mpp: float = 0.5, tile: 
     import struct
 
     h, w = img.shape[:2]
-    body = bytearray(b"II*\0\0\0\0\0")  # classic little-endian TIFF; the first-IFD offset is patched below
+    body = bytearray(
+        b"II*\0\0\0\0\0"
+    )  # classic little-endian TIFF; the first-IFD offset is patched below
     offsets, counts = [], []
     for r in range(0, h, tile):
         for c in range(0, w, tile):
             t = np.full((tile, tile, 3), 255, np.uint8)
-            part = img[r:r + tile, c:c + tile]
-            t[:part.shape[0], :part.shape[1]] = part
+            part = img[r : r + tile, c : c + tile]
+            t[: part.shape[0], : part.shape[1]] = part
             offsets.append(len(body))
             counts.append(t.nbytes)
             body += t.tobytes()
@@ -210,17 +248,38 @@ def _write_tiff_directories_last(path, img: np.ndarray, mpp: float = 0.5, tile: 
         return at
 
     ppcm = round(1e4 / mpp)
-    bps, xres, yres = put(struct.pack("<3H", 8, 8, 8)), put(struct.pack("<2I", ppcm, 1)), put(struct.pack("<2I", ppcm, 1))
+    bps, xres, yres = (
+        put(struct.pack("<3H", 8, 8, 8)),
+        put(struct.pack("<2I", ppcm, 1)),
+        put(struct.pack("<2I", ppcm, 1)),
+    )
     n = len(offsets)
     toff = put(struct.pack(f"<{n}I", *offsets)) if n > 1 else offsets[0]
     tcnt = put(struct.pack(f"<{n}I", *counts)) if n > 1 else counts[0]
     short, long_, rational = 3, 4, 5
-    tags = [(256, long_, 1, w), (257, long_, 1, h), (258, short, 3, bps), (259, short, 1, 1), (262, short, 1, 2),
-            (277, short, 1, 3), (282, rational, 1, xres), (283, rational, 1, yres), (284, short, 1, 1),
-            (296, short, 1, 3), (322, short, 1, tile), (323, short, 1, tile), (324, long_, n, toff), (325, long_, n, tcnt)]
+    tags = [
+        (256, long_, 1, w),
+        (257, long_, 1, h),
+        (258, short, 3, bps),
+        (259, short, 1, 1),
+        (262, short, 1, 2),
+        (277, short, 1, 3),
+        (282, rational, 1, xres),
+        (283, rational, 1, yres),
+        (284, short, 1, 1),
+        (296, short, 1, 3),
+        (322, short, 1, tile),
+        (323, short, 1, tile),
+        (324, long_, n, toff),
+        (325, long_, n, tcnt),
+    ]
     ifd = put(struct.pack("<H", len(tags)))
     for code, kind, count, value in tags:
-        value_bytes = struct.pack("<HH", value, 0) if kind == short and count == 1 else struct.pack("<I", value)
+        value_bytes = (
+            struct.pack("<HH", value, 0)
+            if kind == short and count == 1
+            else struct.pack("<I", value)
+        )
         body += struct.pack("<HHI", code, kind, count) + value_bytes
     body += struct.pack("<I", 0)
     body[4:8] = struct.pack("<I", ifd)
@@ -232,12 +291,20 @@ def _assert_truncated_quietly(path, caplog) -> None:
         with pytest.raises(SlideFormatError) as err:
             open_slide(path)
     msg = str(err.value)
-    assert "truncated" in msg and "renamed" not in msg and str(path) in msg and "copy the slide again" in msg and "\n" not in msg
+    assert (
+        "truncated" in msg
+        and "renamed" not in msg
+        and str(path) in msg
+        and "copy the slide again" in msg
+        and "\n" not in msg
+    )
     # tifffile's own complaint ("invalid offset to first page ...") is no longer on the terminal
     assert not [r for r in caplog.records if r.name == "tifffile" and r.levelno >= logging.WARNING]
     from wsi_ocelot.slide import check_slide_file
 
-    with pytest.raises(SlideFormatError, match="truncated"):  # the batch's cheap pre-check says the same
+    with pytest.raises(
+        SlideFormatError, match="truncated"
+    ):  # the batch's cheap pre-check says the same
         check_slide_file(path)
 
 
@@ -246,9 +313,13 @@ def test_truncated_tiff_with_directories_last(tmp_path, caplog):
     # renamed", and tifffile's "invalid offset to first page" line reached the terminal.
     whole = tmp_path / "whole.tiff"
     yy, xx = np.mgrid[0:600, 0:700]
-    img = np.stack([(xx * 7 // 13) % 256, (yy * 5 // 11) % 256, ((xx + yy) // 9) % 256], -1).astype(np.uint8)
+    img = np.stack([(xx * 7 // 13) % 256, (yy * 5 // 11) % 256, ((xx + yy) // 9) % 256], -1).astype(
+        np.uint8
+    )
     _write_tiff_directories_last(whole, img)
-    assert np.array_equal(open_slide(whole).read_region((0, 0), 0, (700, 600)), img)  # a valid slide when whole
+    assert np.array_equal(
+        open_slide(whole).read_region((0, 0), 0, (700, 600)), img
+    )  # a valid slide when whole
     data = whole.read_bytes()
     for frac in (0.5, 0.99):
         cut = tmp_path / f"cut{frac}.tiff"
@@ -265,7 +336,12 @@ def test_truncated_tiff_cli_says_so_in_one_line(tmp_path):
     _write_tiff_directories_last(whole, np.full((300, 300, 3), (215, 130, 185), np.uint8))
     cut = tmp_path / "cut.tiff"
     cut.write_bytes(whole.read_bytes()[:100_000])
-    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "info", str(cut)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsi_ocelot", "info", str(cut)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "truncated" in lines[0] and "Fix:" in lines[0], proc.stderr
@@ -300,13 +376,17 @@ def test_open_without_mpp_for_inspection(tmp_path):
         assert s.dimensions == (300, 300) and "mpp=missing" in repr(s)
         img, ds = s.thumbnail()  # everything that needs no MPP still works
         assert img.ndim == 3 and ds >= 1
-        with pytest.raises(MppError, match="--mpp") as err:  # what needs it says so, in the usual one line
+        with pytest.raises(
+            MppError, match="--mpp"
+        ) as err:  # what needs it says so, in the usual one line
             _ = s.mpp
         assert str(p) in str(err.value)
         with pytest.raises(MppError):
             s.read_at_mpp((0, 0, 100, 100), 1.0)
         s2 = pickle.loads(pickle.dumps(s))
         assert s2.mpp_info.missing
-    with pytest.raises(MppError, match="not a µm/px value|invalid"):  # a bad override is an error either way
+    with pytest.raises(
+        MppError, match="not a µm/px value|invalid"
+    ):  # a bad override is an error either way
         open_slide(p, mpp=-1, require_mpp=False)
     assert not open_slide(p, mpp=0.3, require_mpp=False).mpp_info.missing

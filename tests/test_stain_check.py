@@ -41,7 +41,9 @@ from wsi_ocelot.slide.stain_check import (
 )
 from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
 
-DAB = np.array([0.27, 0.57, 0.78]) / np.linalg.norm([0.27, 0.57, 0.78])  # DAB's optical density (Ruifrok & Johnston)
+DAB = np.array([0.27, 0.57, 0.78]) / np.linalg.norm(
+    [0.27, 0.57, 0.78]
+)  # DAB's optical density (Ruifrok & Johnston)
 
 
 # -- synthetic slides that are not brightfield H&E ------------------------------------------
@@ -74,7 +76,9 @@ def _ihc_render(seed: int = 12, size: int = 1024, mpp: float = 0.5) -> np.ndarra
     from wsi_ocelot.synthetic.slide import make_synthetic_slide
 
     model = make_synthetic_slide(mpp=mpp, size=(size, size), seed=seed).model
-    ihc = dataclasses.replace(model, stain=dataclasses.replace(model.stain, e_vec=DAB, e_gain=1.5 * model.stain.e_gain))
+    ihc = dataclasses.replace(
+        model, stain=dataclasses.replace(model.stain, e_vec=DAB, e_gain=1.5 * model.stain.e_gain)
+    )
     return render_um(ihc, 0, 0, size, size, mpp)
 
 
@@ -105,17 +109,23 @@ def test_real_he_is_brightfield(cmu_slide):
     with open_slide(cmu_slide) as s:
         c = classify_slide(s)
     assert c.kind == "brightfield" and c.is_brightfield
-    assert c.dark_fraction < 0.01 and c.brightfield_share > 0.95 and c.brown_fraction < 0.02  # measured 0, 0.998, 0
+    assert (
+        c.dark_fraction < 0.01 and c.brightfield_share > 0.95 and c.brown_fraction < 0.02
+    )  # measured 0, 0.998, 0
     require_brightfield(cmu_slide, c)  # no error
 
 
-def test_synthetic_he_and_empty_glass_are_brightfield(synth_025, synth_05, synth_empty, pattern_slide):
+def test_synthetic_he_and_empty_glass_are_brightfield(
+    synth_025, synth_05, synth_empty, pattern_slide
+):
     for p in (synth_025, synth_05):
         c = classify_stain(*_thumb(p))
         assert c.kind == "brightfield", c
         assert c.dark_fraction == 0 and c.brown_fraction is not None and c.brown_fraction < 0.02
     empty = classify_stain(*_thumb(synth_empty))
-    assert empty.kind == "brightfield" and empty.brown_fraction is None and empty.glass_fraction > 0.95
+    assert (
+        empty.kind == "brightfield" and empty.brown_fraction is None and empty.glass_fraction > 0.95
+    )
     assert "no tissue" in empty.description
     # the tests' colour pattern (run through the engine elsewhere) is no slide at all, but not a refused one
     assert classify_stain(*_thumb(pattern_slide)).kind == "brightfield"
@@ -126,7 +136,7 @@ def test_he_with_black_scan_borders_stays_brightfield(synth_025, crop):
     img, _ = _thumb(synth_025)
     if crop:  # tissue only, no glass left beside it
         h, w = img.shape[:2]
-        img = img[h // 3:2 * h // 3, w // 3:2 * w // 3]
+        img = img[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3]
     h, w = img.shape[:2]
     padded = np.zeros((2 * h, 2 * w, 3), np.uint8)  # 75 % black
     padded[:h, :w] = img
@@ -155,7 +165,12 @@ def test_fluorescence_is_named(not_he, name):
     with pytest.raises(NotBrightfieldError) as err:
         require_brightfield(not_he[name], c)
     msg = str(err.value)
-    assert str(not_he[name]) in msg and "fluorescence" in msg and "dark background" in msg and "%" in msg
+    assert (
+        str(not_he[name]) in msg
+        and "fluorescence" in msg
+        and "dark background" in msg
+        and "%" in msg
+    )
     assert "Fix:" in msg and "--allow-non-brightfield" in msg and "\n" not in msg
     assert isinstance(err.value, SlideFormatError)
 
@@ -163,7 +178,9 @@ def test_fluorescence_is_named(not_he, name):
 def test_fluorescence_with_unscanned_white_areas_is_named(not_he):
     img, tissue = _thumb(not_he["dapi"])
     h, w = img.shape[:2]
-    img = np.concatenate([img, np.full((h, w, 3), 255, np.uint8)], axis=1)  # OpenSlide's transparent areas, on white
+    img = np.concatenate(
+        [img, np.full((h, w, 3), 255, np.uint8)], axis=1
+    )  # OpenSlide's transparent areas, on white
     assert classify_stain(img).kind == "fluorescence"
 
 
@@ -206,23 +223,35 @@ def test_engine_fails_a_fluorescence_slide_before_model_work(not_he, tmp_path, m
         runner.run(not_he["dapi"], out)
     assert "fluorescence" in err.value.one_line() and str(not_he["dapi"]) in err.value.one_line()
     assert not list(out.iterdir()), "no result and no partial folder left behind"
-    runner = SlideRunner(ckpt, EngineConfig(device="cpu", batch_size=2, workers=0, progress=False, stain_check=False))
+    runner = SlideRunner(
+        ckpt, EngineConfig(device="cpu", batch_size=2, workers=0, progress=False, stain_check=False)
+    )
     with pytest.raises(_ModelWork):  # the opt-out goes on to the model
         runner.run(not_he["dapi"], out)
 
 
 def test_info_shows_the_stain(not_he):
     # Fails on the old code: `info` printed no stain classification.
-    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "info", str(not_he["dapi"])], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsi_ocelot", "info", str(not_he["dapi"])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("stain"))
     assert "fluorescence" in line and "dark background" in line
-    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "info", str(not_he["ihc"]), "--json"], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsi_ocelot", "info", str(not_he["ihc"]), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     stain = json.loads(proc.stdout)["stain"]
-    assert stain["kind"] == "ihc" and stain["brown_fraction"] >= 0.2 and "IHC" in stain["description"]
+    assert (
+        stain["kind"] == "ihc" and stain["brown_fraction"] >= 0.2 and "IHC" in stain["description"]
+    )
 
 
 @pytest.mark.parametrize("domain", ["blue-grey", "dark-pink"])

@@ -66,8 +66,12 @@ def test_ground_truth_roundtrip_and_geojson(written) -> None:
     cells, ca = read_ground_truth(written.tiff_path)
     np.testing.assert_allclose(cells, written.cells, atol=0.006)
     assert set(np.unique(cells[:, 2])) == {1.0, 2.0}
-    assert shapely.equals_exact(shapely.normalize(ca), shapely.normalize(written.cancer_area), tolerance=0.02) or \
-        abs(ca.area - written.cancer_area.area) < 1e-3 * ca.area
+    assert (
+        shapely.equals_exact(
+            shapely.normalize(ca), shapely.normalize(written.cancer_area), tolerance=0.02
+        )
+        or abs(ca.area - written.cancer_area.area) < 1e-3 * ca.area
+    )
     data = json.loads(Path(written.tissue_path).read_text())
     assert data["type"] == "FeatureCollection" and data["features"]
     for f in data["features"]:
@@ -119,7 +123,9 @@ def test_darkness_centroid_matches_ground_truth() -> None:
         x0, y0 = cx - half * mpp, cy - half * mpp
         img = render_um(m, x0, y0, 2 * half, 2 * half, mpp).astype(np.float64)
         od = (-np.log(np.clip(img, 1, 255) / 255.0) - m.stain.glass_od) @ unmix[0]  # haematoxylin
-        X, Y = np.meshgrid(x0 + (np.arange(2 * half) + 0.5) * mpp, y0 + (np.arange(2 * half) + 0.5) * mpp)
+        X, Y = np.meshgrid(
+            x0 + (np.arange(2 * half) + 0.5) * mpp, y0 + (np.arange(2 * half) + 0.5) * mpp
+        )
         dist = np.hypot(X - cx, Y - cy)
         base = np.median(od[(dist > r) & (dist < r + 1.5)])
         w = np.clip(od - base, 0, None) * (dist <= r)

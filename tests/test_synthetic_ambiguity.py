@@ -35,13 +35,25 @@ def test_zero_is_the_default_tissue() -> None:
 def _stats(a: float) -> np.ndarray:
     rows = []
     for seed, organ in zip((0, 1), ("kidney", "bladder"), strict=True):
-        m = build_tissue_model(1700, 1700, seed, ambiguous_params(dataclasses.replace(SyntheticParams(), **ORGANS[organ]), a))
+        m = build_tissue_model(
+            1700,
+            1700,
+            seed,
+            ambiguous_params(dataclasses.replace(SyntheticParams(), **ORGANS[organ]), a),
+        )
         c = m.cells
         inca = shapely.contains_xy(m.cancer_area, c.xy[:, 0], c.xy[:, 1])
         tc, bc = c.cls == TC, c.cls == BC
         lymph_like = (c.kind == LYMPHOCYTE) | (c.kind == TUMOUR_SMALL)
-        rows.append([(tc & inca).sum() / tc.sum(), (bc & ~inca).sum() / bc.sum(), (c.kind == TUMOUR_SMALL).sum() / tc.sum(),
-                     m.small_tc_zones.area / m.cancer_area.area, lymph_like.sum()])
+        rows.append(
+            [
+                (tc & inca).sum() / tc.sum(),
+                (bc & ~inca).sum() / bc.sum(),
+                (c.kind == TUMOUR_SMALL).sum() / tc.sum(),
+                m.small_tc_zones.area / m.cancer_area.area,
+                lymph_like.sum(),
+            ]
+        )
     return np.mean(rows, axis=0)
 
 
@@ -60,11 +72,51 @@ def test_synth_dataset_cli_ambiguity(tmp_path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot.synthetic", str(tmp_path / "d"), "--seed", "3", "--train", "1", "--val", "0",
-                           "--test", "0", "--tile-size", "64", "--ambiguity", "1"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_ocelot.synthetic",
+            str(tmp_path / "d"),
+            "--seed",
+            "3",
+            "--train",
+            "1",
+            "--val",
+            "0",
+            "--test",
+            "0",
+            "--tile-size",
+            "64",
+            "--ambiguity",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "ambiguity 1" in proc.stdout
-    assert json.loads((tmp_path / "d" / "metadata.json").read_text())["general_info"]["ambiguity"] == 1.0
-    proc = subprocess.run([sys.executable, "-m", "wsi_ocelot", "synth-dataset", str(tmp_path / "e"), "--ambiguity", "1.5"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "ambiguity 1.5 is outside [0, 1]" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        json.loads((tmp_path / "d" / "metadata.json").read_text())["general_info"]["ambiguity"]
+        == 1.0
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_ocelot",
+            "synth-dataset",
+            str(tmp_path / "e"),
+            "--ambiguity",
+            "1.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        proc.returncode == 2
+        and "ambiguity 1.5 is outside [0, 1]" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )

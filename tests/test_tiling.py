@@ -14,7 +14,10 @@ from wsi_ocelot.tiling.export import export_pairs, write_metadata
 SMALL = GeometryConfig(tile_size=256, cell_margin=16, tissue_margin=32)
 
 
-@pytest.mark.parametrize("w,h,mpp,target", [(1000, 700, 0.25, 0.2), (2220, 2967, 0.499, 0.2), (513, 257, 0.5, 0.8), (64, 64, 0.25, 0.2)])
+@pytest.mark.parametrize(
+    "w,h,mpp,target",
+    [(1000, 700, 0.25, 0.2), (2220, 2967, 0.499, 0.2), (513, 257, 0.5, 0.8), (64, 64, 0.25, 0.2)],
+)
 def test_cores_partition_the_slide(w, h, mpp, target):
     g = make_grid(w, h, mpp, target, 128, 12)
     cover = np.zeros((h, w), np.int32)
@@ -23,7 +26,9 @@ def test_cores_partition_the_slide(w, h, mpp, target):
     assert (cover == 1).all(), "every level-0 pixel is owned by exactly one core"
     # every read box contains its core plus the margin
     bx, by, bw, bh = g.boxes.T
-    assert (bx <= g.cores[:, 0] - g.margin_l0 + 0).all() and (by <= g.cores[:, 1] - g.margin_l0).all()
+    assert (bx <= g.cores[:, 0] - g.margin_l0 + 0).all() and (
+        by <= g.cores[:, 1] - g.margin_l0
+    ).all()
     assert ((bx + bw)[:-1] >= g.cores[:-1, 2]).all()
     assert g.tile_l0 % 2 == 0 and g.mpp == pytest.approx(target, rel=0.02)
 
@@ -67,19 +72,25 @@ def _check_pairs(slide_path, out, geo, mpp=None, max_cell_mad=4.0, max_ctx_mad=6
         canvas = np.full((c["y_end"] - c["y_start"], c["x_end"] - c["x_start"], 3), 255, np.uint8)
         xs, ys = max(c["x_start"], 0), max(c["y_start"], 0)
         xe, ye = min(c["x_end"], W), min(c["y_end"], H)
-        canvas[ys - c["y_start"]:ye - c["y_start"], xs - c["x_start"]:xe - c["x_start"]] = level0[ys:ye, xs:xe]
+        canvas[ys - c["y_start"] : ye - c["y_start"], xs - c["x_start"] : xe - c["x_start"]] = (
+            level0[ys:ye, xs:xe]
+        )
         ref = np.asarray(Image.fromarray(canvas).resize((T, T), Image.Resampling.BILINEAR))
         mad_cell = np.abs(cell.astype(float) - ref).mean()
-        assert mad_cell < max_cell_mad, f"pair {pid}: cell image differs from level 0 (MAD {mad_cell:.2f})"
+        assert mad_cell < max_cell_mad, (
+            f"pair {pid}: cell image differs from level 0 (MAD {mad_cell:.2f})"
+        )
         # cell downsampled by f sits in the context at the offset
-        small = np.asarray(Image.fromarray(cell).resize((T // f, T // f), Image.Resampling.BOX)).astype(float)
+        small = np.asarray(
+            Image.fromarray(cell).resize((T // f, T // f), Image.Resampling.BOX)
+        ).astype(float)
         x0 = round(p["patch_x_offset"] * T - T / (2 * f))
         y0 = round(p["patch_y_offset"] * T - T / (2 * f))
-        region = ctx[y0:y0 + T // f, x0:x0 + T // f].astype(float)
+        region = ctx[y0 : y0 + T // f, x0 : x0 + T // f].astype(float)
         mad_ctx = np.abs(small - region).mean()
         assert mad_ctx < max_ctx_mad, f"pair {pid}: context misaligned (MAD {mad_ctx:.2f})"
         # ... and one pixel off is clearly worse (the check can see misalignment)
-        shifted = ctx[y0 + 2:y0 + 2 + T // f, x0 + 2:x0 + 2 + T // f].astype(float)
+        shifted = ctx[y0 + 2 : y0 + 2 + T // f, x0 + 2 : x0 + 2 + T // f].astype(float)
         if shifted.shape == small.shape and small.std() > 10:
             assert np.abs(small - shifted).mean() > mad_ctx
 

@@ -41,34 +41,72 @@ SIZE = 64
 ORGANS = ("kidney", "bladder")
 
 
-def _write_pair(root: Path, split: str, id_: str, rng: np.random.Generator, *, n_points: int, mostly_unknown: bool) -> None:
+def _write_pair(
+    root: Path,
+    split: str,
+    id_: str,
+    rng: np.random.Generator,
+    *,
+    n_points: int,
+    mostly_unknown: bool,
+) -> None:
     for sub in ("cell", "tissue"):
         (root / "images" / split / sub).mkdir(parents=True, exist_ok=True)
         (root / "annotations" / split / sub).mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / "images" / split / "cell" / f"{id_}.jpg")
-    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / "images" / split / "tissue" / f"{id_}.jpg")
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
+        root / "images" / split / "cell" / f"{id_}.jpg"
+    )
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
+        root / "images" / split / "tissue" / f"{id_}.jpg"
+    )
     label = np.where(rng.random((SIZE, SIZE)) < 0.5, 1, 2).astype(np.uint8)
     if mostly_unknown:
         label[:, : SIZE - 4] = 255
     else:
         label[:4, :4] = 255
     Image.fromarray(label).save(root / "annotations" / split / "tissue" / f"{id_}.png")
-    lines = [f"{int(x)},{int(y)},{int(c)}" for x, y, c in zip(rng.integers(0, SIZE, n_points), rng.integers(0, SIZE, n_points), rng.integers(1, 3, n_points), strict=True)]
-    (root / "annotations" / split / "cell" / f"{id_}.csv").write_text("".join(line + "\n" for line in lines))
+    lines = [
+        f"{int(x)},{int(y)},{int(c)}"
+        for x, y, c in zip(
+            rng.integers(0, SIZE, n_points),
+            rng.integers(0, SIZE, n_points),
+            rng.integers(1, 3, n_points),
+            strict=True,
+        )
+    ]
+    (root / "annotations" / split / "cell" / f"{id_}.csv").write_text(
+        "".join(line + "\n" for line in lines)
+    )
 
 
 def make_fake_ocelot(root: Path, n_train: int = 4, n_val: int = 2, seed: int = 0) -> Path:
     """A tiny dataset in the OCELOT release layout: 64×64 images, random points and masks."""
     rng = np.random.default_rng(seed)
     pairs = {}
-    ids = [(f"{i:03d}", "train") for i in range(1, n_train + 1)] + [(f"{i:03d}", "val") for i in range(401, 401 + n_val)]
+    ids = [(f"{i:03d}", "train") for i in range(1, n_train + 1)] + [
+        (f"{i:03d}", "val") for i in range(401, 401 + n_val)
+    ]
     for k, (id_, split) in enumerate(ids):
         _write_pair(root, split, id_, rng, n_points=0 if k == 0 else 12, mostly_unknown=k == 1)
         ox, oy = (0.125, 0.625) if k % 2 else (0.625, 0.125)
         pairs[id_] = {
             "slide_name": f"slide{k}",
-            "cell": {"x_start": 0, "y_start": 0, "x_end": 320, "y_end": 320, "resized_mpp_x": 0.194, "resized_mpp_y": 0.194},
-            "tissue": {"x_start": 0, "y_start": 0, "x_end": 1280, "y_end": 1280, "resized_mpp_x": 0.776, "resized_mpp_y": 0.776},
+            "cell": {
+                "x_start": 0,
+                "y_start": 0,
+                "x_end": 320,
+                "y_end": 320,
+                "resized_mpp_x": 0.194,
+                "resized_mpp_y": 0.194,
+            },
+            "tissue": {
+                "x_start": 0,
+                "y_start": 0,
+                "x_end": 1280,
+                "y_end": 1280,
+                "resized_mpp_x": 0.776,
+                "resized_mpp_y": 0.776,
+            },
             "patch_x_offset": ox,
             "patch_y_offset": oy,
             "mpp_x": 0.25,
@@ -157,13 +195,17 @@ def test_dataset_errors(ocelot_root: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="metadata.json not found"):
         list_pairs(root, "val")
     shutil.rmtree(root / "annotations" / "val" / "tissue")
-    with pytest.raises(DatasetError, match=r"val/tissue: folder of tissue annotations for split 'val' not found"):
+    with pytest.raises(
+        DatasetError, match=r"val/tissue: folder of tissue annotations for split 'val' not found"
+    ):
         list_pairs(root, "val")
 
 
 def test_bad_tissue_png(ocelot_root: Path, tmp_path: Path) -> None:
     root = _break(ocelot_root, tmp_path)
-    Image.fromarray(np.full((SIZE, SIZE), 7, np.uint8)).save(root / "annotations" / "val" / "tissue" / "401.png")
+    Image.fromarray(np.full((SIZE, SIZE), 7, np.uint8)).save(
+        root / "annotations" / "val" / "tissue" / "401.png"
+    )
     ds = OcelotDataset(root, "val")
     with pytest.raises(DatasetError, match=r"401\.png: tissue annotation holds value\(s\) \[7\]"):
         ds[0]
@@ -201,8 +243,21 @@ def synthetic_pair(seed: int, size: int = SIZE) -> PairSample:
     offset = torch.tensor([(fx0 + fp / 2) / size, (fy0 + fp / 2) / size], dtype=torch.float64)
     cell = _up(tissue)[:, CF * fy0 : CF * fy0 + size, CF * fx0 : CF * fx0 + size]
     n = 6
-    points = torch.stack([torch.randint(0, size, (n,), generator=g).float(), torch.randint(0, size, (n,), generator=g).float(), torch.randint(1, 3, (n,), generator=g).float()], 1)
-    return PairSample(cell=cell.clone(), tissue=tissue, offset=offset, points=points, tissue_label=_label_of(tissue))
+    points = torch.stack(
+        [
+            torch.randint(0, size, (n,), generator=g).float(),
+            torch.randint(0, size, (n,), generator=g).float(),
+            torch.randint(1, 3, (n,), generator=g).float(),
+        ],
+        1,
+    )
+    return PairSample(
+        cell=cell.clone(),
+        tissue=tissue,
+        offset=offset,
+        points=points,
+        tissue_label=_label_of(tissue),
+    )
 
 
 def assert_consistent(s: PairSample, *, check_label: bool = True) -> None:
@@ -211,7 +266,9 @@ def assert_consistent(s: PairSample, *, check_label: bool = True) -> None:
     assert abs(x0 - round(x0)) < 1e-9 and abs(y0 - round(y0)) < 1e-9 and w == round(w)
     x0, y0, w = round(x0), round(y0), round(w)
     region = s.tissue[:, y0 : y0 + w, x0 : x0 + w]
-    assert torch.allclose(_up(region), s.cell, atol=1e-6), "cell patch is not the tissue region at the offset"
+    assert torch.allclose(_up(region), s.cell, atol=1e-6), (
+        "cell patch is not the tissue region at the offset"
+    )
     if check_label:
         assert torch.equal(s.tissue_label, _label_of(s.tissue))
 
@@ -251,14 +308,27 @@ def test_geometric_transforms_keep_pair_consistent(name: str) -> None:
         out = fn(s)
         assert_consistent(out)
         # points move with the image
-        dotted = PairSample(cell=_dots(s.points, SIZE), tissue=s.tissue, offset=s.offset, points=s.points, tissue_label=s.tissue_label)
+        dotted = PairSample(
+            cell=_dots(s.points, SIZE),
+            tissue=s.tissue,
+            offset=s.offset,
+            points=s.points,
+            tissue_label=s.tissue_label,
+        )
         assert_points_follow_image(fn(dotted))
 
 
 def test_transforms_move_cell_targets_with_points() -> None:
     pts = torch.tensor([[5.0, 7.0, 1.0], [30.0, 12.0, 2.0], [50.0, 50.0, 1.0], [12.0, 44.0, 2.0]])
     s = synthetic_pair(0)
-    s = PairSample(cell=s.cell, tissue=s.tissue, offset=s.offset, points=pts, tissue_label=s.tissue_label, cell_target=disk_targets(pts, SIZE, SIZE, 3))
+    s = PairSample(
+        cell=s.cell,
+        tissue=s.tissue,
+        offset=s.offset,
+        points=pts,
+        tissue_label=s.tissue_label,
+        cell_target=disk_targets(pts, SIZE, SIZE, 3),
+    )
     for fn in TRANSFORMS.values():
         out = fn(s)
         assert out.cell_target is not None
@@ -301,7 +371,17 @@ def test_crop_keeps_geometry_exact() -> None:
             assert out.cell.shape[-1] == out.tissue.shape[-1] == 32
             assert_consistent(out)
             assert_consistent(rot90(hflip(out), 1))
-            dots = crop_pair(PairSample(cell=dotted_cell, tissue=s.tissue, offset=s.offset, points=s.points, tissue_label=s.tissue_label), box, CF)
+            dots = crop_pair(
+                PairSample(
+                    cell=dotted_cell,
+                    tissue=s.tissue,
+                    offset=s.offset,
+                    points=s.points,
+                    tissue_label=s.tissue_label,
+                ),
+                box,
+                CF,
+            )
             assert_points_follow_image(dots)
 
 
@@ -333,7 +413,9 @@ def test_disk_targets() -> None:
     # overlapping disks: every pixel takes the class of its nearest centre
     pts = torch.tensor([[10.0, 10.0, 1.0], [14.0, 10.0, 2.0]])
     t = disk_targets(pts, 32, 32, 5)
-    assert int(t[10, 11]) == 1 and int(t[10, 13]) == 2 and int(t[10, 18]) == 2 and int(t[10, 6]) == 1
+    assert (
+        int(t[10, 11]) == 1 and int(t[10, 13]) == 2 and int(t[10, 18]) == 2 and int(t[10, 6]) == 1
+    )
     assert int(t[10, 5]) == 1 and int(t[10, 4]) == 0
     # points outside the image are ignored
     assert int(disk_targets(torch.tensor([[-20.0, 5.0, 1.0]]), 8, 8, 3).sum()) == 0
@@ -372,7 +454,9 @@ def test_losses_match_torch_where_defined() -> None:
     w = (0.2, 1.0, 1.5)
     ref = torch.nn.functional.cross_entropy(c, tgt, weight=torch.tensor(w))
     assert torch.allclose(cell_loss(c, tgt, LossConfig(cell_class_weights=w)), ref)
-    assert torch.allclose(masked_ce(c, tgt, ignore_index=-100), torch.nn.functional.cross_entropy(c, tgt))
+    assert torch.allclose(
+        masked_ce(c, tgt, ignore_index=-100), torch.nn.functional.cross_entropy(c, tgt)
+    )
     # tissue logits at another resolution are resized to the label
     assert torch.isfinite(tissue_loss(torch.randn(2, 2, 4, 4), label))
 
@@ -411,13 +495,36 @@ def test_train_cli_then_load_best_and_resume(ocelot_root: Path, tmp_path: Path) 
 
     run = tmp_path / "run"
     cfg = _tiny_config(tmp_path)
-    args = ["--config", str(cfg), "--data", str(ocelot_root), "--out", str(run), "--device", "cpu", "--seed", "3", "--lr", "5e-4"]
+    args = [
+        "--config",
+        str(cfg),
+        "--data",
+        str(ocelot_root),
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "--lr",
+        "5e-4",
+    ]
     assert cli([*args, "--epochs", "1"]) == 0
-    for name in ("config.yaml", "history.jsonl", "last.safetensors", "last_state.json", "last_state.safetensors", "best.safetensors", "train.log"):
+    for name in (
+        "config.yaml",
+        "history.jsonl",
+        "last.safetensors",
+        "last_state.json",
+        "last_state.safetensors",
+        "best.safetensors",
+        "train.log",
+    ):
         assert (run / name).is_file(), name
     model, info = load_model(run / "best.safetensors", "cpu")
     assert info.model.variant == "pred_to_inter2" and info.model.encoder == "resnet18"
-    assert info.geometry.cell_mpp == pytest.approx(0.194) and info.geometry.tissue_mpp == pytest.approx(0.776)
+    assert info.geometry.cell_mpp == pytest.approx(
+        0.194
+    ) and info.geometry.tissue_mpp == pytest.approx(0.776)
     assert info.geometry.tile_size == SIZE  # crop mode keeps the native resolution
     assert info.training["split_sizes"] == {"train": 4, "val": 2} and info.training["seed"] == 3
     assert "val_mF1" in info.metrics
@@ -441,7 +548,27 @@ def test_train_cli_then_load_best_and_resume(ocelot_root: Path, tmp_path: Path) 
 
     # a fresh 2-epoch run from the same seed gives the same weights as 1 + resume 1
     run_b = tmp_path / "run_b"
-    assert cli(["--config", str(cfg), "--data", str(ocelot_root), "--out", str(run_b), "--device", "cpu", "--seed", "3", "--lr", "5e-4", "--epochs", "2"]) == 0
+    assert (
+        cli(
+            [
+                "--config",
+                str(cfg),
+                "--data",
+                str(ocelot_root),
+                "--out",
+                str(run_b),
+                "--device",
+                "cpu",
+                "--seed",
+                "3",
+                "--lr",
+                "5e-4",
+                "--epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     a = load_file(str(run / "last.safetensors"))
     b = load_file(str(run_b / "last.safetensors"))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
@@ -452,17 +579,25 @@ def test_train_variants_and_resize(ocelot_root: Path, tmp_path: Path) -> None:
     from wsi_ocelot.evaluation import evaluate_dataset
 
     for variant in ("cell_only", "tissue_label_leaking", "feature_sharing"):
-        cfg = load_config(_tiny_config(tmp_path, variant), {"data": str(ocelot_root), "out": str(tmp_path / variant), "max_steps": 1})
+        cfg = load_config(
+            _tiny_config(tmp_path, variant),
+            {"data": str(ocelot_root), "out": str(tmp_path / variant), "max_steps": 1},
+        )
         res = main(cfg)
         assert res["steps"] == 1 and (tmp_path / variant / "best.safetensors").is_file()
-    cfg = load_config(_tiny_config(tmp_path, "pred_to_input", "tile_mode: resize\n"), {"data": str(ocelot_root), "out": str(tmp_path / "rs"), "max_steps": 2})
+    cfg = load_config(
+        _tiny_config(tmp_path, "pred_to_input", "tile_mode: resize\n"),
+        {"data": str(ocelot_root), "out": str(tmp_path / "rs"), "max_steps": 2},
+    )
     assert isinstance(cfg, TrainConfig)
     main(cfg)
     from wsi_ocelot.model import read_checkpoint_info
 
     info = read_checkpoint_info(tmp_path / "rs" / "best.safetensors")
     assert info.geometry.tile_size == 32 and info.geometry.cell_mpp == pytest.approx(0.388)
-    result = evaluate_dataset(tmp_path / "rs" / "best.safetensors", ocelot_root, "val", batch_size=2)
+    result = evaluate_dataset(
+        tmp_path / "rs" / "best.safetensors", ocelot_root, "val", batch_size=2
+    )
     assert result["num_images"] == 2 and set(result["per_organ"]) == set(ORGANS)
     assert set(result["overall"]) == {"mF1", "BC", "TC"}
 
@@ -471,9 +606,14 @@ def test_evaluate_checkpoint_full_images(ocelot_root: Path, tmp_path: Path) -> N
     from training.train import load_config, main
     from wsi_ocelot.evaluation import evaluate_dataset
 
-    cfg = load_config(_tiny_config(tmp_path, "pred_to_inter2"), {"data": str(ocelot_root), "out": str(tmp_path / "r"), "max_steps": 1})
+    cfg = load_config(
+        _tiny_config(tmp_path, "pred_to_inter2"),
+        {"data": str(ocelot_root), "out": str(tmp_path / "r"), "max_steps": 1},
+    )
     main(cfg)
-    result = evaluate_dataset(tmp_path / "r" / "best.safetensors", ocelot_root, "train", batch_size=3)
+    result = evaluate_dataset(
+        tmp_path / "r" / "best.safetensors", ocelot_root, "train", batch_size=3
+    )
     assert result["num_images"] == 4
     assert set(result["per_organ"]) == {"kidney", "bladder"}
     assert 0.0 <= result["overall"]["mF1"] <= 1.0
@@ -499,11 +639,15 @@ def test_train_config_errors(tmp_path: Path, ocelot_root: Path) -> None:
     bad.write_text("augment: {hflip: 2}\n")
     with pytest.raises(ConfigError, match="augment.hflip"):
         load_config(bad)
-    cfg = load_config(_tiny_config(tmp_path), {"data": str(ocelot_root), "out": str(tmp_path / "x")})
+    cfg = load_config(
+        _tiny_config(tmp_path), {"data": str(ocelot_root), "out": str(tmp_path / "x")}
+    )
     with pytest.raises(ConfigError, match="nothing to resume"):
         main(cfg, resume=True)
     # the CLI turns user errors into one log line and exit code 2
-    assert cli(["--config", str(bad), "--data", str(ocelot_root), "--out", str(tmp_path / "y")]) == 2
+    assert (
+        cli(["--config", str(bad), "--data", str(ocelot_root), "--out", str(tmp_path / "y")]) == 2
+    )
 
 
 @pytest.mark.gpu
@@ -517,10 +661,15 @@ def test_train_cuda_amp_and_resume(ocelot_root: Path, tmp_path: Path, amp: str) 
     overrides = {"data": str(ocelot_root), "out": str(run), "device": "cuda", "workers": 2}
     cfg = load_config(_tiny_config(tmp_path, extra=f"amp: {amp}\n"), overrides)
     main(cfg)
-    main(load_config(_tiny_config(tmp_path, extra=f"amp: {amp}\n"), {**overrides, "epochs": 2}), resume=True)
+    main(
+        load_config(_tiny_config(tmp_path, extra=f"amp: {amp}\n"), {**overrides, "epochs": 2}),
+        resume=True,
+    )
     state = json.loads((run / "last_state.json").read_text())
     assert state["epoch"] == 2 and state["step"] == 4
     assert (state["scaler"] is not None) == (amp == "fp16")
     assert all(np.isfinite(h["train_loss"]) for h in _history(run))
-    result = evaluate_dataset(run / "best.safetensors", ocelot_root, "val", device="cuda", batch_size=2)
+    result = evaluate_dataset(
+        run / "best.safetensors", ocelot_root, "val", device="cuda", batch_size=2
+    )
     assert result["num_images"] == 2

@@ -25,14 +25,29 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class _Echo(torch.nn.Module):
     needs_tissue_label = False
 
-    def forward(self, cell: torch.Tensor, tissue: torch.Tensor, offset: torch.Tensor, tissue_label: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        cell: torch.Tensor,
+        tissue: torch.Tensor,
+        offset: torch.Tensor,
+        tissue_label: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         return {"cell": cell, "tissue": tissue}
 
 
 @pytest.mark.parametrize("tile", [(None, "crop"), (32, "crop"), (32, "resize")])
 def test_device_augment_matches_cpu_augment(root: Path, tile: tuple[int | None, str]) -> None:
     size, mode = tile
-    aug = AugmentConfig(jitter=1.0, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1, hed=1.0, blur=1.0, noise=1.0)
+    aug = AugmentConfig(
+        jitter=1.0,
+        brightness=0.3,
+        contrast=0.3,
+        saturation=0.3,
+        hue=0.1,
+        hed=1.0,
+        blur=1.0,
+        noise=1.0,
+    )
     kw = dict(tile_size=size, tile_mode=mode, random_crop=True, augment=aug, disk_radius=3)
     cpu = OcelotDataset(root, "train", **kw)
     dev = OcelotDataset(root, "train", cache=True, device_augment=True, **kw)
@@ -41,14 +56,21 @@ def test_device_augment_matches_cpu_augment(root: Path, tile: tuple[int | None, 
         a = cpu[i]
         torch.manual_seed(100 + i)
         b = dev[i]
-        assert b["cell"].dtype == torch.uint8 and b["tissue"].dtype == torch.uint8 and b["jitter"].shape == (4,) and b["stain"].shape == (9,)
+        assert (
+            b["cell"].dtype == torch.uint8
+            and b["tissue"].dtype == torch.uint8
+            and b["jitter"].shape == (4,)
+            and b["stain"].shape == (9,)
+        )
         for key in ("offset", "cell_target", "tissue_label", "points"):
             assert torch.equal(a[key], b[key]), key
         batch = collate([b, b])
         out = forward(_Echo(), batch, torch.device("cpu"))
         assert out["cell"].dtype == torch.float32
         # the same draws (colour, HED, blur, noise): only the float32 rounding of the parameters differs
-        assert torch.allclose(out["cell"][0], a["cell"], atol=2e-3) and torch.allclose(out["tissue"][1], a["tissue"], atol=2e-3)
+        assert torch.allclose(out["cell"][0], a["cell"], atol=2e-3) and torch.allclose(
+            out["tissue"][1], a["tissue"], atol=2e-3
+        )
 
 
 def test_apply_jitter_identity_rows_untouched() -> None:
@@ -90,11 +112,52 @@ def test_reproduce_cached_scoring_matches_package_evaluator(root: Path, tmp_path
     from wsi_ocelot.evaluation import evaluate_dataset
 
     out = tmp_path / "study"
-    args = ["--data", str(root), "--out", str(out), "--variants", "cell_only", "pred_to_inter2", "--seeds", "0", "1",
-            "--max-steps", "3", "--epochs", "1", "--tile-size", "32", "--tile-mode", "resize", "--encoder", "resnet18",
-            "--batch-size", "2", "--workers", "0", "--cache", "--device", "cpu", "--test-split", "val",
-            "--set", "model.decoder_channels=32", "--lr", "1e-3", "--encoder-weights", "none", "--no-estimate",
-            "--set", "augment.hed=0", "--set", "augment.blur=0", "--set", "augment.noise=0", "--set", "report.grid=0"]
+    args = [
+        "--data",
+        str(root),
+        "--out",
+        str(out),
+        "--variants",
+        "cell_only",
+        "pred_to_inter2",
+        "--seeds",
+        "0",
+        "1",
+        "--max-steps",
+        "3",
+        "--epochs",
+        "1",
+        "--tile-size",
+        "32",
+        "--tile-mode",
+        "resize",
+        "--encoder",
+        "resnet18",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--cache",
+        "--device",
+        "cpu",
+        "--test-split",
+        "val",
+        "--set",
+        "model.decoder_channels=32",
+        "--lr",
+        "1e-3",
+        "--encoder-weights",
+        "none",
+        "--no-estimate",
+        "--set",
+        "augment.hed=0",
+        "--set",
+        "augment.blur=0",
+        "--set",
+        "augment.noise=0",
+        "--set",
+        "report.grid=0",
+    ]
     assert cli(args) == 0
     table = json.loads((out / "synthetic_table5.json").read_text())
     assert set(table["variants"]) == {"cell_only", "pred_to_inter2"}
@@ -102,7 +165,9 @@ def test_reproduce_cached_scoring_matches_package_evaluator(root: Path, tmp_path
         assert len(v["seeds"]) == 2 and v["ci95"] is not None and 0.0 <= v["mean"] <= 1.0
     run = out / "pred_to_inter2_seed1"
     cfg = load_config(run / "config.yaml")
-    cached = score_split_cached(run / "best.safetensors", str(root), "val", cfg, device="cpu", batch_size=2)
+    cached = score_split_cached(
+        run / "best.safetensors", str(root), "val", cfg, device="cpu", batch_size=2
+    )
     ref = evaluate_dataset(run / "best.safetensors", root, "val", device="cpu", batch_size=2)
     assert cached["num_images"] == ref["num_images"] == 2
     assert cached["radius_px"] == pytest.approx(ref["radius_px"])

@@ -40,7 +40,9 @@ def test_hed_matches_skimage_and_round_trips() -> None:
     ref = skc.rgb2hed(img.permute(1, 2, 0).numpy())
     assert np.allclose((ours / LOG_ADJUST).clamp(min=0).permute(1, 2, 0).numpy(), ref, atol=1e-10)
     assert torch.allclose(hed_to_rgb(ours), img, atol=1e-12)
-    assert torch.equal(hed_jitter(img, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)).round(decimals=9), img.round(decimals=9))
+    assert torch.equal(
+        hed_jitter(img, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)).round(decimals=9), img.round(decimals=9)
+    )
 
 
 def test_hed_jitter_keeps_range_shape_and_changes_stains_within_bounds() -> None:
@@ -56,7 +58,9 @@ def test_hed_jitter_keeps_range_shape_and_changes_stains_within_bounds() -> None
         assert out.shape == img.shape and out.dtype == img.dtype
         assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
         s1 = rgb_to_hed(out)
-        inside = (out > 1e-6).all(0) & (out < 1.0).all(0)  # pixels that the [0, 1] clip did not touch
+        inside = (out > 1e-6).all(0) & (out < 1.0).all(
+            0
+        )  # pixels that the [0, 1] clip did not touch
         assert inside.float().mean() > 0.9
         for c in range(3):  # every stain amount moved exactly by the drawn scale and shift
             want = s0[c] * p.scale[c] + p.shift[c]
@@ -64,37 +68,64 @@ def test_hed_jitter_keeps_range_shape_and_changes_stains_within_bounds() -> None
         # and by no more than the configured bounds allow
         delta = (s1 - s0)[:, inside].abs()
         assert bool((delta <= 0.1 * s0[:, inside].abs() + 0.05 + 1e-9).all())
-    assert AugmentConfig().hed == 0.0 and sample_stain(AugmentConfig(), g) is None  # off unless configured
+    assert (
+        AugmentConfig().hed == 0.0 and sample_stain(AugmentConfig(), g) is None
+    )  # off unless configured
 
 
 def test_same_stain_on_cell_and_tissue_and_physical_blur() -> None:
     cell, tissue = he_image(32, 2).float(), he_image(32, 3).float()
-    s = PairSample(cell=cell, tissue=tissue, offset=torch.tensor([0.5, 0.5], dtype=torch.float64), points=torch.zeros(0, 3), tissue_label=torch.ones(32, 32, dtype=torch.long))
+    s = PairSample(
+        cell=cell,
+        tissue=tissue,
+        offset=torch.tensor([0.5, 0.5], dtype=torch.float64),
+        points=torch.zeros(0, 3),
+        tissue_label=torch.ones(32, 32, dtype=torch.long),
+    )
     p = StainParams(scale=(1.08, 0.95, 1.0), shift=(0.03, -0.02, 0.0), blur_sigma=2.0)
     out = stain_hed(s, p)
-    assert torch.allclose(out.cell, hed_jitter(cell, p.scale, p.shift)) and torch.allclose(out.tissue, hed_jitter(tissue, p.scale, p.shift))
+    assert torch.allclose(out.cell, hed_jitter(cell, p.scale, p.shift)) and torch.allclose(
+        out.tissue, hed_jitter(tissue, p.scale, p.shift)
+    )
     blurred = stain_optics(s, p, context_factor=4)
-    assert torch.allclose(blurred.cell, gaussian_blur(cell, 2.0)) and torch.allclose(blurred.tissue, gaussian_blur(tissue, 0.5))
+    assert torch.allclose(blurred.cell, gaussian_blur(cell, 2.0)) and torch.allclose(
+        blurred.tissue, gaussian_blur(tissue, 0.5)
+    )
     assert blurred.cell.std() < cell.std()  # blur smooths
     noisy = stain_optics(s, StainParams(noise_std=0.02, noise_seed=5), context_factor=4)
-    assert 0.01 < float((noisy.cell - cell).std()) < 0.03 and not torch.equal(noisy.cell - cell, noisy.tissue - tissue)
+    assert 0.01 < float((noisy.cell - cell).std()) < 0.03 and not torch.equal(
+        noisy.cell - cell, noisy.tissue - tissue
+    )
 
 
 def test_random_augment_with_stain_keeps_range_and_shape() -> None:
     cfg = AugmentConfig(hed=1.0, blur=1.0, noise=1.0, jitter=1.0)
-    s = PairSample(cell=he_image(32, 4).float(), tissue=he_image(32, 5).float(), offset=torch.tensor([0.125, 0.625], dtype=torch.float64),
-                   points=torch.zeros(0, 3), tissue_label=torch.ones(32, 32, dtype=torch.long))
+    s = PairSample(
+        cell=he_image(32, 4).float(),
+        tissue=he_image(32, 5).float(),
+        offset=torch.tensor([0.125, 0.625], dtype=torch.float64),
+        points=torch.zeros(0, 3),
+        tissue_label=torch.ones(32, 32, dtype=torch.long),
+    )
     out = random_augment(s, cfg, torch.Generator().manual_seed(1))
     for a, b in ((out.cell, s.cell), (out.tissue, s.tissue)):
-        assert a.shape == b.shape and float(a.min()) >= 0 and float(a.max()) <= 1 and not torch.equal(a, b)
+        assert (
+            a.shape == b.shape
+            and float(a.min()) >= 0
+            and float(a.max()) <= 1
+            and not torch.equal(a, b)
+        )
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"hed": 1.5}, "augment.hed"),
-    ({"hed_scale": 1.0}, "hed_scale"),
-    ({"blur_sigma": (2.0, 1.0)}, "blur_sigma"),
-    ({"noise_std": 0.9}, "noise_std"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"hed": 1.5}, "augment.hed"),
+        ({"hed_scale": 1.0}, "hed_scale"),
+        ({"blur_sigma": (2.0, 1.0)}, "blur_sigma"),
+        ({"noise_std": 0.9}, "noise_std"),
+    ],
+)
 def test_stain_config_errors(bad: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         AugmentConfig(**bad)

@@ -103,19 +103,43 @@ class AugmentConfig:
         for name in ("hflip", "vflip", "jitter", "hed", "blur", "noise"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(None, f"augment.{name} must be a probability in [0, 1], got {value}", f"set augment.{name} between 0 and 1")
+                raise ConfigError(
+                    None,
+                    f"augment.{name} must be a probability in [0, 1], got {value}",
+                    f"set augment.{name} between 0 and 1",
+                )
         for name in ("brightness", "contrast", "saturation"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ConfigError(None, f"augment.{name} must be in [0, 1), got {value}", f"set augment.{name} to e.g. 0.1")
+                raise ConfigError(
+                    None,
+                    f"augment.{name} must be in [0, 1), got {value}",
+                    f"set augment.{name} to e.g. 0.1",
+                )
         if not 0.0 <= self.hue <= 0.5:
-            raise ConfigError(None, f"augment.hue must be in [0, 0.5], got {self.hue}", "set augment.hue to e.g. 0.02")
+            raise ConfigError(
+                None,
+                f"augment.hue must be in [0, 0.5], got {self.hue}",
+                "set augment.hue to e.g. 0.02",
+            )
         if not 0.0 <= self.hed_scale < 1.0 or not 0.0 <= self.hed_shift <= 1.0:
-            raise ConfigError(None, f"augment.hed_scale must be in [0, 1) and hed_shift in [0, 1], got {self.hed_scale}, {self.hed_shift}", "use e.g. hed_scale: 0.05, hed_shift: 0.05")
+            raise ConfigError(
+                None,
+                f"augment.hed_scale must be in [0, 1) and hed_shift in [0, 1], got {self.hed_scale}, {self.hed_shift}",
+                "use e.g. hed_scale: 0.05, hed_shift: 0.05",
+            )
         if len(self.blur_sigma) != 2 or not 0.0 <= self.blur_sigma[0] <= self.blur_sigma[1] <= 10.0:
-            raise ConfigError(None, f"augment.blur_sigma must be [low, high] px with 0 ≤ low ≤ high ≤ 10, got {self.blur_sigma}", "use e.g. blur_sigma: [0.1, 1.0]")
+            raise ConfigError(
+                None,
+                f"augment.blur_sigma must be [low, high] px with 0 ≤ low ≤ high ≤ 10, got {self.blur_sigma}",
+                "use e.g. blur_sigma: [0.1, 1.0]",
+            )
         if not 0.0 <= self.noise_std <= 0.5:
-            raise ConfigError(None, f"augment.noise_std must be in [0, 0.5], got {self.noise_std}", "use e.g. noise_std: 0.03")
+            raise ConfigError(
+                None,
+                f"augment.noise_std must be in [0, 0.5], got {self.noise_std}",
+                "use e.g. noise_std: 0.03",
+            )
 
 
 # --------------------------------------------------------------------------- geometry
@@ -163,7 +187,9 @@ def rot90(s: PairSample, k: int = 1) -> PairSample:
         return s
     for name, img in (("cell", s.cell), ("tissue", s.tissue)):
         if img.shape[-1] != img.shape[-2]:
-            raise ValueError(f"rot90 needs square images, the {name} image is {tuple(img.shape[-2:])}")
+            raise ValueError(
+                f"rot90 needs square images, the {name} image is {tuple(img.shape[-2:])}"
+            )
     out = s
     for _ in range(k):
         w = out.cell.shape[-1]
@@ -211,7 +237,9 @@ def _jitter_image(img: Tensor, p: JitterParams) -> Tensor:
 
 def color_jitter(s: PairSample, params: JitterParams) -> PairSample:
     """Apply the same pixel-wise colour jitter to the cell and the tissue image."""
-    return dataclasses.replace(s, cell=_jitter_image(s.cell, params), tissue=_jitter_image(s.tissue, params))
+    return dataclasses.replace(
+        s, cell=_jitter_image(s.cell, params), tissue=_jitter_image(s.tissue, params)
+    )
 
 
 def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
@@ -242,12 +270,21 @@ class StainParams:
 
     def as_tensor(self) -> Tensor:
         """``(9,)`` float32 = scale (3), shift (3), blur σ, noise σ, noise seed."""
-        return torch.tensor([*self.scale, *self.shift, self.blur_sigma, self.noise_std, float(self.noise_seed)], dtype=torch.float32)
+        return torch.tensor(
+            [*self.scale, *self.shift, self.blur_sigma, self.noise_std, float(self.noise_seed)],
+            dtype=torch.float32,
+        )
 
     @staticmethod
     def from_tensor(row: Tensor) -> StainParams:
         v = [float(x) for x in row.double().cpu().tolist()]
-        return StainParams(scale=(v[0], v[1], v[2]), shift=(v[3], v[4], v[5]), blur_sigma=v[6], noise_std=v[7], noise_seed=int(v[8]))
+        return StainParams(
+            scale=(v[0], v[1], v[2]),
+            shift=(v[3], v[4], v[5]),
+            blur_sigma=v[6],
+            noise_std=v[7],
+            noise_seed=int(v[8]),
+        )
 
 
 #: :meth:`StainParams.as_tensor` of the draw that changes nothing.
@@ -255,7 +292,9 @@ IDENTITY_STAIN = (1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 _NOISE_SEEDS = 2**24  # exactly representable in float32
 
 
-def sample_stain(cfg: AugmentConfig, generator: torch.Generator | None = None) -> StainParams | None:
+def sample_stain(
+    cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> StainParams | None:
     """Draw the stain/scanner augmentation from ``cfg`` (None when none of it was drawn)."""
 
     def coin(p: float) -> bool:
@@ -267,10 +306,15 @@ def sample_stain(cfg: AugmentConfig, generator: torch.Generator | None = None) -
         shift = tuple(_uniform(-cfg.hed_shift, cfg.hed_shift, generator) for _ in range(3))
         params = dataclasses.replace(params, scale=scale, shift=shift)  # type: ignore[arg-type]
     if coin(cfg.blur):
-        params = dataclasses.replace(params, blur_sigma=_uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], generator))
+        params = dataclasses.replace(
+            params, blur_sigma=_uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], generator)
+        )
     if coin(cfg.noise):
-        params = dataclasses.replace(params, noise_std=_uniform(0.0, cfg.noise_std, generator),
-                                     noise_seed=int(torch.randint(0, _NOISE_SEEDS, (), generator=generator)))
+        params = dataclasses.replace(
+            params,
+            noise_std=_uniform(0.0, cfg.noise_std, generator),
+            noise_seed=int(torch.randint(0, _NOISE_SEEDS, (), generator=generator)),
+        )
     return None if params == StainParams() else params
 
 
@@ -278,7 +322,9 @@ def stain_hed(s: PairSample, p: StainParams) -> PairSample:
     """The HED jitter of ``p``, the same on the cell and the tissue image (same slide, same stain)."""
     if p.scale == (1.0, 1.0, 1.0) and p.shift == (0.0, 0.0, 0.0):
         return s
-    return dataclasses.replace(s, cell=hed_jitter(s.cell, p.scale, p.shift), tissue=hed_jitter(s.tissue, p.scale, p.shift))
+    return dataclasses.replace(
+        s, cell=hed_jitter(s.cell, p.scale, p.shift), tissue=hed_jitter(s.tissue, p.scale, p.shift)
+    )
 
 
 def stain_optics(s: PairSample, p: StainParams, context_factor: int) -> PairSample:
@@ -286,13 +332,25 @@ def stain_optics(s: PairSample, p: StainParams, context_factor: int) -> PairSamp
     physical blur) and noise (same σ, independent draws) of ``p``."""
     cell, tissue = s.cell, s.tissue
     if p.blur_sigma > 0:
-        cell, tissue = gaussian_blur(cell, p.blur_sigma), gaussian_blur(tissue, p.blur_sigma / context_factor)
+        cell, tissue = (
+            gaussian_blur(cell, p.blur_sigma),
+            gaussian_blur(tissue, p.blur_sigma / context_factor),
+        )
     if p.noise_std > 0:
-        cell, tissue = gaussian_noise(cell, p.noise_std, p.noise_seed), gaussian_noise(tissue, p.noise_std, p.noise_seed + 1)
+        cell, tissue = (
+            gaussian_noise(cell, p.noise_std, p.noise_seed),
+            gaussian_noise(tissue, p.noise_std, p.noise_seed + 1),
+        )
     return dataclasses.replace(s, cell=cell, tissue=tissue)
 
 
-def random_augment(s: PairSample, cfg: AugmentConfig, generator: torch.Generator | None = None, *, context_factor: int = 4) -> PairSample:
+def random_augment(
+    s: PairSample,
+    cfg: AugmentConfig,
+    generator: torch.Generator | None = None,
+    *,
+    context_factor: int = 4,
+) -> PairSample:
     """Random flips, a random multiple of 90°, (with probability ``cfg.jitter``) colour
     jitter and the configured stain augmentation (HED → colour jitter → blur → noise).
 
@@ -312,7 +370,9 @@ def random_augment(s: PairSample, cfg: AugmentConfig, generator: torch.Generator
 IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
 
 
-def random_augment_geometry(s: PairSample, cfg: AugmentConfig, generator: torch.Generator | None = None) -> tuple[PairSample, JitterParams | None, StainParams | None]:
+def random_augment_geometry(
+    s: PairSample, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> tuple[PairSample, JitterParams | None, StainParams | None]:
     """:func:`random_augment` with the colour and stain augmentation drawn but not applied:
     returns the geometrically augmented sample, the jitter parameters (None when no jitter
     was drawn) and the stain parameters (None when none), for :func:`apply_jitter` and
@@ -339,7 +399,9 @@ def _changed_rows(params: Tensor, identity) -> list[int]:
     return (params != ident).any(dim=1).nonzero().flatten().tolist()
 
 
-def apply_stain(cell: Tensor, tissue: Tensor, stain: Tensor, *, phase: str, context_factor: int = 4) -> tuple[Tensor, Tensor]:
+def apply_stain(
+    cell: Tensor, tissue: Tensor, stain: Tensor, *, phase: str, context_factor: int = 4
+) -> tuple[Tensor, Tensor]:
     """Per-sample stain augmentation of float batches ``(B, 3, H, W)`` in [0, 1]; ``stain``
     is ``(B, 9)`` rows of :meth:`StainParams.as_tensor`. ``phase`` ``"hed"`` applies the
     HED jitter (before :func:`apply_jitter`), ``"optics"`` blur and noise (after it), as
@@ -350,7 +412,13 @@ def apply_stain(cell: Tensor, tissue: Tensor, stain: Tensor, *, phase: str, cont
     cell, tissue = cell.clone(), tissue.clone()
     for i in rows:
         p = StainParams.from_tensor(stain[i])
-        pair = PairSample(cell=cell[i], tissue=tissue[i], offset=torch.zeros(2), points=torch.zeros(0, 3), tissue_label=torch.zeros(0))
+        pair = PairSample(
+            cell=cell[i],
+            tissue=tissue[i],
+            offset=torch.zeros(2),
+            points=torch.zeros(0, 3),
+            tissue_label=torch.zeros(0),
+        )
         pair = stain_hed(pair, p) if phase == "hed" else stain_optics(pair, p, context_factor)
         cell[i], tissue[i] = pair.cell, pair.tissue
     return cell, tissue
@@ -373,7 +441,9 @@ def apply_jitter(cell: Tensor, tissue: Tensor, jitter: Tensor) -> tuple[Tensor, 
     return cell, tissue
 
 
-def footprint(offset: Tensor | tuple[float, float], tissue_size: int, context_factor: int) -> tuple[float, float, float]:
+def footprint(
+    offset: Tensor | tuple[float, float], tissue_size: int, context_factor: int
+) -> tuple[float, float, float]:
     """The cell patch's region in tissue pixels: ``(x0, y0, width)`` (continuous, top-left corner).
 
     ``width = tissue_size / context_factor``; the region is centred at ``offset * tissue_size``.

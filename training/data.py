@@ -136,7 +136,9 @@ def choose_crop(
     deterministic centred crop used for evaluation.
     """
     if size % context_factor:
-        raise ValueError(f"tile size {size} is not a multiple of the context factor {context_factor}")
+        raise ValueError(
+            f"tile size {size} is not a multiple of the context factor {context_factor}"
+        )
     if size > image_size:
         raise ValueError(f"tile size {size} exceeds the image size {image_size}")
     steps = (image_size - size) // context_factor  # cell corners 0, cf, …, steps·cf
@@ -153,7 +155,13 @@ def choose_crop(
         lo, hi = _tissue_range(fp0, fp_w, size, image_size)
         t0 = rand_int(lo, hi) if random else min(max(round(fp0 + fp_w / 2 - size / 2), lo), hi)
         corners.append((c0, t0))
-    return CropBox(cell_x0=corners[0][0], cell_y0=corners[1][0], tissue_x0=corners[0][1], tissue_y0=corners[1][1], size=size)
+    return CropBox(
+        cell_x0=corners[0][0],
+        cell_y0=corners[1][0],
+        tissue_x0=corners[0][1],
+        tissue_y0=corners[1][1],
+        size=size,
+    )
 
 
 def crop_pair(s: PairSample, box: CropBox, context_factor: int) -> PairSample:
@@ -187,18 +195,32 @@ def resize_pair(s: PairSample, size: int) -> PairSample:
     scale = size / h
 
     def rs(img: Tensor) -> Tensor:
-        return F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
+        return F.interpolate(
+            img[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )[0].clamp_(0, 1)
 
-    label = F.interpolate(s.tissue_label[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
+    label = F.interpolate(
+        s.tissue_label[None, None].float(), size=(size, size), mode="nearest-exact"
+    )[0, 0].long()
     mask = None if s.cell_mask is None else resize_mask(s.cell_mask, size)
     pts = s.points.clone()
     pts[:, :2] = (pts[:, :2] + 0.5) * scale - 0.5
-    return PairSample(cell=rs(s.cell), tissue=rs(s.tissue), offset=s.offset.clone(), points=pts, tissue_label=label, cell_target=None, cell_mask=mask)
+    return PairSample(
+        cell=rs(s.cell),
+        tissue=rs(s.tissue),
+        offset=s.offset.clone(),
+        points=pts,
+        tissue_label=label,
+        cell_target=None,
+        cell_mask=mask,
+    )
 
 
 def resize_mask(mask: Tensor, size: int) -> Tensor:
     """A bool cell mask resized to ``size`` px by nearest neighbour (as the tissue label)."""
-    return F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0] > 0.5
+    return (
+        F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0] > 0.5
+    )
 
 
 # --------------------------------------------------------------------------- dataset
@@ -270,9 +292,17 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         self._cache: dict[int, PairSample] = _shared_cache(self._cache_key()) if cache else {}
         if tile_size is not None:
             if tile_size > self.image_size:
-                raise DatasetError(first, f"tile_size {tile_size} is larger than the images ({self.image_size} px)", f"use a tile size ≤ {self.image_size}")
+                raise DatasetError(
+                    first,
+                    f"tile_size {tile_size} is larger than the images ({self.image_size} px)",
+                    f"use a tile size ≤ {self.image_size}",
+                )
             if tile_mode == "crop" and tile_size % context_factor:
-                raise DatasetError(None, f"tile_size {tile_size} is not a multiple of the context factor {context_factor}", "use a multiple of 32, e.g. 256 or 512")
+                raise DatasetError(
+                    None,
+                    f"tile_size {tile_size} is not a multiple of the context factor {context_factor}",
+                    "use a multiple of 32, e.g. 256 or 512",
+                )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -302,7 +332,9 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         """The labelled share of the masked pairs' cell images (mean of their masks), or None
         without masks. Reads the mask PNGs (small; call it once)."""
         masks = [read_cell_mask(r.cell_mask) for r in self.records if r.cell_mask is not None]
-        return None if not masks else float(sum(m.sum() for m in masks) / sum(m.size for m in masks))
+        return (
+            None if not masks else float(sum(m.sum() for m in masks) / sum(m.size for m in masks))
+        )
 
     def mpp(self) -> tuple[float, float] | None:
         """Mean ``resized_mpp`` of cell and tissue patches from the metadata (original px), if present."""
@@ -320,16 +352,32 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         label = read_tissue_png(r.tissue_png)
         h, w = cell.shape[:2]
         if h != w or tissue.shape[:2] != (h, w):
-            raise DatasetError(r.tissue_image, f"cell image is {w}×{h} px and tissue image {tissue.shape[1]}×{tissue.shape[0]} px; expected equal square sizes", "use pairs as in the OCELOT release (both 1024×1024)")
+            raise DatasetError(
+                r.tissue_image,
+                f"cell image is {w}×{h} px and tissue image {tissue.shape[1]}×{tissue.shape[0]} px; expected equal square sizes",
+                "use pairs as in the OCELOT release (both 1024×1024)",
+            )
         if h != self.image_size:
-            raise DatasetError(r.cell_image, f"image is {w}×{h} px but the split's first image is {self.image_size} px", "use one image size per split")
+            raise DatasetError(
+                r.cell_image,
+                f"image is {w}×{h} px but the split's first image is {self.image_size} px",
+                "use one image size per split",
+            )
         if label.shape != tissue.shape[:2]:
-            raise DatasetError(r.tissue_png, f"tissue annotation is {label.shape[1]}×{label.shape[0]} px, the tissue image {tissue.shape[1]}×{tissue.shape[0]}", "use the annotation that belongs to this image")
+            raise DatasetError(
+                r.tissue_png,
+                f"tissue annotation is {label.shape[1]}×{label.shape[0]} px, the tissue image {tissue.shape[1]}×{tissue.shape[0]}",
+                "use the annotation that belongs to this image",
+            )
         mask = None
         if r.cell_mask is not None:
             mask = read_cell_mask(r.cell_mask)
             if mask.shape != (h, w):
-                raise DatasetError(r.cell_mask, f"cell mask is {mask.shape[1]}×{mask.shape[0]} px, the cell image {w}×{h}", "use the mask that belongs to this cell image (same size, cell-patch px)")
+                raise DatasetError(
+                    r.cell_mask,
+                    f"cell mask is {mask.shape[1]}×{mask.shape[0]} px, the cell image {w}×{h}",
+                    "use the mask that belongs to this cell image (same size, cell-patch px)",
+                )
         return PairSample(
             cell=torch.from_numpy(cell).permute(2, 0, 1).float().div_(255.0),
             tissue=torch.from_numpy(tissue).permute(2, 0, 1).float().div_(255.0),
@@ -342,17 +390,33 @@ class OcelotDataset(Dataset[dict[str, Any]]):
     def _cache_key(self) -> tuple[Any, ...]:
         meta = self.root / "metadata.json"
         stamp = meta.stat().st_mtime_ns if meta.is_file() else None
-        resized = self.tile_size if self.tile_size is not None and self.tile_size != self.image_size and self.tile_mode == "resize" else None
+        resized = (
+            self.tile_size
+            if self.tile_size is not None
+            and self.tile_size != self.image_size
+            and self.tile_mode == "resize"
+            else None
+        )
         return (os.fspath(self.root.resolve()), self.split, stamp, resized)
 
     def _decode(self, index: int) -> PairSample:
         """The full pair, resized in ``resize`` mode, as uint8 images (the cached form)."""
         s = self.load_pair(index)
-        if self.tile_size is not None and self.tile_size != self.image_size and self.tile_mode == "resize":
+        if (
+            self.tile_size is not None
+            and self.tile_size != self.image_size
+            and self.tile_mode == "resize"
+        ):
             s = resize_pair(s, self.tile_size)
-        return PairSample(cell=(s.cell * 255.0).round_().to(torch.uint8), tissue=(s.tissue * 255.0).round_().to(torch.uint8),
-                          offset=s.offset.clone(), points=s.points.clone(), tissue_label=s.tissue_label.to(torch.uint8), cell_target=None,
-                          cell_mask=s.cell_mask)
+        return PairSample(
+            cell=(s.cell * 255.0).round_().to(torch.uint8),
+            tissue=(s.tissue * 255.0).round_().to(torch.uint8),
+            offset=s.offset.clone(),
+            points=s.points.clone(),
+            tissue_label=s.tissue_label.to(torch.uint8),
+            cell_target=None,
+            cell_mask=s.cell_mask,
+        )
 
     def preload(self, threads: int | None = None) -> int:
         """Decode every pair not yet in the cache, ``threads`` at a time (default: the CPUs,
@@ -363,7 +427,12 @@ class OcelotDataset(Dataset[dict[str, Any]]):
         todo = [i for i in range(len(self)) if i not in self._cache]
         if not todo:
             return 0
-        n = threads or min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        n = threads or min(
+            16,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1),
+        )
         if n <= 1 or len(todo) == 1:
             for i in todo:
                 self._cache[i] = self._decode(i)
@@ -389,15 +458,39 @@ class OcelotDataset(Dataset[dict[str, Any]]):
             if self.cache:
                 self._cache[index] = c
         if uint8:
-            return PairSample(cell=c.cell, tissue=c.tissue, offset=c.offset.clone(), points=c.points.clone(), tissue_label=c.tissue_label.long(), cell_target=None,
-                              cell_mask=c.cell_mask)
-        return PairSample(cell=c.cell.float().div_(255.0), tissue=c.tissue.float().div_(255.0), offset=c.offset.clone(),
-                          points=c.points.clone(), tissue_label=c.tissue_label.long(), cell_target=None, cell_mask=c.cell_mask)
+            return PairSample(
+                cell=c.cell,
+                tissue=c.tissue,
+                offset=c.offset.clone(),
+                points=c.points.clone(),
+                tissue_label=c.tissue_label.long(),
+                cell_target=None,
+                cell_mask=c.cell_mask,
+            )
+        return PairSample(
+            cell=c.cell.float().div_(255.0),
+            tissue=c.tissue.float().div_(255.0),
+            offset=c.offset.clone(),
+            points=c.points.clone(),
+            tissue_label=c.tissue_label.long(),
+            cell_target=None,
+            cell_mask=c.cell_mask,
+        )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self._base_pair(index, uint8=self.device_augment)
-        if self.tile_size is not None and self.tile_size != self.image_size and self.tile_mode == "crop":
-            box = choose_crop(self.image_size, (float(s.offset[0]), float(s.offset[1])), self.tile_size, self.context_factor, random=self.random_crop)
+        if (
+            self.tile_size is not None
+            and self.tile_size != self.image_size
+            and self.tile_mode == "crop"
+        ):
+            box = choose_crop(
+                self.image_size,
+                (float(s.offset[0]), float(s.offset[1])),
+                self.tile_size,
+                self.context_factor,
+                random=self.random_crop,
+            )
             s = crop_pair(s, box, self.context_factor)
         jitter = stain = None
         if self.device_augment:
@@ -406,17 +499,26 @@ class OcelotDataset(Dataset[dict[str, Any]]):
             if self.augment is not None:
                 s, params, stain_params = random_augment_geometry(s, self.augment)
                 if params is not None:
-                    jitter = torch.tensor([params.brightness, params.contrast, params.saturation, params.hue], dtype=torch.float32)
+                    jitter = torch.tensor(
+                        [params.brightness, params.contrast, params.saturation, params.hue],
+                        dtype=torch.float32,
+                    )
                 if stain_params is not None:
                     stain = stain_params.as_tensor()
         elif self.augment is not None:
             s = random_augment(s, self.augment, context_factor=self.context_factor)
         size = s.cell.shape[-1]
-        target = mask_cell_target(disk_targets(s.points, size, size, max(1.0, self.disk_radius * self.scale)), s.cell_mask)
+        target = mask_cell_target(
+            disk_targets(s.points, size, size, max(1.0, self.disk_radius * self.scale)), s.cell_mask
+        )
         r = self.records[index]
         mask = None
         if self.has_masks:  # every item of a masked split carries one, so batches stack
-            mask = s.cell_mask.contiguous() if s.cell_mask is not None else torch.ones(size, size, dtype=torch.bool)
+            mask = (
+                s.cell_mask.contiguous()
+                if s.cell_mask is not None
+                else torch.ones(size, size, dtype=torch.bool)
+            )
         return {
             "cell": s.cell.contiguous(),
             "tissue": s.tissue.contiguous(),
@@ -435,7 +537,16 @@ class OcelotDataset(Dataset[dict[str, Any]]):
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the tensors; ``points``, ``id`` and ``organ`` stay lists (variable length)."""
     out: dict[str, Any] = {}
-    for key in ("cell", "tissue", "offset", "cell_target", "tissue_label", "cell_mask", "jitter", "stain"):
+    for key in (
+        "cell",
+        "tissue",
+        "offset",
+        "cell_target",
+        "tissue_label",
+        "cell_mask",
+        "jitter",
+        "stain",
+    ):
         if key in batch[0]:
             out[key] = torch.stack([b[key] for b in batch])
     for key in ("points", "id", "organ"):

@@ -52,7 +52,17 @@ ENCODER_METADATA_KEY = "wsi_ocelot_encoder"
 _FLAG_FIX = "pass --encoder-weights PATH (a local .safetensors or torchvision/timm state dict of the same encoder) or --encoder-weights none"
 _PREFIXES = ("module.", "encoder.", "model.", "backbone.")
 #: Top-level modules of a classification network that an encoder does not have.
-_HEADS = ("fc", "classifier", "head", "last_linear", "conv_head", "bn2", "global_pool", "pre_logits", "fc_norm")
+_HEADS = (
+    "fc",
+    "classifier",
+    "head",
+    "last_linear",
+    "conv_head",
+    "bn2",
+    "global_pool",
+    "pre_logits",
+    "fc_norm",
+)
 
 
 def describe(spec: str | None) -> str:
@@ -66,7 +76,7 @@ def _norm(key: str) -> str:
         changed = False
         for p in _PREFIXES:
             if key.startswith(p):
-                key, changed = key[len(p):], True
+                key, changed = key[len(p) :], True
     return key.replace("_", ".")
 
 
@@ -88,7 +98,12 @@ def branch_encoders(model: nn.Module) -> dict[str, nn.Module]:
 
 def _fit_first_conv(value: Tensor, target: Tensor) -> Tensor | None:
     """``value`` reshaped to ``target``'s input channels, or None if it is not such a case."""
-    if value.ndim != 4 or target.ndim != 4 or value.shape[0] != target.shape[0] or value.shape[2:] != target.shape[2:]:
+    if (
+        value.ndim != 4
+        or target.ndim != 4
+        or value.shape[0] != target.shape[0]
+        or value.shape[2:] != target.shape[2:]
+    ):
         return None
     have, want = value.shape[1], target.shape[1]
     if want < have:
@@ -99,7 +114,9 @@ def _fit_first_conv(value: Tensor, target: Tensor) -> Tensor | None:
     return None
 
 
-def map_state_dict(encoder: nn.Module, state: Mapping[str, Tensor], source: str | os.PathLike[str]) -> dict[str, Tensor]:
+def map_state_dict(
+    encoder: nn.Module, state: Mapping[str, Tensor], source: str | os.PathLike[str]
+) -> dict[str, Tensor]:
     """``state`` renamed (and the first convolution adapted) to ``encoder.state_dict()``'s keys.
 
     Raises :class:`ConfigError` listing missing, unexpected and wrongly shaped tensors.
@@ -130,14 +147,19 @@ def map_state_dict(encoder: nn.Module, state: Mapping[str, Tensor], source: str 
     missing = [k for k in target if k not in found and not k.endswith("num_batches_tracked")]
     problems = weight_key_problems(missing, unexpected, mismatched, against="encoder")
     if problems:
-        raise ConfigError(source, f"the file does not fit the {type(encoder).__name__} encoder ({'; '.join(problems)})",
-                          "pass a weights file of the same encoder as model.encoder (or --encoder-weights none)")
+        raise ConfigError(
+            source,
+            f"the file does not fit the {type(encoder).__name__} encoder ({'; '.join(problems)})",
+            "pass a weights file of the same encoder as model.encoder (or --encoder-weights none)",
+        )
     for key in target:  # e.g. BatchNorm's num_batches_tracked when the file lacks it
         found.setdefault(key, target[key])
     return found
 
 
-def read_weights_file(path: str | os.PathLike[str], encoder_name: str | None = None) -> dict[str, Tensor]:
+def read_weights_file(
+    path: str | os.PathLike[str], encoder_name: str | None = None
+) -> dict[str, Tensor]:
     """The tensors of a local weights file (safetensors, or a torch state dict read with
     ``weights_only=True``). A whole wsi-ocelot checkpoint gives its cell branch's encoder.
     An encoder file that records another encoder name than ``encoder_name`` is an error."""
@@ -152,27 +174,51 @@ def read_weights_file(path: str | os.PathLike[str], encoder_name: str | None = N
                 meta = fh.metadata() or {}
                 state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no items())
         except (SafetensorError, OSError, ValueError) as err:
-            raise ConfigError(p, f"cannot read the safetensors file ({err})", "copy the file again or write it with python -m training.encoders export") from err
-        recorded = json.loads(meta[ENCODER_METADATA_KEY]).get("encoder") if ENCODER_METADATA_KEY in meta else None
+            raise ConfigError(
+                p,
+                f"cannot read the safetensors file ({err})",
+                "copy the file again or write it with python -m training.encoders export",
+            ) from err
+        recorded = (
+            json.loads(meta[ENCODER_METADATA_KEY]).get("encoder")
+            if ENCODER_METADATA_KEY in meta
+            else None
+        )
         if recorded is None and "wsi_ocelot" in meta:
             recorded = json.loads(meta["wsi_ocelot"]).get("model", {}).get("encoder")
         if encoder_name is not None and recorded is not None and recorded != encoder_name:
-            raise ConfigError(p, f"the file holds a {recorded!r} encoder, the model's encoder is {encoder_name!r}",
-                              f"set model.encoder (--encoder) to {recorded}, or pass a {encoder_name} weights file")
+            raise ConfigError(
+                p,
+                f"the file holds a {recorded!r} encoder, the model's encoder is {encoder_name!r}",
+                f"set model.encoder (--encoder) to {recorded}, or pass a {encoder_name} weights file",
+            )
     else:
         try:
             obj = torch.load(os.fspath(p), map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle errors of every kind: a file that is not a plain state dict
-            raise ConfigError(p, f"cannot read it as a torch state dict ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
-                              "pass a .safetensors file or a plain state dict saved with torch.save(model.state_dict(), path)") from err
+        except (
+            Exception
+        ) as err:  # pickle errors of every kind: a file that is not a plain state dict
+            raise ConfigError(
+                p,
+                f"cannot read it as a torch state dict ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
+                "pass a .safetensors file or a plain state dict saved with torch.save(model.state_dict(), path)",
+            ) from err
         for wrapper in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
                 obj = obj[wrapper]
         if not isinstance(obj, dict):
-            raise ConfigError(p, f"holds a {type(obj).__name__}, not a state dict", "save it with torch.save(model.state_dict(), path)")
+            raise ConfigError(
+                p,
+                f"holds a {type(obj).__name__}, not a state dict",
+                "save it with torch.save(model.state_dict(), path)",
+            )
         state = dict(obj)
-    if any(k.startswith("cell.encoder.") for k in state):  # a whole checkpoint: its cell branch's encoder
-        state = {k[len("cell.encoder."):]: v for k, v in state.items() if k.startswith("cell.encoder.")}
+    if any(
+        k.startswith("cell.encoder.") for k in state
+    ):  # a whole checkpoint: its cell branch's encoder
+        state = {
+            k[len("cell.encoder.") :]: v for k, v in state.items() if k.startswith("cell.encoder.")
+        }
     return state
 
 
@@ -183,18 +229,29 @@ def imagenet_state(encoder_name: str, output_stride: int) -> dict[str, Tensor]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            enc = get_encoder(encoder_name, in_channels=3, depth=5, weights=IMAGENET, output_stride=output_stride)
+            enc = get_encoder(
+                encoder_name, in_channels=3, depth=5, weights=IMAGENET, output_stride=output_stride
+            )
     except KeyError as err:
-        raise ConfigError(None, f"encoder {encoder_name!r} has no ImageNet weights in segmentation-models-pytorch ({str(err).strip(chr(34) + chr(39))})",
-                          _FLAG_FIX) from err
+        raise ConfigError(
+            None,
+            f"encoder {encoder_name!r} has no ImageNet weights in segmentation-models-pytorch ({str(err).strip(chr(34) + chr(39))})",
+            _FLAG_FIX,
+        ) from err
     except Exception as err:  # offline: huggingface_hub / requests / urllib errors of many kinds
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        raise ConfigError(None, f"--encoder-weights imagenet: cannot download the ImageNet weights of {encoder_name!r} "
-                                f"(no internet? {type(err).__name__}: {first})", _FLAG_FIX) from err
+        raise ConfigError(
+            None,
+            f"--encoder-weights imagenet: cannot download the ImageNet weights of {encoder_name!r} "
+            f"(no internet? {type(err).__name__}: {first})",
+            _FLAG_FIX,
+        ) from err
     return enc.state_dict()
 
 
-def init_encoders(model: nn.Module, spec: str | None, *, encoder_name: str, output_stride: int = 16) -> dict[str, Any]:
+def init_encoders(
+    model: nn.Module, spec: str | None, *, encoder_name: str, output_stride: int = 16
+) -> dict[str, Any]:
     """Initialise every branch's encoder of ``model`` from ``spec``; returns what was done
     (recorded in the checkpoint's training info)."""
     spec = describe(spec)
@@ -213,11 +270,24 @@ def init_encoders(model: nn.Module, spec: str | None, *, encoder_name: str, outp
         mapped = map_state_dict(enc, state, spec)
         enc.load_state_dict(mapped, strict=True)
         n = len(mapped)
-    log.info("encoders of %s initialised from %s (%d tensors each)", ", ".join(sorted(encoders)), source, n)
-    return {"encoder_weights": spec, "source": source, "branches": sorted(encoders), "tensors": n, **extra}
+    log.info(
+        "encoders of %s initialised from %s (%d tensors each)",
+        ", ".join(sorted(encoders)),
+        source,
+        n,
+    )
+    return {
+        "encoder_weights": spec,
+        "source": source,
+        "branches": sorted(encoders),
+        "tensors": n,
+        **extra,
+    }
 
 
-def export_encoder(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *, branch: str = "cell") -> Path:
+def export_encoder(
+    checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *, branch: str = "cell"
+) -> Path:
     """Write the ``branch`` encoder of a trained checkpoint as an encoder file (safetensors,
     plain smp encoder keys, the encoder name and source in its metadata), for
     ``--encoder-weights PATH``. The cell branch is 3-channel in every variant but
@@ -230,30 +300,58 @@ def export_encoder(checkpoint: str | os.PathLike[str], out: str | os.PathLike[st
     model, info = load_model(checkpoint, "cpu")
     encoders = branch_encoders(model)
     if branch not in encoders:
-        raise ConfigError(checkpoint, f"the {info.model.variant!r} model has no {branch!r} branch", f"use --branch {' or '.join(sorted(encoders))}")
+        raise ConfigError(
+            checkpoint,
+            f"the {info.model.variant!r} model has no {branch!r} branch",
+            f"use --branch {' or '.join(sorted(encoders))}",
+        )
     state = {k: v.detach().contiguous().clone() for k, v in encoders[branch].state_dict().items()}
-    meta = {ENCODER_METADATA_KEY: json.dumps({"encoder": info.model.encoder, "branch": branch, "variant": info.model.variant,
-                                              "checkpoint": os.fspath(Path(checkpoint).resolve()),
-                                              "training": {k: info.training.get(k) for k in ("data_root", "epoch", "seed", "encoder_init") if k in info.training},
-                                              "metrics": {"val_mF1": info.metrics.get("val_mF1")}})}
+    meta = {
+        ENCODER_METADATA_KEY: json.dumps(
+            {
+                "encoder": info.model.encoder,
+                "branch": branch,
+                "variant": info.model.variant,
+                "checkpoint": os.fspath(Path(checkpoint).resolve()),
+                "training": {
+                    k: info.training.get(k)
+                    for k in ("data_root", "epoch", "seed", "encoder_init")
+                    if k in info.training
+                },
+                "metrics": {"val_mF1": info.metrics.get("val_mF1")},
+            }
+        )
+    }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         save_file(state, os.fspath(tmp), metadata=meta)
-    log.info("wrote the %s encoder (%s, %d tensors) of %s to %s", branch, info.model.encoder, len(state), checkpoint, out)
+    log.info(
+        "wrote the %s encoder (%s, %d tensors) of %s to %s",
+        branch,
+        info.model.encoder,
+        len(state),
+        checkpoint,
+        out,
+    )
     return out
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.encoders", description="Encoder weight files for --encoder-weights PATH.",
-                                epilog="example: python -m training.encoders export runs/pretrain/best.safetensors --branch cell --out enc.safetensors")
+    p = argparse.ArgumentParser(
+        prog="python -m training.encoders",
+        description="Encoder weight files for --encoder-weights PATH.",
+        epilog="example: python -m training.encoders export runs/pretrain/best.safetensors --branch cell --out enc.safetensors",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export", help="save one branch's encoder of a trained checkpoint")
     e.add_argument("checkpoint")
     e.add_argument("--branch", default="cell", choices=("cell", "tissue"))
     e.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         export_encoder(args.checkpoint, args.out, branch=args.branch)
     except WsiOcelotError as err:

@@ -38,7 +38,11 @@ class StepTiming:
         """Seconds for one run of ``cfg`` (training, validation every ``eval_every`` epochs,
         test scoring of ``test_pairs``)."""
         per_epoch = max(1, self.train_pairs // cfg.batch_size)
-        steps = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * per_epoch)
+        steps = (
+            cfg.epochs * per_epoch
+            if cfg.max_steps is None
+            else min(cfg.max_steps, cfg.epochs * per_epoch)
+        )
         epochs = math.ceil(steps / per_epoch)
         evals = epochs // cfg.eval_every + (1 if epochs % cfg.eval_every else 0)
         val_batches = math.ceil(self.val_pairs / cfg.batch_size) if self.val_pairs else 0
@@ -78,7 +82,14 @@ def time_steps(cfg: Any, n: int = 3) -> StepTiming:
         t0 = time.perf_counter()
         with autocast(device, amp_dtype):
             out = forward(model, batch, device)
-        loss, _ = total_loss(out, {"cell_target": batch["cell_target"].to(device), "tissue_label": batch["tissue_label"].to(device)}, cfg.loss)
+        loss, _ = total_loss(
+            out,
+            {
+                "cell_target": batch["cell_target"].to(device),
+                "tissue_label": batch["tissue_label"].to(device),
+            },
+            cfg.loss,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -98,8 +109,15 @@ def time_steps(cfg: Any, n: int = 3) -> StepTiming:
                 sync()
                 vt.append(time.perf_counter() - t0)
         val_s = sum(vt[1:]) / max(1, len(vt) - 1) if len(vt) > 1 else (vt[0] if vt else 0.0)
-    return StepTiming(device=str(device), step_s=step_s, val_batch_s=val_s, train_pairs=len(train_ds),
-                      val_pairs=len(val_ds) if val_ds is not None else 0, batch_size=cfg.batch_size, timed_steps=max(1, len(times) - 1))
+    return StepTiming(
+        device=str(device),
+        step_s=step_s,
+        val_batch_s=val_s,
+        train_pairs=len(train_ds),
+        val_pairs=len(val_ds) if val_ds is not None else 0,
+        batch_size=cfg.batch_size,
+        timed_steps=max(1, len(times) - 1),
+    )
 
 
 def format_duration(seconds: float) -> str:

@@ -48,7 +48,9 @@ class Predictions:
     loss: float | None = None
 
 
-def forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor | None]:
+def forward(
+    model: nn.Module, batch: dict[str, Any], device: torch.device
+) -> dict[str, Tensor | None]:
     """The model's training forward on a collated batch (moves the tensors to ``device``)."""
     cell = batch["cell"].to(device, non_blocking=True)
     tissue = batch["tissue"].to(device, non_blocking=True)
@@ -57,14 +59,20 @@ def forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> di
         tissue = tissue.float().div_(255.0)
     cf = int(getattr(getattr(model, "config", None), "context_factor", 4))
     stain = batch["stain"].to(device, non_blocking=True) if "stain" in batch else None
-    if stain is not None:  # HED → colour jitter → blur and noise, as training.augment.random_augment
+    if (
+        stain is not None
+    ):  # HED → colour jitter → blur and noise, as training.augment.random_augment
         cell, tissue = apply_stain(cell, tissue, stain, phase="hed", context_factor=cf)
     if "jitter" in batch:
         cell, tissue = apply_jitter(cell, tissue, batch["jitter"].to(device, non_blocking=True))
     if stain is not None:
         cell, tissue = apply_stain(cell, tissue, stain, phase="optics", context_factor=cf)
     offset = batch["offset"].to(device, non_blocking=True)
-    label = batch["tissue_label"].to(device, non_blocking=True) if getattr(model, "needs_tissue_label", False) else None
+    label = (
+        batch["tissue_label"].to(device, non_blocking=True)
+        if getattr(model, "needs_tissue_label", False)
+        else None
+    )
     if device.type == "cuda":
         cell = cell.contiguous(memory_format=torch.channels_last)
         tissue = tissue.contiguous(memory_format=torch.channels_last)
@@ -97,12 +105,17 @@ def predict(
             if cell_logits is None:
                 raise RuntimeError("the model returned no cell logits")
             if loss_cfg is not None:
-                targets = {"cell_target": batch["cell_target"].to(device), "tissue_label": batch["tissue_label"].to(device)}
+                targets = {
+                    "cell_target": batch["cell_target"].to(device),
+                    "tissue_label": batch["tissue_label"].to(device),
+                }
                 loss, _ = total_loss(outputs, targets, loss_cfg)
                 losses.append(loss.detach().float())
             points = find_peaks(cell_logits.float().softmax(dim=1), peaks)
             masks = batch.get("cell_mask")
-            for k, (p, gt, id_, organ) in enumerate(zip(points, batch["points"], batch["id"], batch["organ"], strict=True)):
+            for k, (p, gt, id_, organ) in enumerate(
+                zip(points, batch["points"], batch["id"], batch["organ"], strict=True)
+            ):
                 out.preds.append(p.detach().cpu().double().numpy())
                 out.gts.append(gt.detach().cpu().double().numpy())
                 out.masks.append(None if masks is None else masks[k].cpu().numpy().astype(bool))
@@ -133,6 +146,12 @@ def score_by_organ(pred: Predictions, radius: float = DISTANCE_CUTOFF) -> dict[s
     for i, organ in enumerate(pred.organs):
         if organ is not None:
             groups[organ].append(i)
-    return {organ: evaluate([pred.preds[i] for i in idx], [pred.gts[i] for i in idx], radius, masks=_masks(pred, idx)).to_dict()
-            for organ, idx in sorted(groups.items())}
-
+    return {
+        organ: evaluate(
+            [pred.preds[i] for i in idx],
+            [pred.gts[i] for i in idx],
+            radius,
+            masks=_masks(pred, idx),
+        ).to_dict()
+        for organ, idx in sorted(groups.items())
+    }

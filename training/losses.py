@@ -30,22 +30,38 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if self.dice_weight < 0 or self.tissue_weight < 0:
-            raise ConfigError(None, f"loss weights must be >= 0, got dice_weight {self.dice_weight}, tissue_weight {self.tissue_weight}", "use e.g. dice_weight: 0.0, tissue_weight: 1.0")
+            raise ConfigError(
+                None,
+                f"loss weights must be >= 0, got dice_weight {self.dice_weight}, tissue_weight {self.tissue_weight}",
+                "use e.g. dice_weight: 0.0, tissue_weight: 1.0",
+            )
         if self.cell_class_weights is not None:
             w = tuple(float(v) for v in self.cell_class_weights)
             if len(w) != 3 or any(v < 0 for v in w) or not any(v > 0 for v in w):
-                raise ConfigError(None, f"loss.cell_class_weights must be 3 non-negative numbers (none, BC, TC), got {self.cell_class_weights}", "use e.g. [1.0, 1.0, 1.0] or null")
+                raise ConfigError(
+                    None,
+                    f"loss.cell_class_weights must be 3 non-negative numbers (none, BC, TC), got {self.cell_class_weights}",
+                    "use e.g. [1.0, 1.0, 1.0] or null",
+                )
             object.__setattr__(self, "cell_class_weights", w)
 
 
-def masked_ce(logits: Tensor, target: Tensor, *, ignore_index: int = TISSUE_IGNORE, weight: Tensor | None = None) -> Tensor:
+def masked_ce(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = TISSUE_IGNORE,
+    weight: Tensor | None = None,
+) -> Tensor:
     """Mean CE over pixels whose target is not ``ignore_index``; 0 (with grad) when there are none.
 
     ``logits`` ``(B, C, H, W)``; ``target`` long ``(B, H, W)``. With class weights the mean
     is weighted (as in ``F.cross_entropy``).
     """
     logits = logits.float()
-    loss = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="sum")
+    loss = F.cross_entropy(
+        logits, target, weight=weight, ignore_index=ignore_index, reduction="sum"
+    )
     valid = target != ignore_index
     if weight is not None:
         denom = weight.to(logits.device)[target.clamp(0, logits.shape[1] - 1)][valid].sum()
@@ -54,8 +70,14 @@ def masked_ce(logits: Tensor, target: Tensor, *, ignore_index: int = TISSUE_IGNO
     return loss / denom.clamp_min(1.0)
 
 
-def soft_dice(logits: Tensor, target: Tensor, classes: tuple[int, ...] = (1, 2), eps: float = 1.0, *,
-              ignore_index: int = CELL_IGNORE) -> Tensor:
+def soft_dice(
+    logits: Tensor,
+    target: Tensor,
+    classes: tuple[int, ...] = (1, 2),
+    eps: float = 1.0,
+    *,
+    ignore_index: int = CELL_IGNORE,
+) -> Tensor:
     """1 − mean soft Dice over ``classes`` (softmax probabilities), summed over the batch;
     pixels whose target is ``ignore_index`` are left out."""
     probs = logits.float().softmax(dim=1)
@@ -72,7 +94,11 @@ def soft_dice(logits: Tensor, target: Tensor, classes: tuple[int, ...] = (1, 2),
 def cell_loss(logits: Tensor, target: Tensor, cfg: LossConfig) -> Tensor:
     """Cell branch loss on disk targets ``(B, H, W)`` with values 0 / 1 / 2, or
     :data:`~training.targets.CELL_IGNORE` where the labels are unknown (ignored)."""
-    weight = None if cfg.cell_class_weights is None else torch.tensor(cfg.cell_class_weights, dtype=torch.float32, device=logits.device)
+    weight = (
+        None
+        if cfg.cell_class_weights is None
+        else torch.tensor(cfg.cell_class_weights, dtype=torch.float32, device=logits.device)
+    )
     loss = masked_ce(logits, target, ignore_index=CELL_IGNORE, weight=weight)
     if cfg.dice_weight > 0:
         loss = loss + cfg.dice_weight * soft_dice(logits, target)
@@ -85,11 +111,15 @@ def tissue_loss(logits: Tensor, label: Tensor) -> Tensor:
     Logits of another size are resized (bilinear) to the label's size first.
     """
     if logits.shape[-2:] != label.shape[-2:]:
-        logits = F.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            logits.float(), size=label.shape[-2:], mode="bilinear", align_corners=False
+        )
     return masked_ce(logits, tissue_target(label), ignore_index=TISSUE_IGNORE)
 
 
-def total_loss(outputs: dict[str, Tensor | None], batch: dict[str, Tensor], cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
+def total_loss(
+    outputs: dict[str, Tensor | None], batch: dict[str, Tensor], cfg: LossConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
     """``cell + tissue_weight · tissue`` (the tissue term only when the model returns tissue logits).
 
     Returns the loss and its parts as detached tensors (no device sync; log them lazily).

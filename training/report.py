@@ -33,7 +33,7 @@ from wsi_ocelot.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
-CARD_FILE = "model_card" ".md"
+CARD_FILE = "model_card.md"
 OCELOT_LICENCE = "CC BY-NC 4.0 (the OCELOT release, Zenodo v1.0.1): non-commercial use only; weights trained on it carry the same restriction"
 SYNTHETIC_LICENCE = "synthetic data made by `wsi-ocelot synth-dataset` (no third-party licence)"
 
@@ -50,12 +50,17 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         if self.grid < 0 or self.grid > 16:
-            raise ConfigError(None, f"report.grid must be in [0, 16], got {self.grid}", "use e.g. report.grid: 4")
+            raise ConfigError(
+                None, f"report.grid must be in [0, 16], got {self.grid}", "use e.g. report.grid: 4"
+            )
 
 
 # --------------------------------------------------------------------------- plots
 
-_OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW"}  # the model card's spelling of TrainConfig.optimizer
+_OPTIMIZER_NAMES = {
+    "adam": "Adam",
+    "adamw": "AdamW",
+}  # the model card's spelling of TrainConfig.optimizer
 
 
 def _pyplot() -> Any:
@@ -76,8 +81,14 @@ def _save_png(fig: Any, path: str | os.PathLike[str], *, dpi: int) -> Path:
     return path
 
 
-def line_plot(path: str | os.PathLike[str], panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float], Sequence[float]]]]], *,
-              title: str, xlabel: str, hline: float | None = None) -> Path:
+def line_plot(
+    path: str | os.PathLike[str],
+    panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float], Sequence[float]]]]],
+    *,
+    title: str,
+    xlabel: str,
+    hline: float | None = None,
+) -> Path:
     """One PNG with a panel per ``(ylabel, [(label, xs, ys), ...])``, side by side."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
@@ -102,7 +113,9 @@ def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def write_curves(run_dir: str | os.PathLike[str], history: list[dict[str, Any]] | None = None) -> Path:
+def write_curves(
+    run_dir: str | os.PathLike[str], history: list[dict[str, Any]] | None = None
+) -> Path:
     """``curves.png``: losses and validation mF1 against the epoch."""
     history = read_history(run_dir) if history is None else history
     ep = [h["epoch"] for h in history]
@@ -111,10 +124,24 @@ def write_curves(run_dir: str | os.PathLike[str], history: list[dict[str, Any]] 
     if val and val[0]["val"].get("loss") is not None:
         losses.append(("val loss", [h["epoch"] for h in val], [h["val"]["loss"] for h in val]))
     mf1 = [("val mF1", [h["epoch"] for h in val], [h["val_mF1"] for h in val])] if val else []
-    return line_plot(Path(run_dir) / "curves.png", [("loss", losses), ("validation mF1", mf1)], title=f"{Path(run_dir).name}: training curves", xlabel="epoch")
+    return line_plot(
+        Path(run_dir) / "curves.png",
+        [("loss", losses), ("validation mF1", mf1)],
+        title=f"{Path(run_dir).name}: training curves",
+        xlabel="epoch",
+    )
 
 
-def write_augment_grid(path: str | os.PathLike[str], ds: Any, augment: Any, *, n: int, context_factor: int, seed: int = 0, side: int = 192) -> Path:
+def write_augment_grid(
+    path: str | os.PathLike[str],
+    ds: Any,
+    augment: Any,
+    *,
+    n: int,
+    context_factor: int,
+    seed: int = 0,
+    side: int = 192,
+) -> Path:
     """``n`` pairs of ``ds`` (an :class:`training.data.OcelotDataset`): cell, augmented cell,
     tissue, augmented tissue per row, with the CPU path's draws (:func:`training.augment.random_augment`)."""
     import torch.nn.functional as F
@@ -127,7 +154,13 @@ def write_augment_grid(path: str | os.PathLike[str], ds: Any, augment: Any, *, n
     fig, axes = plt.subplots(n, 4, figsize=(8, 2 * n + 0.4), squeeze=False)
 
     def show(ax: Any, img: torch.Tensor, title: str) -> None:
-        small = F.interpolate(img[None].float(), size=(side, side), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+        small = F.interpolate(
+            img[None].float(),
+            size=(side, side),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0].clamp(0, 1)
         ax.imshow(small.permute(1, 2, 0).numpy())
         ax.set_title(title, fontsize=7)
         ax.axis("off")
@@ -154,9 +187,15 @@ def software_versions() -> dict[str, str]:
 
     import wsi_ocelot
 
-    return {"wsi_ocelot": wsi_ocelot.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "segmentation_models_pytorch": segmentation_models_pytorch.__version__, "timm": timm.__version__, "numpy": numpy.__version__,
-            "platform": platform.platform(terse=True)}
+    return {
+        "wsi_ocelot": wsi_ocelot.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "segmentation_models_pytorch": segmentation_models_pytorch.__version__,
+        "timm": timm.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(terse=True),
+    }
 
 
 def data_facts(root: str | os.PathLike[str], splits: Sequence[str]) -> dict[str, Any]:
@@ -169,8 +208,12 @@ def data_facts(root: str | os.PathLike[str], splits: Sequence[str]) -> dict[str,
     except (OSError, ValueError):
         general = {}
     synthetic = "generator" in general or "synthetic" in str(general.get("dataset", "")).lower()
-    out: dict[str, Any] = {"root": os.fspath(Path(root).resolve()), "dataset": general.get("dataset", "OCELOT layout"),
-                           "licence": SYNTHETIC_LICENCE if synthetic else OCELOT_LICENCE, "splits": {}}
+    out: dict[str, Any] = {
+        "root": os.fspath(Path(root).resolve()),
+        "dataset": general.get("dataset", "OCELOT layout"),
+        "licence": SYNTHETIC_LICENCE if synthetic else OCELOT_LICENCE,
+        "splits": {},
+    }
     cell_mpp: list[float] = []
     tissue_mpp: list[float] = []
     for split in dict.fromkeys(splits):
@@ -178,17 +221,24 @@ def data_facts(root: str | os.PathLike[str], splits: Sequence[str]) -> dict[str,
             records = list_pairs(root, split)
         except DatasetError:  # a split the dataset does not have
             continue
-        out["splits"][split] = {"pairs": len(records), "organs": dict(sorted(Counter(r.organ or "unknown" for r in records).items()))}
+        out["splits"][split] = {
+            "pairs": len(records),
+            "organs": dict(sorted(Counter(r.organ or "unknown" for r in records).items())),
+        }
         cell_mpp += [r.cell_mpp for r in records if r.cell_mpp is not None]
         tissue_mpp += [r.tissue_mpp for r in records if r.tissue_mpp is not None]
-    out["mpp"] = {"cell": round(sum(cell_mpp) / len(cell_mpp), 4) if cell_mpp else None,
-                  "tissue": round(sum(tissue_mpp) / len(tissue_mpp), 4) if tissue_mpp else None}
+    out["mpp"] = {
+        "cell": round(sum(cell_mpp) / len(cell_mpp), 4) if cell_mpp else None,
+        "tissue": round(sum(tissue_mpp) / len(tissue_mpp), 4) if tissue_mpp else None,
+    }
     return out
 
 
 def _fmt_score(s: dict[str, Any]) -> str:
-    return (f"{s['mF1']:.4f} | {s['BC']['precision']:.3f} / {s['BC']['recall']:.3f} / {s['BC']['f1']:.3f} | "
-            f"{s['TC']['precision']:.3f} / {s['TC']['recall']:.3f} / {s['TC']['f1']:.3f}")
+    return (
+        f"{s['mF1']:.4f} | {s['BC']['precision']:.3f} / {s['BC']['recall']:.3f} / {s['BC']['f1']:.3f} | "
+        f"{s['TC']['precision']:.3f} / {s['TC']['recall']:.3f} / {s['TC']['f1']:.3f}"
+    )
 
 
 def card_markdown(card: dict[str, Any]) -> str:
@@ -201,7 +251,12 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         f"- Variant: `{m['variant']}` (OCELOT paper Table 5), DeepLabV3+ branches, encoder `{m['encoder']}`.",
         f"- Encoder initialisation: {card['encoder_init'].get('encoder_weights')} (source: {card['encoder_init'].get('source')}"
-        + (f", sha256 {card['encoder_init']['sha256'][:16]}…" if card["encoder_init"].get("sha256") else "") + ").",
+        + (
+            f", sha256 {card['encoder_init']['sha256'][:16]}…"
+            if card["encoder_init"].get("sha256")
+            else ""
+        )
+        + ").",
         f"- Working resolution: cell {card['geometry']['cell_mpp']:.4f} µm/px, tissue {card['geometry']['tissue_mpp']:.4f} µm/px, "
         f"tile {card['geometry']['tile_size']} px, context factor {card['geometry']['context_factor']}.",
         f"- Checkpoint: `{card['checkpoint']}`.",
@@ -216,7 +271,9 @@ def card_markdown(card: dict[str, Any]) -> str:
         "| --- | ---: | --- |",
     ]
     for split, s in d["splits"].items():
-        lines.append(f"| {split} | {s['pairs']} | {', '.join(f'{k} {v}' for k, v in s['organs'].items())} |")
+        lines.append(
+            f"| {split} | {s['pairs']} | {', '.join(f'{k} {v}' for k, v in s['organs'].items())} |"
+        )
     aug = t["augment"]
     lines += [
         "",
@@ -241,12 +298,25 @@ def card_markdown(card: dict[str, Any]) -> str:
         counts = d["splits"].get(split, {}).get("organs", {})
         for organ, s in r["per_organ"].items():
             lines.append(f"| {split} | {organ} | {counts.get(organ, '')} | {_fmt_score(s)} |")
-    lines += ["", "## Software", "", ", ".join(f"{k} {v}" for k, v in card["software"].items()) + ".", ""]
+    lines += [
+        "",
+        "## Software",
+        "",
+        ", ".join(f"{k} {v}" for k, v in card["software"].items()) + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def build_card(*, checkpoint: Path, info: Any, data: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any],
-               history: list[dict[str, Any]]) -> dict[str, Any]:
+def build_card(
+    *,
+    checkpoint: Path,
+    info: Any,
+    data: dict[str, Any],
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
     """Every fact of the model card as a JSON-safe dict."""
     val = [h for h in history if h.get("val_mF1") is not None]
     best = max(val, key=lambda h: h["val_mF1"]) if val else None
@@ -254,7 +324,10 @@ def build_card(*, checkpoint: Path, info: Any, data: dict[str, Any], training: d
         "checkpoint": os.fspath(checkpoint),
         "model": {"variant": info.model.variant, "encoder": info.model.encoder},
         "encoder_init": info.training.get("encoder_init") or {},
-        "geometry": {k: getattr(info.geometry, k) for k in ("cell_mpp", "tissue_mpp", "tile_size", "context_factor")},
+        "geometry": {
+            k: getattr(info.geometry, k)
+            for k in ("cell_mpp", "tissue_mpp", "tile_size", "context_factor")
+        },
         "data": data,
         "training": training,
         "best_epoch": None if best is None else best["epoch"],
@@ -275,35 +348,79 @@ def finish(run_dir: Path, cfg: Any, *, train_ds: Any, device: str) -> dict[str, 
     history = read_history(run_dir)
     try:
         import matplotlib  # noqa: F401
+
         plots = True
     except ImportError:
         plots = False
-        log.warning("matplotlib is not installed: no curves.png / augment_grid.png (pip install 'wsi-ocelot[train]')")
+        log.warning(
+            "matplotlib is not installed: no curves.png / augment_grid.png (pip install 'wsi-ocelot[train]')"
+        )
     if history and plots:
         write_curves(run_dir, history)
     if plots and rc.grid and cfg.augment.enabled:
-        write_augment_grid(run_dir / "augment_grid.png", train_ds, cfg.augment, n=rc.grid, context_factor=cfg.model.context_factor, seed=cfg.seed)
+        write_augment_grid(
+            run_dir / "augment_grid.png",
+            train_ds,
+            cfg.augment,
+            n=rc.grid,
+            context_factor=cfg.model.context_factor,
+            seed=cfg.seed,
+        )
     best = run_dir / "best.safetensors"
     if not best.is_file():
         log.info("no best.safetensors (no validation): report without a model card")
         return None
-    data = data_facts(cfg.data, [cfg.train_split, *([cfg.val_split] if cfg.val_split else []), *rc.splits])
+    data = data_facts(
+        cfg.data, [cfg.train_split, *([cfg.val_split] if cfg.val_split else []), *rc.splits]
+    )
     metrics = {}
     for split in rc.splits:
         if split not in data["splits"]:
             log.info("model card: the dataset has no %r split, not scored", split)
             continue
-        metrics[split] = evaluate_dataset(best, cfg.data, split, device=device, runtime="torch")  # the model's own numbers
+        metrics[split] = evaluate_dataset(
+            best, cfg.data, split, device=device, runtime="torch"
+        )  # the model's own numbers
     model, info = load_model(best, "cpu")
     state = history[-1] if history else {}
-    training = {"epochs": cfg.epochs, "epochs_done": state.get("epoch"), "steps": state.get("step"), "batch_size": cfg.batch_size, "lr": cfg.lr,
-                "lr_schedule": cfg.lr_schedule, "weight_decay": cfg.weight_decay, "seed": cfg.seed, "tile_size": cfg.tile_size, "tile_mode": cfg.tile_mode,
-                "amp": cfg.amp, "device": device, "augment": dataclasses.asdict(cfg.augment), "encoder_weights": cfg.encoder_weights,
-                "optimizer": cfg.optimizer}
-    card = build_card(checkpoint=best.resolve(), info=info, data=data, training=training, metrics=metrics, history=history)
+    training = {
+        "epochs": cfg.epochs,
+        "epochs_done": state.get("epoch"),
+        "steps": state.get("step"),
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "lr_schedule": cfg.lr_schedule,
+        "weight_decay": cfg.weight_decay,
+        "seed": cfg.seed,
+        "tile_size": cfg.tile_size,
+        "tile_mode": cfg.tile_mode,
+        "amp": cfg.amp,
+        "device": device,
+        "augment": dataclasses.asdict(cfg.augment),
+        "encoder_weights": cfg.encoder_weights,
+        "optimizer": cfg.optimizer,
+    }
+    card = build_card(
+        checkpoint=best.resolve(),
+        info=info,
+        data=data,
+        training=training,
+        metrics=metrics,
+        history=history,
+    )
     write_text(run_dir / CARD_FILE, card_markdown(card))
-    save_checkpoint(best, model, geometry=info.geometry, peaks=info.peaks, training={**info.training, "card": card},
-                    metrics={**info.metrics, "best_epoch": card["best_epoch"], "per_split": metrics})
-    log.info("report: %s, %s, %s", run_dir / "curves.png", run_dir / CARD_FILE, "augment_grid.png" if rc.grid else "no grid")
+    save_checkpoint(
+        best,
+        model,
+        geometry=info.geometry,
+        peaks=info.peaks,
+        training={**info.training, "card": card},
+        metrics={**info.metrics, "best_epoch": card["best_epoch"], "per_split": metrics},
+    )
+    log.info(
+        "report: %s, %s, %s",
+        run_dir / "curves.png",
+        run_dir / CARD_FILE,
+        "augment_grid.png" if rc.grid else "no grid",
+    )
     return card
-

@@ -67,15 +67,28 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     return m, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
 
 
-def run_config(variant: str, seed: int, args: argparse.Namespace, run_dir: Path, lr: float | None = None) -> Any:
+def run_config(
+    variant: str, seed: int, args: argparse.Namespace, run_dir: Path, lr: float | None = None
+) -> Any:
     """The :class:`training.train.TrainConfig` of one run: the variant's YAML, the study's flags, ``--set``."""
     from training.train import load_config
 
     overrides = {
-        "data": args.data, "out": str(run_dir), "seed": seed, "epochs": args.epochs, "max_steps": args.max_steps,
-        "device": args.device, "lr": lr if lr is not None else args.lr, "batch_size": args.batch_size, "tile_size": args.tile_size,
-        "tile_mode": args.tile_mode, "workers": args.workers, "encoder": args.encoder, "cache": args.cache or None,
-        "eval_every": args.eval_every, "encoder_weights": args.encoder_weights,
+        "data": args.data,
+        "out": str(run_dir),
+        "seed": seed,
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "device": args.device,
+        "lr": lr if lr is not None else args.lr,
+        "batch_size": args.batch_size,
+        "tile_size": args.tile_size,
+        "tile_mode": args.tile_mode,
+        "workers": args.workers,
+        "encoder": args.encoder,
+        "cache": args.cache or None,
+        "eval_every": args.eval_every,
+        "encoder_weights": args.encoder_weights,
     }
     for key, value in _parse_sets(args.set):
         head, _, rest = key.partition(".")
@@ -92,7 +105,15 @@ def run_dir_for(out: Path, variant: str, seed: int, lr: float | None) -> Path:
     return out / (f"{variant}_seed{seed}" if lr is None else f"{variant}_lr{lr:g}_seed{seed}")
 
 
-def run_one(variant: str, seed: int, args: argparse.Namespace, run_dir: Path, *, lr: float | None = None, score_test: bool = True) -> dict[str, Any] | None:
+def run_one(
+    variant: str,
+    seed: int,
+    args: argparse.Namespace,
+    run_dir: Path,
+    *,
+    lr: float | None = None,
+    score_test: bool = True,
+) -> dict[str, Any] | None:
     """Train one variant with one seed (or reuse a finished run) and score it on test
     (``score_test``; the learning-rate search looks at validation only)."""
     from training.train import main
@@ -116,23 +137,48 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, run_dir: Path, *,
     t0 = time.perf_counter()
     summary = main(cfg)
     train_s = time.perf_counter() - t0
-    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+    history = [
+        json.loads(line)
+        for line in (run_dir / "history.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     samples = summary["steps"] * cfg.batch_size
     result = {
-        "variant": variant, "seed": seed, "lr": cfg.lr, "val_mF1": summary["best_mF1"], "test_mF1": None, "test": None, "test_per_organ": None,
-        "epochs": summary["epochs_done"], "steps": summary["steps"],
-        "train_wall_s": round(train_s, 1), "train_samples_per_s": round(samples / max(train_s, 1e-9), 2),
-        "best_epoch": max((h for h in history if h.get("val_mF1") is not None), key=lambda h: h["val_mF1"], default={}).get("epoch"),
+        "variant": variant,
+        "seed": seed,
+        "lr": cfg.lr,
+        "val_mF1": summary["best_mF1"],
+        "test_mF1": None,
+        "test": None,
+        "test_per_organ": None,
+        "epochs": summary["epochs_done"],
+        "steps": summary["steps"],
+        "train_wall_s": round(train_s, 1),
+        "train_samples_per_s": round(samples / max(train_s, 1e-9), 2),
+        "best_epoch": max(
+            (h for h in history if h.get("val_mF1") is not None),
+            key=lambda h: h["val_mF1"],
+            default={},
+        ).get("epoch"),
     }
     if score_test:
         result.update(_score_test(run_dir, cfg, args, evaluate_dataset))
     write_json(result_file, result)
-    log.info("%s seed %d lr %g: val mF1 %.4f, test mF1 %s (%.0f s)", variant, seed, cfg.lr, result["val_mF1"] or 0,
-             "-" if result["test_mF1"] is None else f"{result['test_mF1']:.4f}", train_s)
+    log.info(
+        "%s seed %d lr %g: val mF1 %.4f, test mF1 %s (%.0f s)",
+        variant,
+        seed,
+        cfg.lr,
+        result["val_mF1"] or 0,
+        "-" if result["test_mF1"] is None else f"{result['test_mF1']:.4f}",
+        train_s,
+    )
     return result
 
 
-def _score_test(run_dir: Path, cfg: Any, args: argparse.Namespace, evaluate_dataset: Any) -> dict[str, Any]:
+def _score_test(
+    run_dir: Path, cfg: Any, args: argparse.Namespace, evaluate_dataset: Any
+) -> dict[str, Any]:
     """Test scores of the run's best checkpoint: from its model card when it scored the test
     split, else the cached scorer (``--cache``) or :func:`wsi_ocelot.evaluation.evaluate_dataset`."""
     best = run_dir / "best.safetensors"
@@ -143,14 +189,34 @@ def _score_test(run_dir: Path, cfg: Any, args: argparse.Namespace, evaluate_data
     if recorded is not None and not args.cache:
         test = recorded
     elif args.cache and (cfg.tile_mode == "resize" or cfg.tile_size is None):
-        test = score_split_cached(best, args.data, args.test_split, cfg, device=args.device, batch_size=args.eval_batch_size)
+        test = score_split_cached(
+            best,
+            args.data,
+            args.test_split,
+            cfg,
+            device=args.device,
+            batch_size=args.eval_batch_size,
+        )
     else:
-        test = evaluate_dataset(best, args.data, args.test_split, device=args.device if args.device != "auto" else "auto", batch_size=args.eval_batch_size,
-                                runtime="torch")  # the model's own numbers, not a runtime's
-    return {"test_mF1": test["overall"]["mF1"], "test": test["overall"], "test_per_organ": test["per_organ"], "test_wall_s": round(time.perf_counter() - t1, 1)}
+        test = evaluate_dataset(
+            best,
+            args.data,
+            args.test_split,
+            device=args.device if args.device != "auto" else "auto",
+            batch_size=args.eval_batch_size,
+            runtime="torch",
+        )  # the model's own numbers, not a runtime's
+    return {
+        "test_mF1": test["overall"]["mF1"],
+        "test": test["overall"],
+        "test_per_organ": test["per_organ"],
+        "test_wall_s": round(time.perf_counter() - t1, 1),
+    }
 
 
-def score_split_cached(ckpt: Path, data: str, split: str, cfg: Any, *, device: str, batch_size: int) -> dict[str, Any]:
+def score_split_cached(
+    ckpt: Path, data: str, split: str, cfg: Any, *, device: str, batch_size: int
+) -> dict[str, Any]:
     """Score ``ckpt`` on ``split`` from the process's decoded-pair cache (decoded once for
     the whole study) in the run's geometry: whole pairs, resized as in training in
     ``resize`` mode. The same points, peaks and matching radius as
@@ -165,8 +231,18 @@ def score_split_cached(ckpt: Path, data: str, split: str, cfg: Any, *, device: s
 
     dev = resolve_device(device)
     model, info = load_model(ckpt, dev)
-    ds = OcelotDataset(data, split, tile_size=cfg.tile_size, tile_mode=cfg.tile_mode, random_crop=False, augment=None,
-                       disk_radius=cfg.disk_radius, context_factor=cfg.model.context_factor, cache=True, device_augment=True)
+    ds = OcelotDataset(
+        data,
+        split,
+        tile_size=cfg.tile_size,
+        tile_mode=cfg.tile_mode,
+        random_crop=False,
+        augment=None,
+        disk_radius=cfg.disk_radius,
+        context_factor=cfg.model.context_factor,
+        cache=True,
+        device_augment=True,
+    )
     ds.preload()
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
     import torch
@@ -174,8 +250,15 @@ def score_split_cached(ckpt: Path, data: str, split: str, cfg: Any, *, device: s
     amp = torch.bfloat16 if dev.type == "cuda" else None
     pred = predict(model, loader, dev, info.peaks, amp_dtype=amp)
     radius = cfg.metric_radius * ds.scale
-    return {"overall": score(pred, radius), "per_organ": score_by_organ(pred, radius), "num_images": len(pred.preds), "split": split,
-            "model": str(ckpt), "radius_px": radius, "scorer": "cached"}
+    return {
+        "overall": score(pred, radius),
+        "per_organ": score_by_organ(pred, radius),
+        "num_images": len(pred.preds),
+        "split": split,
+        "model": str(ckpt),
+        "radius_px": radius,
+        "scorer": "cached",
+    }
 
 
 def _parse_sets(items: Sequence[str] | None) -> list[tuple[str, Any]]:
@@ -203,7 +286,10 @@ def _data_info(root: str) -> dict[str, Any]:
         sub = pair.get("subset")
         if sub:
             sizes[sub] = sizes.get(sub, 0) + 1
-    return {"splits": sizes, **{k: info[k] for k in ("dataset", "seed", "ambiguity", "generator") if k in info}}
+    return {
+        "splits": sizes,
+        **{k: info[k] for k in ("dataset", "seed", "ambiguity", "generator") if k in info},
+    }
 
 
 def _per_organ(rs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -211,14 +297,27 @@ def _per_organ(rs: list[dict[str, Any]]) -> dict[str, Any]:
     organs = sorted({o for r in rs for o in (r.get("test_per_organ") or {})})
     out = {}
     for organ in organs:
-        vals = [r["test_per_organ"][organ]["mF1"] for r in rs if organ in (r.get("test_per_organ") or {})]
+        vals = [
+            r["test_per_organ"][organ]["mF1"]
+            for r in rs
+            if organ in (r.get("test_per_organ") or {})
+        ]
         m, ci = mean_ci95(vals)
-        out[organ] = {"mean": round(m, 4), "ci95": None if math.isnan(ci) else round(ci, 4), "n": len(vals)}
+        out[organ] = {
+            "mean": round(m, 4),
+            "ci95": None if math.isnan(ci) else round(ci, 4),
+            "n": len(vals),
+        }
     return out
 
 
-def summarise(results: list[dict[str, Any]], args: argparse.Namespace, wall_s: float, search: dict[str, dict[str, float]] | None = None,
-              est: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarise(
+    results: list[dict[str, Any]],
+    args: argparse.Namespace,
+    wall_s: float,
+    search: dict[str, dict[str, float]] | None = None,
+    est: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     from wsi_ocelot.sysinfo import describe_machine
 
     variants: dict[str, Any] = {}
@@ -229,17 +328,27 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, wall_s: f
         tm, tci = mean_ci95([r["test_mF1"] for r in rs])
         vm, vci = mean_ci95([r["val_mF1"] or 0.0 for r in rs])
         variants[v] = {
-            "name": NAMES.get(v, v), "mean": round(tm, 4), "ci95": None if math.isnan(tci) else round(tci, 4),
+            "name": NAMES.get(v, v),
+            "mean": round(tm, 4),
+            "ci95": None if math.isnan(tci) else round(tci, 4),
             "val": {"mean": round(vm, 4), "ci95": None if math.isnan(vci) else round(vci, 4)},
-            "seeds": [r["seed"] for r in rs], "test_mF1": [r["test_mF1"] for r in rs], "val_mF1": [r["val_mF1"] for r in rs],
+            "seeds": [r["seed"] for r in rs],
+            "test_mF1": [r["test_mF1"] for r in rs],
+            "val_mF1": [r["val_mF1"] for r in rs],
             "train_samples_per_s": round(sum(r["train_samples_per_s"] for r in rs) / len(rs), 2),
             "train_wall_s": round(sum(r["train_wall_s"] for r in rs), 1),
-            "lr": rs[0].get("lr"), "lr_search_val_mF1": (search or {}).get(v),
+            "lr": rs[0].get("lr"),
+            "lr_search_val_mF1": (search or {}).get(v),
             "best_epochs": [r.get("best_epoch") for r in rs],
             "per_organ": _per_organ(rs),
         }
     gap = None
-    if "cell_only" in variants and "pred_to_inter2" in variants and variants["cell_only"]["ci95"] is not None and variants["pred_to_inter2"]["ci95"] is not None:
+    if (
+        "cell_only" in variants
+        and "pred_to_inter2" in variants
+        and variants["cell_only"]["ci95"] is not None
+        and variants["pred_to_inter2"]["ci95"] is not None
+    ):
         diff = variants["pred_to_inter2"]["mean"] - variants["cell_only"]["mean"]
         ci_sum = variants["pred_to_inter2"]["ci95"] + variants["cell_only"]["ci95"]
         gap = {"diff": round(diff, 4), "ci_sum": round(ci_sum, 4), "clear": diff > ci_sum}
@@ -249,10 +358,23 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, wall_s: f
         "machine": describe_machine(args.device if args.device != "auto" else None),
         "data": os.fspath(args.data),
         "data_info": _data_info(args.data),
-        "settings": {"epochs": args.epochs, "max_steps": args.max_steps, "tile_size": args.tile_size, "tile_mode": args.tile_mode,
-                     "encoder": args.encoder or "per config (resnet34)", "batch_size": args.batch_size,
-                     "lr": args.lr or (f"searched on validation over {[f'{x:g}' for x in args.lr_grid]}" if search else "per config (1e-3)"),
-                     "encoder_weights": args.encoder_weights or "per config (imagenet)", "seeds": args.seeds, "overrides": dict(_parse_sets(args.set))},
+        "settings": {
+            "epochs": args.epochs,
+            "max_steps": args.max_steps,
+            "tile_size": args.tile_size,
+            "tile_mode": args.tile_mode,
+            "encoder": args.encoder or "per config (resnet34)",
+            "batch_size": args.batch_size,
+            "lr": args.lr
+            or (
+                f"searched on validation over {[f'{x:g}' for x in args.lr_grid]}"
+                if search
+                else "per config (1e-3)"
+            ),
+            "encoder_weights": args.encoder_weights or "per config (imagenet)",
+            "seeds": args.seeds,
+            "overrides": dict(_parse_sets(args.set)),
+        },
         "wall_s": round(wall_s, 1),
         "estimate": est,
         "variants": variants,
@@ -263,7 +385,10 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, wall_s: f
 def _describe_data(info: dict[str, Any]) -> str:
     parts = []
     if info.get("splits"):
-        parts.append("/".join(f"{info['splits'].get(k, 0)}" for k in ("train", "val", "test")) + " train/val/test pairs")
+        parts.append(
+            "/".join(f"{info['splits'].get(k, 0)}" for k in ("train", "val", "test"))
+            + " train/val/test pairs"
+        )
     if "seed" in info:
         parts.append(f"seed {info['seed']}")
     if "ambiguity" in info:
@@ -292,29 +417,66 @@ def to_markdown(table: dict[str, Any]) -> str:
     for v in table["variants"].values():
         lr = "-" if v.get("lr") is None else f"{v['lr']:g}"
         epochs = ", ".join(str(e) for e in v.get("best_epochs") or [])
-        lines.append(f"| {v['name']} | {lr} | {fmt(v['val']['mean'], v['val']['ci95'])} | {fmt(v['mean'], v['ci95'])} | {len(v['seeds'])} | {epochs} | {v['train_samples_per_s']} |")
+        lines.append(
+            f"| {v['name']} | {lr} | {fmt(v['val']['mean'], v['val']['ci95'])} | {fmt(v['mean'], v['ci95'])} | {len(v['seeds'])} | {epochs} | {v['train_samples_per_s']} |"
+        )
     organs = sorted({o for v in table["variants"].values() for o in v.get("per_organ") or {}})
     if organs:
-        lines += ["", "Per organ (paper Table 6), test mF1:", "", "| Method | " + " | ".join(organs) + " |", "| --- |" + " ---: |" * len(organs)]
+        lines += [
+            "",
+            "Per organ (paper Table 6), test mF1:",
+            "",
+            "| Method | " + " | ".join(organs) + " |",
+            "| --- |" + " ---: |" * len(organs),
+        ]
         for v in table["variants"].values():
             po = v.get("per_organ") or {}
-            lines.append(f"| {v['name']} | " + " | ".join(fmt(po[o]["mean"], po[o]["ci95"]) if o in po else "-" for o in organs) + " |")
-    searched = {v["name"]: v["lr_search_val_mF1"] for v in table["variants"].values() if v.get("lr_search_val_mF1")}
+            lines.append(
+                f"| {v['name']} | "
+                + " | ".join(fmt(po[o]["mean"], po[o]["ci95"]) if o in po else "-" for o in organs)
+                + " |"
+            )
+    searched = {
+        v["name"]: v["lr_search_val_mF1"]
+        for v in table["variants"].values()
+        if v.get("lr_search_val_mF1")
+    }
     if searched:
-        lines += ["", "Learning-rate search (first seed, best validation epoch), val mF1: "
-                  + "; ".join(f"{name}: " + ", ".join(f"{lr} → {100 * m:.2f}" for lr, m in sc.items()) for name, sc in searched.items()) + "."]
+        lines += [
+            "",
+            "Learning-rate search (first seed, best validation epoch), val mF1: "
+            + "; ".join(
+                f"{name}: " + ", ".join(f"{lr} → {100 * m:.2f}" for lr, m in sc.items())
+                for name, sc in searched.items()
+            )
+            + ".",
+        ]
     if table.get("estimate"):
         from training.estimate import format_duration
 
-        lines += ["", f"Estimated before training (from {table['estimate']['timed_steps']} timed steps per variant): {format_duration(table['estimate']['total_s'])}."]
+        lines += [
+            "",
+            f"Estimated before training (from {table['estimate']['timed_steps']} timed steps per variant): {format_duration(table['estimate']['total_s'])}.",
+        ]
     gap = table.get("gap")
     if gap:
-        verdict = "above the two CIs together" if gap["clear"] else "inside the confidence intervals"
-        lines += ["", f"Pred-to-inter-2 − Cell-only = {100 * gap['diff']:.2f} points; the two 95 % CIs together = {100 * gap['ci_sum']:.2f} points: **{verdict}**."]
+        verdict = (
+            "above the two CIs together" if gap["clear"] else "inside the confidence intervals"
+        )
+        lines += [
+            "",
+            f"Pred-to-inter-2 − Cell-only = {100 * gap['diff']:.2f} points; the two 95 % CIs together = {100 * gap['ci_sum']:.2f} points: **{verdict}**.",
+        ]
     if "demo" in table:
         d = table["demo"]
-        lines += ["", f"Demo checkpoint (`{d.get('checkpoint', 'demo')}`): test mF1 {100 * d['mean']:.2f} on `{d.get('data', table['data'])}`."]
-    lines += ["", "mF1 in %, mean ± half-width of the 95 % confidence interval over seeds (as in the paper)."]
+        lines += [
+            "",
+            f"Demo checkpoint (`{d.get('checkpoint', 'demo')}`): test mF1 {100 * d['mean']:.2f} on `{d.get('data', table['data'])}`.",
+        ]
+    lines += [
+        "",
+        "mF1 in %, mean ± half-width of the 95 % confidence interval over seeds (as in the paper).",
+    ]
     if table.get("note"):
         lines += ["", table["note"]]
     return "\n".join(lines) + "\n"
@@ -338,18 +500,47 @@ def estimate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         cfg = run_config(v, args.seeds[0], args, out / "_estimate" / v)
         timing = time_steps(cfg, args.estimate_steps)
         run_s = timing.run_s(cfg, test_pairs)
-        per_variant[v] = {"step_s": round(timing.step_s, 4), "val_batch_s": round(timing.val_batch_s, 4), "run_s": round(run_s, 1), "runs": runs,
-                          "device": timing.device, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "train_pairs": timing.train_pairs}
-        log.info("estimate %s: %.3f s/step, %.3f s/validation batch (batch %d, %s) → %s per run × %d runs",
-                 v, timing.step_s, timing.val_batch_s, cfg.batch_size, timing.device, format_duration(run_s), runs)
+        per_variant[v] = {
+            "step_s": round(timing.step_s, 4),
+            "val_batch_s": round(timing.val_batch_s, 4),
+            "run_s": round(run_s, 1),
+            "runs": runs,
+            "device": timing.device,
+            "batch_size": cfg.batch_size,
+            "epochs": cfg.epochs,
+            "train_pairs": timing.train_pairs,
+        }
+        log.info(
+            "estimate %s: %.3f s/step, %.3f s/validation batch (batch %d, %s) → %s per run × %d runs",
+            v,
+            timing.step_s,
+            timing.val_batch_s,
+            cfg.batch_size,
+            timing.device,
+            format_duration(run_s),
+            runs,
+        )
     total = sum(p["run_s"] * p["runs"] for p in per_variant.values())
-    log.info("estimated total: %s on %s for %d variants × %d runs (%d learning-rates searched, %d seeds), from %d timed steps each",
-             format_duration(total), next(iter(per_variant.values()))["device"] if per_variant else args.device, len(args.variants), runs,
-             n_search, len(args.seeds), args.estimate_steps)
-    return {"total_s": round(total, 1), "per_variant": per_variant, "timed_steps": args.estimate_steps}
+    log.info(
+        "estimated total: %s on %s for %d variants × %d runs (%d learning-rates searched, %d seeds), from %d timed steps each",
+        format_duration(total),
+        next(iter(per_variant.values()))["device"] if per_variant else args.device,
+        len(args.variants),
+        runs,
+        n_search,
+        len(args.seeds),
+        args.estimate_steps,
+    )
+    return {
+        "total_s": round(total, 1),
+        "per_variant": per_variant,
+        "timed_steps": args.estimate_steps,
+    }
 
 
-def choose_lrs(args: argparse.Namespace, out: Path) -> tuple[dict[str, float | None], dict[str, dict[str, float]]]:
+def choose_lrs(
+    args: argparse.Namespace, out: Path
+) -> tuple[dict[str, float | None], dict[str, dict[str, float]]]:
     """The paper's learning-rate search on validation (§6.2, within [5e-5, 2e-3]): every
     variant trained once per ``--lr-grid`` value with the first seed; the value with the best
     validation mF1 (best epoch) is used for all seeds (its run is reused for the first seed).
@@ -361,7 +552,9 @@ def choose_lrs(args: argparse.Namespace, out: Path) -> tuple[dict[str, float | N
         return {v: None for v in args.variants}, {}
     bad = [lr for lr in args.lr_grid if not PAPER_LR_RANGE[0] <= lr <= PAPER_LR_RANGE[1]]
     if bad:
-        raise SystemExit(f"--lr-grid {bad}: outside the paper's range [{PAPER_LR_RANGE[0]:g}, {PAPER_LR_RANGE[1]:g}]; pick values inside it")
+        raise SystemExit(
+            f"--lr-grid {bad}: outside the paper's range [{PAPER_LR_RANGE[0]:g}, {PAPER_LR_RANGE[1]:g}]; pick values inside it"
+        )
     chosen: dict[str, float | None] = {}
     search: dict[str, dict[str, float]] = {}
     seed = args.seeds[0]
@@ -372,21 +565,38 @@ def choose_lrs(args: argparse.Namespace, out: Path) -> tuple[dict[str, float | N
             if r is not None:
                 scores[lr] = r["val_mF1"] or 0.0
         if not scores:
-            raise SystemExit(f"{v}: no learning-rate search run finished in {out}; run without --reuse-only")
+            raise SystemExit(
+                f"{v}: no learning-rate search run finished in {out}; run without --reuse-only"
+            )
         chosen[v] = max(scores, key=lambda lr: scores[lr])
         search[v] = {f"{lr:g}": round(m, 4) for lr, m in scores.items()}
-        log.info("%s: learning rate %g chosen on validation (%s)", v, chosen[v], ", ".join(f"{lr:g}: {m:.4f}" for lr, m in scores.items()))
+        log.info(
+            "%s: learning rate %g chosen on validation (%s)",
+            v,
+            chosen[v],
+            ", ".join(f"{lr:g}: {m:.4f}" for lr, m in scores.items()),
+        )
     return chosen, search
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.reproduce",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", required=True, help="OCELOT-layout dataset root (train/val/test)")
-    p.add_argument("--out", required=True, help="folder for the runs (one sub-folder per variant and seed)")
-    p.add_argument("--results", default=None, help="where to write synthetic_table5.json/.md (default: --out)")
+    p.add_argument(
+        "--out", required=True, help="folder for the runs (one sub-folder per variant and seed)"
+    )
+    p.add_argument(
+        "--results", default=None, help="where to write synthetic_table5.json/.md (default: --out)"
+    )
     p.add_argument("--name", default="synthetic_table5", help="file stem of the results")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(NAMES))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="the paper: 5 seeds")
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="the paper: 5 seeds"
+    )
     p.add_argument("--epochs", type=int, default=None, help="default: each config's (300)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--tile-size", type=int, default=None)
@@ -394,33 +604,82 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="a fixed learning rate (no search)")
-    p.add_argument("--lr-grid", type=float, nargs="+", default=[5e-5, 2e-4, 6e-4, 2e-3], dest="lr_grid",
-                   help="learning rates searched on validation with the first seed (the paper: within [5e-5, 2e-3])")
-    p.add_argument("--encoder-weights", dest="encoder_weights", default=None, metavar="imagenet|PATH|none",
-                   help="how the encoders start (default: each config's, imagenet)")
-    p.add_argument("--estimate-steps", type=int, default=3, help="timed steps per variant for the time estimate")
+    p.add_argument(
+        "--lr-grid",
+        type=float,
+        nargs="+",
+        default=[5e-5, 2e-4, 6e-4, 2e-3],
+        dest="lr_grid",
+        help="learning rates searched on validation with the first seed (the paper: within [5e-5, 2e-3])",
+    )
+    p.add_argument(
+        "--encoder-weights",
+        dest="encoder_weights",
+        default=None,
+        metavar="imagenet|PATH|none",
+        help="how the encoders start (default: each config's, imagenet)",
+    )
+    p.add_argument(
+        "--estimate-steps",
+        type=int,
+        default=3,
+        help="timed steps per variant for the time estimate",
+    )
     p.add_argument("--estimate-only", action="store_true", help="print the time estimate and stop")
     p.add_argument("--no-estimate", action="store_true", help="skip the time estimate")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--cache", action="store_true", help="keep decoded pairs in memory (faster epochs)")
+    p.add_argument(
+        "--cache", action="store_true", help="keep decoded pairs in memory (faster epochs)"
+    )
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--test-split", default="test")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field for every run (YAML value; one level of nesting: peaks.sigma=1.0)")
-    p.add_argument("--demo", default=None, help="also score this checkpoint on the test split and record it as the 'demo' entry")
-    p.add_argument("--demo-record", default=None, help="a JSON with a recorded 'demo' entry (or an evaluate result) to copy in as the 'demo' entry")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field for every run (YAML value; one level of nesting: peaks.sigma=1.0)",
+    )
+    p.add_argument(
+        "--demo",
+        default=None,
+        help="also score this checkpoint on the test split and record it as the 'demo' entry",
+    )
+    p.add_argument(
+        "--demo-record",
+        default=None,
+        help="a JSON with a recorded 'demo' entry (or an evaluate result) to copy in as the 'demo' entry",
+    )
     p.add_argument("--note", nargs="+", default=None, help="a sentence written under the table")
-    p.add_argument("--deadline-s", type=float, default=None, help="start no further seed after this many seconds (each seed runs every variant)")
-    p.add_argument("--reuse-only", action="store_true", help="train nothing: summarise the runs in --out that finished (e.g. after parallel parts)")
-    p.add_argument("--started-at", type=float, default=None, help="Unix time the study began (the wall time is counted from it; default: now)")
+    p.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="start no further seed after this many seconds (each seed runs every variant)",
+    )
+    p.add_argument(
+        "--reuse-only",
+        action="store_true",
+        help="train nothing: summarise the runs in --out that finished (e.g. after parallel parts)",
+    )
+    p.add_argument(
+        "--started-at",
+        type=float,
+        default=None,
+        help="Unix time the study began (the wall time is counted from it; default: now)",
+    )
     return p.parse_args(argv)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_dir = Path(args.results) if args.results else out
@@ -437,7 +696,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     for seed in args.seeds:  # seed-major: an interrupted study still has every variant
         if args.deadline_s is not None and time.perf_counter() - t0 > args.deadline_s:
-            log.warning("deadline %.0f s passed: seeds from %d on are not started", args.deadline_s, seed)
+            log.warning(
+                "deadline %.0f s passed: seeds from %d on are not started", args.deadline_s, seed
+            )
             break
         for v in args.variants:
             r = run_one(v, seed, args, run_dir_for(out, v, seed, lrs[v]), lr=lrs[v])
@@ -455,14 +716,33 @@ def cli(argv: Sequence[str] | None = None) -> int:
         if "demo" in rec:
             table["demo"] = rec["demo"]
         elif "overall" in rec:
-            table["demo"] = {"checkpoint": rec.get("model", "demo"), "data": rec.get("data", "recorded"), "mean": rec["overall"]["mF1"], "test": rec["overall"]}
+            table["demo"] = {
+                "checkpoint": rec.get("model", "demo"),
+                "data": rec.get("data", "recorded"),
+                "mean": rec["overall"]["mF1"],
+                "test": rec["overall"],
+            }
         else:
-            raise SystemExit(f"--demo-record {args.demo_record}: no 'demo' entry and no 'overall' score in it")
+            raise SystemExit(
+                f"--demo-record {args.demo_record}: no 'demo' entry and no 'overall' score in it"
+            )
     if args.demo:
         from wsi_ocelot.evaluation import evaluate_dataset
 
-        d = evaluate_dataset(args.demo, args.data, args.test_split, device=args.device, batch_size=args.eval_batch_size, runtime="torch")
-        table["demo"] = {"checkpoint": os.fspath(args.demo), "data": os.fspath(args.data), "mean": d["overall"]["mF1"], "test": d["overall"]}
+        d = evaluate_dataset(
+            args.demo,
+            args.data,
+            args.test_split,
+            device=args.device,
+            batch_size=args.eval_batch_size,
+            runtime="torch",
+        )
+        table["demo"] = {
+            "checkpoint": os.fspath(args.demo),
+            "data": os.fspath(args.data),
+            "mean": d["overall"]["mF1"],
+            "test": d["overall"],
+        }
     write_json(results_dir / f"{args.name}.json", table)
     write_text(results_dir / f"{args.name}.md", to_markdown(table))
     print(to_markdown(table))

@@ -31,13 +31,20 @@ log = logging.getLogger("training.show_labels")
 TC_COLOUR, BC_COLOUR = (220, 20, 20), (20, 170, 60)
 
 
-def _cell_panel(rgb: np.ndarray, cells: np.ndarray, mask: np.ndarray | None, size: int) -> Image.Image:
+def _cell_panel(
+    rgb: np.ndarray, cells: np.ndarray, mask: np.ndarray | None, size: int
+) -> Image.Image:
     img = rgb.astype(np.float32)
     if mask is not None:
         img[~mask] = img[~mask] * 0.35 + 255 * 0.1  # unknown: dimmed
     im = Image.fromarray(img.clip(0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
     if mask is not None:  # the mask's edge, yellow
-        m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
+        m = (
+            np.asarray(
+                Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
+            )
+            > 0
+        )
         edge = (m ^ np.roll(m, 1, 0)) | (m ^ np.roll(m, 1, 1))
         edge[0, :] = edge[:, 0] = False
         arr = np.asarray(im).copy()
@@ -52,7 +59,9 @@ def _cell_panel(rgb: np.ndarray, cells: np.ndarray, mask: np.ndarray | None, siz
     return im
 
 
-def _tissue_panel(rgb: np.ndarray, label: np.ndarray, offset: tuple[float, float], size: int) -> Image.Image:
+def _tissue_panel(
+    rgb: np.ndarray, label: np.ndarray, offset: tuple[float, float], size: int
+) -> Image.Image:
     img = rgb.astype(np.float32)
     ca, unknown = label == 2, label == 255
     img[ca] = img[ca] * 0.6 + np.array([230, 40, 40]) * 0.4
@@ -61,11 +70,19 @@ def _tissue_panel(rgb: np.ndarray, label: np.ndarray, offset: tuple[float, float
     d = ImageDraw.Draw(im)
     side = size / 4  # the cell tile's field of view in its 4x context
     cx, cy = offset[0] * size, offset[1] * size
-    d.rectangle((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), outline=(0, 0, 0), width=2)
+    d.rectangle(
+        (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), outline=(0, 0, 0), width=2
+    )
     return im
 
 
-def render(root: str | Path, split: str = "train", pairs: int = 3, size: int = 320, ids: Sequence[str] | None = None) -> Image.Image:
+def render(
+    root: str | Path,
+    split: str = "train",
+    pairs: int = 3,
+    size: int = 320,
+    ids: Sequence[str] | None = None,
+) -> Image.Image:
     """One row per pair: the cell panel and the tissue panel, ``size`` px each."""
     recs = list_pairs(root, split)
     if ids:
@@ -75,7 +92,9 @@ def render(root: str | Path, split: str = "train", pairs: int = 3, size: int = 3
     for i, r in enumerate(recs):
         mask = read_cell_mask(r.cell_mask) if r.cell_mask else None
         cell = _cell_panel(read_rgb(r.cell_image), read_cell_csv(r.cell_csv), mask, size)
-        tissue = _tissue_panel(read_rgb(r.tissue_image), read_tissue_png(r.tissue_png), r.offset, size)
+        tissue = _tissue_panel(
+            read_rgb(r.tissue_image), read_tissue_png(r.tissue_png), r.offset, size
+        )
         canvas.paste(cell, (10, 10 + i * (size + 10)))
         canvas.paste(tissue, (size + 20, 10 + i * (size + 10)))
     return canvas

@@ -21,7 +21,11 @@ import torch
 from torch import Tensor
 
 #: Rows: the RGB optical densities of haematoxylin, eosin and DAB (``skimage.color.rgb_from_hed``).
-RGB_FROM_HED: tuple[tuple[float, float, float], ...] = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+RGB_FROM_HED: tuple[tuple[float, float, float], ...] = (
+    (0.65, 0.70, 0.29),
+    (0.07, 0.99, 0.11),
+    (0.27, 0.57, 0.78),
+)
 _EPS = 1e-6
 
 
@@ -45,7 +49,11 @@ def hed_to_rgb(stains: Tensor) -> Tensor:
     return torch.exp(-od).clamp(0.0, 1.0)
 
 
-def hed_jitter(img: Tensor, scale: Tensor | tuple[float, float, float], shift: Tensor | tuple[float, float, float]) -> Tensor:
+def hed_jitter(
+    img: Tensor,
+    scale: Tensor | tuple[float, float, float],
+    shift: Tensor | tuple[float, float, float],
+) -> Tensor:
     """Each stain's amount ``s → scale · s + shift`` (``(3,)`` each, H, E, D) of a ``(3, H, W)`` image."""
     s = rgb_to_hed(img)
     scale_t = torch.as_tensor(scale, dtype=s.dtype, device=s.device).view(3, 1, 1)

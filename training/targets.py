@@ -70,5 +70,7 @@ def mask_cell_target(target: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return target
     if mask.shape != target.shape:
-        raise ValueError(f"cell mask {tuple(mask.shape)} and cell target {tuple(target.shape)} differ in shape")
+        raise ValueError(
+            f"cell mask {tuple(mask.shape)} and cell target {tuple(target.shape)} differ in shape"
+        )
     return target.masked_fill(~mask.bool(), CELL_IGNORE)

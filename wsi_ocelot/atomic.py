@@ -25,19 +25,38 @@ from wsi_ocelot.errors import OutputWriteError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StreamedFile", "StreamedWriter", "atomic_open", "atomic_path", "commit_temp", "discard_temp", "open_temp", "partial_folder", "publish_folder",
-           "write_bytes", "write_json", "write_text"]
+__all__ = [
+    "StreamedFile",
+    "StreamedWriter",
+    "atomic_open",
+    "atomic_path",
+    "commit_temp",
+    "discard_temp",
+    "open_temp",
+    "partial_folder",
+    "publish_folder",
+    "write_bytes",
+    "write_json",
+    "write_text",
+]
 
 
 def _temp_name(final: Path) -> Path:
     folder = final.parent if str(final.parent) else Path(".")
     if not folder.is_dir():
-        raise OutputWriteError(final, "the output folder does not exist", f"create {folder} first or choose another --out")
+        raise OutputWriteError(
+            final,
+            "the output folder does not exist",
+            f"create {folder} first or choose another --out",
+        )
     try:
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=folder)
     except OSError as err:
-        raise OutputWriteError(final, f"cannot create a file in {folder} ({err.strerror or err})",
-                               "choose a writable output folder") from err
+        raise OutputWriteError(
+            final,
+            f"cannot create a file in {folder} ({err.strerror or err})",
+            "choose a writable output folder",
+        ) from err
     os.close(fd)
     return Path(name)
 
@@ -144,7 +163,12 @@ class StreamedWriter:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -168,7 +192,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str = "utf-8") -> Iterator[Any]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "wb", encoding: str = "utf-8"
+) -> Iterator[Any]:
     """``with atomic_open(p) as fh:`` writes to a temporary file that becomes ``p`` only when
     the block ends without an exception; ``mode`` is ``"wb"`` or ``"w"`` (text, ``encoding``)."""
     if mode not in ("wb", "w"):

@@ -43,11 +43,21 @@ class GeometryConfig:
 
     def __post_init__(self) -> None:
         if self.cell_mpp <= 0 or self.tissue_mpp <= 0:
-            raise ConfigError(None, f"cell_mpp and tissue_mpp must be > 0, got {self.cell_mpp}, {self.tissue_mpp}", "give positive µm/px values")
+            raise ConfigError(
+                None,
+                f"cell_mpp and tissue_mpp must be > 0, got {self.cell_mpp}, {self.tissue_mpp}",
+                "give positive µm/px values",
+            )
         if self.tile_size < 16:
-            raise ConfigError(None, f"tile_size must be >= 16, got {self.tile_size}", "use a tile size such as 1024")
+            raise ConfigError(
+                None,
+                f"tile_size must be >= 16, got {self.tile_size}",
+                "use a tile size such as 1024",
+            )
         if self.context_factor < 1:
-            raise ConfigError(None, f"context_factor must be >= 1, got {self.context_factor}", "use 4 (OCELOT)")
+            raise ConfigError(
+                None, f"context_factor must be >= 1, got {self.context_factor}", "use 4 (OCELOT)"
+            )
         ratio = self.tissue_mpp / self.cell_mpp
         if abs(ratio - self.context_factor) > 0.02 * self.context_factor:
             raise ConfigError(
@@ -56,10 +66,21 @@ class GeometryConfig:
                 "set tissue_mpp = cell_mpp * context_factor",
             )
         if self.tile_size % self.context_factor:
-            raise ConfigError(None, f"tile_size {self.tile_size} is not divisible by context_factor {self.context_factor}", "pick a tile size that is a multiple of the context factor")
-        for name, margin in (("cell_margin", self.cell_margin), ("tissue_margin", self.tissue_margin)):
+            raise ConfigError(
+                None,
+                f"tile_size {self.tile_size} is not divisible by context_factor {self.context_factor}",
+                "pick a tile size that is a multiple of the context factor",
+            )
+        for name, margin in (
+            ("cell_margin", self.cell_margin),
+            ("tissue_margin", self.tissue_margin),
+        ):
             if margin < 0 or 2 * margin >= self.tile_size:
-                raise ConfigError(None, f"{name} must be in [0, tile_size/2), got {margin}", f"use a margin below {self.tile_size // 2}")
+                raise ConfigError(
+                    None,
+                    f"{name} must be in [0, tile_size/2), got {margin}",
+                    f"use a margin below {self.tile_size // 2}",
+                )
 
     @property
     def cell_stride(self) -> int:
@@ -117,7 +138,13 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, *, source: str | os.PathLike[str] | None = None, where: str = "") -> T:
+def from_dict(
+    cls: type[T],
+    data: dict[str, Any] | None,
+    *,
+    source: str | os.PathLike[str] | None = None,
+    where: str = "",
+) -> T:
     """Build the frozen dataclass ``cls`` from a mapping; unknown keys are an error.
 
     Nested dataclass fields are built from nested mappings; tuples from lists.
@@ -139,7 +166,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, source: str | os.Pat
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if _is_dataclass_type(tp) and isinstance(value, dict):
             value = from_dict(tp, value, source=source, where=f"{where}.{name}" if where else name)
-        elif origin in (types.UnionType, typing.Union) and len(args) == 1 and _is_dataclass_type(args[0]) and isinstance(value, dict):
+        elif (
+            origin in (types.UnionType, typing.Union)
+            and len(args) == 1
+            and _is_dataclass_type(args[0])
+            and isinstance(value, dict)
+        ):
             value = from_dict(args[0], value, source=source, where=name)
         elif (origin is tuple or tp is tuple) and isinstance(value, list):
             value = tuple(value)
@@ -149,7 +181,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, source: str | os.Pat
     except ConfigError as err:
         raise ConfigError(source, err.problem, err.fix) from err
     except TypeError as err:
-        raise ConfigError(source, f"invalid config for {cls.__name__}: {err}", "check the value types") from err
+        raise ConfigError(
+            source, f"invalid config for {cls.__name__}: {err}", "check the value types"
+        ) from err
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -160,11 +194,15 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(p, f"not valid YAML ({str(err).splitlines()[0]})", "fix the YAML syntax") from err
+        raise ConfigError(
+            p, f"not valid YAML ({str(err).splitlines()[0]})", "fix the YAML syntax"
+        ) from err
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(p, f"top level must be a mapping, got {type(data).__name__}", "write 'key: value' lines")
+        raise ConfigError(
+            p, f"top level must be a mapping, got {type(data).__name__}", "write 'key: value' lines"
+        )
     return data
 
 

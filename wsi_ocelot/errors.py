@@ -77,8 +77,12 @@ class DiskFullError(OutputWriteError):
     @classmethod
     def under(cls, out_dir: str | os.PathLike[str], problem: str) -> DiskFullError:
         """``problem`` writing under ``out_dir``, with the one fix: free space, then run again."""
-        return cls(out_dir, problem, f"free space on the disk of {out_dir} (or choose another --out), then run the same "
-                                     "command again: finished slides are kept")
+        return cls(
+            out_dir,
+            problem,
+            f"free space on the disk of {out_dir} (or choose another --out), then run the same "
+            "command again: finished slides are kept",
+        )
 
 
 def disk_full_reason(err: BaseException | None) -> str | None:

@@ -43,7 +43,9 @@ from wsi_ocelot.weights import resolve_model
 log = logging.getLogger(__name__)
 
 
-def _target_size(image_size: int, data_mpp: float | None, ckpt_mpp: float, multiple: int = 32) -> int | None:
+def _target_size(
+    image_size: int, data_mpp: float | None, ckpt_mpp: float, multiple: int = 32
+) -> int | None:
     """The image size that brings the data to the checkpoint's cell MPP, or None (as is)."""
     if data_mpp is None or abs(data_mpp / ckpt_mpp - 1.0) <= 0.05:
         return None
@@ -58,7 +60,11 @@ def data_name(root: str | os.PathLike[str]) -> str:
         meta = json.loads((Path(root) / "metadata.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         meta = {}
-    general = meta.get("general_info") if isinstance(meta, dict) and isinstance(meta.get("general_info"), dict) else {}
+    general = (
+        meta.get("general_info")
+        if isinstance(meta, dict) and isinstance(meta.get("general_info"), dict)
+        else {}
+    )
     for value in (general.get("dataset"), general.get("name")):
         if isinstance(value, str) and value.strip():
             return value.strip()
@@ -75,7 +81,9 @@ def _resize_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
 def _to_tensor(img: np.ndarray, size: int | None) -> torch.Tensor:
     t = torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0)
     if size is not None and size != t.shape[-1]:
-        t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
+        t = F.interpolate(
+            t[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )[0].clamp_(0, 1)
     return t
 
 
@@ -129,19 +137,39 @@ def evaluate_dataset(
     size = _target_size(size0, records[0].cell_mpp, info.geometry.cell_mpp)
     scale = (size / size0) if size else 1.0
     if size:
-        log.info("resizing %s images from %d to %d px to match the checkpoint's cell MPP %.3f", split, size0, size, info.geometry.cell_mpp)
+        log.info(
+            "resizing %s images from %d to %d px to match the checkpoint's cell MPP %.3f",
+            split,
+            size0,
+            size,
+            info.geometry.cell_mpp,
+        )
     needs_label = bool(getattr(model, "needs_tissue_label", False))
     tile = size or size0
-    if tile != info.geometry.tile_size:  # the exported graphs are built for the checkpoint's tile size: torch runs these
+    if (
+        tile != info.geometry.tile_size
+    ):  # the exported graphs are built for the checkpoint's tile size: torch runs these
         if runtime not in ("auto", "torch") or precision == "int8":
-            raise WsiOcelotError(data_root, f"the {split} images are {tile} px and the checkpoint's tiles {info.geometry.tile_size} px; "
-                                 f"--runtime {runtime} --precision {precision} runs graphs built for the checkpoint's tiles",
-                                 "use --runtime torch (or auto) with --precision fp32 or auto for this data")
+            raise WsiOcelotError(
+                data_root,
+                f"the {split} images are {tile} px and the checkpoint's tiles {info.geometry.tile_size} px; "
+                f"--runtime {runtime} --precision {precision} runs graphs built for the checkpoint's tiles",
+                "use --runtime torch (or auto) with --precision fp32 or auto for this data",
+            )
         runtime = "torch"
-    choice, backend = choose_runtime(model, info, str(model_path), dev, runtime, precision,
-                                     two_pass=bool(getattr(model, "supports_two_pass", True)) and not needs_label)
+    choice, backend = choose_runtime(
+        model,
+        info,
+        str(model_path),
+        dev,
+        runtime,
+        precision,
+        two_pass=bool(getattr(model, "supports_two_pass", True)) and not needs_label,
+    )
     log.info("the forward pass runs in %s", describe_runtime(choice))
-    amp = autocast(dev, torch.bfloat16 if choice.precision == "bf16" else None)  # what choose_runtime decided, on either device
+    amp = autocast(
+        dev, torch.bfloat16 if choice.precision == "bf16" else None
+    )  # what choose_runtime decided, on either device
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []
     masks: list[np.ndarray | None] = []
@@ -149,7 +177,7 @@ def evaluate_dataset(
     labelled_px = total_px = 0
     labelled_um2 = 0.0
     for i in range(0, len(records), batch_size):
-        chunk = records[i:i + batch_size]
+        chunk = records[i : i + batch_size]
         cell = torch.stack([_to_tensor(read_rgb(r.cell_image), size) for r in chunk]).to(dev)
         tissue = torch.stack([_to_tensor(read_rgb(r.tissue_image), size) for r in chunk]).to(dev)
         offset = torch.tensor([r.offset for r in chunk], dtype=torch.float32, device=dev)
@@ -157,7 +185,12 @@ def evaluate_dataset(
         if needs_label:
             labs = [torch.from_numpy(read_tissue_png(r.tissue_png).astype(np.int64)) for r in chunk]
             if size:
-                labs = [F.interpolate(x[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long() for x in labs]
+                labs = [
+                    F.interpolate(x[None, None].float(), size=(size, size), mode="nearest-exact")[
+                        0, 0
+                    ].long()
+                    for x in labs
+                ]
             label = torch.stack(labs).to(dev)
         if backend is not None:
             probs = _backend_pair_probs(backend, model, cell, tissue, offset)
@@ -176,11 +209,16 @@ def evaluate_dataset(
             if r.cell_mask is not None:
                 full = read_cell_mask(r.cell_mask)
                 if full.shape != (size0, size0):
-                    raise DatasetError(r.cell_mask, f"cell mask is {full.shape[1]}×{full.shape[0]} px, the cell images {size0}×{size0}",
-                                       "use the mask that belongs to this cell image (same size, cell-patch px)")
+                    raise DatasetError(
+                        r.cell_mask,
+                        f"cell mask is {full.shape[1]}×{full.shape[0]} px, the cell images {size0}×{size0}",
+                        "use the mask that belongs to this cell image (same size, cell-patch px)",
+                    )
                 labelled_px += int(full.sum())
                 total_px += full.size
-                labelled_um2 += float(full.sum()) * (r.cell_mpp or info.geometry.cell_mpp * scale) ** 2
+                labelled_um2 += (
+                    float(full.sum()) * (r.cell_mpp or info.geometry.cell_mpp * scale) ** 2
+                )
                 mask = _resize_mask(full, size)
             masks.append(mask)
     radius = DISTANCE_CUTOFF * scale
@@ -192,30 +230,56 @@ def evaluate_dataset(
             groups[organ].append(k)
     result = {
         "overall": evaluate(preds, gts, radius, masks=mask_arg).to_dict(),
-        "per_organ": {o: evaluate([preds[k] for k in idx], [gts[k] for k in idx], radius,
-                                  masks=None if mask_arg is None else [masks[k] for k in idx]).to_dict() for o, idx in sorted(groups.items())},
+        "per_organ": {
+            o: evaluate(
+                [preds[k] for k in idx],
+                [gts[k] for k in idx],
+                radius,
+                masks=None if mask_arg is None else [masks[k] for k in idx],
+            ).to_dict()
+            for o, idx in sorted(groups.items())
+        },
         "num_images": len(preds),
         "split": split,
         "model": os.fspath(model_path),
         "radius_px": radius,
         "data": data_name(data_root),
         "runtime": choice.to_json(),
-        "masks": None if not n_masked else {"pairs": n_masked, "labelled_mm2": round(labelled_um2 / 1e6, 6),
-                                            "labelled_fraction": round(labelled_px / total_px, 4)},
+        "masks": None
+        if not n_masked
+        else {
+            "pairs": n_masked,
+            "labelled_mm2": round(labelled_um2 / 1e6, 6),
+            "labelled_fraction": round(labelled_px / total_px, 4),
+        },
     }
-    log.info("%s on %s/%s: mF1 %.4f over %d images%s", os.fspath(model_path), os.fspath(data_root), split, result["overall"]["mF1"], len(preds),
-             f"; {masks_line(result)}" if n_masked else "")
+    log.info(
+        "%s on %s/%s: mF1 %.4f over %d images%s",
+        os.fspath(model_path),
+        os.fspath(data_root),
+        split,
+        result["overall"]["mF1"],
+        len(preds),
+        f"; {masks_line(result)}" if n_masked else "",
+    )
     return result
 
 
-def _backend_pair_probs(backend: Backend, model: torch.nn.Module, cell: torch.Tensor, tissue: torch.Tensor,
-                        offset: torch.Tensor) -> torch.Tensor:
+def _backend_pair_probs(
+    backend: Backend,
+    model: torch.nn.Module,
+    cell: torch.Tensor,
+    tissue: torch.Tensor,
+    offset: torch.Tensor,
+) -> torch.Tensor:
     """A pair's cell probabilities from a runtime backend: the tissue graph on the context, its
     crop over the cell patch (as in training), resized to the injection point, then the cell graph."""
     tile = cell.shape[-1]
     inj = None
     if injection_size(model, tile) is not None:
-        inj = crop_injection(model, backend.tissue(tissue.cpu().float().numpy()), tile, offset.cpu())
+        inj = crop_injection(
+            model, backend.tissue(tissue.cpu().float().numpy()), tile, offset.cpu()
+        )
     return torch.from_numpy(backend.cell(cell.cpu().float().numpy(), inj))
 
 
@@ -226,8 +290,10 @@ def masks_line(result: dict[str, Any]) -> str:
     n = result.get("num_images")
     if not m:
         return f"all {n} pairs labelled everywhere"
-    return (f"{m['pairs']} of {n} pairs scored within region masks (labelled area {m['labelled_mm2']:.4f} mm², "
-            f"{100 * m['labelled_fraction']:.0f} % of those pairs; detections outside the masks not counted)")
+    return (
+        f"{m['pairs']} of {n} pairs scored within region masks (labelled area {m['labelled_mm2']:.4f} mm², "
+        f"{100 * m['labelled_fraction']:.0f} % of those pairs; detections outside the masks not counted)"
+    )
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -236,11 +302,16 @@ def format_result(result: dict[str, Any]) -> str:
     head = [f"{result['model']} on {result['split']} ({result['num_images']} images)"]
     if result.get("masks"):
         head.append(masks_line(result))
-    lines = [*head, "",
-             f"{'subset':<16}{'mF1':>8}{'BC P':>8}{'BC R':>8}{'BC F1':>8}{'TC P':>8}{'TC R':>8}{'TC F1':>8}"]
+    lines = [
+        *head,
+        "",
+        f"{'subset':<16}{'mF1':>8}{'BC P':>8}{'BC R':>8}{'BC F1':>8}{'TC P':>8}{'TC R':>8}{'TC F1':>8}",
+    ]
     for name, s in rows:
-        lines.append(f"{name:<16}{s['mF1']:>8.4f}{s['BC']['precision']:>8.4f}{s['BC']['recall']:>8.4f}{s['BC']['f1']:>8.4f}"
-                     f"{s['TC']['precision']:>8.4f}{s['TC']['recall']:>8.4f}{s['TC']['f1']:>8.4f}")
+        lines.append(
+            f"{name:<16}{s['mF1']:>8.4f}{s['BC']['precision']:>8.4f}{s['BC']['recall']:>8.4f}{s['BC']['f1']:>8.4f}"
+            f"{s['TC']['precision']:>8.4f}{s['TC']['recall']:>8.4f}{s['TC']['f1']:>8.4f}"
+        )
     return "\n".join(lines)
 
 
@@ -260,10 +331,19 @@ def recorded_metrics(model_path: str | os.PathLike[str]) -> dict[str, Any]:
     info = read_checkpoint_info(model_path)
     per_split = info.metrics.get("per_split") or {}
     if not per_split:
-        raise CheckpointError(model_path, "the checkpoint records no per-split metrics (no model card: trained before the training report, or without validation)",
-                              "score it on data instead: wsi-ocelot evaluate --data ROOT --split test --model CKPT")
-    return {"model": os.fspath(model_path), "best_epoch": info.metrics.get("best_epoch"), "val_mF1": info.metrics.get("val_mF1"),
-            "validated_on": _validated_on(info.training, info.metrics), "parent": info.training.get("parent"), "per_split": per_split}
+        raise CheckpointError(
+            model_path,
+            "the checkpoint records no per-split metrics (no model card: trained before the training report, or without validation)",
+            "score it on data instead: wsi-ocelot evaluate --data ROOT --split test --model CKPT",
+        )
+    return {
+        "model": os.fspath(model_path),
+        "best_epoch": info.metrics.get("best_epoch"),
+        "val_mF1": info.metrics.get("val_mF1"),
+        "validated_on": _validated_on(info.training, info.metrics),
+        "parent": info.training.get("parent"),
+        "per_split": per_split,
+    }
 
 
 def _validated_on(training: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any] | None:
@@ -278,7 +358,14 @@ def _validated_on(training: dict[str, Any], metrics: dict[str, Any]) -> dict[str
     card_data = (training.get("card") or {}).get("data") or {}
     root = training.get("data_root")
     name = card_data.get("dataset") or (Path(root).name if isinstance(root, str) and root else None)
-    return {"dataset": name, "root": root, "split": split, "pairs": sizes[split], "masked_pairs": None, "labelled_fraction": None}
+    return {
+        "dataset": name,
+        "root": root,
+        "split": split,
+        "pairs": sizes[split],
+        "masked_pairs": None,
+        "labelled_fraction": None,
+    }
 
 
 def validated_on_line(validated: dict[str, Any] | None) -> str:
@@ -304,4 +391,8 @@ def score_slide(pred: np.ndarray, gt: np.ndarray, mpp: float, radius_um: float =
     """Slide-level detections ``(N, 4)`` x, y, class, prob against ground truth ``(M, 3)``
     x, y, class, all in level-0 px, with the OCELOT matching at ``radius_um`` (15 px at
     the release's ~0.2 µm/px ≈ 3 µm). Returns an :class:`~wsi_ocelot.metrics.OcelotScore`."""
-    return evaluate([np.asarray(pred, np.float64).reshape(-1, 4)], [np.asarray(gt, np.float64).reshape(-1, 3)], radius_um / mpp)
+    return evaluate(
+        [np.asarray(pred, np.float64).reshape(-1, 4)],
+        [np.asarray(gt, np.float64).reshape(-1, 3)],
+        radius_um / mpp,
+    )

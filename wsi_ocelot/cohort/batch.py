@@ -71,11 +71,15 @@ class CohortConfig:
     model: str = "demo"
     engine: Any = None
     overwrite: bool = False
-    scheduler: str | None = None  # None: in this process; "local": a LocalCluster; else a scheduler address
+    scheduler: str | None = (
+        None  # None: in this process; "local": a LocalCluster; else a scheduler address
+    )
     dask_workers: int | None = None  # LocalCluster size (default: one per GPU, else 1)
     retries: int = 1  # a slide whose worker died is retried this many times, then reported failed
     report: bool = True
-    threads: int | None = None  # torch CPU threads per slide process (None: all cores here, cores / workers on a LocalCluster)
+    threads: int | None = (
+        None  # torch CPU threads per slide process (None: all cores here, cores / workers on a LocalCluster)
+    )
 
 
 @dataclass
@@ -86,8 +90,12 @@ class CohortResult:
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
-    stopped: str | None = None  # why the batch stopped before its last slide (a full disk), one line
-    input_errors: list[str] = field(default_factory=list)  # inputs not run and not recorded (not a slide, an id taken), one line each
+    stopped: str | None = (
+        None  # why the batch stopped before its last slide (a full disk), one line
+    )
+    input_errors: list[str] = field(
+        default_factory=list
+    )  # inputs not run and not recorded (not a slide, an id taken), one line each
     interrupted: str | None = None  # "SIGINT" / "SIGTERM" when the run was stopped by a signal
     wall_s: float = 0.0
 
@@ -103,7 +111,14 @@ class CohortResult:
         """A short plain-text table of the failed slides (id, path, error)."""
         if not self.failed:
             return ""
-        rows = [(sid, self.manifest.slides[sid].get("path", ""), self.manifest.slides[sid].get("error") or "") for sid in self.failed]
+        rows = [
+            (
+                sid,
+                self.manifest.slides[sid].get("path", ""),
+                self.manifest.slides[sid].get("error") or "",
+            )
+            for sid in self.failed
+        ]
         w = max(len("slide"), *(len(r[0]) for r in rows))
         lines = [f"{len(self.failed)} slide(s) failed:", f"  {'slide'.ljust(w)}  error"]
         lines += [f"  {sid.ljust(w)}  {err}" for sid, _, err in rows]
@@ -125,8 +140,11 @@ def _lock(out_dir: Path) -> Iterator[None]:
         except (OSError, ValueError):
             alive = False
         if alive:
-            raise ConfigError(out_dir, f"another wsi-ocelot run (pid {pid}) is writing to this folder",
-                              "wait for it to finish, or use another --out") from None
+            raise ConfigError(
+                out_dir,
+                f"another wsi-ocelot run (pid {pid}) is writing to this folder",
+                "wait for it to finish, or use another --out",
+            ) from None
         log.info("%s: taking over the lock of a run that is no longer alive", out_dir)
         path.unlink(missing_ok=True)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -147,7 +165,11 @@ def clean_partials(out_dir: Path) -> list[str]:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
     if removed:
-        log.info("removed %d unfinished slide folder(s) left by an interrupted run: %s", len(removed), ", ".join(sorted(removed)))
+        log.info(
+            "removed %d unfinished slide folder(s) left by an interrupted run: %s",
+            len(removed),
+            ", ".join(sorted(removed)),
+        )
     return removed
 
 
@@ -206,15 +228,27 @@ class _Progress:
         remaining = self.total - finished
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / finished * remaining if finished else float("nan")
-        log.info("[%d/%d] %s: %s (%.1f s) | done %d, failed %d, remaining %d, ETA %s", finished, self.total, sid, what,
-                 rec.get("runtime_s", 0.0), self.done, self.failed, remaining, format_duration(eta) if remaining else "0 s")
+        log.info(
+            "[%d/%d] %s: %s (%.1f s) | done %d, failed %d, remaining %d, ETA %s",
+            finished,
+            self.total,
+            sid,
+            what,
+            rec.get("runtime_s", 0.0),
+            self.done,
+            self.failed,
+            remaining,
+            format_duration(eta) if remaining else "0 s",
+        )
 
 
 # -- executors -----------------------------------------------------------------------------
 Record = tuple[SlideJob, dict[str, Any]]
 
 
-def _run_in_process(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest) -> Iterator[Record]:
+def _run_in_process(
+    jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest
+) -> Iterator[Record]:
     for job in jobs:
         try:
             manifest.mark_running(job.slide_id, job.path)
@@ -222,8 +256,18 @@ def _run_in_process(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manif
             if not is_disk_full(err):
                 raise
             # not even the manifest can be written: the slide fails as it would have, unattempted
-            yield job, {"path": job.path, "status": FAILED, "runtime_s": 0.0, "disk_full": True,
-                        "error": DiskFullError.under(Path(out), f"No space left on device before {job.slide_id} could start").one_line()}
+            yield (
+                job,
+                {
+                    "path": job.path,
+                    "status": FAILED,
+                    "runtime_s": 0.0,
+                    "disk_full": True,
+                    "error": DiskFullError.under(
+                        Path(out), f"No space left on device before {job.slide_id} could start"
+                    ).one_line(),
+                },
+            )
             continue
         yield job, process_slide(job, out, cfg.model, cfg.engine, torch_threads=cfg.threads)
 
@@ -236,7 +280,9 @@ def _saving(what: str, fn: Callable[..., Any], *args: Any) -> bool:
     except (OSError, WsiOcelotError) as err:
         if not is_disk_full(err):
             raise
-        log.error("could not write %s: no space left on the device; the previous version is kept", what)
+        log.error(
+            "could not write %s: no space left on the device; the previous version is kept", what
+        )
         return False
     return True
 
@@ -247,7 +293,9 @@ def _local_cluster_size(cfg: CohortConfig) -> int:
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
-def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest) -> Iterator[Record]:
+def _run_on_dask(
+    jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest
+) -> Iterator[Record]:
     # deliberately deferred: Dask and distributed (about 1 s to import) only for --scheduler
     import dask
     from distributed import Client, LocalCluster, as_completed
@@ -255,27 +303,45 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
 
     out = os.path.abspath(out)
     cluster = None
-    settings: dict[str, Any] = {"distributed.scheduler.allowed-failures": 0, "distributed.worker.daemon": False,
-                                "distributed.worker.profile.enabled": False,  # no use in a batch run
-                                "distributed.scheduler.worker-saturation": 1.0}  # a worker holds only the slides it runs
+    settings: dict[str, Any] = {
+        "distributed.scheduler.allowed-failures": 0,
+        "distributed.worker.daemon": False,
+        "distributed.worker.profile.enabled": False,  # no use in a batch run
+        "distributed.scheduler.worker-saturation": 1.0,
+    }  # a worker holds only the slides it runs
     if cfg.scheduler == "local":
         n = _local_cluster_size(cfg)
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
         # Dask starts workers with OMP_NUM_THREADS=1; start them with the thread count they will use
-        settings.update({f"distributed.nanny.pre-spawn-environ.{k}": threads for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+        settings.update(
+            {
+                f"distributed.nanny.pre-spawn-environ.{k}": threads
+                for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+            }
+        )
     with dask.config.set(settings):
         if cfg.scheduler == "local":
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR)
-            log.info("started a local Dask cluster: %d worker(s), %d torch thread(s) each", n, threads)
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+            log.info(
+                "started a local Dask cluster: %d worker(s), %d torch thread(s) each", n, threads
+            )
             client = Client(cluster)
         else:
             threads = cfg.threads
             try:
                 client = Client(cfg.scheduler, timeout="30s")
             except OSError as exc:
-                raise ConfigError(cfg.scheduler, f"cannot reach the Dask scheduler ({exc})",
-                                  "start it with `dask scheduler` and workers with `dask worker ADDRESS`, or use --scheduler local") from None
+                raise ConfigError(
+                    cfg.scheduler,
+                    f"cannot reach the Dask scheduler ({exc})",
+                    "start it with `dask scheduler` and workers with `dask worker ADDRESS`, or use --scheduler local",
+                ) from None
             n = len(client.scheduler_info().get("workers", {}))
             log.info("joined the Dask cluster at %s (%d worker(s))", cfg.scheduler, n)
         tasks = Path(out) / TASKS_DIR
@@ -289,8 +355,17 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
             def submit(job: SlideJob):
                 key = f"wsi-ocelot-{job.slide_id}-{died.get(job.slide_id, 0) + 1}-{os.getpid()}-{time.time_ns()}"
                 marker = tasks / key
-                fut = client.submit(run_slide_task, job, out, cfg.model, cfg.engine, torch_threads=threads,
-                                    started_marker=str(marker), key=key, pure=False)
+                fut = client.submit(
+                    run_slide_task,
+                    job,
+                    out,
+                    cfg.model,
+                    cfg.engine,
+                    torch_threads=threads,
+                    started_marker=str(marker),
+                    key=key,
+                    pure=False,
+                )
                 by_key[fut.key] = (job, marker)
                 return fut
 
@@ -307,7 +382,10 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
                     finished = marker.with_name(marker.name + ".json")
                     if finished.exists():  # it had finished; the worker died before it could report
                         rec = json.loads(finished.read_text(encoding="utf-8"))
-                        log.info("%s: finished before its Dask worker was lost; its outputs are kept", sid)
+                        log.info(
+                            "%s: finished before its Dask worker was lost; its outputs are kept",
+                            sid,
+                        )
                     elif not marker.exists() and requeues.get(sid, 0) < MAX_REQUEUES:
                         # it was queued on the worker that died and never started: not an attempt
                         requeues[sid] = requeues.get(sid, 0) + 1
@@ -317,21 +395,37 @@ def _run_on_dask(jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest
                     else:
                         died[sid] = died.get(sid, 0) + 1
                         if died[sid] <= cfg.retries:
-                            log.warning("%s: its Dask worker was lost (%s); retrying the slide", sid, type(exc).__name__)
+                            log.warning(
+                                "%s: its Dask worker was lost (%s); retrying the slide",
+                                sid,
+                                type(exc).__name__,
+                            )
                             manifest.slides[sid]["attempts"] = died[sid] + 1
                             ac.add(submit(job))
                             continue
-                        rec = {"path": job.path, "status": FAILED, "runtime_s": None,
-                               "error": f"{job.path}: the Dask worker running this slide died {died[sid]} time(s) "
-                                        f"({type(exc).__name__}). Fix: check the worker logs (memory, GPU driver); run the slide alone to see its error",
-                               "attempts": died[sid]}  # every attempt died
-                except Exception as exc:  # raised outside process_slide (it turns every Exception into a record)
+                        rec = {
+                            "path": job.path,
+                            "status": FAILED,
+                            "runtime_s": None,
+                            "error": f"{job.path}: the Dask worker running this slide died {died[sid]} time(s) "
+                            f"({type(exc).__name__}). Fix: check the worker logs (memory, GPU driver); run the slide alone to see its error",
+                            "attempts": died[sid],
+                        }  # every attempt died
+                except (
+                    Exception
+                ) as exc:  # raised outside process_slide (it turns every Exception into a record)
                     first = str(exc).splitlines()[0] if str(exc) else ""
-                    rec = {"path": job.path, "status": FAILED, "runtime_s": None,
-                           "error": f"{job.path}: the Dask task failed outside the slide's own run ({type(exc).__name__}: {first}). "
-                                    "Fix: check that the workers run the same wsi-ocelot version and see the worker logs"}
+                    rec = {
+                        "path": job.path,
+                        "status": FAILED,
+                        "runtime_s": None,
+                        "error": f"{job.path}: the Dask task failed outside the slide's own run ({type(exc).__name__}: {first}). "
+                        "Fix: check that the workers run the same wsi-ocelot version and see the worker logs",
+                    }
                     log.error("%s: Dask task error: %r", sid, exc)
-                rec.setdefault("attempts", died.get(sid, 0) + 1)  # the attempts that died, and this one
+                rec.setdefault(
+                    "attempts", died.get(sid, 0) + 1
+                )  # the attempts that died, and this one
                 yield job, rec
         finally:
             client.close()
@@ -346,15 +440,22 @@ def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
     a writable folder (a file in the way, a read-only mount, no permission)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ConfigError(out, "--out is a file, not a folder", "choose a folder for the results (it is created if missing)")
+        raise ConfigError(
+            out,
+            "--out is a file, not a folder",
+            "choose a folder for the results (it is created if missing)",
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".wsi-ocelot-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(out, f"cannot write the results there ({exc.strerror or exc})",
-                          "choose a folder you can write to for --out (a local disk or a writable share)") from None
+        raise ConfigError(
+            out,
+            f"cannot write the results there ({exc.strerror or exc})",
+            "choose a folder you can write to for --out (a local disk or a writable share)",
+        ) from None
     return out
 
 
@@ -370,8 +471,11 @@ def check_options(config: CohortConfig, info: CheckpointInfo) -> None:
         check_runtime_here(engine.runtime, engine.precision, device)
     margin, tile = engine.cell_margin, info.geometry.tile_size
     if margin is not None and not 0 <= margin < tile // 2:
-        raise ConfigError(None, f"--cell-margin {margin} does not fit the model's {tile} px cell tiles (a margin must be in [0, {tile // 2}))",
-                          f"use a margin below {tile // 2}, or leave it unset for the model's own {info.geometry.cell_margin}")
+        raise ConfigError(
+            None,
+            f"--cell-margin {margin} does not fit the model's {tile} px cell tiles (a margin must be in [0, {tile // 2}))",
+            f"use a margin below {tile // 2}, or leave it unset for the model's own {info.geometry.cell_margin}",
+        )
 
 
 def check_inputs(jobs: Sequence[SlideJob]) -> tuple[list[SlideJob], list[str]]:
@@ -389,12 +493,18 @@ def check_inputs(jobs: Sequence[SlideJob]) -> tuple[list[SlideJob], list[str]]:
 
 
 def _absolute(job: SlideJob) -> SlideJob:
-    return job if os.path.isabs(job.path) else dataclasses.replace(job, path=os.path.abspath(job.path))
+    return (
+        job if os.path.isabs(job.path) else dataclasses.replace(job, path=os.path.abspath(job.path))
+    )
 
 
 # -- the batch -----------------------------------------------------------------------------
-def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config: CohortConfig,
-               on_record: Callable[[SlideJob, dict[str, Any]], None] | None = None) -> CohortResult:
+def run_cohort(
+    jobs: Sequence[SlideJob],
+    out_dir: str | os.PathLike[str],
+    config: CohortConfig,
+    on_record: Callable[[SlideJob, dict[str, Any]], None] | None = None,
+) -> CohortResult:
     """Run a batch of slides into ``out_dir``; skip slides already done (unless ``config.overwrite``).
 
     Parameters
@@ -420,11 +530,15 @@ def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config
     >>> res = run_cohort(jobs, "results", CohortConfig(model="best.safetensors"))  # doctest: +SKIP
     """
     check_unique(jobs)
-    jobs = [_absolute(j) for j in jobs]  # the manifest keeps absolute paths: resume works from any folder
+    jobs = [
+        _absolute(j) for j in jobs
+    ]  # the manifest keeps absolute paths: resume works from any folder
     engine = config.engine or EngineConfig()
     out = prepare_out_dir(out_dir)
     model = str(resolve_model(config.model))
-    info = read_checkpoint_info(model)  # a bad checkpoint fails the batch up front, not once per slide
+    info = read_checkpoint_info(
+        model
+    )  # a bad checkpoint fails the batch up front, not once per slide
     cfg = dataclasses.replace(config, model=model, engine=engine)
     check_options(cfg, info)
     runnable, input_errors = check_inputs(jobs)
@@ -438,7 +552,9 @@ def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config
         result = CohortResult(out, manifest, input_errors=input_errors)
         todo = []
         for job in runnable:
-            decision = manifest.resume(job.slide_id, job.path, mpp=job.mpp, model_sha256=model_sha, overwrite=cfg.overwrite)
+            decision = manifest.resume(
+                job.slide_id, job.path, mpp=job.mpp, model_sha256=model_sha, overwrite=cfg.overwrite
+            )
             if decision.conflict is not None:
                 result.input_errors.append(decision.conflict.one_line())
                 log.error("%s", decision.conflict.one_line())
@@ -446,14 +562,32 @@ def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config
             if decision.why:
                 log.info("%s", decision.why)
             (result.skipped.append(job.slide_id) if decision.done else todo.append(job))
-        manifest.meta.update({"model": model, "model_note": weights_note(model), "software": f"wsi-ocelot {__version__}",
-                              "scheduler": cfg.scheduler or "in-process",
-                              # what `wsi-ocelot status` needs while the batch runs (saved with the first slide's mark)
-                              "current_run": {"started": now_iso(), "to_run": [j.slide_id for j in todo],
-                                              "skipped": len(result.skipped), "host": socket.gethostname(), "pid": os.getpid()}})
-        log.info("batch of %d slide(s) into %s: %d to run, %d already done%s%s; log: %s", len(todo) + len(result.skipped), out,
-                 len(todo), len(result.skipped), " (skipped; --overwrite redoes them)" if result.skipped else "",
-                 f", {len(result.input_errors)} input(s) not run (above)" if result.input_errors else "", log_path)
+        manifest.meta.update(
+            {
+                "model": model,
+                "model_note": weights_note(model),
+                "software": f"wsi-ocelot {__version__}",
+                "scheduler": cfg.scheduler or "in-process",
+                # what `wsi-ocelot status` needs while the batch runs (saved with the first slide's mark)
+                "current_run": {
+                    "started": now_iso(),
+                    "to_run": [j.slide_id for j in todo],
+                    "skipped": len(result.skipped),
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                },
+            }
+        )
+        log.info(
+            "batch of %d slide(s) into %s: %d to run, %d already done%s%s; log: %s",
+            len(todo) + len(result.skipped),
+            out,
+            len(todo),
+            len(result.skipped),
+            " (skipped; --overwrite redoes them)" if result.skipped else "",
+            f", {len(result.input_errors)} input(s) not run (above)" if result.input_errors else "",
+            log_path,
+        )
         progress = _Progress(len(todo), len(result.skipped))
         run = _run_in_process if cfg.scheduler is None else _run_on_dask
         try:
@@ -463,31 +597,51 @@ def run_cohort(jobs: Sequence[SlideJob], out_dir: str | os.PathLike[str], config
                     log.error("%s: unexpected error on %s\n%s", job.slide_id, rec.get("worker"), tb)
                     rec["log"] = _slide_log(out, job.slide_id, rec, tb)
                 disk_full = bool(rec.pop("disk_full", False))
-                rec.update(path=job.path, model=model, model_sha256=model_sha, identity=file_identity(job.path))
+                rec.update(
+                    path=job.path,
+                    model=model,
+                    model_sha256=model_sha,
+                    identity=file_identity(job.path),
+                )
                 _saving("manifest.json", manifest.record, job.slide_id, rec)
                 (result.done if rec["status"] == DONE else result.failed).append(job.slide_id)
                 progress.update(job.slide_id, rec)
                 _saving("summary.csv", write_summary_csv, out, manifest)
                 if on_record:
                     on_record(job, rec)
-                if disk_full:  # every later slide would fail the same way: stop, keep them for a rerun
+                if (
+                    disk_full
+                ):  # every later slide would fail the same way: stop, keep them for a rerun
                     result.pending = _unfinished(todo, result)
-                    result.stopped = (f"{out}: the disk is full; the batch stopped after {job.slide_id}, {len(result.pending)} slide(s) "
-                                      f"not attempted (pending). Fix: free space on the disk of {out}, then run the same command "
-                                      "again: it goes on where this run stopped")
+                    result.stopped = (
+                        f"{out}: the disk is full; the batch stopped after {job.slide_id}, {len(result.pending)} slide(s) "
+                        f"not attempted (pending). Fix: free space on the disk of {out}, then run the same command "
+                        "again: it goes on where this run stopped"
+                    )
                     log.error("%s", result.stopped)
-                    manifest.mark_pending([(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
-                                          "not attempted: the batch stopped on a full disk")
+                    manifest.mark_pending(
+                        [(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
+                        "not attempted: the batch stopped on a full disk",
+                    )
                     break
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (the CLI turns it into Interrupted)
             result.interrupted = getattr(stop, "signal_name", "SIGINT")
             result.pending = _unfinished(todo, result)
-            manifest.mark_pending([(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
-                                  f"interrupted ({result.interrupted}) before it finished: run the same command again to go on")
-            log.warning("interrupted (%s): %d done, %d failed, %d pending; run the same command again to go on",
-                        result.interrupted, len(result.done), len(result.failed), len(result.pending))
+            manifest.mark_pending(
+                [(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
+                f"interrupted ({result.interrupted}) before it finished: run the same command again to go on",
+            )
+            log.warning(
+                "interrupted (%s): %d done, %d failed, %d pending; run the same command again to go on",
+                result.interrupted,
+                len(result.done),
+                len(result.failed),
+                len(result.pending),
+            )
             _finish_batch(result, jobs, todo, cfg, t0)
-            clean_partials(out)  # a write still in flight on a library's I/O thread (Zarr's) may land after the slide's own cleanup
+            clean_partials(
+                out
+            )  # a write still in flight on a library's I/O thread (Zarr's) may land after the slide's own cleanup
             raise
         _finish_batch(result, jobs, todo, cfg, t0)
     return result
@@ -512,21 +666,43 @@ def _unfinished(todo: Sequence[SlideJob], result: CohortResult) -> list[str]:
     return [j.slide_id for j in todo if j.slide_id not in finished]
 
 
-def _finish_batch(result: CohortResult, jobs: Sequence[SlideJob], todo: Sequence[SlideJob], cfg: CohortConfig, t0: float) -> None:
+def _finish_batch(
+    result: CohortResult,
+    jobs: Sequence[SlideJob],
+    todo: Sequence[SlideJob],
+    cfg: CohortConfig,
+    t0: float,
+) -> None:
     """The batch's own files at its end (also when interrupted): manifest, summary, report."""
     out, manifest = result.out_dir, result.manifest
     result.wall_s = time.perf_counter() - t0
-    manifest.meta["last_run"] = {"slides": len(jobs), "ran": len(todo), "done": len(result.done), "failed": len(result.failed),
-                                 "skipped": len(result.skipped), "pending": len(result.pending),
-                                 "not_run": list(result.input_errors), "wall_s": round(result.wall_s, 2)}
+    manifest.meta["last_run"] = {
+        "slides": len(jobs),
+        "ran": len(todo),
+        "done": len(result.done),
+        "failed": len(result.failed),
+        "skipped": len(result.skipped),
+        "pending": len(result.pending),
+        "not_run": list(result.input_errors),
+        "wall_s": round(result.wall_s, 2),
+    }
     if result.interrupted:
         manifest.meta["last_run"]["interrupted"] = result.interrupted
-    manifest.meta["last_run"]["started"] = (manifest.meta.pop("current_run", None) or {}).get("started")
+    manifest.meta["last_run"]["started"] = (manifest.meta.pop("current_run", None) or {}).get(
+        "started"
+    )
     manifest.meta["last_run"]["finished"] = now_iso()
     _saving("manifest.json", manifest.save)
     _saving("summary.csv", write_summary_csv, out, manifest)
     if cfg.report:
         _saving("report.html", write_report, out, manifest)
-    log.info("batch finished in %s: %d done, %d failed, %d skipped%s; summary %s, report %s", format_duration(result.wall_s),
-             len(result.done), len(result.failed), len(result.skipped),
-             f", {len(result.pending)} pending" if result.pending else "", out / "summary.csv", out / "report.html")
+    log.info(
+        "batch finished in %s: %d done, %d failed, %d skipped%s; summary %s, report %s",
+        format_duration(result.wall_s),
+        len(result.done),
+        len(result.failed),
+        len(result.skipped),
+        f", {len(result.pending)} pending" if result.pending else "",
+        out / "summary.csv",
+        out / "report.html",
+    )

@@ -36,14 +36,32 @@ from wsi_ocelot.slide import check_mpp
 
 log = logging.getLogger(__name__)
 
-SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
+SLIDE_EXTENSIONS = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".dcm",
+)
 MANIFEST_EXTENSIONS = (".csv",)
 DICOM_EXTENSION = ".dcm"
 
 #: SOP class of VL Whole Slide Microscopy Image Storage (the instances OpenSlide reads).
 WSI_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.77.1.6"
-_HEADER_TAGS = ["SOPClassUID", "SeriesInstanceUID", "ImageType", "TotalPixelMatrixColumns", "TotalPixelMatrixRows",
-                "ContainerIdentifier"]
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SeriesInstanceUID",
+    "ImageType",
+    "TotalPixelMatrixColumns",
+    "TotalPixelMatrixRows",
+    "ContainerIdentifier",
+]
 _INSTANCE_SUFFIX = re.compile(r"[._-]\d+$")  # boxes_0, scan-12, slide.3
 _UID_LIKE = re.compile(r"^[0-9.]*$")  # 1.2.840.113654.2: a UID, not a name
 
@@ -58,13 +76,22 @@ class SlideJob:
     source: str = "argument"  # where the job came from (argument, folder, or the CSV file)
 
     def to_dict(self) -> dict[str, object]:
-        return {"slide_id": self.slide_id, "path": self.path, "mpp": self.mpp, "source": self.source}
+        return {
+            "slide_id": self.slide_id,
+            "path": self.path,
+            "mpp": self.mpp,
+            "source": self.source,
+        }
 
 
 def _safe_id(raw: str, where: str) -> str:
     sid = safe_name(raw)
     if not sid:
-        raise ConfigError(where, f"the id {raw!r} is empty once made safe for a folder name", "use letters, digits, '.', '_' or '-'")
+        raise ConfigError(
+            where,
+            f"the id {raw!r} is empty once made safe for a folder name",
+            "use letters, digits, '.', '_' or '-'",
+        )
     return sid
 
 
@@ -91,35 +118,58 @@ def _manifest_entries(path: str | os.PathLike[str]) -> list[_Entry]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise ConfigError(path, f"cannot read the manifest ({exc.strerror or exc})", "check the path and its permissions") from None
+        raise ConfigError(
+            path,
+            f"cannot read the manifest ({exc.strerror or exc})",
+            "check the path and its permissions",
+        ) from None
     reader = csv.DictReader(text.splitlines())
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     if "slide" not in header:
-        raise ConfigError(path, f"the manifest has no 'slide' column (columns: {', '.join(header) or 'none'})",
-                          "add a header line 'slide,mpp,id' (mpp and id are optional)")
+        raise ConfigError(
+            path,
+            f"the manifest has no 'slide' column (columns: {', '.join(header) or 'none'})",
+            "add a header line 'slide,mpp,id' (mpp and id are optional)",
+        )
     jobs: list[_Entry] = []
     for line_no, row in enumerate(reader, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         where = f"{path}:{line_no}"
         if not row.get("slide"):
             if any(row.values()):
-                raise ConfigError(where, "the 'slide' cell is empty", "give the slide's path, or delete the line")
+                raise ConfigError(
+                    where, "the 'slide' cell is empty", "give the slide's path, or delete the line"
+                )
             continue
         slide = Path(row["slide"]).expanduser()
         if not slide.is_absolute():
             slide = path.parent / slide
-        mpp = check_mpp(row["mpp"], where, "mpp") if row.get("mpp") else None  # the one range, as for --mpp
+        mpp = (
+            check_mpp(row["mpp"], where, "mpp") if row.get("mpp") else None
+        )  # the one range, as for --mpp
         sid = _safe_id(row["id"], where) if row.get("id") else slide_id_for(slide)
-        jobs.append(_Entry(SlideJob(sid, str(slide), mpp, str(path)), "manifest", where, bool(row.get("id"))))
+        jobs.append(
+            _Entry(
+                SlideJob(sid, str(slide), mpp, str(path)), "manifest", where, bool(row.get("id"))
+            )
+        )
     if not jobs:
         log.warning("%s: the manifest lists no slides", path)
     return jobs
 
 
 def _folder_jobs(folder: Path) -> list[SlideJob]:
-    found = sorted(q for q in folder.rglob("*") if q.is_file() and q.suffix.lower() in SLIDE_EXTENSIONS and not q.name.startswith("."))
+    found = sorted(
+        q
+        for q in folder.rglob("*")
+        if q.is_file() and q.suffix.lower() in SLIDE_EXTENSIONS and not q.name.startswith(".")
+    )
     if not found:
-        log.warning("%s: no slides found in this folder (looked for %s)", folder, ", ".join(SLIDE_EXTENSIONS))
+        log.warning(
+            "%s: no slides found in this folder (looked for %s)",
+            folder,
+            ", ".join(SLIDE_EXTENSIONS),
+        )
     return [SlideJob(slide_id_for(q), str(q), None, str(folder)) for q in found]
 
 
@@ -129,7 +179,9 @@ class DicomHeader:
 
     series_uid: str
     wsi: bool  # a VL Whole Slide Microscopy Image instance: what OpenSlide reads
-    volume: bool  # a pyramid level (ImageType ``.../VOLUME/...``), not a label, overview or thumbnail
+    volume: (
+        bool  # a pyramid level (ImageType ``.../VOLUME/...``), not a label, overview or thumbnail
+    )
     pixels: int  # TotalPixelMatrixColumns × TotalPixelMatrixRows (0 when absent)
     container_id: str  # ContainerIdentifier, the slide's barcode ('' when absent)
 
@@ -152,16 +204,33 @@ def read_dicom_header(path: str | os.PathLike[str]) -> DicomHeader | None:
             log.debug("%s: no SeriesInstanceUID; not grouped with other DICOM files", path)
             return None
         meta = getattr(ds, "file_meta", None)
-        sop = str((meta.get("MediaStorageSOPClassUID") if meta is not None else None) or ds.get("SOPClassUID", "") or "").strip()
+        sop = str(
+            (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+            or ds.get("SOPClassUID", "")
+            or ""
+        ).strip()
         raw_type = ds.get("ImageType") or []
-        image_type = [str(v).strip().upper() for v in ([raw_type] if isinstance(raw_type, str) else raw_type)]
+        image_type = [
+            str(v).strip().upper() for v in ([raw_type] if isinstance(raw_type, str) else raw_type)
+        ]
         cols, rows = ds.get("TotalPixelMatrixColumns"), ds.get("TotalPixelMatrixRows")
         pixels = int(cols) * int(rows) if cols is not None and rows is not None else 0
         container = str(ds.get("ContainerIdentifier", "") or "").strip()
     except Exception as exc:  # noqa: BLE001 - not DICOM, truncated, malformed: the run reports it
-        log.debug("%s: not readable as DICOM (%s: %s); kept as a slide of its own", path, type(exc).__name__, exc)
+        log.debug(
+            "%s: not readable as DICOM (%s: %s); kept as a slide of its own",
+            path,
+            type(exc).__name__,
+            exc,
+        )
         return None
-    return DicomHeader(series, sop == WSI_SOP_CLASS_UID, len(image_type) > 2 and image_type[2] == "VOLUME", pixels, container)
+    return DicomHeader(
+        series,
+        sop == WSI_SOP_CLASS_UID,
+        len(image_type) > 2 and image_type[2] == "VOLUME",
+        pixels,
+        container,
+    )
 
 
 def _key(path: Path) -> Path:
@@ -176,14 +245,21 @@ def _dicom_siblings(folder: Path, cache: dict[Path, list[Path]]) -> list[Path]:
     """The ``.dcm`` files directly in ``folder`` (where OpenSlide looks for a series' files)."""
     if folder not in cache:
         try:
-            cache[folder] = sorted(q for q in folder.iterdir()
-                                   if q.suffix.lower() == DICOM_EXTENSION and not q.name.startswith(".") and q.is_file())
+            cache[folder] = sorted(
+                q
+                for q in folder.iterdir()
+                if q.suffix.lower() == DICOM_EXTENSION
+                and not q.name.startswith(".")
+                and q.is_file()
+            )
         except OSError:
             cache[folder] = []
     return cache[folder]
 
 
-def _series_id(members: Sequence[Path], level0: Path, header: DicomHeader, volume: Sequence[Path]) -> str:
+def _series_id(
+    members: Sequence[Path], level0: Path, header: DicomHeader, volume: Sequence[Path]
+) -> str:
     """A series' slide id: the files' common stem without the instance suffix, else the
     ContainerIdentifier, else the folder's name, else the level-0 file's stem."""
     stems = {_INSTANCE_SUFFIX.sub("", p.stem) for p in (volume or members)}
@@ -243,7 +319,9 @@ def _group_dicom_series(entries: Sequence[_Entry]) -> list[SlideJob]:
                     if h is not None and h.series_uid == uid:
                         found.setdefault(_key(q), q)
         members = sorted(found.values(), key=str)
-        of = {p: h for p in members if (h := header(p)) is not None}  # every member has one (cached)
+        of = {
+            p: h for p in members if (h := header(p)) is not None
+        }  # every member has one (cached)
         wsi = [p for p in members if of[p].wsi]
         if not wsi:  # not a whole-slide image: each file stays a job, and the run says why
             continue
@@ -252,8 +330,12 @@ def _group_dicom_series(entries: Sequence[_Entry]) -> list[SlideJob]:
 
         rows = [entries[i] for i in idx if entries[i].kind == "manifest"]
         if len({(e.job.slide_id if e.explicit_id else None, e.job.mpp) for e in rows}) > 1:
-            raise ConfigError(rows[-1].where, f"this row and {rows[0].where} name files of one DICOM slide (series {uid}) "
-                              "but give it different ids or MPPs", "give each DICOM slide one row (any one of its .dcm files)")
+            raise ConfigError(
+                rows[-1].where,
+                f"this row and {rows[0].where} name files of one DICOM slide (series {uid}) "
+                "but give it different ids or MPPs",
+                "give each DICOM slide one row (any one of its .dcm files)",
+            )
         first = rows[0] if rows else entries[idx[0]]
         if rows and rows[0].explicit_id:
             sid, computed = rows[0].job.slide_id, False
@@ -267,13 +349,20 @@ def _group_dicom_series(entries: Sequence[_Entry]) -> list[SlideJob]:
     # a computed id that another job also has (two rescans with one barcode, boxes.svs beside
     # boxes_0.dcm + boxes_1.dcm) gives way to the level-0 file's stem
     grouped = {i for s in series for i in s.entries}
-    ids = Counter([e.job.slide_id.lower() for i, e in enumerate(entries) if i not in grouped] + [s.job.slide_id.lower() for s in series])
+    ids = Counter(
+        [e.job.slide_id.lower() for i, e in enumerate(entries) if i not in grouped]
+        + [s.job.slide_id.lower() for s in series]
+    )
     for s in series:
         if s.computed_id and ids[s.job.slide_id.lower()] > 1:
             own = slide_id_for(s.level0)
             if own.lower() != s.job.slide_id.lower():
-                log.info("DICOM series %s: the id %s is taken by another slide; using its level-0 file's stem %s",
-                         s.uid, s.job.slide_id, own)
+                log.info(
+                    "DICOM series %s: the id %s is taken by another slide; using its level-0 file's stem %s",
+                    s.uid,
+                    s.job.slide_id,
+                    own,
+                )
                 s.job = SlideJob(own, s.job.path, s.job.mpp, s.job.source)
 
     at_first = {s.entries[0]: s for s in series}
@@ -283,17 +372,30 @@ def _group_dicom_series(entries: Sequence[_Entry]) -> list[SlideJob]:
             s = at_first[i]
             jobs.append(s.job)
             if len(s.members) > 1:
-                log.info("grouped %d DICOM files of series %s into one slide %s", len(s.members), s.uid, s.job.slide_id)
+                log.info(
+                    "grouped %d DICOM files of series %s into one slide %s",
+                    len(s.members),
+                    s.uid,
+                    s.job.slide_id,
+                )
             places = sorted({str(_key(p).parent) for p in s.members})
             if len(places) > 1:
-                log.warning("%s: DICOM series %s lies in %d folders (%s); OpenSlide reads only the files beside this "
-                            "level-0 file, so the others are not used", s.level0, s.uid, len(places), ", ".join(places))
+                log.warning(
+                    "%s: DICOM series %s lies in %d folders (%s); OpenSlide reads only the files beside this "
+                    "level-0 file, so the others are not used",
+                    s.level0,
+                    s.uid,
+                    len(places),
+                    ", ".join(places),
+                )
         elif i not in grouped:
             jobs.append(e.job)
     return jobs
 
 
-def collect_jobs(inputs: Sequence[str | os.PathLike[str]], *, mpp: float | None = None) -> list[SlideJob]:
+def collect_jobs(
+    inputs: Sequence[str | os.PathLike[str]], *, mpp: float | None = None
+) -> list[SlideJob]:
     """Expand slide paths, folders (recursive, OpenSlide's extensions) and CSV manifests.
 
     The ``.dcm`` files of one DICOM series become one job (see the module docstring).
@@ -325,11 +427,15 @@ def collect_jobs(inputs: Sequence[str | os.PathLike[str]], *, mpp: float | None 
                 raise ConfigError(p, "the manifest does not exist", "check the path")
             entries.extend(_manifest_entries(p))
         else:
-            entries.append(_Entry(SlideJob(slide_id_for(p), str(p), None, "argument"), "argument", str(p)))
+            entries.append(
+                _Entry(SlideJob(slide_id_for(p), str(p), None, "argument"), "argument", str(p))
+            )
     jobs = _group_dicom_series(entries)
     if mpp is not None:
         mpp = check_mpp(mpp, None, "--mpp")
-        jobs = [j if j.mpp is not None else SlideJob(j.slide_id, j.path, mpp, j.source) for j in jobs]
+        jobs = [
+            j if j.mpp is not None else SlideJob(j.slide_id, j.path, mpp, j.source) for j in jobs
+        ]
     check_unique(jobs)
     return jobs
 
@@ -343,8 +449,14 @@ def check_unique(jobs: Iterable[SlideJob]) -> None:
         if key in seen:
             other = seen[key]
             if Path(other.path).resolve() == Path(job.path).resolve():
-                raise WsiOcelotError(job.path, f"this slide is listed twice (from {other.source} and {job.source})",
-                                     "list each slide once")
-            raise ConfigError(job.path, f"slide id '{job.slide_id}' is also the id of {other.path}, so both would write <out>/{job.slide_id}/",
-                              "give the slides distinct ids with an 'id' column in a CSV manifest, or rename one file")
+                raise WsiOcelotError(
+                    job.path,
+                    f"this slide is listed twice (from {other.source} and {job.source})",
+                    "list each slide once",
+                )
+            raise ConfigError(
+                job.path,
+                f"slide id '{job.slide_id}' is also the id of {other.path}, so both would write <out>/{job.slide_id}/",
+                "give the slides distinct ids with an 'id' column in a CSV manifest, or rename one file",
+            )
         seen[key] = job

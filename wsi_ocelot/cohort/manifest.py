@@ -37,7 +37,12 @@ from wsi_ocelot.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"  # pending: not attempted (the batch stopped)
+DONE, FAILED, RUNNING, PENDING = (
+    "done",
+    "failed",
+    "running",
+    "pending",
+)  # pending: not attempted (the batch stopped)
 STATUSES = (DONE, FAILED, RUNNING, PENDING)
 
 
@@ -97,8 +102,12 @@ class Resume:
 class Manifest:
     """The per-slide status records of one output folder."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], slides: dict[str, dict[str, Any]] | None = None,
-                 meta: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        slides: dict[str, dict[str, Any]] | None = None,
+        meta: dict[str, Any] | None = None,
+    ):
         self.out_dir = Path(out_dir)
         self.slides: dict[str, dict[str, Any]] = slides or {}
         self.meta: dict[str, Any] = meta or {}
@@ -120,14 +129,22 @@ class Manifest:
             if not isinstance(slides, dict):
                 raise TypeError("'slides' is not an object")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(path, f"the batch manifest is unreadable ({exc})",
-                              "move it away to start the batch afresh (finished slide folders are kept and redone), or restore it") from None
+            raise ConfigError(
+                path,
+                f"the batch manifest is unreadable ({exc})",
+                "move it away to start the batch afresh (finished slide folders are kept and redone), or restore it",
+            ) from None
         meta = {k: v for k, v in data.items() if k != "slides"}
         return cls(out_dir, slides, meta)
 
     def save(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        data = {"version": 1, **{k: v for k, v in self.meta.items() if k != "version"}, "updated": now_iso(), "slides": self.slides}
+        data = {
+            "version": 1,
+            **{k: v for k, v in self.meta.items() if k != "version"},
+            "updated": now_iso(),
+            "slides": self.slides,
+        }
         write_text(self.path, json.dumps(data, indent=2, default=str) + "\n")
 
     # -- queries ---------------------------------------------------------------------
@@ -135,8 +152,15 @@ class Manifest:
         rec = self.slides.get(slide_id)
         return None if rec is None else rec.get("status")
 
-    def resume(self, slide_id: str, path: str, *, mpp: float | None = None, model_sha256: str | None = None,
-               overwrite: bool = False) -> Resume:
+    def resume(
+        self,
+        slide_id: str,
+        path: str,
+        *,
+        mpp: float | None = None,
+        model_sha256: str | None = None,
+        overwrite: bool = False,
+    ) -> Resume:
         """Whether the slide ``path`` (absolute) under ``slide_id`` is done, runs (again), or
         must not run because a different slide's finished result holds the id.
 
@@ -151,35 +175,62 @@ class Manifest:
         old_path = str(rec.get("path", ""))
         same_path = os.path.abspath(old_path) == os.path.abspath(path)
         old_ident = rec.get("identity")
-        ident = None if same_path else file_identity(path)  # two small reads, only when the path differs
+        ident = (
+            None if same_path else file_identity(path)
+        )  # two small reads, only when the path differs
         moved = not same_path and _same_content(old_ident, ident)
         if not same_path and not moved:
             if not done:
-                return Resume(False, f"{slide_id}: the record of {old_path} ({rec.get('status')}) is replaced by {path}")
+                return Resume(
+                    False,
+                    f"{slide_id}: the record of {old_path} ({rec.get('status')}) is replaced by {path}",
+                )
             if overwrite:
-                return Resume(False, f"{slide_id}: replacing the finished result of {old_path} with {path} (--overwrite)")
-            return Resume(False, conflict=ConfigError(
-                path, f"its id '{slide_id}' already holds the finished result of a different slide, {old_path}, in {self.out_dir}",
-                "give it a distinct id (an 'id' column in a CSV manifest), run it into another --out, "
-                "or pass --overwrite to replace that result"))
+                return Resume(
+                    False,
+                    f"{slide_id}: replacing the finished result of {old_path} with {path} (--overwrite)",
+                )
+            return Resume(
+                False,
+                conflict=ConfigError(
+                    path,
+                    f"its id '{slide_id}' already holds the finished result of a different slide, {old_path}, in {self.out_dir}",
+                    "give it a distinct id (an 'id' column in a CSV manifest), run it into another --out, "
+                    "or pass --overwrite to replace that result",
+                ),
+            )
         if not done:
             if rec.get("status") == DONE:
-                return Resume(False, f"{slide_id}: marked done but {self.out_dir / slide_id}/ is missing; running it again")
+                return Resume(
+                    False,
+                    f"{slide_id}: marked done but {self.out_dir / slide_id}/ is missing; running it again",
+                )
             return Resume(False)
         if overwrite:
             return Resume(False)
         if same_path and old_ident and _changed(path, old_ident):
             return Resume(False, f"{slide_id}: {path} changed since it was done; running it again")
         if "mpp_override" in rec and rec["mpp_override"] != mpp:
+
             def show(v: float | None) -> str:
                 return "none" if v is None else f"{v:g}"
-            return Resume(False, f"{slide_id}: the MPP override changed ({show(rec['mpp_override'])} -> {show(mpp)}); running it again")
+
+            return Resume(
+                False,
+                f"{slide_id}: the MPP override changed ({show(rec['mpp_override'])} -> {show(mpp)}); running it again",
+            )
         if model_sha256 and rec.get("model_sha256") and rec["model_sha256"] != model_sha256:
-            return Resume(False, f"{slide_id}: done with another model ({rec.get('model') or 'unknown'}); running it again")
+            return Resume(
+                False,
+                f"{slide_id}: done with another model ({rec.get('model') or 'unknown'}); running it again",
+            )
         if moved:
             rec.update(path=path, moved_from=old_path, identity={**rec["identity"], **ident})  # type: ignore[dict-item]
-            return Resume(True, f"{slide_id}: recognised {path} as {old_path} moved (same size and the same hash of its "
-                                "first and last 64 KiB); its result is kept")
+            return Resume(
+                True,
+                f"{slide_id}: recognised {path} as {old_path} moved (same size and the same hash of its "
+                "first and last 64 KiB); its result is kept",
+            )
         return Resume(True)
 
     def counts(self) -> dict[str, int]:
@@ -190,10 +241,23 @@ class Manifest:
         return out
 
     # -- updates ---------------------------------------------------------------------
-    def mark_running(self, slide_id: str, path: str, *, attempt: int = 1, worker: str | None = None,
-                     save: bool = True) -> None:
+    def mark_running(
+        self,
+        slide_id: str,
+        path: str,
+        *,
+        attempt: int = 1,
+        worker: str | None = None,
+        save: bool = True,
+    ) -> None:
         """Record ``slide_id`` as running (``save=False`` when marking many at once: call :meth:`save` after)."""
-        rec = {"path": path, "status": RUNNING, "error": None, "attempts": attempt, "started": now_iso()}
+        rec = {
+            "path": path,
+            "status": RUNNING,
+            "error": None,
+            "attempts": attempt,
+            "started": now_iso(),
+        }
         if worker:
             rec["worker"] = worker
         self.slides[slide_id] = rec

@@ -44,21 +44,43 @@ def _rows(out_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
     """One row per slide: the manifest's record; a finished slide without the counts in its record
     (a folder from a single ``run_slide``, or an older manifest) is completed from its purity.json."""
     slides = dict(manifest.slides)
-    for d in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:  # slide folders from single runs
-        if d.is_dir() and not d.name.startswith(".") and d.name not in slides and (d / "purity.json").is_file():
+    for d in (
+        sorted(out_dir.iterdir()) if out_dir.is_dir() else []
+    ):  # slide folders from single runs
+        if (
+            d.is_dir()
+            and not d.name.startswith(".")
+            and d.name not in slides
+            and (d / "purity.json").is_file()
+        ):
             slides[d.name] = {"status": DONE}
     rows = []
     for sid in sorted(slides):
         rec = slides[sid]
-        row: dict[str, Any] = {"slide_id": sid, **{k: rec.get(k) for k in SUMMARY_COLUMNS if k != "slide_id"},
-                               "purity_reason": rec.get("purity_reason"), "runtime": rec.get("runtime"), "precision": rec.get("precision")}
+        row: dict[str, Any] = {
+            "slide_id": sid,
+            **{k: rec.get(k) for k in SUMMARY_COLUMNS if k != "slide_id"},
+            "purity_reason": rec.get("purity_reason"),
+            "runtime": rec.get("runtime"),
+            "precision": rec.get("precision"),
+        }
         pj = out_dir / sid / "purity.json"
-        if rec.get("status") == DONE and "n_cells" not in rec and pj.is_file():  # not re-read after every slide of a batch
+        if (
+            rec.get("status") == DONE and "n_cells" not in rec and pj.is_file()
+        ):  # not re-read after every slide of a batch
             try:
-                known = SlideRecord.from_json(json.loads(pj.read_text(encoding="utf-8"))).summary_row()
+                known = SlideRecord.from_json(
+                    json.loads(pj.read_text(encoding="utf-8"))
+                ).summary_row()
             except (OSError, ValueError, TypeError):
                 known = {}
-            row.update({k: v for k, v in known.items() if v is not None and (k not in ("path", "runtime_s") or row.get(k) is None)})
+            row.update(
+                {
+                    k: v
+                    for k, v in known.items()
+                    if v is not None and (k not in ("path", "runtime_s") or row.get(k) is None)
+                }
+            )
         rows.append(row)
     return rows
 
@@ -97,7 +119,9 @@ def _thumbnail(png: Path) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def purity_histogram_svg(values: list[float], *, bins: int = 20, width: int = 560, height: int = 220) -> str:
+def purity_histogram_svg(
+    values: list[float], *, bins: int = 20, width: int = 560, height: int = 220
+) -> str:
     """An inline-SVG histogram of slide purities on [0, 1] with the median marked."""
     counts = [0] * bins
     for v in values:
@@ -106,27 +130,45 @@ def purity_histogram_svg(values: list[float], *, bins: int = 20, width: int = 56
     ml, mr, mt, mb = 44, 22, 12, 36
     pw, ph = width - ml - mr, height - mt - mb
     bw = pw / bins
-    parts = [f'<svg id="purity-plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="distribution of tumour purity over {len(values)} slides">']
+    parts = [
+        f'<svg id="purity-plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="distribution of tumour purity over {len(values)} slides">'
+    ]
     for i, c in enumerate(counts):
         if c:
             h = ph * c / top
-            parts.append(f'<rect class="bar" x="{ml + i * bw + 1:.1f}" y="{mt + ph - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" fill="#c0392b">'
-                         f"<title>{i / bins:.2f}–{(i + 1) / bins:.2f}: {c} slide(s)</title></rect>")
+            parts.append(
+                f'<rect class="bar" x="{ml + i * bw + 1:.1f}" y="{mt + ph - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" fill="#c0392b">'
+                f"<title>{i / bins:.2f}–{(i + 1) / bins:.2f}: {c} slide(s)</title></rect>"
+            )
     parts.append(f'<line x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}" stroke="#333"/>')
     parts.append(f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="#333"/>')
     for t in range(0, 11, 2):
         x = ml + pw * t / 10
-        parts.append(f'<text x="{x:.1f}" y="{mt + ph + 14}" font-size="11" text-anchor="middle">{t * 10} %</text>')
-    parts.append(f'<text x="{ml + pw / 2:.1f}" y="{height - 4}" font-size="12" text-anchor="middle">tumour purity of the slide, TC / (TC + BC)</text>')
-    parts.append(f'<text x="12" y="{mt + ph / 2:.1f}" font-size="11" text-anchor="middle" transform="rotate(-90 12 {mt + ph / 2:.1f})">slides</text>')
+        parts.append(
+            f'<text x="{x:.1f}" y="{mt + ph + 14}" font-size="11" text-anchor="middle">{t * 10} %</text>'
+        )
+    parts.append(
+        f'<text x="{ml + pw / 2:.1f}" y="{height - 4}" font-size="12" text-anchor="middle">tumour purity of the slide, TC / (TC + BC)</text>'
+    )
+    parts.append(
+        f'<text x="12" y="{mt + ph / 2:.1f}" font-size="11" text-anchor="middle" transform="rotate(-90 12 {mt + ph / 2:.1f})">slides</text>'
+    )
     parts.append(f'<text x="{ml - 6}" y="{mt + 4}" font-size="11" text-anchor="end">{top}</text>')
     parts.append(f'<text x="{ml - 6}" y="{mt + ph}" font-size="11" text-anchor="end">0</text>')
     if values:
-        med = sorted(values)[len(values) // 2] if len(values) % 2 else sum(sorted(values)[len(values) // 2 - 1: len(values) // 2 + 1]) / 2
+        med = (
+            sorted(values)[len(values) // 2]
+            if len(values) % 2
+            else sum(sorted(values)[len(values) // 2 - 1 : len(values) // 2 + 1]) / 2
+        )
         x = ml + pw * med
-        parts.append(f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{mt + ph}" stroke="#2c3e50" stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{x + 4:.1f}" y="{mt + 10}" font-size="11">median {100 * med:.1f} %</text>')
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{mt + ph}" stroke="#2c3e50" stroke-dasharray="4 3"/>'
+        )
+        parts.append(
+            f'<text x="{x + 4:.1f}" y="{mt + 10}" font-size="11">median {100 * med:.1f} %</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -183,6 +225,7 @@ _JS = """
 })();
 """
 
+
 class _Col(NamedTuple):
     """A column of the report's table: the row's ``key``, its ``header`` and ``unit``, the CSS
     ``css`` class, the ``fmt`` of its values ("s" text, "d" integer, "%" a fraction shown as
@@ -214,8 +257,17 @@ _COLS = (
 )
 #: The columns a failed (or pending) slide's error message spans: it has no results to show there,
 #: and a one-line message across them fits the window where a column of its own would not.
-_ERROR_SPAN = ("purity", "purity_in_cancer_area", "n_cells", "n_tc", "n_bc", "tissue_area_mm2", "cancer_area_mm2",
-               "n_unreadable_tiles", "mpp")
+_ERROR_SPAN = (
+    "purity",
+    "purity_in_cancer_area",
+    "n_cells",
+    "n_tc",
+    "n_bc",
+    "tissue_area_mm2",
+    "cancer_area_mm2",
+    "n_unreadable_tiles",
+    "mpp",
+)
 
 
 def _shorten_middle(text: str, limit: int) -> str:
@@ -224,7 +276,7 @@ def _shorten_middle(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     head = (limit - 1) // 2
-    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
 
 
 def _error_text(row: dict[str, Any]) -> tuple[str, str]:
@@ -232,7 +284,7 @@ def _error_text(row: dict[str, Any]) -> tuple[str, str]:
     drops it (the row names the slide; its path is on the slide's hover)."""
     full = str(row.get("error") or "")
     path = str(row.get("path") or "")
-    shown = full[len(path) + 2:] if path and full.startswith(path + ": ") else full
+    shown = full[len(path) + 2 :] if path and full.startswith(path + ": ") else full
     return full, shown
 
 
@@ -241,8 +293,10 @@ def _error_cell(row: dict[str, Any]) -> str:
     whole line on hover, and the whole message wrapped after a click (a ``<details>``)."""
     full, shown = _error_text(row)
     q = html.escape(full, quote=True)
-    return (f'<td class="err" colspan="{len(_ERROR_SPAN)}" data-k="error" data-v="{q}">'
-            f'<details><summary title="{q}">{html.escape(shown)}</summary></details></td>')
+    return (
+        f'<td class="err" colspan="{len(_ERROR_SPAN)}" data-k="error" data-v="{q}">'
+        f'<details><summary title="{q}">{html.escape(shown)}</summary></details></td>'
+    )
 
 
 def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str | None]) -> str:
@@ -263,7 +317,9 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str 
     if fmt == "s":
         cls = f"l st-{html.escape(str(v), quote=True)}" if key == "status" else "l"
         shown = html.escape(str(v))
-        if key == "slide_id":  # a long id is cut with an ellipsis: the id and the slide's file in full on hover
+        if (
+            key == "slide_id"
+        ):  # a long id is cut with an ellipsis: the id and the slide's file in full on hover
             tip = str(v) + (f"\n{row['path']}" if row.get("path") else "")
             shown = f'<span title="{html.escape(tip, quote=True)}">{shown}</span>'
         return f'<td class="{cls}"{k} data-v="{html.escape(str(v), quote=True)}">{shown}</td>'
@@ -277,7 +333,11 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str 
 def _table_row(row: dict[str, Any], thumbs: dict[str, str | None]) -> str:
     """One ``<tr>``; a slide that is not done but has an error shows it across :data:`_ERROR_SPAN`."""
     status = row.get("status")
-    cls = f' class="{html.escape(str(status), quote=True)}"' if status in ("failed", "pending", "running") else ""
+    cls = (
+        f' class="{html.escape(str(status), quote=True)}"'
+        if status in ("failed", "pending", "running")
+        else ""
+    )
     spans = status != DONE and bool(row.get("error"))
     cells = []
     for c in _COLS:
@@ -311,7 +371,9 @@ def _metadata_name(root: str) -> str | None:
     return None
 
 
-def dataset_name(training: dict[str, Any], model_path: str | os.PathLike[str] | None = None) -> str | None:
+def dataset_name(
+    training: dict[str, Any], model_path: str | os.PathLike[str] | None = None
+) -> str | None:
     """A name for the data a checkpoint was trained on, for the report's "trained on".
 
     Parameters
@@ -347,7 +409,9 @@ def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -
     there, else from a finished slide's record)."""
     path = str(manifest.meta.get("model") or "")
     rec: dict[str, Any] = {}
-    ran: set[str] = set()  # what ran the forward pass (runtime + precision), over the finished slides
+    ran: set[str] = (
+        set()
+    )  # what ran the forward pass (runtime + precision), over the finished slides
     for r in rows:
         if r.get("status") == DONE and r.get("runtime"):
             ran.add(f"{r['runtime']} {r.get('precision') or ''}".strip())
@@ -368,7 +432,10 @@ def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -
             variant, encoder = info.model.variant, info.model.encoder
             t, m = info.training or {}, info.metrics or {}
             sizes = t.get("split_sizes") or {}
-            parts = [dataset_name(t, path) or "", ", ".join(f"{v} {k}" for k, v in sizes.items()) + " tiles" if sizes else ""]
+            parts = [
+                dataset_name(t, path) or "",
+                ", ".join(f"{v} {k}" for k, v in sizes.items()) + " tiles" if sizes else "",
+            ]
             mf1 = m.get("val_mF1") or (m.get(m.get("split", "val")) or {}).get("mF1")
             parts.append(f"{m.get('split', 'val')} mF1 {float(mf1):.3f}" if mf1 is not None else "")
             trained = "; ".join(p for p in parts if p)
@@ -376,12 +443,22 @@ def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -
     if not path:
         return '<p class="model" id="model"><strong>Model:</strong> unknown</p>'
     desc = ", ".join(x for x in (variant, f"encoder {encoder}" if encoder else None) if x)
-    return (f'<p class="model" id="model"><strong>Model:</strong> <span title="{html.escape(path, quote=True)}">{html.escape(Path(path).name)}</span>'
-            + (f" ({html.escape(desc)})" if desc else "")
-            + (f' · <strong>trained on:</strong> <span id="model-data">{html.escape(trained)}</span>' if trained else "")
-            + (f' · <span id="model-lineage">{html.escape(lineage)}</span>' if lineage else "")
-            + (f' · <strong>forward pass:</strong> <span id="model-runtime">{html.escape(", ".join(sorted(ran)))}</span>' if ran else "")
-            + "</p>")
+    return (
+        f'<p class="model" id="model"><strong>Model:</strong> <span title="{html.escape(path, quote=True)}">{html.escape(Path(path).name)}</span>'
+        + (f" ({html.escape(desc)})" if desc else "")
+        + (
+            f' · <strong>trained on:</strong> <span id="model-data">{html.escape(trained)}</span>'
+            if trained
+            else ""
+        )
+        + (f' · <span id="model-lineage">{html.escape(lineage)}</span>' if lineage else "")
+        + (
+            f' · <strong>forward pass:</strong> <span id="model-runtime">{html.escape(", ".join(sorted(ran)))}</span>'
+            if ran
+            else ""
+        )
+        + "</p>"
+    )
 
 
 def _lineage(training: dict[str, Any]) -> str:
@@ -391,11 +468,17 @@ def _lineage(training: dict[str, Any]) -> str:
     val = training.get("validation") or {}
     if val:
         masked = " within region masks" if val.get("masked_pairs") else ""
-        parts.append(f"validated on {val.get('dataset') or 'its ' + str(val.get('split', 'val')) + ' split'} "
-                     f"({val.get('pairs', '?')} pairs{masked})")
+        parts.append(
+            f"validated on {val.get('dataset') or 'its ' + str(val.get('split', 'val')) + ' split'} "
+            f"({val.get('pairs', '?')} pairs{masked})"
+        )
     parent = training.get("parent") or {}
     if parent:
-        name = "the demo weights" if parent.get("init") == "demo" else Path(str(parent.get("path") or "?")).name
+        name = (
+            "the demo weights"
+            if parent.get("init") == "demo"
+            else Path(str(parent.get("path") or "?")).name
+        )
         parts.append(f"fine-tuned from {name}")
     return "; ".join(parts)
 
@@ -403,17 +486,22 @@ def _lineage(training: dict[str, Any]) -> str:
 def _legend() -> str:
     lo, mid, hi = (tuple(int(c) for c in rgb) for rgb in purity_colormap([0.0, 0.5, 1.0]))
     grad = f"linear-gradient(to right, rgb{lo}, rgb{mid}, rgb{hi})"
-    return ('<div class="legend" id="legend"><p><strong>Reading the overviews.</strong> Left: the slide with the predicted '
-            '<span class="swatch"></span><strong>cancer area</strong> outlined in green. Right: <strong>tumour purity</strong> per '
-            f'{PURITY_GRID_UM:g} µm × {PURITY_GRID_UM:g} µm square:<br>0 % <span class="cbar" style="background:{grad}"></span> 100 % '
-            '(blue: background cells only, red: tumour cells only; no colour: no cells). Click an overview for full size.</p>'
-            '<p><strong>Purity</strong> = tumour cells (TC) / all detected cells (TC + BC) on the slide; <strong>in cancer area</strong>: the same, '
-            'counting only cells inside the predicted cancer area. Areas in mm² from the slide\'s µm/px. '
-            'Click a column header to sort.</p></div>')
+    return (
+        '<div class="legend" id="legend"><p><strong>Reading the overviews.</strong> Left: the slide with the predicted '
+        '<span class="swatch"></span><strong>cancer area</strong> outlined in green. Right: <strong>tumour purity</strong> per '
+        f'{PURITY_GRID_UM:g} µm × {PURITY_GRID_UM:g} µm square:<br>0 % <span class="cbar" style="background:{grad}"></span> 100 % '
+        "(blue: background cells only, red: tumour cells only; no colour: no cells). Click an overview for full size.</p>"
+        "<p><strong>Purity</strong> = tumour cells (TC) / all detected cells (TC + BC) on the slide; <strong>in cancer area</strong>: the same, "
+        "counting only cells inside the predicted cancer area. Areas in mm² from the slide's µm/px. "
+        "Click a column header to sort.</p></div>"
+    )
 
 
 def _cards(rows: list[dict[str, Any]], purities: list[float]) -> str:
-    n = {s: sum(1 for r in rows if r.get("status") == s) for s in ("done", "failed", "running", "pending")}
+    n = {
+        s: sum(1 for r in rows if r.get("status") == s)
+        for s in ("done", "failed", "running", "pending")
+    }
     no_tissue = sum(1 for r in rows if r.get("status") == DONE and r.get("purity") is None)
     cells = sum(int(r.get("n_cells") or 0) for r in rows if r.get("status") == DONE)
     med = ""
@@ -421,12 +509,23 @@ def _cards(rows: list[dict[str, Any]], purities: list[float]) -> str:
         q = sorted(purities)
         m = q[len(q) // 2] if len(q) % 2 else (q[len(q) // 2 - 1] + q[len(q) // 2]) / 2
         med = f"{100 * m:.1f} %"
-    items = [("slides", str(len(rows)), ""), ("done", str(n["done"]), ""), ("failed", str(n["failed"]), " bad" if n["failed"] else ""),
-             ("no cells / no tissue", str(no_tissue), ""), ("unfinished", str(n["running"] + n["pending"]), ""),
-             ("cells detected", f"{cells:,}", ""), ("median purity", med or "n/a", "")]
-    return ('<div class="cards" id="counts">' + "".join(
-        f'<div class="card{c}"><span class="n">{html.escape(v)}</span><span class="k">{html.escape(k)}</span></div>' for k, v, c in items)
-        + "</div>")
+    items = [
+        ("slides", str(len(rows)), ""),
+        ("done", str(n["done"]), ""),
+        ("failed", str(n["failed"]), " bad" if n["failed"] else ""),
+        ("no cells / no tissue", str(no_tissue), ""),
+        ("unfinished", str(n["running"] + n["pending"]), ""),
+        ("cells detected", f"{cells:,}", ""),
+        ("median purity", med or "n/a", ""),
+    ]
+    return (
+        '<div class="cards" id="counts">'
+        + "".join(
+            f'<div class="card{c}"><span class="n">{html.escape(v)}</span><span class="k">{html.escape(k)}</span></div>'
+            for k, v, c in items
+        )
+        + "</div>"
+    )
 
 
 def _failures(rows: list[dict[str, Any]], shown: int = 5) -> str:
@@ -438,12 +537,17 @@ def _failures(rows: list[dict[str, Any]], shown: int = 5) -> str:
 
     def item(r: dict[str, Any]) -> str:
         full, msg = _error_text(r)
-        return (f'<li><strong>{html.escape(r["slide_id"])}</strong>: <span class="msg" title="{html.escape(full, quote=True)}">'
-                f'{html.escape(msg or "no message")}</span></li>')
+        return (
+            f'<li><strong>{html.escape(r["slide_id"])}</strong>: <span class="msg" title="{html.escape(full, quote=True)}">'
+            f"{html.escape(msg or 'no message')}</span></li>"
+        )
 
     items = "".join(item(r) for r in failed[:shown])
-    more = (f'<details><summary>{len(failed) - shown} more</summary><ul>{"".join(item(r) for r in failed[shown:])}</ul></details>'
-            if len(failed) > shown else "")
+    more = (
+        f"<details><summary>{len(failed) - shown} more</summary><ul>{''.join(item(r) for r in failed[shown:])}</ul></details>"
+        if len(failed) > shown
+        else ""
+    )
     return f'<div class="failures" id="failures"><h2>{len(failed)} slide(s) failed</h2><ul>{items}</ul>{more}</div>'
 
 
@@ -454,8 +558,10 @@ def _not_run(manifest: Manifest) -> str:
     if not lines:
         return ""
     items = "".join(f'<li><span class="msg">{html.escape(line)}</span></li>' for line in lines)
-    return (f'<div class="failures" id="not-run"><h2>{len(lines)} input(s) of the last run not run (nothing recorded for them)</h2>'
-            f"<ul>{items}</ul></div>")
+    return (
+        f'<div class="failures" id="not-run"><h2>{len(lines)} input(s) of the last run not run (nothing recorded for them)</h2>'
+        f"<ul>{items}</ul></div>"
+    )
 
 
 def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = None) -> Path:
@@ -463,16 +569,41 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
     out_dir = Path(out_dir)
     manifest = manifest or Manifest.load(out_dir)
     rows = _rows(out_dir, manifest)
-    thumbs = {r["slide_id"]: _thumbnail(out_dir / r["slide_id"] / "overview.png") for r in rows if r.get("status") == DONE}
-    purities = [float(r["purity"]) for r in rows if r.get("status") == DONE and r.get("purity") is not None and math.isfinite(float(r["purity"]))]
+    thumbs = {
+        r["slide_id"]: _thumbnail(out_dir / r["slide_id"] / "overview.png")
+        for r in rows
+        if r.get("status") == DONE
+    }
+    purities = [
+        float(r["purity"])
+        for r in rows
+        if r.get("status") == DONE
+        and r.get("purity") is not None
+        and math.isfinite(float(r["purity"]))
+    ]
     title = f"Tumour purity report: {out_dir.resolve().name}"
-    head = "".join(f'<th class="{c.css}" data-k="{c.key}">{html.escape(c.header)}'
-                   + (f'<span class="u">{html.escape(c.unit)}</span>' if c.unit else "") + "</th>" for c in _COLS)
-    cols = "".join(f'<col class="{c.key}"' + (f' style="width:{c.width}px"' if c.width else "") + ">" for c in _COLS)
+    head = "".join(
+        f'<th class="{c.css}" data-k="{c.key}">{html.escape(c.header)}'
+        + (f'<span class="u">{html.escape(c.unit)}</span>' if c.unit else "")
+        + "</th>"
+        for c in _COLS
+    )
+    cols = "".join(
+        f'<col class="{c.key}"' + (f' style="width:{c.width}px"' if c.width else "") + ">"
+        for c in _COLS
+    )
     body = [_table_row(r, thumbs) for r in rows]
     where = str(out_dir.resolve())
-    notes = sorted({str(n) for n in [manifest.meta.get("model_note"), *(r.get("model_note") for r in rows)] if n})
-    note_html = "".join(f'<div class="note" role="alert">&#9888; {html.escape(n)}</div>' for n in notes)
+    notes = sorted(
+        {
+            str(n)
+            for n in [manifest.meta.get("model_note"), *(r.get("model_note") for r in rows)]
+            if n
+        }
+    )
+    note_html = "".join(
+        f'<div class="note" role="alert">&#9888; {html.escape(n)}</div>' for n in notes
+    )
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
@@ -503,8 +634,16 @@ def rebuild_reports(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     """``wsi-ocelot report DIR``: rebuild ``summary.csv`` and ``report.html`` from what is on disk."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise ConfigError(out_dir, "the folder does not exist", "pass the --out folder of a `wsi-ocelot run`")
+        raise ConfigError(
+            out_dir, "the folder does not exist", "pass the --out folder of a `wsi-ocelot run`"
+        )
     manifest = Manifest.load(out_dir)
-    if not manifest.slides and not any((d / "purity.json").is_file() for d in out_dir.iterdir() if d.is_dir()):
-        raise ConfigError(out_dir, "no manifest.json and no slide results here", "pass the --out folder of a `wsi-ocelot run`")
+    if not manifest.slides and not any(
+        (d / "purity.json").is_file() for d in out_dir.iterdir() if d.is_dir()
+    ):
+        raise ConfigError(
+            out_dir,
+            "no manifest.json and no slide results here",
+            "pass the --out folder of a `wsi-ocelot run`",
+        )
     return write_summary_csv(out_dir, manifest), write_report(out_dir, manifest)

@@ -87,11 +87,19 @@ def _note_readers(asked: int | None) -> None:
     readers were asked for."""
     hint = "start the Dask workers with DASK_DISTRIBUTED__WORKER__DAEMON=False in their environment"
     if asked is None:
-        log.info("a daemonic process (a Dask worker under a nanny): tiles are read in this process; "
-                 "%s to read them in %d processes", hint, default_workers())
+        log.info(
+            "a daemonic process (a Dask worker under a nanny): tiles are read in this process; "
+            "%s to read them in %d processes",
+            hint,
+            default_workers(),
+        )
     else:
-        log.warning("%d tile-reading processes were asked for, but this is a daemonic process (a Dask worker "
-                    "under a nanny), which cannot start them: tiles are read in this process. Fix: %s", asked, hint)
+        log.warning(
+            "%d tile-reading processes were asked for, but this is a daemonic process (a Dask worker "
+            "under a nanny), which cannot start them: tiles are read in this process. Fix: %s",
+            asked,
+            hint,
+        )
 
 
 def get_runner(model: str, config: EngineConfig) -> SlideRunner:
@@ -117,8 +125,15 @@ def _where() -> str:
     return f"{host}:{os.getpid()}" + (f" (dask worker {idx})" if idx is not None else "")
 
 
-def run_slide_task(job: SlideJob, out_dir: str, model: str, config: EngineConfig, *, torch_threads: int | None = None,
-                   started_marker: str | None = None) -> dict[str, Any]:
+def run_slide_task(
+    job: SlideJob,
+    out_dir: str,
+    model: str,
+    config: EngineConfig,
+    *,
+    torch_threads: int | None = None,
+    started_marker: str | None = None,
+) -> dict[str, Any]:
     """The Dask task: :func:`process_slide` between two notes in the shared output folder.
 
     ``started_marker`` is written when the slide starts and ``<started_marker>.json`` (the record)
@@ -134,7 +149,14 @@ def run_slide_task(job: SlideJob, out_dir: str, model: str, config: EngineConfig
     return rec
 
 
-def process_slide(job: SlideJob, out_dir: str, model: str, config: EngineConfig, *, torch_threads: int | None = None) -> dict[str, Any]:
+def process_slide(
+    job: SlideJob,
+    out_dir: str,
+    model: str,
+    config: EngineConfig,
+    *,
+    torch_threads: int | None = None,
+) -> dict[str, Any]:
     """Run one slide into ``out_dir/<slide-id>/`` and return its manifest record."""
     t0 = time.perf_counter()
     base: dict[str, Any] = {"path": job.path, "mpp_override": job.mpp, "worker": _where()}
@@ -145,13 +167,31 @@ def process_slide(job: SlideJob, out_dir: str, model: str, config: EngineConfig,
         runner = get_runner(model, config)
         res = runner.run(job.path, out_dir, mpp=job.mpp, slide_id=job.slide_id, overwrite=True)
     except WsiOcelotError as err:
-        rec = {**base, "status": FAILED, "error": err.one_line(), "runtime_s": round(time.perf_counter() - t0, 3)}
+        rec = {
+            **base,
+            "status": FAILED,
+            "error": err.one_line(),
+            "runtime_s": round(time.perf_counter() - t0, 3),
+        }
         if isinstance(err, DiskFullError):
             rec["disk_full"] = True  # the batch stops: every later slide would fail the same way
         return rec
     except Exception as exc:  # a bug or an unforeseen fault: report it, keep the batch going
-        msg = f"{job.path}: unexpected error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). " \
-              f"Fix: see the traceback in {Path(out_dir) / SLIDE_LOGS / (job.slide_id + '.log')}; report it if the slide opens in other viewers"
-        return {**base, "status": FAILED, "error": msg, "runtime_s": round(time.perf_counter() - t0, 3),
-                "traceback": traceback.format_exc()}
-    return {**base, "status": DONE, "error": None, **res.record.manifest_fields(), "runtime_s": round(time.perf_counter() - t0, 3)}
+        msg = (
+            f"{job.path}: unexpected error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            f"Fix: see the traceback in {Path(out_dir) / SLIDE_LOGS / (job.slide_id + '.log')}; report it if the slide opens in other viewers"
+        )
+        return {
+            **base,
+            "status": FAILED,
+            "error": msg,
+            "runtime_s": round(time.perf_counter() - t0, 3),
+            "traceback": traceback.format_exc(),
+        }
+    return {
+        **base,
+        "status": DONE,
+        "error": None,
+        **res.record.manifest_fields(),
+        "runtime_s": round(time.perf_counter() - t0, 3),
+    }

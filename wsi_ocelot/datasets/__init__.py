@@ -14,4 +14,14 @@ from wsi_ocelot.datasets.ocelot import (
     read_tissue_png,
 )
 
-__all__ = ["CELL_CLASSES", "SPLITS", "TISSUE_VALUES", "PairRecord", "list_pairs", "read_cell_csv", "read_metadata", "read_rgb", "read_tissue_png"]
+__all__ = [
+    "CELL_CLASSES",
+    "SPLITS",
+    "TISSUE_VALUES",
+    "PairRecord",
+    "list_pairs",
+    "read_cell_csv",
+    "read_metadata",
+    "read_rgb",
+    "read_tissue_png",
+]

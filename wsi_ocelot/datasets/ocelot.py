@@ -40,8 +40,10 @@ SPLITS = ("train", "val", "test")
 TILE_MODES = ("crop", "resize")
 CELL_CLASSES = (1, 2)
 TISSUE_VALUES = (1, 2, 255)
-_LAYOUT_FIX = ("use the OCELOT release layout: images/{split}/{cell,tissue}/NNN.jpg, annotations/{split}/cell/NNN.csv, "
-               "annotations/{split}/tissue/NNN.png (and optionally annotations/{split}/cell_mask/NNN.png), metadata.json")
+_LAYOUT_FIX = (
+    "use the OCELOT release layout: images/{split}/{cell,tissue}/NNN.jpg, annotations/{split}/cell/NNN.csv, "
+    "annotations/{split}/tissue/NNN.png (and optionally annotations/{split}/cell_mask/NNN.png), metadata.json"
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,11 @@ def read_cell_csv(path: str | os.PathLike[str]) -> np.ndarray:
     except FileNotFoundError as err:
         raise DatasetError(p, "cell annotation file not found", _LAYOUT_FIX) from err
     except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(p, f"cannot read cell annotations ({err})", "re-extract the file from the dataset archive") from err
+        raise DatasetError(
+            p,
+            f"cannot read cell annotations ({err})",
+            "re-extract the file from the dataset archive",
+        ) from err
     rows: list[tuple[float, float, float]] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -83,15 +89,29 @@ def read_cell_csv(path: str | os.PathLike[str]) -> np.ndarray:
             continue
         parts = [v.strip() for v in line.split(",")]
         if len(parts) != 3:
-            raise DatasetError(p, f"line {lineno}: expected 'x,y,class', got {line!r}", "write one 'x,y,class' line per cell, no header")
+            raise DatasetError(
+                p,
+                f"line {lineno}: expected 'x,y,class', got {line!r}",
+                "write one 'x,y,class' line per cell, no header",
+            )
         try:
             x, y, c = (float(v) for v in parts)
         except ValueError as err:
-            raise DatasetError(p, f"line {lineno}: non-numeric value in {line!r}", "write one 'x,y,class' line per cell, no header") from err
+            raise DatasetError(
+                p,
+                f"line {lineno}: non-numeric value in {line!r}",
+                "write one 'x,y,class' line per cell, no header",
+            ) from err
         if not (math.isfinite(x) and math.isfinite(y)):
-            raise DatasetError(p, f"line {lineno}: coordinates must be finite, got {line!r}", "fix the coordinates")
+            raise DatasetError(
+                p, f"line {lineno}: coordinates must be finite, got {line!r}", "fix the coordinates"
+            )
         if c not in CELL_CLASSES:
-            raise DatasetError(p, f"line {lineno}: class {parts[2]!r} is not 1 (BC) or 2 (TC)", "use OCELOT class ids 1 = BC, 2 = TC")
+            raise DatasetError(
+                p,
+                f"line {lineno}: class {parts[2]!r} is not 1 (BC) or 2 (TC)",
+                "use OCELOT class ids 1 = BC, 2 = TC",
+            )
         rows.append((x, y, c))
     return np.asarray(rows, dtype=np.float32).reshape(-1, 3)
 
@@ -105,7 +125,9 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     except FileNotFoundError as err:
         raise DatasetError(p, "image not found", _LAYOUT_FIX) from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetError(p, f"not a readable image ({err})", "re-extract the file from the dataset archive") from err
+        raise DatasetError(
+            p, f"not a readable image ({err})", "re-extract the file from the dataset archive"
+        ) from err
 
 
 def read_tissue_png(path: str | os.PathLike[str]) -> np.ndarray:
@@ -114,15 +136,25 @@ def read_tissue_png(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         with Image.open(p) as im:
             if im.mode not in ("L", "P", "I", "I;16"):
-                raise DatasetError(p, f"tissue annotation has image mode {im.mode!r}, expected a single-channel label image", "write a grayscale PNG with values 1 = BG, 2 = CA, 255 = unknown")
+                raise DatasetError(
+                    p,
+                    f"tissue annotation has image mode {im.mode!r}, expected a single-channel label image",
+                    "write a grayscale PNG with values 1 = BG, 2 = CA, 255 = unknown",
+                )
             arr = np.asarray(im)
     except FileNotFoundError as err:
         raise DatasetError(p, "tissue annotation not found", _LAYOUT_FIX) from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetError(p, f"not a readable PNG ({err})", "re-extract the file from the dataset archive") from err
+        raise DatasetError(
+            p, f"not a readable PNG ({err})", "re-extract the file from the dataset archive"
+        ) from err
     bad = np.setdiff1d(np.unique(arr), TISSUE_VALUES)
     if bad.size:
-        raise DatasetError(p, f"tissue annotation holds value(s) {bad[:5].tolist()}, allowed 1 (BG), 2 (CA), 255 (unknown)", "write the label map with OCELOT values only")
+        raise DatasetError(
+            p,
+            f"tissue annotation holds value(s) {bad[:5].tolist()}, allowed 1 (BG), 2 (CA), 255 (unknown)",
+            "write the label map with OCELOT values only",
+        )
     return arr.astype(np.uint8)
 
 
@@ -133,17 +165,25 @@ def read_cell_mask(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         with Image.open(p) as im:
             if im.mode not in ("L", "P", "1"):
-                raise DatasetError(p, f"cell mask has image mode {im.mode!r}, expected a single-channel PNG",
-                                   "write a grayscale PNG with 1 where the cells are completely marked, 0 elsewhere")
+                raise DatasetError(
+                    p,
+                    f"cell mask has image mode {im.mode!r}, expected a single-channel PNG",
+                    "write a grayscale PNG with 1 where the cells are completely marked, 0 elsewhere",
+                )
             arr = np.asarray(im.convert("L"))
     except FileNotFoundError as err:
         raise DatasetError(p, "cell mask not found", _LAYOUT_FIX) from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetError(p, f"not a readable PNG ({err})", "re-extract the file from the dataset archive") from err
+        raise DatasetError(
+            p, f"not a readable PNG ({err})", "re-extract the file from the dataset archive"
+        ) from err
     bad = np.setdiff1d(np.unique(arr), (0, 1, 255))
     if bad.size:
-        raise DatasetError(p, f"cell mask holds value(s) {bad[:5].tolist()}, allowed 0 (unknown) and 1 (labelled)",
-                           "write the mask with 0 and 1 only")
+        raise DatasetError(
+            p,
+            f"cell mask holds value(s) {bad[:5].tolist()}, allowed 0 (unknown) and 1 (labelled)",
+            "write the mask with 0 and 1 only",
+        )
     return arr > 0
 
 
@@ -153,12 +193,20 @@ def read_metadata(root: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
-        raise DatasetError(p, "metadata.json not found", "put the release's metadata.json in the dataset root") from err
+        raise DatasetError(
+            p, "metadata.json not found", "put the release's metadata.json in the dataset root"
+        ) from err
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(p, f"not valid JSON ({err})", "restore metadata.json from the dataset archive") from err
+        raise DatasetError(
+            p, f"not valid JSON ({err})", "restore metadata.json from the dataset archive"
+        ) from err
     pairs = data.get("sample_pairs") if isinstance(data, dict) else None
     if not isinstance(pairs, dict):
-        raise DatasetError(p, "no 'sample_pairs' mapping (id → pair metadata)", "use the OCELOT release's metadata.json (the challenge's list format is not a dataset root)")
+        raise DatasetError(
+            p,
+            "no 'sample_pairs' mapping (id → pair metadata)",
+            "use the OCELOT release's metadata.json (the challenge's list format is not a dataset root)",
+        )
     return {str(k): v for k, v in pairs.items()}
 
 
@@ -179,7 +227,11 @@ def list_pairs(root: str | os.PathLike[str], split: str) -> list[PairRecord]:
     """All pairs of ``split``, sorted by id; checks that every file and metadata entry exists."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(root, "dataset root not found", "pass the folder that holds metadata.json, images/ and annotations/")
+        raise DatasetError(
+            root,
+            "dataset root not found",
+            "pass the folder that holds metadata.json, images/ and annotations/",
+        )
     if split not in SPLITS:
         raise DatasetError(root, f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
     folders = {
@@ -190,11 +242,15 @@ def list_pairs(root: str | os.PathLike[str], split: str) -> list[PairRecord]:
     }
     for what, folder in folders.items():
         if not folder.is_dir():
-            raise DatasetError(folder, f"folder of {what} for split {split!r} not found", _LAYOUT_FIX)
+            raise DatasetError(
+                folder, f"folder of {what} for split {split!r} not found", _LAYOUT_FIX
+            )
     meta = read_metadata(root)
     ids = sorted(p.stem for p in folders["cell images"].glob("*.jpg"))
     if not ids:
-        raise DatasetError(folders["cell images"], f"no .jpg cell images for split {split!r}", _LAYOUT_FIX)
+        raise DatasetError(
+            folders["cell images"], f"no .jpg cell images for split {split!r}", _LAYOUT_FIX
+        )
     records = []
     for id_ in ids:
         files = {
@@ -207,13 +263,25 @@ def list_pairs(root: str | os.PathLike[str], split: str) -> list[PairRecord]:
                 raise DatasetError(f, f"{what} of pair {id_} not found", _LAYOUT_FIX)
         m = meta.get(id_)
         if m is None:
-            raise DatasetError(root / "metadata.json", f"no sample_pairs entry for pair {id_!r}", "use the metadata.json that belongs to these images")
+            raise DatasetError(
+                root / "metadata.json",
+                f"no sample_pairs entry for pair {id_!r}",
+                "use the metadata.json that belongs to these images",
+            )
         try:
             offset = (float(m["patch_x_offset"]), float(m["patch_y_offset"]))
         except (KeyError, TypeError, ValueError) as err:
-            raise DatasetError(root / "metadata.json", f"pair {id_!r} lacks a numeric patch_x_offset/patch_y_offset", "use the release's metadata.json") from err
+            raise DatasetError(
+                root / "metadata.json",
+                f"pair {id_!r} lacks a numeric patch_x_offset/patch_y_offset",
+                "use the release's metadata.json",
+            ) from err
         if not all(0.0 <= v <= 1.0 for v in offset):
-            raise DatasetError(root / "metadata.json", f"pair {id_!r} has offset {offset} outside [0, 1]", "offsets are the relative centre of the cell patch in the tissue patch")
+            raise DatasetError(
+                root / "metadata.json",
+                f"pair {id_!r} has offset {offset} outside [0, 1]",
+                "offsets are the relative centre of the cell patch in the tissue patch",
+            )
         organ = m.get("organ")
         mask = root / "annotations" / split / "cell_mask" / f"{id_}.png"
         records.append(

@@ -64,17 +64,26 @@ BG, CA, UNKNOWN = 1, 2, 255
 BC, TC = 1, 2
 
 _EXPORT_FIX = "export the annotations again from QuPath (File > Export objects as GeoJSON, or exportObjectsToGeoJson in a script)"
-_REGION_FIX = ("mark where every nucleus is labelled with a rectangle classified Region* (QuPath's built-in region class; "
-               "or a class listed under 'region' in --class-map)")
+_REGION_FIX = (
+    "mark where every nucleus is labelled with a rectangle classified Region* (QuPath's built-in region class; "
+    "or a class listed under 'region' in --class-map)"
+)
 
 
 # --------------------------------------------------------------------------- class map
 
 
 def _names(value: Any, key: str, source: str | os.PathLike[str] | None) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(source, f"class map '{key}' must be a list of QuPath class names, got {value!r}",
-                          f"write e.g. '{key}: [Tumor]' (QuPath's names, case as in QuPath; '{UNCLASSIFIED}' = no class)")
+    if (
+        isinstance(value, str)
+        or not isinstance(value, (list, tuple))
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise ConfigError(
+            source,
+            f"class map '{key}' must be a list of QuPath class names, got {value!r}",
+            f"write e.g. '{key}: [Tumor]' (QuPath's names, case as in QuPath; '{UNCLASSIFIED}' = no class)",
+        )
     return tuple(value)
 
 
@@ -110,19 +119,42 @@ class ClassMap:
         for key in ("tumour", "background_cell", "cancer_area", "region", "ignore"):
             object.__setattr__(self, key, _names(getattr(self, key), key, None))
         if self.background_area is not None:
-            object.__setattr__(self, "background_area", _names(self.background_area, "background_area", None))
+            object.__setattr__(
+                self, "background_area", _names(self.background_area, "background_area", None)
+            )
         if not self.region:
-            raise ConfigError(None, "class map 'region' is empty", "list the class of the rectangles that mark where every nucleus is labelled, e.g. [Region*]")
+            raise ConfigError(
+                None,
+                "class map 'region' is empty",
+                "list the class of the rectangles that mark where every nucleus is labelled, e.g. [Region*]",
+            )
         clashes = [
             ("tumour", "background_cell", set(self.tumour) & set(self.background_cell)),
-            ("cancer_area", "background_area", set(self.cancer_area) & set(self.background_area or ())),
-            ("region", "an area or ignore", set(self.region) & (set(self.cancer_area) | set(self.background_area or ()) | set(self.ignore))),
-            ("ignore", "a cell or area class", set(self.ignore) & (set(self.tumour) | set(self.background_cell) | set(self.cancer_area))),
+            (
+                "cancer_area",
+                "background_area",
+                set(self.cancer_area) & set(self.background_area or ()),
+            ),
+            (
+                "region",
+                "an area or ignore",
+                set(self.region)
+                & (set(self.cancer_area) | set(self.background_area or ()) | set(self.ignore)),
+            ),
+            (
+                "ignore",
+                "a cell or area class",
+                set(self.ignore)
+                & (set(self.tumour) | set(self.background_cell) | set(self.cancer_area)),
+            ),
         ]
         for a, b, both in clashes:
             if both:
-                raise ConfigError(None, f"class name(s) {', '.join(map(repr, sorted(both)))} are both {a} and {b} in the class map",
-                                  "give each QuPath class one role per geometry (points: tumour/background_cell; polygons: cancer_area/background_area/region)")
+                raise ConfigError(
+                    None,
+                    f"class name(s) {', '.join(map(repr, sorted(both)))} are both {a} and {b} in the class map",
+                    "give each QuPath class one role per geometry (points: tumour/background_cell; polygons: cancer_area/background_area/region)",
+                )
 
     def point_role(self, name: str) -> int | str | None:
         """``TC``/``BC`` for a point class, ``"ignore"``, ``"region"`` or None (unmapped)."""
@@ -160,7 +192,11 @@ def load_class_map(path: str | os.PathLike[str]) -> ClassMap:
     if isinstance(data.get("class_map"), dict):
         data = data["class_map"]
     for key, value in data.items():
-        if key in {"tumour", "background_cell", "cancer_area", "background_area", "region", "ignore"} and value is not None:
+        if (
+            key
+            in {"tumour", "background_cell", "cancer_area", "background_area", "region", "ignore"}
+            and value is not None
+        ):
             _names(value, key, path)
     return from_dict(ClassMap, data, source=path)
 
@@ -189,15 +225,25 @@ def _load_json(path: Path) -> Any:
             with zipfile.ZipFile(path) as zf:
                 members = [m for m in zf.namelist() if m.lower().endswith((".geojson", ".json"))]
                 if len(members) != 1:
-                    raise DatasetError(path, f"the zip holds {len(members)} .geojson/.json files, expected one", _EXPORT_FIX)
+                    raise DatasetError(
+                        path,
+                        f"the zip holds {len(members)} .geojson/.json files, expected one",
+                        _EXPORT_FIX,
+                    )
                 raw = zf.read(members[0])
         else:
             raw = path.read_bytes()
         return json.loads(raw.decode("utf-8-sig"))
     except FileNotFoundError as err:
-        raise DatasetError(path, "annotation file not found", "pass the GeoJSON QuPath exported for this slide") from err
+        raise DatasetError(
+            path, "annotation file not found", "pass the GeoJSON QuPath exported for this slide"
+        ) from err
     except (OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(path, f"not a readable GeoJSON file ({str(err).splitlines()[0] if str(err) else type(err).__name__})", _EXPORT_FIX) from err
+        raise DatasetError(
+            path,
+            f"not a readable GeoJSON file ({str(err).splitlines()[0] if str(err) else type(err).__name__})",
+            _EXPORT_FIX,
+        ) from err
 
 
 def _class_name(cls: Any, path: Path, where: str) -> str:
@@ -232,7 +278,11 @@ def read_qupath_geojson(path: str | os.PathLike[str]) -> tuple[list[Annotation],
     elif isinstance(data, dict) and data.get("type") == "Feature":
         feats = [data]
     else:
-        raise DatasetError(p, "the top level is not a FeatureCollection, a Feature or an array of Features", _EXPORT_FIX)
+        raise DatasetError(
+            p,
+            "the top level is not a FeatureCollection, a Feature or an array of Features",
+            _EXPORT_FIX,
+        )
     if not isinstance(feats, list):
         raise DatasetError(p, "'features' is not an array", _EXPORT_FIX)
     out: list[Annotation] = []
@@ -258,12 +308,21 @@ def read_qupath_geojson(path: str | os.PathLike[str]) -> tuple[list[Annotation],
         try:
             geom = shape(gj)
             coords = shapely.get_coordinates(geom)
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError, shapely.errors.GEOSException) as err:
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            IndexError,
+            shapely.errors.GEOSException,
+        ) as err:
             raise DatasetError(p, f"{where}: geometry cannot be read ({err})", _EXPORT_FIX) from err
         if not np.isfinite(coords).all():
             raise DatasetError(p, f"{where}: geometry has non-finite coordinates", _EXPORT_FIX)
         name = props.get("name") if isinstance(props.get("name"), str) else None
-        out.append(Annotation(i, fid, name, _class_name(props.get("classification"), p, where), geom))
+        out.append(
+            Annotation(i, fid, name, _class_name(props.get("classification"), p, where), geom)
+        )
     return out, skipped
 
 
@@ -369,7 +428,11 @@ def interpret_annotations(
     raw_regions: list[tuple[Annotation, BaseGeometry]] = []
 
     for ann in annotations:
-        parts = _parts(shapely.transform(ann.geometry, lambda xy: xy + (ox, oy)) if (ox or oy) else ann.geometry)
+        parts = _parts(
+            shapely.transform(ann.geometry, lambda xy: xy + (ox, oy))
+            if (ox or oy)
+            else ann.geometry
+        )
         pts = [g for g in parts if g.geom_type == "Point"]
         polys = [g for g in parts if g.geom_type == "Polygon"]
         n_lines = sum(1 for g in parts if g.geom_type in ("LineString", "LinearRing"))
@@ -399,16 +462,32 @@ def interpret_annotations(
                 areas[role].append(geom)
 
     if unmapped:
-        listed = ", ".join(f"{name!r} ({', '.join(_plural(n, kind) for kind, n in c.items())})" for name, c in sorted(unmapped.items()))
-        raise DatasetError(p, f"QuPath class name(s) not in the class map: {listed}",
-                           "list each in a YAML passed with --class-map: points under tumour or background_cell, polygons under "
-                           "cancer_area or background_area, or either under ignore (defaults: tumour [Tumor]; background_cell "
-                           f"[Stroma, Immune cells, Necrosis, Other, {UNCLASSIFIED}]; cancer_area [Tumor])")
+        listed = ", ".join(
+            f"{name!r} ({', '.join(_plural(n, kind) for kind, n in c.items())})"
+            for name, c in sorted(unmapped.items())
+        )
+        raise DatasetError(
+            p,
+            f"QuPath class name(s) not in the class map: {listed}",
+            "list each in a YAML passed with --class-map: points under tumour or background_cell, polygons under "
+            "cancer_area or background_area, or either under ignore (defaults: tumour [Tumor]; background_cell "
+            f"[Stroma, Immune cells, Necrosis, Other, {UNCLASSIFIED}]; cancer_area [Tumor])",
+        )
     if not raw_regions:
-        raise DatasetError(p, f"no region annotation (a polygon or rectangle classified {' or '.join(class_map.region)})", _REGION_FIX)
+        raise DatasetError(
+            p,
+            f"no region annotation (a polygon or rectangle classified {' or '.join(class_map.region)})",
+            _REGION_FIX,
+        )
 
     ignore_area = shapely.union_all(areas["ignore"]) if areas["ignore"] else shapely.Polygon()
-    image = shapely.box(image_box[0], image_box[1], image_box[0] + image_box[2], image_box[1] + image_box[3]) if image_box else None
+    image = (
+        shapely.box(
+            image_box[0], image_box[1], image_box[0] + image_box[2], image_box[1] + image_box[3]
+        )
+        if image_box
+        else None
+    )
     regions: list[Region] = []
     for k, (ann, geom) in enumerate(raw_regions, start=1):
         region = Region(k, ann.feature, ann.id, ann.name, geom)
@@ -416,13 +495,25 @@ def interpret_annotations(
             inside = shapely.intersection(geom, image)
             inside = _polygonal(_parts(inside))
             if inside.is_empty:
-                crop_hint = ("; if QuPath opened the slide uncropped (--no-crop), pass --no-qupath-crop" if (ox or oy) else "")
-                raise DatasetError(p, f"{region.label} ({_fmt_box(geom)}, OpenSlide level-0 px) lies outside the image of {slide_name} "
-                                      f"({_fmt_box(image)})",
-                                   f"pass the GeoJSON exported from this slide's image in QuPath (named <slide stem>.geojson){crop_hint}")
+                crop_hint = (
+                    "; if QuPath opened the slide uncropped (--no-crop), pass --no-qupath-crop"
+                    if (ox or oy)
+                    else ""
+                )
+                raise DatasetError(
+                    p,
+                    f"{region.label} ({_fmt_box(geom)}, OpenSlide level-0 px) lies outside the image of {slide_name} "
+                    f"({_fmt_box(image)})",
+                    f"pass the GeoJSON exported from this slide's image in QuPath (named <slide stem>.geojson){crop_hint}",
+                )
             if inside.area < geom.area * (1 - 1e-9):
-                log.warning("%s: %s extends outside the image of %s (%.0f%% of it outside); clipped to the image",
-                            p, region.label, slide_name, 100 * (1 - inside.area / geom.area))
+                log.warning(
+                    "%s: %s extends outside the image of %s (%.0f%% of it outside); clipped to the image",
+                    p,
+                    region.label,
+                    slide_name,
+                    100 * (1 - inside.area / geom.area),
+                )
                 counts["regions_clipped"] += 1
             geom = inside
         if not ignore_area.is_empty:
@@ -448,8 +539,12 @@ def interpret_annotations(
         path=p,
         regions=tuple(regions),
         cells=cells,
-        cancer_area=shapely.union_all(areas["cancer_area"]) if areas["cancer_area"] else shapely.Polygon(),
-        background_area=shapely.union_all(areas["background_area"]) if areas["background_area"] else shapely.Polygon(),
+        cancer_area=shapely.union_all(areas["cancer_area"])
+        if areas["cancer_area"]
+        else shapely.Polygon(),
+        background_area=shapely.union_all(areas["background_area"])
+        if areas["background_area"]
+        else shapely.Polygon(),
         ignore_area=ignore_area,
         counts=dict(counts),
     )
@@ -466,17 +561,30 @@ def read_slide_annotations(
     """Read a QuPath export and interpret it (:func:`read_qupath_geojson` +
     :func:`interpret_annotations`); what was skipped goes to the log."""
     annotations, skipped = read_qupath_geojson(path)
-    result = interpret_annotations(annotations, class_map or ClassMap(), path, origin=origin, image_box=image_box,
-                                   slide_name=slide_name, skipped=skipped)
+    result = interpret_annotations(
+        annotations,
+        class_map or ClassMap(),
+        path,
+        origin=origin,
+        image_box=image_box,
+        slide_name=slide_name,
+        skipped=skipped,
+    )
     c = result.counts
     notes = [f"{n} {otype}{'s' if n != 1 else ''}" for otype, n in sorted(skipped.items())]
     if notes:
         log.info("%s: skipped %s (only annotations are read)", path, ", ".join(notes))
     if c.get("lines"):
-        log.info("%s: %d line annotation(s) skipped (lines mark nothing for training)", path, c["lines"])
+        log.info(
+            "%s: %d line annotation(s) skipped (lines mark nothing for training)", path, c["lines"]
+        )
     if c.get("polygons_unclassified"):
-        log.info("%s: %d unclassified polygon(s) not used (classify them: %s for cancer area, any other class for background area)",
-                 path, c["polygons_unclassified"], "/".join(class_map.cancer_area if class_map else ("Tumor",)))
+        log.info(
+            "%s: %d unclassified polygon(s) not used (classify them: %s for cancer area, any other class for background area)",
+            path,
+            c["polygons_unclassified"],
+            "/".join(class_map.cancer_area if class_map else ("Tumor",)),
+        )
     if c.get("points_region"):
         log.info("%s: %d point(s) classified as a region class ignored", path, c["points_region"])
     return result
@@ -485,7 +593,9 @@ def read_slide_annotations(
 # --------------------------------------------------------------------------- rasterising
 
 
-def pixel_centres(box: tuple[float, float, float, float] | np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_centres(
+    box: tuple[float, float, float, float] | np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Level-0 x (columns) and y (rows) of the pixel centres of ``box = (x, y, w, h)`` rendered
     at ``size × size`` px."""
     x, y, w, h = (float(v) for v in box)
@@ -493,7 +603,9 @@ def pixel_centres(box: tuple[float, float, float, float] | np.ndarray, size: int
     return x + c * (w / size), y + c * (h / size)
 
 
-def rasterise(geom: BaseGeometry, box: tuple[float, float, float, float] | np.ndarray, size: int) -> np.ndarray:
+def rasterise(
+    geom: BaseGeometry, box: tuple[float, float, float, float] | np.ndarray, size: int
+) -> np.ndarray:
     """``bool (size, size)``: True where a pixel centre of ``box`` lies in ``geom`` (boundary
     included)."""
     x, y, w, h = (float(v) for v in box)
@@ -511,7 +623,9 @@ def rasterise(geom: BaseGeometry, box: tuple[float, float, float, float] | np.nd
     return shapely.intersects_xy(g, xx, yy)
 
 
-def tissue_label(ann: SlideAnnotations, box: tuple[float, float, float, float] | np.ndarray, size: int) -> np.ndarray:
+def tissue_label(
+    ann: SlideAnnotations, box: tuple[float, float, float, float] | np.ndarray, size: int
+) -> np.ndarray:
     """``uint8 (size, size)`` OCELOT tissue label of a level-0 box: 2 in the cancer area,
     1 in the background area (cancer area wins where they overlap), 255 elsewhere and in the
     ignored areas."""
@@ -523,8 +637,12 @@ def tissue_label(ann: SlideAnnotations, box: tuple[float, float, float, float] |
     return label
 
 
-def cells_in_box(cells: np.ndarray, labelled: BaseGeometry, box: tuple[float, float, float, float] | np.ndarray,
-                 size: int) -> np.ndarray:
+def cells_in_box(
+    cells: np.ndarray,
+    labelled: BaseGeometry,
+    box: tuple[float, float, float, float] | np.ndarray,
+    size: int,
+) -> np.ndarray:
     """The marked cells inside ``labelled`` and the half-open box ``[x, x + w) × [y, y + h)``,
     as ``int (k, 3)`` ``(x, y, class)`` in output px of the box rendered at ``size`` (floor,
     as the OCELOT CSVs hold integers)."""
@@ -537,4 +655,6 @@ def cells_in_box(cells: np.ndarray, labelled: BaseGeometry, box: tuple[float, fl
         c = c[shapely.intersects_xy(labelled, c[:, 0], c[:, 1])]
     px = np.floor((c[:, 0] - x) * (size / w)).astype(np.int64)
     py = np.floor((c[:, 1] - y) * (size / h)).astype(np.int64)
-    return np.column_stack([np.clip(px, 0, size - 1), np.clip(py, 0, size - 1), c[:, 2].astype(np.int64)])
+    return np.column_stack(
+        [np.clip(px, 0, size - 1), np.clip(py, 0, size - 1), c[:, 2].astype(np.int64)]
+    )

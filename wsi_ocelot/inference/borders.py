@@ -31,7 +31,9 @@ def points_to_level0(pts: np.ndarray | torch.Tensor, box: np.ndarray, tile: int)
     return p
 
 
-def cores_in_tile_px(boxes: np.ndarray, cores: np.ndarray, tile: int) -> tuple[float, float, float, float]:
+def cores_in_tile_px(
+    boxes: np.ndarray, cores: np.ndarray, tile: int
+) -> tuple[float, float, float, float]:
     """The union over a batch of each tile's core in its own tile px (pixel j has its centre at
     ``box + (j + 0.5) * box / tile``), one px wider on each side. Peaks are searched there
     only; the exact level-0 core test follows in :func:`in_core`."""
@@ -94,19 +96,25 @@ class BorderBuffer:
         self.inside: list[np.ndarray] = []
         self.tile: list[np.ndarray] = []
         self.row: list[np.ndarray] = []
-        self.state: list[np.ndarray] = []  # _OPEN, or decided: _KEPT (already handed back) / _DROPPED
+        self.state: list[
+            np.ndarray
+        ] = []  # _OPEN, or decided: _KEPT (already handed back) / _DROPPED
         self._next = 0
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.points)
 
-    def split(self, p: np.ndarray, inside: np.ndarray | None, core: np.ndarray, row: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    def split(
+        self, p: np.ndarray, inside: np.ndarray | None, core: np.ndarray, row: int = 0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Keep the points near ``core``'s border (and any beyond it) of a tile in grid row
         ``row``; return the others (to be written now)."""
         tid, self._next = self._next, self._next + 1
         if not len(p) or self.radius <= 0:
             return p, inside
-        d = np.minimum.reduce([p[:, 0] - core[0], core[2] - p[:, 0], p[:, 1] - core[1], core[3] - p[:, 1]])
+        d = np.minimum.reduce(
+            [p[:, 0] - core[0], core[2] - p[:, 0], p[:, 1] - core[1], core[3] - p[:, 1]]
+        )
         near = d < self.hold
         if near.any():
             n = int(near.sum())
@@ -123,7 +131,11 @@ class BorderBuffer:
         if not self.points:
             return np.zeros((0, 4)), np.zeros(0, bool), 0
         p, inside = np.concatenate(self.points), np.concatenate(self.inside)
-        tile, row, state = np.concatenate(self.tile), np.concatenate(self.row), np.concatenate(self.state)
+        tile, row, state = (
+            np.concatenate(self.tile),
+            np.concatenate(self.row),
+            np.concatenate(self.state),
+        )
         was_open = state == _OPEN
         known = was_open & (row + 1 <= done_row)  # every tile it could pair with is done
         if not known.any():
@@ -132,7 +144,11 @@ class BorderBuffer:
         pairs = cKDTree(p[:, :2]).query_pairs(self.radius, output_type="ndarray")
         pairs = pairs[tile[pairs[:, 0]] != tile[pairs[:, 1]]]
         # held in tile order, so the lower index is the earlier tile: it wins a tie
-        a, b = (pairs[:, 0], pairs[:, 1]) if len(pairs) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        a, b = (
+            (pairs[:, 0], pairs[:, 1])
+            if len(pairs)
+            else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        )
         a_wins = (p[a, 3] > p[b, 3]) | ((p[a, 3] == p[b, 3]) & (a < b))
         strong, weak = np.where(a_wins, a, b), np.where(a_wins, b, a)
         has_stronger = np.zeros(len(p), bool)
@@ -144,7 +160,7 @@ class BorderBuffer:
             starts = np.searchsorted(weak[by_weak], np.arange(len(p) + 1))
             order = todo[np.lexsort((todo, -p[todo, 3]))]  # strongest first
             for w in order.tolist():
-                partners = strong[by_weak[starts[w]:starts[w + 1]]]
+                partners = strong[by_weak[starts[w] : starts[w + 1]]]
                 s = state[partners]
                 if (s == _OPEN).any():
                     continue  # a stronger partner still open: decide later
@@ -162,16 +178,30 @@ class BorderBuffer:
 
     def _keep(self, p, inside, tile, row, state, keep: np.ndarray) -> None:
         if keep.all():
-            self.points, self.inside, self.tile, self.row, self.state = [p], [inside], [tile], [row], [state]
+            self.points, self.inside, self.tile, self.row, self.state = (
+                [p],
+                [inside],
+                [tile],
+                [row],
+                [state],
+            )
         else:
-            self.points, self.inside, self.tile, self.row, self.state = [p[keep]], [inside[keep]], [tile[keep]], [row[keep]], [state[keep]]
+            self.points, self.inside, self.tile, self.row, self.state = (
+                [p[keep]],
+                [inside[keep]],
+                [tile[keep]],
+                [row[keep]],
+                [state[keep]],
+            )
         if not len(self.points[0]):
             self.points, self.inside, self.tile, self.row, self.state = [], [], [], [], []
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Every point still held, without cross-tile duplicates, their cancer-area flags, and how many were dropped."""
         out = self.release(math.inf)
-        if any((s == _OPEN).any() for s in self.state):  # pragma: no cover - everything is known at the end
+        if any(
+            (s == _OPEN).any() for s in self.state
+        ):  # pragma: no cover - everything is known at the end
             raise RuntimeError("border buffer: points left undecided")
         self.points, self.inside, self.tile, self.row, self.state = [], [], [], [], []
         return out

@@ -139,7 +139,9 @@ class EngineConfig:
     qupath_crop: bool = True  # subtract openslide.bounds-x/y in GeoJSON (QuPath's default frame)
     progress: bool = True
     tissue_chunk: int = 512
-    cell_margin: int | None = None  # overlap of cell tiles in cell px; None = the checkpoint's geometry
+    cell_margin: int | None = (
+        None  # overlap of cell tiles in cell px; None = the checkpoint's geometry
+    )
     reader: str = "openslide"
     border_reach_um: float = DUPLICATE_UM
     writer_depth: int = 4
@@ -155,24 +157,51 @@ class EngineConfig:
     def __post_init__(self) -> None:
         check_runtime_options(self.runtime, self.precision)
         if self.threads is not None and self.threads < 1:
-            raise ConfigError(None, f"threads must be >= 1, got {self.threads}", "use 1 or more, or leave it unset")
+            raise ConfigError(
+                None,
+                f"threads must be >= 1, got {self.threads}",
+                "use 1 or more, or leave it unset",
+            )
         if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(None, f"batch_size must be >= 1, got {self.batch_size}", "use e.g. 8 on a CPU, 16-32 on a GPU, or leave it unset")
+            raise ConfigError(
+                None,
+                f"batch_size must be >= 1, got {self.batch_size}",
+                "use e.g. 8 on a CPU, 16-32 on a GPU, or leave it unset",
+            )
         if self.workers is not None and self.workers < 0:
-            raise ConfigError(None, f"workers must be >= 0, got {self.workers}", "use 0 (read in the main process) or more, or leave it unset")
+            raise ConfigError(
+                None,
+                f"workers must be >= 0, got {self.workers}",
+                "use 0 (read in the main process) or more, or leave it unset",
+            )
         if not 0.0 <= self.border_reach_um <= DUPLICATE_UM:
-            raise ConfigError(None, f"border_reach_um must be in [0, {DUPLICATE_UM}], got {self.border_reach_um}",
-                              f"use {DUPLICATE_UM} (default) or 0 for strict tile cores")
+            raise ConfigError(
+                None,
+                f"border_reach_um must be in [0, {DUPLICATE_UM}], got {self.border_reach_um}",
+                f"use {DUPLICATE_UM} (default) or 0 for strict tile cores",
+            )
         if not 0.0 <= self.max_unreadable <= 1.0:
-            raise ConfigError(None, f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}",
-                              f"use e.g. {DEFAULT_MAX_UNREADABLE} (default), 0 to fail on any unreadable tile, 1 to never fail")
+            raise ConfigError(
+                None,
+                f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}",
+                f"use e.g. {DEFAULT_MAX_UNREADABLE} (default), 0 to fail on any unreadable tile, 1 to never fail",
+            )
         if self.reader not in READERS:
-            raise ConfigError(None, f"unknown reader {self.reader!r}", f"use one of {', '.join(READERS)}")
+            raise ConfigError(
+                None, f"unknown reader {self.reader!r}", f"use one of {', '.join(READERS)}"
+            )
         if self.ngff not in NGFF_VERSIONS:
-            raise ConfigError(None, f"unknown OME-NGFF version {self.ngff!r} for the tissue map", f"use one of {', '.join(NGFF_VERSIONS)}")
+            raise ConfigError(
+                None,
+                f"unknown OME-NGFF version {self.ngff!r} for the tissue map",
+                f"use one of {', '.join(NGFF_VERSIONS)}",
+            )
         if self.cells_table is not None and self.cells_table not in CELL_TABLE_FORMATS:
-            raise ConfigError(None, f"unknown cells table format {self.cells_table!r}",
-                              f"use one of {', '.join(CELL_TABLE_FORMATS)}, or leave it unset for none")
+            raise ConfigError(
+                None,
+                f"unknown cells table format {self.cells_table!r}",
+                f"use one of {', '.join(CELL_TABLE_FORMATS)}, or leave it unset for none",
+            )
 
     def resolved(self, device: torch.device) -> EngineConfig:
         """This config with the machine's defaults filled in for ``device``."""
@@ -241,7 +270,14 @@ def _timed(it: Iterator[Any], timer: _Timer, name: str = "read") -> Iterator[Any
 
 def _progress(total: int, desc: str, enabled: bool):
     # disable=None: tqdm's own "only on a terminal" (no bars in log files, pipes or a batch's run.log)
-    return tqdm(total=total, desc=desc, unit="tile", disable=None if enabled else True, leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="tile",
+        disable=None if enabled else True,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def _to_host(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
@@ -268,14 +304,22 @@ class _SlideRun:
             self.mask = tissue_mask_from_image(thumb, ds)
             self.stain = classify_stain(thumb, self.mask.mask)
             if cfg.stain_check:
-                require_brightfield(slide.path, self.stain)  # a fluorescence or IHC slide fails here, not as "no tissue"
+                require_brightfield(
+                    slide.path, self.stain
+                )  # a fluorescence or IHC slide fails here, not as "no tissue"
             self.plan = plan_tiles(slide, runner.geometry, self.mask)
         W, H = slide.dimensions
         T = runner.geometry.tile_size
-        scale = self.plan.tissue.tile_l0 / T if len(self.plan.tissue) else runner.geometry.tissue_mpp / slide.mpp
+        scale = (
+            self.plan.tissue.tile_l0 / T
+            if len(self.plan.tissue)
+            else runner.geometry.tissue_mpp / slide.mpp
+        )
         self.tmap = TissueMap(W, H, scale)
         self.grid_px = PURITY_GRID_UM / slide.mpp
-        self.counter = PurityCounter(W, H, self.grid_px)  # purity and its heat map, fed as cells are written
+        self.counter = PurityCounter(
+            W, H, self.grid_px
+        )  # purity and its heat map, fed as cells are written
         self.origin = (slide.bounds[0], slide.bounds[1]) if cfg.qupath_crop else (0, 0)
         # cells closer than 3 µm (OCELOT's matching radius) from two tiles are one cell
         self.border = BorderBuffer(DUPLICATE_UM / slide.mpp, cfg.border_reach_um / slide.mpp)
@@ -286,8 +330,12 @@ class _SlideRun:
         self._dropped = 0  # border duplicates dropped so far
         self.ca_pixels = 0
         n_tissue = len(self.plan.tissue) if runner.two_pass and runner.has_tissue else 0
-        self.unreadable = UnreadableTiles(slide.path, self.mask, {"cell": len(self.plan.cells), "tissue": n_tissue},
-                                          cfg.max_unreadable)
+        self.unreadable = UnreadableTiles(
+            slide.path,
+            self.mask,
+            {"cell": len(self.plan.cells), "tissue": n_tissue},
+            cfg.max_unreadable,
+        )
         self.store: PredictionStore | None = None
         self.gj: CellsGeoJSONWriter | None = None
         self.table: CellsTableWriter | None = None  # cells.parquet / cells.csv when asked for
@@ -299,7 +347,9 @@ class _SlideRun:
         rows = self.plan.cells.rows[order]
         after = np.full(len(order) + 1, np.iinfo(np.int64).max)
         if len(order):
-            after[:-1] = np.minimum.accumulate(rows[::-1])[::-1]  # the lowest row still to come, from each position on
+            after[:-1] = np.minimum.accumulate(rows[::-1])[
+                ::-1
+            ]  # the lowest row still to come, from each position on
         self._position = np.empty(len(order), np.int64)
         self._position[order] = np.arange(len(order))
         self._rows_after = after
@@ -322,10 +372,14 @@ class _SlideRun:
                 keep.append(p)
                 flags.append(inside)
             p = np.concatenate(keep) if keep else np.zeros((0, 4))
-            inside_all = None if window is None else (np.concatenate(flags) if flags else np.zeros(0, bool))
+            inside_all = (
+                None if window is None else (np.concatenate(flags) if flags else np.zeros(0, bool))
+            )
         self.write_points(p, inside_all)
         if self._rows_after is not None and len(idx):
-            done = int(self._rows_after[int(self._position[idx].max()) + 1]) - 1  # every row below the lowest to come
+            done = (
+                int(self._rows_after[int(self._position[idx].max()) + 1]) - 1
+            )  # every row below the lowest to come
             if done > self._done_row:
                 self._done_row = done
                 with self.timer("post-processing"):
@@ -338,8 +392,15 @@ class _SlideRun:
             self.counter.add(p[:, 0], p[:, 1], p[:, 2], inside)
         if len(p):
             with self.timer("write"):
-                self.gj.write(p[:, 0], p[:, 1], p[:, 2].astype(np.uint8), np.clip(p[:, 3], 0.0, 1.0))
-                self.store.append_cells(p[:, 0].astype(np.float32), p[:, 1].astype(np.float32), p[:, 2].astype(np.uint8), p[:, 3].astype(np.float32))
+                self.gj.write(
+                    p[:, 0], p[:, 1], p[:, 2].astype(np.uint8), np.clip(p[:, 3], 0.0, 1.0)
+                )
+                self.store.append_cells(
+                    p[:, 0].astype(np.float32),
+                    p[:, 1].astype(np.float32),
+                    p[:, 2].astype(np.uint8),
+                    p[:, 3].astype(np.float32),
+                )
                 if self.table is not None:
                     self.table.write(p[:, 0], p[:, 1], p[:, 2].astype(np.uint8), p[:, 3], inside)
 
@@ -348,7 +409,10 @@ class _SlideRun:
             p, inside, dropped = self.border.resolve()
         dropped += self._dropped
         if dropped:
-            log.info("%d cell(s) seen by two neighbouring tiles on their shared border reported once", dropped)
+            log.info(
+                "%d cell(s) seen by two neighbouring tiles on their shared border reported once",
+                dropped,
+            )
         self.write_points(p, inside)
 
 
@@ -383,10 +447,16 @@ class SlideRunner:
         self.config = config.resolved(self.device)
         self.model_path = str(model_path)
         self.model_note = weights_note(model_path)  # the demo weights: synthetic-only
-        self._warned_demo = False  # the demo-weights warning: once per runner (a batch), not per slide
+        self._warned_demo = (
+            False  # the demo-weights warning: once per runner (a batch), not per slide
+        )
         model, info = load_model(model_path, device="cpu")
         if getattr(model, "needs_tissue_label", False):
-            raise WsiOcelotError(model_path, "this is a tissue-label-leaking model, which needs tissue labels as input", "use it for analysis with `wsi-ocelot evaluate --data`; run slides with an injection model")
+            raise WsiOcelotError(
+                model_path,
+                "this is a tissue-label-leaking model, which needs tissue labels as input",
+                "use it for analysis with `wsi-ocelot evaluate --data`; run slides with an injection model",
+            )
         self.info = info
         self.geometry = info.geometry
         if config.cell_margin is not None:
@@ -394,35 +464,76 @@ class SlideRunner:
         self.peaks = info.peaks
         self.has_tissue = bool(getattr(model, "has_tissue_branch", False))
         self.two_pass = bool(getattr(model, "supports_two_pass", True)) and not config.per_tile
-        self.runtime, backend = choose_runtime(model, info, self.model_path, self.device, config.runtime, config.precision,
-                                               two_pass=self.two_pass, amp=config.amp, threads=config.threads)
+        self.runtime, backend = choose_runtime(
+            model,
+            info,
+            self.model_path,
+            self.device,
+            config.runtime,
+            config.precision,
+            two_pass=self.two_pass,
+            amp=config.amp,
+            threads=config.threads,
+        )
         log.info("the forward pass runs in %s", describe_runtime(self.runtime))
-        self.predictor = Predictor(model, self.device, amp=config.amp and self.runtime.precision == "bf16",
-                                   channels_last=config.channels_last, backend=backend,
-                                   cpu_bf16=self.runtime.precision == "bf16" and self.device.type == "cpu")
-        log.info("model %s (%s, encoder %s) on %s, %s path, batch %d, %d reader process(es), %s reader",
-                 Path(model_path).name, info.model.variant, info.model.encoder, self.device,
-                 "two-pass" if self.two_pass else "per-tile", self.config.batch_size, self.config.workers, self.config.reader)
+        self.predictor = Predictor(
+            model,
+            self.device,
+            amp=config.amp and self.runtime.precision == "bf16",
+            channels_last=config.channels_last,
+            backend=backend,
+            cpu_bf16=self.runtime.precision == "bf16" and self.device.type == "cpu",
+        )
+        log.info(
+            "model %s (%s, encoder %s) on %s, %s path, batch %d, %d reader process(es), %s reader",
+            Path(model_path).name,
+            info.model.variant,
+            info.model.encoder,
+            self.device,
+            "two-pass" if self.two_pass else "per-tile",
+            self.config.batch_size,
+            self.config.workers,
+            self.config.reader,
+        )
 
     # ------------------------------------------------------------------------------------
-    def run(self, slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, mpp: float | None = None,
-            slide_id: str | None = None, overwrite: bool = True) -> SlideResult:
+    def run(
+        self,
+        slide_path: str | os.PathLike[str],
+        out_dir: str | os.PathLike[str],
+        *,
+        mpp: float | None = None,
+        slide_id: str | None = None,
+        overwrite: bool = True,
+    ) -> SlideResult:
         """Process one slide into ``out_dir/<slide-id>/`` (atomically) and return a summary."""
         t_start = time.perf_counter()
         out_root = Path(out_dir)
         sid = slide_id or slide_id_for(slide_path)
         final = out_root / sid
         if final.exists() and not overwrite:
-            raise WsiOcelotError(final, "the output folder exists", "pass --overwrite, or choose another --out")
+            raise WsiOcelotError(
+                final, "the output folder exists", "pass --overwrite, or choose another --out"
+            )
         try:
             return self._run(slide_path, out_root, sid, mpp, t_start)
         except Exception as err:
             reason = disk_full_reason(err)
             if reason and not isinstance(err, DiskFullError):
-                raise DiskFullError.under(out_root, f"{reason} while writing the results of {sid} (its unfinished folder was removed)") from err
+                raise DiskFullError.under(
+                    out_root,
+                    f"{reason} while writing the results of {sid} (its unfinished folder was removed)",
+                ) from err
             raise
 
-    def _run(self, slide_path: str | os.PathLike[str], out_root: Path, sid: str, mpp: float | None, t_start: float) -> SlideResult:
+    def _run(
+        self,
+        slide_path: str | os.PathLike[str],
+        out_root: Path,
+        sid: str,
+        mpp: float | None,
+        t_start: float,
+    ) -> SlideResult:
         final = out_root / sid
         out_root.mkdir(parents=True, exist_ok=True)
         work = partial_folder(out_root, sid)
@@ -434,15 +545,23 @@ class SlideRunner:
                 self._passes(run)
                 record = self._finish(run)
             timings = {**run.timer.t, "total": time.perf_counter() - t_start}
-            record = dataclasses.replace(record, runtime_s={k: round(v, 3) for k, v in timings.items()})
+            record = dataclasses.replace(
+                record, runtime_s={k: round(v, 3) for k, v in timings.items()}
+            )
             write_json(work / "purity.json", record.to_json())
             publish_folder(work, final)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         p = record.purity
-        log.info("%s: %d cells, purity %s, %.1f s -> %s", sid, p.n_cells, "n/a" if p.purity is None else f"{p.purity:.3f}",
-                 timings["total"], final)
+        log.info(
+            "%s: %d cells, purity %s, %.1f s -> %s",
+            sid,
+            p.n_cells,
+            "n/a" if p.purity is None else f"{p.purity:.3f}",
+            timings["total"],
+            final,
+        )
         return SlideResult(sid, final, timings, record)
 
     def _warn_demo(self, path: Path) -> None:
@@ -451,8 +570,11 @@ class SlideRunner:
             log.debug("%s: demo weights on a slide that is not synthetic (warned once)", path)
             return
         self._warned_demo = True
-        log.warning("the demo weights were trained on synthetic slides only; %s is not synthetic, so its cells and purity mean "
-                    "nothing (every output says so). Train on your data (training/README.md) and pass --model PATH", path)
+        log.warning(
+            "the demo weights were trained on synthetic slides only; %s is not synthetic, so its cells and purity mean "
+            "nothing (every output says so). Train on your data (training/README.md) and pass --model PATH",
+            path,
+        )
 
     # ------------------------------------------------------------------------------------
     def _passes(self, run: _SlideRun) -> None:
@@ -461,15 +583,30 @@ class SlideRunner:
         run.store = store = PredictionStore(run.work / "predictions.zarr", mode="w")
         try:
             if self.has_tissue:
-                store.create_tissue_map(tmap.height, tmap.width, tmap.scale * run.slide.mpp, chunk=cfg.tissue_chunk,
-                                        level0_downsample=tmap.scale, slide_mpp=run.slide.mpp, ngff=cfg.ngff)
+                store.create_tissue_map(
+                    tmap.height,
+                    tmap.width,
+                    tmap.scale * run.slide.mpp,
+                    chunk=cfg.tissue_chunk,
+                    level0_downsample=tmap.scale,
+                    slide_mpp=run.slide.mpp,
+                    ngff=cfg.ngff,
+                )
             cells_name = "cells.geojson.gz" if cfg.geojson_gzip else "cells.geojson"
-            with CellsGeoJSONWriter(run.work / cells_name, gzip=cfg.geojson_gzip, origin=run.origin) as gj, \
-                    ExitStack() as tables, \
-                    BackgroundWriter(cfg.writer_depth, inline=not cfg.background_writer) as writer:
+            with (
+                CellsGeoJSONWriter(
+                    run.work / cells_name, gzip=cfg.geojson_gzip, origin=run.origin
+                ) as gj,
+                ExitStack() as tables,
+                BackgroundWriter(cfg.writer_depth, inline=not cfg.background_writer) as writer,
+            ):
                 run.gj = gj
                 if cfg.cells_table:  # streamed like the GeoJSON, row for row
-                    run.table = tables.enter_context(CellsTableWriter(run.work / CELL_TABLE_FORMATS[cfg.cells_table], mpp=run.slide.mpp))
+                    run.table = tables.enter_context(
+                        CellsTableWriter(
+                            run.work / CELL_TABLE_FORMATS[cfg.cells_table], mpp=run.slide.mpp
+                        )
+                    )
                 if self.two_pass:
                     if self.has_tissue:
                         self._tissue_pass(run, writer)
@@ -495,23 +632,51 @@ class SlideRunner:
                 ca_geom = None
                 if self.has_tissue:
                     coarse, k = coarse_map(store, tmap)
-                    ca_geom = polygons_from_map(coarse, threshold=0.5, scale=tmap.scale * k, min_area=(20.0 / mpp) ** 2)
+                    ca_geom = polygons_from_map(
+                        coarse, threshold=0.5, scale=tmap.scale * k, min_area=(20.0 / mpp) ** 2
+                    )
                 write_tissue_geojson(work / "tissue.geojson", ca_geom, origin=run.origin)
-                thumb, ds = slide.thumbnail(mpp=max(1.0, max(W, H) * mpp / 1200.0))  # ~1200 px on the long side
-                write_overview(work / "overview.png", thumb, ds, ca_geometry=ca_geom, purity=run.counter.grid(), purity_cell_size=run.grid_px,
-                               banner=DEMO_WEIGHTS_BANNER if self.model_note else None)
-            tissue_mm2 = float(run.unreadable.tissue_pixels()) * (run.mask.downsample * mpp) ** 2 / 1e6
+                thumb, ds = slide.thumbnail(
+                    mpp=max(1.0, max(W, H) * mpp / 1200.0)
+                )  # ~1200 px on the long side
+                write_overview(
+                    work / "overview.png",
+                    thumb,
+                    ds,
+                    ca_geometry=ca_geom,
+                    purity=run.counter.grid(),
+                    purity_cell_size=run.grid_px,
+                    banner=DEMO_WEIGHTS_BANNER if self.model_note else None,
+                )
+            tissue_mm2 = (
+                float(run.unreadable.tissue_pixels()) * (run.mask.downsample * mpp) ** 2 / 1e6
+            )
             ca_mm2 = run.ca_pixels * (tmap.scale * mpp) ** 2 / 1e6 if self.has_tissue else None
             purity = run.counter.result(
-                tissue_area_mm2=round(tissue_mm2, 6), cancer_area_mm2=None if ca_mm2 is None else round(ca_mm2, 6), mpp=mpp,
-                cancer_area_known=self.has_tissue, no_cancer_area_reason="the model has no tissue branch",
-                no_tissue=run.plan.mask.fraction == 0 or len(run.plan.cells) == 0)
+                tissue_area_mm2=round(tissue_mm2, 6),
+                cancer_area_mm2=None if ca_mm2 is None else round(ca_mm2, 6),
+                mpp=mpp,
+                cancer_area_known=self.has_tissue,
+                no_cancer_area_reason="the model has no tissue branch",
+                no_tissue=run.plan.mask.fraction == 0 or len(run.plan.cells) == 0,
+            )
             record = SlideRecord(
-                slide=str(slide.path), purity=purity, mpp_source=slide.mpp_info.source,
-                model={"path": self.model_path, "variant": self.info.model.variant, "encoder": self.info.model.encoder},
-                mode=mode, device=str(self.device), runtime=self.runtime.to_json(), n_cell_tiles=len(run.plan.cells),
+                slide=str(slide.path),
+                purity=purity,
+                mpp_source=slide.mpp_info.source,
+                model={
+                    "path": self.model_path,
+                    "variant": self.info.model.variant,
+                    "encoder": self.info.model.encoder,
+                },
+                mode=mode,
+                device=str(self.device),
+                runtime=self.runtime.to_json(),
+                n_cell_tiles=len(run.plan.cells),
                 n_tissue_tiles=len(run.plan.tissue) if self.two_pass and self.has_tissue else 0,
-                n_unreadable_tiles=run.unreadable.n, model_note=self.model_note)
+                n_unreadable_tiles=run.unreadable.n,
+                model_note=self.model_note,
+            )
             store.set_attrs(run_attributes(self, run, record, dict(timer.t)))
         finally:
             store.close()
@@ -528,25 +693,46 @@ class SlideRunner:
         spare = len(dataset) - 1 if blocks else len(dataset) // max(cfg.batch_size, 1)
         # (a batch read alone after readers died on it is still read in a process of its own)
         workers = min(readers, max(0, spare)) if workers is None else min(workers, readers)
-        return make_loader(dataset, batch_size=cfg.batch_size, workers=workers, prefetch=cfg.prefetch,
-                           pin_memory=self.device.type == "cuda")
+        return make_loader(
+            dataset,
+            batch_size=cfg.batch_size,
+            workers=workers,
+            prefetch=cfg.prefetch,
+            pin_memory=self.device.type == "cuda",
+        )
 
-    def _batches(self, run: _SlideRun, dataset, readers: int | None = None) -> Iterator[dict[str, Any]]:
+    def _batches(
+        self, run: _SlideRun, dataset, readers: int | None = None
+    ) -> Iterator[dict[str, Any]]:
         """The dataset's batches, read in reader processes that are replaced when they die."""
         per_item = 1 if isinstance(dataset, BlockBatches) else self.config.batch_size
-        return _timed(read_batches(dataset, functools.partial(self._loader, readers=readers), batch_items=per_item), run.timer)
+        return _timed(
+            read_batches(
+                dataset, functools.partial(self._loader, readers=readers), batch_items=per_item
+            ),
+            run.timer,
+        )
 
     @staticmethod
-    def _count_unreadable(run: _SlideRun, kind: str, grid, batch: dict[str, Any], idx: np.ndarray) -> np.ndarray:
+    def _count_unreadable(
+        run: _SlideRun, kind: str, grid, batch: dict[str, Any], idx: np.ndarray
+    ) -> np.ndarray:
         """Count the batch's unreadable tiles (``idx`` into ``grid``) of pass ``kind`` with their
         reasons (a cell tile's core also leaves the tissue area); returns which they are."""
         bad = batch["unreadable"].numpy().astype(bool).reshape(-1)
         if bad.any():
             reasons = [e for e, b in zip(batch["errors"], bad, strict=True) if b]
-            run.unreadable.add(kind, grid.boxes[idx[bad]], reasons, cores=grid.cores[idx[bad]] if kind == "cell" else None)
+            run.unreadable.add(
+                kind,
+                grid.boxes[idx[bad]],
+                reasons,
+                cores=grid.cores[idx[bad]] if kind == "cell" else None,
+            )
         return bad
 
-    def _drop_unreadable(self, run: _SlideRun, batch: dict[str, Any], idx: np.ndarray, pts: list[np.ndarray]) -> np.ndarray:
+    def _drop_unreadable(
+        self, run: _SlideRun, batch: dict[str, Any], idx: np.ndarray, pts: list[np.ndarray]
+    ) -> np.ndarray:
         """Empty the points of the batch's unreadable cell tiles (in place) and count them;
         returns which tiles were unreadable."""
         bad = self._count_unreadable(run, "cell", run.plan.cells, batch, idx)
@@ -555,7 +741,9 @@ class SlideRunner:
         return bad
 
     def _blocks(self, slide: Slide, grid) -> BlockBatches:
-        return BlockBatches(slide, grid.boxes, grid.rows, grid.cols, self.geometry.tile_size, self.config.batch_size)
+        return BlockBatches(
+            slide, grid.boxes, grid.rows, grid.cols, self.geometry.tile_size, self.config.batch_size
+        )
 
     def _tissue_pass(self, run: _SlideRun, writer: BackgroundWriter) -> None:
         """Tissue branch over the tissue grid; each tile's core goes into the map (on the
@@ -580,7 +768,9 @@ class SlideRunner:
             with timer("tissue pass"):
                 probs = with_oom_retry(self.predictor.tissue_probs, batch["cell"])[:, 1].float()
                 if bad.any():
-                    probs[torch.from_numpy(bad).to(probs.device)] = 0.0  # an unreadable tile holds no cancer area
+                    probs[torch.from_numpy(bad).to(probs.device)] = (
+                        0.0  # an unreadable tile holds no cancer area
+                    )
                 host, ready = _to_host(probs)
             writer.submit(add, batch["index"].numpy(), host, ready)
             bar.update(len(batch["index"]))
@@ -605,7 +795,9 @@ class SlideRunner:
             crop = window = None
             if self.has_tissue:
                 with timer("read"):
-                    crop, window = crops_from_map(run.store, tmap, grid.boxes[idx], n_crop, dataset.blocks(idx), self.device)
+                    crop, window = crops_from_map(
+                        run.store, tmap, grid.boxes[idx], n_crop, dataset.blocks(idx), self.device
+                    )
             return batch, idx, crop, window
 
         bar = _progress(len(grid), "cell pass", self.config.progress)
@@ -617,7 +809,11 @@ class SlideRunner:
                 probs = with_oom_retry(self.predictor.cell_probs, batch["cell"], crop)
             nxt = prepare(next(batches, None))  # overlaps the device's work on this batch
             with timer("post-processing"):
-                pts = _host_points(find_peaks(probs, self.peaks, core=cores_in_tile_px(grid.boxes[idx], run.keep[idx], T)))
+                pts = _host_points(
+                    find_peaks(
+                        probs, self.peaks, core=cores_in_tile_px(grid.boxes[idx], run.keep[idx], T)
+                    )
+                )
             self._drop_unreadable(run, batch, idx, pts)
             writer.submit(run.emit, pts, idx, window)
             bar.update(len(idx))
@@ -629,7 +825,9 @@ class SlideRunner:
         grid, timer, tmap, plan = run.plan.cells, run.timer, run.tmap, run.plan
         T = self.geometry.tile_size
 
-        def place(idx: np.ndarray, pts: list[np.ndarray], ca_probs: torch.Tensor | None, ready) -> None:
+        def place(
+            idx: np.ndarray, pts: list[np.ndarray], ca_probs: torch.Tensor | None, ready
+        ) -> None:
             cores, ctx = grid.cores[idx], plan.contexts[idx]
             window = None
             if ca_probs is not None:
@@ -657,9 +855,17 @@ class SlideRunner:
         for batch in self._batches(run, TileDataset(run.slide, grid.boxes, T, plan.contexts)):
             idx = batch["index"].numpy()
             with timer("cell pass"):
-                cell_probs, tissue_probs = with_oom_retry(self.predictor.per_tile, batch["cell"], batch["context"], batch["offset"])
+                cell_probs, tissue_probs = with_oom_retry(
+                    self.predictor.per_tile, batch["cell"], batch["context"], batch["offset"]
+                )
             with timer("post-processing"):
-                pts = _host_points(find_peaks(cell_probs, self.peaks, core=cores_in_tile_px(grid.boxes[idx], run.keep[idx], T)))
+                pts = _host_points(
+                    find_peaks(
+                        cell_probs,
+                        self.peaks,
+                        core=cores_in_tile_px(grid.boxes[idx], run.keep[idx], T),
+                    )
+                )
             bad = self._drop_unreadable(run, batch, idx, pts)
             host = ready = None
             if tissue_probs is not None:
@@ -672,8 +878,14 @@ class SlideRunner:
         bar.close()
 
 
-def run_slide(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], model_path: str | os.PathLike[str],
-              config: EngineConfig = EngineConfig(), *, mpp: float | None = None) -> SlideResult:
+def run_slide(
+    slide_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    config: EngineConfig = EngineConfig(),
+    *,
+    mpp: float | None = None,
+) -> SlideResult:
     """Load ``model_path`` and run one slide into ``out_dir/<slide-id>/``.
 
     Parameters

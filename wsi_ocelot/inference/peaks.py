@@ -29,7 +29,6 @@ from wsi_ocelot.config import PeakConfig
 __all__ = ["PeakConfig", "find_peaks", "gaussian_blur"]
 
 
-
 def gaussian_blur(x: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     """Separable Gaussian blur of (B, H, W) with reflect-101 borders (OpenCV's default).
 
@@ -65,7 +64,9 @@ def _fma_pass(p: Tensor, dim: int, n: int, weights: list[float]) -> Tensor:
     return acc
 
 
-def _blur_region(x: Tensor, weights: list[float], region: tuple[int, int, int, int], *, one_minus: bool = False) -> Tensor:
+def _blur_region(
+    x: Tensor, weights: list[float], region: tuple[int, int, int, int], *, one_minus: bool = False
+) -> Tensor:
     """The blur of the whole (B, H, W) image (reflect-101 at the image borders), evaluated
     on ``region`` = (x0, y0, x1, y1) only; of ``1 − x`` when ``one_minus`` (taken over the
     pixels read only). Each region side must lie on the image border or at least the kernel
@@ -186,7 +187,13 @@ def _one_thread() -> Iterator[None]:
             torch.set_num_threads(n)
 
 
-def _candidates(bg: Tensor, weights: list[float] | None, region: tuple[int, int, int, int], d: int, threshold: float) -> Tensor:
+def _candidates(
+    bg: Tensor,
+    weights: list[float] | None,
+    region: tuple[int, int, int, int],
+    d: int,
+    threshold: float,
+) -> Tensor:
     """(B, h, w) bool over ``region``: foreground (1 − bg, blurred) equal to its window
     maximum and above ``threshold``."""
     x0, y0, x1, y1 = region
@@ -255,7 +262,12 @@ def find_peaks(
         # each parallel region can stall on a descheduled thread (measured: a 4 MB copy
         # 0.2 ms on one thread, 8 ms on two of a loaded 2-core machine)
         with _one_thread():
-            cand = torch.cat([_candidates(probs[i:i + 1, 0], weights, region, d, cfg.threshold) for i in range(b)])
+            cand = torch.cat(
+                [
+                    _candidates(probs[i : i + 1, 0], weights, region, d, cfg.threshold)
+                    for i in range(b)
+                ]
+            )
     else:
         cand = _candidates(probs[:, 0], weights, region, d, cfg.threshold)
     rh, rw = cand.shape[-2:]

@@ -35,12 +35,22 @@ def resolve_device(spec: str = "auto", *, here: bool = True) -> torch.device:
     try:
         dev = torch.device(spec)
     except RuntimeError as err:
-        raise WsiOcelotError(None, f"unknown device {spec!r}", "use auto, cpu, cuda or cuda:N") from err
+        raise WsiOcelotError(
+            None, f"unknown device {spec!r}", "use auto, cpu, cuda or cuda:N"
+        ) from err
     if dev.type == "cuda" and here:
         if not torch.cuda.is_available():
-            raise WsiOcelotError(None, f"device {spec!r} asked for, but CUDA is not available here", "use --device cpu (or auto)")
+            raise WsiOcelotError(
+                None,
+                f"device {spec!r} asked for, but CUDA is not available here",
+                "use --device cpu (or auto)",
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise WsiOcelotError(None, f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist", "pick an index below that")
+            raise WsiOcelotError(
+                None,
+                f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist",
+                "pick an index below that",
+            )
     return dev
 
 
@@ -101,20 +111,28 @@ class Predictor:
     def cell_probs(self, cell: Tensor, tissue_crop: Tensor | None) -> Tensor:
         """(B, 3, T, T) uint8 + (B, 2, h, w) float crop → (B, 3, T, T) float32 cell probabilities."""
         if self.backend is not None:
-            inj = None if tissue_crop is None else resize_to_injection(self.model, tissue_crop, cell.shape[-1])
+            inj = (
+                None
+                if tissue_crop is None
+                else resize_to_injection(self.model, tissue_crop, cell.shape[-1])
+            )
             return torch.from_numpy(self.backend.cell(cell.float().div_(255.0).numpy(), inj))
         crop = None if tissue_crop is None else tissue_crop.to(self.device, non_blocking=True)
         with self._ctx():
             return self.model.cell_logits_from_tissue(self._prep(cell), crop).float().softmax(dim=1)
 
     @torch.inference_mode()
-    def per_tile(self, cell: Tensor, context: Tensor, offset: Tensor) -> tuple[Tensor, Tensor | None]:
+    def per_tile(
+        self, cell: Tensor, context: Tensor, offset: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
         """The paper's path: each cell tile with its own context →
         ((B, 3, T, T) cell probabilities, (B, 2, T, T) tissue probabilities or None)."""
         with self._ctx():
             out = self.model(self._prep(cell), self._prep(context), offset.to(self.device))
         tissue = out.get("tissue_logits")
-        return out["cell_logits"].float().softmax(dim=1), None if tissue is None else tissue.float().softmax(dim=1)
+        return out["cell_logits"].float().softmax(
+            dim=1
+        ), None if tissue is None else tissue.float().softmax(dim=1)
 
 
 def with_oom_retry(fn: Callable[..., object], *tensors: Tensor | None, min_batch: int = 1):
@@ -129,8 +147,13 @@ def with_oom_retry(fn: Callable[..., object], *tensors: Tensor | None, min_batch
         torch.cuda.empty_cache()
         half = b // 2
         log.warning("CUDA out of memory on a batch of %d; retrying as %d + %d", b, half, b - half)
-        parts = [with_oom_retry(fn, *[None if t is None else t[s] for t in tensors], min_batch=min_batch)
-                 for s in (slice(0, half), slice(half, b))]
+        parts = [
+            with_oom_retry(fn, *[None if t is None else t[s] for t in tensors], min_batch=min_batch)
+            for s in (slice(0, half), slice(half, b))
+        ]
         if isinstance(parts[0], tuple):
-            return tuple(None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+            return tuple(
+                None if parts[0][i] is None else torch.cat([p[i] for p in parts])
+                for i in range(len(parts[0]))
+            )
         return torch.cat(parts)

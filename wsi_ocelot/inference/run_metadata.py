@@ -17,7 +17,9 @@ if TYPE_CHECKING:  # the engine imports this module
 __all__ = ["run_attributes"]
 
 
-def run_attributes(runner: SlideRunner, run: _SlideRun, record: SlideRecord, timings: dict[str, float]) -> dict[str, Any]:
+def run_attributes(
+    runner: SlideRunner, run: _SlideRun, record: SlideRecord, timings: dict[str, float]
+) -> dict[str, Any]:
     """Slide, coordinates, model (config, geometry, peaks, training, metrics), software, run
     config, per-stage timings and counts, as JSON-ready values."""
     slide = run.slide
@@ -25,12 +27,27 @@ def run_attributes(runner: SlideRunner, run: _SlideRun, record: SlideRecord, tim
     info = runner.info
     p = record.purity
     return {
-        "slide": {"path": str(slide.path), "id": run.sid, "dimensions": [W, H], "mpp": slide.mpp, "mpp_source": slide.mpp_info.source,
-                  "vendor": slide.vendor, "bounds": list(slide.bounds)},
+        "slide": {
+            "path": str(slide.path),
+            "id": run.sid,
+            "dimensions": [W, H],
+            "mpp": slide.mpp,
+            "mpp_source": slide.mpp_info.source,
+            "vendor": slide.vendor,
+            "bounds": list(slide.bounds),
+        },
         "coordinates": "cells x, y in OpenSlide level-0 px (GeoJSON subtracts openslide.bounds-x/y when qupath_crop)",
-        "model": {"path": runner.model_path, "variant": info.model.variant, "encoder": info.model.encoder,
-                  "note": record.model_note, "config": asdict(info.model), "geometry": asdict(runner.geometry), "peaks": asdict(runner.peaks),
-                  "training": info.training, "metrics": info.metrics},
+        "model": {
+            "path": runner.model_path,
+            "variant": info.model.variant,
+            "encoder": info.model.encoder,
+            "note": record.model_note,
+            "config": asdict(info.model),
+            "geometry": asdict(runner.geometry),
+            "peaks": asdict(runner.peaks),
+            "training": info.training,
+            "metrics": info.metrics,
+        },
         "software": {"wsi_ocelot": __version__, "torch": torch.__version__},
         "run": {**asdict(runner.config), "mode": record.mode, "device": str(runner.device)},
         "runtime": runner.runtime.to_json(),

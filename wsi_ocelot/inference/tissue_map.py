@@ -15,7 +15,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BlendedTissueMap", "MapWindow", "TissueMap", "coarse_map", "core_block", "crops_from_map", "read_map_region"]
+__all__ = [
+    "BlendedTissueMap",
+    "MapWindow",
+    "TissueMap",
+    "coarse_map",
+    "core_block",
+    "crops_from_map",
+    "read_map_region",
+]
 
 
 class TissueMap:
@@ -31,7 +39,12 @@ class TissueMap:
         """Integer map region (x0, y0, x1, y1) enclosing a level-0 box, ``pad`` px wider."""
         x, y, w, h = (float(v) for v in box_l0)
         s = self.scale
-        return (math.floor(x / s) - pad, math.floor(y / s) - pad, math.ceil((x + w) / s) + pad, math.ceil((y + h) / s) + pad)
+        return (
+            math.floor(x / s) - pad,
+            math.floor(y / s) - pad,
+            math.ceil((x + w) / s) + pad,
+            math.ceil((y + h) / s) + pad,
+        )
 
 
 def read_map_region(store, tmap: TissueMap, region: tuple[int, int, int, int]) -> np.ndarray:
@@ -40,23 +53,29 @@ def read_map_region(store, tmap: TissueMap, region: tuple[int, int, int, int]) -
     out = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, tmap.width), min(y1, tmap.height)
     if cx1 > cx0 and cy1 > cy0:
-        out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = store.read_tissue(cy0, cy1, cx0, cx1)
+        out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = store.read_tissue(cy0, cy1, cx0, cx1)
     return out
 
 
-def _sample_grid(boxes: np.ndarray, regions: np.ndarray, scale: float, n: int, region_hw: tuple[int, int]) -> torch.Tensor:
+def _sample_grid(
+    boxes: np.ndarray, regions: np.ndarray, scale: float, n: int, region_hw: tuple[int, int]
+) -> torch.Tensor:
     """grid_sample grids (B, n, n, 2) sampling each level-0 box at n × n pixel centres out
     of its map region (align_corners=False coordinates)."""
     rh, rw = region_hw
     b = torch.from_numpy(np.asarray(boxes, dtype=np.float64))
     r = torch.from_numpy(np.asarray(regions, dtype=np.float64))
     i = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    u = (b[:, 0:1] / scale - r[:, 0:1]) + i[None, :] * (b[:, 2:3] / scale)  # map px within each region
+    u = (b[:, 0:1] / scale - r[:, 0:1]) + i[None, :] * (
+        b[:, 2:3] / scale
+    )  # map px within each region
     v = (b[:, 1:2] / scale - r[:, 1:2]) + i[None, :] * (b[:, 3:4] / scale)
     gu = 2.0 * u / rw - 1.0
     gv = 2.0 * v / rh - 1.0
     m = len(b)
-    return torch.stack([gu[:, None, :].expand(m, n, n), gv[:, :, None].expand(m, n, n)], dim=-1).float()
+    return torch.stack(
+        [gu[:, None, :].expand(m, n, n), gv[:, :, None].expand(m, n, n)], dim=-1
+    ).float()
 
 
 @dataclass(frozen=True)
@@ -80,8 +99,14 @@ class MapWindow:
         return vals[r, c] >= 128
 
 
-def crops_from_map(store, tmap: TissueMap, boxes: np.ndarray, n: int, groups: np.ndarray,
-                   device: torch.device | None = None) -> tuple[torch.Tensor, MapWindow]:
+def crops_from_map(
+    store,
+    tmap: TissueMap,
+    boxes: np.ndarray,
+    n: int,
+    groups: np.ndarray,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, MapWindow]:
     """For cell boxes (B, 4) in level-0 px: the (B, 2, n, n) tissue-probability crop over
     exactly each box (BG = 1 − CA, CA), sampled on ``device``, and the map values read.
 
@@ -97,21 +122,37 @@ def crops_from_map(store, tmap: TissueMap, boxes: np.ndarray, n: int, groups: np
     origins = np.zeros((len(keys), 2), np.int64)
     for g in range(len(keys)):
         sel = np.flatnonzero(group == g)
-        u = (int(regions[sel, 0].min()), int(regions[sel, 1].min()), int(regions[sel, 2].max()), int(regions[sel, 3].max()))
+        u = (
+            int(regions[sel, 0].min()),
+            int(regions[sel, 1].min()),
+            int(regions[sel, 2].max()),
+            int(regions[sel, 3].max()),
+        )
         vals = read_map_region(store, tmap, u)
         values.append(vals)
         origins[g] = u[:2]
         for k in sel:
             x0, y0, x1, y1 = (int(v) for v in regions[k])
-            stack[k, 0, : y1 - y0, : x1 - x0] = vals[y0 - u[1]:y1 - u[1], x0 - u[0]:x1 - u[0]] / 255.0
+            stack[k, 0, : y1 - y0, : x1 - x0] = (
+                vals[y0 - u[1] : y1 - u[1], x0 - u[0] : x1 - u[0]] / 255.0
+            )
     grid = _sample_grid(boxes, regions, tmap.scale, n, (rh, rw))
     dev = device or torch.device("cpu")
-    ca = F.grid_sample(torch.from_numpy(stack).to(dev, non_blocking=True), grid.to(dev, non_blocking=True),
-                       mode="bilinear", padding_mode="zeros", align_corners=False)
-    return torch.cat([1.0 - ca, ca], dim=1), MapWindow(tmap.scale, values, origins, group.astype(np.int64))
+    ca = F.grid_sample(
+        torch.from_numpy(stack).to(dev, non_blocking=True),
+        grid.to(dev, non_blocking=True),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
+    return torch.cat([1.0 - ca, ca], dim=1), MapWindow(
+        tmap.scale, values, origins, group.astype(np.int64)
+    )
 
 
-def core_block(probs: torch.Tensor, box: np.ndarray, core: np.ndarray, tmap: TissueMap) -> tuple[int, int, np.ndarray] | None:
+def core_block(
+    probs: torch.Tensor, box: np.ndarray, core: np.ndarray, tmap: TissueMap
+) -> tuple[int, int, np.ndarray] | None:
     """Resample one tile's CA probabilities ``(T, T)`` (covering the level-0 ``box``) onto
     the map pixels whose centres lie in the level-0 ``core``. Cores partition the slide, so
     every map pixel is written by exactly one tile, at its exact position (no drift when
@@ -128,11 +169,15 @@ def core_block(probs: torch.Tensor, box: np.ndarray, core: np.ndarray, tmap: Tis
     v = ((torch.arange(my0, my1, dtype=torch.float64) + 0.5) * s - by) / bh * 2 - 1
     yy, xx = torch.meshgrid(v, u, indexing="ij")
     grid = torch.stack([xx, yy], -1)[None].to(probs.dtype)
-    vals = F.grid_sample(probs[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+    vals = F.grid_sample(
+        probs[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0, 0]
     return mx0, my0, (vals * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def _sample_tile(probs: torch.Tensor, box: np.ndarray, xs_l0: np.ndarray, ys_l0: np.ndarray) -> np.ndarray:
+def _sample_tile(
+    probs: torch.Tensor, box: np.ndarray, xs_l0: np.ndarray, ys_l0: np.ndarray
+) -> np.ndarray:
     """A tile's CA probabilities ``(T, T)`` (covering the level-0 ``box``) sampled bilinearly
     at the level-0 points ``xs × ys`` (map pixel centres) → float32 (len(ys), len(xs))."""
     bx, by, bw, bh = (float(v) for v in box)
@@ -140,7 +185,9 @@ def _sample_tile(probs: torch.Tensor, box: np.ndarray, xs_l0: np.ndarray, ys_l0:
     v = (torch.from_numpy(ys_l0) - by) / bh * 2 - 1
     yy, xx = torch.meshgrid(v, u, indexing="ij")
     grid = torch.stack([xx, yy], -1)[None].to(probs.dtype)
-    return F.grid_sample(probs[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0].numpy()
+    return F.grid_sample(
+        probs[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0, 0].numpy()
 
 
 class BlendedTissueMap:
@@ -221,12 +268,20 @@ class BlendedTissueMap:
                 (mx0, mx1), (my0, my1) = self.xseg[kx], self.yseg[ky]
                 if mx1 <= mx0 or my1 <= my0:
                     continue
-                tiles = [(rr, cc) for rr in self._covering(ky, g.n_rows) for cc in self._covering(kx, g.n_cols) if self.exists[rr, cc]]
+                tiles = [
+                    (rr, cc)
+                    for rr in self._covering(ky, g.n_rows)
+                    for cc in self._covering(kx, g.n_cols)
+                    if self.exists[rr, cc]
+                ]
                 xs = (np.arange(mx0, mx1, dtype=np.float64) + 0.5) * s
                 ys = (np.arange(my0, my1, dtype=np.float64) + 0.5) * s
                 vals = _sample_tile(probs, box, xs, ys).astype(np.float64)
                 if len(tiles) > 1:
-                    total = sum(np.outer(self._ramp(ys, rr, g.n_rows), self._ramp(xs, cc, g.n_cols)) for rr, cc in tiles)
+                    total = sum(
+                        np.outer(self._ramp(ys, rr, g.n_rows), self._ramp(xs, cc, g.n_cols))
+                        for rr, cc in tiles
+                    )
                     own = np.outer(self._ramp(ys, r, g.n_rows), self._ramp(xs, c, g.n_cols))
                     vals *= own / total
                 owned = self.exists[self._owner(ys, g.n_rows)][:, self._owner(xs, g.n_cols)]
@@ -251,7 +306,9 @@ class BlendedTissueMap:
 
     def close(self) -> None:
         if self.pending:  # every tile was added, so nothing can be pending
-            raise RuntimeError(f"tissue map: {len(self.pending)} band rectangles were never completed")
+            raise RuntimeError(
+                f"tissue map: {len(self.pending)} band rectangles were never completed"
+            )
 
 
 def coarse_map(store, tmap: TissueMap, max_side: int = 4096) -> tuple[np.ndarray, int]:
@@ -270,5 +327,5 @@ def coarse_map(store, tmap: TissueMap, max_side: int = 4096) -> tuple[np.ndarray
             if ph or pw:
                 blk = np.pad(blk, ((0, ph), (0, pw)), mode="edge")
             red = blk.reshape(blk.shape[0] // k, k, blk.shape[1] // k, k).mean(axis=(1, 3))
-            out[y0 // k:y0 // k + red.shape[0], x0 // k:x0 // k + red.shape[1]] = red
+            out[y0 // k : y0 // k + red.shape[0], x0 // k : x0 // k + red.shape[1]] = red
     return out, k

@@ -33,7 +33,9 @@ class UnreadableTiles:
     passes it. Cell tiles' cores (level-0 ``x0, y0, x1, y1``) are marked out of the tissue
     mask, so :meth:`tissue_pixels` counts only tissue whose cells were looked for."""
 
-    def __init__(self, slide_path: str | Path, mask: TissueMask, totals: dict[str, int], max_fraction: float):
+    def __init__(
+        self, slide_path: str | Path, mask: TissueMask, totals: dict[str, int], max_fraction: float
+    ):
         self.path = slide_path
         self.mask = mask
         self.totals = dict(totals)
@@ -46,13 +48,24 @@ class UnreadableTiles:
         """Unreadable tiles over all passes."""
         return sum(self.counts.values())
 
-    def add(self, kind: str, boxes: np.ndarray, errors: Sequence[str], cores: np.ndarray | None = None) -> None:
+    def add(
+        self, kind: str, boxes: np.ndarray, errors: Sequence[str], cores: np.ndarray | None = None
+    ) -> None:
         """Count the tiles ``boxes`` (level-0 ``x, y, w, h``) of pass ``kind`` as unreadable,
         with their reasons; ``cores`` (cell tiles) leave the tissue area."""
         boxes = np.asarray(boxes).reshape(-1, 4)
         for b, err in zip(boxes, errors, strict=True):
-            log.warning("%s: the %s tile at level-0 x=%d, y=%d, %d×%d px is unreadable (%s); it gives no detections "
-                        "and its area is left out of the tissue area", self.path, kind, b[0], b[1], b[2], b[3], err)
+            log.warning(
+                "%s: the %s tile at level-0 x=%d, y=%d, %d×%d px is unreadable (%s); it gives no detections "
+                "and its area is left out of the tissue area",
+                self.path,
+                kind,
+                b[0],
+                b[1],
+                b[2],
+                b[3],
+                err,
+            )
         if cores is not None:
             d = self.mask.downsample
             H, W = self._excluded.shape
@@ -68,7 +81,8 @@ class UnreadableTiles:
                 self.path,
                 f"{self.counts[kind]} of its {total} {kind} tiles are unreadable ({first}), more than the allowed "
                 f"{self.max_fraction:.0%}",
-                "re-export or re-scan the slide; or accept it with a larger --max-unreadable (a fraction, e.g. 0.2)")
+                "re-export or re-scan the slide; or accept it with a larger --max-unreadable (a fraction, e.g. 0.2)",
+            )
 
     def tissue_pixels(self) -> int:
         """Tissue-mask pixels outside the unreadable cell tiles' cores."""

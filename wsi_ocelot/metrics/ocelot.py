@@ -222,7 +222,9 @@ def evaluate(
     mask_map = {} if masks is None else _as_mapping(masks, "masks")  # type: ignore[arg-type]
     extra = sorted(set(mask_map) - set(gt_map))
     if extra:
-        raise ValueError(f"a mask for image_{extra[0]} but the ground truth has no such image; ground-truth images: {len(gt_map)}")
+        raise ValueError(
+            f"a mask for image_{extra[0]} but the ground truth has no such image; ground-truth images: {len(gt_map)}"
+        )
     totals = {c: [0, 0, 0] for c in CLASS_NAMES}
     dropped_gt = 0
     for img in sorted(gt_map):

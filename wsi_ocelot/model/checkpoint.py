@@ -304,7 +304,9 @@ def _few(names: list[str], n: int = 5) -> str:
     return shown + (f" (+{len(names) - n} more)" if len(names) > n else "")
 
 
-def weight_key_problems(missing: list[str], unexpected: list[str], mismatched: list[str], *, against: str) -> list[str]:
+def weight_key_problems(
+    missing: list[str], unexpected: list[str], mismatched: list[str], *, against: str
+) -> list[str]:
     """How a file's tensors fail to fit a model (``against``: "config", "encoder"), in one-line
     phrases: missing names, unexpected names, and ``"name (file shape) vs (model shape)"`` entries."""
     problems = []
@@ -313,7 +315,9 @@ def weight_key_problems(missing: list[str], unexpected: list[str], mismatched: l
     if unexpected:
         problems.append(f"{len(unexpected)} not in the {against}: {_few(unexpected)}")
     if mismatched:
-        problems.append(f"{len(mismatched)} with the wrong shape (file vs {against}): {_few(mismatched, 3)}")
+        problems.append(
+            f"{len(mismatched)} with the wrong shape (file vs {against}): {_few(mismatched, 3)}"
+        )
     return problems
 
 

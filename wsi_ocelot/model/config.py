@@ -10,8 +10,15 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: The paper's model family (Table 5); ``model/variants.py`` maps each name to its builder.
-VARIANT_NAMES: tuple[str, ...] = ("cell_only", "pred_to_input", "pred_to_inter1", "pred_to_inter2", "pred_to_output",
-                                  "feature_sharing", "tissue_label_leaking")
+VARIANT_NAMES: tuple[str, ...] = (
+    "cell_only",
+    "pred_to_input",
+    "pred_to_inter1",
+    "pred_to_inter2",
+    "pred_to_output",
+    "feature_sharing",
+    "tissue_label_leaking",
+)
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.variant not in VARIANT_NAMES:
             raise ConfigError(
-                None, f"unknown model variant {self.variant!r}", f"use one of {', '.join(VARIANT_NAMES)}"
+                None,
+                f"unknown model variant {self.variant!r}",
+                f"use one of {', '.join(VARIANT_NAMES)}",
             )
         if self.cell_classes < 2 or self.tissue_classes < 1:
             raise ConfigError(

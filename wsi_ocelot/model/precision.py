@@ -14,13 +14,17 @@ import torch
 __all__ = ["autocast", "inference_autocast"]
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[object]:
+def autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[object]:
     """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def inference_autocast(device: torch.device, amp: bool = True) -> contextlib.AbstractContextManager[object]:
+def inference_autocast(
+    device: torch.device, amp: bool = True
+) -> contextlib.AbstractContextManager[object]:
     """bf16 autocast on CUDA when ``amp``; a no-op on the CPU (float32)."""
     return autocast(device, torch.bfloat16 if amp and device.type == "cuda" else None)

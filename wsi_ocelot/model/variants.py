@@ -174,7 +174,9 @@ class InjectionModel(OcelotModel):
             raise ValueError(
                 f"tissue_crop must be ({cell.shape[0]}, {k}, h, w) for variant {self.variant!r}, got {got}"
             )
-        return self.cell_logits_injected(cell, resize_map(tissue_crop, self.injection_size(cell.shape[-2:])))
+        return self.cell_logits_injected(
+            cell, resize_map(tissue_crop, self.injection_size(cell.shape[-2:]))
+        )
 
     def injection_size(self, cell_hw: tuple[int, int] | torch.Size) -> tuple[int, int]:
         """(h, w) of the cell branch's features at the injection point for a cell patch of
@@ -362,7 +364,9 @@ VARIANTS: dict[str, Callable[[ModelConfig], OcelotModel]] = {
     "tissue_label_leaking": LabelLeakingModel,
 }
 """Variant name → builder (paper Table 5). ``pred_to_inter2`` is the default and the paper's best."""
-assert tuple(VARIANTS) == VARIANT_NAMES, "model/config.py's VARIANT_NAMES and the builders must list the same variants"
+assert tuple(VARIANTS) == VARIANT_NAMES, (
+    "model/config.py's VARIANT_NAMES and the builders must list the same variants"
+)
 
 
 def build_model(config: ModelConfig | str) -> OcelotModel:

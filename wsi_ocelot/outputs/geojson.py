@@ -110,8 +110,9 @@ class CellsGeoJSONWriter(StreamedWriter):
         self._out: BinaryIO
         if gzip:
             # filename="" and mtime=0: no name or timestamp in the header → reproducible bytes
-            self._out = _gzip.GzipFile(filename="", mode="wb", fileobj=self._file.raw, mtime=0,
-                                       compresslevel=compresslevel)  # type: ignore[assignment]
+            self._out = _gzip.GzipFile(
+                filename="", mode="wb", fileobj=self._file.raw, mtime=0, compresslevel=compresslevel
+            )  # type: ignore[assignment]
         else:
             self._out = self._file.raw
         self._closed = False
@@ -132,16 +133,22 @@ class CellsGeoJSONWriter(StreamedWriter):
         pa = np.asarray(prob, dtype=np.float64).reshape(-1)
         n = xa.size
         if not (ya.size == n and ca.size == n and pa.size == n):
-            raise ValueError(f"x, y, cls, prob must have the same length, got {xa.size}, {ya.size}, {ca.size}, {pa.size}")
+            raise ValueError(
+                f"x, y, cls, prob must have the same length, got {xa.size}, {ya.size}, {ca.size}, {pa.size}"
+            )
         if n == 0:
             return 0
         if not (np.isfinite(xa).all() and np.isfinite(ya).all() and np.isfinite(pa).all()):
             raise ValueError("cell coordinates and probabilities must be finite (no NaN / inf)")
         ci = ca.astype(np.int64, copy=False)
         if not np.isin(ci, list(CELL_CLASSES)).all() or (ca.dtype.kind == "f" and (ci != ca).any()):
-            raise ValueError(f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(ca)[:10].tolist()}")
+            raise ValueError(
+                f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(ca)[:10].tolist()}"
+            )
         if (pa < 0).any() or (pa > 1).any():
-            raise ValueError(f"probabilities must be in [0, 1], got min {pa.min():.4g}, max {pa.max():.4g}")
+            raise ValueError(
+                f"probabilities must be in [0, 1], got min {pa.min():.4g}, max {pa.max():.4g}"
+            )
         ox, oy = self.origin
         table = self._table
         for s in range(0, n, _SUB_BATCH):
@@ -208,19 +215,28 @@ def write_tissue_geojson(
         parts = clean_polygons(geoms, grid=0.01)
     r, g, b = (int(v) for v in color)
     props_tail = (
-        '"properties":{"objectType":"annotation","name":' + _json_str(name)
-        + ',"classification":{"name":' + _json_str(name) + f',"color":[{r},{g},{b}]}}}}'
+        '"properties":{"objectType":"annotation","name":'
+        + _json_str(name)
+        + ',"classification":{"name":'
+        + _json_str(name)
+        + f',"color":[{r},{g},{b}]}}}}'
     )
     n = 0
     with atomic_open(path) as raw:
-        out: BinaryIO = (_gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)  # type: ignore[assignment]
-                         if gzip else raw)
+        out: BinaryIO = (
+            _gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)  # type: ignore[assignment]
+            if gzip
+            else raw
+        )
         out.write(_HEADER)
         for i, poly in enumerate(parts):
             text = (
-                ('' if i == 0 else ',\n')
-                + '{"type":"Feature","geometry":{"type":"Polygon","coordinates":' + _polygon_text(poly) + "},"
-                + props_tail + "}"
+                ("" if i == 0 else ",\n")
+                + '{"type":"Feature","geometry":{"type":"Polygon","coordinates":'
+                + _polygon_text(poly)
+                + "},"
+                + props_tail
+                + "}"
             )
             out.write(text.encode("utf-8"))
             n += 1

@@ -51,12 +51,20 @@ _V2_COMPRESSOR = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.
 def check_ngff_version(version: str) -> str:
     """``version`` if it is one wsi-ocelot writes; ``ValueError`` naming the choices otherwise."""
     if version not in NGFF_VERSIONS:
-        raise ValueError(f"unknown OME-NGFF version {version!r}; use one of {', '.join(NGFF_VERSIONS)}")
+        raise ValueError(
+            f"unknown OME-NGFF version {version!r}; use one of {', '.join(NGFF_VERSIONS)}"
+        )
     return version
 
 
-def ngff_multiscales(map_mpp: float, levels: int = 1, *, slide_mpp: float | None = None,
-                     version: str = "0.4", name: str = TISSUE_NAME) -> dict[str, Any]:
+def ngff_multiscales(
+    map_mpp: float,
+    levels: int = 1,
+    *,
+    slide_mpp: float | None = None,
+    version: str = "0.4",
+    name: str = TISSUE_NAME,
+) -> dict[str, Any]:
     """The NGFF ``multiscales`` entry for a 2-D (y, x) pyramid of a map at ``map_mpp`` µm/px.
 
     Level ``k`` (path ``"k"``) is 2^k × coarser: ``scale = [map_mpp·2^k] * 2`` and
@@ -71,12 +79,21 @@ def ngff_multiscales(map_mpp: float, levels: int = 1, *, slide_mpp: float | None
     for k in range(levels):
         s = map_mpp * 2**k
         off = (s - base) / 2.0
-        datasets.append({"path": str(k), "coordinateTransformations": [
-            {"type": "scale", "scale": [s, s]}, {"type": "translation", "translation": [off, off]}]})
+        datasets.append(
+            {
+                "path": str(k),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [s, s]},
+                    {"type": "translation", "translation": [off, off]},
+                ],
+            }
+        )
     ms: dict[str, Any] = {
         "name": name,
-        "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
-                 {"name": "x", "type": "space", "unit": "micrometer"}],
+        "axes": [
+            {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"},
+        ],
         "datasets": datasets,
         "type": "mean",
         "metadata": {"description": f"{ENCODING}; level k = 2^k x coarser (2x2 means)"},
@@ -119,45 +136,78 @@ class TissueMapStore:
         self.group = group
         self.path = path
         self.levels = sum(1 for k in ("0", "1", "2", "3") if k in group)
-        self._written: np.ndarray | None = None  # level-0 chunks written through this handle (None: unknown)
-        self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # chunk -> (pixels, written mask)
-        self._stored: set[tuple[int, int]] = set()  # chunks this handle has stored (a later write reads them back)
+        self._written: np.ndarray | None = (
+            None  # level-0 chunks written through this handle (None: unknown)
+        )
+        self._cache: dict[
+            tuple[int, int], tuple[np.ndarray, np.ndarray]
+        ] = {}  # chunk -> (pixels, written mask)
+        self._stored: set[tuple[int, int]] = (
+            set()
+        )  # chunks this handle has stored (a later write reads them back)
         self._cache_bytes = int(cache_bytes)
         self._lock = threading.Lock()
 
     # -- create / open ------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike[str], height: int, width: int, map_mpp: float, *,
-               slide_mpp: float | None = None, level0_downsample: float | None = None,
-               ngff: str = "0.4", chunk: int = 512, levels: int = 2, name: str = TISSUE_NAME) -> TissueMapStore:
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        height: int,
+        width: int,
+        map_mpp: float,
+        *,
+        slide_mpp: float | None = None,
+        level0_downsample: float | None = None,
+        ngff: str = "0.4",
+        chunk: int = 512,
+        levels: int = 2,
+        name: str = TISSUE_NAME,
+    ) -> TissueMapStore:
         """A new map (zeros) of ``height × width`` px at ``map_mpp`` µm/px, replacing any there."""
         check_ngff_version(ngff)
         if height < 1 or width < 1 or chunk < 1:
-            raise ValueError(f"tissue map size and chunk must be >= 1, got {height}×{width}, chunk {chunk}")
+            raise ValueError(
+                f"tissue map size and chunk must be >= 1, got {height}×{width}, chunk {chunk}"
+            )
         if levels not in (1, 2):
             raise ValueError(f"levels must be 1 or 2, got {levels}")
         ms = ngff_multiscales(map_mpp, levels, slide_mpp=slide_mpp, version=ngff, name=name)
         if ngff == "0.4":
             grp = zarr.open_group(path, mode="w", zarr_format=2)
-            kw: dict[str, Any] = {"compressors": _V2_COMPRESSOR, "chunk_key_encoding": {"name": "v2", "separator": "/"}}
+            kw: dict[str, Any] = {
+                "compressors": _V2_COMPRESSOR,
+                "chunk_key_encoding": {"name": "v2", "separator": "/"},
+            }
         else:
             grp = zarr.open_group(path, mode="w", zarr_format=3)
             kw = {"dimension_names": ("y", "x")}
         for k in range(levels):
-            grp.create_array(str(k), shape=(-(-height // 2**k), -(-width // 2**k)), dtype=np.uint8,
-                             chunks=(chunk, chunk), fill_value=0, **kw)
+            grp.create_array(
+                str(k),
+                shape=(-(-height // 2**k), -(-width // 2**k)),
+                dtype=np.uint8,
+                chunks=(chunk, chunk),
+                fill_value=0,
+                **kw,
+            )
         placement = {
-            "slide_mpp": slide_mpp, "map_mpp": map_mpp, "level0_downsample": level0_downsample,
+            "slide_mpp": slide_mpp,
+            "map_mpp": map_mpp,
+            "level0_downsample": level0_downsample,
             "level0_offset": [0.0, 0.0],
             "placement": "map px (r, c) of level k covers slide level-0 px [c*d*2^k, (c+1)*d*2^k) x "
-                         "[r*d*2^k, (r+1)*d*2^k), d = level0_downsample; level0_offset = (x, y) level-0 px "
-                         "of map px (0, 0)'s top-left corner",
-            "encoding": ENCODING, "pyramid_built": False,
+            "[r*d*2^k, (r+1)*d*2^k), d = level0_downsample; level0_offset = (x, y) level-0 px "
+            "of map px (0, 0)'s top-left corner",
+            "encoding": ENCODING,
+            "pyramid_built": False,
         }
         if ngff == "0.4":
             grp.attrs.update({"multiscales": [ms], "wsi_ocelot": placement})
         else:
-            grp.attrs.update({"ome": {"version": "0.5", "multiscales": [ms]}, "wsi_ocelot": placement})
+            grp.attrs.update(
+                {"ome": {"version": "0.5", "multiscales": [ms]}, "wsi_ocelot": placement}
+            )
         tm = cls(grp, Path(path))
         tm._written = np.zeros((-(-height // chunk), -(-width // chunk)), bool)
         return tm
@@ -167,14 +217,20 @@ class TissueMapStore:
         """An existing map (Zarr v2 or v3, found from its metadata files)."""
         p = Path(path)
         if not ((p / ".zattrs").is_file() or (p / "zarr.json").is_file()):
-            raise PredictionFileError(p, "not an OME-Zarr tissue map (no .zattrs or zarr.json)",
-                                      "pass the tissue.ome.zarr folder a wsi-ocelot run wrote")
+            raise PredictionFileError(
+                p,
+                "not an OME-Zarr tissue map (no .zattrs or zarr.json)",
+                "pass the tissue.ome.zarr folder a wsi-ocelot run wrote",
+            )
         grp = zarr.open_group(p, mode="r" if mode == "r" else "r+")
         try:
             _multiscales_of(dict(grp.attrs))
         except KeyError:
-            raise PredictionFileError(p, "the group has no OME-NGFF multiscales metadata",
-                                      "pass the tissue.ome.zarr folder a wsi-ocelot run wrote") from None
+            raise PredictionFileError(
+                p,
+                "the group has no OME-NGFF multiscales metadata",
+                "pass the tissue.ome.zarr folder a wsi-ocelot run wrote",
+            ) from None
         return cls(grp, p)
 
     # -- metadata -------------------------------------------------------------------------------
@@ -190,7 +246,9 @@ class TissueMapStore:
     def mpp(self) -> float:
         """µm per pixel of level 0 (the NGFF scale of its first dataset)."""
         ds = _multiscales_of(dict(self.group.attrs))[0]["datasets"][0]
-        return float(next(t for t in ds["coordinateTransformations"] if t["type"] == "scale")["scale"][-1])
+        return float(
+            next(t for t in ds["coordinateTransformations"] if t["type"] == "scale")["scale"][-1]
+        )
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -204,8 +262,9 @@ class TissueMapStore:
             return float(d)
         if slide_mpp:
             return self.mpp / float(slide_mpp)
-        raise PredictionFileError(self.path, "the map does not record its level-0 downsample",
-                                  "pass the slide's µm/px")
+        raise PredictionFileError(
+            self.path, "the map does not record its level-0 downsample", "pass the slide's µm/px"
+        )
 
     # -- pixels -----------------------------------------------------------------------------------
     def level(self, k: int = 0) -> zarr.Array:
@@ -240,18 +299,22 @@ class TissueMapStore:
         y1, x1 = y0 + b.shape[0], x0 + b.shape[1]
         with self._lock:
             if self._written is not None:
-                self._written[y0 // ch:(y1 - 1) // ch + 1, x0 // cw:(x1 - 1) // cw + 1] = True
+                self._written[y0 // ch : (y1 - 1) // ch + 1, x0 // cw : (x1 - 1) // cw + 1] = True
             for cy in range(y0 // ch, (y1 - 1) // ch + 1):
                 for cx in range(x0 // cw, (x1 - 1) // cw + 1):
                     pix, mask = self._chunk(arr, cy, cx)
                     oy, ox = cy * ch, cx * cw
                     sy0, sy1 = max(y0, oy), min(y1, oy + ch)
                     sx0, sx1 = max(x0, ox), min(x1, ox + cw)
-                    pix[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox] = b[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
-                    mask[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox] = True
+                    pix[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = b[
+                        sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0
+                    ]
+                    mask[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = True
                     if mask.all():
                         self._store(arr, (cy, cx))
-            while len(self._cache) * 2 * ch * cw > self._cache_bytes:  # pixels and mask: 2 bytes per px
+            while (
+                len(self._cache) * 2 * ch * cw > self._cache_bytes
+            ):  # pixels and mask: 2 bytes per px
                 self._store(arr, next(iter(self._cache)))  # the oldest chunk
 
     def _chunk(self, arr: zarr.Array, cy: int, cx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +323,10 @@ class TissueMapStore:
         hit = self._cache.get(key)
         if hit is None:
             ch, cw = arr.chunks
-            ys, xs = slice(cy * ch, min(arr.shape[0], (cy + 1) * ch)), slice(cx * cw, min(arr.shape[1], (cx + 1) * cw))
+            ys, xs = (
+                slice(cy * ch, min(arr.shape[0], (cy + 1) * ch)),
+                slice(cx * cw, min(arr.shape[1], (cx + 1) * cw)),
+            )
             shape = (ys.stop - ys.start, xs.stop - xs.start)
             if self._written is None or key in self._stored:
                 pix = np.array(arr[ys, xs], dtype=np.uint8)
@@ -273,7 +339,7 @@ class TissueMapStore:
         pix, _ = self._cache.pop(key)
         ch, cw = arr.chunks
         y, x = key[0] * ch, key[1] * cw
-        arr[y:y + pix.shape[0], x:x + pix.shape[1]] = pix
+        arr[y : y + pix.shape[0], x : x + pix.shape[1]] = pix
         self._stored.add(key)
 
     def flush(self) -> None:
@@ -292,7 +358,11 @@ class TissueMapStore:
         if self._written is None:
             return True
         ch, cw = self._array(0).chunks
-        return bool(self._written[y0 // ch:max(y0 + 1, -(-y1 // ch)), x0 // cw:max(x0 + 1, -(-x1 // cw))].any())
+        return bool(
+            self._written[
+                y0 // ch : max(y0 + 1, -(-y1 // ch)), x0 // cw : max(x0 + 1, -(-x1 // cw))
+            ].any()
+        )
 
     def read(self, y0: int, y1: int, x0: int, x1: int, *, level: int = 0) -> NDArray[np.uint8]:
         """Map pixels ``[y0:y1, x0:x1]`` of ``level`` (uint8)."""
@@ -316,6 +386,8 @@ class TissueMapStore:
                 if th % 2 or tw % 2:
                     t = np.pad(t, ((0, th % 2), (0, tw % 2)), mode="edge")
                 s = t[0::2, 0::2] + t[1::2, 0::2] + t[0::2, 1::2] + t[1::2, 1::2]
-                dst[y // 2 : y // 2 + s.shape[0], x // 2 : x // 2 + s.shape[1]] = ((s + 2) // 4).astype(np.uint8)
+                dst[y // 2 : y // 2 + s.shape[0], x // 2 : x // 2 + s.shape[1]] = (
+                    (s + 2) // 4
+                ).astype(np.uint8)
         self.group.attrs["wsi_ocelot"] = {**self.meta, "pyramid_built": True}
         log.debug("tissue map %s: level 1 built", self.path)

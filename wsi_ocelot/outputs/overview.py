@@ -43,7 +43,9 @@ BANNER_EDGE = (224, 160, 40)
 
 def purity_colormap(p: ArrayLike) -> NDArray[np.uint8]:
     """RGB (…, 3) uint8 for purities in [0, 1] (NaN → white)."""
-    a = np.clip(np.nan_to_num(np.asarray(p, dtype=np.float64), nan=0.5), 0.0, 1.0) * (len(_STOPS) - 1)
+    a = np.clip(np.nan_to_num(np.asarray(p, dtype=np.float64), nan=0.5), 0.0, 1.0) * (
+        len(_STOPS) - 1
+    )
     i = np.minimum(a.astype(np.intp), len(_STOPS) - 2)
     t = (a - i)[..., None]
     rgb = _STOPS[i] * (1 - t) + _STOPS[i + 1] * t
@@ -60,8 +62,12 @@ def _draw_outline(img: Image.Image, geometry: BaseGeometry, downsample: float, w
             draw.line([tuple(p) for p in xy.tolist()], fill=CA_OUTLINE, width=width, joint="curve")
 
 
-def _draw_cells(img: Image.Image, cells: tuple[ArrayLike, ArrayLike, ArrayLike], downsample: float,
-                max_cells: int) -> None:
+def _draw_cells(
+    img: Image.Image,
+    cells: tuple[ArrayLike, ArrayLike, ArrayLike],
+    downsample: float,
+    max_cells: int,
+) -> None:
     x, y, cls = (np.asarray(v).reshape(-1) for v in cells)
     step = max(1, -(-x.size // max_cells))  # deterministic subsample
     x, y, cls = x[::step] / downsample, y[::step] / downsample, cls[::step]
@@ -76,8 +82,13 @@ def _draw_cells(img: Image.Image, cells: tuple[ArrayLike, ArrayLike, ArrayLike],
     img.paste(Image.fromarray(arr))
 
 
-def _heat_panel(thumb: NDArray[np.uint8], purity: NDArray[np.float64], cell: float,
-                downsample: float, alpha: float) -> NDArray[np.uint8]:
+def _heat_panel(
+    thumb: NDArray[np.uint8],
+    purity: NDArray[np.float64],
+    cell: float,
+    downsample: float,
+    alpha: float,
+) -> NDArray[np.uint8]:
     h, w = thumb.shape[:2]
     gh, gw = purity.shape
     gi = np.minimum((np.arange(h) * downsample // cell).astype(np.intp), gh - 1)
@@ -129,7 +140,12 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> list[str]:
+def _wrap(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    width: float,
+) -> list[str]:
     """``text`` broken at spaces into lines no wider than ``width`` px (a single long word stays whole)."""
     lines: list[str] = []
     for word in text.split():
@@ -153,7 +169,14 @@ def _banner(width: int, text: str) -> Image.Image:
     img = Image.new("RGB", (width, 2 * pad + line_h * len(lines)), BANNER_FILL)
     draw = ImageDraw.Draw(img)
     for i, line in enumerate(lines):
-        draw.text((pad, pad + i * line_h), line, fill=BANNER_INK, font=font, stroke_width=size // 28, stroke_fill=BANNER_INK)
+        draw.text(
+            (pad, pad + i * line_h),
+            line,
+            fill=BANNER_INK,
+            font=font,
+            stroke_width=size // 28,
+            stroke_fill=BANNER_INK,
+        )
     edge = max(2, size // 8)
     draw.rectangle([0, img.height - edge, width - 1, img.height - 1], fill=BANNER_EDGE)
     return img
@@ -201,7 +224,9 @@ def write_overview(
     panels = [left]
     if purity is not None:
         if purity_cell_size is None or not purity_cell_size > 0:
-            raise ValueError("purity_cell_size (level-0 px per grid square) is needed with a purity grid")
+            raise ValueError(
+                "purity_cell_size (level-0 px per grid square) is needed with a purity grid"
+            )
         grid = np.asarray(purity, dtype=np.float64)
         if grid.ndim != 2 or grid.size == 0:
             raise ValueError(f"purity must be a non-empty 2-D grid, got shape {grid.shape}")
@@ -222,7 +247,9 @@ def write_overview(
     for p in panels:
         canvas.paste(p, (x, top_h))
         x += p.width + _GAP
-    canvas.paste(_legend(canvas.width, purity is not None, has_ca, cells is not None), (0, top_h + h))
+    canvas.paste(
+        _legend(canvas.width, purity is not None, has_ca, cells is not None), (0, top_h + h)
+    )
     with atomic_open(path) as fh:
         canvas.save(fh, format="PNG", optimize=False)
     log.debug("wrote overview %s (%d×%d)", path, canvas.width, canvas.height)

@@ -34,7 +34,9 @@ def threshold_map(prob_map: ArrayLike, threshold: float = 0.5) -> NDArray[np.boo
     return a >= threshold
 
 
-def _runs(edges: NDArray[np.int8]) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp], NDArray[np.int8]]:
+def _runs(
+    edges: NDArray[np.int8],
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp], NDArray[np.int8]]:
     """Maximal runs of equal non-zero values along axis 1: ``(row, start, stop_exclusive, value)``."""
     z = np.zeros((edges.shape[0], edges.shape[1] + 2), dtype=np.int8)
     z[:, 1:-1] = edges
@@ -51,7 +53,9 @@ def _runs(edges: NDArray[np.int8]) -> tuple[NDArray[np.intp], NDArray[np.intp], 
 _E, _N, _W, _S = 0, 1, 2, 3
 
 
-def _trace_rings(mask: NDArray[np.bool_]) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]]:
+def _trace_rings(
+    mask: NDArray[np.bool_],
+) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]]:
     """Trace the pixel-edge boundary of ``mask`` into closed rings.
 
     Returns ``(xy, ring_of_vertex, component_of_ring, is_hole)``: ring vertices (corners only,
@@ -203,7 +207,9 @@ def _distinct_vertices(ring: shapely.LinearRing) -> int:
     return int(np.unique(c, axis=0).shape[0]) if c.size else 0
 
 
-def clean_polygons(geoms: Iterable[BaseGeometry | None], *, grid: float = 0.01) -> list[shapely.Polygon]:
+def clean_polygons(
+    geoms: Iterable[BaseGeometry | None], *, grid: float = 0.01
+) -> list[shapely.Polygon]:
     """Valid, non-degenerate polygons on a ``grid`` (px) lattice, in input order.
 
     Each input is repaired with ``shapely.make_valid`` (a bow-tie becomes two triangles),

@@ -50,14 +50,19 @@ def _spatialdata() -> Any:
     try:
         import spatialdata
     except ImportError as err:
-        raise MissingExtraError(None, f"the SpatialData export needs the 'spatialdata' package ({err.name or err} is not installed)",
-                                'pip install "wsi-ocelot[spatialdata]"') from err
+        raise MissingExtraError(
+            None,
+            f"the SpatialData export needs the 'spatialdata' package ({err.name or err} is not installed)",
+            'pip install "wsi-ocelot[spatialdata]"',
+        ) from err
     return spatialdata
 
 
 def _cancer_area(folder: Path, origin: tuple[float, float]) -> list[shapely.Polygon]:
     """The polygons of ``tissue.geojson`` (QuPath's frame) in OpenSlide level-0 px."""
-    path = next((p for p in (folder / "tissue.geojson", folder / "tissue.geojson.gz") if p.is_file()), None)
+    path = next(
+        (p for p in (folder / "tissue.geojson", folder / "tissue.geojson.gz") if p.is_file()), None
+    )
     if path is None:
         return []
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
@@ -65,8 +70,11 @@ def _cancer_area(folder: Path, origin: tuple[float, float]) -> list[shapely.Poly
         doc = json.loads(raw)
         geoms = [shapely.geometry.shape(f["geometry"]) for f in doc.get("features", [])]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise PredictionFileError(path, f"not a valid GeoJSON FeatureCollection ({err})",
-                                  "rerun the slide to rewrite tissue.geojson") from err
+        raise PredictionFileError(
+            path,
+            f"not a valid GeoJSON FeatureCollection ({err})",
+            "rerun the slide to rewrite tissue.geojson",
+        ) from err
     ox, oy = origin
     polys: list[shapely.Polygon] = []
     for g in geoms:
@@ -75,8 +83,12 @@ def _cancer_area(folder: Path, origin: tuple[float, float]) -> list[shapely.Poly
     return [p for p in polys if isinstance(p, shapely.Polygon) and not p.is_empty]
 
 
-def export_spatialdata(result_folder: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
-                       overwrite: bool = False) -> Path:
+def export_spatialdata(
+    result_folder: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write one slide's result (``<out>/<slide-id>/``) as a SpatialData ``.zarr``; return its path.
 
     Parameters
@@ -100,15 +112,22 @@ def export_spatialdata(result_folder: str | os.PathLike[str], out: str | os.Path
     """
     folder = Path(result_folder)
     if not (folder / "predictions.zarr").exists():
-        raise PredictionFileError(folder, "no predictions.zarr in this folder", "pass a slide's result folder (<out>/<slide-id>)")
+        raise PredictionFileError(
+            folder,
+            "no predictions.zarr in this folder",
+            "pass a slide's result folder (<out>/<slide-id>)",
+        )
     final = Path(out) if out is not None else folder / SPATIALDATA_NAME
     if final.exists() and not overwrite:
-        raise OutputWriteError(final, "the export exists", "pass --overwrite, or choose another --out")
+        raise OutputWriteError(
+            final, "the export exists", "pass --overwrite, or choose another --out"
+        )
     sd = _spatialdata()
     import dask.array as da
     import geopandas as gpd  # spatialdata's own dependencies
     from spatialdata.models import Image2DModel, PointsModel, ShapesModel
     from spatialdata.transformations import Identity, Scale
+
     store = open_predictions(folder / "predictions.zarr")  # read-only: nothing to close
     attrs = store.attrs
     slide = attrs.get("slide") or {}
@@ -121,13 +140,20 @@ def export_spatialdata(result_folder: str | os.PathLike[str], out: str | os.Path
         return {COORDINATE_SYSTEM: Identity(), "micrometer": Scale([mpp, mpp], axes=("x", "y"))}
 
     cells = read_cells(folder)
-    cells["class_name"] = cells["class_name"].astype(str)  # PointsModel keeps the feature key categorical itself
-    points = PointsModel.parse(cells[["x", "y", "class_name", "class_id", "prob", "in_cancer_area"]],
-                               coordinates={"x": "x", "y": "y"}, feature_key="class_name",
-                               transformations=transforms())
+    cells["class_name"] = cells["class_name"].astype(
+        str
+    )  # PointsModel keeps the feature key categorical itself
+    points = PointsModel.parse(
+        cells[["x", "y", "class_name", "class_id", "prob", "in_cancer_area"]],
+        coordinates={"x": "x", "y": "y"},
+        feature_key="class_name",
+        transformations=transforms(),
+    )
     polys = _cancer_area(folder, origin)
-    shapes = ShapesModel.parse(gpd.GeoDataFrame({"name": ["Cancer area"] * len(polys)}, geometry=polys),
-                               transformations=transforms())
+    shapes = ShapesModel.parse(
+        gpd.GeoDataFrame({"name": ["Cancer area"] * len(polys)}, geometry=polys),
+        transformations=transforms(),
+    )
     images: dict[str, Any] = {}
     if store.tissue_map is not None:
         d = store.tissue_map.level0_downsample(mpp)  # level-0 px per map px
@@ -136,11 +162,29 @@ def export_spatialdata(result_folder: str | os.PathLike[str], out: str | os.Path
         while n_down < 4 and min(level0.shape) >= 512 * 2 ** (n_down + 1):
             n_down += 1
         images[MAP_NAME] = Image2DModel.parse(
-            da.from_zarr(level0)[None], dims=("c", "y", "x"), c_coords=[MAP_NAME], scale_factors=[2] * n_down or None,
-            transformations={COORDINATE_SYSTEM: Scale([d, d], axes=("y", "x")), "micrometer": Scale([d * mpp, d * mpp], axes=("y", "x"))})
-    sdata = sd.SpatialData(points={"cells": points}, shapes={"cancer_area": shapes}, images=images,
-                           attrs={"wsi_ocelot": {"slide": slide, "coordinate_system": f"{COORDINATE_SYSTEM} = slide level-0 px (OpenSlide frame)",
-                                                 "model": {k: (attrs.get("model") or {}).get(k) for k in ("path", "variant", "encoder")}}})
+            da.from_zarr(level0)[None],
+            dims=("c", "y", "x"),
+            c_coords=[MAP_NAME],
+            scale_factors=[2] * n_down or None,
+            transformations={
+                COORDINATE_SYSTEM: Scale([d, d], axes=("y", "x")),
+                "micrometer": Scale([d * mpp, d * mpp], axes=("y", "x")),
+            },
+        )
+    sdata = sd.SpatialData(
+        points={"cells": points},
+        shapes={"cancer_area": shapes},
+        images=images,
+        attrs={
+            "wsi_ocelot": {
+                "slide": slide,
+                "coordinate_system": f"{COORDINATE_SYSTEM} = slide level-0 px (OpenSlide frame)",
+                "model": {
+                    k: (attrs.get("model") or {}).get(k) for k in ("path", "variant", "encoder")
+                },
+            }
+        },
+    )
     final.parent.mkdir(parents=True, exist_ok=True)
     work = partial_folder(final.parent, final.name)
     try:
@@ -149,6 +193,12 @@ def export_spatialdata(result_folder: str | os.PathLike[str], out: str | os.Path
         publish_folder(target, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("SpatialData export of %s: %d cells, %d cancer-area polygons%s -> %s", folder, len(cells), len(polys),
-             ", the tissue map" if images else "", final)
+    log.info(
+        "SpatialData export of %s: %d cells, %d cancer-area polygons%s -> %s",
+        folder,
+        len(cells),
+        len(polys),
+        ", the tissue map" if images else "",
+        final,
+    )
     return final

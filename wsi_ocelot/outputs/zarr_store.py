@@ -84,7 +84,9 @@ class PredictionStore:
     the write unit; appends are buffered until a whole chunk is ready).
     """
 
-    def __init__(self, path: str | os.PathLike[str], mode: Mode = "w", *, cell_chunk: int = 65536) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], mode: Mode = "w", *, cell_chunk: int = 65536
+    ) -> None:
         self.path = Path(path)
         self.mode = mode
         if mode not in ("w", "r", "r+", "a"):
@@ -97,30 +99,50 @@ class PredictionStore:
         self._tissue: TissueMapStore | None = None
         if mode == "w":
             if not self.path.parent.is_dir():
-                raise PredictionFileError(self.path, "the output folder does not exist",
-                                          f"create {self.path.parent} first")
+                raise PredictionFileError(
+                    self.path,
+                    "the output folder does not exist",
+                    f"create {self.path.parent} first",
+                )
             self.root = zarr.open_group(self.path, mode="w", zarr_format=3)
-            cells = self.root.create_group("cells", attributes={
-                "count": 0,
-                "frame": "OpenSlide level-0 px, x = column, y = row, origin top-left",
-                "classes": {"1": "BC (background cell)", "2": "TC (tumour cell)"},
-                "columns": list(CELL_COLUMNS),
-            })
+            cells = self.root.create_group(
+                "cells",
+                attributes={
+                    "count": 0,
+                    "frame": "OpenSlide level-0 px, x = column, y = row, origin top-left",
+                    "classes": {"1": "BC (background cell)", "2": "TC (tumour cell)"},
+                    "columns": list(CELL_COLUMNS),
+                },
+            )
             for name, dt in CELL_COLUMNS.items():
-                cells.create_array(name, shape=(0,), dtype=dt, chunks=(cell_chunk,), fill_value=0,
-                                   dimension_names=("cell",))
+                cells.create_array(
+                    name,
+                    shape=(0,),
+                    dtype=dt,
+                    chunks=(cell_chunk,),
+                    fill_value=0,
+                    dimension_names=("cell",),
+                )
             self.cell_chunk = cell_chunk
         else:
             if not (self.path / "zarr.json").is_file():
-                raise PredictionFileError(self.path, "not a Zarr v3 predictions store (no zarr.json)",
-                                          "pass the predictions.zarr folder a wsi-ocelot run wrote")
+                raise PredictionFileError(
+                    self.path,
+                    "not a Zarr v3 predictions store (no zarr.json)",
+                    "pass the predictions.zarr folder a wsi-ocelot run wrote",
+                )
             self.root = zarr.open_group(self.path, mode="r" if mode == "r" else "r+", zarr_format=3)
             if "cells" not in self.root:
-                raise PredictionFileError(self.path, "the store has no cells/ group",
-                                          "pass the predictions.zarr folder a wsi-ocelot run wrote")
+                raise PredictionFileError(
+                    self.path,
+                    "the store has no cells/ group",
+                    "pass the predictions.zarr folder a wsi-ocelot run wrote",
+                )
             self.cell_chunk = int(self.root["cells/x"].chunks[0])
             if self.tissue_path.exists():
-                self._tissue = TissueMapStore.open(self.tissue_path, mode="r" if mode == "r" else "r+")
+                self._tissue = TissueMapStore.open(
+                    self.tissue_path, mode="r" if mode == "r" else "r+"
+                )
             elif "tissue" in self.root:  # a result written before the map had its own folder
                 self._tissue = TissueMapStore(self.root["tissue"], self.path / "tissue")
         self._n_written = int(self.root["cells/x"].shape[0])
@@ -129,8 +151,12 @@ class PredictionStore:
     def __enter__(self) -> PredictionStore:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.close()
         else:  # keep what was flushed; the engine discards the slide folder on failure
@@ -164,15 +190,25 @@ class PredictionStore:
         cols = [np.asarray(v).reshape(-1) for v in (x, y, cls, prob)]
         n = cols[0].size
         if any(c.size != n for c in cols):
-            raise ValueError(f"x, y, cls, prob must have the same length, got {[c.size for c in cols]}")
+            raise ValueError(
+                f"x, y, cls, prob must have the same length, got {[c.size for c in cols]}"
+            )
         if n == 0:
             return
         if not np.isin(cols[2], (1, 2)).all():
-            raise ValueError(f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(cols[2])[:10].tolist()}")
-        self._buf.append(tuple(c.astype(dt, copy=True) for c, dt in zip(cols, CELL_COLUMNS.values(), strict=True)))
+            raise ValueError(
+                f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(cols[2])[:10].tolist()}"
+            )
+        self._buf.append(
+            tuple(
+                c.astype(dt, copy=True) for c, dt in zip(cols, CELL_COLUMNS.values(), strict=True)
+            )
+        )
         self._nbuf += n
         if self._nbuf >= self.cell_chunk:
-            whole = (self._n_written + self._nbuf) // self.cell_chunk * self.cell_chunk - self._n_written
+            whole = (
+                self._n_written + self._nbuf
+            ) // self.cell_chunk * self.cell_chunk - self._n_written
             self._write_buffer(whole)
 
     def flush(self) -> None:
@@ -216,17 +252,36 @@ class PredictionStore:
         """The tissue map, or None when the slide has none (a model without a tissue branch)."""
         return self._tissue
 
-    def create_tissue_map(self, height: int, width: int, mpp: float, chunk: int = 512, *,
-                          levels: int = 2, level0_downsample: float | None = None, slide_mpp: float | None = None,
-                          ngff: str = "0.4", name: str = TISSUE_NAME) -> zarr.Array:
+    def create_tissue_map(
+        self,
+        height: int,
+        width: int,
+        mpp: float,
+        chunk: int = 512,
+        *,
+        levels: int = 2,
+        level0_downsample: float | None = None,
+        slide_mpp: float | None = None,
+        ngff: str = "0.4",
+        name: str = TISSUE_NAME,
+    ) -> zarr.Array:
         """Create the tissue map ``tissue.ome.zarr`` beside the store: level 0 (uint8, zeros) of
         ``height × width`` px at ``mpp`` µm/px, OME-NGFF ``ngff`` ("0.4" on Zarr v2, "0.5" on Zarr
         v3); ``levels=2`` adds level "1" (2× mean), built on close. ``level0_downsample``: slide
         level-0 px per map px; ``slide_mpp``: the slide's µm/px (the map's placement)."""
         self._writable()
-        self._tissue = TissueMapStore.create(self.tissue_path, height, width, mpp, slide_mpp=slide_mpp,
-                                             level0_downsample=level0_downsample, ngff=ngff, chunk=chunk,
-                                             levels=levels, name=name)
+        self._tissue = TissueMapStore.create(
+            self.tissue_path,
+            height,
+            width,
+            mpp,
+            slide_mpp=slide_mpp,
+            level0_downsample=level0_downsample,
+            ngff=ngff,
+            chunk=chunk,
+            levels=levels,
+            name=name,
+        )
         return self._tissue.level(0)
 
     @property
@@ -236,8 +291,11 @@ class PredictionStore:
 
     def _map(self) -> TissueMapStore:
         if self._tissue is None:
-            raise PredictionFileError(self.path, f"the result has no tissue map ({TISSUE_MAP_NAME})",
-                                      "create the tissue map first (create_tissue_map), or run a model with a tissue branch")
+            raise PredictionFileError(
+                self.path,
+                f"the result has no tissue map ({TISSUE_MAP_NAME})",
+                "create the tissue map first (create_tissue_map), or run a model with a tissue branch",
+            )
         return self._tissue
 
     def tissue(self, level: int = 0) -> zarr.Array:
@@ -258,8 +316,9 @@ class PredictionStore:
         value (False only where this handle created the map and wrote nothing: zeros)."""
         return True if self._tissue is None else self._tissue.written(y0, y1, x0, x1)
 
-    def read_tissue(self, y0: int, y1: int, x0: int, x1: int, *, level: int = 0,
-                    as_float: bool = False) -> NDArray[Any]:
+    def read_tissue(
+        self, y0: int, y1: int, x0: int, x1: int, *, level: int = 0, as_float: bool = False
+    ) -> NDArray[Any]:
         """Map pixels ``[y0:y1, x0:x1]`` of ``level`` (uint8, or float32 probabilities)."""
         out = np.asarray(self.tissue(level)[y0:y1, x0:x1])
         return out.astype(np.float32) / 255.0 if as_float else out
@@ -290,5 +349,7 @@ def open_predictions(path: str | os.PathLike[str]) -> PredictionStore:
     ``.read_tissue()``, ``.tissue_mpp``, ``.attrs``."""
     p = Path(path)
     if not p.exists():
-        raise PredictionFileError(p, "no such predictions store", "check the path (…/<slide-id>/predictions.zarr)")
+        raise PredictionFileError(
+            p, "no such predictions store", "check the path (…/<slide-id>/predictions.zarr)"
+        )
     return PredictionStore(p, mode="r")

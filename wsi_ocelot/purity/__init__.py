@@ -12,4 +12,13 @@ from wsi_ocelot.purity.purity import (
 )
 from wsi_ocelot.purity.record import SUMMARY_COLUMNS, SlideRecord
 
-__all__ = ["SUMMARY_COLUMNS", "PurityCounter", "PurityResult", "SlideRecord", "compute_purity", "inside_geometry", "inside_map", "purity_grid"]
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "PurityCounter",
+    "PurityResult",
+    "SlideRecord",
+    "compute_purity",
+    "inside_geometry",
+    "inside_map",
+    "purity_grid",
+]

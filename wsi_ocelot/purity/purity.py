@@ -22,7 +22,14 @@ from shapely.geometry.base import BaseGeometry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PurityCounter", "PurityResult", "compute_purity", "inside_geometry", "inside_map", "purity_grid"]
+__all__ = [
+    "PurityCounter",
+    "PurityResult",
+    "compute_purity",
+    "inside_geometry",
+    "inside_map",
+    "purity_grid",
+]
 
 BC, TC = 1, 2
 UM2_PER_MM2 = 1e6
@@ -127,7 +134,9 @@ class PurityCounter:
     count in the purity but not in the map. Without a grid (``grid_px=None``) only the
     counts are kept."""
 
-    def __init__(self, width: float | None = None, height: float | None = None, grid_px: float | None = None):
+    def __init__(
+        self, width: float | None = None, height: float | None = None, grid_px: float | None = None
+    ):
         self.n_tc = self.n_bc = self.n_tc_ca = self.n_bc_ca = 0
         self.grid_px = grid_px
         if grid_px is not None:
@@ -144,7 +153,9 @@ class PurityCounter:
     def n_cells(self) -> int:
         return self.n_tc + self.n_bc
 
-    def add(self, x: ArrayLike, y: ArrayLike, cls: ArrayLike, inside: ArrayLike | None = None) -> None:
+    def add(
+        self, x: ArrayLike, y: ArrayLike, cls: ArrayLike, inside: ArrayLike | None = None
+    ) -> None:
         """Count a batch of cells; ``inside`` (a bool per cell) marks those in the cancer area."""
         xa, ya = _xy(x, y)
         c = np.asarray(cls).reshape(-1)
@@ -153,14 +164,18 @@ class PurityCounter:
         if not c.size:
             return
         if not np.isin(c, (BC, TC)).all():
-            raise ValueError(f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(c)[:10].tolist()}")
+            raise ValueError(
+                f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(c)[:10].tolist()}"
+            )
         tc = c == TC
         self.n_tc += int(tc.sum())
         self.n_bc += int((~tc).sum())
         if inside is not None:
             ins = np.asarray(inside, dtype=bool).reshape(-1)
             if ins.size != c.size:
-                raise ValueError(f"inside must have one entry per cell, got {ins.size} for {c.size} cells")
+                raise ValueError(
+                    f"inside must have one entry per cell, got {ins.size} for {c.size} cells"
+                )
             self.n_tc_ca += int((tc & ins).sum())
             self.n_bc_ca += int((~tc & ins).sum())
         if self.grid_px is not None:
@@ -178,9 +193,16 @@ class PurityCounter:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(total > 0, self.tc_grid / np.maximum(total, 1), np.nan)
 
-    def result(self, *, tissue_area_mm2: float | None = None, cancer_area_mm2: float | None = None, mpp: float | None = None,
-               cancer_area_known: bool = True, no_cancer_area_reason: str = "no cancer-area prediction given",
-               no_tissue: bool = False) -> PurityResult:
+    def result(
+        self,
+        *,
+        tissue_area_mm2: float | None = None,
+        cancer_area_mm2: float | None = None,
+        mpp: float | None = None,
+        cancer_area_known: bool = True,
+        no_cancer_area_reason: str = "no cancer-area prediction given",
+        no_tissue: bool = False,
+    ) -> PurityResult:
         """The slide's :class:`PurityResult`.
 
         ``cancer_area_known=False`` (no cancer-area prediction, e.g. a model without a tissue
@@ -189,7 +211,11 @@ class PurityCounter:
         slide without cells: "no tissue found on the slide" instead of "no cells detected".
         """
         purity = _ratio(self.n_tc, self.n_bc)
-        reason = None if purity is not None else ("no tissue found on the slide" if no_tissue else "no cells detected")
+        reason = (
+            None
+            if purity is not None
+            else ("no tissue found on the slide" if no_tissue else "no cells detected")
+        )
         n_in = tc_in = bc_in = None
         p_in: float | None = None
         if not cancer_area_known:
@@ -207,10 +233,19 @@ class PurityCounter:
             else:
                 reason_in = "no cells inside the cancer area"
         return PurityResult(
-            n_cells=self.n_cells, n_tc=self.n_tc, n_bc=self.n_bc, purity=purity, purity_reason=reason,
-            n_cells_in_cancer_area=n_in, n_tc_in_cancer_area=tc_in, n_bc_in_cancer_area=bc_in,
-            purity_in_cancer_area=p_in, purity_in_cancer_area_reason=reason_in,
-            tissue_area_mm2=tissue_area_mm2, cancer_area_mm2=cancer_area_mm2, mpp=None if mpp is None else float(mpp),
+            n_cells=self.n_cells,
+            n_tc=self.n_tc,
+            n_bc=self.n_bc,
+            purity=purity,
+            purity_reason=reason,
+            n_cells_in_cancer_area=n_in,
+            n_tc_in_cancer_area=tc_in,
+            n_bc_in_cancer_area=bc_in,
+            purity_in_cancer_area=p_in,
+            purity_in_cancer_area_reason=reason_in,
+            tissue_area_mm2=tissue_area_mm2,
+            cancer_area_mm2=cancer_area_mm2,
+            mpp=None if mpp is None else float(mpp),
         )
 
 
@@ -245,7 +280,9 @@ def compute_purity(
     if ca_inside is not None:
         inside = np.asarray(ca_inside, dtype=bool).reshape(-1)
         if inside.size != c.size:
-            raise ValueError(f"ca_inside must have one entry per cell, got {inside.size} for {c.size} cells")
+            raise ValueError(
+                f"ca_inside must have one entry per cell, got {inside.size} for {c.size} cells"
+            )
     elif ca_geometry is not None:
         inside = inside_geometry(xa, ya, ca_geometry)
         if ca_area_um2 is None and mpp is not None:
@@ -256,8 +293,12 @@ def compute_purity(
         inside = None
     counter = PurityCounter()
     counter.add(xa, ya, c, inside)
-    result = counter.result(tissue_area_mm2=_mm2(tissue_area_um2), cancer_area_mm2=_mm2(ca_area_um2), mpp=mpp,
-                            cancer_area_known=inside is not None)
+    result = counter.result(
+        tissue_area_mm2=_mm2(tissue_area_um2),
+        cancer_area_mm2=_mm2(ca_area_um2),
+        mpp=mpp,
+        cancer_area_known=inside is not None,
+    )
     log.debug("purity: %s", result)
     return result
 

@@ -15,4 +15,16 @@ from wsi_ocelot.slide._slide import (
 from wsi_ocelot.slide.mask import TissueMask, tissue_mask
 from wsi_ocelot.slide.tiff_reader import READERS
 
-__all__ = ["MPP_FIX", "READERS", "SYNTHETIC_DESCRIPTION", "MppInfo", "Slide", "TissueMask", "check_mpp", "check_slide_file", "open_slide", "resolve_mpp", "tissue_mask"]
+__all__ = [
+    "MPP_FIX",
+    "READERS",
+    "SYNTHETIC_DESCRIPTION",
+    "MppInfo",
+    "Slide",
+    "TissueMask",
+    "check_mpp",
+    "check_slide_file",
+    "open_slide",
+    "resolve_mpp",
+    "tissue_mask",
+]

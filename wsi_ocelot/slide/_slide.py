@@ -71,7 +71,11 @@ class MppInfo:
 
     def error(self, path: str | os.PathLike[str] | None) -> MppError:
         """The one-line :class:`MppError` of a missing MPP, naming ``path``."""
-        return MppError(path, self.problem or "the slide has no microns-per-pixel in its metadata", self.fix or MPP_FIX)
+        return MppError(
+            path,
+            self.problem or "the slide has no microns-per-pixel in its metadata",
+            self.fix or MPP_FIX,
+        )
 
 
 def _float(value: Any) -> float | None:
@@ -86,18 +90,25 @@ def _plausible(mpp: float | None) -> bool:
     return mpp is not None and _MPP_RANGE[0] <= mpp <= _MPP_RANGE[1]
 
 
-def check_mpp(value: Any, where: str | os.PathLike[str] | None, what: str = "MPP override") -> float:
+def check_mpp(
+    value: Any, where: str | os.PathLike[str] | None, what: str = "MPP override"
+) -> float:
     """``value`` as a level-0 µm/px override, or :class:`MppError` naming ``where`` (a slide, a
     manifest line, or None for a flag): the one range for ``--mpp``, a manifest's ``mpp`` column
     and :func:`resolve_mpp`."""
     mpp = _float(value)
     if not _plausible(mpp):
-        raise MppError(where, f"{what} {value!r} is not a µm/px value between {_MPP_RANGE[0]:g} and {_MPP_RANGE[1]:g}",
-                       "give the level-0 microns per pixel, e.g. 0.25 for 40x or 0.5 for 20x")
+        raise MppError(
+            where,
+            f"{what} {value!r} is not a µm/px value between {_MPP_RANGE[0]:g} and {_MPP_RANGE[1]:g}",
+            "give the level-0 microns per pixel, e.g. 0.25 for 40x or 0.5 for 20x",
+        )
     return mpp  # type: ignore[return-value]
 
 
-def resolve_mpp(path: str | os.PathLike[str], properties: dict[str, str], override: float | None = None) -> MppInfo:
+def resolve_mpp(
+    path: str | os.PathLike[str], properties: dict[str, str], override: float | None = None
+) -> MppInfo:
     """Resolve level-0 MPP: override → ``openslide.mpp-x/y`` → TIFF resolution tags →
     objective power (with a warning) → :class:`MppError` naming the slide and the flag."""
     if override is not None:
@@ -110,7 +121,10 @@ def resolve_mpp(path: str | os.PathLike[str], properties: dict[str, str], overri
 
     unit = (properties.get("tiff.ResolutionUnit") or "").lower()
     factor = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "micrometer": 1.0}.get(unit)
-    xres, yres = _float(properties.get("tiff.XResolution")), _float(properties.get("tiff.YResolution"))
+    xres, yres = (
+        _float(properties.get("tiff.XResolution")),
+        _float(properties.get("tiff.YResolution")),
+    )
     if factor and xres:
         tx = factor / xres
         ty = factor / yres if yres else tx
@@ -120,15 +134,26 @@ def resolve_mpp(path: str | os.PathLike[str], properties: dict[str, str], overri
     power = _float(properties.get("openslide.objective-power"))
     if power:
         guess = 10.0 / power
-        log.warning("%s: no MPP in the metadata; guessing %.3f µm/px from objective power %gx. Pass --mpp to be exact.", path, guess, power)
+        log.warning(
+            "%s: no MPP in the metadata; guessing %.3f µm/px from objective power %gx. Pass --mpp to be exact.",
+            path,
+            guess,
+            power,
+        )
         return MppInfo(guess, guess, "objective-power")
 
-    raise MppError(path, "the slide has no microns-per-pixel in its metadata (no openslide.mpp-x, TIFF resolution or objective power)", MPP_FIX)
+    raise MppError(
+        path,
+        "the slide has no microns-per-pixel in its metadata (no openslide.mpp-x, TIFF resolution or objective power)",
+        MPP_FIX,
+    )
 
 
 #: What to do about a file that ends early; used in every truncation error.
-TRUNCATED_FIX = ("the copy or download did not finish: copy the slide again and check that the transfer completed "
-                 "(the file's size should match the original's)")
+TRUNCATED_FIX = (
+    "the copy or download did not finish: copy the slide again and check that the transfer completed "
+    "(the file's size should match the original's)"
+)
 
 _TIFF_BYTE_ORDER = {b"II": "<", b"MM": ">"}
 _MAX_TIFF_DIRECTORIES = 100_000
@@ -136,7 +161,9 @@ _MAX_TIFF_TAGS = 4096  # more tags than this is not a directory (tifffile's limi
 
 
 def _truncated(path: Path, size: int, what: str) -> SlideFormatError:
-    return SlideFormatError(path, f"the file is truncated (incomplete): it is {size:,} bytes, but {what}", TRUNCATED_FIX)
+    return SlideFormatError(
+        path, f"the file is truncated (incomplete): it is {size:,} bytes, but {what}", TRUNCATED_FIX
+    )
 
 
 class _Collect(logging.Filter):
@@ -182,7 +209,9 @@ def _tiff_chain_truncation(path: Path, size: int) -> str | None:
         if order is None or len(head) < 8:
             return None
         version = struct.unpack(order + "H", head[2:4])[0]
-        if version == 42:  # classic TIFF; Hamamatsu NDPI keeps 64-bit next-directory offsets (read as tifffile does)
+        if (
+            version == 42
+        ):  # classic TIFF; Hamamatsu NDPI keeps 64-bit next-directory offsets (read as tifffile does)
             ndpi = order == "<" and path.suffix.lower() == ".ndpi"
             first, count_fmt, tag_size, next_fmt = 4, "H", 12, "Q" if ndpi else "I"
         elif version == 43:  # BigTIFF
@@ -258,14 +287,22 @@ class Slide:
     cannot answer exactly, and other formats, go through OpenSlide).
     """
 
-    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None, reader: str = "openslide", *,
-                 require_mpp: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        mpp: float | None = None,
+        reader: str = "openslide",
+        *,
+        require_mpp: bool = True,
+    ):
         self.path = Path(path)
         self._mpp_override = mpp
         self._handle: Any = None
         self._pid: int | None = None
         if reader not in READERS:
-            raise ConfigError(None, f"unknown slide reader {reader!r}", f"use one of {', '.join(READERS)}")
+            raise ConfigError(
+                None, f"unknown slide reader {reader!r}", f"use one of {', '.join(READERS)}"
+            )
         self.reader = reader
         self._tiff: TiffLevelReader | None = None
         self._tiff_pid: int | None = None
@@ -290,9 +327,17 @@ class Slide:
             try:
                 self._handle = openslide.OpenSlide(str(self.path))
             except openslide.OpenSlideUnsupportedFormatError as err:
-                raise SlideFormatError(self.path, "not a slide format OpenSlide can read", "pass a whole-slide image (.svs, .tif/.tiff, .ndpi, .mrxs, .scn, ...); check the file is not renamed") from err
+                raise SlideFormatError(
+                    self.path,
+                    "not a slide format OpenSlide can read",
+                    "pass a whole-slide image (.svs, .tif/.tiff, .ndpi, .mrxs, .scn, ...); check the file is not renamed",
+                ) from err
             except openslide.OpenSlideError as err:
-                raise SlideFormatError(self.path, f"OpenSlide cannot read the file ({err})", "the file is corrupt or truncated; copy or download it again") from err
+                raise SlideFormatError(
+                    self.path,
+                    f"OpenSlide cannot read the file ({err})",
+                    "the file is corrupt or truncated; copy or download it again",
+                ) from err
             self._pid = os.getpid()
         return self._handle
 
@@ -374,8 +419,12 @@ class Slide:
         w, h = self.dimensions
         p = self.properties
         try:
-            return (int(p.get("openslide.bounds-x", 0)), int(p.get("openslide.bounds-y", 0)),
-                    int(p.get("openslide.bounds-width", w)), int(p.get("openslide.bounds-height", h)))
+            return (
+                int(p.get("openslide.bounds-x", 0)),
+                int(p.get("openslide.bounds-y", 0)),
+                int(p.get("openslide.bounds-width", w)),
+                int(p.get("openslide.bounds-height", h)),
+            )
         except ValueError:
             return (0, 0, w, h)
 
@@ -386,10 +435,14 @@ class Slide:
 
     @property
     def stem(self) -> str:
-        return self.path.stem if self.path.suffix.lower() not in {".gz"} else Path(self.path.stem).stem
+        return (
+            self.path.stem if self.path.suffix.lower() not in {".gz"} else Path(self.path.stem).stem
+        )
 
     # -- reading -------------------------------------------------------------------------
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
         """OpenSlide's ``read_region`` composited on white: ``(size[1], size[0], 3)`` uint8.
 
         ``location`` is level-0 px; out-of-slide areas come back white. With
@@ -398,18 +451,34 @@ class Slide:
         fast = self._tiff_reader
         if fast is not None:
             try:
-                region = fast.read((int(location[0]), int(location[1])), int(level), (int(size[0]), int(size[1])),
-                                   self.level_downsamples[int(level)])
+                region = fast.read(
+                    (int(location[0]), int(location[1])),
+                    int(level),
+                    (int(size[0]), int(size[1])),
+                    self.level_downsamples[int(level)],
+                )
             except Exception as err:  # noqa: BLE001 - a tile tifffile cannot decode: OpenSlide decides
-                log.debug("%s: tifffile failed at level %d, %s (%s); reading with OpenSlide", self.path, level, location, err)
+                log.debug(
+                    "%s: tifffile failed at level %d, %s (%s); reading with OpenSlide",
+                    self.path,
+                    level,
+                    location,
+                    err,
+                )
                 region = None
             if region is not None:
                 return region
         try:
-            rgba = self._osr.read_region((int(location[0]), int(location[1])), int(level), (int(size[0]), int(size[1])))
+            rgba = self._osr.read_region(
+                (int(location[0]), int(location[1])), int(level), (int(size[0]), int(size[1]))
+            )
         except openslide.OpenSlideError as err:
             self._drop_handle()  # OpenSlide's errors are sticky: every later read of this handle fails too
-            raise SlideFormatError(self.path, f"reading failed at level {level}, {location} ({err})", "the file is corrupt or truncated; copy or download it again") from err
+            raise SlideFormatError(
+                self.path,
+                f"reading failed at level {level}, {location} ({err})",
+                "the file is corrupt or truncated; copy or download it again",
+            ) from err
         return _composite_white(rgba)
 
     def best_level_for_downsample(self, downsample: float) -> int:
@@ -429,7 +498,9 @@ class Slide:
         level, (x0, y0, lw, lh, fx, fy) = self._window(box, size)
         return self._resample(self.read_region((x0, y0), level, (lw, lh)), box, size, level, fx, fy)
 
-    def read_boxes(self, boxes: np.ndarray, size: tuple[int, int], *, union: bool | None = None) -> np.ndarray:
+    def read_boxes(
+        self, boxes: np.ndarray, size: tuple[int, int], *, union: bool | None = None
+    ) -> np.ndarray:
         """Read level-0 boxes ``(N, 4)`` resized to ``size``: ``(N, out_h, out_w, 3)`` uint8,
         each equal to :meth:`read_box` of that box.
 
@@ -460,18 +531,32 @@ class Slide:
         x0s = np.array([w[1][0] for w in wins], np.int64)
         y0s = np.array([w[1][1] for w in wins], np.int64)
         whole = np.concatenate([x0s / d, y0s / d])
-        if any(w[0] != level for w in wins) or not np.allclose(whole, np.round(whole), rtol=0, atol=1e-9):
+        if any(w[0] != level for w in wins) or not np.allclose(
+            whole, np.round(whole), rtol=0, atol=1e-9
+        ):
             return False
         ux, uy = int(x0s.min()), int(y0s.min())
-        ox, oy = np.round((x0s - ux) / d).astype(np.int64), np.round((y0s - uy) / d).astype(np.int64)  # starts in the union
+        ox, oy = (
+            np.round((x0s - ux) / d).astype(np.int64),
+            np.round((y0s - uy) / d).astype(np.int64),
+        )  # starts in the union
         uw = int(max(ox[k] + wins[k][1][2] for k in range(len(boxes))))
         uh = int(max(oy[k] + wins[k][1][3] for k in range(len(boxes))))
         region = self.read_region((ux, uy), level, (uw, uh))
         for k, (b, (_, (_, _, lw, lh, fx, fy))) in enumerate(zip(boxes, wins, strict=True)):
-            out[k] = self._resample(np.ascontiguousarray(region[oy[k]:oy[k] + lh, ox[k]:ox[k] + lw]), tuple(b), size, level, fx, fy)
+            out[k] = self._resample(
+                np.ascontiguousarray(region[oy[k] : oy[k] + lh, ox[k] : ox[k] + lw]),
+                tuple(b),
+                size,
+                level,
+                fx,
+                fy,
+            )
         return True
 
-    def _window(self, box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, tuple[int, int, int, int, float, float]]:
+    def _window(
+        self, box: tuple[float, float, float, float], size: tuple[int, int]
+    ) -> tuple[int, tuple[int, int, int, int, float, float]]:
         """The pyramid level ``read_box`` reads a box from, and the level region
         ``(x0, y0, lw, lh, fx, fy)``: integer level-0 start, size in level px, sub-pixel
         start inside it (level px)."""
@@ -485,18 +570,34 @@ class Slide:
         fx, fy = (x - x0) / d, (y - y0) / d
         return level, (x0, y0, max(1, math.ceil(fx + w / d)), max(1, math.ceil(fy + h / d)), fx, fy)
 
-    def _resample(self, region: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int], level: int,
-                  fx: float, fy: float) -> np.ndarray:
+    def _resample(
+        self,
+        region: np.ndarray,
+        box: tuple[float, float, float, float],
+        size: tuple[int, int],
+        level: int,
+        fx: float,
+        fy: float,
+    ) -> np.ndarray:
         """A level region resized to ``size`` (bilinear with antialiasing), or as is when it
         already is the box at that size."""
         w, h = float(box[2]), float(box[3])
         out_w, out_h = int(size[0]), int(size[1])
         d = self.level_downsamples[level]
         lh, lw = region.shape[:2]
-        if lw == out_w and lh == out_h and fx == 0 and fy == 0 and abs(w / d - out_w) < 1e-9 and abs(h / d - out_h) < 1e-9:
+        if (
+            lw == out_w
+            and lh == out_h
+            and fx == 0
+            and fy == 0
+            and abs(w / d - out_w) < 1e-9
+            and abs(h / d - out_h) < 1e-9
+        ):
             return region
         im = Image.fromarray(region)
-        im = im.resize((out_w, out_h), Image.Resampling.BILINEAR, box=(fx, fy, fx + w / d, fy + h / d))
+        im = im.resize(
+            (out_w, out_h), Image.Resampling.BILINEAR, box=(fx, fy, fx + w / d, fy + h / d)
+        )
         return np.asarray(im)
 
     def read_at_mpp(self, box: tuple[float, float, float, float], target_mpp: float) -> np.ndarray:
@@ -537,19 +638,29 @@ def _check_file(path: Path) -> int | None:
     """The file exists, is not a folder (but a MIRAX data folder beside its ``.mrxs``), is not
     empty and can be read; returns its size (None for the MIRAX folder)."""
     if not path.exists():
-        raise SlideNotFoundError(path, "no such file", "check the path (and that the drive or share is mounted)")
+        raise SlideNotFoundError(
+            path, "no such file", "check the path (and that the drive or share is mounted)"
+        )
     if path.is_dir():
         if any(p.suffix.lower() == ".mrxs" for p in path.parent.glob(path.name + ".mrxs")):
             return None
-        raise SlideNotFoundError(path, "is a directory, not a slide file", "pass the slide file itself; `wsi-ocelot run` takes folders and searches them")
+        raise SlideNotFoundError(
+            path,
+            "is a directory, not a slide file",
+            "pass the slide file itself; `wsi-ocelot run` takes folders and searches them",
+        )
     size = path.stat().st_size
     if size == 0:
-        raise SlideFormatError(path, "the file is empty (0 bytes)", "copy or download the slide again")
+        raise SlideFormatError(
+            path, "the file is empty (0 bytes)", "copy or download the slide again"
+        )
     try:
         with open(path, "rb") as fh:
             fh.read(1)
     except OSError as err:
-        raise SlideNotFoundError(path, f"cannot read the file ({err.strerror})", "check the file permissions") from err
+        raise SlideNotFoundError(
+            path, f"cannot read the file ({err.strerror})", "check the file permissions"
+        ) from err
     return size
 
 
@@ -567,14 +678,24 @@ def check_slide_file(path: str | os.PathLike[str]) -> None:
     size = _check_file(path)
     if size is None:
         return
-    _check_tiff_chain(path, size)  # a TIFF cut short is not recognised either: say it is truncated, not renamed
+    _check_tiff_chain(
+        path, size
+    )  # a TIFF cut short is not recognised either: say it is truncated, not renamed
     if openslide.OpenSlide.detect_format(str(path)) is None:
-        raise SlideFormatError(path, "not a slide format OpenSlide can read",
-                               "pass a whole-slide image (.svs, .tif/.tiff, .ndpi, .mrxs, .scn, .dcm, ...)")
+        raise SlideFormatError(
+            path,
+            "not a slide format OpenSlide can read",
+            "pass a whole-slide image (.svs, .tif/.tiff, .ndpi, .mrxs, .scn, .dcm, ...)",
+        )
 
 
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None, reader: str = "openslide", *,
-               require_mpp: bool = True) -> Slide:
+def open_slide(
+    path: str | os.PathLike[str],
+    mpp: float | None = None,
+    reader: str = "openslide",
+    *,
+    require_mpp: bool = True,
+) -> Slide:
     """Open a whole-slide image.
 
     Parameters

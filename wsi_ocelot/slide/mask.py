@@ -38,7 +38,7 @@ class TissueMask:
         c1, r1 = int(np.ceil((x + w) / d)), int(np.ceil((y + h) / d))
         area = max(1, (c1 - c0) * (r1 - r0))
         H, W = self.mask.shape
-        sub = self.mask[max(r0, 0):min(r1, H), max(c0, 0):min(c1, W)]
+        sub = self.mask[max(r0, 0) : min(r1, H), max(c0, 0) : min(c1, W)]
         return float(sub.sum()) / area
 
     def touches(self, box: tuple[float, float, float, float], min_fraction: float = 0.0) -> bool:
@@ -55,7 +55,12 @@ def _rgb_to_hsv(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     safe = np.maximum(delta, 1e-6)
-    h = np.where(mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)) * 60.0
+    h = (
+        np.where(
+            mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)
+        )
+        * 60.0
+    )
     h = np.where(delta > 0, h, 0.0)
     return h, s, mx
 
@@ -106,7 +111,11 @@ def tissue_mask_from_image(
         keep = np.zeros(n + 1, dtype=bool)
         keep[1:] = sizes >= min_area_px
         mask = keep[labels]
-    log.debug("tissue mask: saturation threshold %.3f, tissue fraction %.3f", thr, mask.mean() if mask.size else 0)
+    log.debug(
+        "tissue mask: saturation threshold %.3f, tissue fraction %.3f",
+        thr,
+        mask.mean() if mask.size else 0,
+    )
     return TissueMask(mask=mask.astype(bool), downsample=float(downsample))
 
 

@@ -117,18 +117,27 @@ class StainCheck:
     def evidence(self) -> str:
         """The measured numbers behind ``kind``, in words (one clause, no full stop)."""
         if self.kind == "fluorescence":
-            return (f"dark background: {self.dark_fraction:.0%} of the thumbnail is darker than {DARK_VALUE:.0%} of full "
-                    f"scale, and only {self.brightfield_share:.0%} of the rest looks like glass or stain")
+            return (
+                f"dark background: {self.dark_fraction:.0%} of the thumbnail is darker than {DARK_VALUE:.0%} of full "
+                f"scale, and only {self.brightfield_share:.0%} of the rest looks like glass or stain"
+            )
         if self.kind == "ihc":
             return f"DAB brown: {self.brown_fraction:.0%} of the stained tissue is orange-brown, where H&E has next to none"
-        tissue = ("no tissue to judge the stain by" if self.brown_fraction is None
-                  else f"{self.brown_fraction:.0%} of the stained tissue DAB-brown")
+        tissue = (
+            "no tissue to judge the stain by"
+            if self.brown_fraction is None
+            else f"{self.brown_fraction:.0%} of the stained tissue DAB-brown"
+        )
         return f"{self.glass_fraction:.0%} glass, {self.dark_fraction:.0%} dark, {tissue}"
 
     @property
     def description(self) -> str:
         """``kind`` in words with its evidence, e.g. for ``wsi-ocelot info``."""
-        name = {"brightfield": "brightfield", "fluorescence": "fluorescence or dark field", "ihc": "IHC (DAB)"}[self.kind]
+        name = {
+            "brightfield": "brightfield",
+            "fluorescence": "fluorescence or dark field",
+            "ihc": "IHC (DAB)",
+        }[self.kind]
         return f"{name} ({self.evidence})"
 
     def to_json(self) -> dict[str, Any]:
@@ -143,7 +152,12 @@ def _hsv(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
     delta = mx - mn
     safe = np.maximum(delta, 1e-6)
-    hue = np.where(mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)) * 60.0
+    hue = (
+        np.where(
+            mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)
+        )
+        * 60.0
+    )
     return np.where(delta > 0, hue, 0.0), np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0), mx
 
 
@@ -185,12 +199,27 @@ def classify_stain(img: np.ndarray, tissue: np.ndarray | None = None) -> StainCh
     n_tissue = int(coloured.sum())
     brown_fraction = None
     if n_tissue >= MIN_TISSUE_PIXELS:
-        h, s, v = hue[coloured], sat[coloured], val[coloured]  # hue 10-60°: R ≥ G > B, blue absorbed most, and not plain red
-        brown_fraction = float(((h >= BROWN_HUE[0]) & (h < BROWN_HUE[1]) & (s >= BROWN_SATURATION_MIN) & (v <= BROWN_VALUE_MAX)).mean())
+        h, s, v = (
+            hue[coloured],
+            sat[coloured],
+            val[coloured],
+        )  # hue 10-60°: R ≥ G > B, blue absorbed most, and not plain red
+        brown_fraction = float(
+            (
+                (h >= BROWN_HUE[0])
+                & (h < BROWN_HUE[1])
+                & (s >= BROWN_SATURATION_MIN)
+                & (v <= BROWN_VALUE_MAX)
+            ).mean()
+        )
 
     if n_scanned and dark_fraction >= DARK_FRACTION_MIN and share < BRIGHTFIELD_SHARE_MIN:
         kind = "fluorescence"
-    elif brown_fraction is not None and brown_fraction >= BROWN_FRACTION_MIN and share >= IHC_BRIGHTFIELD_SHARE_MIN:
+    elif (
+        brown_fraction is not None
+        and brown_fraction >= BROWN_FRACTION_MIN
+        and share >= IHC_BRIGHTFIELD_SHARE_MIN
+    ):
         kind = "ihc"
     else:
         kind = "brightfield"
@@ -211,7 +240,9 @@ def require_brightfield(path: str | os.PathLike[str], check: StainCheck) -> None
     looks like and why, the fix) unless ``check`` says brightfield."""
     if check.is_brightfield:
         return
-    what = {"fluorescence": "a fluorescence (or dark-field) slide", "ihc": "an IHC slide"}.get(check.kind, f"a {check.kind} slide")
+    what = {"fluorescence": "a fluorescence (or dark-field) slide", "ihc": "an IHC slide"}.get(
+        check.kind, f"a {check.kind} slide"
+    )
     raise NotBrightfieldError(
         path,
         f"this looks like {what}, not brightfield H&E ({check.evidence}); the model reads brightfield H&E only",

@@ -48,7 +48,11 @@ SPLITS = ("train", "val", "test")
 ORGANS: dict[str, dict[str, Any]] = {
     "kidney": {"ca_fraction": 0.42, "small_tc_zone_fraction": 0.22, "stain_jitter": 0.07},
     "endometrium": {"ca_fraction": 0.45, "nest_fraction": 0.70},
-    "bladder": {"ca_fraction": 0.38, "small_tc_zone_fraction": 0.25, "lymph_aggregate_fraction": 0.14},
+    "bladder": {
+        "ca_fraction": 0.38,
+        "small_tc_zone_fraction": 0.25,
+        "lymph_aggregate_fraction": 0.14,
+    },
     "prostate": {"ca_fraction": 0.36, "nest_scale_um": 34.0},
     "stomach": {"ca_fraction": 0.40, "lymph_aggregate_fraction": 0.16},
     "head-and-neck": {"ca_fraction": 0.44, "tumour_spacing_um": 15.5, "stain_jitter": 0.08},
@@ -95,9 +99,12 @@ def ambiguous_params(params: SyntheticParams, ambiguity: float) -> SyntheticPara
         small_tc_zone_fraction=zf + a * max(0.0, AMBIGUOUS_ZONE_FRACTION - zf),
         lymph_aggregate_radius_um=grow(params.lymph_aggregate_radius_um),
         lymph_aggregate_fraction=af + a * max(0.0, AMBIGUOUS_AGGREGATE_FRACTION - af),
-        small_tc_zone_sparsity=params.small_tc_zone_sparsity + a * (AMBIGUOUS_SPARSITY - params.small_tc_zone_sparsity),
-        lymph_aggregate_sparsity=params.lymph_aggregate_sparsity + a * (AMBIGUOUS_SPARSITY - params.lymph_aggregate_sparsity),
-        lymph_aggregate_purity=params.lymph_aggregate_purity + a * (1.0 - params.lymph_aggregate_purity),
+        small_tc_zone_sparsity=params.small_tc_zone_sparsity
+        + a * (AMBIGUOUS_SPARSITY - params.small_tc_zone_sparsity),
+        lymph_aggregate_sparsity=params.lymph_aggregate_sparsity
+        + a * (AMBIGUOUS_SPARSITY - params.lymph_aggregate_sparsity),
+        lymph_aggregate_purity=params.lymph_aggregate_purity
+        + a * (1.0 - params.lymph_aggregate_purity),
     )
 
 
@@ -120,12 +127,19 @@ class SyntheticDatasetConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ambiguity <= 1.0:
-            raise ConfigError(None, f"ambiguity {self.ambiguity:g} is outside [0, 1]", "pass a value from 0 (default tissue) to 1")
+            raise ConfigError(
+                None,
+                f"ambiguity {self.ambiguity:g} is outside [0, 1]",
+                "pass a value from 0 (default tissue) to 1",
+            )
 
 
 def _slide_seed(seed: int, split: str, index: int) -> int:
     # Disjoint per split and per dataset seed; stable across runs.
-    return int(np.random.SeedSequence([seed, SPLITS.index(split), index]).generate_state(1)[0] % (2**31 - 1))
+    return int(
+        np.random.SeedSequence([seed, SPLITS.index(split), index]).generate_state(1)[0]
+        % (2**31 - 1)
+    )
 
 
 def _tissue_label(slide: SyntheticSlide, box: np.ndarray, size: int, band: int) -> np.ndarray:
@@ -144,7 +158,9 @@ def _tissue_label(slide: SyntheticSlide, box: np.ndarray, size: int, band: int) 
     return label
 
 
-def _pick_pairs(slide: SyntheticSlide, rng: np.random.Generator, n: int, tile_l0: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+def _pick_pairs(
+    slide: SyntheticSlide, rng: np.random.Generator, n: int, tile_l0: int, factor: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``n`` non-overlapping cell boxes on tissue whose context (at a random OCELOT
     offset) lies inside the slide. Returns (boxes (k, 4), offsets (k, 2))."""
     W, H = slide.size
@@ -172,7 +188,9 @@ def _pick_pairs(slide: SyntheticSlide, rng: np.random.Generator, n: int, tile_l0
     return np.asarray(boxes, np.int64).reshape(-1, 4), np.asarray(offs, np.float64).reshape(-1, 2)
 
 
-def _render_slide(job: tuple[str, int, int, int, SyntheticDatasetConfig]) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+def _render_slide(
+    job: tuple[str, int, int, int, SyntheticDatasetConfig],
+) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
     """Render the pairs of one synthetic slide: [(metadata entry, {relative path: bytes})]."""
     split, slide_index, sseed, want, config = job
     geo = config.geometry
@@ -181,8 +199,12 @@ def _render_slide(job: tuple[str, int, int, int, SyntheticDatasetConfig]) -> lis
     size_px = int(round(config.slide_size_um / config.slide_mpp))
     organs = list(ORGANS)
     organ = organs[(sseed + slide_index) % len(organs)]
-    params = ambiguous_params(dataclasses.replace(SyntheticParams(), **ORGANS[organ]), config.ambiguity)
-    slide = make_synthetic_slide(mpp=config.slide_mpp, size=(size_px, size_px), seed=sseed, params=params)
+    params = ambiguous_params(
+        dataclasses.replace(SyntheticParams(), **ORGANS[organ]), config.ambiguity
+    )
+    slide = make_synthetic_slide(
+        mpp=config.slide_mpp, size=(size_px, size_px), seed=sseed, params=params
+    )
     rng = np.random.default_rng(sseed)
     k = int(rng.integers(1, config.max_pairs_per_slide + 1))
     boxes, offs = _pick_pairs(slide, rng, min(k, want), tile_l0, f)
@@ -208,10 +230,22 @@ def _render_slide(job: tuple[str, int, int, int, SyntheticDatasetConfig]) -> lis
         mx = my = config.slide_mpp
         entry = {
             "slide_name": name,
-            "cell": {"x_start": int(box[0]), "y_start": int(box[1]), "x_end": int(box[0] + box[2]), "y_end": int(box[1] + box[3]),
-                     "resized_mpp_x": box[2] * mx / T, "resized_mpp_y": box[3] * my / T},
-            "tissue": {"x_start": int(cbox[0]), "y_start": int(cbox[1]), "x_end": int(cbox[0] + cbox[2]), "y_end": int(cbox[1] + cbox[3]),
-                       "resized_mpp_x": cbox[2] * mx / T, "resized_mpp_y": cbox[3] * my / T},
+            "cell": {
+                "x_start": int(box[0]),
+                "y_start": int(box[1]),
+                "x_end": int(box[0] + box[2]),
+                "y_end": int(box[1] + box[3]),
+                "resized_mpp_x": box[2] * mx / T,
+                "resized_mpp_y": box[3] * my / T,
+            },
+            "tissue": {
+                "x_start": int(cbox[0]),
+                "y_start": int(cbox[1]),
+                "x_end": int(cbox[0] + cbox[2]),
+                "y_end": int(cbox[1] + cbox[3]),
+                "resized_mpp_x": cbox[2] * mx / T,
+                "resized_mpp_y": cbox[3] * my / T,
+            },
             "patch_x_offset": float(off[0]),
             "patch_y_offset": float(off[1]),
             "mpp_x": mx,
@@ -221,19 +255,33 @@ def _render_slide(job: tuple[str, int, int, int, SyntheticDatasetConfig]) -> lis
             "slide_seed": sseed,
             "slide_size": [size_px, size_px],
         }
-        files = {"images/cell": jpeg(cell_img), "images/tissue": jpeg(tissue_img),
-                 "annotations/cell": ("\n".join(lines) + ("\n" if lines else "")).encode(), "annotations/tissue": png.getvalue()}
+        files = {
+            "images/cell": jpeg(cell_img),
+            "images/tissue": jpeg(tissue_img),
+            "annotations/cell": ("\n".join(lines) + ("\n" if lines else "")).encode(),
+            "annotations/tissue": png.getvalue(),
+        }
         out.append((entry, files))
     return out
 
 
-def write_synthetic_dataset(out_dir: str | os.PathLike[str], config: SyntheticDatasetConfig = SyntheticDatasetConfig(), *, workers: int = 0) -> Path:
+def write_synthetic_dataset(
+    out_dir: str | os.PathLike[str],
+    config: SyntheticDatasetConfig = SyntheticDatasetConfig(),
+    *,
+    workers: int = 0,
+) -> Path:
     """Write the dataset and return the path of its ``metadata.json``.
 
     ``workers`` > 0 renders that many slides at once in worker processes; the files are
     the same bytes either way (ids follow split, slide and pair order)."""
     out = Path(out_dir)
-    ext = {"images/cell": "jpg", "images/tissue": "jpg", "annotations/cell": "csv", "annotations/tissue": "png"}
+    ext = {
+        "images/cell": "jpg",
+        "images/tissue": "jpg",
+        "annotations/cell": "csv",
+        "annotations/tissue": "png",
+    }
     pairs: dict[str, dict[str, Any]] = {}
     next_id = 1
     pool = None
@@ -249,8 +297,19 @@ def write_synthetic_dataset(out_dir: str | os.PathLike[str], config: SyntheticDa
             while made < want:
                 # a batch of slides; each yields at most max_pairs_per_slide pairs
                 n_jobs = max(1, min(workers or 1, want - made))
-                jobs = [(split, slide_index + j, _slide_seed(config.seed, split, slide_index + j), want, config) for j in range(n_jobs)]
-                results = pool.map(_render_slide, jobs) if pool is not None else [_render_slide(jobs[0])]
+                jobs = [
+                    (
+                        split,
+                        slide_index + j,
+                        _slide_seed(config.seed, split, slide_index + j),
+                        want,
+                        config,
+                    )
+                    for j in range(n_jobs)
+                ]
+                results = (
+                    pool.map(_render_slide, jobs) if pool is not None else [_render_slide(jobs[0])]
+                )
                 for pairs_of_slide in results:
                     slide_index += 1
                     for entry, files in pairs_of_slide:
@@ -270,6 +329,13 @@ def write_synthetic_dataset(out_dir: str | os.PathLike[str], config: SyntheticDa
         if pool is not None:
             pool.close()
             pool.join()
-    return write_metadata(out, pairs, config.geometry, dataset="wsi-ocelot synthetic", seed=config.seed,
-                          splits={s: int(getattr(config, s)) for s in SPLITS}, slide_mpp=config.slide_mpp,
-                          **({"ambiguity": config.ambiguity} if config.ambiguity else {}))
+    return write_metadata(
+        out,
+        pairs,
+        config.geometry,
+        dataset="wsi-ocelot synthetic",
+        seed=config.seed,
+        splits={s: int(getattr(config, s)) for s in SPLITS},
+        slide_mpp=config.slide_mpp,
+        **({"ambiguity": config.ambiguity} if config.ambiguity else {}),
+    )

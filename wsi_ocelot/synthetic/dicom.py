@@ -64,7 +64,9 @@ def _pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
     out = [image]
     for k in range(1, levels):
         f = 2**k
-        out.append(np.asarray(im.resize((math.ceil(w / f), math.ceil(h / f)), Image.Resampling.BOX)))
+        out.append(
+            np.asarray(im.resize((math.ceil(w / f), math.ceil(h / f)), Image.Resampling.BOX))
+        )
     return out
 
 
@@ -74,10 +76,10 @@ def _frames(img: np.ndarray, tile: int) -> list[np.ndarray]:
     frames = []
     for y in range(0, h, tile):
         for x in range(0, w, tile):
-            part = img[y:y + tile, x:x + tile]
+            part = img[y : y + tile, x : x + tile]
             if part.shape[:2] != (tile, tile):
                 padded = np.full((tile, tile, 3), 255, np.uint8)
-                padded[:part.shape[0], :part.shape[1]] = part
+                padded[: part.shape[0], : part.shape[1]] = part
                 part = padded
             frames.append(np.ascontiguousarray(part))
     return frames
@@ -133,15 +135,29 @@ def _common(ds: Dataset, uids: dict[str, str], container_id: str, description: s
 def _optical_path(mpp: float) -> Sequence:
     path = Dataset()
     path.OpticalPathIdentifier = "1"
-    path.IlluminationTypeCodeSequence = Sequence([_code("111744", "DCM", "Brightfield illumination")])
+    path.IlluminationTypeCodeSequence = Sequence(
+        [_code("111744", "DCM", "Brightfield illumination")]
+    )
     path.IlluminationColorCodeSequence = Sequence([_code("414298005", "SCT", "Full Spectrum")])
     path.ObjectiveLensPower = f"{10.0 / mpp:.4g}"  # 0.25 µm/px ↔ 40x, as scanners label it
     return Sequence([path])
 
 
 def _instance(
-    img: np.ndarray, *, image_type: list[str], instance_number: int, tile_w: int, tile_h: int, spacing_mm: float,
-    mpp: float, codec: str, quality: int, uids: dict[str, str], sop_uid: str, container_id: str, description: str,
+    img: np.ndarray,
+    *,
+    image_type: list[str],
+    instance_number: int,
+    tile_w: int,
+    tile_h: int,
+    spacing_mm: float,
+    mpp: float,
+    codec: str,
+    quality: int,
+    uids: dict[str, str],
+    sop_uid: str,
+    container_id: str,
+    description: str,
 ) -> Dataset:
     """One tiled instance of ``img`` (frames of ``tile_w × tile_h``)."""
     h, w = img.shape[:2]
@@ -222,7 +238,9 @@ def _instance(
     else:
         ds.PhotometricInterpretation = "RGB"
         ds.LossyImageCompression = "00"
-        ds.PixelData = b"".join(f.tobytes() for f in frames)  # 3 · 8-bit samples per pixel: even length
+        ds.PixelData = b"".join(
+            f.tobytes() for f in frames
+        )  # 3 · 8-bit samples per pixel: even length
         ds["PixelData"].VR = "OB"
     return ds
 
@@ -296,7 +314,9 @@ def write_dicom_series(
         raise ValueError(f"tile must be at least 16 px, got {tile}")
     h, w = image.shape[:2]
     if levels < 1 or min(h, w) < 2 ** (levels - 1):
-        raise ValueError(f"{levels} levels need an image of at least {2 ** max(0, levels - 1)} px a side, got {w}x{h}")
+        raise ValueError(
+            f"{levels} levels need an image of at least {2 ** max(0, levels - 1)} px a side, got {w}x{h}"
+        )
     if label is not None:
         label = np.asarray(label)
         if label.ndim != 3 or label.shape[2] != 3 or label.dtype != np.uint8:
@@ -305,24 +325,52 @@ def write_dicom_series(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     series = series_uid or generate_uid()
-    uids = {k: generate_uid(entropy_srcs=[series, k]) for k in ("study", "frame", "specimen", "dimension")}
+    uids = {
+        k: generate_uid(entropy_srcs=[series, k])
+        for k in ("study", "frame", "specimen", "dimension")
+    }
     uids["series"] = series
     container = container_id if container_id is not None else stem
-    common = {"mpp": mpp, "codec": codec, "quality": quality, "uids": uids, "container_id": container,
-              "description": description}
+    common = {
+        "mpp": mpp,
+        "codec": codec,
+        "quality": quality,
+        "uids": uids,
+        "container_id": container,
+        "description": description,
+    }
 
     paths: list[Path] = []
     for k, img in enumerate(_pyramid(image, levels)):
-        image_type = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if k == 0 else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
-        ds = _instance(img, image_type=image_type, instance_number=k + 1, tile_w=tile, tile_h=tile,
-                       spacing_mm=mpp * 2**k / 1000.0, sop_uid=generate_uid(entropy_srcs=[series, "level", str(k)]), **common)
+        image_type = (
+            ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+            if k == 0
+            else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
+        )
+        ds = _instance(
+            img,
+            image_type=image_type,
+            instance_number=k + 1,
+            tile_w=tile,
+            tile_h=tile,
+            spacing_mm=mpp * 2**k / 1000.0,
+            sop_uid=generate_uid(entropy_srcs=[series, "level", str(k)]),
+            **common,
+        )
         paths.append(out / f"{stem}_{k}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     if label is not None:
         lh, lw = label.shape[:2]
-        ds = _instance(label, image_type=["ORIGINAL", "PRIMARY", "LABEL", "NONE"], instance_number=levels + 1,
-                       tile_w=lw, tile_h=lh, spacing_mm=mpp / 1000.0,
-                       sop_uid=generate_uid(entropy_srcs=[series, "label"]), **common)
+        ds = _instance(
+            label,
+            image_type=["ORIGINAL", "PRIMARY", "LABEL", "NONE"],
+            instance_number=levels + 1,
+            tile_w=lw,
+            tile_h=lh,
+            spacing_mm=mpp / 1000.0,
+            sop_uid=generate_uid(entropy_srcs=[series, "label"]),
+            **common,
+        )
         paths.append(out / f"{stem}_label.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     log.debug("wrote DICOM series %s (%d files) to %s", series, len(paths), out)

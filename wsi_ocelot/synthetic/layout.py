@@ -64,8 +64,12 @@ class SyntheticParams:
     small_tc_zone_sparsity: float = 5.0  # at most one zone per this many zone areas of a CA polygon
     lymph_aggregate_radius_um: tuple[float, float] = (70.0, 120.0)
     lymph_aggregate_fraction: float = 0.10  # share of stroma covered by lymphocyte aggregates
-    lymph_aggregate_sparsity: float = 4.0  # at most one aggregate per this many aggregate areas of stroma
-    lymph_aggregate_purity: float = 0.93  # share of lymphocytes in aggregates (rest: plasma and endothelial cells)
+    lymph_aggregate_sparsity: float = (
+        4.0  # at most one aggregate per this many aggregate areas of stroma
+    )
+    lymph_aggregate_purity: float = (
+        0.93  # share of lymphocytes in aggregates (rest: plasma and endothelial cells)
+    )
     tc_in_ca: float = 0.93
     bc_outside_ca: float = 0.85
     tc_fraction: float = 0.35
@@ -83,21 +87,45 @@ class SyntheticParams:
     hole_probability: float = 0.6
 
     def __post_init__(self) -> None:
-        for name in ("tissue_extent", "ca_fraction", "nest_fraction", "small_tc_zone_fraction",
-                     "lymph_aggregate_fraction", "lymph_aggregate_purity", "tc_in_ca", "bc_outside_ca", "tc_fraction",
-                     "fissure_probability", "hole_probability"):
+        for name in (
+            "tissue_extent",
+            "ca_fraction",
+            "nest_fraction",
+            "small_tc_zone_fraction",
+            "lymph_aggregate_fraction",
+            "lymph_aggregate_purity",
+            "tc_in_ca",
+            "bc_outside_ca",
+            "tc_fraction",
+            "fissure_probability",
+            "hole_probability",
+        ):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ConfigError(None, f"SyntheticParams.{name} must be in [0, 1], got {v}", "give a fraction")
+                raise ConfigError(
+                    None, f"SyntheticParams.{name} must be in [0, 1], got {v}", "give a fraction"
+                )
         for name in ("tc_in_ca", "bc_outside_ca", "tc_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
-                raise ConfigError(None, f"SyntheticParams.{name} must be in (0, 1), got {getattr(self, name)}", "give a fraction strictly between 0 and 1")
+                raise ConfigError(
+                    None,
+                    f"SyntheticParams.{name} must be in (0, 1), got {getattr(self, name)}",
+                    "give a fraction strictly between 0 and 1",
+                )
         for name in ("small_tc_zone_sparsity", "lymph_aggregate_sparsity"):
             if getattr(self, name) < 1.0:
-                raise ConfigError(None, f"SyntheticParams.{name} must be ≥ 1, got {getattr(self, name)}", "give a ratio of areas, e.g. 5")
+                raise ConfigError(
+                    None,
+                    f"SyntheticParams.{name} must be ≥ 1, got {getattr(self, name)}",
+                    "give a ratio of areas, e.g. 5",
+                )
         for name in ("tumour_spacing_um", "lymph_spacing_um", "stroma_spacing_um", "nest_scale_um"):
             if getattr(self, name) <= 1.0:
-                raise ConfigError(None, f"SyntheticParams.{name} must be > 1 µm, got {getattr(self, name)}", "give a length in µm")
+                raise ConfigError(
+                    None,
+                    f"SyntheticParams.{name} must be > 1 µm, got {getattr(self, name)}",
+                    "give a length in µm",
+                )
 
 
 @dataclass(frozen=True)
@@ -146,8 +174,22 @@ class CellTable:
     @staticmethod
     def empty() -> CellTable:
         z = np.zeros(0)
-        return CellTable(np.zeros((0, 2)), np.zeros(0, np.int8), np.zeros(0, np.int8), z, z, z,
-                         np.zeros((0, 3)), np.zeros((0, 3)), z, z, z, np.zeros((0, 2)), z, z)
+        return CellTable(
+            np.zeros((0, 2)),
+            np.zeros(0, np.int8),
+            np.zeros(0, np.int8),
+            z,
+            z,
+            z,
+            np.zeros((0, 3)),
+            np.zeros((0, 3)),
+            z,
+            z,
+            z,
+            np.zeros((0, 2)),
+            z,
+            z,
+        )
 
 
 @dataclass
@@ -193,7 +235,9 @@ class TissueModel:
         v = np.asarray(x_um) * cx + np.asarray(y_um) * cy
         return (v + 38.0 * self.fibre_warps[which].at(x_um, y_um)) / self.fibre_wavelength(which)
 
-    def fibre_phase_grid(self, xs_um: np.ndarray, ys_um: np.ndarray, warp: np.ndarray, which: int = 0) -> np.ndarray:
+    def fibre_phase_grid(
+        self, xs_um: np.ndarray, ys_um: np.ndarray, warp: np.ndarray, which: int = 0
+    ) -> np.ndarray:
         """:meth:`fibre_phase` on the grid ``ys × xs`` given the warp field there."""
         cx, cy = self._fibre_dir(which)
         v = (xs_um[None, :] * cx + ys_um[:, None] * cy).astype(np.float32)
@@ -206,7 +250,9 @@ class TissueModel:
         gy = self.fibre_phase(x_um, y_um + e) - self.fibre_phase(x_um, y_um - e)
         return np.arctan2(gy, gx) + np.pi / 2
 
-    def cell_indices_in_box(self, box_um: tuple[float, float, float, float], margin_um: float = 0.0) -> np.ndarray:
+    def cell_indices_in_box(
+        self, box_um: tuple[float, float, float, float], margin_um: float = 0.0
+    ) -> np.ndarray:
         """Indices of cells whose centre lies in ``(x, y, w, h)`` µm grown by ``margin_um``."""
         if self._grid is None:
             self._grid = _CellGrid(self.cells.xy)
@@ -254,13 +300,23 @@ class _CellGrid:
 # ---------------------------------------------------------------------------- shapes
 
 
-def _blob(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float | None = None, *,
-          roughness: float = 0.22, harmonics: int = 14, ragged: float = 0.0, n: int = 180) -> Polygon:
+def _blob(
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float | None = None,
+    *,
+    roughness: float = 0.22,
+    harmonics: int = 14,
+    ragged: float = 0.0,
+    n: int = 180,
+) -> Polygon:
     """A star-shaped irregular blob (µm) with radial harmonics; ``ragged`` adds fine teeth."""
     ry = rx if ry is None else ry
     t = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
     k = np.arange(2, harmonics + 1)
-    amps = rng.normal(size=k.size) * roughness / k ** 1.1
+    amps = rng.normal(size=k.size) * roughness / k**1.1
     ph = rng.uniform(0, 2 * np.pi, k.size)
     r = 1.0 + (amps[:, None] * np.cos(k[:, None] * t[None, :] + ph[:, None])).sum(axis=0)
     if ragged > 0:
@@ -276,7 +332,9 @@ def _blob(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float |
     return shapely.make_valid(Polygon(np.column_stack([xr, yr])))
 
 
-def _random_point_in(rng: np.random.Generator, geom: BaseGeometry, tries: int = 200) -> tuple[float, float] | None:
+def _random_point_in(
+    rng: np.random.Generator, geom: BaseGeometry, tries: int = 200
+) -> tuple[float, float] | None:
     if geom.is_empty:
         return None
     minx, miny, maxx, maxy = geom.bounds
@@ -312,36 +370,56 @@ def _clean(geom: BaseGeometry, min_area: float = 1.0) -> BaseGeometry:
 
 def _make_tissue(rng: np.random.Generator, W: float, H: float, p: SyntheticParams) -> BaseGeometry:
     frame = box(0.015 * W, 0.015 * H, 0.985 * W, 0.985 * H)
-    main = _blob(rng, W * rng.uniform(0.47, 0.53), H * rng.uniform(0.47, 0.53),
-                 0.5 * p.tissue_extent * W, 0.5 * p.tissue_extent * H,
-                 roughness=0.16, harmonics=10, ragged=0.012, n=400)
+    main = _blob(
+        rng,
+        W * rng.uniform(0.47, 0.53),
+        H * rng.uniform(0.47, 0.53),
+        0.5 * p.tissue_extent * W,
+        0.5 * p.tissue_extent * H,
+        roughness=0.16,
+        harmonics=10,
+        ragged=0.012,
+        n=400,
+    )
     tissue = main
     if rng.random() < 0.5:  # a satellite fragment
         ang = rng.uniform(0, 2 * np.pi)
         r = 0.11 * min(W, H)
         cx = W / 2 + 0.42 * W * math.cos(ang)
         cy = H / 2 + 0.42 * H * math.sin(ang)
-        tissue = tissue.union(_blob(rng, cx, cy, r, r * rng.uniform(0.6, 1.0), roughness=0.2, ragged=0.015, n=200))
+        tissue = tissue.union(
+            _blob(rng, cx, cy, r, r * rng.uniform(0.6, 1.0), roughness=0.2, ragged=0.015, n=200)
+        )
     if rng.random() < p.fissure_probability:  # a thin wavy tear
         minx, miny, maxx, maxy = main.bounds
         ang = rng.uniform(0, np.pi)
         L = 0.6 * max(maxx - minx, maxy - miny)
         s = np.linspace(-0.5, 0.5, 60)
         c = np.array(main.centroid.coords[0]) + rng.uniform(-0.1, 0.1, 2) * (maxx - minx)
-        wob = 0.05 * L * np.sin(2 * np.pi * (1.5 * s + rng.random())) + 0.02 * L * np.sin(2 * np.pi * (4 * s + rng.random()))
-        pts = np.column_stack([c[0] + s * L * math.cos(ang) - wob * math.sin(ang),
-                               c[1] + s * L * math.sin(ang) + wob * math.cos(ang)])
+        wob = 0.05 * L * np.sin(2 * np.pi * (1.5 * s + rng.random())) + 0.02 * L * np.sin(
+            2 * np.pi * (4 * s + rng.random())
+        )
+        pts = np.column_stack(
+            [
+                c[0] + s * L * math.cos(ang) - wob * math.sin(ang),
+                c[1] + s * L * math.sin(ang) + wob * math.cos(ang),
+            ]
+        )
         width = min(W, H) * rng.uniform(0.006, 0.012)
         tissue = tissue.difference(LineString(pts).buffer(width, quad_segs=4))
     if rng.random() < p.hole_probability:  # a hole (vessel lumen / fat)
         pt = _random_point_in(rng, main.buffer(-0.1 * min(W, H)))
         if pt is not None:
             r = 0.04 * min(W, H)
-            tissue = tissue.difference(_blob(rng, pt[0], pt[1], r, r * rng.uniform(0.6, 1.0), roughness=0.25))
+            tissue = tissue.difference(
+                _blob(rng, pt[0], pt[1], r, r * rng.uniform(0.6, 1.0), roughness=0.25)
+            )
     return _clean(tissue.intersection(frame), min_area=0.001 * W * H)
 
 
-def _make_cancer_area(rng: np.random.Generator, tissue: BaseGeometry, p: SyntheticParams) -> BaseGeometry:
+def _make_cancer_area(
+    rng: np.random.Generator, tissue: BaseGeometry, p: SyntheticParams
+) -> BaseGeometry:
     target = p.ca_fraction * tissue.area
     if target <= 0:
         return Polygon()
@@ -355,7 +433,17 @@ def _make_cancer_area(rng: np.random.Generator, tissue: BaseGeometry, p: Synthet
         pt = _random_point_in(rng, inner.difference(ca) if not ca.is_empty else inner)
         if pt is None:
             break
-        b = _blob(rng, pt[0], pt[1], r, r * rng.uniform(0.55, 1.0), roughness=0.3, harmonics=12, ragged=0.01, n=220)
+        b = _blob(
+            rng,
+            pt[0],
+            pt[1],
+            r,
+            r * rng.uniform(0.55, 1.0),
+            roughness=0.3,
+            harmonics=12,
+            ragged=0.01,
+            n=220,
+        )
         new = ca.union(b.intersection(tissue))
         if new.area > target + 0.035 * tissue.area:
             continue
@@ -364,8 +452,15 @@ def _make_cancer_area(rng: np.random.Generator, tissue: BaseGeometry, p: Synthet
     return _clean(ca, min_area=50.0)
 
 
-def _place_zones(rng: np.random.Generator, host: BaseGeometry, frac: float, radius: tuple[float, float],
-                 erode: float, min_r: float, per_area: float) -> BaseGeometry:
+def _place_zones(
+    rng: np.random.Generator,
+    host: BaseGeometry,
+    frac: float,
+    radius: tuple[float, float],
+    erode: float,
+    min_r: float,
+    per_area: float,
+) -> BaseGeometry:
     """Blobs of ``radius`` µm inside the polygons of ``host`` until ``frac`` of its area.
 
     Each host polygon gets at most ``area / (per_area · π r²)`` (≥ 1) blobs, and blobs stay
@@ -392,7 +487,9 @@ def _place_zones(rng: np.random.Generator, host: BaseGeometry, frac: float, radi
             pt = _random_point_in(rng, room)
             if pt is None:
                 break
-            z = _blob(rng, pt[0], pt[1], r, r * rng.uniform(0.7, 1.0), roughness=0.25, harmonics=10, n=120)
+            z = _blob(
+                rng, pt[0], pt[1], r, r * rng.uniform(0.7, 1.0), roughness=0.25, harmonics=10, n=120
+            )
             zones = zones.union(z.intersection(g.buffer(-erode)))
     return _clean(zones.simplify(0.25), min_area=20.0)
 
@@ -400,7 +497,9 @@ def _place_zones(rng: np.random.Generator, host: BaseGeometry, frac: float, radi
 # ---------------------------------------------------------------------------- cells
 
 
-def _hex_points(rng: np.random.Generator, geom: BaseGeometry, spacing: float, jitter: float = 0.3) -> np.ndarray:
+def _hex_points(
+    rng: np.random.Generator, geom: BaseGeometry, spacing: float, jitter: float = 0.3
+) -> np.ndarray:
     """Jittered hexagonal lattice points (µm) inside ``geom`` → (N, 2)."""
     if geom.is_empty:
         return np.zeros((0, 2))
@@ -435,7 +534,9 @@ def _far_from(xy: np.ndarray, other: np.ndarray, dist: float) -> np.ndarray:
     return d >= dist
 
 
-def _choose(rng: np.random.Generator, n_have: int, n_want: int, p: np.ndarray | None = None) -> np.ndarray:
+def _choose(
+    rng: np.random.Generator, n_have: int, n_want: int, p: np.ndarray | None = None
+) -> np.ndarray:
     if n_want >= n_have:
         return np.arange(n_have)
     if n_want <= 0:
@@ -443,7 +544,9 @@ def _choose(rng: np.random.Generator, n_have: int, n_want: int, p: np.ndarray | 
     return np.sort(rng.choice(n_have, size=n_want, replace=False, p=p))
 
 
-def _morphology(rng: np.random.Generator, kind: np.ndarray, angle: np.ndarray) -> dict[str, np.ndarray]:
+def _morphology(
+    rng: np.random.Generator, kind: np.ndarray, angle: np.ndarray
+) -> dict[str, np.ndarray]:
     """Nucleus/cytoplasm parameters per cell kind (µm). Small TC share the lymphocyte law."""
     n = kind.size
     a = np.zeros(n)
@@ -505,8 +608,19 @@ def _morphology(rng: np.random.Generator, kind: np.ndarray, angle: np.ndarray) -
     cyto_r[m] = a[m] * rng.uniform(1.7, 2.1, k)
     cyto_s[m] = rng.uniform(0.6, 1.0, k)
     amp = np.clip(amp, -0.2, 0.2)
-    return dict(a=a, b=b, theta=theta, amp=amp, phase=phase, dark=dark, vesic=vesic,
-                nucleolus=nucl, nuc_off=off, cyto_r=cyto_r, cyto_s=cyto_s)
+    return dict(
+        a=a,
+        b=b,
+        theta=theta,
+        amp=amp,
+        phase=phase,
+        dark=dark,
+        vesic=vesic,
+        nucleolus=nucl,
+        nuc_off=off,
+        cyto_r=cyto_r,
+        cyto_s=cyto_s,
+    )
 
 
 def _dir_radius(a: np.ndarray, b: np.ndarray, theta: np.ndarray, ang: np.ndarray) -> np.ndarray:
@@ -532,8 +646,11 @@ def _resolve_overlaps(cells: CellTable) -> CellTable:
         ang = np.arctan2(d[:, 1], d[:, 0])
         gi = 1 + np.abs(cells.amp[i]).sum(axis=1)
         gj = 1 + np.abs(cells.amp[j]).sum(axis=1)
-        need = _dir_radius(cells.a[i], cells.b[i], cells.theta[i], ang) * gi + \
-            _dir_radius(cells.a[j], cells.b[j], cells.theta[j], ang) * gj + 0.6
+        need = (
+            _dir_radius(cells.a[i], cells.b[i], cells.theta[i], ang) * gi
+            + _dir_radius(cells.a[j], cells.b[j], cells.theta[j], ang) * gj
+            + 0.6
+        )
         bad = dist < need
         if rnd == 0:
             both = bad & (cells.kind[i] == TUMOUR) & (cells.kind[j] == TUMOUR)
@@ -562,8 +679,16 @@ def _resolve_overlaps(cells: CellTable) -> CellTable:
 #: usual per-slide jitter around it.
 STAIN_DOMAINS: dict[str, dict[str, object]] = {
     "default": {},
-    "blue-grey": {"stain_h": (0.72, 0.62, 0.31), "stain_e": (0.06, 0.55, 0.83), "stain_gain": (1.25, 0.7)},
-    "dark-pink": {"stain_h": (0.45, 0.80, 0.40), "stain_e": (0.12, 0.92, 0.37), "stain_gain": (1.35, 1.4)},
+    "blue-grey": {
+        "stain_h": (0.72, 0.62, 0.31),
+        "stain_e": (0.06, 0.55, 0.83),
+        "stain_gain": (1.25, 0.7),
+    },
+    "dark-pink": {
+        "stain_h": (0.45, 0.80, 0.40),
+        "stain_e": (0.12, 0.92, 0.37),
+        "stain_gain": (1.35, 1.4),
+    },
 }
 
 
@@ -572,9 +697,13 @@ def _make_stain(rng: np.random.Generator, p: SyntheticParams) -> Stain:
     e = np.asarray(p.stain_e, dtype=np.float64) + rng.normal(0, p.stain_jitter, 3)
     h = np.clip(h, 0.05, None)
     e = np.clip(e, 0.05, None)
-    return Stain(h_vec=h / np.linalg.norm(h), e_vec=e / np.linalg.norm(e),
-                 h_gain=float(rng.uniform(0.88, 1.12)) * p.stain_gain[0], e_gain=float(rng.uniform(0.85, 1.15)) * p.stain_gain[1],
-                 glass_od=float(rng.uniform(0.02, 0.04)))
+    return Stain(
+        h_vec=h / np.linalg.norm(h),
+        e_vec=e / np.linalg.norm(e),
+        h_gain=float(rng.uniform(0.88, 1.12)) * p.stain_gain[0],
+        e_gain=float(rng.uniform(0.85, 1.15)) * p.stain_gain[1],
+        glass_od=float(rng.uniform(0.02, 0.04)),
+    )
 
 
 def build_tissue_model(
@@ -597,9 +726,15 @@ def build_tissue_model(
     r_geo, r_field, r_cell, r_morph, r_stain = (np.random.default_rng(s) for s in ss.spawn(5))
     ext = (W, H)
     stain = _make_stain(r_stain, p)
-    nest = Fbm(r_field, [(p.nest_scale_um, 1.0), (p.nest_scale_um / 2, 0.45), (p.nest_scale_um / 4, 0.15)], ext)
-    warps = (Fbm(r_field, [(130.0, 1.0), (45.0, 0.35), (12.0, 0.07)], ext),
-             Fbm(r_field, [(90.0, 1.0), (30.0, 0.4), (10.0, 0.08)], ext))
+    nest = Fbm(
+        r_field,
+        [(p.nest_scale_um, 1.0), (p.nest_scale_um / 2, 0.45), (p.nest_scale_um / 4, 0.15)],
+        ext,
+    )
+    warps = (
+        Fbm(r_field, [(130.0, 1.0), (45.0, 0.35), (12.0, 0.07)], ext),
+        Fbm(r_field, [(90.0, 1.0), (30.0, 0.4), (10.0, 0.08)], ext),
+    )
     fibre_theta = float(r_field.uniform(0, np.pi))
     texture = Fbm(r_field, [(60.0, 1.0), (18.0, 0.6), (6.0, 0.35)], ext)
     fine = Fbm(r_field, [(2.2, 1.0), (0.9, 0.8)], ext, max_nodes=384)
@@ -608,33 +743,100 @@ def build_tissue_model(
 
     if empty:
         e = Polygon()
-        return TissueModel(W, H, int(seed), p, e, e, e, e, CellTable.empty(), stain, nest, 0.0,
-                           fibre_theta, warps, texture, fine, fray, bundles)
+        return TissueModel(
+            W,
+            H,
+            int(seed),
+            p,
+            e,
+            e,
+            e,
+            e,
+            CellTable.empty(),
+            stain,
+            nest,
+            0.0,
+            fibre_theta,
+            warps,
+            texture,
+            fine,
+            fray,
+            bundles,
+        )
 
     tissue = _make_tissue(r_geo, W, H, p)
     ca = _make_cancer_area(r_geo, tissue, p)
-    zones = _place_zones(r_geo, ca, p.small_tc_zone_fraction, p.small_tc_zone_radius_um,
-                         erode=10.0, min_r=30.0, per_area=p.small_tc_zone_sparsity)
-    stroma_room = tissue.difference(ca.buffer(35.0)).buffer(-15.0) if not ca.is_empty else tissue.buffer(-15.0)
-    aggs = _place_zones(r_geo, _clean(stroma_room, 100.0), p.lymph_aggregate_fraction,
-                        p.lymph_aggregate_radius_um, erode=5.0, min_r=30.0, per_area=p.lymph_aggregate_sparsity)
+    zones = _place_zones(
+        r_geo,
+        ca,
+        p.small_tc_zone_fraction,
+        p.small_tc_zone_radius_um,
+        erode=10.0,
+        min_r=30.0,
+        per_area=p.small_tc_zone_sparsity,
+    )
+    stroma_room = (
+        tissue.difference(ca.buffer(35.0)).buffer(-15.0)
+        if not ca.is_empty
+        else tissue.buffer(-15.0)
+    )
+    aggs = _place_zones(
+        r_geo,
+        _clean(stroma_room, 100.0),
+        p.lymph_aggregate_fraction,
+        p.lymph_aggregate_radius_um,
+        erode=5.0,
+        min_r=30.0,
+        per_area=p.lymph_aggregate_sparsity,
+    )
     for g in (tissue, ca, zones, aggs):
         shapely.prepare(g)
 
     # Nest threshold: the (1 - nest_fraction) quantile of the nest field over CA \ zones.
     nest_room = ca.difference(zones) if not zones.is_empty else ca
     sample = _hex_points(r_field, nest_room, max(4.0, math.sqrt(max(nest_room.area, 1.0) / 4000)))
-    t_nest = float(np.quantile(nest.at(sample[:, 0], sample[:, 1]), 1 - p.nest_fraction)) if len(sample) else 0.0
+    t_nest = (
+        float(np.quantile(nest.at(sample[:, 0], sample[:, 1]), 1 - p.nest_fraction))
+        if len(sample)
+        else 0.0
+    )
 
-    model = TissueModel(W, H, int(seed), p, tissue, ca, zones, aggs, CellTable.empty(), stain, nest, t_nest,
-                        fibre_theta, warps, texture, fine, fray, bundles)
+    model = TissueModel(
+        W,
+        H,
+        int(seed),
+        p,
+        tissue,
+        ca,
+        zones,
+        aggs,
+        CellTable.empty(),
+        stain,
+        nest,
+        t_nest,
+        fibre_theta,
+        warps,
+        texture,
+        fine,
+        fray,
+        bundles,
+    )
     model.cells = _make_cells(r_cell, r_morph, model)
-    log.debug("tissue model seed %d: %.0f×%.0f µm, tissue %.3f mm², CA %.1f %%, %d cells",
-              seed, W, H, tissue.area / 1e6, 100 * ca.area / max(tissue.area, 1e-9), len(model.cells))
+    log.debug(
+        "tissue model seed %d: %.0f×%.0f µm, tissue %.3f mm², CA %.1f %%, %d cells",
+        seed,
+        W,
+        H,
+        tissue.area / 1e6,
+        100 * ca.area / max(tissue.area, 1e-9),
+        len(model.cells),
+    )
     return model
 
 
-def _make_cells(rng: np.random.Generator, r_morph: np.random.Generator, m: TissueModel) -> CellTable:
+def _make_cells(
+    rng: np.random.Generator, r_morph: np.random.Generator, m: TissueModel
+) -> CellTable:
     p = m.params
     inner = m.tissue.buffer(-4.0)
     shapely.prepare(inner)
@@ -663,7 +865,9 @@ def _make_cells(rng: np.random.Generator, r_morph: np.random.Generator, m: Tissu
     cand = cand[~inside(zones, cand)]
     if len(cand):
         nf = m.nest_field.at(cand[:, 0], cand[:, 1])
-        cand = cand[(nf < m.nest_threshold - 0.05) & _far_from(cand, tc_in, 0.6 * p.tumour_spacing_um)]
+        cand = cand[
+            (nf < m.nest_threshold - 0.05) & _far_from(cand, tc_in, 0.6 * p.tumour_spacing_um)
+        ]
     if len(cand) < n_bc_in:
         log.debug("CA septa hold %d background-cell sites, %d wanted", len(cand), n_bc_in)
     bc_in = cand[_choose(rng, len(cand), n_bc_in)]
@@ -702,12 +906,20 @@ def _make_cells(rng: np.random.Generator, r_morph: np.random.Generator, m: Tissu
         (bc_in, BC, [0.42, 0.38, 0.12, 0.08, 0, 0]),
         (bc_out, BC, [0.22, 0.56, 0.12, 0.10, 0, 0]),
     ]
-    xy = np.concatenate([g[0] for g in groups]) if any(len(g[0]) for g in groups) else np.zeros((0, 2))
+    xy = (
+        np.concatenate([g[0] for g in groups])
+        if any(len(g[0]) for g in groups)
+        else np.zeros((0, 2))
+    )
     if len(xy) == 0:
         return CellTable.empty()
     cls = np.concatenate([np.full(len(g[0]), g[1], np.int8) for g in groups])
-    kind = np.concatenate([r_morph.choice(6, size=len(g[0]), p=np.asarray(g[2], float) / sum(g[2])).astype(np.int8)
-                           for g in groups])
+    kind = np.concatenate(
+        [
+            r_morph.choice(6, size=len(g[0]), p=np.asarray(g[2], float) / sum(g[2])).astype(np.int8)
+            for g in groups
+        ]
+    )
     angle = m.fibre_angle(xy[:, 0], xy[:, 1])
     morph = _morphology(r_morph, kind, angle)
     cells = CellTable(xy=xy, cls=cls, kind=kind, **morph)
@@ -726,11 +938,17 @@ def _aggregate_kinds(purity: float) -> list[float]:
     return [purity, 0, rest * 2 / 7, rest * 5 / 7, 0, 0]
 
 
-def _rebalance(rng: np.random.Generator, cells: CellTable, ca: BaseGeometry, p: SyntheticParams) -> CellTable:
+def _rebalance(
+    rng: np.random.Generator, cells: CellTable, ca: BaseGeometry, p: SyntheticParams
+) -> CellTable:
     """Drop surplus cells so that the Table-3 ratios hold after overlap removal."""
     if len(cells) == 0:
         return cells
-    inca = shapely.contains_xy(ca, cells.xy[:, 0], cells.xy[:, 1]) if not ca.is_empty else np.zeros(len(cells), bool)
+    inca = (
+        shapely.contains_xy(ca, cells.xy[:, 0], cells.xy[:, 1])
+        if not ca.is_empty
+        else np.zeros(len(cells), bool)
+    )
     tc = cells.cls == TC
     drop: list[np.ndarray] = []
 

@@ -109,7 +109,9 @@ class Fbm:
         *,
         max_nodes: int = 512,
     ) -> None:
-        self.octaves = [(Lattice(rng, s, extent_um, max_nodes=max_nodes), float(a)) for s, a in octaves]
+        self.octaves = [
+            (Lattice(rng, s, extent_um, max_nodes=max_nodes), float(a)) for s, a in octaves
+        ]
         self.std = float(np.sqrt(sum(a * a for _, a in self.octaves)))
 
     def at(self, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:

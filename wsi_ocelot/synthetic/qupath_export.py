@@ -78,9 +78,17 @@ def geometry_json(geom: BaseGeometry, origin: tuple[float, float] = (0.0, 0.0)) 
     if t == "MultiPoint":
         return {"type": "MultiPoint", "coordinates": _ring(shapely.get_coordinates(geom), dx, dy)}
     if t == "Polygon":
-        return {"type": "Polygon", "coordinates": [_ring(np.asarray(r.coords), dx, dy) for r in (geom.exterior, *geom.interiors)]}
+        return {
+            "type": "Polygon",
+            "coordinates": [
+                _ring(np.asarray(r.coords), dx, dy) for r in (geom.exterior, *geom.interiors)
+            ],
+        }
     if t == "MultiPolygon":
-        return {"type": "MultiPolygon", "coordinates": [geometry_json(p, origin)["coordinates"] for p in geom.geoms]}
+        return {
+            "type": "MultiPolygon",
+            "coordinates": [geometry_json(p, origin)["coordinates"] for p in geom.geoms],
+        }
     raise ValueError(f"QuPath annotations here are points or polygons, got {t}")
 
 
@@ -92,8 +100,16 @@ def rectangle_json(box: Box, origin: tuple[float, float] = (0.0, 0.0)) -> dict[s
     return {"type": "Polygon", "coordinates": [_ring(ring, *origin)]}
 
 
-def qupath_feature(geometry: dict[str, Any], class_name: str | None, rng: np.random.Generator, *, locked: bool = False,
-                   name: str | None = None, object_type: str = "annotation", color: tuple[int, int, int] | None = None) -> dict[str, Any]:
+def qupath_feature(
+    geometry: dict[str, Any],
+    class_name: str | None,
+    rng: np.random.Generator,
+    *,
+    locked: bool = False,
+    name: str | None = None,
+    object_type: str = "annotation",
+    color: tuple[int, int, int] | None = None,
+) -> dict[str, Any]:
     """One feature as QuPath writes it (key order ``type, id, geometry, properties``; in
     ``properties``: ``objectType``, ``name``, ``classification``, ``isLocked``).
     ``class_name`` None: unclassified (no ``classification``); ``color``: the class colour
@@ -119,7 +135,12 @@ def _dump(obj: Any, indent: int | None, level: int = 0) -> str:
             return "{}" if isinstance(obj, dict) else "[]"
         open_, close = ("{", "}") if isinstance(obj, dict) else ("[", "]")
         if isinstance(obj, dict):
-            parts = [json.dumps(k, ensure_ascii=False) + (":" if indent is None else ": ") + _dump(v, indent, level + 1) for k, v in items]
+            parts = [
+                json.dumps(k, ensure_ascii=False)
+                + (":" if indent is None else ": ")
+                + _dump(v, indent, level + 1)
+                for k, v in items
+            ]
         else:
             parts = [_dump(v, indent, level + 1) for v in items]
         if indent is None:
@@ -129,19 +150,32 @@ def _dump(obj: Any, indent: int | None, level: int = 0) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def dumps_qupath(features: Sequence[dict[str, Any]], *, pretty: bool = False, feature_collection: bool = True) -> str:
+def dumps_qupath(
+    features: Sequence[dict[str, Any]], *, pretty: bool = False, feature_collection: bool = True
+) -> str:
     """Features as QuPath's export writes them: a FeatureCollection (or a bare array), compact or
     pretty (two-space indent, as Gson's pretty printing)."""
-    obj: Any = {"type": "FeatureCollection", "features": list(features)} if feature_collection else list(features)
+    obj: Any = (
+        {"type": "FeatureCollection", "features": list(features)}
+        if feature_collection
+        else list(features)
+    )
     return _dump(obj, 2 if pretty else None)
 
 
-def write_qupath_features(features: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, pretty: bool = False,
-                          feature_collection: bool = True) -> Path:
+def write_qupath_features(
+    features: Sequence[dict[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    pretty: bool = False,
+    feature_collection: bool = True,
+) -> Path:
     """Write features as a QuPath export: ``.gz`` names are gzipped (as QuPath's *GZIP* choice)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    data = dumps_qupath(features, pretty=pretty, feature_collection=feature_collection).encode("utf-8")
+    data = dumps_qupath(features, pretty=pretty, feature_collection=feature_collection).encode(
+        "utf-8"
+    )
     p.write_bytes(_gzip.compress(data, mtime=0) if p.name.lower().endswith(".gz") else data)
     return p
 
@@ -165,7 +199,10 @@ def qupath_annotation_features(
     """The features of :func:`write_qupath_annotations` (regions first, then the point sets,
     then the area polygons), to extend before writing."""
     rng = rng if rng is not None else np.random.default_rng(0)
-    feats = [qupath_feature(rectangle_json(r, origin), "Region*", rng, locked=lock_regions) for r in regions]
+    feats = [
+        qupath_feature(rectangle_json(r, origin), "Region*", rng, locked=lock_regions)
+        for r in regions
+    ]
     cells = slide.cells
     inside = _in_boxes(cells[:, :2], regions) if len(cells) else np.zeros(0, bool)
     kinds = np.asarray(slide.model.cells.kind) if len(cells) else np.zeros(0, int)
@@ -182,12 +219,22 @@ def qupath_annotation_features(
             feats.append(qupath_feature(geometry_json(geom, origin), name, rng))
     if area_box is not None:
         W, H = slide.size
-        x, y, w, h = (0.0, 0.0, float(W), float(H)) if area_box == "slide" else tuple(float(v) for v in area_box)  # type: ignore[union-attr]
+        x, y, w, h = (
+            (0.0, 0.0, float(W), float(H))
+            if area_box == "slide"
+            else tuple(float(v) for v in area_box)
+        )  # type: ignore[union-attr]
         ca = shapely.clip_by_rect(slide.cancer_area, x, y, x + w, y + h)
-        for poly in (getattr(ca, "geoms", None) or ([ca] if not ca.is_empty else [])):
+        for poly in getattr(ca, "geoms", None) or ([ca] if not ca.is_empty else []):
             if poly.geom_type == "Polygon" and poly.area > 0:
-                feats.append(qupath_feature(geometry_json(shapely.set_precision(poly, 0.01), origin), "Tumor", rng))
-        rest = shapely.set_precision(shapely.difference(shapely.box(x, y, x + w, y + h), slide.cancer_area), 0.01)
+                feats.append(
+                    qupath_feature(
+                        geometry_json(shapely.set_precision(poly, 0.01), origin), "Tumor", rng
+                    )
+                )
+        rest = shapely.set_precision(
+            shapely.difference(shapely.box(x, y, x + w, y + h), slide.cancer_area), 0.01
+        )
         if not rest.is_empty and rest.geom_type in ("Polygon", "MultiPolygon"):
             feats.append(qupath_feature(geometry_json(rest, origin), "Stroma", rng))
     return feats
@@ -229,5 +276,7 @@ def write_qupath_annotations(
     pretty
         QuPath's *Pretty JSON* option.
     """
-    feats = qupath_annotation_features(slide, regions, rng, origin=origin, area_box=area_box, lock_regions=lock_regions)
+    feats = qupath_annotation_features(
+        slide, regions, rng, origin=origin, area_box=area_box, lock_regions=lock_regions
+    )
     return write_qupath_features(feats, path, pretty=pretty)

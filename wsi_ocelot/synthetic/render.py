@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 _SPLAT_CHUNK = 1_500_000  # patch pixels per vectorised chunk
 
 
-def _raster(geom: BaseGeometry, x0: float, y0: float, w: int, h: int, mpp: float, sigma_um: float) -> np.ndarray:
+def _raster(
+    geom: BaseGeometry, x0: float, y0: float, w: int, h: int, mpp: float, sigma_um: float
+) -> np.ndarray:
     """Polygon coverage on the pixel grid (pixel ``j`` centre at ``x0 + (j + .5) mpp`` µm),
     blurred by ``sigma_um`` → ``(h, w)`` float32 in [0, 1]."""
     sig = sigma_um / mpp
@@ -68,7 +70,7 @@ def _raster(geom: BaseGeometry, x0: float, y0: float, w: int, h: int, mpp: float
     a = np.asarray(img, np.float32) / 255.0
     if sig > 0.3:
         a = ndi.gaussian_filter(a, sig, mode="nearest", truncate=3.0)
-    return a[m:m + h, m:m + w]
+    return a[m : m + h, m : m + w]
 
 
 def _splat(
@@ -99,7 +101,7 @@ def _splat(
         step = max(1, _SPLAT_CHUNK // int(s * s))
         ar = np.arange(s)
         for k in range(0, rows_all.size, step):
-            rows = rows_all[k:k + step]
+            rows = rows_all[k : k + step]
             j0 = np.round(cx[rows]).astype(np.int64) - s // 2
             i0 = np.round(cy[rows]).astype(np.int64) - s // 2
             jj = j0[:, None] + ar[None, :]  # (n, s)
@@ -120,7 +122,9 @@ def _splat(
     return flat_all, [np.concatenate([o[i] for o in outs]) for i in range(n_out)]
 
 
-def render_um(model: TissueModel, x0_um: float, y0_um: float, width_px: int, height_px: int, mpp: float) -> np.ndarray:
+def render_um(
+    model: TissueModel, x0_um: float, y0_um: float, width_px: int, height_px: int, mpp: float
+) -> np.ndarray:
     """Render the region whose top-left corner is ``(x0_um, y0_um)`` µm at ``mpp`` µm/px.
 
     Pixel ``(i, j)`` covers µm ``[x0 + j·mpp, x0 + (j+1)·mpp) × [y0 + i·mpp, …)``.
@@ -181,14 +185,30 @@ def render_um(model: TissueModel, x0_um: float, y0_um: float, width_px: int, hei
     cells = model.cells
     if len(cells):
         bound = cells.bound_um
-        idx = model.cell_indices_in_box((x0, y0, w * mpp, h * mpp), margin_um=float(bound.max()) if len(bound) else 0.0)
+        idx = model.cell_indices_in_box(
+            (x0, y0, w * mpp, h * mpp), margin_um=float(bound.max()) if len(bound) else 0.0
+        )
         sub = cells.take(idx)
         bsub = bound[idx]
         if len(sub):
-            H, E = _draw_cells(sub, bsub, x0, y0, w, h, mpp, H, E, fine if has_tissue else np.zeros((h, w), np.float32))
+            H, E = _draw_cells(
+                sub,
+                bsub,
+                x0,
+                y0,
+                w,
+                h,
+                mpp,
+                H,
+                E,
+                fine if has_tissue else np.zeros((h, w), np.float32),
+            )
 
-    od = (H * np.float32(st.h_gain))[..., None] * st.h_vec.astype(np.float32) + \
-        (E * np.float32(st.e_gain))[..., None] * st.e_vec.astype(np.float32) + glass_od[..., None]
+    od = (
+        (H * np.float32(st.h_gain))[..., None] * st.h_vec.astype(np.float32)
+        + (E * np.float32(st.e_gain))[..., None] * st.e_vec.astype(np.float32)
+        + glass_od[..., None]
+    )
     rgb = 255.0 * np.exp(-od)
     # Sensor noise keyed on the global pixel index at this MPP (band-split independent).
     ix = np.floor(xs / mpp).astype(np.int64)
@@ -198,8 +218,18 @@ def render_um(model: TissueModel, x0_um: float, y0_um: float, width_px: int, hei
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
-def _draw_cells(cells: CellTable, bound: np.ndarray, x0: float, y0: float, w: int, h: int, mpp: float,
-                H: np.ndarray, E: np.ndarray, fine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _draw_cells(
+    cells: CellTable,
+    bound: np.ndarray,
+    x0: float,
+    y0: float,
+    w: int,
+    h: int,
+    mpp: float,
+    H: np.ndarray,
+    E: np.ndarray,
+    fine: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     n_px = w * h
     fine_flat = fine.ravel()
 
@@ -208,7 +238,9 @@ def _draw_cells(cells: CellTable, bound: np.ndarray, x0: float, y0: float, w: in
     if has_c.size:
         cc = cells.take(has_c)
 
-        def cyto(dx: np.ndarray, dy: np.ndarray, rows: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, ...]:
+        def cyto(
+            dx: np.ndarray, dy: np.ndarray, rows: np.ndarray, flat: np.ndarray
+        ) -> tuple[np.ndarray, ...]:
             r = np.hypot(dx, dy) / cc.cyto_r[rows][:, None, None]
             return (cc.cyto_s[rows][:, None, None] * (1.0 - smoothstep(0.7, 1.0, r)),)
 
@@ -224,7 +256,9 @@ def _draw_cells(cells: CellTable, bound: np.ndarray, x0: float, y0: float, w: in
     sq = np.sqrt(cells.a * cells.b)
     cos_t, sin_t = np.cos(cells.theta), np.sin(cells.theta)
 
-    def nucleus(dx: np.ndarray, dy: np.ndarray, rows: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, ...]:
+    def nucleus(
+        dx: np.ndarray, dy: np.ndarray, rows: np.ndarray, flat: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
         c = cos_t[rows][:, None, None]
         s = sin_t[rows][:, None, None]
         u = dx * c + dy * s
@@ -236,21 +270,34 @@ def _draw_cells(cells: CellTable, bound: np.ndarray, x0: float, y0: float, w: in
         phi = np.arctan2(vb, ua)
         R = np.ones_like(rho)
         for k in range(3):
-            R += cells.amp[rows, k][:, None, None] * np.cos(ks[k] * phi + cells.phase[rows, k][:, None, None])
+            R += cells.amp[rows, k][:, None, None] * np.cos(
+                ks[k] * phi + cells.phase[rows, k][:, None, None]
+            )
         sn = rho / R
         alpha = np.clip((1.0 - sn) * sq[rows][:, None, None] / mpp + 0.5, 0.0, 1.0)
         rim = smoothstep(0.5, 0.92, sn)
         ves = cells.vesic[rows][:, None, None]
         tex = fine_flat[np.maximum(flat, 0)]
-        hn = cells.dark[rows][:, None, None] * (1.0 - 0.5 * ves * (1.0 - rim)) * (1.0 + (0.10 + 0.30 * ves) * tex)
+        hn = (
+            cells.dark[rows][:, None, None]
+            * (1.0 - 0.5 * ves * (1.0 - rim))
+            * (1.0 + (0.10 + 0.30 * ves) * tex)
+        )
         nu = cells.nucleolus[rows][:, None, None]
-        g = np.exp(-((u - cells.nuc_off[rows, 0][:, None, None]) ** 2 + (v - cells.nuc_off[rows, 1][:, None, None]) ** 2)
-                   / (2 * 0.75 ** 2))
+        g = np.exp(
+            -(
+                (u - cells.nuc_off[rows, 0][:, None, None]) ** 2
+                + (v - cells.nuc_off[rows, 1][:, None, None]) ** 2
+            )
+            / (2 * 0.75**2)
+        )
         hn = hn + 0.6 * nu * g
         en = 0.10 + 0.45 * nu * g
         return alpha, alpha * hn, alpha * en
 
-    flat, (al, ah, ae) = _splat(cells, cells.a * (1 + np.abs(cells.amp).sum(axis=1)) + 1.0, x0, y0, w, h, mpp, nucleus)
+    flat, (al, ah, ae) = _splat(
+        cells, cells.a * (1 + np.abs(cells.amp).sum(axis=1)) + 1.0, x0, y0, w, h, mpp, nucleus
+    )
     A = np.minimum(np.bincount(flat, al, minlength=n_px), 1.0).astype(np.float32).reshape(h, w)
     HA = np.bincount(flat, ah, minlength=n_px).astype(np.float32).reshape(h, w)
     EA = np.bincount(flat, ae, minlength=n_px).astype(np.float32).reshape(h, w)

@@ -36,7 +36,10 @@ from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
 
 log = logging.getLogger(__name__)
 
-_CA_PROPERTIES = {"objectType": "annotation", "classification": {"name": "Tumor", "color": [200, 0, 0]}}
+_CA_PROPERTIES = {
+    "objectType": "annotation",
+    "classification": {"name": "Tumor", "color": [200, 0, 0]},
+}
 _RENDER_CHUNK = 2048  # columns rendered at once inside a TIFF band
 
 
@@ -88,7 +91,9 @@ class SyntheticSlide:
         x, y, w, h = box
         return shapely.clip_by_rect(self.cancer_area, x, y, x + w, y + h)
 
-    def render(self, box: tuple[float, float, float, float], out_mpp: float | None = None) -> np.ndarray:
+    def render(
+        self, box: tuple[float, float, float, float], out_mpp: float | None = None
+    ) -> np.ndarray:
         """Render the level-0 box ``(x, y, w, h)`` at ``out_mpp`` µm/px (default: level 0).
 
         Output size is ``round(w · mpp / out_mpp) × round(h · mpp / out_mpp)``; returns
@@ -101,8 +106,12 @@ class SyntheticSlide:
 
     def render_level0_tile(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """``render_tile`` callback for :func:`write_pyramidal_tiff` (level-0 px)."""
-        parts = [render_um(self.model, (x + c) * self.mpp, y * self.mpp, min(_RENDER_CHUNK, w - c), h, self.mpp)
-                 for c in range(0, w, _RENDER_CHUNK)]
+        parts = [
+            render_um(
+                self.model, (x + c) * self.mpp, y * self.mpp, min(_RENDER_CHUNK, w - c), h, self.mpp
+            )
+            for c in range(0, w, _RENDER_CHUNK)
+        ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
@@ -125,11 +134,23 @@ def make_synthetic_slide(
         raise ValueError(f"size must be at least 16×16 level-0 px, got {size}")
     model = build_tissue_model(W * mpp, H * mpp, seed, params, empty=empty)
     c = model.cells
-    cells = np.column_stack([np.round(c.xy / mpp, 2), c.cls.astype(np.float64)]) if len(c) else np.zeros((0, 3))
+    cells = (
+        np.column_stack([np.round(c.xy / mpp, 2), c.cls.astype(np.float64)])
+        if len(c)
+        else np.zeros((0, 3))
+    )
     ca = _to_px(model.cancer_area, mpp)
     tissue = _to_px(model.tissue, mpp)
     stats = compute_stats(cells, ca, tissue.area, unit_um=mpp)
-    return SyntheticSlide(model=model, mpp=float(mpp), size=(W, H), cells=cells, cancer_area=ca, tissue=tissue, stats=stats)
+    return SyntheticSlide(
+        model=model,
+        mpp=float(mpp),
+        size=(W, H),
+        cells=cells,
+        cancer_area=ca,
+        tissue=tissue,
+        stats=stats,
+    )
 
 
 def _sidecars(tiff_path: Path) -> tuple[Path, Path]:
@@ -142,7 +163,12 @@ def _ca_geojson(ca: BaseGeometry) -> dict:
     feats = []
     for p in polys:
         geom = mapping(p)
-        geom = {"type": geom["type"], "coordinates": [[[round(x, 2), round(y, 2)] for x, y in ring] for ring in geom["coordinates"]]}
+        geom = {
+            "type": geom["type"],
+            "coordinates": [
+                [[round(x, 2), round(y, 2)] for x, y in ring] for ring in geom["coordinates"]
+            ],
+        }
         feats.append({"type": "Feature", "geometry": geom, "properties": _CA_PROPERTIES})
     return {"type": "FeatureCollection", "features": feats}
 
@@ -169,16 +195,30 @@ def write_synthetic_slide(
     t0 = time.perf_counter()
     slide = make_synthetic_slide(mpp=mpp, size=size, seed=seed, empty=empty, params=params)
     t1 = time.perf_counter()
-    write_pyramidal_tiff(p, mpp=mpp, size=slide.size, render_tile=slide.render_level0_tile, quality=quality,
-                         description=f"{SYNTHETIC_DESCRIPTION} seed={seed} mpp={mpp}")
+    write_pyramidal_tiff(
+        p,
+        mpp=mpp,
+        size=slide.size,
+        render_tile=slide.render_level0_tile,
+        quality=quality,
+        description=f"{SYNTHETIC_DESCRIPTION} seed={seed} mpp={mpp}",
+    )
     t2 = time.perf_counter()
     cells_path, tissue_path = _sidecars(p)
     lines = ["x,y,class"] + [f"{x:.2f},{y:.2f},{int(c)}" for x, y, c in slide.cells]
     cells_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tissue_path.write_text(json.dumps(_ca_geojson(slide.cancer_area)), encoding="utf-8")
     slide.tiff_path, slide.cells_path, slide.tissue_path = p, cells_path, tissue_path
-    log.info("synthetic slide %s: %d×%d px at %.3f µm/px, %d cells (model %.1f s, TIFF %.1f s)",
-             p, slide.size[0], slide.size[1], mpp, len(slide.cells), t1 - t0, t2 - t1)
+    log.info(
+        "synthetic slide %s: %d×%d px at %.3f µm/px, %d cells (model %.1f s, TIFF %.1f s)",
+        p,
+        slide.size[0],
+        slide.size[1],
+        mpp,
+        len(slide.cells),
+        t1 - t0,
+        t2 - t1,
+    )
     return slide
 
 
@@ -190,7 +230,11 @@ def read_ground_truth(tiff_path: str | os.PathLike[str]) -> tuple[np.ndarray, Ba
     cells_path, tissue_path = _sidecars(Path(tiff_path))
     for f in (cells_path, tissue_path):
         if not f.is_file():
-            raise DatasetError(f, "ground-truth sidecar file not found", "write the slide with write_synthetic_slide")
+            raise DatasetError(
+                f,
+                "ground-truth sidecar file not found",
+                "write the slide with write_synthetic_slide",
+            )
     try:
         lines = cells_path.read_text(encoding="utf-8").splitlines()
         if lines[:1] != ["x,y,class"]:
@@ -200,11 +244,15 @@ def read_ground_truth(tiff_path: str | os.PathLike[str]) -> tuple[np.ndarray, Ba
             raise ValueError("every row needs 3 fields x,y,class")
         cells = np.array(rows, dtype=np.float64).reshape(-1, 3)
     except ValueError as err:
-        raise DatasetError(cells_path, f"malformed cell CSV ({err})", "regenerate the ground truth") from err
+        raise DatasetError(
+            cells_path, f"malformed cell CSV ({err})", "regenerate the ground truth"
+        ) from err
     try:
         data = json.loads(tissue_path.read_text(encoding="utf-8"))
         geoms = [shape(f["geometry"]) for f in data.get("features", [])]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise DatasetError(tissue_path, f"malformed GeoJSON ({err})", "regenerate the ground truth") from err
+        raise DatasetError(
+            tissue_path, f"malformed GeoJSON ({err})", "regenerate the ground truth"
+        ) from err
     ca = shapely.union_all(geoms) if geoms else Polygon()
     return cells, ca

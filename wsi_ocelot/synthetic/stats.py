@@ -67,7 +67,9 @@ class SyntheticStats:
         return "\n".join(lines)
 
 
-def compute_stats(cells: np.ndarray, cancer_area: BaseGeometry, tissue_area: float, *, unit_um: float = 1.0) -> SyntheticStats:
+def compute_stats(
+    cells: np.ndarray, cancer_area: BaseGeometry, tissue_area: float, *, unit_um: float = 1.0
+) -> SyntheticStats:
     """Table-3 counts of ``cells`` (N, 3) ``[x, y, class]`` against ``cancer_area``.
 
     Coordinates and geometry share one unit (level-0 px or µm); ``unit_um`` is µm per

@@ -54,7 +54,10 @@ def write_pyramidal_tiff(
 
     comp: dict = {}
     if compression == "jpeg" and not _has_jpeg_encoder():
-        log.warning("imagecodecs has no JPEG encoder here: writing %s with deflate compression instead", path)
+        log.warning(
+            "imagecodecs has no JPEG encoder here: writing %s with deflate compression instead",
+            path,
+        )
         compression = "deflate"
     if compression == "jpeg":
         comp = {"compression": "jpeg", "compressionargs": {"level": quality}}
@@ -71,11 +74,11 @@ def write_pyramidal_tiff(
     def level0_tiles() -> Iterator[np.ndarray]:
         for y in range(0, height, TILE):
             if image is not None:
-                row = image[y:y + TILE]
+                row = image[y : y + TILE]
             else:
                 row = _band_cache(y)
             for x in range(0, width, TILE):
-                t = row[:, x:x + TILE]
+                t = row[:, x : x + TILE]
                 if t.shape[0] < TILE or t.shape[1] < TILE:
                     pad = np.full((TILE, TILE, 3), 255, np.uint8)
                     pad[: t.shape[0], : t.shape[1]] = t
@@ -95,7 +98,7 @@ def write_pyramidal_tiff(
                 raise ValueError(f"render_tile returned {arr.shape}, expected {(h, width, 3)}")
             cache[b0] = arr
             reduced_parts.append(_downsample2(arr))
-        return cache[b0][y - b0:y - b0 + TILE]
+        return cache[b0][y - b0 : y - b0 + TILE]
 
     with tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as tif:
         tif.write(
@@ -119,7 +122,15 @@ def write_pyramidal_tiff(
             if mpp is not None:
                 ppcm = 1e4 / (mpp * scale)
                 lr = {"resolution": (ppcm, ppcm), "resolutionunit": "CENTIMETER"}
-            tif.write(level, tile=(TILE, TILE), photometric="rgb", **comp, subfiletype=1, metadata=None, **lr)
+            tif.write(
+                level,
+                tile=(TILE, TILE),
+                photometric="rgb",
+                **comp,
+                subfiletype=1,
+                metadata=None,
+                **lr,
+            )
             if max(h, w) <= TILE:
                 break
             level = _downsample2(level)
@@ -130,7 +141,9 @@ def _has_jpeg_encoder() -> bool:
     return hasattr(imagecodecs, "jpeg8_encode") or hasattr(imagecodecs, "jpeg_encode")
 
 
-def corrupt_tile(path: str | os.PathLike[str], x: int, y: int, level: int = 0) -> tuple[int, int, int, int]:
+def corrupt_tile(
+    path: str | os.PathLike[str], x: int, y: int, level: int = 0
+) -> tuple[int, int, int, int]:
     """Make the stored tile holding level-``level`` pixel ``(x, y)`` of a tiled TIFF undecodable,
     as a bad sector or an interrupted scanner write would: its compressed data keeps its length
     and start-of-image marker, the rest is zeros, so OpenSlide (and tifffile) raise when they

@@ -11,10 +11,26 @@ from wsi_ocelot.tiling.grid import (
     tissue_grid,
 )
 
-__all__ = ["Grid", "cell_grid", "context_boxes", "filter_by_mask", "make_grid", "tissue_grid", "TileDataset", "BlockBatches", "block_ids", "plan_batches", "make_loader", "SlideTiles", "plan_tiles"]
+__all__ = [
+    "Grid",
+    "cell_grid",
+    "context_boxes",
+    "filter_by_mask",
+    "make_grid",
+    "tissue_grid",
+    "TileDataset",
+    "BlockBatches",
+    "block_ids",
+    "plan_batches",
+    "make_loader",
+    "SlideTiles",
+    "plan_tiles",
+]
 
 
-def __getattr__(name: str):  # deliberately deferred: torch is imported only when the Dataset is asked for
+def __getattr__(
+    name: str,
+):  # deliberately deferred: torch is imported only when the Dataset is asked for
     if name in ("TileDataset", "BlockBatches", "block_ids", "plan_batches", "make_loader"):
         from wsi_ocelot.tiling import dataset
 

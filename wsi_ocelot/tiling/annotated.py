@@ -107,19 +107,36 @@ class SplitRule:
         object.__setattr__(self, "val_slides", tuple(self.val_slides))
         object.__setattr__(self, "test_slides", tuple(self.test_slides))
         if self.split is not None and self.split not in SPLITS:
-            raise ConfigError(None, f"unknown split {self.split!r}", f"use one of {', '.join(SPLITS)}")
+            raise ConfigError(
+                None, f"unknown split {self.split!r}", f"use one of {', '.join(SPLITS)}"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(None, f"--val-fraction {self.val_fraction:g} is outside [0, 1)", "pass e.g. 0.2 (0: no val split)")
+            raise ConfigError(
+                None,
+                f"--val-fraction {self.val_fraction:g} is outside [0, 1)",
+                "pass e.g. 0.2 (0: no val split)",
+            )
         named = bool(self.val_slides or self.test_slides)
         if self.split is not None and (named or self.by_region):
-            raise ConfigError(None, "--split puts every slide of the call in one split; it does not combine with --val-slides, "
-                                    "--test-slides or --split-by-region", "pass either --split or the others")
+            raise ConfigError(
+                None,
+                "--split puts every slide of the call in one split; it does not combine with --val-slides, "
+                "--test-slides or --split-by-region",
+                "pass either --split or the others",
+            )
         if self.by_region and self.val_slides:
-            raise ConfigError(None, "--split-by-region does not combine with --val-slides",
-                              "name held-out slides, or split one slide's regions, not both")
+            raise ConfigError(
+                None,
+                "--split-by-region does not combine with --val-slides",
+                "name held-out slides, or split one slide's regions, not both",
+            )
         both = set(self.val_slides) & set(self.test_slides)
         if both:
-            raise ConfigError(None, f"slide(s) {', '.join(sorted(both))} named in both --val-slides and --test-slides", "name each slide once")
+            raise ConfigError(
+                None,
+                f"slide(s) {', '.join(sorted(both))} named in both --val-slides and --test-slides",
+                "name each slide once",
+            )
 
     def describe(self) -> str:
         """The rule in words (recorded in metadata.json)."""
@@ -129,12 +146,18 @@ class SplitRule:
         if self.val_slides:
             return f"by slide: {test}the --val-slides in val; the others train"
         if self.by_region:
-            return (f"{test}by region: {self.val_fraction:g} of each slide's regions in val (picked by a hash of slide and region); "
-                    "val pairs come from slides also used for training")
-        return (f"by slide: {test}{self.val_fraction:g} of the slides in val (at least one of two or more; picked by a hash of the "
-                "slide names), the rest train")
+            return (
+                f"{test}by region: {self.val_fraction:g} of each slide's regions in val (picked by a hash of slide and region); "
+                "val pairs come from slides also used for training"
+            )
+        return (
+            f"by slide: {test}{self.val_fraction:g} of the slides in val (at least one of two or more; picked by a hash of the "
+            "slide names), the rest train"
+        )
 
-    def assign(self, regions: dict[str, list[int]], names: dict[str, set[str]] | None = None) -> dict[tuple[str, int], str]:
+    def assign(
+        self, regions: dict[str, list[int]], names: dict[str, set[str]] | None = None
+    ) -> dict[tuple[str, int], str]:
         """The split of each ``(slide stem, region index)``. ``regions`` maps each slide's stem to
         its region indices; ``names`` maps a stem to the names a user may call it by (file name,
         path). Names in ``val_slides``/``test_slides`` that match no slide are an error."""
@@ -146,8 +169,11 @@ class SplitRule:
             for w in wanted:
                 hits = [s for s in regions if w == s or w in names.get(s, ())]
                 if not hits:
-                    raise ConfigError(None, f"--{split}-slides names {w!r}, which is not one of this call's slides ({', '.join(regions)})",
-                                      "name slides by their file stem, e.g. --val-slides case-07")
+                    raise ConfigError(
+                        None,
+                        f"--{split}-slides names {w!r}, which is not one of this call's slides ({', '.join(regions)})",
+                        "name slides by their file stem, e.g. --val-slides case-07",
+                    )
                 for s in hits:
                     out_of[s] = split
         if self.val_slides:
@@ -156,11 +182,19 @@ class SplitRule:
         if self.by_region:
             out: dict[tuple[str, int], str] = {}
             for s, idx in regions.items():
-                held = set(sorted(idx, key=lambda i, s=s: _hash_key(f"{s}#{i}"))[:_n_held_out(len(idx), self.val_fraction)])
+                held = set(
+                    sorted(idx, key=lambda i, s=s: _hash_key(f"{s}#{i}"))[
+                        : _n_held_out(len(idx), self.val_fraction)
+                    ]
+                )
                 out.update({(s, i): "val" if i in held else "train" for i in idx})
             return out
-        held = set(sorted(rest, key=_hash_key)[:_n_held_out(len(rest), self.val_fraction)])
-        return {(s, i): out_of.get(s, "val" if s in held else "train") for s, idx in regions.items() for i in idx}
+        held = set(sorted(rest, key=_hash_key)[: _n_held_out(len(rest), self.val_fraction)])
+        return {
+            (s, i): out_of.get(s, "val" if s in held else "train")
+            for s, idx in regions.items()
+            for i in idx
+        }
 
 
 @dataclass(frozen=True)
@@ -183,9 +217,17 @@ class AnnotatedTilingConfig:
 
     def __post_init__(self) -> None:
         if self.offsets not in ("centre", "ocelot"):
-            raise ConfigError(None, f"offsets must be 'centre' or 'ocelot', got {self.offsets!r}", "use centre (as the engine) or ocelot")
+            raise ConfigError(
+                None,
+                f"offsets must be 'centre' or 'ocelot', got {self.offsets!r}",
+                "use centre (as the engine) or ocelot",
+            )
         if not 0.0 < self.min_region_fraction <= 1.0:
-            raise ConfigError(None, f"min_region_fraction {self.min_region_fraction:g} is outside (0, 1]", "use a small fraction such as 0.05")
+            raise ConfigError(
+                None,
+                f"min_region_fraction {self.min_region_fraction:g} is outside (0, 1]",
+                "use a small fraction such as 0.05",
+            )
 
 
 @dataclass(frozen=True)
@@ -213,15 +255,22 @@ def annotation_file_for(annotations: str | os.PathLike[str], stem: str) -> Path:
     if a.is_file():
         return a
     if not a.is_dir():
-        raise DatasetError(a, "annotations not found", "pass the GeoJSON file QuPath exported (one slide) or a folder of <slide stem>.geojson files")
+        raise DatasetError(
+            a,
+            "annotations not found",
+            "pass the GeoJSON file QuPath exported (one slide) or a folder of <slide stem>.geojson files",
+        )
     stems = [stem] + ([stem[:-4]] if stem.lower().endswith(".ome") else [])
     for s in stems:
         for suffix in ANNOTATION_SUFFIXES:
             if (a / f"{s}{suffix}").is_file():
                 return a / f"{s}{suffix}"
-    raise DatasetError(a, f"no {stem}.geojson for slide {stem} in the annotations folder",
-                       "export that slide's annotations from QuPath into this folder under QuPath's default name <slide stem>.geojson, "
-                       "or leave the slide out")
+    raise DatasetError(
+        a,
+        f"no {stem}.geojson for slide {stem} in the annotations folder",
+        "export that slide's annotations from QuPath into this folder under QuPath's default name <slide stem>.geojson, "
+        "or leave the slide out",
+    )
 
 
 def tile_size_l0(slide: Slide, geometry: GeometryConfig) -> int:
@@ -229,8 +278,12 @@ def tile_size_l0(slide: Slide, geometry: GeometryConfig) -> int:
     return make_grid(1, 1, slide.mpp, geometry.cell_mpp, geometry.tile_size, 0).tile_l0
 
 
-def region_cell_boxes(region: BaseGeometry, tile_l0: int, image_box: tuple[int, int, int, int], min_fraction: float = 0.05,
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def region_cell_boxes(
+    region: BaseGeometry,
+    tile_l0: int,
+    image_box: tuple[int, int, int, int],
+    min_fraction: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
     """Cell boxes ``(k, 4)`` (``x, y, w, h``, level-0 px) covering ``region``'s bounding box and
     the fraction of each inside ``region``.
 
@@ -257,7 +310,9 @@ def region_cell_boxes(region: BaseGeometry, tile_l0: int, image_box: tuple[int, 
     tiles = shapely.box(xs, ys, xs + tile_l0, ys + tile_l0)
     frac = shapely.area(shapely.intersection(region, tiles)) / float(tile_l0 * tile_l0)
     keep = frac >= min_fraction
-    if not keep.any() and frac.max() > 0:  # a region smaller than min_fraction of a tile still gives its one tile
+    if (
+        not keep.any() and frac.max() > 0
+    ):  # a region smaller than min_fraction of a tile still gives its one tile
         keep[int(np.argmax(frac))] = True
     boxes = np.stack([xs, ys, np.full_like(xs, tile_l0), np.full_like(ys, tile_l0)], axis=1)[keep]
     return boxes.astype(np.int64), frac[keep]
@@ -274,29 +329,54 @@ def _existing(out: Path, append: bool) -> dict[str, Any] | None:
     meta_path = out / "metadata.json"
     if meta_path.is_file():
         if not append:
-            raise DatasetError(out, "already holds a dataset (metadata.json)",
-                               "pass --append to add these slides to it (e.g. a val split), or choose an empty --out")
+            raise DatasetError(
+                out,
+                "already holds a dataset (metadata.json)",
+                "pass --append to add these slides to it (e.g. a val split), or choose an empty --out",
+            )
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DatasetError(meta_path, f"not valid JSON ({err})", "choose an empty --out") from err
-        if not isinstance(meta, dict) or not isinstance(meta.get("sample_pairs"), dict) or "class_map" not in meta.get("general_info", {}):
-            raise DatasetError(meta_path, "is not a dataset built from QuPath annotations", "choose an empty --out, or the --out of an earlier `tiles --annotations`")
+            raise DatasetError(
+                meta_path, f"not valid JSON ({err})", "choose an empty --out"
+            ) from err
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("sample_pairs"), dict)
+            or "class_map" not in meta.get("general_info", {})
+        ):
+            raise DatasetError(
+                meta_path,
+                "is not a dataset built from QuPath annotations",
+                "choose an empty --out, or the --out of an earlier `tiles --annotations`",
+            )
         return meta
     if (out / "images").exists() or (out / "annotations").exists():
-        raise DatasetError(out, "holds images/ or annotations/ but no metadata.json (an interrupted build?)", "remove the folder or choose an empty --out")
+        raise DatasetError(
+            out,
+            "holds images/ or annotations/ but no metadata.json (an interrupted build?)",
+            "remove the folder or choose an empty --out",
+        )
     return None
 
 
-def _check_compatible(old: dict[str, Any], geometry: GeometryConfig, class_map: ClassMap, out: Path) -> None:
+def _check_compatible(
+    old: dict[str, Any], geometry: GeometryConfig, class_map: ClassMap, out: Path
+) -> None:
     """Appending: the dataset in ``out`` must have this call's geometry and class map."""
     gi = old.get("general_info", {})
     if gi.get("geometry") != asdict(geometry):
-        raise DatasetError(out / "metadata.json", f"the dataset was built with geometry {gi.get('geometry')}, this call uses {asdict(geometry)}",
-                           "pass the same --like / --geometry / --tile-size as the first call, or choose another --out")
+        raise DatasetError(
+            out / "metadata.json",
+            f"the dataset was built with geometry {gi.get('geometry')}, this call uses {asdict(geometry)}",
+            "pass the same --like / --geometry / --tile-size as the first call, or choose another --out",
+        )
     if gi.get("class_map") != class_map.to_json():
-        raise DatasetError(out / "metadata.json", "the dataset was built with another class map",
-                           "pass the same --class-map as the first call, or choose another --out")
+        raise DatasetError(
+            out / "metadata.json",
+            "the dataset was built with another class map",
+            "pass the same --class-map as the first call, or choose another --out",
+        )
 
 
 def _merge_general(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -305,10 +385,16 @@ def _merge_general(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str,
     gi = old.get("general_info", {})
     merged = {**new}
     merged["annotations"] = {**gi.get("annotations", {}), **new["annotations"]}
-    merged["splits"] = {s: list(gi.get("splits", {}).get(s, [])) + [x for x in new["splits"].get(s, []) if x not in gi.get("splits", {}).get(s, [])]
-                        for s in SPLITS}
+    merged["splits"] = {
+        s: list(gi.get("splits", {}).get(s, []))
+        + [x for x in new["splits"].get(s, []) if x not in gi.get("splits", {}).get(s, [])]
+        for s in SPLITS
+    }
     rules = gi.get("split_rule")
-    merged["split_rule"] = [*(rules if isinstance(rules, list) else [rules] if rules else []), new["split_rule"]]
+    merged["split_rule"] = [
+        *(rules if isinstance(rules, list) else [rules] if rules else []),
+        new["split_rule"],
+    ]
     return merged
 
 
@@ -335,8 +421,11 @@ def build_annotated_dataset(
     cfg = config
     ann_root = Path(annotations)
     if ann_root.is_file() and len(slides) > 1:
-        raise DatasetError(ann_root, f"one GeoJSON file for {len(slides)} slides",
-                           "pass a folder holding <slide stem>.geojson per slide (QuPath's default export names)")
+        raise DatasetError(
+            ann_root,
+            f"one GeoJSON file for {len(slides)} slides",
+            "pass a folder holding <slide stem>.geojson per slide (QuPath's default export names)",
+        )
     old = _existing(out, append)
     if old is not None:
         _check_compatible(old, cfg.geometry, cfg.class_map, out)
@@ -346,16 +435,24 @@ def build_annotated_dataset(
     with contextlib.ExitStack() as stack:
         opened: list[Slide] = []
         for s in slides:
-            opened.append(s if isinstance(s, Slide) else stack.enter_context(open_slide(s, mpp=mpp)))
+            opened.append(
+                s if isinstance(s, Slide) else stack.enter_context(open_slide(s, mpp=mpp))
+            )
         stems = [s.stem for s in opened]
         dup = sorted({x for x in stems if stems.count(x) > 1})
         if dup:
-            raise DatasetError(opened[stems.index(dup[0])].path, f"several slides share the name {dup[0]!r}",
-                               "pass each slide once; slides are told apart (and matched to <stem>.geojson) by their file stem")
+            raise DatasetError(
+                opened[stems.index(dup[0])].path,
+                f"several slides share the name {dup[0]!r}",
+                "pass each slide once; slides are told apart (and matched to <stem>.geojson) by their file stem",
+            )
         again = [s for s in opened if s.stem in done]
         if again:
-            raise DatasetError(again[0].path, f"slide {again[0].stem!r} is already in the dataset in {out}",
-                               "leave it out of this call (a slide belongs to one split), or rebuild the dataset in an empty --out")
+            raise DatasetError(
+                again[0].path,
+                f"slide {again[0].stem!r} is already in the dataset in {out}",
+                "leave it out of this call (a slide belongs to one split), or rebuild the dataset in an empty --out",
+            )
 
         # 1. read and check every slide's annotations before anything is written
         anns: dict[str, SlideAnnotations] = {}
@@ -363,27 +460,51 @@ def build_annotated_dataset(
         for slide in opened:
             f = annotation_file_for(ann_root, slide.stem)
             box = _image_box(slide, cfg.qupath_crop)
-            anns[slide.stem] = read_slide_annotations(f, cfg.class_map, origin=(box[0], box[1]) if cfg.qupath_crop else (0, 0),
-                                                      image_box=box, slide_name=slide.path.name)
+            anns[slide.stem] = read_slide_annotations(
+                f,
+                cfg.class_map,
+                origin=(box[0], box[1]) if cfg.qupath_crop else (0, 0),
+                image_box=box,
+                slide_name=slide.path.name,
+            )
             files[slide.stem] = f
             a = anns[slide.stem]
             if len(a.cells):
-                outside = int((~shapely.intersects_xy(a.labelled_area(), a.cells[:, 0], a.cells[:, 1])).sum())
+                outside = int(
+                    (~shapely.intersects_xy(a.labelled_area(), a.cells[:, 0], a.cells[:, 1])).sum()
+                )
                 a.counts["points_outside_regions"] = outside
                 if outside:
-                    log.info("%s: %d marked cell(s) outside every region ignored (only regions count as completely labelled)", f, outside)
+                    log.info(
+                        "%s: %d marked cell(s) outside every region ignored (only regions count as completely labelled)",
+                        f,
+                        outside,
+                    )
 
         # 2. splits
-        assignment = cfg.split.assign({s.stem: [r.index for r in anns[s.stem].regions] for s in opened},
-                                      {s.stem: {s.path.name, str(s.path)} for s in opened})
-        splits = {sp: [s.stem for s in opened if any(assignment[(s.stem, r.index)] == sp for r in anns[s.stem].regions)] for sp in SPLITS}
+        assignment = cfg.split.assign(
+            {s.stem: [r.index for r in anns[s.stem].regions] for s in opened},
+            {s.stem: {s.path.name, str(s.path)} for s in opened},
+        )
+        splits = {
+            sp: [
+                s.stem
+                for s in opened
+                if any(assignment[(s.stem, r.index)] == sp for r in anns[s.stem].regions)
+            ]
+            for sp in SPLITS
+        }
         if cfg.split.by_region:
-            log.warning("splitting by region: the val pairs come from slides whose other regions are trained on, so val scores "
-                        "overestimate how the model does on new slides; annotate another slide and hold it out when you can")
+            log.warning(
+                "splitting by region: the val pairs come from slides whose other regions are trained on, so val scores "
+                "overestimate how the model does on new slides; annotate another slide and hold it out when you can"
+            )
         if cfg.split.split is None and not splits["val"]:
-            log.warning("no val split: %s; training has nothing to choose its best epoch on. Annotate another slide (held out by "
-                        "default), or pass --split-by-region to hold out some of this slide's regions",
-                        "one slide" if len(opened) == 1 else "--val-fraction 0")
+            log.warning(
+                "no val split: %s; training has nothing to choose its best epoch on. Annotate another slide (held out by "
+                "default), or pass --split-by-region to hold out some of this slide's regions",
+                "one slide" if len(opened) == 1 else "--val-fraction 0",
+            )
 
         # 3. tiles, images and labels, split by split (ids grouped by split, as in the release)
         rng = np.random.default_rng(cfg.seed)
@@ -399,35 +520,83 @@ def build_annotated_dataset(
                     continue
                 labelled = ann.labelled_area({r.index for r in mine})
                 shapely.prepare(labelled)
-                boxes, extras = _tiles_of(mine, labelled, tile_size_l0(slide, cfg.geometry), _image_box(slide, cfg.qupath_crop),
-                                          cfg.min_region_fraction)
-                written = export_pairs(slide, out, cfg.geometry, cell_boxes=boxes, split=split,
-                                       offsets=pair_offsets(len(boxes), cfg.offsets, rng), start_id=next_id, quality=cfg.quality,
-                                       extra={"organ": None}, per_pair=extras)
+                boxes, extras = _tiles_of(
+                    mine,
+                    labelled,
+                    tile_size_l0(slide, cfg.geometry),
+                    _image_box(slide, cfg.qupath_crop),
+                    cfg.min_region_fraction,
+                )
+                written = export_pairs(
+                    slide,
+                    out,
+                    cfg.geometry,
+                    cell_boxes=boxes,
+                    split=split,
+                    offsets=pair_offsets(len(boxes), cfg.offsets, rng),
+                    start_id=next_id,
+                    quality=cfg.quality,
+                    extra={"organ": None},
+                    per_pair=extras,
+                )
                 c = counts[slide.stem]
                 n_cells = 0
                 for pid, entry in written.items():
                     cb, tb = entry["cell"], entry["tissue"]
-                    cell_box = (cb["x_start"], cb["y_start"], cb["x_end"] - cb["x_start"], cb["y_end"] - cb["y_start"])
-                    tissue_box = (tb["x_start"], tb["y_start"], tb["x_end"] - tb["x_start"], tb["y_end"] - tb["y_start"])
+                    cell_box = (
+                        cb["x_start"],
+                        cb["y_start"],
+                        cb["x_end"] - cb["x_start"],
+                        cb["y_end"] - cb["y_start"],
+                    )
+                    tissue_box = (
+                        tb["x_start"],
+                        tb["y_start"],
+                        tb["x_end"] - tb["x_start"],
+                        tb["y_end"] - tb["y_start"],
+                    )
                     rows = cells_in_box(ann.cells, labelled, cell_box, T)
-                    write_labels(out, split, pid, rows, tissue_label(ann, tissue_box, T), rasterise(labelled, cell_box, T))
+                    write_labels(
+                        out,
+                        split,
+                        pid,
+                        rows,
+                        tissue_label(ann, tissue_box, T),
+                        rasterise(labelled, cell_box, T),
+                    )
                     n_cells += len(rows)
                 c["cells_written"] = c.get("cells_written", 0) + n_cells
                 c["pairs"] = c.get("pairs", 0) + len(written)
                 _note_left_out(slide, ann, labelled, boxes, c)
                 pairs.update(written)
                 next_id += len(written)
-                log.info("%s: %d region(s) -> %d %s pairs holding %d marked cells", slide.path.name, len(mine), len(written), split, n_cells)
+                log.info(
+                    "%s: %d region(s) -> %d %s pairs holding %d marked cells",
+                    slide.path.name,
+                    len(mine),
+                    len(written),
+                    split,
+                    n_cells,
+                )
 
         general = {
             "source": "QuPath annotations (wsi-ocelot tiles --annotations)",
             "software": {"wsi_ocelot": __version__},
             "geometry_from": cfg.geometry_from,
             "class_map": cfg.class_map.to_json(),
-            "annotations": {s.stem: {"slide": str(s.path), "file": str(files[s.stem]), "regions": len(anns[s.stem].regions),
-                                     "splits": sorted({assignment[(s.stem, r.index)] for r in anns[s.stem].regions}, key=SPLITS.index),
-                                     "counts": counts[s.stem]} for s in opened},
+            "annotations": {
+                s.stem: {
+                    "slide": str(s.path),
+                    "file": str(files[s.stem]),
+                    "regions": len(anns[s.stem].regions),
+                    "splits": sorted(
+                        {assignment[(s.stem, r.index)] for r in anns[s.stem].regions},
+                        key=SPLITS.index,
+                    ),
+                    "counts": counts[s.stem],
+                }
+                for s in opened
+            },
             "split_rule": cfg.split.describe(),
             "splits": splits,
             "offsets": cfg.offsets,
@@ -436,12 +605,19 @@ def build_annotated_dataset(
             "qupath_crop": cfg.qupath_crop,
         }
         general = _merge_general(old, general)
-        path = write_metadata(out, {**old_pairs, **pairs}, cfg.geometry, cell_mask=True, fields=FIELDS, **general)
+        path = write_metadata(
+            out, {**old_pairs, **pairs}, cfg.geometry, cell_mask=True, fields=FIELDS, **general
+        )
     return AnnotatedDataset(metadata=path, pairs=pairs, splits=splits, counts=counts)
 
 
-def _tiles_of(regions: list[Region], labelled: BaseGeometry, tile_l0: int, image_box: tuple[int, int, int, int],
-              min_fraction: float) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def _tiles_of(
+    regions: list[Region],
+    labelled: BaseGeometry,
+    tile_l0: int,
+    image_box: tuple[int, int, int, int],
+    min_fraction: float,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The cell boxes of ``regions`` (a box laid for two regions is kept once, for the first)
     and each pair's extra fields."""
     boxes: list[np.ndarray] = []
@@ -456,11 +632,24 @@ def _tiles_of(regions: list[Region], labelled: BaseGeometry, tile_l0: int, image
             seen.add(key)
             tile = shapely.box(box[0], box[1], box[0] + box[2], box[1] + box[3])
             boxes.append(box)
-            extras.append({"region": r.to_json(), "labelled_fraction": round(float(shapely.intersection(labelled, tile).area) / float(box[2] * box[3]), 4)})
+            extras.append(
+                {
+                    "region": r.to_json(),
+                    "labelled_fraction": round(
+                        float(shapely.intersection(labelled, tile).area) / float(box[2] * box[3]), 4
+                    ),
+                }
+            )
     return (np.asarray(boxes, np.int64).reshape(-1, 4), extras)
 
 
-def _note_left_out(slide: Slide, ann: SlideAnnotations, labelled: BaseGeometry, boxes: np.ndarray, counts: dict[str, int]) -> None:
+def _note_left_out(
+    slide: Slide,
+    ann: SlideAnnotations,
+    labelled: BaseGeometry,
+    boxes: np.ndarray,
+    counts: dict[str, int],
+) -> None:
     """Count (and log) the marked cells inside the regions that no tile holds (thin slivers of a
     region, below ``min_region_fraction`` of a tile)."""
     if not len(ann.cells):
@@ -468,9 +657,18 @@ def _note_left_out(slide: Slide, ann: SlideAnnotations, labelled: BaseGeometry, 
     inside = shapely.intersects_xy(labelled, ann.cells[:, 0], ann.cells[:, 1])
     held = np.zeros(len(ann.cells), bool)
     for x, y, w, h in boxes:
-        held |= (ann.cells[:, 0] >= x) & (ann.cells[:, 0] < x + w) & (ann.cells[:, 1] >= y) & (ann.cells[:, 1] < y + h)
+        held |= (
+            (ann.cells[:, 0] >= x)
+            & (ann.cells[:, 0] < x + w)
+            & (ann.cells[:, 1] >= y)
+            & (ann.cells[:, 1] < y + h)
+        )
     lost = int((inside & ~held).sum())
     counts["cells_in_regions"] = counts.get("cells_in_regions", 0) + int(inside.sum())
     if lost:
         counts["cells_left_out"] = counts.get("cells_left_out", 0) + lost
-        log.info("%s: %d marked cell(s) lie in slivers of regions too thin for a tile and are left out", slide.path.name, lost)
+        log.info(
+            "%s: %d marked cell(s) lie in slivers of regions too thin for a tile and are left out",
+            slide.path.name,
+            lost,
+        )

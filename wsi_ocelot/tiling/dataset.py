@@ -55,6 +55,7 @@ def read_tile(slide: Slide, box: np.ndarray, size: tuple[int, int]) -> tuple[np.
             log.debug("%s: reading box %s failed (%s); retrying once", slide.path, b, err.problem)
     raise AssertionError("unreachable")  # pragma: no cover
 
+
 class TileDataset(Dataset):
     """Items ``{"cell": (3, T, T) uint8, "context": (3, T, T) uint8, "offset": (2,)
     float32, "box": (4,) int64 level-0 x, y, w, h of the cell tile, "index": int}``.
@@ -75,11 +76,19 @@ class TileDataset(Dataset):
         self.slide = slide
         self.cell_boxes = np.asarray(cell_boxes, dtype=np.int64).reshape(-1, 4)
         self.tile_size = int(tile_size)
-        self.context_boxes = None if context_boxes is None else np.asarray(context_boxes, dtype=np.int64).reshape(-1, 4)
+        self.context_boxes = (
+            None
+            if context_boxes is None
+            else np.asarray(context_boxes, dtype=np.int64).reshape(-1, 4)
+        )
         if self.context_boxes is not None and len(self.context_boxes) != len(self.cell_boxes):
             raise ValueError("cell_boxes and context_boxes differ in length")
         n = len(self.cell_boxes)
-        self.offsets = np.full((n, 2), 0.5, np.float32) if offsets is None else np.asarray(offsets, np.float32).reshape(n, 2)
+        self.offsets = (
+            np.full((n, 2), 0.5, np.float32)
+            if offsets is None
+            else np.asarray(offsets, np.float32).reshape(n, 2)
+        )
 
     def __len__(self) -> int:
         return len(self.cell_boxes)
@@ -90,7 +99,11 @@ class TileDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         cell, err = self._read(self.cell_boxes[i])
-        item: dict[str, Any] = {"cell": cell, "box": torch.from_numpy(self.cell_boxes[i].copy()), "index": i}
+        item: dict[str, Any] = {
+            "cell": cell,
+            "box": torch.from_numpy(self.cell_boxes[i].copy()),
+            "index": i,
+        }
         if self.context_boxes is not None:
             item["context"], ctx_err = self._read(self.context_boxes[i])
             item["offset"] = torch.from_numpy(self.offsets[i].copy())
@@ -105,8 +118,13 @@ class TileDataset(Dataset):
         white = torch.full((3, T, T), 255, dtype=torch.uint8)
         lost = []
         for i in items:
-            item: dict[str, Any] = {"cell": white, "box": torch.from_numpy(self.cell_boxes[i].copy()), "index": i,
-                                    "unreadable": True, "errors": reason}
+            item: dict[str, Any] = {
+                "cell": white,
+                "box": torch.from_numpy(self.cell_boxes[i].copy()),
+                "index": i,
+                "unreadable": True,
+                "errors": reason,
+            }
             if self.context_boxes is not None:
                 item["context"], item["offset"] = white, torch.from_numpy(self.offsets[i].copy())
             lost.append(item)
@@ -117,7 +135,7 @@ def block_shape(batch_size: int) -> tuple[int, int]:
     """Rows × columns of a block of ``batch_size`` grid tiles, as square as the size allows
     (8 → 2 × 4, 16 → 4 × 4, 32 → 4 × 8)."""
     b = max(1, int(batch_size))
-    rows = max(d for d in range(1, int(b ** 0.5) + 1) if b % d == 0)
+    rows = max(d for d in range(1, int(b**0.5) + 1) if b % d == 0)
     return rows, b // rows
 
 
@@ -164,7 +182,15 @@ class BlockBatches(Dataset):
     read again tile by tile (:func:`read_tile`), so a corrupt stored tile costs only the tiles
     over it. Use with ``batch_size=None`` in the loader (see :func:`make_loader`)."""
 
-    def __init__(self, slide: Slide, boxes: np.ndarray, rows: np.ndarray, cols: np.ndarray, tile_size: int, batch_size: int):
+    def __init__(
+        self,
+        slide: Slide,
+        boxes: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        tile_size: int,
+        batch_size: int,
+    ):
         self.slide = slide
         self.boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
@@ -189,19 +215,29 @@ class BlockBatches(Dataset):
             sel = np.flatnonzero(block_id == b)
             try:
                 out[sel] = self.slide.read_boxes(self.boxes[idx[sel]], (T, T))
-            except SlideFormatError:  # a bad stored tile somewhere in the block: find which tiles it costs
+            except (
+                SlideFormatError
+            ):  # a bad stored tile somewhere in the block: find which tiles it costs
                 for k in sel:
                     out[k], errors[k] = read_tile(self.slide, self.boxes[idx[k]], (T, T))
         cell = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-        return {"cell": cell, "index": torch.from_numpy(idx.copy()),
-                "unreadable": torch.tensor([bool(e) for e in errors], dtype=torch.bool), "errors": errors}
+        return {
+            "cell": cell,
+            "index": torch.from_numpy(idx.copy()),
+            "unreadable": torch.tensor([bool(e) for e in errors], dtype=torch.bool),
+            "errors": errors,
+        }
 
     def lost_batch(self, items: range, reason: str) -> dict[str, Any]:
         """The batch ``items[0]``, white and flagged unreadable with ``reason`` (its reader died on it)."""
         idx = self.batches[items[0]]
         T = self.tile_size
-        return {"cell": torch.full((len(idx), 3, T, T), 255, dtype=torch.uint8), "index": torch.from_numpy(idx.copy()),
-                "unreadable": torch.ones(len(idx), dtype=torch.bool), "errors": [reason] * len(idx)}
+        return {
+            "cell": torch.full((len(idx), 3, T, T), 255, dtype=torch.uint8),
+            "index": torch.from_numpy(idx.copy()),
+            "unreadable": torch.ones(len(idx), dtype=torch.bool),
+            "errors": [reason] * len(idx),
+        }
 
 
 def default_workers() -> int:
@@ -233,19 +269,32 @@ def make_loader(
     :class:`BlockBatches` dataset makes its own batches (``batch_size`` is ignored)."""
     kwargs: dict[str, Any] = {}
     if workers > 0:
-        kwargs.update(prefetch_factor=prefetch, persistent_workers=False, worker_init_fn=_worker_init)
+        kwargs.update(
+            prefetch_factor=prefetch, persistent_workers=False, worker_init_fn=_worker_init
+        )
     if isinstance(dataset.dataset if isinstance(dataset, Subset) else dataset, BlockBatches):
         batch_size = None  # type: ignore[assignment]
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=pin_memory, **kwargs)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        **kwargs,
+    )
 
 
 def _reader_died(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "DataLoader worker" in str(err)
 
 
-def read_batches(dataset: TileDataset | BlockBatches, loader: Callable[[Dataset, int | None], DataLoader], *,
-                 batch_items: int = 1, max_deaths: int = MAX_READER_DEATHS) -> Iterator[dict[str, Any]]:
+def read_batches(
+    dataset: TileDataset | BlockBatches,
+    loader: Callable[[Dataset, int | None], DataLoader],
+    *,
+    batch_items: int = 1,
+    max_deaths: int = MAX_READER_DEATHS,
+) -> Iterator[dict[str, Any]]:
     """The batches of ``loader(dataset, None)`` in order, surviving reader processes that die.
 
     When a reader dies (a codec crash), a fresh loader (``loader(view, workers)``; ``workers``
@@ -283,14 +332,26 @@ def read_batches(dataset: TileDataset | BlockBatches, loader: Callable[[Dataset,
         deaths += 1
         first = str(died).splitlines()[0]
         if deaths > max_deaths:
-            raise SlideFormatError(dataset.slide.path, f"tile-reading processes died {deaths} times while reading it ({first})",
-                                   "check that the slide opens in a viewer; re-export or re-scan it") from died
+            raise SlideFormatError(
+                dataset.slide.path,
+                f"tile-reading processes died {deaths} times while reading it ({first})",
+                "check that the slide opens in a viewer; re-export or re-scan it",
+            ) from died
         if isolate:  # this batch kills every reader that touches it
-            log.warning("%s: items %d-%d of this pass killed their reader process twice (%s); their tiles count as unreadable",
-                        dataset.slide.path, start, stop - 1, first)
+            log.warning(
+                "%s: items %d-%d of this pass killed their reader process twice (%s); their tiles count as unreadable",
+                dataset.slide.path,
+                start,
+                stop - 1,
+                first,
+            )
             yield dataset.lost_batch(range(start, stop), f"its reader process died ({first})")
             start, stuck = stop, 0
         else:
-            log.warning("%s: a tile-reading process died (%s); a new one goes on from item %d of this pass",
-                        dataset.slide.path, first, start)
+            log.warning(
+                "%s: a tile-reading process died (%s); a new one goes on from item %d of this pass",
+                dataset.slide.path,
+                first,
+                start,
+            )
             stuck += 1

@@ -41,17 +41,32 @@ FIELD_DESCRIPTION = {
     "mpp_x": "level-0 µm/px of the slide (x)",
     "mpp_y": "level-0 µm/px of the slide (y)",
 }
-LABEL_INFO = {"cell": {"background_cell": 1, "tumor_cell": 2}, "tissue": {"background": 1, "cancer_area": 2, "unknown": 255}}
+LABEL_INFO = {
+    "cell": {"background_cell": 1, "tumor_cell": 2},
+    "tissue": {"background": 1, "cancer_area": 2, "unknown": 255},
+}
 CELL_MASK_INFO = {"unknown": 0, "labelled": 1}
 
 
 def _box_dict(box: np.ndarray, mpp_x: float, mpp_y: float, size: int) -> dict[str, Any]:
     x, y, w, h = (int(v) for v in box)
-    return {"x_start": x, "y_start": y, "x_end": x + w, "y_end": y + h,
-            "resized_mpp_x": w * mpp_x / size, "resized_mpp_y": h * mpp_y / size}
+    return {
+        "x_start": x,
+        "y_start": y,
+        "x_end": x + w,
+        "y_end": y + h,
+        "resized_mpp_x": w * mpp_x / size,
+        "resized_mpp_y": h * mpp_y / size,
+    }
 
 
-def pick_cell_boxes(slide: Slide, geometry: GeometryConfig, mask: TissueMask, limit: int | None = None, min_tissue: float = 0.5) -> np.ndarray:
+def pick_cell_boxes(
+    slide: Slide,
+    geometry: GeometryConfig,
+    mask: TissueMask,
+    limit: int | None = None,
+    min_tissue: float = 0.5,
+) -> np.ndarray:
     """Non-overlapping cell boxes (N, 4) at the cell MPP with at least ``min_tissue``
     tissue, evenly spread over the slide when ``limit`` keeps fewer than all."""
     w, h = slide.dimensions
@@ -59,12 +74,18 @@ def pick_cell_boxes(slide: Slide, geometry: GeometryConfig, mask: TissueMask, li
     on = filter_by_mask(grid, mask, min_tissue, use_core=False)
     boxes = on.boxes
     if limit is not None and 0 <= limit < len(boxes):
-        idx = np.unique(np.round(np.linspace(0, len(boxes) - 1, limit)).astype(int)) if limit else np.zeros(0, int)
+        idx = (
+            np.unique(np.round(np.linspace(0, len(boxes) - 1, limit)).astype(int))
+            if limit
+            else np.zeros(0, int)
+        )
         boxes = boxes[idx]
     return boxes
 
 
-def pair_offsets(n: int, offsets: str | np.ndarray = "centre", seed: int | np.random.Generator = 0) -> np.ndarray:
+def pair_offsets(
+    n: int, offsets: str | np.ndarray = "centre", seed: int | np.random.Generator = 0
+) -> np.ndarray:
     """``(n, 2)`` relative positions of each cell patch centre in its context: ``"centre"``
     (0.5, 0.5, as the slide engine sees tiles), ``"ocelot"`` (each pair at one of OCELOT's four
     positions, drawn with ``seed``, a seed or a generator) or an (n, 2) array."""
@@ -100,7 +121,9 @@ def export_pairs(
     ``subset``) are added to each entry, then ``per_pair[k]`` to the k-th."""
     out = Path(out_dir)
     if cell_boxes is None:
-        cell_boxes = pick_cell_boxes(slide, geometry, mask if mask is not None else tissue_mask(slide), limit)
+        cell_boxes = pick_cell_boxes(
+            slide, geometry, mask if mask is not None else tissue_mask(slide), limit
+        )
     n = len(cell_boxes)
     off = pair_offsets(n, offsets, seed)
     ctx = context_boxes(cell_boxes, geometry.context_factor, off)
@@ -155,11 +178,20 @@ def write_labels(
     (root / "cell" / f"{pid}.csv").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
     Image.fromarray(np.asarray(tissue, dtype=np.uint8)).save(root / "tissue" / f"{pid}.png")
     if cell_mask is not None:
-        Image.fromarray(np.asarray(cell_mask, dtype=np.uint8)).save(root / "cell_mask" / f"{pid}.png")
+        Image.fromarray(np.asarray(cell_mask, dtype=np.uint8)).save(
+            root / "cell_mask" / f"{pid}.png"
+        )
 
 
-def write_metadata(out_dir: str | os.PathLike[str], pairs: dict[str, dict[str, Any]], geometry: GeometryConfig, *,
-                   cell_mask: bool = False, fields: dict[str, str] | None = None, **general: Any) -> Path:
+def write_metadata(
+    out_dir: str | os.PathLike[str],
+    pairs: dict[str, dict[str, Any]],
+    geometry: GeometryConfig,
+    *,
+    cell_mask: bool = False,
+    fields: dict[str, str] | None = None,
+    **general: Any,
+) -> Path:
     """Write ``metadata.json`` (OCELOT's top-level keys) into ``out_dir``. ``cell_mask``: the
     pairs have ``annotations/{split}/cell_mask/`` PNGs (described in ``label_info``);
     ``fields`` adds descriptions of extra per-pair fields."""
@@ -168,7 +200,11 @@ def write_metadata(out_dir: str | os.PathLike[str], pairs: dict[str, dict[str, A
     if cell_mask:
         label_info["cell_mask"] = CELL_MASK_INFO
     meta = {
-        "general_info": {"generator": f"wsi-ocelot {__version__}", "geometry": asdict(geometry), **general},
+        "general_info": {
+            "generator": f"wsi-ocelot {__version__}",
+            "geometry": asdict(geometry),
+            **general,
+        },
         "label_info": label_info,
         "field_description": {**FIELD_DESCRIPTION, **(fields or {})},
         "sample_pairs": pairs,

@@ -52,15 +52,27 @@ class Grid:
 
     def subset(self, keep: np.ndarray) -> Grid:
         """The grid restricted to a boolean mask or index array."""
-        return Grid(self.boxes[keep], self.cores[keep], self.rows[keep], self.cols[keep],
-                    self.tile_l0, self.margin_l0, self.tile_size, self.mpp, self.n_rows, self.n_cols)
+        return Grid(
+            self.boxes[keep],
+            self.cores[keep],
+            self.rows[keep],
+            self.cols[keep],
+            self.tile_l0,
+            self.margin_l0,
+            self.tile_size,
+            self.mpp,
+            self.n_rows,
+            self.n_cols,
+        )
 
 
 def _even(value: float) -> int:
     return max(2, 2 * round(value / 2))
 
 
-def make_grid(width: int, height: int, slide_mpp: float, target_mpp: float, tile_size: int, margin: int) -> Grid:
+def make_grid(
+    width: int, height: int, slide_mpp: float, target_mpp: float, tile_size: int, margin: int
+) -> Grid:
     """Square tiles of ``tile_size`` px at ``target_mpp`` with ``margin`` px overlap on
     each side, over a ``width × height`` level-0 slide with ``slide_mpp`` µm/px.
 
@@ -80,23 +92,42 @@ def make_grid(width: int, height: int, slide_mpp: float, target_mpp: float, tile
     # the last core in a row or column ends at the slide edge (n = ceil(size / stride), so x0 < width)
     x1 = np.where(cols == n_cols - 1, width, x0 + stride)
     y1 = np.where(rows == n_rows - 1, height, y0 + stride)
-    boxes = np.stack([x0 - margin_l0, y0 - margin_l0, np.full_like(x0, tile_l0), np.full_like(y0, tile_l0)], axis=1)
+    boxes = np.stack(
+        [x0 - margin_l0, y0 - margin_l0, np.full_like(x0, tile_l0), np.full_like(y0, tile_l0)],
+        axis=1,
+    )
     cores = np.stack([x0, y0, x1, y1], axis=1)
-    return Grid(boxes.astype(np.int64), cores.astype(np.int64), rows, cols, tile_l0, margin_l0,
-                tile_size, tile_l0 * slide_mpp / tile_size, n_rows, n_cols)
+    return Grid(
+        boxes.astype(np.int64),
+        cores.astype(np.int64),
+        rows,
+        cols,
+        tile_l0,
+        margin_l0,
+        tile_size,
+        tile_l0 * slide_mpp / tile_size,
+        n_rows,
+        n_cols,
+    )
 
 
 def cell_grid(width: int, height: int, slide_mpp: float, geometry: GeometryConfig) -> Grid:
     """The cell-pass grid: ``geometry.tile_size`` px tiles at ``geometry.cell_mpp``."""
-    return make_grid(width, height, slide_mpp, geometry.cell_mpp, geometry.tile_size, geometry.cell_margin)
+    return make_grid(
+        width, height, slide_mpp, geometry.cell_mpp, geometry.tile_size, geometry.cell_margin
+    )
 
 
 def tissue_grid(width: int, height: int, slide_mpp: float, geometry: GeometryConfig) -> Grid:
     """The tissue-pass grid: ``geometry.tile_size`` px tiles at ``geometry.tissue_mpp``."""
-    return make_grid(width, height, slide_mpp, geometry.tissue_mpp, geometry.tile_size, geometry.tissue_margin)
+    return make_grid(
+        width, height, slide_mpp, geometry.tissue_mpp, geometry.tile_size, geometry.tissue_margin
+    )
 
 
-def context_boxes(boxes: np.ndarray, context_factor: int, offset: tuple[float, float] | np.ndarray = (0.5, 0.5)) -> np.ndarray:
+def context_boxes(
+    boxes: np.ndarray, context_factor: int, offset: tuple[float, float] | np.ndarray = (0.5, 0.5)
+) -> np.ndarray:
     """Level-0 context boxes (N, 4) for cell boxes (N, 4): ``context_factor`` × the
     field of view, placed so the cell box centre sits at ``offset`` (relative x, y) of
     the context. ``offset`` is one pair or an (N, 2) array; (0.5, 0.5) centres it."""
@@ -123,4 +154,3 @@ def filter_by_mask(grid: Grid, mask, min_fraction: float = 0.0, *, use_core: boo
             box = tuple(grid.boxes[i])
         keep[i] = mask.touches(box, min_fraction)
     return grid.subset(keep)
-

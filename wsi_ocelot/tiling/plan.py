@@ -29,7 +29,9 @@ class SlideTiles:
     geometry: GeometryConfig
 
 
-def plan_tiles(slide: Slide, geometry: GeometryConfig, mask: TissueMask | None = None) -> SlideTiles:
+def plan_tiles(
+    slide: Slide, geometry: GeometryConfig, mask: TissueMask | None = None
+) -> SlideTiles:
     """Grids for ``slide`` at the geometry's MPPs, keeping tiles that touch tissue."""
     if mask is None:
         mask = tissue_mask(slide)
@@ -37,5 +39,11 @@ def plan_tiles(slide: Slide, geometry: GeometryConfig, mask: TissueMask | None =
     cells = filter_by_mask(cell_grid(w, h, slide.mpp, geometry), mask)
     tissue = filter_by_mask(tissue_grid(w, h, slide.mpp, geometry), mask)
     ctx = context_boxes(cells.boxes, geometry.context_factor)
-    log.info("%s: %d cell tiles and %d tissue tiles on %.1f%% tissue", slide.path.name, len(cells), len(tissue), 100 * mask.fraction)
+    log.info(
+        "%s: %d cell tiles and %d tissue tiles on %.1f%% tissue",
+        slide.path.name,
+        len(cells),
+        len(tissue),
+        100 * mask.fraction,
+    )
     return SlideTiles(cells=cells, contexts=ctx, tissue=tissue, mask=mask, geometry=geometry)

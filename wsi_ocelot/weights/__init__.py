@@ -17,15 +17,20 @@ from wsi_ocelot.errors import CheckpointError
 DEMO_FILE = Path(__file__).resolve().parent / "demo.safetensors"
 
 #: What ``purity.json``, the manifest, the Zarr attributes and the report say when the demo weights ran.
-SYNTHETIC_ONLY_NOTE = ("synthetic-only weights: the demo model was trained on synthetic slides, so its cells and purity "
-                       "on real slides mean nothing; train on your data (training/README.md) and pass --model PATH")
+SYNTHETIC_ONLY_NOTE = (
+    "synthetic-only weights: the demo model was trained on synthetic slides, so its cells and purity "
+    "on real slides mean nothing; train on your data (training/README.md) and pass --model PATH"
+)
 
 
 def demo_path() -> Path:
     """The shipped demo checkpoint; a one-line error if this build lacks it."""
     if not DEMO_FILE.is_file():
-        raise CheckpointError(DEMO_FILE, "the demo weights are not in this installation",
-                              "reinstall wsi-ocelot from a release, or train them with the command in training/README.md and pass --model PATH")
+        raise CheckpointError(
+            DEMO_FILE,
+            "the demo weights are not in this installation",
+            "reinstall wsi-ocelot from a release, or train them with the command in training/README.md and pass --model PATH",
+        )
     return DEMO_FILE
 
 
@@ -44,7 +49,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 @lru_cache(maxsize=8)
-def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed anew
+def _sha256_of(
+    path: Path, size: int, mtime_ns: int
+) -> str:  # size and mtime: a changed file is hashed anew
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -59,7 +66,9 @@ def is_demo_weights(path: str | os.PathLike[str]) -> bool:
         return False
     if p.resolve() == DEMO_FILE.resolve():
         return True
-    return p.stat().st_size == DEMO_FILE.stat().st_size and file_sha256(p.resolve()) == file_sha256(DEMO_FILE)
+    return p.stat().st_size == DEMO_FILE.stat().st_size and file_sha256(p.resolve()) == file_sha256(
+        DEMO_FILE
+    )
 
 
 def weights_note(path: str | os.PathLike[str]) -> str | None:

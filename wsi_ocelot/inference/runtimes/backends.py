@@ -32,8 +32,11 @@ def require_runtime(runtime: str) -> None:
         elif runtime == "onnxruntime":
             import onnxruntime  # noqa: F401
     except ImportError as err:
-        raise WsiOcelotError(None, f"--runtime {runtime} asked for, but {runtime} does not import here ({err})",
-                             f"pip install {runtime} (wsi-ocelot's install brings it), or use --runtime auto") from err
+        raise WsiOcelotError(
+            None,
+            f"--runtime {runtime} asked for, but {runtime} does not import here ({err})",
+            f"pip install {runtime} (wsi-ocelot's install brings it), or use --runtime auto",
+        ) from err
 
 
 def _feed(cell: np.ndarray, injection: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -56,11 +59,15 @@ class OnnxRuntimeBackend:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self._sessions = {name: ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-                          for name, path in graphs.items()}
+        self._sessions = {
+            name: ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            for name, path in graphs.items()
+        }
 
     def tissue(self, x: np.ndarray) -> np.ndarray:
-        return self._sessions["tissue"].run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self._sessions["tissue"].run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[
+            0
+        ]
 
     def cell(self, cell: np.ndarray, injection: np.ndarray | None) -> np.ndarray:
         return self._sessions["cell"].run(None, _feed(cell, injection))[0]
@@ -82,8 +89,14 @@ class OpenVinoBackend:
         self.precision = precision
         core = ov.Core()
         hint = "bf16" if precision == "bf16" else "f32"
-        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "THROUGHPUT"}
-        self._compiled = {name: core.compile_model(str(path), "CPU", config) for name, path in graphs.items()}
+        config = {
+            "INFERENCE_PRECISION_HINT": hint,
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "THROUGHPUT",
+        }
+        self._compiled = {
+            name: core.compile_model(str(path), "CPU", config) for name, path in graphs.items()
+        }
         self._queues = {}
         for name, compiled in self._compiled.items():
             n = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
@@ -99,7 +112,7 @@ class OpenVinoBackend:
 
         queue.set_callback(done)
         for i in range(batch):
-            queue.start_async({k: v[i:i + 1] for k, v in feed.items()}, i)
+            queue.start_async({k: v[i : i + 1] for k, v in feed.items()}, i)
         queue.wait_all()
         return np.concatenate(outs)  # type: ignore[arg-type]
 

@@ -68,13 +68,19 @@ def _torch_run(model: torch.nn.Module, dtype: torch.dtype | None):
 
     def cell(c: np.ndarray, inj: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode(), autocast(dev, dtype):
-            args = (torch.from_numpy(c),) if inj is None else (torch.from_numpy(c), torch.from_numpy(inj))
+            args = (
+                (torch.from_numpy(c),)
+                if inj is None
+                else (torch.from_numpy(c), torch.from_numpy(inj))
+            )
             return cell_graph(*args).float().numpy()
 
     return tissue, cell
 
 
-def _outputs(model, tissue_fn, cell_fn, pairs, tile: int, has_tissue: bool) -> tuple[dict[str, Any], float, float]:
+def _outputs(
+    model, tissue_fn, cell_fn, pairs, tile: int, has_tissue: bool
+) -> tuple[dict[str, Any], float, float]:
     """Run the gate's pairs the way the engine does (the cell graph gets the crop of this path's
     own tissue prediction); returns outputs and ms per tile of each graph. The cell graph, which
     runs on 16× as many tiles, is timed once more as the engine runs it (a batch of 6 tiles, after
@@ -84,7 +90,10 @@ def _outputs(model, tissue_fn, cell_fn, pairs, tile: int, has_tissue: bool) -> t
     t_tissue = (time.perf_counter() - t0) * 1000 / len(pairs.tissue) if has_tissue else 0.0
     inj = crop_injection(model, tis, tile) if has_tissue else None
     cell = cell_fn(pairs.cell, inj)
-    batch = (np.concatenate([pairs.cell, pairs.cell]), None if inj is None else np.concatenate([inj, inj]))
+    batch = (
+        np.concatenate([pairs.cell, pairs.cell]),
+        None if inj is None else np.concatenate([inj, inj]),
+    )
     t0 = time.perf_counter()
     cell_fn(*batch)
     t_cell = (time.perf_counter() - t0) * 1000 / len(batch[0])
@@ -93,19 +102,29 @@ def _outputs(model, tissue_fn, cell_fn, pairs, tile: int, has_tissue: bool) -> t
 
 def _points(probs: np.ndarray, peaks) -> np.ndarray:
     pts = find_peaks(torch.from_numpy(probs), peaks, per_image=True)
-    return np.concatenate([np.column_stack([np.full(len(p), i), p.double().numpy()]) for i, p in enumerate(pts)]) \
-        if pts else np.zeros((0, 5))
+    return (
+        np.concatenate(
+            [np.column_stack([np.full(len(p), i), p.double().numpy()]) for i, p in enumerate(pts)]
+        )
+        if pts
+        else np.zeros((0, 5))
+    )
 
 
-def _fidelity(ref: dict[str, Any], out: dict[str, Any], ref_pts: np.ndarray, peaks) -> dict[str, Any]:
+def _fidelity(
+    ref: dict[str, Any], out: dict[str, Any], ref_pts: np.ndarray, peaks
+) -> dict[str, Any]:
     pts = _points(out["cell"], peaks)
     # one frame for all tiles: shift each tile's points by its index far apart
     shift = lambda p: np.column_stack([p[:, 1] + p[:, 0] * 1e6, p[:, 2], p[:, 3], p[:, 4]])  # noqa: E731
     fid: dict[str, Any] = cells_agreement(shift(ref_pts), shift(pts), FIDELITY["match_px"])
     if ref["tissue"] is not None:
         fid.update(tissue_agreement(ref["tissue"][:, 1], out["tissue"][:, 1]))
-    fid["passes"] = bool(fid["cells_f1"] >= FIDELITY["cells_f1"] and fid.get("tissue_mean_abs", 0.0) <= FIDELITY["tissue_mean_abs"]
-                         and fid.get("ca_agreement", 1.0) >= FIDELITY["ca_agreement"])
+    fid["passes"] = bool(
+        fid["cells_f1"] >= FIDELITY["cells_f1"]
+        and fid.get("tissue_mean_abs", 0.0) <= FIDELITY["tissue_mean_abs"]
+        and fid.get("ca_agreement", 1.0) >= FIDELITY["ca_agreement"]
+    )
     return fid
 
 
@@ -131,18 +150,39 @@ def build(request: dict[str, Any]) -> None:
         tis = ref_tissue(cal.tissue) if has_tissue else None
         inj = crop_injection(model, tis, tile) if has_tissue else None
         for i in range(len(cal.cell)):
-            feeds_cell.append({"cell": cal.cell[i:i + 1], **({} if inj is None else {"injection": inj[i:i + 1]})})
+            feeds_cell.append(
+                {
+                    "cell": cal.cell[i : i + 1],
+                    **({} if inj is None else {"injection": inj[i : i + 1]}),
+                }
+            )
         # the cell graph only: the tissue branch runs on 1/context_factor² as many tiles, and its map
         # (thresholded at 128 for the cancer area) is what int8 moved most (docs/runtimes.md)
-        quantize_int8(entry / "cell.onnx", entry / "cell.int8.onnx", feeds_cell, reduce_range=not cpu_has_vnni())
+        quantize_int8(
+            entry / "cell.onnx",
+            entry / "cell.int8.onnx",
+            feeds_cell,
+            reduce_range=not cpu_has_vnni(),
+        )
     t_quant = time.perf_counter() - t0
     pairs = calibration_pairs(info, GATE_PAIRS, GATE_SEED)
-    ref, ref_tissue_ms, ref_cell_ms = _outputs(model, *_torch_run(model, None), pairs, tile, has_tissue)
+    ref, ref_tissue_ms, ref_cell_ms = _outputs(
+        model, *_torch_run(model, None), pairs, tile, has_tissue
+    )
     ref_pts = _points(ref["cell"], info.peaks)
-    f2 = info.geometry.context_factor ** 2
-    _append(progress, {"reference": {"tissue_ms": round(ref_tissue_ms, 1), "cell_ms": round(ref_cell_ms, 1),
-                                     "ms_per_cell_tile": round(ref_cell_ms + ref_tissue_ms / f2, 1)},
-                       "export_s": round(t_export, 2), "quantize_s": round(t_quant, 2)})
+    f2 = info.geometry.context_factor**2
+    _append(
+        progress,
+        {
+            "reference": {
+                "tissue_ms": round(ref_tissue_ms, 1),
+                "cell_ms": round(ref_cell_ms, 1),
+                "ms_per_cell_tile": round(ref_cell_ms + ref_tissue_ms / f2, 1),
+            },
+            "export_s": round(t_export, 2),
+            "quantize_s": round(t_quant, 2),
+        },
+    )
     for runtime, precision in candidates:
         _append(progress, {"start": [runtime, precision]})
         if os.environ.get("WSI_OCELOT_BUILD_CRASH") == f"{runtime} {precision}":
@@ -161,13 +201,30 @@ def build(request: dict[str, Any]) -> None:
             load_s = time.perf_counter() - t0
             out, tissue_ms, cell_ms = _outputs(model, *fns, pairs, tile, has_tissue)
             fid = _fidelity(ref, out, ref_pts, info.peaks)
-            _append(progress, {"result": [runtime, precision], "status": "ok", "fidelity": fid, "load_s": round(load_s, 2),
-                               "tissue_ms": round(tissue_ms, 1), "cell_ms": round(cell_ms, 1),
-                               "ms_per_cell_tile": round(cell_ms + tissue_ms / f2, 1)})
+            _append(
+                progress,
+                {
+                    "result": [runtime, precision],
+                    "status": "ok",
+                    "fidelity": fid,
+                    "load_s": round(load_s, 2),
+                    "tissue_ms": round(tissue_ms, 1),
+                    "cell_ms": round(cell_ms, 1),
+                    "ms_per_cell_tile": round(cell_ms + tissue_ms / f2, 1),
+                },
+            )
         except Exception as err:  # a path that fails is recorded, never fatal
             log.debug("%s %s failed:\n%s", runtime, precision, traceback.format_exc())
-            _append(progress, {"result": [runtime, precision], "status": "failed",
-                               "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]})
+            _append(
+                progress,
+                {
+                    "result": [runtime, precision],
+                    "status": "failed",
+                    "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[
+                        :300
+                    ],
+                },
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

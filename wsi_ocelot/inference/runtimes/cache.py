@@ -41,12 +41,21 @@ def cache_root() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "wsi-ocelot"
 
 
-def key_material(checkpoint_sha256: str, tile: int, injection: tuple[int, int] | None) -> dict[str, Any]:
-    return {"checkpoint_sha256": checkpoint_sha256, "tile": tile, "injection": list(injection) if injection else None,
-            "graph_version": GRAPH_VERSION, "wsi_ocelot": __version__,
-            "torch": runtime_version("torch"), "onnxruntime": runtime_version("onnxruntime"),
-            "openvino": runtime_version("openvino"), "cpu": cpu_model(),
-            "cpu_flags": sorted(f for f in KERNEL_FLAGS if f in cpu_flags())}
+def key_material(
+    checkpoint_sha256: str, tile: int, injection: tuple[int, int] | None
+) -> dict[str, Any]:
+    return {
+        "checkpoint_sha256": checkpoint_sha256,
+        "tile": tile,
+        "injection": list(injection) if injection else None,
+        "graph_version": GRAPH_VERSION,
+        "wsi_ocelot": __version__,
+        "torch": runtime_version("torch"),
+        "onnxruntime": runtime_version("onnxruntime"),
+        "openvino": runtime_version("openvino"),
+        "cpu": cpu_model(),
+        "cpu_flags": sorted(f for f in KERNEL_FLAGS if f in cpu_flags()),
+    }
 
 
 def _sha256(path: Path) -> str:
@@ -84,7 +93,9 @@ class CacheEntry:
         try:
             data = json.loads(self.build_json.read_text(encoding="utf-8"))
             ok = data.get("material") == self.material and all(
-                (self.dir / name).is_file() and _sha256(self.dir / name) == sha for name, sha in data.get("files", {}).items())
+                (self.dir / name).is_file() and _sha256(self.dir / name) == sha
+                for name, sha in data.get("files", {}).items()
+            )
         except (OSError, ValueError):
             data, ok = {}, False
         if not ok:
@@ -100,9 +111,11 @@ class CacheEntry:
         write_json(self.build_json, data, indent=1)
 
 
-
 def graph_files(folder: Path, precision: str) -> dict[str, Path]:
     """The graph files a path at ``precision`` runs: the int8 path runs ``cell.int8.onnx`` with
     the fp32 ``tissue.onnx``; the others ``tissue.onnx`` and ``cell.onnx``."""
-    files = {"tissue": folder / "tissue.onnx", "cell": folder / ("cell.int8.onnx" if precision == "int8" else "cell.onnx")}
+    files = {
+        "tissue": folder / "tissue.onnx",
+        "cell": folder / ("cell.int8.onnx" if precision == "int8" else "cell.onnx"),
+    }
     return {name: path for name, path in files.items() if path.exists()}

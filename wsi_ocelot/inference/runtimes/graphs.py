@@ -26,8 +26,17 @@ from wsi_ocelot.model.checkpoint import CheckpointInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationPairs", "CellGraph", "TissueGraph", "calibration_pairs", "crop_injection", "export_onnx", "injection_size",
-           "quantize_int8", "resize_to_injection"]
+__all__ = [
+    "CalibrationPairs",
+    "CellGraph",
+    "TissueGraph",
+    "calibration_pairs",
+    "crop_injection",
+    "export_onnx",
+    "injection_size",
+    "quantize_int8",
+    "resize_to_injection",
+]
 
 OPSET = 17
 
@@ -78,17 +87,43 @@ def export_onnx(model: nn.Module, tile: int, out_dir: Path) -> dict[str, Path]:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         if getattr(model, "has_tissue_branch", False):
             paths["tissue"] = out_dir / "tissue.onnx"
-            torch.onnx.export(TissueGraph(model), (cell,), str(paths["tissue"]), input_names=["x"], output_names=["probs"],
-                              dynamic_axes={"x": {0: "batch"}, "probs": {0: "batch"}}, opset_version=OPSET, dynamo=False)
+            torch.onnx.export(
+                TissueGraph(model),
+                (cell,),
+                str(paths["tissue"]),
+                input_names=["x"],
+                output_names=["probs"],
+                dynamic_axes={"x": {0: "batch"}, "probs": {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
         paths["cell"] = out_dir / "cell.onnx"
         if inj is None:
-            torch.onnx.export(CellGraph(model), (cell,), str(paths["cell"]), input_names=["cell"], output_names=["probs"],
-                              dynamic_axes={"cell": {0: "batch"}, "probs": {0: "batch"}}, opset_version=OPSET, dynamo=False)
+            torch.onnx.export(
+                CellGraph(model),
+                (cell,),
+                str(paths["cell"]),
+                input_names=["cell"],
+                output_names=["probs"],
+                dynamic_axes={"cell": {0: "batch"}, "probs": {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
         else:
-            torch.onnx.export(CellGraph(model), (cell, torch.rand(1, model.config.tissue_classes, *inj)),
-                              str(paths["cell"]), input_names=["cell", "injection"], output_names=["probs"],
-                              dynamic_axes={"cell": {0: "batch"}, "injection": {0: "batch"}, "probs": {0: "batch"}},
-                              opset_version=OPSET, dynamo=False)
+            torch.onnx.export(
+                CellGraph(model),
+                (cell, torch.rand(1, model.config.tissue_classes, *inj)),
+                str(paths["cell"]),
+                input_names=["cell", "injection"],
+                output_names=["probs"],
+                dynamic_axes={
+                    "cell": {0: "batch"},
+                    "injection": {0: "batch"},
+                    "probs": {0: "batch"},
+                },
+                opset_version=OPSET,
+                dynamo=False,
+            )
     return paths
 
 
@@ -142,7 +177,9 @@ def resize_to_injection(model: nn.Module, crop: Tensor, tile: int) -> np.ndarray
     return None if size is None else resize_map(crop.float(), size).numpy()
 
 
-def crop_injection(model: nn.Module, tissue_probs: np.ndarray, tile: int, offset: Tensor | None = None) -> np.ndarray | None:
+def crop_injection(
+    model: nn.Module, tissue_probs: np.ndarray, tile: int, offset: Tensor | None = None
+) -> np.ndarray | None:
     """The cell patch's region of each tissue prediction (``offset`` (B, 2) its centre in the
     tissue patch, [0, 1]; None: centred, as the engine's tiles are), resized to the injection point."""
     if injection_size(model, tile) is None:
@@ -152,7 +189,9 @@ def crop_injection(model: nn.Module, tissue_probs: np.ndarray, tile: int, offset
     return resize_to_injection(model, crop_tissue(probs, off, model.config.context_factor), tile)
 
 
-def quantize_int8(onnx_path: Path, out_path: Path, feeds: list[dict[str, np.ndarray]], *, reduce_range: bool) -> Path:
+def quantize_int8(
+    onnx_path: Path, out_path: Path, feeds: list[dict[str, np.ndarray]], *, reduce_range: bool
+) -> Path:
     """Static int8 quantisation of ``onnx_path``'s convolutions (QDQ, per-channel int8 weights,
     uint8 activations, ranges from ``feeds``: one input dict per calibration sample; the softmax
     and resizes stay fp32). ``reduce_range`` keeps weights to 7 bits: on a CPU without VNNI the
@@ -176,8 +215,16 @@ def quantize_int8(onnx_path: Path, out_path: Path, feeds: list[dict[str, np.ndar
 
     pre = out_path.with_suffix(".pre.onnx")
     quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
-                    op_types_to_quantize=["Conv"])
+    quantize_static(
+        str(pre),
+        str(out_path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        reduce_range=reduce_range,
+        op_types_to_quantize=["Conv"],
+    )
     pre.unlink(missing_ok=True)
     return out_path

@@ -52,10 +52,15 @@ def check_runtime_options(runtime: str, precision: str) -> None:
     if runtime not in RUNTIMES:
         raise ConfigError(None, f"unknown runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:
-        raise ConfigError(None, f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
+        raise ConfigError(
+            None, f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}"
+        )
     if runtime != "auto" and precision not in ("auto", *SUPPORTED[runtime]):
-        raise ConfigError(None, f"--runtime {runtime} has no {precision} path",
-                          f"use --precision {' or '.join(SUPPORTED[runtime])} (or auto) with it")
+        raise ConfigError(
+            None,
+            f"--runtime {runtime} has no {precision} path",
+            f"use --precision {' or '.join(SUPPORTED[runtime])} (or auto) with it",
+        )
 
 
 def site_defaults(runtime: str, precision: str) -> tuple[str, str]:
@@ -78,25 +83,47 @@ def check_runtime_here(runtime: str, precision: str, device: torch.device) -> No
         _cuda_choice(device, runtime, precision, True)
         return
     if precision == "bf16" and not cpu_has_bf16():
-        raise WsiOcelotError(None, "--precision bf16 asked for, but this CPU has no bf16 instructions (AVX-512 BF16 or AMX): it would run emulated, many times slower than fp32",
-                             "use --precision auto, fp32 or int8")
+        raise WsiOcelotError(
+            None,
+            "--precision bf16 asked for, but this CPU has no bf16 instructions (AVX-512 BF16 or AMX): it would run emulated, many times slower than fp32",
+            "use --precision auto, fp32 or int8",
+        )
     if runtime not in ("auto", "torch"):
         require_runtime(runtime)
 
 
 def _cuda_choice(device: torch.device, runtime: str, precision: str, amp: bool) -> RuntimeChoice:
     if runtime not in ("auto", "torch"):
-        raise WsiOcelotError(None, f"--runtime {runtime} runs on the CPU, and the device is {device}", "use --runtime torch (or auto) on a GPU, or --device cpu")
+        raise WsiOcelotError(
+            None,
+            f"--runtime {runtime} runs on the CPU, and the device is {device}",
+            "use --runtime torch (or auto) on a GPU, or --device cpu",
+        )
     if precision == "int8":
-        raise WsiOcelotError(None, "--precision int8 is a CPU path", "use --precision bf16, fp32 or auto on a GPU")
+        raise WsiOcelotError(
+            None, "--precision int8 is a CPU path", "use --precision bf16, fp32 or auto on a GPU"
+        )
     prec = "bf16" if precision == "bf16" or (precision == "auto" and amp) else "fp32"
-    return RuntimeChoice("torch", prec, torch.__version__, torch.cuda.get_device_name(device), None,
-                         "CUDA: bf16 autocast, channels-last" if prec == "bf16" else "CUDA: fp32 as asked")
+    return RuntimeChoice(
+        "torch",
+        prec,
+        torch.__version__,
+        torch.cuda.get_device_name(device),
+        None,
+        "CUDA: bf16 autocast, channels-last" if prec == "bf16" else "CUDA: fp32 as asked",
+    )
 
 
 def _candidates(runtime: str, precision: str, bf16: bool) -> list[tuple[str, str]]:
-    order = [("openvino", "int8"), ("openvino", "bf16"), ("openvino", "fp32"), ("onnxruntime", "int8"),
-             ("onnxruntime", "fp32"), ("torch", "bf16"), ("torch", "fp32")]
+    order = [
+        ("openvino", "int8"),
+        ("openvino", "bf16"),
+        ("openvino", "fp32"),
+        ("onnxruntime", "int8"),
+        ("onnxruntime", "fp32"),
+        ("torch", "bf16"),
+        ("torch", "fp32"),
+    ]
     out = []
     for rt, prec in order:
         if runtime not in ("auto", rt) or precision not in ("auto", prec):
@@ -111,7 +138,9 @@ def _candidates(runtime: str, precision: str, bf16: bool) -> list[tuple[str, str
     return out
 
 
-def _run_children(entry: CacheEntry, checkpoint: str, missing: list[tuple[str, str]], threads: int) -> dict[tuple[str, str], dict[str, Any]]:
+def _run_children(
+    entry: CacheEntry, checkpoint: str, missing: list[tuple[str, str]], threads: int
+) -> dict[tuple[str, str], dict[str, Any]]:
     """Build and gate ``missing`` in child processes; a child that dies marks the path it was
     trying as crashed and a new child goes on with the rest."""
     results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -121,13 +150,31 @@ def _run_children(entry: CacheEntry, checkpoint: str, missing: list[tuple[str, s
         while todo:
             progress = Path(tmp) / f"progress-{len(results)}.jsonl"
             request = Path(tmp) / "request.json"
-            request.write_text(json.dumps({"checkpoint": checkpoint, "entry_dir": str(entry.dir), "progress": str(progress),
-                                           "candidates": [list(c) for c in todo], "threads": threads}), encoding="utf-8")
-            log.info("building %s for this model (once per checkpoint and machine)", ", ".join(f"{r} {p}" for r, p in todo))
+            request.write_text(
+                json.dumps(
+                    {
+                        "checkpoint": checkpoint,
+                        "entry_dir": str(entry.dir),
+                        "progress": str(progress),
+                        "candidates": [list(c) for c in todo],
+                        "threads": threads,
+                    }
+                ),
+                encoding="utf-8",
+            )
+            log.info(
+                "building %s for this model (once per checkpoint and machine)",
+                ", ".join(f"{r} {p}" for r, p in todo),
+            )
             try:
                 # in a folder of its own: ONNX Runtime's shape inference leaves temporary files in the working directory
-                proc = subprocess.run([sys.executable, "-m", "wsi_ocelot.inference.runtimes.build", str(request)],
-                                      capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, cwd=tmp)
+                proc = subprocess.run(
+                    [sys.executable, "-m", "wsi_ocelot.inference.runtimes.build", str(request)],
+                    capture_output=True,
+                    text=True,
+                    timeout=BUILD_TIMEOUT_S,
+                    cwd=tmp,
+                )
                 rc, err_tail = proc.returncode, (proc.stderr.strip().splitlines() or [""])[-1]
             except subprocess.TimeoutExpired:
                 rc, err_tail = -9, f"the build took over {BUILD_TIMEOUT_S} s"
@@ -144,14 +191,24 @@ def _run_children(entry: CacheEntry, checkpoint: str, missing: list[tuple[str, s
                     results[key] = {k: v for k, v in rec.items() if k != "result"}
                     started = None
             if started is not None:  # the child died inside this path
-                how = f"signal {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.Signals._value2member_map_ else f"exit {rc}"
+                how = (
+                    f"signal {signal.Signals(-rc).name}"
+                    if rc < 0 and -rc in signal.Signals._value2member_map_
+                    else f"exit {rc}"
+                )
                 # killed (the out-of-memory killer, our timeout) may not happen again: tried anew next time;
                 # a fault (SIGFPE, SIGSEGV, SIGILL) in a runtime is this CPU's and version's: remembered
-                results[started] = {"status": "crashed", "error": f"the build process died ({how}) in this path",
-                                    "transient": rc in (-signal.SIGKILL, -signal.SIGTERM)}
+                results[started] = {
+                    "status": "crashed",
+                    "error": f"the build process died ({how}) in this path",
+                    "transient": rc in (-signal.SIGKILL, -signal.SIGTERM),
+                }
             elif rc != 0 and not reference:  # died before any path: export or calibration failed
                 for c in todo:
-                    results[c] = {"status": "failed", "error": err_tail[:300] or f"the build process exited {rc}"}
+                    results[c] = {
+                        "status": "failed",
+                        "error": err_tail[:300] or f"the build process exited {rc}",
+                    }
             todo = [c for c in todo if c not in results]
             if rc == 0 and todo:  # should not happen: the child reported nothing for these
                 for c in todo:
@@ -167,21 +224,40 @@ def _entry_for(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str) ->
     return CacheEntry(key_material(file_sha256(checkpoint), tile, injection_size(model, tile)))
 
 
-def gate_results(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str, paths: list[tuple[str, str]],
-                 threads: int) -> tuple[CacheEntry, dict[str, Any]]:
+def gate_results(
+    model: torch.nn.Module,
+    info: CheckpointInfo,
+    checkpoint: str,
+    paths: list[tuple[str, str]],
+    threads: int,
+) -> tuple[CacheEntry, dict[str, Any]]:
     """The cache entry for this checkpoint here and its ``build.json`` with a result for every
     one of ``paths`` (built in child processes where missing)."""
     entry = _entry_for(model, info, checkpoint)
     with entry.locked():
         data = entry.read()
-        missing = [c for c in paths if c != ("torch", "fp32") and (f"{c[0]} {c[1]}" not in data["paths"]
-                                                              or data["paths"][f"{c[0]} {c[1]}"].get("transient"))]
+        missing = [
+            c
+            for c in paths
+            if c != ("torch", "fp32")
+            and (
+                f"{c[0]} {c[1]}" not in data["paths"]
+                or data["paths"][f"{c[0]} {c[1]}"].get("transient")
+            )
+        ]
         if missing or "reference" not in data:
             built = _run_children(entry, checkpoint, missing, threads)
             if ("reference", "") in built:
                 ref = built.pop(("reference", ""))
                 # the first build's record stands (export and calibration happen once; later builds reuse them)
-                data.setdefault("reference", {**ref["reference"], "export_s": ref.get("export_s"), "quantize_s": ref.get("quantize_s")})
+                data.setdefault(
+                    "reference",
+                    {
+                        **ref["reference"],
+                        "export_s": ref.get("export_s"),
+                        "quantize_s": ref.get("quantize_s"),
+                    },
+                )
             for (rt, prec), res in built.items():
                 data["paths"][f"{rt} {prec}"] = res
             entry.write(data)
@@ -192,9 +268,18 @@ def _speed(res: dict[str, Any]) -> float:
     return float(res.get("ms_per_cell_tile") or float("inf"))
 
 
-def choose_runtime(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str, device: torch.device, runtime: str = "auto",
-                   precision: str = "auto", *, two_pass: bool = True, amp: bool = True,
-                   threads: int | None = None) -> tuple[RuntimeChoice, Backend | None]:
+def choose_runtime(
+    model: torch.nn.Module,
+    info: CheckpointInfo,
+    checkpoint: str,
+    device: torch.device,
+    runtime: str = "auto",
+    precision: str = "auto",
+    *,
+    two_pass: bool = True,
+    amp: bool = True,
+    threads: int | None = None,
+) -> tuple[RuntimeChoice, Backend | None]:
     """The path this model runs here and, for OpenVINO or ONNX Runtime, its loaded backend
     (None: torch runs it, at the returned precision). ``auto`` means the environment's
     ``WSI_OCELOT_RUNTIME`` / ``WSI_OCELOT_PRECISION`` where set (a site's or a cluster's
@@ -208,12 +293,20 @@ def choose_runtime(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str
     check_runtime_here(runtime, precision, device)
     if not two_pass:
         if runtime not in ("auto", "torch") or precision == "int8":
-            raise WsiOcelotError(None, "this model runs the per-tile path, which only torch runs", "use --runtime torch (or auto) and --precision fp32 or auto")
+            raise WsiOcelotError(
+                None,
+                "this model runs the per-tile path, which only torch runs",
+                "use --runtime torch (or auto) and --precision fp32 or auto",
+            )
         prec = "bf16" if precision == "bf16" else "fp32"
-        return RuntimeChoice("torch", prec, torch.__version__, cpu_model(), threads, "per-tile path: torch only"), None
+        return RuntimeChoice(
+            "torch", prec, torch.__version__, cpu_model(), threads, "per-tile path: torch only"
+        ), None
     candidates = _candidates(runtime, precision, bf16)
     if candidates == [("torch", "fp32")]:
-        why = "asked for" if runtime == "torch" and precision == "fp32" else "the only path asked for"
+        why = (
+            "asked for" if runtime == "torch" and precision == "fp32" else "the only path asked for"
+        )
         return RuntimeChoice(**{**torch_fp32.to_json(), "reason": why}), None
     explicit = runtime != "auto" and precision != "auto"
     try:
@@ -222,55 +315,112 @@ def choose_runtime(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str
         log.warning("warning: the runtime cache could not be built (%s); running fp32 torch", err)
         return RuntimeChoice(**{**torch_fp32.to_json(), "reason": f"fallback: {err}"}), None
     ref_ms = _speed(data.get("reference", {}))
-    results = {c: data["paths"].get(f"{c[0]} {c[1]}", {}) for c in candidates if c != ("torch", "fp32")}
+    results = {
+        c: data["paths"].get(f"{c[0]} {c[1]}", {}) for c in candidates if c != ("torch", "fp32")
+    }
     broken = {c: r for c, r in results.items() if r.get("status") != "ok"}
     if explicit:
         c = candidates[0]
         res = results.get(c, {}) if c != ("torch", "fp32") else {"status": "ok"}
         if res.get("status") != "ok":
-            log.warning("warning: %s %s does not run here (%s); running fp32 torch instead", c[0], c[1], res.get("error"))
-            return RuntimeChoice(**{**torch_fp32.to_json(), "reason": f"fallback: {c[0]} {c[1]} {res.get('status')}"}), None
+            log.warning(
+                "warning: %s %s does not run here (%s); running fp32 torch instead",
+                c[0],
+                c[1],
+                res.get("error"),
+            )
+            return RuntimeChoice(
+                **{**torch_fp32.to_json(), "reason": f"fallback: {c[0]} {c[1]} {res.get('status')}"}
+            ), None
         if not res.get("fidelity", {}).get("passes", True):
-            log.warning("warning: %s %s misses the fidelity gate on this model (%s); running it because you asked", c[0], c[1],
-                        _fid_text(res["fidelity"]))
+            log.warning(
+                "warning: %s %s misses the fidelity gate on this model (%s); running it because you asked",
+                c[0],
+                c[1],
+                _fid_text(res["fidelity"]),
+            )
         chosen: list[tuple[str, str]] = [c]
         why = "asked for"
     else:
         if broken:
-            log.warning("warning: %s not usable here (%s); choosing among the rest",
-                        ", ".join(f"{r} {p}" for r, p in broken), "; ".join(f"{r} {p}: {v.get('error')}" for (r, p), v in broken.items()))
-        ok = [c for c, r in results.items() if r.get("status") == "ok" and r.get("fidelity", {}).get("passes")]
+            log.warning(
+                "warning: %s not usable here (%s); choosing among the rest",
+                ", ".join(f"{r} {p}" for r, p in broken),
+                "; ".join(f"{r} {p}: {v.get('error')}" for (r, p), v in broken.items()),
+            )
+        ok = [
+            c
+            for c, r in results.items()
+            if r.get("status") == "ok" and r.get("fidelity", {}).get("passes")
+        ]
         ok.sort(key=lambda c: _speed(results[c]))
         if ("torch", "fp32") in candidates:
             ok = [c for c in ok if _speed(results[c]) < ref_ms] + [("torch", "fp32")]
         chosen = ok
         why = "auto"
-    unloaded: list[str] = []  # faster paths that raised at load (then fp32 torch is a fallback, not a choice)
+    unloaded: list[
+        str
+    ] = []  # faster paths that raised at load (then fp32 torch is a fallback, not a choice)
     for c in chosen:
         if c == ("torch", "fp32"):
-            why_torch = (f"fallback: {', '.join(unloaded)} failed to load" if unloaded
-                         else f"{why}: no faster path keeps the fidelity gate" if why == "auto" else why)
+            why_torch = (
+                f"fallback: {', '.join(unloaded)} failed to load"
+                if unloaded
+                else f"{why}: no faster path keeps the fidelity gate"
+                if why == "auto"
+                else why
+            )
             return RuntimeChoice(**{**torch_fp32.to_json(), "reason": why_torch}), None
         res = results[c]
         try:
-            backend = None if c[0] == "torch" else open_backend(c[0], c[1], graph_files(entry.dir, c[1]), threads)
+            backend = (
+                None
+                if c[0] == "torch"
+                else open_backend(c[0], c[1], graph_files(entry.dir, c[1]), threads)
+            )
         except Exception as err:  # a runtime that raises at load: the next path
-            log.warning("warning: %s %s failed to load (%s: %s); %s", c[0], c[1], type(err).__name__, err,
-                        "running fp32 torch" if explicit else "trying the next path")
+            log.warning(
+                "warning: %s %s failed to load (%s: %s); %s",
+                c[0],
+                c[1],
+                type(err).__name__,
+                err,
+                "running fp32 torch" if explicit else "trying the next path",
+            )
             if explicit:
-                return RuntimeChoice(**{**torch_fp32.to_json(), "reason": f"fallback: {c[0]} {c[1]} failed to load"}), None
+                return RuntimeChoice(
+                    **{**torch_fp32.to_json(), "reason": f"fallback: {c[0]} {c[1]} failed to load"}
+                ), None
             unloaded.append(f"{c[0]} {c[1]}")
             continue
-        reason = why if why != "auto" else (f"auto: fastest within the fidelity gate here ({_speed(res):.0f} ms per cell tile, "
-                                             f"fp32 torch {ref_ms:.0f})")
-        return RuntimeChoice(c[0], c[1], runtime_version(c[0]) or "?", cpu_model(), threads, reason, res.get("fidelity")), backend
-    return RuntimeChoice(**{**torch_fp32.to_json(), "reason": "fallback: no other path loaded"}), None
+        reason = (
+            why
+            if why != "auto"
+            else (
+                f"auto: fastest within the fidelity gate here ({_speed(res):.0f} ms per cell tile, "
+                f"fp32 torch {ref_ms:.0f})"
+            )
+        )
+        return RuntimeChoice(
+            c[0],
+            c[1],
+            runtime_version(c[0]) or "?",
+            cpu_model(),
+            threads,
+            reason,
+            res.get("fidelity"),
+        ), backend
+    return RuntimeChoice(
+        **{**torch_fp32.to_json(), "reason": "fallback: no other path loaded"}
+    ), None
 
 
 def _fid_text(fid: dict[str, Any]) -> str:
     parts = [f"cells F1 {fid.get('cells_f1')}"]
     if "tissue_mean_abs" in fid:
-        parts.append(f"tissue map mean |diff| {fid['tissue_mean_abs']}/255, cancer-area agreement {fid['ca_agreement']}")
+        parts.append(
+            f"tissue map mean |diff| {fid['tissue_mean_abs']}/255, cancer-area agreement {fid['ca_agreement']}"
+        )
     return ", ".join(parts)
 
 
@@ -278,4 +428,3 @@ def describe(choice: RuntimeChoice) -> str:
     """One line for the log: ``openvino 2026.4.1 int8 on AMD EPYC, 2 threads (auto: ...)``."""
     threads = f", {choice.threads} thread(s)" if choice.threads else ""
     return f"{choice.label()} on {choice.processor}{threads} ({choice.reason})"
-

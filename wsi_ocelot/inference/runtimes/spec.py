@@ -12,8 +12,16 @@ from typing import Any
 
 from wsi_ocelot.sysinfo import cpu_flags
 
-__all__ = ["FIDELITY", "PRECISIONS", "RUNTIMES", "SUPPORTED", "RuntimeChoice", "cpu_flags", "cpu_has_bf16",
-           "runtime_version"]
+__all__ = [
+    "FIDELITY",
+    "PRECISIONS",
+    "RUNTIMES",
+    "SUPPORTED",
+    "RuntimeChoice",
+    "cpu_flags",
+    "cpu_has_bf16",
+    "runtime_version",
+]
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -31,12 +39,28 @@ DISTRIBUTION = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnxru
 #: What a path must keep against fp32 torch on the gate's tiles before ``auto`` may choose it:
 #: cells F1 (same class, within ``match_px``), the tissue map's mean absolute difference
 #: (0-255) and the share of map pixels on the same side of the cancer-area threshold.
-FIDELITY: dict[str, float] = {"cells_f1": 0.99, "tissue_mean_abs": 1.0, "ca_agreement": 0.995, "match_px": 3.0}
+FIDELITY: dict[str, float] = {
+    "cells_f1": 0.99,
+    "tissue_mean_abs": 1.0,
+    "ca_agreement": 0.995,
+    "match_px": 3.0,
+}
 
 
 #: the flags that change which kernels a runtime may use (part of the cache key)
-KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
-                "amx_tile", "avx512_fp16")
+KERNEL_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "avx512_fp16",
+)
 
 
 def cpu_has_bf16() -> bool:
