@@ -1,7 +1,7 @@
 """A batch on a real Dask cluster: ``dask scheduler`` and ``dask worker --nworkers 2`` started as
 separate processes, as a cluster is started by hand or by dask-jobqueue. Their workers run under a
 nanny, in daemonic processes (which may not start tile-reading processes), unlike the
-LocalCluster of ``--scheduler local``. Also: the Slurm recipe of the README, as far as a machine
+LocalCluster of ``--scheduler local``. Also: the Slurm recipe of docs/cohorts.md, as far as a machine
 without Slurm can check it (the ``SLURMCluster`` built, its job script read, then run here by hand
 as Slurm would run it on a compute node)."""
 
@@ -31,7 +31,7 @@ SLIDE_SIZE = (768, 768)
 STARTUP_S = 120  # bounded waits: the scheduler's address, then the workers registered
 VENV_LINE = "source /path/to/venv/bin/activate"
 
-#: The README's ``SLURMCluster`` ("Running on a Dask cluster / Slurm"), setting for setting: one
+#: The ``SLURMCluster`` of docs/cohorts.md ("Slurm with dask-jobqueue"), setting for setting: one
 #: GPU job per worker, one slide at a time (``cores=1``: one Dask thread), eight CPU cores for tile
 #: reading, the workers started non-daemonic so that they may start tile-reading processes.
 SLURM_RECIPE: dict = dict(
@@ -352,7 +352,7 @@ def test_batch_on_dask_scheduler_and_nanny_workers_matches_in_process(
 
 # -- the Slurm recipe (dask-jobqueue) --------------------------------------------------------
 def _slurm_cluster(tmp_path: Path):
-    """The README's ``SLURMCluster``, its scheduler on the loopback and its logs under ``tmp_path``."""
+    """docs/cohorts.md's ``SLURMCluster``, its scheduler on the loopback and its logs under ``tmp_path``."""
     jq = import_extra("dask_jobqueue", "dev")
     return jq.SLURMCluster(
         **SLURM_RECIPE,

@@ -328,7 +328,7 @@ def test_the_training_dataset_loads_a_sample(built):
 
 
 def test_show_labels_draws_the_mask_and_the_cells(built, tmp_path):
-    """training.show_labels: the README's picture of a dataset; the area outside a pair's cell mask is
+    """training.show_labels: training/README.md's picture of a dataset; the area outside a pair's cell mask is
     dimmed, marked cells are drawn in their class colour."""
     from training.show_labels import BC_COLOUR, TC_COLOUR, main, render
     from wsi_ocelot.datasets.ocelot import list_pairs, read_cell_mask
