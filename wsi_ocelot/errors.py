@@ -9,6 +9,7 @@ exits non-zero. Each class also subclasses the matching builtin so callers that 
 from __future__ import annotations
 
 import os
+from typing import Self
 
 
 class WsiOcelotError(Exception):
@@ -25,7 +26,8 @@ class WsiOcelotError(Exception):
         head = head.rstrip(".")
         return f"{head}. Fix: {self.fix}" if self.fix else head + "."
 
-    def __reduce__(self):  # keep the three fields across process boundaries (Dask, DataLoader)
+    # keep the three fields across process boundaries (Dask, DataLoader)
+    def __reduce__(self) -> tuple[type[Self], tuple[str | None, str, str | None]]:
         return (type(self), (self.path, self.problem, self.fix))
 
 

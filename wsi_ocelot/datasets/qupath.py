@@ -271,6 +271,7 @@ def read_qupath_geojson(path: str | os.PathLike[str]) -> tuple[list[Annotation],
     geometry (``"no geometry"``). Geometries are in QuPath's frame, unchanged."""
     p = Path(path)
     data = _load_json(p)
+    feats: object  # checked to be a list below
     if isinstance(data, list):
         feats = data
     elif isinstance(data, dict) and (data.get("type") == "FeatureCollection" or "features" in data):

@@ -41,7 +41,7 @@ def crop_tissue(
     probs: Tensor,
     offset: Tensor,
     context_factor: float,
-    out_size: int | tuple[int, int] | None = None,
+    out_size: int | tuple[int, int] | torch.Size | None = None,
     *,
     mode: str = "bilinear",
     padding_mode: str = "zeros",

@@ -60,7 +60,7 @@ class DeepLabBranch(nn.Module):
             encoder_depth=5,
             out_channels=config.decoder_channels,
             atrous_rates=tuple(config.atrous_rates),
-            output_stride=config.encoder_output_stride,  # type: ignore[arg-type]
+            output_stride=config.encoder_output_stride,
             aspp_separable=True,
             aspp_dropout=config.aspp_dropout,
         )

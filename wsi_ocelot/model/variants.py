@@ -55,6 +55,8 @@ class OcelotModel(nn.Module):
     supports_two_pass: ClassVar[bool] = True
     has_tissue_branch: ClassVar[bool] = True
     needs_tissue_label: ClassVar[bool] = False
+    mean: Tensor  # (1, 3, 1, 1) buffers, registered in __init__
+    std: Tensor
 
     def __init__(self, config: ModelConfig):
         super().__init__()

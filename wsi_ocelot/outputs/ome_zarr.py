@@ -25,7 +25,7 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numcodecs
 import numpy as np
@@ -237,7 +237,7 @@ class TissueMapStore:
     @property
     def ngff_version(self) -> str:
         """``"0.4"`` or ``"0.5"``."""
-        attrs = dict(self.group.attrs)
+        attrs: dict[str, Any] = dict(self.group.attrs)  # NGFF metadata: JSON of a known layout
         if "ome" in attrs:
             return str(attrs["ome"].get("version", "0.5"))
         return str(_multiscales_of(attrs)[0].get("version", "0.4"))
@@ -253,7 +253,7 @@ class TissueMapStore:
     @property
     def meta(self) -> dict[str, Any]:
         """The ``wsi_ocelot`` attribute (placement, encoding)."""
-        return dict(self.group.attrs.get("wsi_ocelot") or {})
+        return dict(cast("dict[str, Any]", self.group.attrs.get("wsi_ocelot") or {}))
 
     def level0_downsample(self, slide_mpp: float | None = None) -> float:
         """Slide level-0 px per map px: the recorded value, else map µm/px over ``slide_mpp``."""

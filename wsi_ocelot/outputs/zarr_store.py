@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
@@ -46,6 +46,15 @@ CELL_COLUMNS: dict[str, np.dtype[Any]] = {
     "prob": np.dtype(np.float32),
 }
 Mode = Literal["w", "r", "r+", "a"]
+
+
+# zarr types a node as Array | Group; the store's layout (module docstring) fixes which it is
+def _array(group: zarr.Group, path: str) -> zarr.Array:
+    return cast(zarr.Array, group[path])
+
+
+def _group(group: zarr.Group, path: str) -> zarr.Group:
+    return cast(zarr.Group, group[path])
 
 
 def _jsonable(value: Any) -> Any:
@@ -138,14 +147,14 @@ class PredictionStore:
                     "the store has no cells/ group",
                     "pass the predictions.zarr folder a wsi-ocelot run wrote",
                 )
-            self.cell_chunk = int(self.root["cells/x"].chunks[0])
+            self.cell_chunk = int(_array(self.root, "cells/x").chunks[0])
             if self.tissue_path.exists():
                 self._tissue = TissueMapStore.open(
                     self.tissue_path, mode="r" if mode == "r" else "r+"
                 )
             elif "tissue" in self.root:  # a result written before the map had its own folder
-                self._tissue = TissueMapStore(self.root["tissue"], self.path / "tissue")
-        self._n_written = int(self.root["cells/x"].shape[0])
+                self._tissue = TissueMapStore(_group(self.root, "tissue"), self.path / "tissue")
+        self._n_written = int(_array(self.root, "cells/x").shape[0])
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> PredictionStore:
@@ -219,9 +228,9 @@ class PredictionStore:
     def _write_buffer(self, count: int) -> None:
         joined = [np.concatenate([b[i] for b in self._buf]) for i in range(len(CELL_COLUMNS))]
         start, stop = self._n_written, self._n_written + count
-        cells = self.root["cells"]
+        cells = _group(self.root, "cells")
         for name, col in zip(CELL_COLUMNS, joined, strict=True):
-            arr = cells[name]
+            arr = _array(cells, name)
             arr.resize((stop,))
             arr[start:stop] = col[:count]
         rest = tuple(c[count:] for c in joined)
@@ -233,8 +242,8 @@ class PredictionStore:
         """Columns ``x, y, class, prob`` of cells ``[start, stop)`` (written cells only; a
         whole slide's table is ~13 bytes per cell — use :meth:`iter_cells` to stream)."""
         stop = self._n_written if stop is None else min(stop, self._n_written)
-        cells = self.root["cells"]
-        return {name: np.asarray(cells[name][start:stop]) for name in CELL_COLUMNS}
+        cells = _group(self.root, "cells")
+        return {name: np.asarray(_array(cells, name)[start:stop]) for name in CELL_COLUMNS}
 
     def iter_cells(self, batch_size: int = 1 << 20) -> Iterator[dict[str, NDArray[Any]]]:
         """Stream the written cells in batches of ``batch_size`` rows."""

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import numpy as np
 from scipy import ndimage as ndi
+
+if TYPE_CHECKING:
+    from wsi_ocelot.slide._slide import Slide
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +123,15 @@ def tissue_mask_from_image(
     return TissueMask(mask=mask.astype(bool), downsample=float(downsample))
 
 
-def tissue_mask(slide, mpp: float = 8.0, **kwargs) -> TissueMask:
+class TissueMaskOptions(TypedDict, total=False):
+    """The keyword options of :func:`tissue_mask_from_image` that :func:`tissue_mask` passes on."""
+
+    min_saturation: float
+    min_value: float
+    min_area_px: int
+
+
+def tissue_mask(slide: Slide, mpp: float = 8.0, **kwargs: Unpack[TissueMaskOptions]) -> TissueMask:
     """Tissue mask of a :class:`~wsi_ocelot.slide.Slide` from a thumbnail at ~``mpp`` µm/px."""
     img, ds = slide.thumbnail(mpp=mpp)
     return tissue_mask_from_image(img, ds, **kwargs)

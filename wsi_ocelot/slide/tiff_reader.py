@@ -53,7 +53,7 @@ class TiffLevelReader:
                 continue
             by_size.setdefault((int(lvl.shape[1]), int(lvl.shape[0])), page)
         self._pages = {
-            i: by_size[tuple(d)] for i, d in enumerate(level_dimensions) if tuple(d) in by_size
+            i: by_size[(w, h)] for i, (w, h) in enumerate(level_dimensions) if (w, h) in by_size
         }
         self.usable = 0 in self._pages
 

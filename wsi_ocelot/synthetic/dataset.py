@@ -26,7 +26,7 @@ import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import shapely
@@ -265,6 +265,12 @@ def _render_slide(
     return out
 
 
+class _ExtraMetadata(TypedDict, total=False):
+    """Top-level metadata.json keys written only where they apply."""
+
+    ambiguity: float
+
+
 def write_synthetic_dataset(
     out_dir: str | os.PathLike[str],
     config: SyntheticDatasetConfig = SyntheticDatasetConfig(),
@@ -329,6 +335,7 @@ def write_synthetic_dataset(
         if pool is not None:
             pool.close()
             pool.join()
+    extra: _ExtraMetadata = {"ambiguity": config.ambiguity} if config.ambiguity else {}
     return write_metadata(
         out,
         pairs,
@@ -337,5 +344,5 @@ def write_synthetic_dataset(
         seed=config.seed,
         splits={s: int(getattr(config, s)) for s in SPLITS},
         slide_mpp=config.slide_mpp,
-        **({"ambiguity": config.ambiguity} if config.ambiguity else {}),
+        **extra,
     )

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from PIL import Image
@@ -32,6 +33,7 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     generate_uid,
@@ -143,6 +145,17 @@ def _optical_path(mpp: float) -> Sequence:
     return Sequence([path])
 
 
+class _SeriesArgs(TypedDict):
+    """The arguments of :func:`_instance` every instance of a series shares."""
+
+    mpp: float
+    codec: str
+    quality: int
+    uids: dict[str, str]
+    container_id: str
+    description: str
+
+
 def _instance(
     img: np.ndarray,
     *,
@@ -155,7 +168,7 @@ def _instance(
     codec: str,
     quality: int,
     uids: dict[str, str],
-    sop_uid: str,
+    sop_uid: UID,
     container_id: str,
     description: str,
 ) -> Dataset:
@@ -168,7 +181,7 @@ def _instance(
     syntax = JPEGBaseline8Bit if codec == "jpeg" else ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = WSI_SOP_CLASS_UID
+    meta.MediaStorageSOPClassUID = UID(WSI_SOP_CLASS_UID)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = syntax
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -325,13 +338,13 @@ def write_dicom_series(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     series = series_uid or generate_uid()
-    uids = {
+    uids: dict[str, str] = {
         k: generate_uid(entropy_srcs=[series, k])
         for k in ("study", "frame", "specimen", "dimension")
     }
     uids["series"] = series
     container = container_id if container_id is not None else stem
-    common = {
+    common: _SeriesArgs = {
         "mpp": mpp,
         "codec": codec,
         "quality": quality,

@@ -898,7 +898,8 @@ def _make_cells(
         log.debug("stroma holds %d background-cell sites, %d wanted", len(rest), n_scatter)
     bc_out = rest[_choose(rng, len(rest), n_scatter)]
 
-    groups = [  # (points, class, kind probabilities over KIND ids 0..5), in priority order
+    # (points, class, kind probabilities over KIND ids 0..5), in priority order
+    groups: list[tuple[np.ndarray, int, list[float]]] = [
         (tc_classic, TC, [0, 0, 0, 0, 1, 0]),
         (tc_small, TC, [0, 0, 0, 0, 0, 1]),
         (tc_out, TC, [0, 0, 0, 0, 0.8, 0.2]),

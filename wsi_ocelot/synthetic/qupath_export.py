@@ -223,7 +223,7 @@ def qupath_annotation_features(
             (0.0, 0.0, float(W), float(H))
             if area_box == "slide"
             else tuple(float(v) for v in area_box)
-        )  # type: ignore[union-attr]
+        )
         ca = shapely.clip_by_rect(slide.cancer_area, x, y, x + w, y + h)
         for poly in getattr(ca, "geoms", None) or ([ca] if not ca.is_empty else []):
             if poly.geom_type == "Polygon" and poly.area > 0:

@@ -156,7 +156,7 @@ def render_um(
         nest_m = smoothstep(t - 0.12, t + 0.10, nest) * ca_soft * (1.0 - zone_soft)
         cellular = np.maximum(zone_soft, agg_soft)
         # Stroma: two wavy fibre systems, pale clefts where both are weak.
-        fibres = np.zeros((h, w), np.float32)
+        fibres: np.ndarray = np.zeros((h, w), np.float32)
         for which, (wgt, sharp, mean) in enumerate(((0.6, 3.0, 0.3125), (0.5, 2.0, 0.375))):
             warp = model.fibre_warps[which].grid(xs, ys)
             ph = model.fibre_phase_grid(xs, ys, warp, which)

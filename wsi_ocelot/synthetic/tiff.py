@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from typing import Any, TypedDict
 
 import imagecodecs
 import numpy as np
@@ -19,6 +20,20 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 TILE = 256
+
+
+class _Compression(TypedDict, total=False):
+    """The compression arguments of ``TiffWriter.write``."""
+
+    compression: str
+    compressionargs: dict[str, Any]
+
+
+class _Resolution(TypedDict, total=False):
+    """The resolution arguments of ``TiffWriter.write`` (none: no resolution tags)."""
+
+    resolution: tuple[float, float]
+    resolutionunit: str
 
 
 def _downsample2(img: np.ndarray) -> np.ndarray:
@@ -52,7 +67,7 @@ def write_pyramidal_tiff(
     else:
         height, width = image.shape[:2]
 
-    comp: dict = {}
+    comp: _Compression = {}
     if compression == "jpeg" and not _has_jpeg_encoder():
         log.warning(
             "imagecodecs has no JPEG encoder here: writing %s with deflate compression instead",
@@ -63,7 +78,7 @@ def write_pyramidal_tiff(
         comp = {"compression": "jpeg", "compressionargs": {"level": quality}}
     elif compression in ("deflate", "zlib"):
         comp = {"compression": "zlib"}
-    res_kwargs: dict = {}
+    res_kwargs: _Resolution = {}
     if mpp is not None:
         ppcm = 1e4 / mpp
         res_kwargs = {"resolution": (ppcm, ppcm), "resolutionunit": "CENTIMETER"}
@@ -118,7 +133,7 @@ def write_pyramidal_tiff(
             h, w = level.shape[:2]
             if max(h, w) < min_level_size:
                 break
-            lr = {}
+            lr: _Resolution = {}
             if mpp is not None:
                 ppcm = 1e4 / (mpp * scale)
                 lr = {"resolution": (ppcm, ppcm), "resolutionunit": "CENTIMETER"}
@@ -149,7 +164,8 @@ def corrupt_tile(
     and start-of-image marker, the rest is zeros, so OpenSlide (and tifffile) raise when they
     decode it. The file is changed in place; returns the tile's level-0 box ``(x, y, w, h)``."""
     with tifffile.TiffFile(path) as tif:
-        pages = [p for p in tif.pages if p.is_tiled]
+        # TiffPage only: tifffile gives TiffFrame objects only where asked to (useframes)
+        pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage) and p.is_tiled]
         page = pages[level]
         tw, th = int(page.tilewidth), int(page.tilelength)
         across = -(-int(page.imagewidth) // tw)

@@ -182,12 +182,12 @@ class SplitRule:
         if self.by_region:
             out: dict[tuple[str, int], str] = {}
             for s, idx in regions.items():
-                held = set(
-                    sorted(idx, key=lambda i, s=s: _hash_key(f"{s}#{i}"))[
+                held_regions = set(
+                    sorted(idx, key=lambda i: _hash_key(f"{s}#{i}"))[
                         : _n_held_out(len(idx), self.val_fraction)
                     ]
                 )
-                out.update({(s, i): "val" if i in held else "train" for i in idx})
+                out.update({(s, i): "val" if i in held_regions else "train" for i in idx})
             return out
         held = set(sorted(rest, key=_hash_key)[: _n_held_out(len(rest), self.val_fraction)])
         return {

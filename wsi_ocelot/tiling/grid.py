@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsi_ocelot.config import GeometryConfig
+
+if TYPE_CHECKING:
+    from wsi_ocelot.slide import TissueMask
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,9 @@ def context_boxes(
     return np.stack([x, y, cw, ch], axis=1)
 
 
-def filter_by_mask(grid: Grid, mask, min_fraction: float = 0.0, *, use_core: bool = True) -> Grid:
+def filter_by_mask(
+    grid: Grid, mask: TissueMask, min_fraction: float = 0.0, *, use_core: bool = True
+) -> Grid:
     """Keep the tiles whose core (or whole box) touches tissue in ``mask``
     (a :class:`~wsi_ocelot.slide.TissueMask`)."""
     keep = np.zeros(len(grid), dtype=bool)

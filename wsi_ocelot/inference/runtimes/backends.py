@@ -4,11 +4,14 @@ CPU, with an explicit thread count (docs/runtimes.md)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from wsi_ocelot.errors import WsiOcelotError
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 __all__ = ["Backend", "OnnxRuntimeBackend", "OpenVinoBackend", "open_backend", "require_runtime"]
 
@@ -107,7 +110,7 @@ class OpenVinoBackend:
         batch = next(iter(feed.values())).shape[0]
         outs: list[np.ndarray | None] = [None] * batch
 
-        def done(request, index: int) -> None:
+        def done(request: ov.InferRequest, index: int) -> None:
             outs[index] = np.array(request.get_output_tensor(0).data, copy=True)
 
         queue.set_callback(done)

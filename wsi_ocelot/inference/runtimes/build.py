@@ -24,17 +24,19 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wsi_ocelot.inference.peaks import find_peaks
+from wsi_ocelot.inference.peaks import PeakConfig, find_peaks
 from wsi_ocelot.inference.runtimes.backends import open_backend
 from wsi_ocelot.inference.runtimes.cache import graph_files
 from wsi_ocelot.inference.runtimes.fidelity import cells_agreement, tissue_agreement
 from wsi_ocelot.inference.runtimes.graphs import (
+    CalibrationPairs,
     CellGraph,
     TissueGraph,
     calibration_pairs,
@@ -45,11 +47,16 @@ from wsi_ocelot.inference.runtimes.graphs import (
 from wsi_ocelot.inference.runtimes.spec import FIDELITY, cpu_has_vnni
 from wsi_ocelot.model.checkpoint import load_model
 from wsi_ocelot.model.precision import autocast
+from wsi_ocelot.model.variants import OcelotModel
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_SEED, CALIBRATION_PAIRS = 1, 4
 GATE_SEED, GATE_PAIRS = 2, 3
+
+#: A path's tissue graph (``x`` → ``probs``) and cell graph (``cell``, ``injection`` → ``probs``).
+TissueFn = Callable[[np.ndarray], np.ndarray]
+CellFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
 
 def _append(progress: Path, record: dict[str, Any]) -> None:
@@ -58,7 +65,7 @@ def _append(progress: Path, record: dict[str, Any]) -> None:
         fh.flush()
 
 
-def _torch_run(model: torch.nn.Module, dtype: torch.dtype | None):
+def _torch_run(model: OcelotModel, dtype: torch.dtype | None) -> tuple[TissueFn, CellFn]:
     tissue_graph, cell_graph = TissueGraph(model), CellGraph(model)
     dev = torch.device("cpu")
 
@@ -79,7 +86,12 @@ def _torch_run(model: torch.nn.Module, dtype: torch.dtype | None):
 
 
 def _outputs(
-    model, tissue_fn, cell_fn, pairs, tile: int, has_tissue: bool
+    model: OcelotModel,
+    tissue_fn: TissueFn,
+    cell_fn: CellFn,
+    pairs: CalibrationPairs,
+    tile: int,
+    has_tissue: bool,
 ) -> tuple[dict[str, Any], float, float]:
     """Run the gate's pairs the way the engine does (the cell graph gets the crop of this path's
     own tissue prediction); returns outputs and ms per tile of each graph. The cell graph, which
@@ -88,7 +100,7 @@ def _outputs(
     t0 = time.perf_counter()
     tis = tissue_fn(pairs.tissue) if has_tissue else None
     t_tissue = (time.perf_counter() - t0) * 1000 / len(pairs.tissue) if has_tissue else 0.0
-    inj = crop_injection(model, tis, tile) if has_tissue else None
+    inj = crop_injection(model, tis, tile) if tis is not None else None
     cell = cell_fn(pairs.cell, inj)
     batch = (
         np.concatenate([pairs.cell, pairs.cell]),
@@ -100,7 +112,7 @@ def _outputs(
     return {"tissue": tis, "cell": cell}, t_tissue, t_cell
 
 
-def _points(probs: np.ndarray, peaks) -> np.ndarray:
+def _points(probs: np.ndarray, peaks: PeakConfig) -> np.ndarray:
     pts = find_peaks(torch.from_numpy(probs), peaks, per_image=True)
     return (
         np.concatenate(
@@ -112,7 +124,7 @@ def _points(probs: np.ndarray, peaks) -> np.ndarray:
 
 
 def _fidelity(
-    ref: dict[str, Any], out: dict[str, Any], ref_pts: np.ndarray, peaks
+    ref: dict[str, Any], out: dict[str, Any], ref_pts: np.ndarray, peaks: PeakConfig
 ) -> dict[str, Any]:
     pts = _points(out["cell"], peaks)
     # one frame for all tiles: shift each tile's points by its index far apart
@@ -148,7 +160,7 @@ def build(request: dict[str, Any]) -> None:
         ref_tissue, _ = _torch_run(model, None)
         feeds_cell: list[dict[str, np.ndarray]] = []
         tis = ref_tissue(cal.tissue) if has_tissue else None
-        inj = crop_injection(model, tis, tile) if has_tissue else None
+        inj = crop_injection(model, tis, tile) if tis is not None else None
         for i in range(len(cal.cell)):
             feeds_cell.append(
                 {

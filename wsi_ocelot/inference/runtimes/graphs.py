@@ -16,6 +16,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from wsi_ocelot.model.align import crop_tissue, resize_map
 from wsi_ocelot.model.checkpoint import CheckpointInfo
+from wsi_ocelot.model.variants import InjectionModel, OcelotModel
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +48,13 @@ def injection_size(model: nn.Module, tile: int) -> tuple[int, int] | None:
     model without one (cell only)."""
     if not getattr(model, "has_tissue_branch", False) or not hasattr(model, "injection_size"):
         return None
-    return model.injection_size((tile, tile))
+    return cast(InjectionModel, model).injection_size((tile, tile))
 
 
 class TissueGraph(nn.Module):
     """The tissue branch with its softmax."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: OcelotModel):
         super().__init__()
         self.model = model
         self.eval()  # a wrapper left in training mode would put the model back in it after an export
@@ -64,19 +66,20 @@ class TissueGraph(nn.Module):
 class CellGraph(nn.Module):
     """The cell branch from the resized injection, with its softmax."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: OcelotModel):
         super().__init__()
         self.model = model
         self.injects = injection_size(model, 64) is not None
         self.eval()
 
     def forward(self, cell: Tensor, injection: Tensor | None = None) -> Tensor:
-        if self.injects:
-            return self.model.cell_logits_injected(cell, injection).softmax(dim=1)
+        if self.injects:  # an injection model, whose graph is always given ``injection``
+            model = cast(InjectionModel, self.model)
+            return model.cell_logits_injected(cell, cast(Tensor, injection)).softmax(dim=1)
         return self.model.cell_logits_from_tissue(cell, None).softmax(dim=1)
 
 
-def export_onnx(model: nn.Module, tile: int, out_dir: Path) -> dict[str, Path]:
+def export_onnx(model: OcelotModel, tile: int, out_dir: Path) -> dict[str, Path]:
     """Write ``tissue.onnx`` (if the model has a tissue branch) and ``cell.onnx`` (fp32, dynamic
     batch) into ``out_dir``; returns their paths by graph name."""
     model = model.eval().float().cpu()
@@ -151,7 +154,8 @@ def calibration_pairs(info: CheckpointInfo, n: int, seed: int) -> CalibrationPai
     side = span * 2.5
     model = build_tissue_model(side, side, seed=seed)
     rng = np.random.default_rng(seed)
-    tissue, cell = [], []
+    tissue: list[np.ndarray] = []
+    cell: list[np.ndarray] = []
     tries = 0
     while len(cell) < n and tries < 200 * n:
         tries += 1
@@ -186,7 +190,8 @@ def crop_injection(
         return None
     probs = torch.from_numpy(tissue_probs)
     off = torch.full((len(probs), 2), 0.5) if offset is None else offset
-    return resize_to_injection(model, crop_tissue(probs, off, model.config.context_factor), tile)
+    context_factor = cast(OcelotModel, model).config.context_factor
+    return resize_to_injection(model, crop_tissue(probs, off, context_factor), tile)
 
 
 def quantize_int8(

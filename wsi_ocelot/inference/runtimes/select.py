@@ -321,7 +321,7 @@ def choose_runtime(
     broken = {c: r for c, r in results.items() if r.get("status") != "ok"}
     if explicit:
         c = candidates[0]
-        res = results.get(c, {}) if c != ("torch", "fp32") else {"status": "ok"}
+        res: dict[str, Any] = results.get(c, {}) if c != ("torch", "fp32") else {"status": "ok"}
         if res.get("status") != "ok":
             log.warning(
                 "warning: %s %s does not run here (%s); running fp32 torch instead",
