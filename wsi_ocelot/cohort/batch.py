@@ -32,9 +32,9 @@ from wsi_ocelot.cohort.status import LOCK_NAME, format_duration, pid_alive
 from wsi_ocelot.cohort.worker import SLIDE_LOGS, process_slide, run_slide_task
 from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
 from wsi_ocelot.inference.engine import EngineConfig
-from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.inference.runtimes.select import check_runtime_here
 from wsi_ocelot.model import CheckpointInfo, read_checkpoint_info
+from wsi_ocelot.model.device import resolve_device
 from wsi_ocelot.slide import check_slide_file
 from wsi_ocelot.weights import file_sha256, resolve_model, weights_note
 
