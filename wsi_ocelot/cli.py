@@ -302,7 +302,8 @@ def cmd_synth_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from wsi_ocelot.cohort import CohortConfig, collect_jobs, run_cohort
+    from wsi_ocelot.cohort import CohortConfig, SlideJob, collect_jobs, run_cohort
+    from wsi_ocelot.cohort.outcome import SlideOutcome
     from wsi_ocelot.inference.engine import EngineConfig
     from wsi_ocelot.slide import check_mpp
 
@@ -351,15 +352,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
 
-    def show(job, rec) -> None:
-        if rec["status"] == "done":
-            purity = (
-                "n/a (" + str(rec.get("purity_reason")) + ")"
-                if rec.get("purity") is None
-                else f"{rec['purity']:.3f}"
-            )
+    def show(job: SlideJob, outcome: SlideOutcome) -> None:
+        if outcome.record is not None:
+            p = outcome.record.purity
+            purity = f"n/a ({p.purity_reason})" if p.purity is None else f"{p.purity:.3f}"
             _say(
-                f"{job.slide_id}: {rec.get('n_cells')} cells, purity {purity}, outputs in {Path(args.out) / job.slide_id}"
+                f"{job.slide_id}: {p.n_cells} cells, purity {purity}, outputs in {Path(args.out) / job.slide_id}"
             )
 
     result = run_cohort(jobs, args.out, cfg, on_record=show)
