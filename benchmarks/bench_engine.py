@@ -289,9 +289,10 @@ def main() -> None:
 
     from wsi_ocelot.config import GeometryConfig
     from wsi_ocelot.evaluation import score_slide
-    from wsi_ocelot.inference.predictor import Predictor, resolve_device
+    from wsi_ocelot.inference.predictor import Predictor
     from wsi_ocelot.metrics import match_by_class
     from wsi_ocelot.model import load_model, read_checkpoint_info
+    from wsi_ocelot.model.device import resolve_device
     from wsi_ocelot.slide import open_slide
     from wsi_ocelot.synthetic import read_ground_truth, write_synthetic_slide
     from wsi_ocelot.sysinfo import describe_machine

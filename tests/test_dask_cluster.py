@@ -254,11 +254,11 @@ def test_default_tile_readers_in_a_daemonic_process(tiny_ckpt, slides, tmp_path,
     )  # what a nanny's worker process is
     monkeypatch.setattr(worker, "_RUNNERS", {})
     job = SlideJob(slide_id="case_0", path=str(slides[0]))
-    rec = worker.process_slide(
+    outcome = worker.process_slide(
         job, str(tmp_path), str(tiny_ckpt), EngineConfig(device="cpu", progress=False)
     )
-    assert rec["status"] == "done", rec.get("error")
-    assert rec["n_cells"] > 0
+    assert outcome.status == "done", outcome.error
+    assert outcome.record is not None and outcome.record.purity.n_cells > 0
     (runner,) = worker._RUNNERS.values()
     assert runner.config.workers == 0
 

@@ -55,7 +55,7 @@ def time_steps(cfg: Any, n: int = 3) -> StepTiming:
     from training.evaluate_data import forward
     from training.losses import total_loss
     from training.train import _datasets, _loader, _model, resolve_amp
-    from wsi_ocelot.inference.predictor import resolve_device
+    from wsi_ocelot.model.device import resolve_device
     from wsi_ocelot.model.precision import autocast
 
     cfg = dataclasses.replace(cfg, encoder_weights="none")

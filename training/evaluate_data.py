@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 
 from training.augment import apply_jitter, apply_stain
 from training.losses import LossConfig, total_loss
-from wsi_ocelot.inference.peaks import PeakConfig, find_peaks
+from wsi_ocelot.config import PeakConfig
+from wsi_ocelot.inference.peaks import find_peaks
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
 from wsi_ocelot.model.precision import autocast
 

@@ -226,8 +226,8 @@ def score_split_cached(
 
     from training.data import OcelotDataset, collate
     from training.evaluate_data import predict, score, score_by_organ
-    from wsi_ocelot.inference.predictor import resolve_device
     from wsi_ocelot.model import load_model
+    from wsi_ocelot.model.device import resolve_device
 
     dev = resolve_device(device)
     model, info = load_model(ckpt, dev)

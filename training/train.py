@@ -66,11 +66,9 @@ from training.losses import LossConfig, total_loss
 from training.report import CARD_FILE, ReportConfig
 from training.report import finish as finish_report
 from wsi_ocelot.atomic import atomic_path, write_text
-from wsi_ocelot.config import GeometryConfig, from_dict, load_yaml
+from wsi_ocelot.config import GeometryConfig, PeakConfig, from_dict, load_yaml
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.evaluation import data_name
-from wsi_ocelot.inference.peaks import PeakConfig
-from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.metrics import DISTANCE_CUTOFF
 from wsi_ocelot.model import (
     CheckpointInfo,
@@ -81,6 +79,7 @@ from wsi_ocelot.model import (
     read_checkpoint_info,
     save_checkpoint,
 )
+from wsi_ocelot.model.device import resolve_device
 from wsi_ocelot.model.precision import autocast
 from wsi_ocelot.weights import file_sha256, is_demo_weights, resolve_model
 

@@ -52,24 +52,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _geometry(args: argparse.Namespace):
-    from wsi_ocelot.config import GeometryConfig, load_config
+    from wsi_ocelot.config import load_geometry
 
-    geo = (
-        load_config(GeometryConfig, args.geometry, key="geometry")
-        if getattr(args, "geometry", None)
-        else GeometryConfig()
-    )
-    if getattr(args, "tile_size", None):
-        import dataclasses
-
-        ratio = args.tile_size / geo.tile_size
-        geo = dataclasses.replace(
-            geo,
-            tile_size=args.tile_size,
-            cell_margin=round(geo.cell_margin * ratio),
-            tissue_margin=round(geo.tissue_margin * ratio),
-        )
-    return geo
+    return load_geometry(getattr(args, "geometry", None), getattr(args, "tile_size", None))
 
 
 # -- stdout and signals ---------------------------------------------------------------------
@@ -310,31 +295,15 @@ def cmd_synth_slide(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_dataset(args: argparse.Namespace) -> int:
-    import dataclasses
+    from wsi_ocelot.synthetic.command import synth_dataset
 
-    from wsi_ocelot.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
-
-    geo = _geometry(args)
-    cfg = SyntheticDatasetConfig(
-        seed=args.seed,
-        train=args.train,
-        val=args.val,
-        test=args.test,
-        geometry=geo,
-        ambiguity=args.ambiguity,
-    )
-    if args.slide_size_um:
-        cfg = dataclasses.replace(cfg, slide_size_um=args.slide_size_um)
-    path = write_synthetic_dataset(args.out, cfg, workers=args.workers)
-    amb = f" (ambiguity {args.ambiguity:g})" if args.ambiguity else ""
-    print(
-        f"wrote {args.train}/{args.val}/{args.test} train/val/test pairs{amb} to {args.out}; metadata in {path}"
-    )
+    print(synth_dataset(args))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from wsi_ocelot.cohort import CohortConfig, collect_jobs, run_cohort
+    from wsi_ocelot.cohort import CohortConfig, SlideJob, collect_jobs, run_cohort
+    from wsi_ocelot.cohort.outcome import SlideOutcome
     from wsi_ocelot.inference.engine import EngineConfig
     from wsi_ocelot.slide import check_mpp
 
@@ -383,15 +352,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
 
-    def show(job, rec) -> None:
-        if rec["status"] == "done":
-            purity = (
-                "n/a (" + str(rec.get("purity_reason")) + ")"
-                if rec.get("purity") is None
-                else f"{rec['purity']:.3f}"
-            )
+    def show(job: SlideJob, outcome: SlideOutcome) -> None:
+        if outcome.record is not None:
+            p = outcome.record.purity
+            purity = f"n/a ({p.purity_reason})" if p.purity is None else f"{p.purity:.3f}"
             _say(
-                f"{job.slide_id}: {rec.get('n_cells')} cells, purity {purity}, outputs in {Path(args.out) / job.slide_id}"
+                f"{job.slide_id}: {p.n_cells} cells, purity {purity}, outputs in {Path(args.out) / job.slide_id}"
             )
 
     result = run_cohort(jobs, args.out, cfg, on_record=show)
@@ -875,42 +841,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--empty", action="store_true", help="a slide with no tissue (glass only)")
 
-    p = _add(
-        sub,
-        "synth-dataset",
-        cmd_synth_dataset,
-        "Write a synthetic dataset in the OCELOT release layout, cut from synthetic slides.",
-        "wsi-ocelot synth-dataset synth_data --seed 1 --train 40 --val 12 --test 12",
-    )
-    p.add_argument(
-        "out", help="output folder (OCELOT layout: images/, annotations/, metadata.json)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="different seeds give different slides")
-    p.add_argument("--train", type=int, default=40, help="pairs in the train split")
-    p.add_argument("--val", type=int, default=12, help="pairs in the val split")
-    p.add_argument("--test", type=int, default=12, help="pairs in the test split")
-    p.add_argument(
-        "--geometry", help="YAML with a 'geometry:' mapping (cell_mpp, tissue_mpp, tile_size, ...)"
-    )
-    p.add_argument(
-        "--tile-size", type=int, help="tile size in px (default 1024; smaller for quick CPU runs)"
-    )
-    p.add_argument(
-        "--slide-size-um", type=float, help="side of each synthetic slide in µm (default 1700)"
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="render this many slides at once in worker processes (same files)",
-    )
-    p.add_argument(
-        "--ambiguity",
-        type=float,
-        default=0.0,
-        help="0 (default tissue, the demo's data) … 1: more and larger zones of small round tumour cells and of lymphocyte "
-        "aggregates, whose cells look alike, so the tissue context decides the class (the Table-5 study data)",
-    )
+    from wsi_ocelot.synthetic.command import DESCRIPTION, EXAMPLE, add_dataset_arguments
+
+    p = _add(sub, "synth-dataset", cmd_synth_dataset, DESCRIPTION, EXAMPLE)
+    add_dataset_arguments(p)
 
     p = _add(
         sub,

@@ -217,3 +217,20 @@ def load_config(cls: type[T], path: str | os.PathLike[str], key: str | None = No
 def to_dict(obj: Any) -> dict[str, Any]:
     """A JSON/YAML-friendly dict of a (nested) dataclass."""
     return dataclasses.asdict(obj)
+
+
+def load_geometry(
+    path: str | os.PathLike[str] | None = None, tile_size: int | None = None
+) -> GeometryConfig:
+    """The geometry of a command: the ``geometry:`` mapping of the YAML ``path`` (OCELOT's
+    values without one), with ``tile_size`` (``--tile-size``) scaling both margins along."""
+    geo = load_config(GeometryConfig, path, key="geometry") if path else GeometryConfig()
+    if tile_size:
+        ratio = tile_size / geo.tile_size
+        geo = dataclasses.replace(
+            geo,
+            tile_size=tile_size,
+            cell_margin=round(geo.cell_margin * ratio),
+            tissue_margin=round(geo.tissue_margin * ratio),
+        )
+    return geo

@@ -72,6 +72,12 @@ class MissingExtraError(WsiOcelotError, ImportError):
     """A feature needs an optional extra of wsi-ocelot that is not installed."""
 
 
+class SlideTaskError(WsiOcelotError, RuntimeError):
+    """A slide of a batch failed for a reason that is not a fault of the slide the user can
+    fix: an unexpected error in its run (a bug), its Dask worker died, or its Dask task failed
+    outside the run. The batch records it as the slide's one-line error and goes on."""
+
+
 class DiskFullError(OutputWriteError):
     """The output disk is full (ENOSPC) or over quota (EDQUOT): every later slide of a batch
     would fail the same way, so a batch stops at the first one."""

@@ -30,13 +30,13 @@ from wsi_ocelot.datasets import list_pairs, read_cell_csv, read_rgb, read_tissue
 from wsi_ocelot.datasets.ocelot import read_cell_mask
 from wsi_ocelot.errors import DatasetError, WsiOcelotError
 from wsi_ocelot.inference import find_peaks
-from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.inference.runtimes.backends import Backend
 from wsi_ocelot.inference.runtimes.graphs import crop_injection, injection_size
 from wsi_ocelot.inference.runtimes.select import choose_runtime
 from wsi_ocelot.inference.runtimes.select import describe as describe_runtime
 from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
 from wsi_ocelot.model import load_model
+from wsi_ocelot.model.device import resolve_device
 from wsi_ocelot.model.precision import autocast
 from wsi_ocelot.weights import resolve_model
 

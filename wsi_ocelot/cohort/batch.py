@@ -26,15 +26,22 @@ import torch
 from wsi_ocelot import __version__
 from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.inputs import SlideJob, check_unique
-from wsi_ocelot.cohort.manifest import DONE, FAILED, Manifest, file_identity, now_iso
+from wsi_ocelot.cohort.manifest import Manifest, file_identity, now_iso
+from wsi_ocelot.cohort.outcome import SlideOutcome
 from wsi_ocelot.cohort.report import write_report, write_summary_csv
 from wsi_ocelot.cohort.status import LOCK_NAME, format_duration, pid_alive
 from wsi_ocelot.cohort.worker import SLIDE_LOGS, process_slide, run_slide_task
-from wsi_ocelot.errors import ConfigError, DiskFullError, WsiOcelotError, is_disk_full
+from wsi_ocelot.errors import (
+    ConfigError,
+    DiskFullError,
+    SlideTaskError,
+    WsiOcelotError,
+    is_disk_full,
+)
 from wsi_ocelot.inference.engine import EngineConfig
-from wsi_ocelot.inference.predictor import resolve_device
 from wsi_ocelot.inference.runtimes.select import check_runtime_here
 from wsi_ocelot.model import CheckpointInfo, read_checkpoint_info
+from wsi_ocelot.model.device import resolve_device
 from wsi_ocelot.slide import check_slide_file
 from wsi_ocelot.weights import file_sha256, resolve_model, weights_note
 
@@ -54,7 +61,8 @@ class CohortConfig:
     model
         A checkpoint or ``"demo"``.
     engine
-        An :class:`~wsi_ocelot.inference.engine.EngineConfig` for every slide.
+        An :class:`~wsi_ocelot.inference.engine.EngineConfig` for every slide (the default's
+        when not given).
     overwrite
         Redo slides the manifest marks done.
     scheduler, dask_workers, retries, threads
@@ -69,7 +77,7 @@ class CohortConfig:
     """
 
     model: str = "demo"
-    engine: Any = None
+    engine: EngineConfig = field(default_factory=EngineConfig)
     overwrite: bool = False
     scheduler: str | None = (
         None  # None: in this process; "local": a LocalCluster; else a scheduler address
@@ -216,14 +224,15 @@ class _Progress:
         self.done = self.failed = 0
         self.t0 = time.perf_counter()
 
-    def update(self, sid: str, rec: dict[str, Any]) -> None:
-        if rec["status"] == DONE:
+    def update(self, sid: str, outcome: SlideOutcome) -> None:
+        if outcome.record is not None:
             self.done += 1
-            purity = "n/a" if rec.get("purity") is None else f"{rec['purity']:.3f}"
-            what = f"done, {rec.get('n_cells', 0)} cells, purity {purity}"
+            p = outcome.record.purity
+            purity = "n/a" if p.purity is None else f"{p.purity:.3f}"
+            what = f"done, {p.n_cells} cells, purity {purity}"
         else:
             self.failed += 1
-            what = f"FAILED: {rec.get('error')}"
+            what = f"FAILED: {outcome.error}"
         finished = self.done + self.failed
         remaining = self.total - finished
         elapsed = time.perf_counter() - self.t0
@@ -234,7 +243,7 @@ class _Progress:
             self.total,
             sid,
             what,
-            rec.get("runtime_s", 0.0),
+            outcome.runtime_s or 0.0,
             self.done,
             self.failed,
             remaining,
@@ -243,12 +252,12 @@ class _Progress:
 
 
 # -- executors -----------------------------------------------------------------------------
-Record = tuple[SlideJob, dict[str, Any]]
+Outcomes = Iterator[tuple[SlideJob, SlideOutcome]]
 
 
 def _run_in_process(
     jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest
-) -> Iterator[Record]:
+) -> Outcomes:
     for job in jobs:
         try:
             manifest.mark_running(job.slide_id, job.path)
@@ -256,18 +265,10 @@ def _run_in_process(
             if not is_disk_full(err):
                 raise
             # not even the manifest can be written: the slide fails as it would have, unattempted
-            yield (
-                job,
-                {
-                    "path": job.path,
-                    "status": FAILED,
-                    "runtime_s": 0.0,
-                    "disk_full": True,
-                    "error": DiskFullError.under(
-                        Path(out), f"No space left on device before {job.slide_id} could start"
-                    ).one_line(),
-                },
+            err = DiskFullError.under(
+                Path(out), f"No space left on device before {job.slide_id} could start"
             )
+            yield job, SlideOutcome.failed(job.path, err.one_line(), runtime_s=0.0, disk_full=True)
             continue
         yield job, process_slide(job, out, cfg.model, cfg.engine, torch_threads=cfg.threads)
 
@@ -295,7 +296,7 @@ def _local_cluster_size(cfg: CohortConfig) -> int:
 
 def _run_on_dask(
     jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest
-) -> Iterator[Record]:
+) -> Outcomes:
     # deliberately deferred: Dask and distributed (about 1 s to import) only for --scheduler
     import dask
     from distributed import Client, LocalCluster, as_completed
@@ -352,7 +353,7 @@ def _run_on_dask(
             requeues: dict[str, int] = {}
             by_key: dict[str, tuple[SlideJob, Path]] = {}
 
-            def submit(job: SlideJob):
+            def submit(job: SlideJob) -> Any:  # a distributed.Future
                 key = f"wsi-ocelot-{job.slide_id}-{died.get(job.slide_id, 0) + 1}-{os.getpid()}-{time.time_ns()}"
                 marker = tasks / key
                 fut = client.submit(
@@ -377,11 +378,13 @@ def _run_on_dask(
                 job, marker = by_key.pop(fut.key)
                 sid = job.slide_id
                 try:
-                    rec = fut.result()
+                    outcome: SlideOutcome = fut.result()
                 except KilledWorker as exc:  # the worker died while it held the slide
                     finished = marker.with_name(marker.name + ".json")
                     if finished.exists():  # it had finished; the worker died before it could report
-                        rec = json.loads(finished.read_text(encoding="utf-8"))
+                        outcome = SlideOutcome.from_json(
+                            json.loads(finished.read_text(encoding="utf-8"))
+                        )
                         log.info(
                             "%s: finished before its Dask worker was lost; its outputs are kept",
                             sid,
@@ -403,30 +406,30 @@ def _run_on_dask(
                             manifest.slides[sid]["attempts"] = died[sid] + 1
                             ac.add(submit(job))
                             continue
-                        rec = {
-                            "path": job.path,
-                            "status": FAILED,
-                            "runtime_s": None,
-                            "error": f"{job.path}: the Dask worker running this slide died {died[sid]} time(s) "
-                            f"({type(exc).__name__}). Fix: check the worker logs (memory, GPU driver); run the slide alone to see its error",
-                            "attempts": died[sid],
-                        }  # every attempt died
+                        err = SlideTaskError(
+                            job.path,
+                            f"the Dask worker running this slide died {died[sid]} time(s) "
+                            f"({type(exc).__name__})",
+                            "check the worker logs (memory, GPU driver); run the slide alone to "
+                            "see its error",
+                        )  # every attempt died
+                        outcome = SlideOutcome.failed(job.path, err.one_line(), attempts=died[sid])
                 except (
                     Exception
                 ) as exc:  # raised outside process_slide (it turns every Exception into a record)
                     first = str(exc).splitlines()[0] if str(exc) else ""
-                    rec = {
-                        "path": job.path,
-                        "status": FAILED,
-                        "runtime_s": None,
-                        "error": f"{job.path}: the Dask task failed outside the slide's own run ({type(exc).__name__}: {first}). "
-                        "Fix: check that the workers run the same wsi-ocelot version and see the worker logs",
-                    }
+                    err = SlideTaskError(
+                        job.path,
+                        f"the Dask task failed outside the slide's own run "
+                        f"({type(exc).__name__}: {first})",
+                        "check that the workers run the same wsi-ocelot version and see the "
+                        "worker logs",
+                    )
+                    outcome = SlideOutcome.failed(job.path, err.one_line())
                     log.error("%s: Dask task error: %r", sid, exc)
-                rec.setdefault(
-                    "attempts", died.get(sid, 0) + 1
-                )  # the attempts that died, and this one
-                yield job, rec
+                if outcome.attempts is None:  # the attempts that died, and this one
+                    outcome = dataclasses.replace(outcome, attempts=died.get(sid, 0) + 1)
+                yield job, outcome
         finally:
             client.close()
             if cluster is not None:
@@ -464,7 +467,7 @@ def check_options(config: CohortConfig, info: CheckpointInfo) -> None:
     (its syntax always; that it exists here unless the slides run on a remote Dask cluster,
     whose workers may have GPUs this machine lacks), the runtime and precision (that they can
     run here, on the same condition) and the cell margin against the model's tiles."""
-    engine = config.engine or EngineConfig()
+    engine = config.engine
     here = config.scheduler in (None, "local")
     device = resolve_device(engine.device, here=here)
     if here:  # a remote cluster's workers may have other CPUs, GPUs and packages
@@ -503,7 +506,7 @@ def run_cohort(
     jobs: Sequence[SlideJob],
     out_dir: str | os.PathLike[str],
     config: CohortConfig,
-    on_record: Callable[[SlideJob, dict[str, Any]], None] | None = None,
+    on_record: Callable[[SlideJob, SlideOutcome], None] | None = None,
 ) -> CohortResult:
     """Run a batch of slides into ``out_dir``; skip slides already done (unless ``config.overwrite``).
 
@@ -517,7 +520,8 @@ def run_cohort(
     config
         A :class:`CohortConfig` (model, engine config, Dask scheduler, retries, ...).
     on_record
-        Called after each slide with its job and manifest record.
+        Called after each slide with its job and :class:`~wsi_ocelot.cohort.outcome.SlideOutcome`
+        (its manifest entry is saved by then).
 
     Returns
     -------
@@ -533,13 +537,12 @@ def run_cohort(
     jobs = [
         _absolute(j) for j in jobs
     ]  # the manifest keeps absolute paths: resume works from any folder
-    engine = config.engine or EngineConfig()
     out = prepare_out_dir(out_dir)
     model = str(resolve_model(config.model))
     info = read_checkpoint_info(
         model
     )  # a bad checkpoint fails the batch up front, not once per slide
-    cfg = dataclasses.replace(config, model=model, engine=engine)
+    cfg = dataclasses.replace(config, model=model)
     check_options(cfg, info)
     runnable, input_errors = check_inputs(jobs)
     model_sha = file_sha256(model)
@@ -591,33 +594,37 @@ def run_cohort(
         progress = _Progress(len(todo), len(result.skipped))
         run = _run_in_process if cfg.scheduler is None else _run_on_dask
         try:
-            for job, rec in run(todo, str(out), cfg, manifest):
-                tb = rec.pop("traceback", None)
-                if tb:
-                    log.error("%s: unexpected error on %s\n%s", job.slide_id, rec.get("worker"), tb)
-                    rec["log"] = _slide_log(out, job.slide_id, rec, tb)
-                disk_full = bool(rec.pop("disk_full", False))
-                rec.update(
-                    path=job.path,
-                    model=model,
-                    model_sha256=model_sha,
-                    identity=file_identity(job.path),
+            for job, outcome in run(todo, str(out), cfg, manifest):
+                if outcome.traceback is not None:
+                    log.error(
+                        "%s: unexpected error on %s\n%s",
+                        job.slide_id,
+                        outcome.worker,
+                        outcome.traceback,
+                    )
+                    outcome = dataclasses.replace(
+                        outcome, log=_slide_log(out, job.slide_id, outcome)
+                    )
+                entry = outcome.manifest_entry(
+                    model=model, model_sha256=model_sha, identity=file_identity(job.path)
                 )
-                _saving("manifest.json", manifest.record, job.slide_id, rec)
-                (result.done if rec["status"] == DONE else result.failed).append(job.slide_id)
-                progress.update(job.slide_id, rec)
+                _saving("manifest.json", manifest.record, job.slide_id, entry)
+                (result.done if outcome.done else result.failed).append(job.slide_id)
+                progress.update(job.slide_id, outcome)
                 _saving("summary.csv", write_summary_csv, out, manifest)
                 if on_record:
-                    on_record(job, rec)
+                    on_record(job, outcome)
                 if (
-                    disk_full
+                    outcome.disk_full
                 ):  # every later slide would fail the same way: stop, keep them for a rerun
                     result.pending = _unfinished(todo, result)
-                    result.stopped = (
-                        f"{out}: the disk is full; the batch stopped after {job.slide_id}, {len(result.pending)} slide(s) "
-                        f"not attempted (pending). Fix: free space on the disk of {out}, then run the same command "
-                        "again: it goes on where this run stopped"
-                    )
+                    result.stopped = DiskFullError(
+                        out,
+                        f"the disk is full; the batch stopped after {job.slide_id}, "
+                        f"{len(result.pending)} slide(s) not attempted (pending)",
+                        f"free space on the disk of {out}, then run the same command again: it goes "
+                        "on where this run stopped",
+                    ).one_line()
                     log.error("%s", result.stopped)
                     manifest.mark_pending(
                         [(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
@@ -647,11 +654,14 @@ def run_cohort(
     return result
 
 
-def _slide_log(out: Path, slide_id: str, rec: dict[str, Any], tb: str) -> str | None:
+def _slide_log(out: Path, slide_id: str, outcome: SlideOutcome) -> str | None:
     """Write a slide's unexpected error, whole, to ``<out>/logs/<slide-id>.log``; the manifest
     points to it (relative to ``out``). None when it cannot be written (it is in run.log too)."""
     rel = f"{SLIDE_LOGS}/{slide_id}.log"
-    text = f"{now_iso()} {slide_id} ({rec.get('path')}) on {rec.get('worker')}\n{rec.get('error')}\n\n{tb}"
+    text = (
+        f"{now_iso()} {slide_id} ({outcome.path}) on {outcome.worker}\n{outcome.error}\n\n"
+        f"{outcome.traceback}"
+    )
     try:
         (out / SLIDE_LOGS).mkdir(exist_ok=True)
         write_text(out / rel, text)

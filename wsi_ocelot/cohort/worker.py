@@ -1,8 +1,8 @@
 """The per-slide task: the same function runs in-process and on a Dask worker.
 
-It never raises for a bad slide: it returns a record (``status`` done or failed, with the
-one-line error), so one slide cannot take the batch down and Dask does not retry a slide
-that failed for a reason a retry cannot fix. The model is loaded once per process and kept
+It never raises for a bad slide: it returns a :class:`~wsi_ocelot.cohort.outcome.SlideOutcome`
+(done, or failed with the one-line error), so one slide cannot take the batch down and Dask
+does not retry a slide that failed for a reason a retry cannot fix. The model is loaded once per process and kept
 (a Dask worker loads it for its first slide and reuses it for the rest).
 
 A Dask worker started by ``dask worker`` or dask-jobqueue runs under a nanny, in a daemonic
@@ -25,20 +25,19 @@ import socket
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.inputs import SlideJob
-from wsi_ocelot.cohort.manifest import DONE, FAILED
-from wsi_ocelot.errors import DiskFullError, WsiOcelotError
+from wsi_ocelot.cohort.outcome import SlideOutcome
+from wsi_ocelot.errors import DiskFullError, SlideTaskError, WsiOcelotError
 from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
 from wsi_ocelot.tiling.dataset import default_workers
 
 log = logging.getLogger(__name__)
 
-_RUNNERS: dict[tuple[str, Any], Any] = {}
+_RUNNERS: dict[tuple[str, EngineConfig], SlideRunner] = {}
 SLIDE_LOGS = "logs"  # <out>/logs/<slide-id>.log: the traceback of a slide's unexpected error
 
 
@@ -133,20 +132,21 @@ def run_slide_task(
     *,
     torch_threads: int | None = None,
     started_marker: str | None = None,
-) -> dict[str, Any]:
+) -> SlideOutcome:
     """The Dask task: :func:`process_slide` between two notes in the shared output folder.
 
-    ``started_marker`` is written when the slide starts and ``<started_marker>.json`` (the record)
-    when it ends. When a worker dies, the driver reads them to tell a slide that was only queued
-    there (resubmitted, not an attempt) from one that was running (an attempt) and from one that
-    had finished but whose result had not reached the scheduler yet (its record is used as is)."""
+    ``started_marker`` is written when the slide starts and ``<started_marker>.json`` (the
+    outcome, :meth:`SlideOutcome.to_json`) when it ends. When a worker dies, the driver reads
+    them to tell a slide that was only queued there (resubmitted, not an attempt) from one that
+    was running (an attempt) and from one that had finished but whose result had not reached
+    the scheduler yet (its outcome is used as is)."""
     if started_marker:
         with open(started_marker, "w", encoding="utf-8") as fh:
             fh.write(_where())
-    rec = process_slide(job, out_dir, model, config, torch_threads=torch_threads)
+    outcome = process_slide(job, out_dir, model, config, torch_threads=torch_threads)
     if started_marker:
-        write_text(Path(started_marker + ".json"), json.dumps(rec, default=str))
-    return rec
+        write_text(Path(started_marker + ".json"), json.dumps(outcome.to_json(), default=str))
+    return outcome
 
 
 def process_slide(
@@ -156,10 +156,14 @@ def process_slide(
     config: EngineConfig,
     *,
     torch_threads: int | None = None,
-) -> dict[str, Any]:
-    """Run one slide into ``out_dir/<slide-id>/`` and return its manifest record."""
+) -> SlideOutcome:
+    """Run one slide into ``out_dir/<slide-id>/`` and return its :class:`SlideOutcome`."""
     t0 = time.perf_counter()
-    base: dict[str, Any] = {"path": job.path, "mpp_override": job.mpp, "worker": _where()}
+    where = _where()
+
+    def seconds() -> float:
+        return round(time.perf_counter() - t0, 3)
+
     try:
         if torch_threads:
             if torch.get_num_threads() != torch_threads:
@@ -167,31 +171,36 @@ def process_slide(
         runner = get_runner(model, config)
         res = runner.run(job.path, out_dir, mpp=job.mpp, slide_id=job.slide_id, overwrite=True)
     except WsiOcelotError as err:
-        rec = {
-            **base,
-            "status": FAILED,
-            "error": err.one_line(),
-            "runtime_s": round(time.perf_counter() - t0, 3),
-        }
-        if isinstance(err, DiskFullError):
-            rec["disk_full"] = True  # the batch stops: every later slide would fail the same way
-        return rec
-    except Exception as exc:  # a bug or an unforeseen fault: report it, keep the batch going
-        msg = (
-            f"{job.path}: unexpected error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-            f"Fix: see the traceback in {Path(out_dir) / SLIDE_LOGS / (job.slide_id + '.log')}; report it if the slide opens in other viewers"
+        return SlideOutcome.failed(
+            job.path,
+            err.one_line(),
+            runtime_s=seconds(),
+            mpp_override=job.mpp,
+            worker=where,
+            # the batch stops: every later slide would fail the same way
+            disk_full=isinstance(err, DiskFullError),
         )
-        return {
-            **base,
-            "status": FAILED,
-            "error": msg,
-            "runtime_s": round(time.perf_counter() - t0, 3),
-            "traceback": traceback.format_exc(),
-        }
-    return {
-        **base,
-        "status": DONE,
-        "error": None,
-        **res.record.manifest_fields(),
-        "runtime_s": round(time.perf_counter() - t0, 3),
-    }
+    except Exception as exc:  # a bug or an unforeseen fault: report it, keep the batch going
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        log_file = Path(out_dir) / SLIDE_LOGS / (job.slide_id + ".log")
+        task_err = SlideTaskError(
+            job.path,
+            f"unexpected error ({type(exc).__name__}: {first})",
+            f"see the traceback in {log_file}; report it if the slide opens in other viewers",
+        )
+        return SlideOutcome.failed(
+            job.path,
+            task_err.one_line(),
+            runtime_s=seconds(),
+            mpp_override=job.mpp,
+            worker=where,
+            traceback=traceback.format_exc(),
+        )
+    return SlideOutcome(
+        path=job.path,
+        status="done",
+        runtime_s=seconds(),
+        mpp_override=job.mpp,
+        worker=where,
+        record=res.record,
+    )

@@ -55,7 +55,6 @@ from wsi_ocelot.inference.peaks import find_peaks
 from wsi_ocelot.inference.predictor import (
     Predictor,
     default_batch_size,
-    resolve_device,
     with_oom_retry,
 )
 from wsi_ocelot.inference.run_metadata import run_attributes
@@ -71,6 +70,7 @@ from wsi_ocelot.inference.tissue_map import (
 )
 from wsi_ocelot.inference.unreadable import DEFAULT_MAX_UNREADABLE, UnreadableTiles
 from wsi_ocelot.model import load_model
+from wsi_ocelot.model.device import resolve_device
 from wsi_ocelot.naming import slide_id_for
 from wsi_ocelot.outputs import (
     CELL_TABLE_FORMATS,

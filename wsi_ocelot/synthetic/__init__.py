@@ -10,24 +10,52 @@
 
 from __future__ import annotations
 
-from wsi_ocelot.synthetic.layout import (
-    BC,
-    KIND_NAMES,
-    TC,
-    CellTable,
-    SyntheticParams,
-    TissueModel,
-    build_tissue_model,
-)
-from wsi_ocelot.synthetic.render import render_um
-from wsi_ocelot.synthetic.slide import (
-    SyntheticSlide,
-    make_synthetic_slide,
-    read_ground_truth,
-    write_synthetic_slide,
-)
-from wsi_ocelot.synthetic.stats import SyntheticStats, compute_stats
-from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names are imported on first use (below): see __getattr__
+    from wsi_ocelot.synthetic.layout import (
+        BC,
+        KIND_NAMES,
+        TC,
+        CellTable,
+        SyntheticParams,
+        TissueModel,
+        build_tissue_model,
+    )
+    from wsi_ocelot.synthetic.render import render_um
+    from wsi_ocelot.synthetic.slide import (
+        SyntheticSlide,
+        make_synthetic_slide,
+        read_ground_truth,
+        write_synthetic_slide,
+    )
+    from wsi_ocelot.synthetic.stats import SyntheticStats, compute_stats
+    from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
+
+#: public name → the module that defines it
+_API = {
+    **dict.fromkeys(
+        (
+            "BC",
+            "KIND_NAMES",
+            "TC",
+            "CellTable",
+            "SyntheticParams",
+            "TissueModel",
+            "build_tissue_model",
+        ),
+        "wsi_ocelot.synthetic.layout",
+    ),
+    "render_um": "wsi_ocelot.synthetic.render",
+    **dict.fromkeys(
+        ("SyntheticSlide", "make_synthetic_slide", "read_ground_truth", "write_synthetic_slide"),
+        "wsi_ocelot.synthetic.slide",
+    ),
+    "SyntheticStats": "wsi_ocelot.synthetic.stats",
+    "compute_stats": "wsi_ocelot.synthetic.stats",
+    "write_pyramidal_tiff": "wsi_ocelot.synthetic.tiff",
+}
 
 __all__ = [
     "BC",
@@ -46,3 +74,18 @@ __all__ = [
     "write_pyramidal_tiff",
     "write_synthetic_slide",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Deliberately deferred (scipy and the renderer take ~0.5 s to import): the CLI's parser
+    imports :mod:`wsi_ocelot.synthetic.command`, and ``wsi-ocelot --help`` stays instant."""
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wsi_ocelot.synthetic' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
