@@ -25,7 +25,7 @@ class WsiOcelotError(Exception):
         head = head.rstrip(".")
         return f"{head}. Fix: {self.fix}" if self.fix else head + "."
 
-    def __reduce__(self):  # keep the three fields across process boundaries (Dask, DataLoader)
+    def __reduce__(self):  # keep the three fields across process boundaries (Dask, tile readers)
         return (type(self), (self.path, self.problem, self.fix))
 
 
