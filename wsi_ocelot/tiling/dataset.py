@@ -56,7 +56,8 @@ MAX_READER_DEATHS = 8
 def read_tile(slide: Slide, box: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]:
     """The level-0 ``box`` read at ``size`` (``(h, w, 3)`` uint8) and "" or, when the slide
     fails to give it twice in a row, a white tile and the reason."""
-    b = tuple(int(v) for v in box)
+    x, y, w, h = (int(v) for v in box)
+    b = (x, y, w, h)
     for attempt in (1, 2):
         try:
             return slide.read_box(b, size), ""
@@ -272,7 +273,7 @@ class _Batches:
     """The batches of a pass, numbered from 0: a :class:`BlockBatches` item is a batch; a
     :class:`TileDataset`'s items are taken ``batch_size`` at a time."""
 
-    def __init__(self, dataset: TileDataset | BlockBatches, batch_size: int):
+    def __init__(self, dataset: TileDataset | BlockBatches, batch_size: int) -> None:
         self.dataset = dataset
         self.blocks = isinstance(dataset, BlockBatches)
         self.batch_size = 1 if self.blocks else max(1, int(batch_size))
@@ -401,7 +402,7 @@ class _Reader:
     """One reader process with its pipe, its ``slots`` shared-memory slots and the batches it
     was asked for, in order (it reads them in that order)."""
 
-    def __init__(self, source: _Batches, slots: int, slot_bytes: int, solo: bool = False):
+    def __init__(self, source: _Batches, slots: int, slot_bytes: int, solo: bool = False) -> None:
         ctx = mp.get_context("fork")
         self.solo = solo
         # anonymous shared mappings, inherited by the fork: no name to unlink, ever
@@ -427,12 +428,23 @@ class _Reader:
         except OSError:  # it died; its sentinel tells
             pass
 
+    def release(self) -> None:
+        """Ask the process to end (it may be busy; it ends when it asks for its next batch).
+        Asked in words: readers forked later hold copies of this pipe's end, so closing it is
+        not an end of file the reader would see."""
+        if not self.conn.closed:
+            try:
+                self.conn.send(None)
+            except OSError:  # it has ended already
+                pass
+            self.conn.close()
+
     def stop(self, kill: bool) -> None:
-        """End the process (at once when ``kill``, else it ends on its pipe's close) and let go
-        of its slots."""
-        self.conn.close()
+        """End the process (at once when ``kill``, else when it has read what it was asked
+        for) and let go of its slots."""
         if kill and self.proc.is_alive():
             self.proc.kill()
+        self.release()
         self.proc.join(timeout=None if kill else 5.0)
         if self.proc.is_alive():  # pragma: no cover - a reader stuck in a codec
             self.proc.kill()
@@ -453,9 +465,8 @@ class _ReaderPool:
     ) -> None:
         self.source, self.pin, self.max_deaths = source, pin, max_deaths
         self.prefetch = max(1, int(prefetch))
-        self.window = (
-            max(1, readers) * self.prefetch
-        )  # batches asked for and not yet delivered, at most
+        # batches asked for and not yet delivered, at most (received ones wait in self.done)
+        self.window = max(1, readers) * self.prefetch
         self.slot_bytes = source.slot_bytes()
         self.readers: list[_Reader] = []
         self.solos: list[_Reader] = []
@@ -579,6 +590,11 @@ class _ReaderPool:
                 heapq.heappush(self.retry, b)
 
     def close(self, kill: bool) -> None:
+        for r in self.readers + self.solos:  # all asked first, so they end side by side
+            if kill:
+                r.proc.kill()
+            else:
+                r.release()
         for r in self.readers + self.solos:
             r.stop(kill)
         self.readers, self.solos = [], []
