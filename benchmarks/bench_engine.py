@@ -244,7 +244,7 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=777)
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the engine runs")
+    ap.add_argument("--workers", type=int, default=2, help="reader processes of the engine runs")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument(
         "--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA (default: on)"
@@ -296,7 +296,7 @@ def main() -> None:
     from wsi_ocelot.slide import open_slide
     from wsi_ocelot.synthetic import read_ground_truth, write_synthetic_slide
     from wsi_ocelot.sysinfo import describe_machine
-    from wsi_ocelot.tiling import TileDataset, make_loader, plan_tiles
+    from wsi_ocelot.tiling import TileDataset, plan_tiles, read_batches
     from wsi_ocelot.weights import resolve_model
 
     model_path = str(resolve_model(args.model))
@@ -458,14 +458,14 @@ def main() -> None:
         bs = args.batch_size
         tiss = [
             bt["cell"]
-            for bt in make_loader(
-                TileDataset(slide, plan.tissue.boxes, geo.tile_size), batch_size=bs, workers=0
+            for bt in read_batches(
+                TileDataset(slide, plan.tissue.boxes, geo.tile_size), readers=0, batch_size=bs
             )
         ]
         cells = [
             bt["cell"]
-            for bt in make_loader(
-                TileDataset(slide, plan.cells.boxes, geo.tile_size), batch_size=bs, workers=0
+            for bt in read_batches(
+                TileDataset(slide, plan.cells.boxes, geo.tile_size), readers=0, batch_size=bs
             )
         ]
         n_crop = geo.tile_size // geo.context_factor
@@ -499,7 +499,7 @@ def main() -> None:
             if two.get("gpu_busy_fraction") is None
             else round(two["gpu_busy_fraction"], 3),
             "note": "end to end = SlideRunner.run() of the two-pass path (model loaded once beforehand, "
-            f"{two['model_load_s']:.1f} s); CPU time = the process and its DataLoader workers",
+            f"{two['model_load_s']:.1f} s); CPU time = the process and its reader processes",
         }
         if args.patches:
             report["patch_level_on_this_slide"] = patch_level(

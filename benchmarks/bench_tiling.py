@@ -1,4 +1,4 @@
-"""Tile pairs per second through the tile ``Dataset`` (0, 1, 2 DataLoader workers)
+"""Tile pairs per second through the tile ``Dataset`` (0, 1, 2 reader processes)
 against raw ``read_region`` of the same level-0 boxes, as ratios measured in one run.
 
     python benchmarks/bench_tiling.py [--size 6144] [--tiles 48] [--out benchmarks/results]
@@ -37,7 +37,7 @@ def main() -> None:
     from wsi_ocelot.slide import open_slide
     from wsi_ocelot.synthetic import write_synthetic_slide
     from wsi_ocelot.sysinfo import describe_machine
-    from wsi_ocelot.tiling import TileDataset, make_loader, plan_tiles
+    from wsi_ocelot.tiling import TileDataset, plan_tiles, read_batches
 
     torch.set_num_threads(1)
     geo = GeometryConfig()
@@ -60,7 +60,7 @@ def main() -> None:
 
         def through(workers: int) -> None:
             ds = TileDataset(slide, cells, geo.tile_size, ctx)
-            for _ in make_loader(ds, batch_size=args.batch_size, workers=workers):
+            for _ in read_batches(ds, readers=workers, batch_size=args.batch_size):
                 pass
 
         raw()  # warm the OS page cache and OpenSlide's tile cache equally for all

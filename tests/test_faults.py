@@ -140,9 +140,10 @@ def test_max_unreadable_is_checked(tiny_ckpt):
         EngineConfig(max_unreadable=1.5)
 
 
-def _die_on(monkeypatch, marker_dir: Path, item: int, times: int) -> None:
-    """Make reader processes (not this process) exit abruptly when they read ``item`` of a
-    cell pass, the first ``times`` times (markers in ``marker_dir`` count across processes)."""
+def _die_on(monkeypatch, marker_dir: Path, item: int | None, times: int) -> None:
+    """Make reader processes (not this process) exit abruptly when they read ``item`` (None:
+    any item) of a cell pass, the first ``times`` times (markers in ``marker_dir`` count across
+    processes)."""
     from wsi_ocelot.tiling import dataset as ds
 
     parent = os.getpid()
@@ -151,7 +152,7 @@ def _die_on(monkeypatch, marker_dir: Path, item: int, times: int) -> None:
     def getitem(self, i):
         if (
             os.getpid() != parent
-            and i == item
+            and (item is None or i == item)
             and self.tile_size == GEO.tile_size
             and len(self.boxes) > 20
         ):
@@ -190,6 +191,26 @@ def test_a_batch_that_kills_every_reader_is_counted_unreadable(
         0 < res.record.n_unreadable_tiles <= 4
     )  # the batch (of at most four tiles) no reader could read
     assert res.record.purity.tissue_area_mm2 < clean.record.purity.tissue_area_mm2
+
+
+def test_too_many_reader_deaths_fail_the_slide_in_one_line(
+    tiny_ckpt, slides, tmp_path, monkeypatch
+):
+    import multiprocessing as mp
+
+    from wsi_ocelot.tiling.dataset import MAX_READER_DEATHS
+
+    _die_on(monkeypatch, tmp_path / "markers", item=None, times=10_000)  # every reader dies
+    (tmp_path / "markers").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SlideFormatError) as exc:
+        _runner(tiny_ckpt, workers=1, max_unreadable=1.0).run(slides["clean"], out, slide_id="s")
+    msg = exc.value.one_line()
+    assert "\n" not in msg and str(slides["clean"]) in msg
+    assert f"tile-reading processes died {MAX_READER_DEATHS + 1} times" in msg
+    assert not any(out.iterdir())  # no folder, no half-written one
+    assert mp.active_children() == []  # no reader left running
 
 
 def test_unreadable_counts_reach_manifest_summary_and_report(tiny_ckpt, slides, tmp_path):

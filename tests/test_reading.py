@@ -8,7 +8,7 @@ import pytest
 
 from wsi_ocelot.errors import ConfigError
 from wsi_ocelot.slide import open_slide
-from wsi_ocelot.tiling import BlockBatches, TileDataset, make_grid, make_loader, plan_batches
+from wsi_ocelot.tiling import BlockBatches, TileDataset, make_grid, plan_batches, read_batches
 from wsi_ocelot.tiling.dataset import block_shape, default_workers
 
 
@@ -117,7 +117,7 @@ def test_block_batches_equal_tile_dataset(pattern_slide, workers):
     g = make_grid(*s.dimensions, s.mpp, 0.2, 128, 16)
     ds = BlockBatches(s, g.boxes, g.rows, g.cols, 128, 4)
     seen = []
-    for batch in make_loader(ds, batch_size=4, workers=workers):
+    for batch in read_batches(ds, readers=workers):
         idx = batch["index"].numpy()
         ref = TileDataset(s, g.boxes[idx], 128)
         assert batch["cell"].shape == (len(idx), 3, 128, 128)

@@ -142,13 +142,13 @@ def test_plan_tiles_only_on_tissue(synth_025, synth_empty):
 def test_dataset_batches_from_workers(pattern_slide, workers):
     import torch
 
-    from wsi_ocelot.tiling import TileDataset, make_loader
+    from wsi_ocelot.tiling import TileDataset, read_batches
 
     slide = open_slide(pattern_slide)
     g = cell_grid(*slide.dimensions, slide.mpp, SMALL)
     ctx = context_boxes(g.boxes, 4)
     ds = TileDataset(slide, g.boxes, SMALL.tile_size, ctx)
-    batches = list(make_loader(ds, batch_size=4, workers=workers))
+    batches = list(read_batches(ds, readers=workers, batch_size=4))
     assert sum(b["cell"].shape[0] for b in batches) == len(g)
     b = batches[0]
     assert b["cell"].dtype == torch.uint8 and b["cell"].shape[1:] == (3, 256, 256)

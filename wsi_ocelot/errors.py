@@ -26,7 +26,7 @@ class WsiOcelotError(Exception):
         head = head.rstrip(".")
         return f"{head}. Fix: {self.fix}" if self.fix else head + "."
 
-    # keep the three fields across process boundaries (Dask, DataLoader)
+    # keep the three fields across process boundaries (Dask, tile readers)
     def __reduce__(self) -> tuple[type[Self], tuple[str | None, str, str | None]]:
         return (type(self), (self.path, self.problem, self.fix))
 

@@ -24,7 +24,6 @@ is renamed to ``<out>/<slide-id>`` at the end.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import shutil
@@ -87,7 +86,7 @@ from wsi_ocelot.purity import PurityCounter, SlideRecord
 from wsi_ocelot.slide import READERS, Slide, open_slide
 from wsi_ocelot.slide.mask import tissue_mask_from_image
 from wsi_ocelot.slide.stain_check import classify_stain, require_brightfield
-from wsi_ocelot.tiling import BlockBatches, TileDataset, make_loader, plan_tiles
+from wsi_ocelot.tiling import BlockBatches, TileDataset, plan_tiles
 from wsi_ocelot.tiling.dataset import default_workers, read_batches
 from wsi_ocelot.weights import resolve_model, weights_note
 
@@ -683,32 +682,26 @@ class SlideRunner:
         return record
 
     # ------------------------------------------------------------------------------------
-    def _loader(self, dataset, workers: int | None = None, *, readers: int | None = None):
-        """A loader over ``dataset`` with ``readers`` processes (None: ``config.workers``), fewer
-        when there is too little to read; ``workers`` (from :func:`read_batches`) caps them."""
+    def _readers(self, dataset: BlockBatches | TileDataset, readers: int | None = None) -> int:
+        """Reader processes for ``dataset``: ``readers`` (None: ``config.workers``), fewer when
+        there is too little to read (a BlockBatches item is a whole batch)."""
         cfg = self.config
         readers = cfg.workers if readers is None else readers
-        # no reader processes when there is too little to read (a BlockBatches item is a whole batch)
-        blocks = isinstance(getattr(dataset, "dataset", dataset), BlockBatches)
+        blocks = isinstance(dataset, BlockBatches)
         spare = len(dataset) - 1 if blocks else len(dataset) // max(cfg.batch_size, 1)
-        # (a batch read alone after readers died on it is still read in a process of its own)
-        workers = min(readers, max(0, spare)) if workers is None else min(workers, readers)
-        return make_loader(
-            dataset,
-            batch_size=cfg.batch_size,
-            workers=workers,
-            prefetch=cfg.prefetch,
-            pin_memory=self.device.type == "cuda",
-        )
+        return min(readers, max(0, spare))
 
     def _batches(
-        self, run: _SlideRun, dataset, readers: int | None = None
+        self, run: _SlideRun, dataset: BlockBatches | TileDataset, readers: int | None = None
     ) -> Iterator[dict[str, Any]]:
         """The dataset's batches, read in reader processes that are replaced when they die."""
-        per_item = 1 if isinstance(dataset, BlockBatches) else self.config.batch_size
         return _timed(
             read_batches(
-                dataset, functools.partial(self._loader, readers=readers), batch_items=per_item
+                dataset,
+                readers=self._readers(dataset, readers),
+                batch_size=self.config.batch_size,
+                prefetch=self.config.prefetch,
+                pin_memory=self.device.type == "cuda",
             ),
             run.timer,
         )

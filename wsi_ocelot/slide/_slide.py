@@ -279,7 +279,7 @@ def _check_tiff_complete(path: Path) -> None:
 class Slide:
     """A whole-slide image opened with OpenSlide, with a resolved MPP.
 
-    Safe to send to DataLoader worker processes or Dask workers: pickling keeps the path
+    Safe to send to tile-reader processes or Dask workers: pickling keeps the path
     and MPP, and each process opens its own handle on first use.
 
     ``reader`` picks the decoder of level regions: ``openslide`` (default, every format) or

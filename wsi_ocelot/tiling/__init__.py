@@ -22,7 +22,7 @@ __all__ = [
     "BlockBatches",
     "block_ids",
     "plan_batches",
-    "make_loader",
+    "read_batches",
     "SlideTiles",
     "plan_tiles",
 ]
@@ -31,7 +31,7 @@ __all__ = [
 def __getattr__(
     name: str,
 ):  # deliberately deferred: torch is imported only when the Dataset is asked for
-    if name in ("TileDataset", "BlockBatches", "block_ids", "plan_batches", "make_loader"):
+    if name in ("TileDataset", "BlockBatches", "block_ids", "plan_batches", "read_batches"):
         from wsi_ocelot.tiling import dataset
 
         return getattr(dataset, name)

@@ -1,31 +1,48 @@
-"""Torch datasets of aligned tiles read from one slide.
-
-Each item reads its boxes in the worker process that asks for it (the :class:`Slide`
-re-opens its handle once per process), so tile reading and decoding run beside the
-model, never in front of it.
+"""Torch datasets of aligned tiles read from one slide, and the reader processes that read them.
 
 :class:`TileDataset` reads every tile (and its context) on its own: the paper's per-tile
 path. :class:`BlockBatches` serves whole batches of neighbouring tiles, each batch cut
 from one region read over the tiles' union (:meth:`Slide.read_boxes`), so the overlap
 between tiles is decoded once: the engine's two-pass path.
 
+:func:`read_batches` reads a pass's batches in reader processes (forked, one torch thread
+each; the :class:`Slide` re-opens its handle once per process), so tile reading and decoding
+run beside the model, never in front of it. Each reader has ``prefetch`` batches in flight;
+batches are delivered in order. A reader writes a batch's tensors into one of its own
+shared-memory slots (anonymous shared mappings made before the fork: the kernel frees them
+with the last process that maps them, so nothing is left behind on any path, not even a
+SIGKILL) and sends only their layout through its pipe; the main process copies them out
+(into pinned memory on CUDA) and the slot is reused. Only public APIs are used: a reader's
+death is seen on its process sentinel (:func:`multiprocessing.connection.wait`); torch's
+DataLoader and its process-wide signal handling are not involved.
+
 A tile the slide will not give (a corrupt stored tile: OpenSlide raises) is read once more,
-then delivered white and flagged: items carry ``unreadable`` (bool per tile) and ``errors``
+then delivered white and flagged: batches carry ``unreadable`` (bool per tile) and ``errors``
 (the reason, "" for good tiles), and the engine drops its detections. A reader process that
-dies (a codec that crashes) is replaced by :func:`read_batches`.
+dies (a codec that crashes) is replaced; the batch it was reading is read again alone, in a
+process of its own, and if that dies too, its tiles are delivered white and flagged. More
+than :data:`MAX_READER_DEATHS` deaths in one pass fail the slide.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
+import mmap
+import multiprocessing as mp
 import os
-from collections.abc import Callable, Iterator
+import pickle
+import signal
+import traceback
+from collections import deque
+from collections.abc import Iterator
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
-from torch.utils.data._utils import signal_handling as _torch_signals
+from torch.utils.data import Dataset, default_collate
 
 from wsi_ocelot.errors import SlideFormatError
 from wsi_ocelot.slide import Slide
@@ -35,17 +52,12 @@ log = logging.getLogger(__name__)
 #: Reader processes that may die during one pass before the slide fails.
 MAX_READER_DEATHS = 8
 
-# A reader process that dies must surface where the engine asks for the next batch (where
-# read_batches replaces it), not as an exception raised from torch's SIGCHLD handler at any
-# point of the main thread. Marking the handler as installed keeps torch from installing it;
-# the DataLoader then reports a dead reader from its next() (it polls its readers' health).
-_torch_signals._SIGCHLD_handler_set = True
-
 
 def read_tile(slide: Slide, box: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]:
     """The level-0 ``box`` read at ``size`` (``(h, w, 3)`` uint8) and "" or, when the slide
     fails to give it twice in a row, a white tile and the reason."""
-    b = tuple(int(v) for v in box)
+    x, y, w, h = (int(v) for v in box)
+    b = (x, y, w, h)
     for attempt in (1, 2):
         try:
             return slide.read_box(b, size), ""
@@ -180,7 +192,7 @@ class BlockBatches(Dataset):
     ``boxes``), read block by block: the tiles of a batch that lie in one block of
     :func:`block_shape` are cut from one region read over their union. A block that fails is
     read again tile by tile (:func:`read_tile`), so a corrupt stored tile costs only the tiles
-    over it. Use with ``batch_size=None`` in the loader (see :func:`make_loader`)."""
+    over it. Read in reader processes with :func:`read_batches`."""
 
     def __init__(
         self,
@@ -251,107 +263,376 @@ def default_workers() -> int:
     return max(1, min(16, cores - 1))
 
 
-def _worker_init(_: int) -> None:
-    # One thread per worker: the workers are many, and torch/OpenCV would otherwise
+# -- reading a pass's batches in reader processes ------------------------------------------------
+_ALIGN = 64  # byte alignment of each tensor in a shared-memory slot
+_SLOT_SPARE = 1 << 20  # room in a slot beyond the tiles, for the small tensors (indices, boxes)
+_POLL_S = 1.0  # how often an idle reader checks that the main process is still there
+
+
+class _Batches:
+    """The batches of a pass, numbered from 0: a :class:`BlockBatches` item is a batch; a
+    :class:`TileDataset`'s items are taken ``batch_size`` at a time."""
+
+    def __init__(self, dataset: TileDataset | BlockBatches, batch_size: int) -> None:
+        self.dataset = dataset
+        self.blocks = isinstance(dataset, BlockBatches)
+        self.batch_size = 1 if self.blocks else max(1, int(batch_size))
+        self.n = len(dataset) if self.blocks else math.ceil(len(dataset) / self.batch_size)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def items(self, b: int) -> range:
+        """The dataset's items in batch ``b``."""
+        return range(b * self.batch_size, min(len(self.dataset), (b + 1) * self.batch_size))
+
+    def read(self, b: int) -> dict[str, Any]:
+        if isinstance(self.dataset, BlockBatches):
+            return self.dataset[b]
+        return default_collate([self.dataset[i] for i in self.items(b)])
+
+    def lost(self, b: int, reason: str) -> dict[str, Any]:
+        """Batch ``b`` white, its tiles flagged unreadable with ``reason``."""
+        return self.dataset.lost_batch(self.items(b), reason)
+
+    def slot_bytes(self) -> int:
+        """Bytes of shared memory that hold any one batch's tensors."""
+        ds = self.dataset
+        tile = 3 * ds.tile_size**2
+        if isinstance(ds, BlockBatches):
+            most = max((len(b) for b in ds.batches), default=1)
+        else:
+            most = self.batch_size * (1 if ds.context_boxes is None else 2)
+        return most * tile + _SLOT_SPARE
+
+
+def _pack(batch: dict[str, Any], slot: mmap.mmap) -> dict[str, Any]:
+    """``batch`` as a message for the main process: its tensors written into ``slot`` as far
+    as they fit (``"shm"``: key, dtype, shape, byte offset), the rest pickled (``"rest"``)."""
+    placed: list[tuple[str, str, tuple[int, ...], int]] = []
+    rest: dict[str, Any] = {}
+    offset = 0
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+            arr = value.numpy()
+            if offset + arr.nbytes <= len(slot):
+                dst = np.ndarray(arr.shape, arr.dtype, buffer=slot, offset=offset)
+                dst[...] = arr
+                del dst
+                placed.append((key, arr.dtype.str, arr.shape, offset))
+                offset += -(-arr.nbytes // _ALIGN) * _ALIGN
+                continue
+        rest[key] = value
+    return {"shm": placed, "rest": rest}
+
+
+def _pin(value: Any) -> Any:
+    return value.pin_memory() if isinstance(value, torch.Tensor) else value
+
+
+def _unpack(msg: dict[str, Any], slot: mmap.mmap, pin: bool) -> dict[str, Any]:
+    """The batch of :func:`_pack`'s message, its tensors copied out of ``slot`` (into pinned
+    memory when ``pin``), in the batch's own key order."""
+    out: dict[str, Any] = {}
+    for key, dtype, shape, offset in msg["shm"]:
+        src = np.ndarray(shape, np.dtype(dtype), buffer=slot, offset=offset)
+        view = torch.from_numpy(src)
+        out[key] = torch.empty(view.shape, dtype=view.dtype, pin_memory=pin).copy_(view)
+        del view, src  # the slot's memory is exported no longer
+    for key, value in msg["rest"].items():
+        out[key] = _pin(value) if pin else value
+    return out
+
+
+def _portable(err: BaseException) -> BaseException:
+    """``err``, or a RuntimeError naming it where it does not survive pickling."""
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:  # noqa: BLE001 - any exception class may refuse to pickle
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
+
+
+def _reader_main(
+    source: _Batches, conn: Connection, main_end: Connection, slots: list[mmap.mmap], main_pid: int
+) -> None:
+    """A reader process: reads the batches asked for on ``conn``, one at a time, into the slot
+    named with each, and answers with the batch's layout. Ends when the pipe closes, when
+    asked (None) or when the main process is gone."""
+    main_end.close()  # the main process's end, inherited by the fork
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    # One thread per reader: the readers are many, and torch/OpenCV would otherwise
     # oversubscribe the cores.
     torch.set_num_threads(1)
+    while True:
+        try:
+            if not conn.poll(_POLL_S):
+                if os.getppid() != main_pid:
+                    return
+                continue
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        b, slot = task
+        try:
+            msg: tuple[Any, ...] = ("batch", b, _pack(source.read(b), slots[slot]))
+        except Exception as err:  # noqa: BLE001 - any error reading is raised in the main process
+            msg = ("error", b, _portable(err), traceback.format_exc())
+        try:
+            conn.send(msg)
+        except (OSError, ValueError):
+            return
 
 
-def make_loader(
-    dataset: Dataset,
-    batch_size: int = 8,
-    workers: int = 2,
-    prefetch: int = 2,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A DataLoader that reads tiles in ``workers`` processes (0 = in this process), in
-    order, with ``prefetch`` batches per worker and optional pinned memory. A
-    :class:`BlockBatches` dataset makes its own batches (``batch_size`` is ignored)."""
-    kwargs: dict[str, Any] = {}
-    if workers > 0:
-        kwargs.update(
-            prefetch_factor=prefetch, persistent_workers=False, worker_init_fn=_worker_init
+def _how_it_ended(proc: mp.process.BaseProcess) -> str:
+    code = proc.exitcode
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class _Reader:
+    """One reader process with its pipe, its ``slots`` shared-memory slots and the batches it
+    was asked for, in order (it reads them in that order)."""
+
+    def __init__(self, source: _Batches, slots: int, slot_bytes: int, solo: bool = False) -> None:
+        ctx = mp.get_context("fork")
+        self.solo = solo
+        # anonymous shared mappings, inherited by the fork: no name to unlink, ever
+        self.slots = [mmap.mmap(-1, slot_bytes) for _ in range(slots)]
+        self.free = list(range(slots))
+        self.tasks: deque[tuple[int, int]] = deque()
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(
+            target=_reader_main,
+            args=(source, child, self.conn, self.slots, os.getpid()),
+            name="wsi-ocelot-reader",
+            daemon=True,
         )
-    if isinstance(dataset.dataset if isinstance(dataset, Subset) else dataset, BlockBatches):
-        batch_size = None  # type: ignore[assignment]
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        **kwargs,
-    )
+        self.proc.start()
+        child.close()
+        self.pid = self.proc.pid
+
+    def ask(self, b: int) -> None:
+        slot = self.free.pop()
+        self.tasks.append((b, slot))
+        try:
+            self.conn.send((b, slot))
+        except OSError:  # it died; its sentinel tells
+            pass
+
+    def release(self) -> None:
+        """Ask the process to end (it may be busy; it ends when it asks for its next batch).
+        Asked in words: readers forked later hold copies of this pipe's end, so closing it is
+        not an end of file the reader would see."""
+        if not self.conn.closed:
+            try:
+                self.conn.send(None)
+            except OSError:  # it has ended already
+                pass
+            self.conn.close()
+
+    def stop(self, kill: bool) -> None:
+        """End the process (at once when ``kill``, else when it has read what it was asked
+        for) and let go of its slots."""
+        if kill and self.proc.is_alive():
+            self.proc.kill()
+        self.release()
+        self.proc.join(timeout=None if kill else 5.0)
+        if self.proc.is_alive():  # pragma: no cover - a reader stuck in a codec
+            self.proc.kill()
+            self.proc.join()
+        self.proc.close()
+        for slot in self.slots:
+            try:
+                slot.close()
+            except BufferError:  # pragma: no cover - still exported; freed with its last view
+                pass
 
 
-def _reader_died(err: BaseException) -> bool:
-    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err)
+class _ReaderPool:
+    """The reader processes of one pass and the batches between them and the consumer."""
+
+    def __init__(
+        self, source: _Batches, readers: int, prefetch: int, pin: bool, max_deaths: int
+    ) -> None:
+        self.source, self.pin, self.max_deaths = source, pin, max_deaths
+        self.prefetch = max(1, int(prefetch))
+        # batches asked for and not yet delivered, at most (received ones wait in self.done)
+        self.window = max(1, readers) * self.prefetch
+        self.slot_bytes = source.slot_bytes()
+        self.readers: list[_Reader] = []
+        self.solos: list[_Reader] = []
+        self.retry: list[int] = []  # batches to ask for again (a heap)
+        self.next_new = 0
+        self.done: dict[int, dict[str, Any]] = {}
+        self.deaths = 0
+
+    def start(self, readers: int) -> None:
+        for _ in range(readers):
+            self.readers.append(_Reader(self.source, self.prefetch, self.slot_bytes))
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        for b in range(len(self.source)):
+            while b not in self.done:
+                self._ask(b)
+                self._wait()
+            yield self.done.pop(b)
+
+    def _ask(self, first: int) -> None:
+        """Hand out batches, lowest first, while the window from ``first`` and free slots allow."""
+        n = len(self.source)
+        while True:
+            if self.retry:
+                b = self.retry[0]
+            elif self.next_new < n:
+                b = self.next_new
+            else:
+                return
+            if b >= first + self.window:
+                return
+            free = [r for r in self.readers if r.free]
+            if not free:
+                return
+            min(free, key=lambda r: len(r.tasks)).ask(b)
+            if self.retry and self.retry[0] == b:
+                heapq.heappop(self.retry)
+            else:
+                self.next_new += 1
+
+    def _wait(self) -> None:
+        """Wait for any reader's answer or end, and take in what came."""
+        live = self.readers + self.solos
+        by_obj: dict[Any, _Reader] = {}
+        for r in live:
+            by_obj[r.proc.sentinel] = r
+            if r.tasks:
+                by_obj[r.conn] = r
+        ready = wait(list(by_obj))
+        seen: list[_Reader] = []
+        for obj in ready:
+            if by_obj[obj] not in seen:
+                seen.append(by_obj[obj])
+        for r in seen:
+            alive = self._take(r)
+            if not alive or r.proc.sentinel in ready:
+                self._died(r)
+            elif r.solo and not r.tasks:
+                self.solos.remove(r)
+                r.stop(kill=False)
+
+    def _take(self, r: _Reader) -> bool:
+        """Take in what ``r`` has sent; False when its pipe broke (it died). An error raised
+        while reading is raised here."""
+        while r.tasks:
+            try:
+                if not r.conn.poll():
+                    return True
+                kind, b, payload, *tb = r.conn.recv()
+            except (EOFError, OSError, pickle.UnpicklingError):
+                return False
+            if kind == "error":
+                payload.add_note(f"raised in tile-reader process {r.pid}:\n{tb[0]}")
+                raise payload
+            want, slot = r.tasks.popleft()
+            if b != want:  # pragma: no cover - a reader answers in the order asked
+                raise RuntimeError(f"tile reader answered batch {b}, expected {want}")
+            self.done[b] = _unpack(payload, r.slots[slot], self.pin)
+            r.free.append(slot)
+        return True
+
+    def _died(self, r: _Reader) -> None:
+        """``r`` died: replace it; the batch it was reading is read again alone, or, when it
+        was already alone, delivered white and flagged."""
+        r.proc.join(timeout=5.0)
+        how = f"reader process {r.pid} {_how_it_ended(r.proc)}"
+        tasks = [b for b, _ in r.tasks]
+        (self.solos if r.solo else self.readers).remove(r)
+        r.stop(kill=True)
+        self.deaths += 1
+        path = self.source.dataset.slide.path
+        if self.deaths > self.max_deaths:
+            raise SlideFormatError(
+                path,
+                f"tile-reading processes died {self.deaths} times while reading it ({how})",
+                "check that the slide opens in a viewer; re-export or re-scan it",
+            )
+        items = self.source.items(tasks[0]) if tasks else range(0)
+        if r.solo and tasks:  # this batch kills every reader that touches it
+            log.warning(
+                "%s: items %d-%d of this pass killed their reader process twice (%s); their tiles count as unreadable",
+                path,
+                items.start,
+                items.stop - 1,
+                how,
+            )
+            self.done[tasks[0]] = self.source.lost(tasks[0], f"its reader process died ({how})")
+            return
+        log.warning(
+            "%s: a tile-reading process died (%s); a new one takes its place%s",
+            path,
+            how,
+            f", and items {items.start}-{items.stop - 1} are read again alone" if tasks else "",
+        )
+        self.readers.append(_Reader(self.source, self.prefetch, self.slot_bytes))
+        if tasks:
+            solo = _Reader(self.source, 1, self.slot_bytes, solo=True)
+            self.solos.append(solo)
+            solo.ask(tasks[0])
+            for b in tasks[1:]:  # asked for after the one it died on: not read yet
+                heapq.heappush(self.retry, b)
+
+    def close(self, kill: bool) -> None:
+        for r in self.readers + self.solos:  # all asked first, so they end side by side
+            if kill:
+                r.proc.kill()
+            else:
+                r.release()
+        for r in self.readers + self.solos:
+            r.stop(kill)
+        self.readers, self.solos = [], []
+        self.done.clear()
 
 
 def read_batches(
     dataset: TileDataset | BlockBatches,
-    loader: Callable[[Dataset, int | None], DataLoader],
     *,
-    batch_items: int = 1,
+    readers: int,
+    batch_size: int = 8,
+    prefetch: int = 2,
+    pin_memory: bool = False,
     max_deaths: int = MAX_READER_DEATHS,
 ) -> Iterator[dict[str, Any]]:
-    """The batches of ``loader(dataset, None)`` in order, surviving reader processes that die.
+    """The dataset's batches in order, read in ``readers`` processes (0 = in this process),
+    each with ``prefetch`` batches in flight; tensors in pinned memory when ``pin_memory``.
 
-    When a reader dies (a codec crash), a fresh loader (``loader(view, workers)``; ``workers``
-    None = as configured) takes over from the first batch not yet delivered. If readers die
-    twice with no batch delivered in between, that batch (``batch_items`` dataset items; 1 for
-    :class:`BlockBatches`) is read alone in one new process; if its reader dies too, its tiles
-    are delivered white and flagged unreadable (``lost_batch``) and reading goes on after it.
-    After ``max_deaths`` deaths in one pass the slide fails (:class:`SlideFormatError`)."""
-    n = len(dataset)
-    start = deaths = stuck = 0
-    while start < n:
-        isolate = stuck >= 2
-        stop = min(n, start + max(1, batch_items)) if isolate else n
-        view: Dataset = dataset if (start, stop) == (0, n) else Subset(dataset, range(start, stop))
-        it = iter(loader(view, 1 if isolate else None))
-        died: RuntimeError | None = None
-        while True:
-            try:
-                batch = next(it)
-            except StopIteration:
-                break
-            except RuntimeError as err:
-                if not _reader_died(err):
-                    raise
-                died = err
-                break
-            start += 1 if isinstance(dataset, BlockBatches) else len(batch["index"])
-            stuck = 0
-            yield batch
-        del it  # shuts down what is left of that loader's processes
-        if died is None:
-            if not isolate and start < n:  # pragma: no cover - a loader always delivers its view
-                raise RuntimeError(f"the tile loader ended after {start} of {n} items")
-            continue
-        deaths += 1
-        first = str(died).splitlines()[0]
-        if deaths > max_deaths:
-            raise SlideFormatError(
-                dataset.slide.path,
-                f"tile-reading processes died {deaths} times while reading it ({first})",
-                "check that the slide opens in a viewer; re-export or re-scan it",
-            ) from died
-        if isolate:  # this batch kills every reader that touches it
-            log.warning(
-                "%s: items %d-%d of this pass killed their reader process twice (%s); their tiles count as unreadable",
-                dataset.slide.path,
-                start,
-                stop - 1,
-                first,
-            )
-            yield dataset.lost_batch(range(start, stop), f"its reader process died ({first})")
-            start, stuck = stop, 0
-        else:
-            log.warning(
-                "%s: a tile-reading process died (%s); a new one goes on from item %d of this pass",
-                dataset.slide.path,
-                first,
-                start,
-            )
-            stuck += 1
+    A :class:`BlockBatches` item is a batch; a :class:`TileDataset`'s items are collated
+    ``batch_size`` at a time. A reader that dies (a codec crash) is replaced, and the batch it
+    was reading is read again alone in a new process; if that dies too, the batch is delivered
+    white and flagged unreadable (``lost_batch``). After ``max_deaths`` deaths in one pass the
+    slide fails (:class:`SlideFormatError`). Every reader has ended when the iterator is
+    exhausted, closed, or left by an exception (KeyboardInterrupt included)."""
+    source = _Batches(dataset, batch_size)
+    if readers > 0 and "fork" not in mp.get_all_start_methods():  # pragma: no cover - Windows
+        log.warning("no fork() on this platform: tiles are read in this process")
+        readers = 0
+    if readers <= 0 or not len(source):
+        for b in range(len(source)):
+            batch = source.read(b)
+            yield {k: _pin(v) for k, v in batch.items()} if pin_memory else batch
+        return
+    pool = _ReaderPool(source, int(readers), prefetch, pin_memory, max_deaths)
+    finished = False
+    try:
+        pool.start(int(readers))
+        yield from pool.batches()
+        finished = True
+    finally:
+        pool.close(kill=not finished)
