@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -45,16 +46,17 @@ def cancer_area(values: ArrayLike) -> NDArray[np.bool_]:
 
 @dataclass(frozen=True)
 class CellBatch:
-    """A batch of cells as 1-D columns of one length (N,).
+    """A batch of cells as 1-D columns of one length (N,) (any array-like when built; stored
+    with these dtypes).
 
     ``x, y``: float64 level-0 px; ``cls``: uint8, 1 or 2 (checked when built); ``prob``:
     float64; ``in_cancer_area``: a bool per cell, or None where no cancer area is known."""
 
-    x: NDArray[np.float64]
-    y: NDArray[np.float64]
-    cls: NDArray[np.uint8]
-    prob: NDArray[np.float64]
-    in_cancer_area: NDArray[np.bool_] | None = None
+    x: NDArray[Any]
+    y: NDArray[Any]
+    cls: NDArray[Any]
+    prob: NDArray[Any]
+    in_cancer_area: NDArray[Any] | None = None
 
     def __post_init__(self) -> None:
         x = np.asarray(self.x, dtype=np.float64).reshape(-1)
@@ -82,7 +84,8 @@ class CellBatch:
     def from_array(cls, points: ArrayLike, in_cancer_area: ArrayLike | None = None) -> CellBatch:
         """From the ``(N, 4)`` layout ``x, y, class, prob`` (level-0 px)."""
         p = np.asarray(points, dtype=np.float64).reshape(-1, 4)
-        return cls(p[:, 0], p[:, 1], p[:, 2], p[:, 3], in_cancer_area)
+        inside = None if in_cancer_area is None else np.asarray(in_cancer_area, dtype=bool)
+        return cls(p[:, 0], p[:, 1], p[:, 2], p[:, 3], inside)
 
     def to_array(self) -> NDArray[np.float64]:
         """The ``(N, 4)`` float64 layout ``x, y, class, prob``."""
@@ -99,5 +102,7 @@ class CellBatch:
             np.concatenate([b.y for b in batches]),
             np.concatenate([b.cls for b in batches]),
             np.concatenate([b.prob for b in batches]),
-            None if any(f is None for f in flags) else np.concatenate(flags),  # type: ignore[arg-type]
+            None
+            if any(f is None for f in flags)
+            else np.concatenate([f for f in flags if f is not None]),
         )

@@ -501,7 +501,7 @@ class SlideRun:
 
     def _batches(self, dataset: Any, readers: int | None = None) -> Iterator[dict[str, Any]]:
         """The dataset's batches, read in reader processes that are replaced when they die."""
-        per_item = 1 if isinstance(dataset, BlockBatches) else self.config.batch_size
+        per_item = 1 if isinstance(dataset, BlockBatches) else int(self.config.batch_size or 1)
         return _timed(
             read_batches(
                 dataset, functools.partial(self._loader, readers=readers), batch_items=per_item
@@ -575,14 +575,16 @@ class SlideRun:
         grid = self.plan.cells
         boxes, cores, reach, rows = grid.boxes[idx], grid.cores[idx], self.keep[idx], grid.rows[idx]
         with self.timer("post-processing"):
-            keep, flags = [], []
+            keep: list[np.ndarray] = []
+            flags: list[np.ndarray] = []  # (filled only where the window tells the cancer area)
             for k, tile_pts in enumerate(pts):
                 p = points_to_level0(tile_pts, boxes[k], T)
                 p = p[in_core(p, reach[k])]
                 inside = window.in_cancer_area(k, p) if window is not None else None
                 p, inside = self.border.split(p, inside, cores[k], int(rows[k]))
                 keep.append(p)
-                flags.append(inside)
+                if inside is not None:
+                    flags.append(inside)
             p = np.concatenate(keep) if keep else np.zeros((0, 4))
             inside_all = (
                 None if window is None else (np.concatenate(flags) if flags else np.zeros(0, bool))

@@ -55,7 +55,7 @@ class TissueMap:
         )
 
 
-def read_map_region(store, tmap: TissueMap, region: tuple[int, int, int, int]) -> np.ndarray:
+def read_map_region(store: Any, tmap: TissueMap, region: tuple[int, int, int, int]) -> np.ndarray:
     """Map values (uint8) of an integer region, zero (= no cancer) outside the map."""
     x0, y0, x1, y1 = region
     out = np.zeros((y1 - y0, x1 - x0), np.uint8)
@@ -110,7 +110,7 @@ class MapWindow:
 
 
 def crops_from_map(
-    store,
+    store: Any,
     tmap: TissueMap,
     boxes: np.ndarray,
     n: int,
@@ -218,7 +218,7 @@ class BlendedTissueMap:
     sit in memory: at most about one row of bands, ``map width × 2 band`` floats.
     """
 
-    def __init__(self, grid, tmap: TissueMap, store, slide_w: int, slide_h: int):
+    def __init__(self, grid: Any, tmap: TissueMap, store: Any, slide_w: int, slide_h: int):
         self.grid, self.tmap, self.store = grid, tmap, store
         self.stride = float(grid.stride_l0)
         self.band = max(0.0, min(grid.margin_l0 / 2.0, self.stride / 2.0))
@@ -372,7 +372,7 @@ class TissueMapWriter(Protocol):
     def finalize(self) -> None: ...
 
 
-def coarse_map(store, tmap: TissueMap, max_side: int = 4096) -> tuple[np.ndarray, int]:
+def coarse_map(store: Any, tmap: TissueMap, max_side: int = 4096) -> tuple[np.ndarray, int]:
     """The tissue map block-averaged to at most ``max_side`` px (read block by block)."""
     k = max(1, math.ceil(max(tmap.height, tmap.width) / max_side))
     hh, ww = math.ceil(tmap.height / k), math.ceil(tmap.width / k)
