@@ -57,6 +57,9 @@ torch.set_num_threads(a["threads"])
 import wsi_ocelot
 import wsi_ocelot.inference.engine as eng
 assert wsi_ocelot.__file__.startswith(a["src"]), (wsi_ocelot.__file__, a["src"])
+# the passes live in inference/slide_run.py since #23 (SlideRun.cell_pass), before in the engine
+host = sys.modules.get("wsi_ocelot.inference.slide_run", eng)
+pass_owner, pass_name = (eng.SlideRun, "cell_pass") if hasattr(eng, "SlideRun") else (eng.SlideRunner, "_cell_pass")
 
 rec = np.load(a["record"], allow_pickle=False)
 table = {k: torch.from_numpy(rec[k]) for k in rec.files}
@@ -83,17 +86,17 @@ class StandIn:
         return out
 
 peaks_cpu = [0.0]
-_fp = eng.find_peaks
+_fp = host.find_peaks
 def find_peaks(*args, **kw):
     t0 = time.thread_time()
     try:
         return _fp(*args, **kw)
     finally:
         peaks_cpu[0] += time.thread_time() - t0
-eng.find_peaks = find_peaks
+host.find_peaks = find_peaks
 
 cell_pass = {}
-_cp = eng.SlideRunner._cell_pass
+_cp = getattr(pass_owner, pass_name)
 def timed_cell_pass(self, *args, **kw):
     t0, w0, p0, s0 = time.thread_time(), time.perf_counter(), peaks_cpu[0], StandIn.cpu
     try:
@@ -101,16 +104,16 @@ def timed_cell_pass(self, *args, **kw):
     finally:
         cell_pass.update(cpu=time.thread_time() - t0, wall=time.perf_counter() - w0,
                          peaks=peaks_cpu[0] - p0, standin=StandIn.cpu - s0)
-eng.SlideRunner._cell_pass = timed_cell_pass
+setattr(pass_owner, pass_name, timed_cell_pass)
 
 writer = {}
-if hasattr(eng, "BackgroundWriter"):
-    _close = eng.BackgroundWriter.close
+if hasattr(host, "BackgroundWriter"):
+    _close = host.BackgroundWriter.close
     def close(self):
         _close(self)
         writer["cpu"] = writer.get("cpu", 0.0) + self.cpu_s
         writer["wait"] = writer.get("wait", 0.0) + self.wait_s
-    eng.BackgroundWriter.close = close
+    host.BackgroundWriter.close = close
 
 cfg = eng.EngineConfig(device="cpu", runtime="torch", precision="fp32", workers=a["workers"], batch_size=a["batch_size"], progress=False)
 runner = eng.SlideRunner("demo", cfg)

@@ -178,27 +178,36 @@ def _peak_map(tile: int, spacing: int):
 
 
 def _phase_timed_runner():
-    """SlideRunner that also times the wall of each phase (tissue pass, cell pass, finish)."""
+    """SlideRunner that also times the wall of each phase (tissue pass, cell pass, finish: the
+    SlideRun's methods, timed in this child process)."""
     from wsi_ocelot.inference.engine import SlideRunner
+    from wsi_ocelot.inference.slide_run import SlideRun
 
-    class PhaseTimedRunner(SlideRunner):
-        phases: dict[str, float]
+    phases: dict[str, float] = {}
 
-        def _timed(self, name, fn, *a):
+    def timed(name, fn):
+        def wrapper(run):
             t0 = time.perf_counter()
             try:
-                return fn(*a)
+                return fn(run)
             finally:
-                self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
 
-        def _tissue_pass(self, run, writer):
-            return self._timed("tissue pass", super()._tissue_pass, run, writer)
+        return wrapper
 
-        def _cell_pass(self, run, writer):
-            return self._timed("cell pass", super()._cell_pass, run, writer)
+    SlideRun.tissue_pass = timed("tissue pass", SlideRun.tissue_pass)
+    SlideRun.cell_pass = timed("cell pass", SlideRun.cell_pass)
+    SlideRun.finish = timed("finish", SlideRun.finish)
 
-        def _finish(self, run):
-            return self._timed("finish", super()._finish, run)
+    class PhaseTimedRunner(SlideRunner):
+        @property
+        def phases(self) -> dict[str, float]:
+            return phases
+
+        @phases.setter
+        def phases(self, value: dict[str, float]) -> None:
+            phases.clear()
+            phases.update(value)
 
     return PhaseTimedRunner
 

@@ -546,7 +546,7 @@ def test_a_signal_marks_the_slide_pending_and_writes_the_reports(
 def test_no_progress_bars_off_a_terminal():
     """The engine's bars show on a terminal only, also for library users (run_slide, SlideRunner)
     whose config keeps the default progress=True: under pytest stderr is a pipe."""
-    from wsi_ocelot.inference.engine import _progress
+    from wsi_ocelot.inference.slide_run import _progress
 
     assert not sys.stderr.isatty()
     assert _progress(3, "cell pass", True).disable and _progress(3, "cell pass", False).disable

@@ -293,12 +293,12 @@ def test_writer_thread_gives_the_same_outputs_as_writing_inline(
 def test_writer_error_fails_the_slide_and_leaves_no_folder(
     tiny_ckpt, synth_025, tmp_path, monkeypatch
 ):
-    from wsi_ocelot.inference import engine
+    from wsi_ocelot.inference.slide_run import SlideRun
 
     def broken(self, *args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(engine._SlideRun, "emit", broken)
+    monkeypatch.setattr(SlideRun, "_emit", broken)
     runner = SlideRunner(
         tiny_ckpt, EngineConfig(device="cpu", batch_size=4, workers=0, progress=False)
     )

@@ -50,8 +50,8 @@ def _blend(
     idx = list(range(len(grid))) if order is None else order(len(grid))
     for i in idx:
         r, c = int(grid.rows[i]), int(grid.cols[i])
-        blend.add(r, c, torch.full((tile, tile), values[(r, c)]), grid.boxes[i])
-    blend.close()
+        blend.aggregate(np.array([i]), torch.full((1, tile, tile), values[(r, c)]))
+    blend.finalize()
     return store, grid, tmap, blend
 
 

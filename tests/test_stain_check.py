@@ -209,14 +209,15 @@ def test_engine_fails_a_fluorescence_slide_before_model_work(not_he, tmp_path, m
     import torch
 
     from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
+    from wsi_ocelot.inference.slide_run import SlideRun
 
     torch.set_num_threads(2)
     ckpt = write_tiny_checkpoint(tmp_path / "tiny.safetensors")
 
-    def model_work(self, run):
+    def model_work(self):
         raise _ModelWork
 
-    monkeypatch.setattr(SlideRunner, "_passes", model_work)
+    monkeypatch.setattr(SlideRun, "passes", model_work)
     out = tmp_path / "out"
     runner = SlideRunner(ckpt, EngineConfig(device="cpu", batch_size=2, workers=0, progress=False))
     with pytest.raises(NotBrightfieldError) as err:

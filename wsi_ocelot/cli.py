@@ -19,6 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from wsi_ocelot import __version__
+from wsi_ocelot.constants import (
+    CELL_TABLE_FORMATS,
+    DEFAULT_MAX_UNREADABLE,
+    NGFF_VERSIONS,
+    PRECISIONS,
+    READERS,
+    RUNTIMES,
+)
 from wsi_ocelot.errors import WsiOcelotError
 
 log = logging.getLogger("wsi_ocelot")
@@ -466,30 +474,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------
-NGFF_CHOICES = ("0.4", "0.5")
-CELL_TABLE_CHOICES = ("parquet", "csv")
-RUNTIME_CHOICES = (
-    "auto",
-    "torch",
-    "openvino",
-    "onnxruntime",
-)  # = inference.runtimes.RUNTIMES (a test keeps them equal)
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")  # = inference.runtimes.PRECISIONS
-
-
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     """What runs the forward pass: ``run``, ``demo`` and ``evaluate`` (docs/runtimes.md)."""
     p.add_argument(
         "--runtime",
-        choices=RUNTIME_CHOICES,
-        default="auto",
+        choices=RUNTIMES,
+        default=RUNTIMES[0],
         help="what runs the model: auto (the fastest path that keeps the fidelity gate for this model on this CPU, "
         "built once and cached; torch on a GPU), torch, openvino or onnxruntime",
     )
     p.add_argument(
         "--precision",
-        choices=PRECISION_CHOICES,
-        default="auto",
+        choices=PRECISIONS,
+        default=PRECISIONS[0],
         help="auto, fp32, bf16 (CPUs with AVX-512 BF16/AMX, and GPUs) or int8 (CPU); "
         "--runtime torch --precision fp32 is the plain eager path",
     )
@@ -497,17 +494,16 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     """Options of the per-slide outputs, shared by ``run`` (single slides and cohorts) and ``demo``
-    (the choices are outputs.NGFF_VERSIONS and outputs.CELL_TABLE_FORMATS, spelled out here so that
-    ``--help`` imports nothing heavy; a test keeps them equal)."""
+    (the choices come from ``wsi_ocelot.constants``, which imports nothing heavy)."""
     p.add_argument(
         "--ngff",
-        choices=NGFF_CHOICES,
-        default=NGFF_CHOICES[0],
+        choices=NGFF_VERSIONS,
+        default=NGFF_VERSIONS[0],
         help="OME-NGFF version of tissue.ome.zarr: 0.4 on Zarr v2 (QuPath/Bio-Formats and napari open it) or 0.5 on Zarr v3",
     )
     p.add_argument(
         "--cells-table",
-        choices=CELL_TABLE_CHOICES,
+        choices=tuple(CELL_TABLE_FORMATS),
         help="also write the cells as cells.parquet or cells.csv beside cells.geojson (streamed)",
     )
 
@@ -721,14 +717,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--reader",
-        choices=("openslide", "tifffile"),
-        default="openslide",
+        choices=READERS,
+        default=READERS[0],
         help="slide decoder: openslide (every format) or tifffile (tiled TIFF/SVS: the same pixels, faster; other files fall back to OpenSlide)",
     )
     p.add_argument(
         "--max-unreadable",
         type=float,
-        default=0.05,
+        default=DEFAULT_MAX_UNREADABLE,
         metavar="FRACTION",
         help="a slide fails when more than this fraction of its tiles is unreadable (corrupt image data, read twice); "
         "below it each unreadable tile gives no detections, is left out of the tissue area and is counted",

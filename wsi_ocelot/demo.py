@@ -11,8 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
+from wsi_ocelot.cells import CellBatch
 from wsi_ocelot.cohort.batch import prepare_out_dir
 from wsi_ocelot.evaluation import score_slide
 from wsi_ocelot.inference.engine import EngineConfig, SlideRunner
@@ -62,11 +61,7 @@ def run_demo(
     res = runner.run(synth.tiff_path, out / "results")
     with open_predictions(res.out_dir / "predictions.zarr") as store:
         c = store.cells()
-    pred = (
-        np.stack([c["x"], c["y"], c["class"], c["prob"]], axis=1)
-        if len(c["x"])
-        else np.zeros((0, 4))
-    )
+    pred = CellBatch(c["x"], c["y"], c["class"], c["prob"]).to_array()
     score = score_slide(pred, synth.cells, DEMO_MPP)
     p = res.purity
     st = synth.stats

@@ -64,6 +64,10 @@ class PredictionFileError(WsiOcelotError, ValueError):
     """A prediction or ground-truth file in the OCELOT challenge format is malformed."""
 
 
+class CellClassError(WsiOcelotError, ValueError):
+    """A cell batch holds a class other than 1 (BC) or 2 (TC) (``wsi_ocelot.cells``)."""
+
+
 class OutputWriteError(WsiOcelotError, OSError):
     """An output file cannot be created (missing folder, no permission, disk full)."""
 

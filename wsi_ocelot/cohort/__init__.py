@@ -1,19 +1,38 @@
-"""Cohort batch runs: inputs, ``manifest.json`` and resume, Dask scale-out, reports."""
+"""Cohort batch runs: inputs, ``manifest.json`` and resume, Dask scale-out, reports.
 
-from wsi_ocelot.cohort.batch import CohortConfig, CohortResult, run_cohort
-from wsi_ocelot.cohort.inputs import SlideJob, collect_jobs, read_manifest_csv
-from wsi_ocelot.cohort.manifest import Manifest
-from wsi_ocelot.cohort.report import rebuild_reports, write_report, write_summary_csv
+The names below are imported when first used, so that the light modules of the package
+(``report``, ``manifest``, ``status``) load without torch, which ``batch`` and ``worker`` bring."""
 
-__all__ = [
-    "CohortConfig",
-    "CohortResult",
-    "Manifest",
-    "SlideJob",
-    "collect_jobs",
-    "read_manifest_csv",
-    "rebuild_reports",
-    "run_cohort",
-    "write_report",
-    "write_summary_csv",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name → the module that defines it
+_API = {
+    "CohortConfig": "wsi_ocelot.cohort.batch",
+    "CohortResult": "wsi_ocelot.cohort.batch",
+    "run_cohort": "wsi_ocelot.cohort.batch",
+    "SlideJob": "wsi_ocelot.cohort.inputs",
+    "collect_jobs": "wsi_ocelot.cohort.inputs",
+    "read_manifest_csv": "wsi_ocelot.cohort.inputs",
+    "Manifest": "wsi_ocelot.cohort.manifest",
+    "rebuild_reports": "wsi_ocelot.cohort.report",
+    "write_report": "wsi_ocelot.cohort.report",
+    "write_summary_csv": "wsi_ocelot.cohort.report",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:  # deliberately deferred: batch and worker import torch
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wsi_ocelot.cohort' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

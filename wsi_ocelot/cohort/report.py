@@ -28,9 +28,8 @@ from PIL import Image
 
 from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.manifest import DONE, Manifest, now_iso
+from wsi_ocelot.constants import PURITY_GRID_UM
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
-from wsi_ocelot.inference.engine import PURITY_GRID_UM
-from wsi_ocelot.model import read_checkpoint_info
 from wsi_ocelot.outputs import purity_colormap
 from wsi_ocelot.purity import SUMMARY_COLUMNS, SlideRecord
 from wsi_ocelot.weights import is_demo_weights
@@ -424,6 +423,9 @@ def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -
     path = path or str(rec.get("path") or "")
     variant, encoder, trained, lineage = rec.get("variant"), rec.get("encoder"), "", ""
     if path and Path(path).is_file():
+        # deliberately deferred: the model package imports torch, which the report needs only here
+        from wsi_ocelot.model import read_checkpoint_info
+
         try:
             info = read_checkpoint_info(path)
         except WsiOcelotError:

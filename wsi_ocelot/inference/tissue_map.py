@@ -1,5 +1,7 @@
 """The slide-level tissue (cancer-area) map: its geometry, the crops the cell branch gets
-from it, and the tissue pass's seamless writing into it (docs/architecture.md).
+from it, and its two writers (docs/architecture.md), which share one interface
+(:class:`TissueMapWriter`: ``aggregate`` a batch of tiles' predictions, ``finalize`` at the end):
+the tissue pass's seamless :class:`BlendedTissueMap` and the per-tile path's :class:`CoreTissueMap`.
 
 Map px ``(r, c)`` covers level-0 ``[c * s, (c + 1) * s) × [r * s, (r + 1) * s)`` with ``s``
 the level-0 px per map px; the map lives in Zarr (``tissue.ome.zarr``, an OME-Zarr image), never whole
@@ -10,15 +12,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsi_ocelot.cells import cancer_area
+from wsi_ocelot.purity import inside_map
+
 __all__ = [
     "BlendedTissueMap",
+    "CoreTissueMap",
     "MapWindow",
     "TissueMap",
+    "TissueMapWriter",
     "coarse_map",
     "core_block",
     "crops_from_map",
@@ -47,7 +55,7 @@ class TissueMap:
         )
 
 
-def read_map_region(store, tmap: TissueMap, region: tuple[int, int, int, int]) -> np.ndarray:
+def read_map_region(store: Any, tmap: TissueMap, region: tuple[int, int, int, int]) -> np.ndarray:
     """Map values (uint8) of an integer region, zero (= no cancer) outside the map."""
     x0, y0, x1, y1 = region
     out = np.zeros((y1 - y0, x1 - x0), np.uint8)
@@ -94,13 +102,15 @@ class MapWindow:
             return np.zeros(0, bool)
         g = int(self.group[k])
         vals, (x0, y0) = self.values[g], self.origins[g]
+        # the map px of each point counted from the values' origin, a point beyond them taking
+        # the nearest (the per-tile path holds only each core's px; its cells reach past it)
         c = np.clip(np.floor(p[:, 0] / self.scale).astype(np.int64) - x0, 0, vals.shape[1] - 1)
         r = np.clip(np.floor(p[:, 1] / self.scale).astype(np.int64) - y0, 0, vals.shape[0] - 1)
-        return vals[r, c] >= 128
+        return inside_map(c, r, vals, 1.0)
 
 
 def crops_from_map(
-    store,
+    store: Any,
     tmap: TissueMap,
     boxes: np.ndarray,
     n: int,
@@ -208,7 +218,7 @@ class BlendedTissueMap:
     sit in memory: at most about one row of bands, ``map width × 2 band`` floats.
     """
 
-    def __init__(self, grid, tmap: TissueMap, store, slide_w: int, slide_h: int):
+    def __init__(self, grid: Any, tmap: TissueMap, store: Any, slide_w: int, slide_h: int):
         self.grid, self.tmap, self.store = grid, tmap, store
         self.stride = float(grid.stride_l0)
         self.band = max(0.0, min(grid.margin_l0 / 2.0, self.stride / 2.0))
@@ -256,7 +266,14 @@ class BlendedTissueMap:
     def _owner(self, pos: np.ndarray, n: int) -> np.ndarray:
         return np.clip(np.floor(pos / self.stride).astype(np.int64), 0, n - 1)
 
-    def add(self, r: int, c: int, probs: torch.Tensor, box: np.ndarray) -> None:
+    def aggregate(self, idx: np.ndarray, probs: torch.Tensor) -> None:
+        """The CA probabilities ``probs`` (B, T, T) of the grid's tiles ``idx`` (B,), each over its
+        level-0 box."""
+        g = self.grid
+        for k, i in enumerate(np.asarray(idx).tolist()):
+            self._add(int(g.rows[i]), int(g.cols[i]), probs[k], g.boxes[i])
+
+    def _add(self, r: int, c: int, probs: torch.Tensor, box: np.ndarray) -> None:
         """Tile (r, c)'s CA probabilities (T, T) over its level-0 ``box``."""
         g, s = self.grid, self.tmap.scale
         for ky in (2 * r - 1, 2 * r, 2 * r + 1):
@@ -302,16 +319,60 @@ class BlendedTissueMap:
     def _write(self, my0: int, mx0: int, vals: np.ndarray) -> None:
         block = np.rint(np.clip(vals, 0.0, 1.0) * 255.0).astype(np.uint8)
         self.store.write_tissue_block(my0, mx0, block)
-        self.ca_pixels += int((block >= 128).sum())
+        self.ca_pixels += int(cancer_area(block).sum())
 
-    def close(self) -> None:
-        if self.pending:  # every tile was added, so nothing can be pending
+    def finalize(self) -> None:
+        """Check that every band rectangle was completed (every tile was aggregated)."""
+        if self.pending:
             raise RuntimeError(
                 f"tissue map: {len(self.pending)} band rectangles were never completed"
             )
 
 
-def coarse_map(store, tmap: TissueMap, max_side: int = 4096) -> tuple[np.ndarray, int]:
+class CoreTissueMap:
+    """The per-tile path's writer: each cell tile's core of the map, sampled from its own
+    context's prediction (:func:`core_block`; cores partition the slide, so every map pixel is
+    written once, without blending). ``aggregate`` returns the values it wrote as a
+    :class:`MapWindow`, which tells the tiles' cells whether they lie in the cancer area."""
+
+    def __init__(self, grid: Any, contexts: np.ndarray, tmap: TissueMap, store: Any):
+        self.grid, self.contexts, self.tmap, self.store = grid, contexts, tmap, store
+        self.ca_pixels = 0
+
+    def aggregate(self, idx: np.ndarray, probs: torch.Tensor) -> MapWindow:
+        """The CA probabilities ``probs`` (B, T, T) of the cell tiles ``idx`` (B,), each over
+        its context box."""
+        cores, ctx = self.grid.cores[idx], self.contexts[idx]
+        values, origins = [], np.zeros((len(idx), 2), np.int64)
+        for k in range(len(idx)):
+            placed = core_block(probs[k], ctx[k], cores[k], self.tmap)
+            if placed is None:  # the core holds no map pixel
+                values.append(np.zeros((1, 1), np.uint8))
+                continue
+            mx0, my0, block = placed
+            self.store.write_tissue_block(my0, mx0, block)
+            self.ca_pixels += int(cancer_area(block).sum())
+            values.append(block)
+            origins[k] = (mx0, my0)
+        return MapWindow(self.tmap.scale, values, origins, np.arange(len(idx)))
+
+    def finalize(self) -> None:
+        """Nothing is held back: each core was written when its tile came."""
+
+
+class TissueMapWriter(Protocol):
+    """What both map writers share: ``aggregate`` a batch of tiles' CA probabilities (the
+    :class:`MapWindow` of values written, where the caller needs them, else None),
+    ``finalize`` once every tile is in; ``ca_pixels`` counts the cancer-area pixels written."""
+
+    ca_pixels: int
+
+    def aggregate(self, idx: np.ndarray, probs: torch.Tensor) -> MapWindow | None: ...
+
+    def finalize(self) -> None: ...
+
+
+def coarse_map(store: Any, tmap: TissueMap, max_side: int = 4096) -> tuple[np.ndarray, int]:
     """The tissue map block-averaged to at most ``max_side`` px (read block by block)."""
     k = max(1, math.ceil(max(tmap.height, tmap.width) / max_side))
     hh, ww = math.ceil(tmap.height / k), math.ceil(tmap.width / k)

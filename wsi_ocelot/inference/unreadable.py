@@ -14,15 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_ocelot.constants import DEFAULT_MAX_UNREADABLE
 from wsi_ocelot.errors import SlideFormatError
 from wsi_ocelot.slide.mask import TissueMask
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MAX_UNREADABLE", "UnreadableTiles"]
-
-#: The fraction of a pass's tiles that may be unreadable before the slide fails.
-DEFAULT_MAX_UNREADABLE = 0.05
 
 
 class UnreadableTiles:

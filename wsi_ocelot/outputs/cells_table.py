@@ -28,6 +28,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from wsi_ocelot.atomic import StreamedFile, StreamedWriter
+from wsi_ocelot.cells import cancer_area, check_cell_classes
+from wsi_ocelot.constants import CELL_TABLE_FORMATS
 from wsi_ocelot.errors import OutputWriteError, PredictionFileError
 from wsi_ocelot.outputs.geojson import CELL_CLASSES
 from wsi_ocelot.outputs.zarr_store import open_predictions
@@ -42,8 +44,6 @@ __all__ = [
     "read_cells",
 ]
 
-#: ``--cells-table`` choices → file name
-CELL_TABLE_FORMATS: dict[str, str] = {"parquet": "cells.parquet", "csv": "cells.csv"}
 #: the table's columns, in order
 CELL_TABLE_COLUMNS: tuple[str, ...] = (
     "x",
@@ -144,7 +144,7 @@ def read_cells(result_folder: str | os.PathLike[str]) -> pd.DataFrame:
             row = np.clip(
                 np.floor(c["y"].astype(np.float64) / scale).astype(np.int64), 0, tissue.shape[0] - 1
             )
-            inside = np.asarray(tissue.vindex[row, col]) >= 128
+            inside = cancer_area(np.asarray(tissue.vindex[row, col]))
     return _frame(c["x"], c["y"], c["class"], c["prob"], inside, mpp)
 
 
@@ -245,11 +245,7 @@ class CellsTableWriter(StreamedWriter):
             )
         if n == 0:
             return 0
-        ci = cols[2].astype(np.uint8)
-        if not np.isin(ci, list(CELL_CLASSES)).all():
-            raise ValueError(
-                f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(cols[2])[:10].tolist()}"
-            )
+        ci = check_cell_classes(cols[2])
         self._buf.append(
             (
                 cols[0].astype(np.float32),

@@ -27,6 +27,7 @@ from numpy.typing import ArrayLike, NDArray
 from shapely.geometry.base import BaseGeometry
 
 from wsi_ocelot.atomic import StreamedFile, StreamedWriter, atomic_open
+from wsi_ocelot.cells import check_cell_classes
 from wsi_ocelot.outputs.polygons import clean_polygons, polygons_from_map
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,7 @@ class CellsGeoJSONWriter(StreamedWriter):
             return 0
         if not (np.isfinite(xa).all() and np.isfinite(ya).all() and np.isfinite(pa).all()):
             raise ValueError("cell coordinates and probabilities must be finite (no NaN / inf)")
-        ci = ca.astype(np.int64, copy=False)
-        if not np.isin(ci, list(CELL_CLASSES)).all() or (ca.dtype.kind == "f" and (ci != ca).any()):
-            raise ValueError(
-                f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(ca)[:10].tolist()}"
-            )
+        ci = check_cell_classes(ca)
         if (pa < 0).any() or (pa > 1).any():
             raise ValueError(
                 f"probabilities must be in [0, 1], got min {pa.min():.4g}, max {pa.max():.4g}"

@@ -32,14 +32,13 @@ import numpy as np
 import zarr
 from numpy.typing import ArrayLike, NDArray
 
+from wsi_ocelot.constants import NGFF_VERSIONS
 from wsi_ocelot.errors import PredictionFileError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["NGFF_VERSIONS", "TISSUE_MAP_NAME", "TissueMapStore", "ngff_multiscales"]
 
-#: the OME-NGFF versions written: 0.4 on Zarr v2 (default), 0.5 on Zarr v3
-NGFF_VERSIONS: tuple[str, ...] = ("0.4", "0.5")
 #: the map's folder name, beside ``predictions.zarr``
 TISSUE_MAP_NAME = "tissue.ome.zarr"
 TISSUE_NAME = "cancer_area_probability"

@@ -17,12 +17,16 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from shapely.geometry.base import BaseGeometry
 
+from wsi_ocelot.constants import CANCER_AREA_THRESHOLD
+
 log = logging.getLogger(__name__)
 
 __all__ = ["clean_polygons", "polygons_from_map", "threshold_map"]
 
 
-def threshold_map(prob_map: ArrayLike, threshold: float = 0.5) -> NDArray[np.bool_]:
+def threshold_map(
+    prob_map: ArrayLike, threshold: float = CANCER_AREA_THRESHOLD
+) -> NDArray[np.bool_]:
     """``prob >= threshold`` for a float map in [0, 1] or a uint8 map encoding ``prob × 255``."""
     a = np.asarray(prob_map)
     if a.ndim != 2:
@@ -142,7 +146,7 @@ def _trace_rings(
 def polygons_from_map(
     prob_map: ArrayLike,
     *,
-    threshold: float = 0.5,
+    threshold: float = CANCER_AREA_THRESHOLD,
     scale: float = 1.0,
     origin: tuple[float, float] = (0.0, 0.0),
     min_area: float = 0.0,

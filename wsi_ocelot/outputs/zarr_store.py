@@ -31,6 +31,7 @@ import numpy as np
 import zarr
 from numpy.typing import ArrayLike, NDArray
 
+from wsi_ocelot.cells import check_cell_classes
 from wsi_ocelot.errors import PredictionFileError
 from wsi_ocelot.outputs.ome_zarr import TISSUE_MAP_NAME, TISSUE_NAME, TissueMapStore
 
@@ -204,10 +205,7 @@ class PredictionStore:
             )
         if n == 0:
             return
-        if not np.isin(cols[2], (1, 2)).all():
-            raise ValueError(
-                f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(cols[2])[:10].tolist()}"
-            )
+        check_cell_classes(cols[2])
         self._buf.append(
             tuple(
                 c.astype(dt, copy=True) for c, dt in zip(cols, CELL_COLUMNS.values(), strict=True)

@@ -20,6 +20,9 @@ import shapely
 from numpy.typing import ArrayLike, NDArray
 from shapely.geometry.base import BaseGeometry
 
+from wsi_ocelot.cells import CellBatch, check_cell_classes
+from wsi_ocelot.constants import CANCER_AREA_THRESHOLD, CELL_CLASS_IDS, TC
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -31,7 +34,6 @@ __all__ = [
     "purity_grid",
 ]
 
-BC, TC = 1, 2
 UM2_PER_MM2 = 1e6
 
 
@@ -76,7 +78,7 @@ def inside_map(
     y: ArrayLike,
     prob_map: ArrayLike,
     scale: float,
-    threshold: float = 0.5,
+    threshold: float = CANCER_AREA_THRESHOLD,
     *,
     origin: tuple[float, float] = (0.0, 0.0),
 ) -> NDArray[np.bool_]:
@@ -163,19 +165,32 @@ class PurityCounter:
             raise ValueError(f"cls must have one entry per cell, got {c.size} for {xa.size} cells")
         if not c.size:
             return
-        if not np.isin(c, (BC, TC)).all():
-            raise ValueError(
-                f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(c)[:10].tolist()}"
-            )
-        tc = c == TC
-        self.n_tc += int(tc.sum())
-        self.n_bc += int((~tc).sum())
+        check_cell_classes(c)
+        ins = None
         if inside is not None:
             ins = np.asarray(inside, dtype=bool).reshape(-1)
             if ins.size != c.size:
                 raise ValueError(
                     f"inside must have one entry per cell, got {ins.size} for {c.size} cells"
                 )
+        self._count(xa, ya, c == TC, ins)
+
+    def add_cells(self, cells: CellBatch) -> None:
+        """Count a :class:`~wsi_ocelot.cells.CellBatch` (its classes were checked when it was
+        built; its ``in_cancer_area`` flags, when known, mark those in the cancer area)."""
+        if len(cells):
+            self._count(cells.x, cells.y, cells.cls == TC, cells.in_cancer_area)
+
+    def _count(
+        self,
+        xa: NDArray[np.float64],
+        ya: NDArray[np.float64],
+        tc: NDArray[np.bool_],
+        ins: NDArray[np.bool_] | None,
+    ) -> None:
+        self.n_tc += int(tc.sum())
+        self.n_bc += int((~tc).sum())
+        if ins is not None:
             self.n_tc_ca += int((tc & ins).sum())
             self.n_bc_ca += int((~tc & ins).sum())
         if self.grid_px is not None:
@@ -271,8 +286,7 @@ def compute_purity(
     c = np.asarray(cls).reshape(-1)
     if c.size != xa.size:
         raise ValueError(f"cls must have one entry per cell, got {c.size} for {xa.size} cells")
-    if c.size and not np.isin(c, (BC, TC)).all():
-        raise ValueError(f"cell classes must be 1 (BC) or 2 (TC), got {np.unique(c)[:10].tolist()}")
+    check_cell_classes(c)
     if ca_geometry is not None and ca_inside is not None:
         raise ValueError("give the cancer area either as ca_geometry or as ca_inside, not both")
     if mpp is not None and not (mpp > 0 and math.isfinite(mpp)):
@@ -326,7 +340,7 @@ def purity_grid(
     c = np.asarray(cls).reshape(-1)
     if c.size != xa.size:
         raise ValueError(f"cls must have one entry per cell, got {c.size} for {xa.size} cells")
-    known = np.isin(c, (BC, TC))
+    known = np.isin(c, CELL_CLASS_IDS)
     counter = PurityCounter(width, height, cell_size_px)
     counter.add(xa[known], ya[known], c[known])
     return counter.tc_grid, counter.bc_grid, counter.grid()

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from wsi_ocelot.constants import READERS
+
 log = logging.getLogger(__name__)
 
-#: The readers a slide can use; ``openslide`` is the default for every format.
-READERS = ("openslide", "tifffile")
+__all__ = ["READERS", "TiffLevelReader", "open_tiff_reader"]
 
 
 class TiffLevelReader:

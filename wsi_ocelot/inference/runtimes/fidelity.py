@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from wsi_ocelot.constants import CANCER_AREA_UINT8
 from wsi_ocelot.metrics.matching import greedy_match
 
 __all__ = ["cells_agreement", "tissue_agreement"]
@@ -49,5 +50,7 @@ def tissue_agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, floa
     return {
         "tissue_max_abs": float(d.max()),
         "tissue_mean_abs": round(float(d.mean()), 4),
-        "ca_agreement": round(float(((a >= 128) == (b >= 128)).mean()), 6),
+        "ca_agreement": round(
+            float(((a >= CANCER_AREA_UINT8) == (b >= CANCER_AREA_UINT8)).mean()), 6
+        ),
     }

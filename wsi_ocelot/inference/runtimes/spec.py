@@ -10,6 +10,7 @@ import importlib.metadata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from wsi_ocelot.constants import PRECISIONS, RUNTIMES
 from wsi_ocelot.sysinfo import cpu_flags
 
 __all__ = [
@@ -23,8 +24,6 @@ __all__ = [
     "runtime_version",
 ]
 
-RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 #: the precisions each runtime runs (on the CPU; on CUDA only torch runs, fp32 or bf16)
 SUPPORTED: dict[str, tuple[str, ...]] = {
