@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import wsi_ocelot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +45,7 @@ def test_import_is_light():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_readme_from_python_example_runs(tmp_path):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## From Python", 1)[1]

@@ -116,6 +116,7 @@ def test_unwritable_out_is_one_line_before_the_model_loads(slides, tmp_path, cap
 
 
 # -- bug 2: another slide with the same stem -----------------------------------------------
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_a_different_slide_with_the_same_stem_never_replaces_a_result(
     slides, tiny_ckpt, tmp_path, capsys
 ):
@@ -152,6 +153,7 @@ def test_a_different_slide_with_the_same_stem_never_replaces_a_result(
 
 
 # -- bug 3: resume from another working directory; a moved cohort ---------------------------
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_resume_works_from_any_folder_and_recognises_a_moved_cohort(
     slides, tiny_ckpt, tmp_path, capsys
 ):
@@ -223,6 +225,7 @@ def test_resume_works_from_any_folder_and_recognises_a_moved_cohort(
 
 
 # -- rough edge: a changed --mpp or model invalidates "done" ------------------------------
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_a_changed_mpp_override_or_model_runs_a_done_slide_again(
     slides, tiny_ckpt, tmp_path, capsys
 ):
@@ -241,6 +244,7 @@ def test_a_changed_mpp_override_or_model_runs_a_done_slide_again(
 
 
 # -- bug 4: a closed stdout ---------------------------------------------------------------
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_a_closed_stdout_does_not_stop_the_batch(slides, tiny_ckpt, tmp_path):
     out = tmp_path / "res"
     cmd = [
@@ -269,6 +273,7 @@ def test_a_closed_stdout_does_not_stop_the_batch(slides, tiny_ckpt, tmp_path):
     assert (out / "report.html").is_file() and "batch finished" in (out / "run.log").read_text()
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_info_into_a_closed_pipe_exits_quietly(pattern_slide):
     proc = subprocess.run(
         f"{sys.executable} -m wsi_ocelot info --json {pattern_slide} | head -1",
@@ -339,6 +344,7 @@ def test_the_mpp_range_is_one_for_the_flag_and_the_manifest(tmp_path):
 
 
 # -- rough edge: input errors are reported before the model loads, not recorded -------------
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_input_errors_are_reported_up_front_and_not_recorded(slides, tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "res"
     typo = tmp_path / "s9.tiff"
@@ -398,6 +404,7 @@ def test_the_demo_margin_is_described_as_it_is():
 
 
 # -- rough edges: --help ------------------------------------------------------------------
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_help_says_each_default_once_and_keeps_words_whole():
     for verb in (
         "run",
@@ -443,6 +450,7 @@ def test_verbosity_levels(synth_05, capsys):
 
 
 # -- rough edges: the demo warning, no bars or hidden folders in logs ----------------------
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_demo_warning_once_per_run_and_logs_name_only_final_folders(tmp_path):
     """Two slides that are not synthetic (plain TIFFs): one warning with the ``warning:`` prefix; no
     progress bar and no hidden ``.partial-`` folder in what a non-terminal stderr receives."""
@@ -480,6 +488,7 @@ def test_demo_warning_once_per_run_and_logs_name_only_final_folders(tmp_path):
 
 
 # -- rough edge: SIGTERM and Ctrl-C end a batch as they should ----------------------------
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_marks_the_slide_pending_and_writes_the_reports(
     slides, tiny_ckpt, tmp_path, sig, code
@@ -592,6 +601,7 @@ def test_an_unexpected_error_leaves_its_traceback_in_a_slide_log(
     )  # the closing table stays one line each
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_status_while_a_batch_runs_and_after(slides, tiny_ckpt, tmp_path):
     """`wsi-ocelot status OUT` (#22 item 2's reader): counts, this run's progress, throughput and ETA
     while it runs; the last run and every failed slide after it."""

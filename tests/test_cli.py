@@ -70,6 +70,7 @@ BAD_INPUTS = [
 
 
 # `info` shows a slide without MPP and says so (tests/test_info.py); `tiles` refuses it
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 @pytest.mark.parametrize(
     "verb,case,needle",
     [(v, c, n) for v in ("info", "tiles") for c, n in BAD_INPUTS if (v, c) != ("info", "nompp")],
@@ -81,6 +82,7 @@ def test_bad_input_one_line_error(bad_inputs, tmp_path, verb, case, needle):
     _assert_one_line_error(proc, path, needle)
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_no_mpp_works_with_flag(bad_inputs, tmp_path):
     proc = run_cli("info", str(bad_inputs["nompp"]), "--mpp", "0.25", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -100,6 +102,7 @@ def test_no_mpp_works_with_flag(bad_inputs, tmp_path):
     assert json.loads((tmp_path / "t" / "metadata.json").read_text())["sample_pairs"]
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_slide_without_tissue_gives_zero_tiles(synth_empty, tmp_path):
     proc = run_cli("tiles", str(synth_empty), "--out", str(tmp_path / "t"))
     assert proc.returncode == 0, proc.stderr
@@ -107,6 +110,7 @@ def test_slide_without_tissue_gives_zero_tiles(synth_empty, tmp_path):
     assert json.loads((tmp_path / "t" / "metadata.json").read_text())["sample_pairs"] == {}
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_info_on_synthetic(synth_025):
     proc = run_cli("info", str(synth_025), "--json")
     assert proc.returncode == 0, proc.stderr
@@ -142,16 +146,19 @@ def test_output_options_match_the_library_and_reach_the_engine():
     )
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_export_spatialdata_of_a_folder_without_a_result(tmp_path):
     _assert_one_line_error(run_cli("export-spatialdata", str(tmp_path)), "predictions.zarr")
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_run_needs_model(synth_025, tmp_path):
     proc = run_cli("run", str(synth_025), "--out", str(tmp_path / "o"))
     _assert_one_line_error(proc, "--model", "--model demo")
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_demo_weights_on_a_real_slide_warn_and_leave_a_note(cmu_slide, tmp_path):
     """``--model demo`` on CMU-1-Small-Region.svs: a warning at start naming the slide, and the
     synthetic-only note in purity.json, the Zarr attributes, the manifest, summary.csv and the report."""
@@ -196,6 +203,7 @@ def test_demo_weights_on_a_real_slide_warn_and_leave_a_note(cmu_slide, tmp_path)
     assert 'class="note"' in report and "synthetic-only weights" in report
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_demo_weights_on_a_synthetic_slide_do_not_warn(synth_025, tmp_path):
     """Our own synthetic slides are what the demo weights are for: no warning, but the note stays."""
     out = tmp_path / "o"

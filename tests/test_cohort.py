@@ -116,6 +116,7 @@ def test_collect_folders_csv_and_paths(cohort):
     assert {j.slide_id: j.mpp for j in jobs}["case_1"] == 0.5
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_duplicate_ids_fail_before_any_work(cohort, tmp_path):
     other = tmp_path / "case_1.svs"
     other.write_bytes(b"x")
@@ -183,6 +184,7 @@ def batch(cohort, tiny_ckpt, tmp_path_factory):
     return {"out": out, "args": args, "proc": proc}
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_batch_reports_bad_slides_and_goes_on(batch, cohort):
     """Inputs that are not slides (no such file, not a slide format, truncated) are reported before
     the batch starts and not recorded; slides that fail when they run are recorded as failed."""
@@ -253,6 +255,7 @@ def test_summary_csv_one_row_per_slide(batch):
     )
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_rerun_skips_done_slides_without_touching_them(batch):
     out = batch["out"]
     before = {
@@ -268,6 +271,7 @@ def test_rerun_skips_done_slides_without_touching_them(batch):
     assert m.counts() == {"done": 5, "failed": 1, "running": 0}
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_report_rebuild_and_html_content(batch):
     out = batch["out"]
     (out / "report.html").unlink()
@@ -391,6 +395,7 @@ def _load(wd: _WebDriver, page: Path) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # headless Chromium
 def test_report_renders_in_headless_chromium(batch):
     found = _require_browser()
     out = batch["out"]
@@ -466,6 +471,7 @@ def _check_fits_a_laptop(wd: _WebDriver, error: str) -> dict:
     return row
 
 
+@pytest.mark.slow  # headless Chromium
 def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
     """One good slide with a long TCGA-style name (the demo model on a synthetic slide), one that
     fails part-way with a long real message (a damaged JPEG tile: more unreadable tiles than allowed)
@@ -651,6 +657,7 @@ def test_report_names_the_training_data_not_the_training_machines_folder(tmp_pat
 
 
 # -- SIGKILL part-way ----------------------------------------------------------------------
+@pytest.mark.slow  # SIGKILLs a process
 def test_sigkill_then_rerun_completes_and_keeps_finished_slides(cohort, tiny_ckpt, tmp_path):
     out = tmp_path / "out"
     args = [
@@ -748,6 +755,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_local_cluster_matches_in_process(batch, cohort, tiny_ckpt, tmp_path):
     out = tmp_path / "dask_local"
     proc = _cli(
@@ -779,6 +787,7 @@ def test_local_cluster_matches_in_process(batch, cohort, tiny_ckpt, tmp_path):
         np.testing.assert_allclose(a[:, 3], b[:, 3], atol=1e-4)
 
 
+@pytest.mark.slow  # SIGKILLs a process
 def test_dask_scheduler_and_workers_survive_a_killed_worker(batch, cohort, tiny_ckpt, tmp_path):
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
@@ -913,6 +922,7 @@ if not hasattr(w, "_real_process_slide"):  # a preload may run more than once in
 '''
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_slide_that_kills_its_worker_is_retried_once_then_failed(cohort, tiny_ckpt, tmp_path):
     import shutil
 
@@ -964,6 +974,7 @@ def test_slide_that_kills_its_worker_is_retried_once_then_failed(cohort, tiny_ck
     assert not (out / "crash_me").exists()
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_hostile_names_pass_through_intact_and_inert(tiny_ckpt, cohort, tmp_path):
     """Slide paths with quotes, markup, non-ASCII, spaces and a very long name, and a manifest
     id with markup: the manifest, summary.csv and report.html keep them intact and inert."""

@@ -244,6 +244,7 @@ def _pid(where: str) -> int:
 
 
 # -- the bug, in a daemonic process ----------------------------------------------------------
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_default_tile_readers_in_a_daemonic_process(tiny_ckpt, slides, tmp_path, monkeypatch):
     """A daemonic process (a Dask worker under a nanny) may not start tile-reading processes:
     the default ``workers=None`` means read in-process there, and the slide runs."""
@@ -319,6 +320,7 @@ def test_worker_index_from_the_names_dask_gives(monkeypatch, name, index):
 # -- a batch on `dask scheduler` + `dask worker` ----------------------------------------------
 # about 31 s on a 2-core CPU (the reference run, a 3-process cluster, the batch): not marked slow on
 # purpose, so that CI runs a batch on a real cluster (the path only LocalCluster used to cover)
+@pytest.mark.slow  # SIGKILLs a process
 def test_batch_on_dask_scheduler_and_nanny_workers_matches_in_process(
     dask_cluster, in_process, tiny_ckpt, slides, tmp_path
 ):
@@ -361,6 +363,7 @@ def _slurm_cluster(tmp_path: Path):
     )
 
 
+@pytest.mark.slow  # a Dask cluster
 def test_slurm_recipe_job_script(tmp_path):
     """The recipe's job script asks Slurm for one GPU, 8 cores and the memory, and starts one
     single-threaded worker under a nanny, non-daemonic, in the venv (no Slurm needed to build it)."""

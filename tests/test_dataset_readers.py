@@ -149,6 +149,7 @@ def test_tile_dataset_batches_collated_like_in_process(pattern_slide):
     _assert_no_readers()
 
 
+@pytest.mark.slow  # SIGKILLs a process
 def test_a_reader_killed_mid_pass_is_replaced(blocks, reference, caplog):
     it = read_batches(blocks, readers=2, prefetch=2)
     got = [next(it)]
@@ -236,6 +237,7 @@ def test_leaving_a_pass_early_ends_every_reader(blocks):
     assert all(_gone(pid) for pid in pids)
 
 
+@pytest.mark.slow  # SIGKILLs a process
 def test_ctrl_c_while_waiting_ends_every_reader(blocks, monkeypatch):
     parent = os.getpid()
     orig = BlockBatches.__getitem__
@@ -260,6 +262,7 @@ def test_ctrl_c_while_waiting_ends_every_reader(blocks, monkeypatch):
     assert all(_gone(pid) for pid in pids)
 
 
+@pytest.mark.slow  # SIGKILLs a process
 def test_no_orphans_when_the_main_process_is_killed(pattern_slide, tmp_path):
     code = textwrap.dedent(
         f"""

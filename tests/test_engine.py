@@ -32,6 +32,7 @@ def run_out(tiny_ckpt, synth_025, tmp_path_factory):
     return res, out / slide_id_for(synth_025)
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_all_outputs_written(run_out):
     res, d = run_out
     assert {p.name for p in d.iterdir()} == {
@@ -116,6 +117,7 @@ def test_no_cell_reported_twice(run_out):
     assert len(np.unique(np.round(xy, 2), axis=0)) == len(xy)
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_per_tile_path_and_agreement(tiny_ckpt, synth_025, run_out, tmp_path):
     from wsi_ocelot.metrics import match_by_class
 
@@ -156,6 +158,7 @@ def test_empty_slide_zero_cells_null_purity(tiny_ckpt, synth_empty, tmp_path):
     assert json.loads((res.out_dir / "cells.geojson").read_text())["features"] == []
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_gzip_and_rerun_replaces_atomically(tiny_ckpt, pattern_slide, tmp_path):
     runner = SlideRunner(
         tiny_ckpt,
@@ -182,6 +185,7 @@ def test_failure_leaves_no_folder(tiny_ckpt, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_cli_run_bad_slide_continues(tiny_ckpt, synth_05, tmp_path):
     (tmp_path / "broken.svs").write_text("not a slide")
     proc = subprocess.run(
@@ -273,6 +277,7 @@ def test_a_cell_both_tiles_place_on_the_others_side_is_kept_once():
     assert dropped == 1 and held.tolist() == [[99.5, 50, 2, 0.9]]
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_writer_thread_gives_the_same_outputs_as_writing_inline(
     tiny_ckpt, synth_025, run_out, tmp_path
 ):
@@ -290,6 +295,7 @@ def test_writer_thread_gives_the_same_outputs_as_writing_inline(
     assert a == b
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_writer_error_fails_the_slide_and_leaves_no_folder(
     tiny_ckpt, synth_025, tmp_path, monkeypatch
 ):
@@ -387,6 +393,7 @@ def test_read_cells_equals_the_zarr_columns_and_the_geojson(run_out):
     assert np.allclose(gx, table["x"], atol=0.01)  # no bounds offset on this slide
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_ngff_05_and_csv_table_read_back_the_same(tiny_ckpt, synth_025, run_out, tmp_path):
     """The other output options: NGFF 0.5 on Zarr v3 and cells.csv; everything that reads the map
     (read_cells, the cancer-area flags, purity) gives what the default run gives."""

@@ -142,6 +142,7 @@ def tiny_ckpt(tmp_path_factory):
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", tilt=False)
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_engine_tissue_map_has_no_steps_at_tile_seams(tiny_ckpt, synth_025, tmp_path) -> None:
     import zarr
 

@@ -64,6 +64,7 @@ def trained(tmp_path_factory):
     return data, run / "best.safetensors"
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_evaluate_data_json(trained):
     data, ckpt = trained
     proc = subprocess.run(
@@ -97,6 +98,7 @@ def test_evaluate_data_json(trained):
     assert set(out["per_organ"]) == organs
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_evaluate_data_table_and_errors(trained, tmp_path):
     data, ckpt = trained
     proc = subprocess.run(
@@ -158,6 +160,7 @@ def test_evaluate_data_table_and_errors(trained, tmp_path):
     )
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_smoke_run_writes_report_and_evaluate_prints_card_metrics(trained):
     """The README's smoke run leaves curves, history and a model card; `evaluate --model CKPT`
     alone prints the card's metrics (read from the checkpoint, nothing run)."""

@@ -75,6 +75,7 @@ def test_openslide_really_fails_on_the_corrupt_tile(slides):
             s.read_region((x, y), 0, (w, h))
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 @pytest.mark.parametrize("reader", ["openslide", "tifffile"])
 def test_corrupt_tile_costs_only_its_tiles(tiny_ckpt, slides, clean_run, tmp_path, caplog, reader):
     clean, clean_cells = clean_run
@@ -120,6 +121,7 @@ def test_corrupt_tile_costs_only_its_tiles(tiny_ckpt, slides, clean_run, tmp_pat
     np.testing.assert_array_equal(bad_cells[away(bad_cells)], clean_cells[away(clean_cells)])
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_too_many_unreadable_tiles_fail_the_slide_in_one_line(tiny_ckpt, slides, tmp_path):
     with pytest.raises(SlideFormatError) as exc:
         _runner(tiny_ckpt, max_unreadable=0.0).run(slides["bad"], tmp_path, slide_id="s")
@@ -168,6 +170,7 @@ def _die_on(monkeypatch, marker_dir: Path, item: int | None, times: int) -> None
     monkeypatch.setattr(ds.BlockBatches, "__getitem__", getitem)
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_a_reader_process_that_dies_is_replaced(
     tiny_ckpt, slides, clean_run, tmp_path, monkeypatch
 ):
@@ -179,6 +182,7 @@ def test_a_reader_process_that_dies_is_replaced(
     np.testing.assert_array_equal(_cells(res.out_dir), clean_cells)
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_a_batch_that_kills_every_reader_is_counted_unreadable(
     tiny_ckpt, slides, clean_run, tmp_path, monkeypatch
 ):
@@ -213,6 +217,7 @@ def test_too_many_reader_deaths_fail_the_slide_in_one_line(
     assert mp.active_children() == []  # no reader left running
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_unreadable_counts_reach_manifest_summary_and_report(tiny_ckpt, slides, tmp_path):
     import csv
 
@@ -281,6 +286,7 @@ def _check_stopped(res, out: Path, failed: str, pending: list[str]) -> None:
     assert not any((out / sid).exists() for sid in [failed, *pending])
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_full_disk_fails_the_slide_stops_the_batch_and_a_rerun_finishes(
     tiny_ckpt, small_slides, tmp_path, monkeypatch
 ):
@@ -319,6 +325,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     return proc.returncode == 0
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_full_disk_on_a_real_small_tmpfs(tiny_ckpt, small_slides, tmp_path):
     mnt = tmp_path / "mnt"
     if not _mount_tmpfs(mnt, "4m"):

@@ -24,6 +24,9 @@ from wsi_ocelot.inference import PeakConfig
 from wsi_ocelot.metrics import evaluate, points_in_mask
 from wsi_ocelot.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
 
+# training runs: seconds each on a 2-core CPU (the quick loop leaves them to .ci/run)
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 
 SIZE = 128  # px of the synthetic pairs (0.2 / 0.8 µm/px)

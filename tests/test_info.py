@@ -32,6 +32,7 @@ def nompp(tmp_path):
     return path
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_info_without_mpp_shows_everything_else(nompp):
     # Fails on the old code: `info` exited 2 with the MppError line and showed nothing.
     proc = _info(str(nompp))
@@ -53,6 +54,7 @@ def test_info_without_mpp_shows_everything_else(nompp):
     assert not proc.stderr.strip()
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_info_json_without_mpp(nompp):
     # Fails on the old code (exit 2, no JSON).
     proc = _info(str(nompp), "--json")
@@ -64,6 +66,7 @@ def test_info_json_without_mpp(nompp):
     assert 0.1 < info["tissue_fraction"] < 0.5 and info["stain"]["kind"] == "brightfield"
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_info_with_mpp_has_no_missing_field(nompp):
     proc = _info(str(nompp), "--mpp", "0.5", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -72,6 +75,7 @@ def test_info_with_mpp_has_no_missing_field(nompp):
     assert info["size_mm"] == [0.3, 0.3]
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_info_bad_mpp_is_still_an_error(nompp):
     proc = _info(str(nompp), "--mpp", "-1")
     assert proc.returncode != 0

@@ -55,6 +55,7 @@ def test_unknown_variant_lists_valid_names() -> None:
         build_model("nope")
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_forward_backward_finite(models, pair, name: str) -> None:
     model = models[name].train()
@@ -76,6 +77,7 @@ def test_forward_backward_finite(models, pair, name: str) -> None:
     model.eval()
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 @pytest.mark.parametrize("name", INJECTION)
 def test_cell_loss_reaches_tissue_branch(models, pair, name: str) -> None:
     model = models[name].train()
@@ -86,6 +88,7 @@ def test_cell_loss_reaches_tissue_branch(models, pair, name: str) -> None:
     model.eval()
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 @pytest.mark.parametrize("name", [*INJECTION, "cell_only"])
 def test_two_pass_equals_training_forward(models, pair, name: str) -> None:
     model = models[name].eval()

@@ -642,6 +642,7 @@ def _result_folder(root: Path) -> tuple[Path, tuple[np.ndarray, ...], shapely.Po
     return folder, (x, y, cls, prob), ca
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_export_spatialdata_without_the_extra_is_a_one_line_error(
     tmp_path: Path, monkeypatch
 ) -> None:

@@ -161,6 +161,7 @@ def _skimage_like(fg: np.ndarray, d: int, thr: float) -> list[tuple[int, int]]:
     return sorted((int(c[1]), int(c[0])) for c in kept)
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 @pytest.mark.parametrize("d", [1, 3, 6])
 def test_nms_matches_reference_algorithm(d: int) -> None:
     pytest.importorskip("scipy")
@@ -279,6 +280,7 @@ def _cell_like_probs(b: int, size: int, seed: int) -> torch.Tensor:
     return logits.softmax(1)
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 @pytest.mark.parametrize("sigma", [0.0, 3.0])
 def test_fast_peaks_equal_the_original_formulation(sigma: float) -> None:
     cfg = PeakConfig(sigma=sigma)

@@ -16,6 +16,7 @@ def _per_box(slide, boxes, size):
     return np.stack([slide.read_box(tuple(b), size) for b in boxes])
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 @pytest.mark.parametrize("reader", ["openslide", "tifffile"])
 @pytest.mark.parametrize("target_mpp, size", [(0.2, 256), (0.8, 128), (1.0, 100)])
 def test_read_boxes_equals_read_box(pattern_slide, target_mpp, size, reader):

@@ -281,6 +281,7 @@ def test_auto_takes_the_fastest_gated_path_and_builds_once(
 
 
 # -- 3. the cache's key and integrity -------------------------------------------------------------
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_cache_follows_the_checkpoint_and_never_trusts_a_tampered_file(
     tiny_fp32, tiny_ckpt, shared_cache, tmp_path, monkeypatch
 ):
@@ -341,6 +342,7 @@ def _raising_for(runtimes: set[str], calls: list):
     return open_backend
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_a_runtime_that_raises_at_load_falls_back_with_one_warning(
     tiny_fp32, tiny_ckpt, shared_cache, monkeypatch, caplog
 ):
@@ -455,6 +457,7 @@ def test_a_runtime_that_does_not_import_is_one_line_naming_the_fix(
 
 
 # -- 6. a build child that dies ----------------------------------------------------------------------
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_a_crashing_build_child_marks_its_path_crashed_and_the_rest_go_on(
     tiny_ckpt, tmp_path, no_site_default, monkeypatch, caplog
 ):

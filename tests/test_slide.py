@@ -327,6 +327,7 @@ def test_truncated_tiff_with_directories_last(tmp_path, caplog):
         _assert_truncated_quietly(cut, caplog)
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_truncated_tiff_cli_says_so_in_one_line(tmp_path):
     # Fails on the old code: two lines on stderr (tifffile's and ours), the second saying "renamed".
     import subprocess

@@ -231,6 +231,7 @@ def test_engine_fails_a_fluorescence_slide_before_model_work(not_he, tmp_path, m
         runner.run(not_he["dapi"], out)
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_info_shows_the_stain(not_he):
     # Fails on the old code: `info` printed no stain classification.
     proc = subprocess.run(
@@ -255,6 +256,7 @@ def test_info_shows_the_stain(not_he):
     )
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 @pytest.mark.parametrize("domain", ["blue-grey", "dark-pink"])
 def test_he_of_other_stain_protocols_stays_brightfield(domain):
     """H&E from other labs' protocols (``synthetic.layout.STAIN_DOMAINS``): an orange eosin (as with

@@ -66,6 +66,7 @@ def test_ambiguity_keeps_table3_and_adds_lookalikes() -> None:
     assert amb[4] > base[4]  # more lymphocyte-like cells overall
 
 
+@pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_synth_dataset_cli_ambiguity(tmp_path) -> None:
     """`wsi-ocelot synth-dataset --ambiguity` (and `python -m wsi_ocelot.synthetic`, the same verb) records it; out of range is one line."""
     import json

@@ -41,6 +41,7 @@ def dataset(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 def test_layout_and_metadata(dataset):
     meta = json.loads((dataset / "metadata.json").read_text())
     assert set(meta) == {"general_info", "label_info", "field_description", "sample_pairs"}

@@ -138,6 +138,7 @@ def test_plan_tiles_only_on_tissue(synth_025, synth_empty):
     assert len(empty.cells) == 0 and len(empty.tissue) == 0
 
 
+@pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU
 @pytest.mark.parametrize("workers", [0, 2])
 def test_dataset_batches_from_workers(pattern_slide, workers):
     import torch

@@ -35,6 +35,9 @@ from training.losses import LossConfig, cell_loss, masked_ce, tissue_loss, total
 from training.targets import disk_targets, tissue_target
 from wsi_ocelot.errors import DatasetError
 
+# training runs: seconds each on a 2-core CPU (the quick loop leaves them to .ci/run)
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 
 SIZE = 64

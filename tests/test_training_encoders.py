@@ -18,6 +18,9 @@ from wsi_ocelot.config import GeometryConfig, PeakConfig
 from wsi_ocelot.errors import ConfigError
 from wsi_ocelot.model import ModelConfig, build_model, read_checkpoint_info, save_checkpoint
 
+# training runs: seconds each on a 2-core CPU (the quick loop leaves them to .ci/run)
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 
 

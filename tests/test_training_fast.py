@@ -14,6 +14,9 @@ from training.augment import IDENTITY_JITTER, AugmentConfig, apply_jitter
 from training.data import OcelotDataset, clear_cache, collate
 from training.evaluate_data import forward
 
+# training runs: seconds each on a 2-core CPU (the quick loop leaves them to .ci/run)
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 
 

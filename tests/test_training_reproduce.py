@@ -14,6 +14,9 @@ import torch
 from wsi_ocelot.config import GeometryConfig
 from wsi_ocelot.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
 
+# training runs: seconds each on a 2-core CPU (the quick loop leaves them to .ci/run)
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 
 

@@ -20,6 +20,9 @@ from training.augment import (
 from training.stain import gaussian_blur, hed_jitter, hed_to_rgb, rgb_to_hed
 from wsi_ocelot.errors import ConfigError
 
+# training runs: seconds each on a 2-core CPU (the quick loop leaves them to .ci/run)
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 LOG_ADJUST = -math.log(1e-6)  # skimage.color.rgb2hed divides the optical density by this
 

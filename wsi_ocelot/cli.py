@@ -17,6 +17,7 @@ import textwrap
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wsi_ocelot import __version__
 from wsi_ocelot.constants import (
@@ -28,6 +29,9 @@ from wsi_ocelot.constants import (
     RUNTIMES,
 )
 from wsi_ocelot.errors import WsiOcelotError
+
+if TYPE_CHECKING:  # the CLI imports its commands' modules lazily, when they run
+    from wsi_ocelot.config import GeometryConfig
 
 log = logging.getLogger("wsi_ocelot")
 
@@ -59,7 +63,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.getLogger("training").setLevel(level)
 
 
-def _geometry(args: argparse.Namespace):
+def _geometry(args: argparse.Namespace) -> GeometryConfig:
     from wsi_ocelot.config import load_geometry
 
     return load_geometry(getattr(args, "geometry", None), getattr(args, "tile_size", None))
@@ -107,7 +111,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         mask = tissue_mask_from_image(thumb, thumb_ds)
         stain = classify_stain(thumb, mask.mask)
         mi = slide.mpp_info
-        info = {
+        info: dict[str, Any] = {
             "path": str(slide.path),
             "format": slide.vendor,
             "dimensions": list(slide.dimensions),
@@ -531,7 +535,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _add(
-    sub, name: str, func: Callable[[argparse.Namespace], int], help: str, example: str
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, example: str
 ) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name,

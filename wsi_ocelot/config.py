@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import yaml
 
@@ -134,7 +134,7 @@ class PeakConfig:
             )
 
 
-def _is_dataclass_type(tp: Any) -> bool:
+def _is_dataclass_type(tp: Any) -> TypeGuard[type[Any]]:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 

@@ -58,6 +58,7 @@ def run_demo(
             precision=precision,
         ),
     )
+    assert synth.tiff_path is not None  # written by write_synthetic_slide
     res = runner.run(synth.tiff_path, out / "results")
     with open_predictions(res.out_dir / "predictions.zarr") as store:
         c = store.cells()

@@ -15,7 +15,6 @@ result says how many pairs were scored that way and the labelled area.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import defaultdict
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsi_ocelot.datasets import list_pairs, read_cell_csv, read_rgb, read_tissue_png
+from wsi_ocelot.datasets import dataset_name, list_pairs, read_cell_csv, read_rgb, read_tissue_png
 from wsi_ocelot.datasets.ocelot import read_cell_mask
 from wsi_ocelot.errors import DatasetError, WsiOcelotError
 from wsi_ocelot.inference import find_peaks
@@ -34,7 +33,7 @@ from wsi_ocelot.inference.runtimes.backends import Backend
 from wsi_ocelot.inference.runtimes.graphs import crop_injection, injection_size
 from wsi_ocelot.inference.runtimes.select import choose_runtime
 from wsi_ocelot.inference.runtimes.select import describe as describe_runtime
-from wsi_ocelot.metrics import DISTANCE_CUTOFF, evaluate
+from wsi_ocelot.metrics import DISTANCE_CUTOFF, OcelotScore, evaluate
 from wsi_ocelot.model import load_model
 from wsi_ocelot.model.device import resolve_device
 from wsi_ocelot.model.precision import autocast
@@ -54,21 +53,9 @@ def _target_size(
 
 
 def data_name(root: str | os.PathLike[str]) -> str:
-    """The name a dataset gives itself in ``metadata.json`` (``general_info.dataset`` or
-    ``name``), else its folder's name."""
-    try:
-        meta = json.loads((Path(root) / "metadata.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        meta = {}
-    general = (
-        meta.get("general_info")
-        if isinstance(meta, dict) and isinstance(meta.get("general_info"), dict)
-        else {}
-    )
-    for value in (general.get("dataset"), general.get("name")):
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-    return Path(root).resolve().name
+    """The name a dataset gives itself (:func:`wsi_ocelot.datasets.dataset_name`), else its
+    folder's name."""
+    return dataset_name(root) or Path(root).resolve().name
 
 
 def _resize_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
@@ -228,7 +215,7 @@ def evaluate_dataset(
     for k, organ in enumerate(organs):
         if organ is not None:
             groups[organ].append(k)
-    result = {
+    result: dict[str, Any] = {
         "overall": evaluate(preds, gts, radius, masks=mask_arg).to_dict(),
         "per_organ": {
             o: evaluate(
@@ -387,7 +374,9 @@ def format_recorded(recorded: dict[str, Any]) -> str:
     return "\n\n".join([head] + [format_result(r) for r in recorded["per_split"].values()])
 
 
-def score_slide(pred: np.ndarray, gt: np.ndarray, mpp: float, radius_um: float = 3.0):
+def score_slide(
+    pred: np.ndarray, gt: np.ndarray, mpp: float, radius_um: float = 3.0
+) -> OcelotScore:
     """Slide-level detections ``(N, 4)`` x, y, class, prob against ground truth ``(M, 3)``
     x, y, class, all in level-0 px, with the OCELOT matching at ``radius_um`` (15 px at
     the release's ~0.2 µm/px ≈ 3 µm). Returns an :class:`~wsi_ocelot.metrics.OcelotScore`."""

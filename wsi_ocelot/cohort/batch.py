@@ -312,7 +312,7 @@ def _run_on_dask(
     }  # a worker holds only the slides it runs
     if cfg.scheduler == "local":
         n = _local_cluster_size(cfg)
-        threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
+        threads: int | None = cfg.threads or max(1, (os.cpu_count() or 1) // n)
         # Dask starts workers with OMP_NUM_THREADS=1; start them with the thread count they will use
         settings.update(
             {
@@ -351,7 +351,7 @@ def _run_on_dask(
         try:
             died: dict[str, int] = {}  # per slide: attempts that started and lost their worker
             requeues: dict[str, int] = {}
-            by_key: dict[str, tuple[SlideJob, Path]] = {}
+            by_key: dict[Any, tuple[SlideJob, Path]] = {}  # by Dask future key
 
             def submit(job: SlideJob) -> Any:  # a distributed.Future
                 key = f"wsi-ocelot-{job.slide_id}-{died.get(job.slide_id, 0) + 1}-{os.getpid()}-{time.time_ns()}"

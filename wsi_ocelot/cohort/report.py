@@ -29,6 +29,7 @@ from PIL import Image
 from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort.manifest import DONE, Manifest, now_iso
 from wsi_ocelot.constants import PURITY_GRID_UM
+from wsi_ocelot.datasets import dataset_name as metadata_dataset_name
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
 from wsi_ocelot.outputs import purity_colormap
 from wsi_ocelot.purity import SUMMARY_COLUMNS, SlideRecord
@@ -108,8 +109,8 @@ def write_summary_csv(out_dir: str | os.PathLike[str], manifest: Manifest | None
 
 def _thumbnail(png: Path) -> str | None:
     try:
-        with Image.open(png) as im:
-            im = im.convert("RGB")
+        with Image.open(png) as src:
+            im = src.convert("RGB")
             im.thumbnail((THUMB_SIDE, THUMB_SIDE))
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=82)
@@ -325,7 +326,7 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str 
     num = float(v)
     if fmt == "%":
         return f'<td class="pur"{k} data-v="{num!r}">{100 * num:.1f} %</td>'
-    shown = f"{int(num):,}" if fmt == "d" else f"{num:.{int(fmt)}f}"
+    shown = f"{int(num):,}" if fmt == "d" else f"{num:.{int(fmt or 0)}f}"
     return f'<td{k} data-v="{num!r}">{shown}</td>'
 
 
@@ -352,22 +353,6 @@ def _table_row(row: dict[str, Any], thumbs: dict[str, str | None]) -> str:
 #: ``metadata.json``): the data the shipped demo weights were trained on.
 SYNTHETIC_DATASET = "wsi-ocelot synthetic"
 _NAME_MAX = 80
-
-
-def _metadata_name(root: str) -> str | None:
-    """The name a dataset's ``metadata.json`` gives itself (``general_info.dataset`` or ``name``,
-    or a top-level ``dataset`` or ``name``), when the folder is on this machine."""
-    try:
-        meta = json.loads((Path(root) / "metadata.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict):
-        return None
-    general = meta.get("general_info") if isinstance(meta.get("general_info"), dict) else {}
-    for v in (general.get("dataset"), general.get("name"), meta.get("dataset"), meta.get("name")):
-        if isinstance(v, str) and v.strip():
-            return v.strip()
-    return None
 
 
 def dataset_name(
@@ -399,7 +384,7 @@ def dataset_name(
     root = training.get("data") or training.get("data_root")
     if not isinstance(root, str) or not root.strip():
         return None
-    name = _metadata_name(root) or re.split(r"[\\/]", root.strip().rstrip("\\/"))[-1]
+    name = metadata_dataset_name(root) or re.split(r"[\\/]", root.strip().rstrip("\\/"))[-1]
     return name[:_NAME_MAX] or None
 
 

@@ -187,6 +187,25 @@ def read_cell_mask(path: str | os.PathLike[str]) -> np.ndarray:
     return arr > 0
 
 
+def dataset_name(root: str | os.PathLike[str]) -> str | None:
+    """The name a dataset gives itself in ``ROOT/metadata.json`` (``general_info.dataset`` or
+    ``general_info.name``, else a top-level ``dataset`` or ``name``); None when the file is
+    missing, unreadable or names nothing."""
+    try:
+        meta = json.loads((Path(root) / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    info = meta.get("general_info")
+    general: dict[str, Any] = info if isinstance(info, dict) else {}
+    names = (general.get("dataset"), general.get("name"), meta.get("dataset"), meta.get("name"))
+    for v in names:
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+    return None
+
+
 def read_metadata(root: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """``ROOT/metadata.json``'s ``sample_pairs`` (a dict keyed by three-digit id)."""
     p = Path(root) / "metadata.json"

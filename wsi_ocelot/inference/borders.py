@@ -176,7 +176,15 @@ class BorderBuffer:
         self._keep(p, inside, tile, row, state, needed)
         return p[now_kept], inside[now_kept], dropped
 
-    def _keep(self, p, inside, tile, row, state, keep: np.ndarray) -> None:
+    def _keep(
+        self,
+        p: np.ndarray,
+        inside: np.ndarray,
+        tile: np.ndarray,
+        row: np.ndarray,
+        state: np.ndarray,
+        keep: np.ndarray,
+    ) -> None:
         if keep.all():
             self.points, self.inside, self.tile, self.row, self.state = (
                 [p],

@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,6 +21,7 @@ from torch import Tensor
 from wsi_ocelot.inference.runtimes.backends import Backend
 from wsi_ocelot.inference.runtimes.graphs import resize_to_injection
 from wsi_ocelot.model.precision import autocast, inference_autocast
+from wsi_ocelot.model.variants import OcelotModel
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class Predictor:
     run in it (on the CPU; the tissue crop is resized to the injection point here, in torch);
     ``cpu_bf16`` runs torch on the CPU under bf16 autocast."""
 
-    model: torch.nn.Module
+    model: OcelotModel
     device: torch.device
     amp: bool = True
     channels_last: bool = True
@@ -105,7 +107,7 @@ class Predictor:
         ), None if tissue is None else tissue.float().softmax(dim=1)
 
 
-def with_oom_retry(fn: Callable[..., object], *tensors: Tensor | None, min_batch: int = 1):
+def with_oom_retry(fn: Callable[..., Any], *tensors: Tensor | None, min_batch: int = 1) -> Any:
     """Call ``fn(*tensors)``; on CUDA out-of-memory, split the batch in halves and retry
     (recursively down to ``min_batch``), concatenating the results along dim 0."""
     try:

@@ -39,7 +39,7 @@ class UnreadableTiles:
         self.totals = dict(totals)
         self.max_fraction = float(max_fraction)
         self.counts = dict.fromkeys(self.totals, 0)
-        self._excluded = np.zeros(mask.mask.shape, bool)
+        self._excluded: np.ndarray = np.zeros(mask.mask.shape, bool)
 
     @property
     def n(self) -> int:

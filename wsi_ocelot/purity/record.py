@@ -83,7 +83,7 @@ class SlideRecord:
         """Read back :meth:`to_json` (missing keys of older files become None)."""
         return cls(
             slide=str(data.get("slide", "")),
-            purity=PurityResult(**{k: data.get(k) for k in _PURITY_KEYS}),
+            purity=PurityResult(**{k: data.get(k) for k in _PURITY_KEYS}),  # type: ignore[arg-type]
             mpp_source=data.get("mpp_source"),
             model=dict(data.get("model") or {}),
             mode=data.get("mode"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from wsi_ocelot.tiling.grid import (
     Grid,
     cell_grid,
@@ -28,9 +30,7 @@ __all__ = [
 ]
 
 
-def __getattr__(
-    name: str,
-):  # deliberately deferred: torch is imported only when the Dataset is asked for
+def __getattr__(name: str) -> Any:  # deferred: torch is imported only when the Dataset is asked for
     if name in ("TileDataset", "BlockBatches", "block_ids", "plan_batches", "read_batches"):
         from wsi_ocelot.tiling import dataset
 

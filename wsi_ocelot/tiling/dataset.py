@@ -616,7 +616,7 @@ def read_batches(
     A :class:`BlockBatches` item is a batch; a :class:`TileDataset`'s items are collated
     ``batch_size`` at a time. A reader that dies (a codec crash) is replaced, and the batch it
     was reading is read again alone in a new process; if that dies too, the batch is delivered
-    white and flagged unreadable (``lost_batch``). After ``max_deaths`` deaths in one pass the
+    white and flagged unreadable (``lost_batch``). More than ``max_deaths`` deaths in one pass and the
     slide fails (:class:`SlideFormatError`). Every reader has ended when the iterator is
     exhausted, closed, or left by an exception (KeyboardInterrupt included)."""
     source = _Batches(dataset, batch_size)
