@@ -864,3 +864,20 @@ def test_cli_errors_are_one_line(synth_025, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len([ln for ln in err if ln.startswith("error:")]) == 1, err
         assert needle in err[-1] and "Fix:" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_cell_mask_errors_name_the_file_and_the_fix(tmp_path):
+    """A cell mask of another size than its cell image, or with a value other than 0/1, is one
+    DatasetError naming the PNG (the check training and evaluation share)."""
+    p = tmp_path / "001.png"
+    Image.fromarray(np.ones((8, 6), np.uint8)).save(p)
+    assert read_cell_mask(p, shape=(8, 6)).all()
+    with pytest.raises(DatasetError) as err:
+        read_cell_mask(p, shape=(8, 8))
+    assert err.value.one_line() == (
+        f"{p}: cell mask is 6×8 px, the cell image 8×8. "
+        "Fix: use the mask that belongs to this cell image (same size, cell-patch px)"
+    )
+    Image.fromarray(np.full((8, 6), 7, np.uint8)).save(p)
+    with pytest.raises(DatasetError, match=r"001\.png: cell mask holds value\(s\) \[7\]"):
+        read_cell_mask(p)

@@ -371,13 +371,7 @@ class OcelotDataset(Dataset[dict[str, Any]]):
             )
         mask = None
         if r.cell_mask is not None:
-            mask = read_cell_mask(r.cell_mask)
-            if mask.shape != (h, w):
-                raise DatasetError(
-                    r.cell_mask,
-                    f"cell mask is {mask.shape[1]}×{mask.shape[0]} px, the cell image {w}×{h}",
-                    "use the mask that belongs to this cell image (same size, cell-patch px)",
-                )
+            mask = read_cell_mask(r.cell_mask, shape=(h, w))
         return PairSample(
             cell=torch.from_numpy(cell).permute(2, 0, 1).float().div_(255.0),
             tissue=torch.from_numpy(tissue).permute(2, 0, 1).float().div_(255.0),

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from wsi_ocelot.datasets import dataset_name, list_pairs, read_cell_csv, read_rgb, read_tissue_png
 from wsi_ocelot.datasets.ocelot import read_cell_mask
-from wsi_ocelot.errors import DatasetError, WsiOcelotError
+from wsi_ocelot.errors import WsiOcelotError
 from wsi_ocelot.inference import find_peaks
 from wsi_ocelot.inference.runtimes.backends import Backend
 from wsi_ocelot.inference.runtimes.graphs import crop_injection, injection_size
@@ -194,13 +194,7 @@ def evaluate_dataset(
             organs.append(r.organ)
             mask = None
             if r.cell_mask is not None:
-                full = read_cell_mask(r.cell_mask)
-                if full.shape != (size0, size0):
-                    raise DatasetError(
-                        r.cell_mask,
-                        f"cell mask is {full.shape[1]}×{full.shape[0]} px, the cell images {size0}×{size0}",
-                        "use the mask that belongs to this cell image (same size, cell-patch px)",
-                    )
+                full = read_cell_mask(r.cell_mask, shape=(size0, size0))
                 labelled_px += int(full.sum())
                 total_px += full.size
                 labelled_um2 += (

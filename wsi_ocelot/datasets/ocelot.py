@@ -158,9 +158,12 @@ def read_tissue_png(path: str | os.PathLike[str]) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def read_cell_mask(path: str | os.PathLike[str]) -> np.ndarray:
+def read_cell_mask(
+    path: str | os.PathLike[str], shape: tuple[int, int] | None = None
+) -> np.ndarray:
     """Read a cell-label mask PNG as ``bool (H, W)`` in cell-patch px: True where every cell is
-    marked, False where the labels are unknown; values must be 0 or 1 (255 reads as 1)."""
+    marked, False where the labels are unknown; values must be 0 or 1 (255 reads as 1). With
+    ``shape`` (the cell image's ``(H, W)``), a mask of another size is a :class:`DatasetError`."""
     p = Path(path)
     try:
         with Image.open(p) as im:
@@ -183,6 +186,12 @@ def read_cell_mask(path: str | os.PathLike[str]) -> np.ndarray:
             p,
             f"cell mask holds value(s) {bad[:5].tolist()}, allowed 0 (unknown) and 1 (labelled)",
             "write the mask with 0 and 1 only",
+        )
+    if shape is not None and arr.shape != tuple(shape):
+        raise DatasetError(
+            p,
+            f"cell mask is {arr.shape[1]}×{arr.shape[0]} px, the cell image {shape[1]}×{shape[0]}",
+            "use the mask that belongs to this cell image (same size, cell-patch px)",
         )
     return arr > 0
 
