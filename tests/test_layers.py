@@ -1,5 +1,5 @@
 """The layers of docs/architecture.md hold (import-linter's contracts in pyproject.toml), and
-the check fails when a forbidden import is planted."""
+the check fails when a forbidden import is planted; no import cycle anywhere in the package."""
 
 from __future__ import annotations
 
@@ -58,6 +58,36 @@ def test_a_planted_forbidden_import_breaks_the_contract(tmp_path, module, plante
     target.write_text(target.read_text() + "\n" + planted + "\n")
     proc = _lint(tmp_path)
     assert proc.returncode != 0 and "BROKEN" in proc.stdout, proc.stdout[-3000:]
+
+
+def _cycles(package: str) -> list[list[str]]:
+    """The package's import cycles (modules that reach each other), imports inside functions
+    and under TYPE_CHECKING included: the layers contract cannot see a cycle inside a layer."""
+    import grimp  # import-linter's graph builder
+
+    g = grimp.build_graph(package, exclude_type_checking_imports=False)
+    found: list[list[str]] = []
+    for a in sorted(g.modules):
+        for b in sorted(g.find_modules_directly_imported_by(a)):
+            if a < b and g.chain_exists(importer=b, imported=a):
+                found.append(list(g.find_shortest_chain(importer=b, imported=a) or ()) + [b])
+    return found
+
+
+def test_no_import_cycle_in_the_package():
+    assert _cycles("wsi_ocelot") == []
+
+
+def test_a_planted_type_only_cycle_is_found(tmp_path, monkeypatch):
+    pkg = tmp_path / "cyclepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from cyclepkg import b\n")
+    (pkg / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cyclepkg import a\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _cycles("cyclepkg") == [["cyclepkg.b", "cyclepkg.a", "cyclepkg.b"]]
 
 
 def test_every_module_of_the_package_has_a_layer():
