@@ -301,7 +301,6 @@ def test_rounding_to_four_decimals() -> None:
     s = evaluate(preds, gts)
     assert (s.bc.f1, s.tc.precision, s.tc.recall, s.tc.f1) == (0.6667, 0.3333, 0.5, 0.4)
     assert s.mf1 == (0.6667 + 0.4) / 2
-    assert s.to_official_dict()["mF1"] == s.mf1
     table = s.format_table()
     assert table.splitlines()[2].split()[:4] == ["BC", "1.0000", "0.5000", "0.6667"]
     assert table.splitlines()[-1].split() == ["mF1", "0.53335"]

@@ -49,7 +49,6 @@ def test_geometry_validation():
         GeometryConfig(cell_mpp=0.2, tissue_mpp=0.5)
     with pytest.raises(ConfigError, match="margin"):
         GeometryConfig(tile_size=64, cell_margin=40)
-    assert GeometryConfig().cell_stride == 1024 - 128
 
 
 def _check_pairs(slide_path, out, geo, mpp=None, max_cell_mad=4.0, max_ctx_mad=6.0):

@@ -11,7 +11,6 @@ Light: numpy only, importable from every layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,19 +89,3 @@ class CellBatch:
     def to_array(self) -> NDArray[np.float64]:
         """The ``(N, 4)`` float64 layout ``x, y, class, prob``."""
         return np.stack([self.x, self.y, self.cls.astype(np.float64), self.prob], axis=1)
-
-    @classmethod
-    def concat(cls, batches: Sequence[CellBatch]) -> CellBatch:
-        """The batches one after the other (the cancer-area flags kept when all have them)."""
-        if not batches:
-            return cls(np.zeros(0), np.zeros(0), np.zeros(0, np.uint8), np.zeros(0))
-        flags = [b.in_cancer_area for b in batches]
-        return cls(
-            np.concatenate([b.x for b in batches]),
-            np.concatenate([b.y for b in batches]),
-            np.concatenate([b.cls for b in batches]),
-            np.concatenate([b.prob for b in batches]),
-            None
-            if any(f is None for f in flags)
-            else np.concatenate([f for f in flags if f is not None]),
-        )

@@ -82,11 +82,6 @@ class GeometryConfig:
                     f"use a margin below {self.tile_size // 2}",
                 )
 
-    @property
-    def cell_stride(self) -> int:
-        """Step between cell tiles in cell-MPP px (the core size)."""
-        return self.tile_size - 2 * self.cell_margin
-
 
 @dataclass(frozen=True)
 class PeakConfig:

@@ -96,16 +96,6 @@ class OcelotScore:
             for name, s in self.classes.items()
         }
 
-    def to_official_dict(self) -> dict[str, float]:
-        """The keys ``ocelot23algo``'s ``eval.py`` prints: ``Pre/BC``, ``Rec/BC``, ``F1/BC``, …, ``mF1``."""
-        out: dict[str, float] = {}
-        for name, s in self.classes.items():
-            out[f"Pre/{name}"] = s.precision
-            out[f"Rec/{name}"] = s.recall
-            out[f"F1/{name}"] = s.f1
-        out["mF1"] = self.mf1
-        return out
-
     def format_table(self) -> str:
         """A plain-text report (fixed-width table, one line per class, then mF1)."""
         lines = [

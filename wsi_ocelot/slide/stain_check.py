@@ -228,13 +228,6 @@ def classify_stain(img: np.ndarray, tissue: np.ndarray | None = None) -> StainCh
     return result
 
 
-def classify_slide(slide: Any, mpp: float = 8.0) -> StainCheck:
-    """:func:`classify_stain` of a :class:`~wsi_ocelot.slide.Slide`'s thumbnail at about
-    ``mpp`` µm/px, with its tissue mask."""
-    img, ds = slide.thumbnail(mpp=mpp)
-    return classify_stain(img, tissue_mask_from_image(img, ds).mask)
-
-
 def require_brightfield(path: str | os.PathLike[str], check: StainCheck) -> None:
     """Raise :class:`~wsi_ocelot.errors.NotBrightfieldError` (one line: the slide, what it
     looks like and why, the fix) unless ``check`` says brightfield."""
