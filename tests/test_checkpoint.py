@@ -195,28 +195,24 @@ def test_weights_that_do_not_fit_the_config(saved, tmp_path: Path) -> None:
     assert "wrong shape" in msg and "cell.encoder" in msg
 
 
-def test_invalid_config_in_metadata(saved, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name, edit, needle",
+    [
+        ("variant", lambda meta: meta["model"].update(variant="pred_to_moon"), "pred_to_moon"),
+        ("newer", lambda meta: meta.update(format_version=99), "upgrade"),
+    ],
+)
+def test_invalid_config_in_metadata(saved, tmp_path: Path, name, edit, needle) -> None:
     def bad(t, m):
         meta = json.loads(m[METADATA_KEY])
-        meta["model"]["variant"] = "pred_to_moon"
+        edit(meta)
         return t, {METADATA_KEY: json.dumps(meta)}
 
-    path = tmp_path / "variant.safetensors"
+    path = tmp_path / f"{name}.safetensors"
     _rewrite(saved[0], path, bad)
     with pytest.raises(CheckpointError) as err:
         load_model(path)
-    assert "pred_to_moon" in _one_line(err, path)
-
-    def newer(t, m):
-        meta = json.loads(m[METADATA_KEY])
-        meta["format_version"] = 99
-        return t, {METADATA_KEY: json.dumps(meta)}
-
-    path = tmp_path / "newer.safetensors"
-    _rewrite(saved[0], path, newer)
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    assert "upgrade" in _one_line(err, path)
+    assert needle in _one_line(err, path)
 
 
 def test_no_torch_load_in_the_loader() -> None:
