@@ -106,7 +106,10 @@ def test_metadata_layout(saved) -> None:
     assert read_checkpoint_info(path).raw == meta
 
 
-def _one_line(err: pytest.ExceptionInfo[CheckpointError], path: Path) -> str:
+def _load_error(path: Path) -> str:
+    """Loading ``path`` fails with one line that names it and a fix: that line."""
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and "Fix:" in msg
     return msg
@@ -114,18 +117,14 @@ def _one_line(err: pytest.ExceptionInfo[CheckpointError], path: Path) -> str:
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.safetensors"
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    assert "not found" in _one_line(err, path)
+    assert "not found" in _load_error(path)
 
 
 def test_pickle_file_is_refused_without_unpickling(tmp_path: Path) -> None:
     for name, kwargs in (("zip.pt", {}), ("legacy.pt", {"_use_new_zipfile_serialization": False})):
         path = tmp_path / name
         torch.save({"w": torch.zeros(2)}, path, **kwargs)
-        with pytest.raises(CheckpointError) as err:
-            load_model(path)
-        msg = _one_line(err, path)
+        msg = _load_error(path)
         assert "pickle/torch.save" in msg and "safetensors" in msg and "save_checkpoint" in msg
 
 
@@ -134,25 +133,19 @@ def test_truncated_file(saved, tmp_path: Path) -> None:
     for cut in (len(good) - 1000, 200, 5):
         path = tmp_path / f"cut{cut}.safetensors"
         path.write_bytes(good[:cut])
-        with pytest.raises(CheckpointError) as err:
-            load_model(path)
-        assert "truncated" in _one_line(err, path)
+        assert "truncated" in _load_error(path)
 
 
 def test_garbage_file(tmp_path: Path) -> None:
     path = tmp_path / "noise.safetensors"
     path.write_bytes(b"hello, this is not a model at all" * 4)
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    assert "not a safetensors file" in _one_line(err, path)
+    assert "not a safetensors file" in _load_error(path)
 
 
 def test_safetensors_without_our_metadata(tmp_path: Path) -> None:
     path = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(3)}, str(path), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    msg = _one_line(err, path)
+    msg = _load_error(path)
     assert "without wsi-ocelot metadata" in msg and "save_checkpoint" in msg
 
 
@@ -177,9 +170,7 @@ def test_weights_that_do_not_fit_the_config(saved, tmp_path: Path) -> None:
 
     path = tmp_path / "keys.safetensors"
     _rewrite(src, path, drop_and_add)
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    msg = _one_line(err, path)
+    msg = _load_error(path)
     assert "1 missing" in msg and "1 not in the config: extra.weight" in msg
 
     def other_variant(t, m):
@@ -189,9 +180,7 @@ def test_weights_that_do_not_fit_the_config(saved, tmp_path: Path) -> None:
 
     path = tmp_path / "shape.safetensors"
     _rewrite(src, path, other_variant)
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    msg = _one_line(err, path)
+    msg = _load_error(path)
     assert "wrong shape" in msg and "cell.encoder" in msg
 
 
@@ -210,9 +199,7 @@ def test_invalid_config_in_metadata(saved, tmp_path: Path, name, edit, needle) -
 
     path = tmp_path / f"{name}.safetensors"
     _rewrite(saved[0], path, bad)
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    assert needle in _one_line(err, path)
+    assert needle in _load_error(path)
 
 
 def test_no_torch_load_in_the_loader() -> None:
