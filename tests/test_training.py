@@ -498,20 +498,14 @@ def test_train_cli_then_load_best_and_resume(ocelot_root: Path, tmp_path: Path) 
 
     run = tmp_path / "run"
     cfg = _tiny_config(tmp_path)
-    args = [
-        "--config",
-        str(cfg),
-        "--data",
-        str(ocelot_root),
-        "--out",
-        str(run),
-        "--device",
-        "cpu",
-        "--seed",
-        "3",
-        "--lr",
-        "5e-4",
-    ]
+
+    def args_for(out: Path) -> list[str]:
+        return [
+            *("--config", str(cfg), "--data", str(ocelot_root), "--out", str(out)),
+            *("--device", "cpu", "--seed", "3", "--lr", "5e-4"),
+        ]
+
+    args = args_for(run)
     assert cli([*args, "--epochs", "1"]) == 0
     for name in (
         "config.yaml",
@@ -551,27 +545,7 @@ def test_train_cli_then_load_best_and_resume(ocelot_root: Path, tmp_path: Path) 
 
     # a fresh 2-epoch run from the same seed gives the same weights as 1 + resume 1
     run_b = tmp_path / "run_b"
-    assert (
-        cli(
-            [
-                "--config",
-                str(cfg),
-                "--data",
-                str(ocelot_root),
-                "--out",
-                str(run_b),
-                "--device",
-                "cpu",
-                "--seed",
-                "3",
-                "--lr",
-                "5e-4",
-                "--epochs",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert cli([*args_for(run_b), "--epochs", "2"]) == 0
     a = load_file(str(run / "last.safetensors"))
     b = load_file(str(run_b / "last.safetensors"))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
