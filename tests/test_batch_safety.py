@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_tiny_checkpoint
+from helpers import cpu_run_options, popen_cli, run_cli
 
 from wsi_ocelot.cli import main
 from wsi_ocelot.cohort import Manifest
@@ -49,16 +50,6 @@ def _run(*args: str, cwd: Path | None = None) -> int:
         return main(list(args))
     finally:
         os.chdir(old)
-
-
-def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wsi_ocelot", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        **kw,
-    )
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -247,24 +238,9 @@ def test_a_changed_mpp_override_or_model_runs_a_done_slide_again(
 @pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_a_closed_stdout_does_not_stop_the_batch(slides, tiny_ckpt, tmp_path):
     out = tmp_path / "res"
-    cmd = [
-        sys.executable,
-        "-m",
-        "wsi_ocelot",
-        "run",
-        str(slides["cohort"]),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_ckpt),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--threads",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = popen_cli(
+        "run", str(slides["cohort"]), *cpu_run_options(out, tiny_ckpt), "--threads", "1"
+    )
     proc.stdout.close()  # `| head -0`: the reader is gone before the first line
     err = proc.stderr.read()
     assert proc.wait(600) == 0, err
@@ -417,19 +393,19 @@ def test_help_says_each_default_once_and_keeps_words_whole():
         "export-spatialdata",
         "report",
     ):
-        text = _cli(verb, "--help").stdout
+        text = run_cli(verb, "--help").stdout
         assert "(default: None)" not in text, verb
         for block in text.split("\n  -")[1:]:
             assert block.lower().count("default") <= 1, (verb, block)
-    top = _cli("--help").stdout
+    top = run_cli("--help").stdout
     assert (
         "wsi-ocelot[spatialdata]" in top.replace("\n", " ")
-        or "wsi-ocelot[spatialdata]" in _cli("export-spatialdata", "--help").stdout
+        or "wsi-ocelot[spatialdata]" in run_cli("export-spatialdata", "--help").stdout
     )
-    run = _cli("run", "--help").stdout
+    run = run_cli("run", "--help").stdout
     required = run[run.index("\nrequired:") :]
     assert "--out DIR" in required and "--model CKPT" in required
-    assert "(default: auto)" in _cli("evaluate", "--help").stdout
+    assert "(default: auto)" in run_cli("evaluate", "--help").stdout
 
 
 def test_verbosity_levels(synth_05, capsys):
@@ -461,18 +437,11 @@ def test_demo_warning_once_per_run_and_logs_name_only_final_folders(tmp_path):
         img = (200 + rng.integers(-40, 40, (512, 512, 3))).clip(0, 255).astype(np.uint8)
         write_pyramidal_tiff(tmp_path / f"plain_{i}.tiff", img, 0.25)
     out = tmp_path / "res"
-    proc = _cli(
+    proc = run_cli(
         "run",
         str(tmp_path / "plain_0.tiff"),
         str(tmp_path / "plain_1.tiff"),
-        "--out",
-        str(out),
-        "--model",
-        "demo",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *cpu_run_options(out, "demo"),
         "--threads",
         "1",
         "--no-report",
@@ -501,28 +470,7 @@ def test_a_signal_marks_the_slide_pending_and_writes_the_reports(
     csv.write_text(
         "slide,id\n" + "".join(f"{p},slide_{i}\n" for i, p in enumerate(inputs)), encoding="utf-8"
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wsi_ocelot",
-            "run",
-            str(csv),
-            "--out",
-            str(out),
-            "--model",
-            str(tiny_ckpt),
-            "--device",
-            "cpu",
-            "--workers",
-            "1",
-            "--threads",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = popen_cli("run", str(csv), *cpu_run_options(out, tiny_ckpt, workers=1), "--threads", "1")
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until the second slide is running
         try:
@@ -547,7 +495,7 @@ def test_a_signal_marks_the_slide_pending_and_writes_the_reports(
     assert not (out / ".wsi-ocelot.lock").exists()
     assert not [p for p in out.iterdir() if ".partial-" in p.name], err
     # the same command again goes on where it stopped
-    proc = _cli("run", str(csv), "--out", str(out), "--model", str(tiny_ckpt), *FAST)
+    proc = run_cli("run", str(csv), "--out", str(out), "--model", str(tiny_ckpt), *FAST)
     assert proc.returncode == 0, proc.stderr
     assert Manifest.load(out).counts() == {"done": 4, "failed": 0, "running": 0}
 
@@ -615,23 +563,7 @@ def test_status_while_a_batch_runs_and_after(slides, tiny_ckpt, tmp_path):
         nompp, np.full((256, 256, 3), 200, np.uint8), None
     )  # fails when it runs: no MPP
     inputs = [str(slides["cohort"] / f"s{i}.tiff") for i in range(3)] + [str(nompp)]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wsi_ocelot",
-            "run",
-            *inputs,
-            "--out",
-            str(out),
-            "--model",
-            str(tiny_ckpt),
-            *FAST,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = popen_cli("run", *inputs, "--out", str(out), "--model", str(tiny_ckpt), *FAST)
     seen = None
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -658,6 +590,6 @@ def test_status_while_a_batch_runs_and_after(slides, tiny_ckpt, tmp_path):
         and "nompp:" in text
         and "--mpp" in text
     )
-    proc = _cli("status", str(out), "--json")
+    proc = run_cli("status", str(out), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["counts"]["failed"] == 1
-    assert _cli("status", str(tmp_path)).returncode == 2
+    assert run_cli("status", str(tmp_path)).returncode == 2

@@ -106,7 +106,10 @@ def test_metadata_layout(saved) -> None:
     assert read_checkpoint_info(path).raw == meta
 
 
-def _one_line(err: pytest.ExceptionInfo[CheckpointError], path: Path) -> str:
+def _load_error(path: Path) -> str:
+    """Loading ``path`` fails with one line that names it and a fix: that line."""
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and "Fix:" in msg
     return msg
@@ -114,18 +117,14 @@ def _one_line(err: pytest.ExceptionInfo[CheckpointError], path: Path) -> str:
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.safetensors"
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    assert "not found" in _one_line(err, path)
+    assert "not found" in _load_error(path)
 
 
 def test_pickle_file_is_refused_without_unpickling(tmp_path: Path) -> None:
     for name, kwargs in (("zip.pt", {}), ("legacy.pt", {"_use_new_zipfile_serialization": False})):
         path = tmp_path / name
         torch.save({"w": torch.zeros(2)}, path, **kwargs)
-        with pytest.raises(CheckpointError) as err:
-            load_model(path)
-        msg = _one_line(err, path)
+        msg = _load_error(path)
         assert "pickle/torch.save" in msg and "safetensors" in msg and "save_checkpoint" in msg
 
 
@@ -134,25 +133,19 @@ def test_truncated_file(saved, tmp_path: Path) -> None:
     for cut in (len(good) - 1000, 200, 5):
         path = tmp_path / f"cut{cut}.safetensors"
         path.write_bytes(good[:cut])
-        with pytest.raises(CheckpointError) as err:
-            load_model(path)
-        assert "truncated" in _one_line(err, path)
+        assert "truncated" in _load_error(path)
 
 
 def test_garbage_file(tmp_path: Path) -> None:
     path = tmp_path / "noise.safetensors"
     path.write_bytes(b"hello, this is not a model at all" * 4)
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    assert "not a safetensors file" in _one_line(err, path)
+    assert "not a safetensors file" in _load_error(path)
 
 
 def test_safetensors_without_our_metadata(tmp_path: Path) -> None:
     path = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(3)}, str(path), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    msg = _one_line(err, path)
+    msg = _load_error(path)
     assert "without wsi-ocelot metadata" in msg and "save_checkpoint" in msg
 
 
@@ -177,9 +170,7 @@ def test_weights_that_do_not_fit_the_config(saved, tmp_path: Path) -> None:
 
     path = tmp_path / "keys.safetensors"
     _rewrite(src, path, drop_and_add)
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    msg = _one_line(err, path)
+    msg = _load_error(path)
     assert "1 missing" in msg and "1 not in the config: extra.weight" in msg
 
     def other_variant(t, m):
@@ -189,34 +180,26 @@ def test_weights_that_do_not_fit_the_config(saved, tmp_path: Path) -> None:
 
     path = tmp_path / "shape.safetensors"
     _rewrite(src, path, other_variant)
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    msg = _one_line(err, path)
+    msg = _load_error(path)
     assert "wrong shape" in msg and "cell.encoder" in msg
 
 
-def test_invalid_config_in_metadata(saved, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name, edit, needle",
+    [
+        ("variant", lambda meta: meta["model"].update(variant="pred_to_moon"), "pred_to_moon"),
+        ("newer", lambda meta: meta.update(format_version=99), "upgrade"),
+    ],
+)
+def test_invalid_config_in_metadata(saved, tmp_path: Path, name, edit, needle) -> None:
     def bad(t, m):
         meta = json.loads(m[METADATA_KEY])
-        meta["model"]["variant"] = "pred_to_moon"
+        edit(meta)
         return t, {METADATA_KEY: json.dumps(meta)}
 
-    path = tmp_path / "variant.safetensors"
+    path = tmp_path / f"{name}.safetensors"
     _rewrite(saved[0], path, bad)
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    assert "pred_to_moon" in _one_line(err, path)
-
-    def newer(t, m):
-        meta = json.loads(m[METADATA_KEY])
-        meta["format_version"] = 99
-        return t, {METADATA_KEY: json.dumps(meta)}
-
-    path = tmp_path / "newer.safetensors"
-    _rewrite(saved[0], path, newer)
-    with pytest.raises(CheckpointError) as err:
-        load_model(path)
-    assert "upgrade" in _one_line(err, path)
+    assert needle in _load_error(path)
 
 
 def test_no_torch_load_in_the_loader() -> None:

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import cpu_run_options, run_cli
 
 from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
-
-
-def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wsi_ocelot", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -172,14 +162,7 @@ def test_demo_weights_on_a_real_slide_warn_and_leave_a_note(cmu_slide, tmp_path)
     proc = run_cli(
         "run",
         str(cmu_slide),
-        "--out",
-        str(out),
-        "--model",
-        "demo",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *cpu_run_options(out, "demo"),
     )
     assert proc.returncode == 0, proc.stderr
     warn = [ln for ln in proc.stderr.splitlines() if "not synthetic" in ln]
@@ -210,14 +193,7 @@ def test_demo_weights_on_a_synthetic_slide_do_not_warn(synth_025, tmp_path):
     proc = run_cli(
         "run",
         str(synth_025),
-        "--out",
-        str(out),
-        "--model",
-        "demo",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *cpu_run_options(out, "demo"),
         "--no-report",
     )
     assert proc.returncode == 0, proc.stderr

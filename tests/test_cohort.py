@@ -12,12 +12,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli_argv, cpu_run_options, popen_cli, run_cli
 
 from wsi_ocelot.cohort import Manifest, collect_jobs, read_manifest_csv
 from wsi_ocelot.cohort.inputs import SlideJob, check_unique
@@ -75,10 +75,12 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wsi_ocelot", *args], capture_output=True, text=True, timeout=timeout
-    )
+#: What every finished slide folder holds (at least).
+SLIDE_FILES = {"predictions.zarr", "cells.geojson", "tissue.geojson", "purity.json", "overview.png"}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return run_cli(*args, timeout=900)  # a batch in a subprocess: up to 15 minutes
 
 
 def _tree_digest(folder: Path) -> dict[str, tuple[str, int]]:
@@ -169,14 +171,7 @@ def batch(cohort, tiny_ckpt, tmp_path_factory):
         str(cohort["truncated"]),
         str(cohort["glass"]),
         str(cohort["manifest"]),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_ckpt),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *cpu_run_options(out, tiny_ckpt),
         "--threads",
         "1",
     ]
@@ -227,13 +222,7 @@ def test_batch_reports_bad_slides_and_goes_on(batch, cohort):
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert names == ["case_0", "case_1", "case_2", "glass", "nompp_with_mpp"]
     for sid in names:
-        assert {
-            "predictions.zarr",
-            "cells.geojson",
-            "tissue.geojson",
-            "purity.json",
-            "overview.png",
-        } <= {p.name for p in (out / sid).iterdir()}
+        assert SLIDE_FILES <= {p.name for p in (out / sid).iterdir()}
     assert (out / "run.log").stat().st_size > 0 and "corrupt" in (out / "run.log").read_text()
 
 
@@ -499,14 +488,7 @@ def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
     proc = _cli(
         "run",
         *(str(slides / n) for n in (f"{LONG_ID}.tiff", "glass_B.tiff", "damaged_C.tiff")),
-        "--out",
-        str(out),
-        "--model",
-        "demo",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *cpu_run_options(out, "demo"),
         "--no-progress",
         "--cells-table",
         "parquet",
@@ -660,23 +642,13 @@ def test_report_names_the_training_data_not_the_training_machines_folder(tmp_pat
 @pytest.mark.slow  # SIGKILLs a process
 def test_sigkill_then_rerun_completes_and_keeps_finished_slides(cohort, tiny_ckpt, tmp_path):
     out = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "wsi_ocelot",
+    args = cli_argv(
         "-q",
         "run",
         str(cohort["good"]),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_ckpt),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *cpu_run_options(out, tiny_ckpt),
         "--no-report",
-    ]
+    )
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -704,13 +676,7 @@ def test_sigkill_then_rerun_completes_and_keeps_finished_slides(cohort, tiny_ckp
     for d in out.iterdir():
         if d.is_dir() and not d.name.startswith("."):
             assert d.name in done or (d / "purity.json").is_file()
-            assert {
-                "predictions.zarr",
-                "cells.geojson",
-                "tissue.geojson",
-                "purity.json",
-                "overview.png",
-            } <= {p.name for p in d.iterdir()}
+            assert SLIDE_FILES <= {p.name for p in d.iterdir()}
     before = {sid: _tree_digest(out / sid) for sid in done}
     rerun = subprocess.run(args[:-1], capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr
@@ -763,14 +729,7 @@ def test_local_cluster_matches_in_process(batch, cohort, tiny_ckpt, tmp_path):
         "run",
         str(cohort["good"] / "case_0.tiff"),
         str(cohort["good"] / "case_1.tiff"),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_ckpt),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *cpu_run_options(out, tiny_ckpt),
         "--scheduler",
         "local",
         "--dask-workers",
@@ -832,32 +791,17 @@ def test_dask_scheduler_and_workers_survive_a_killed_worker(batch, cohort, tiny_
         with Client(addr, timeout="60s") as c:
             c.wait_for_workers(2, timeout=120)
         out = tmp_path / "dask_tcp"
-        run = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "wsi_ocelot",
-                "-q",
-                "run",
-                str(cohort["good"]),
-                str(cohort["manifest"]),
-                "--out",
-                str(out),
-                "--model",
-                str(tiny_ckpt),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-                "--scheduler",
-                addr,
-                "--threads",
-                "1",
-                "--no-report",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        run = popen_cli(
+            "-q",
+            "run",
+            str(cohort["good"]),
+            str(cohort["manifest"]),
+            *cpu_run_options(out, tiny_ckpt),
+            "--scheduler",
+            addr,
+            "--threads",
+            "1",
+            "--no-report",
         )
         deadline = time.time() + 600
         while (
@@ -932,32 +876,18 @@ def test_slide_that_kills_its_worker_is_retried_once_then_failed(cohort, tiny_ck
     preload.write_text(_CRASH_PRELOAD, encoding="utf-8")
     out = tmp_path / "out"
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": f'["{preload}"]'}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wsi_ocelot",
-            "run",
-            str(cohort["good"] / "case_0.tiff"),
-            str(crash),
-            "--out",
-            str(out),
-            "--model",
-            str(tiny_ckpt),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--scheduler",
-            "local",
-            "--dask-workers",
-            "1",
-            "--threads",
-            "1",
-            "--no-report",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_cli(
+        "run",
+        str(cohort["good"] / "case_0.tiff"),
+        str(crash),
+        *cpu_run_options(out, tiny_ckpt),
+        "--scheduler",
+        "local",
+        "--dask-workers",
+        "1",
+        "--threads",
+        "1",
+        "--no-report",
         timeout=900,
         env=env,
     )
@@ -997,14 +927,7 @@ def test_hostile_names_pass_through_intact_and_inert(tiny_ckpt, cohort, tmp_path
         "run",
         str(folder),
         str(manifest_csv),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_ckpt),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
+        *cpu_run_options(out, tiny_ckpt),
         "--no-progress",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

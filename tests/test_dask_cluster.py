@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import import_extra
+from helpers import popen_cli
 
 from wsi_ocelot.cohort import Manifest
 from wsi_ocelot.cohort.inputs import SlideJob
@@ -162,13 +163,7 @@ def dask_cluster(tmp_path_factory) -> Iterator[str]:
             )
         )
         with Client(address, timeout="30s") as client:
-            try:
-                client.wait_for_workers(2, timeout=STARTUP_S)
-            except TimeoutError:
-                pytest.fail(
-                    "the two Dask workers did not register in time:\n"
-                    + (root / "worker.log").read_text(errors="replace")[-4000:]
-                )
+            _wait_for_workers(client, 2, "the two Dask workers", root / "worker.log")
             daemonic = client.run(eval, IS_DAEMONIC)
         assert len(daemonic) == 2 and all(daemonic.values()), (
             daemonic
@@ -209,14 +204,17 @@ def _assert_same_cells(reference: Path, out: Path, sids: list[str]) -> None:
         np.testing.assert_array_equal(a, b)  # the same torch threads: bit-identical on a CPU
 
 
+def _wait_for_workers(client, n: int, what: str, log: Path) -> None:
+    """Wait until ``n`` workers have registered; fail with the end of their log where they do not."""
+    try:
+        client.wait_for_workers(n, timeout=STARTUP_S)
+    except TimeoutError:
+        pytest.fail(f"{what} did not register in time:\n" + log.read_text(errors="replace")[-4000:])
+
+
 def _run_cli(*args: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, int]:
     """``python -m wsi_ocelot ARGS`` in a fresh process; its result and its pid."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wsi_ocelot", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = popen_cli(*args)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -422,13 +420,7 @@ def test_slurm_recipe_worker_runs_a_batch(in_process, tiny_ckpt, slides, tmp_pat
                 start_new_session=True,
             )
         with Client(cluster, timeout="30s") as client:
-            try:
-                client.wait_for_workers(1, timeout=STARTUP_S)
-            except TimeoutError:
-                pytest.fail(
-                    "the job script's worker did not register in time:\n"
-                    + log.read_text(errors="replace")[-4000:]
-                )
+            _wait_for_workers(client, 1, "the job script's worker", log)
             assert list(client.run(eval, IS_DAEMONIC).values()) == [False]
         out = tmp_path / "slurm"
         proc, _ = _run_cli(

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import die_in_readers
 
 from wsi_ocelot.errors import SlideFormatError
 from wsi_ocelot.slide import open_slide
@@ -66,26 +67,6 @@ def _same(got: list[dict], want: list[dict], lost: set[int] = frozenset()) -> No
         else:
             assert torch.equal(g["cell"], w["cell"]) and not g["unreadable"].any()
             assert g["errors"] == w["errors"]
-
-
-def _die_on(monkeypatch, cls: type, item, times: int, marker_dir: Path) -> None:
-    """Reader processes (not this one) exit abruptly when they read an item in ``item`` (a
-    predicate on the item number), the first ``times`` times (markers in ``marker_dir``)."""
-    parent = os.getpid()
-    orig = cls.__getitem__
-
-    def getitem(self, i):
-        if os.getpid() != parent and item(i):
-            for k in range(times):
-                try:
-                    fd = os.open(marker_dir / f"death-{k}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                except FileExistsError:
-                    continue
-                os.close(fd)
-                os._exit(3)  # a codec that takes its process down
-        return orig(self, i)
-
-    monkeypatch.setattr(cls, "__getitem__", getitem)
 
 
 def test_importing_and_reading_leave_torch_signal_state_alone(pattern_slide):
@@ -165,7 +146,9 @@ def test_a_reader_killed_mid_pass_is_replaced(blocks, reference, caplog):
 
 
 def test_a_batch_that_dies_once_is_read_again_alone(blocks, reference, monkeypatch, tmp_path):
-    _die_on(monkeypatch, BlockBatches, lambda i: i == 2, times=1, marker_dir=tmp_path)
+    die_in_readers(
+        monkeypatch, BlockBatches, lambda _, i: i == 2, times=1, marker_dir=tmp_path, code=3
+    )
     got = list(read_batches(blocks, readers=2))
     assert (tmp_path / "death-0").exists()
     _same(got, reference)
@@ -175,7 +158,9 @@ def test_a_batch_that_dies_once_is_read_again_alone(blocks, reference, monkeypat
 def test_a_batch_that_kills_every_reader_is_delivered_white(
     blocks, reference, monkeypatch, tmp_path, caplog
 ):
-    _die_on(monkeypatch, BlockBatches, lambda i: i == 2, times=50, marker_dir=tmp_path)
+    die_in_readers(
+        monkeypatch, BlockBatches, lambda _, i: i == 2, times=50, marker_dir=tmp_path, code=3
+    )
     with caplog.at_level(logging.WARNING, logger="wsi_ocelot"):
         got = list(read_batches(blocks, readers=2))
     assert len(list(tmp_path.iterdir())) == 2  # its reader, then the one that read it alone
@@ -192,7 +177,9 @@ def test_per_tile_batch_that_kills_every_reader_is_delivered_white(
     g = make_grid(*s.dimensions, s.mpp, 0.2, T, 16)
     tiles = TileDataset(s, g.boxes[:12], T, g.boxes[:12])
     want = list(read_batches(tiles, readers=0, batch_size=4))
-    _die_on(monkeypatch, TileDataset, lambda i: i == 5, times=50, marker_dir=tmp_path)
+    die_in_readers(
+        monkeypatch, TileDataset, lambda _, i: i == 5, times=50, marker_dir=tmp_path, code=3
+    )
     got = list(read_batches(tiles, readers=1, batch_size=4))
     assert [b["index"].tolist() for b in got] == [b["index"].tolist() for b in want]
     assert got[1]["unreadable"].all() and (got[1]["context"] == 255).all()
@@ -202,7 +189,9 @@ def test_per_tile_batch_that_kills_every_reader_is_delivered_white(
 
 
 def test_too_many_deaths_fail_the_slide_in_one_line(blocks, monkeypatch, tmp_path):
-    _die_on(monkeypatch, BlockBatches, lambda i: True, times=10_000, marker_dir=tmp_path)
+    die_in_readers(
+        monkeypatch, BlockBatches, lambda _, i: True, times=10_000, marker_dir=tmp_path, code=3
+    )
     with pytest.raises(SlideFormatError) as exc:
         list(read_batches(blocks, readers=2, max_deaths=3))
     msg = exc.value.one_line()

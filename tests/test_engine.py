@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from conftest import import_extra
+from helpers import cpu_run_options, run_cli
 from shapely.geometry import shape
 
 from wsi_ocelot.config import GeometryConfig
@@ -188,26 +187,11 @@ def test_failure_leaves_no_folder(tiny_ckpt, tmp_path, monkeypatch):
 @pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_cli_run_bad_slide_continues(tiny_ckpt, synth_05, tmp_path):
     (tmp_path / "broken.svs").write_text("not a slide")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wsi_ocelot",
-            "run",
-            str(tmp_path / "broken.svs"),
-            str(synth_05),
-            "--out",
-            str(tmp_path / "o"),
-            "--model",
-            str(tiny_ckpt),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_cli(
+        "run",
+        str(tmp_path / "broken.svs"),
+        str(synth_05),
+        *cpu_run_options(tmp_path / "o", tiny_ckpt),
     )
     assert proc.returncode == 2, (
         proc.stderr

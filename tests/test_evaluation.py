@@ -9,9 +9,7 @@ import sys
 
 import pytest
 import torch
-
-from wsi_ocelot.config import GeometryConfig
-from wsi_ocelot.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
+from helpers import run_cli, write_small_dataset
 
 
 @pytest.fixture(scope="module")
@@ -19,16 +17,7 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("evalds")
     data = root / "data"
-    write_synthetic_dataset(
-        data,
-        SyntheticDatasetConfig(
-            seed=9,
-            train=4,
-            val=2,
-            test=3,
-            geometry=GeometryConfig(tile_size=128, cell_margin=8, tissue_margin=16),
-        ),
-    )
+    write_small_dataset(data, seed=9)
     run = root / "run"
     proc = subprocess.run(
         [
@@ -67,23 +56,8 @@ def trained(tmp_path_factory):
 @pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_evaluate_data_json(trained):
     data, ckpt = trained
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wsi_ocelot",
-            "evaluate",
-            "--data",
-            str(data),
-            "--split",
-            "test",
-            "--model",
-            str(ckpt),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_cli(
+        "evaluate", "--data", str(data), "--split", "test", "--model", str(ckpt), "--json"
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -101,57 +75,13 @@ def test_evaluate_data_json(trained):
 @pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_evaluate_data_table_and_errors(trained, tmp_path):
     data, ckpt = trained
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wsi_ocelot",
-            "evaluate",
-            "--data",
-            str(data),
-            "--split",
-            "val",
-            "--model",
-            str(ckpt),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_cli("evaluate", "--data", str(data), "--split", "val", "--model", str(ckpt))
     assert proc.returncode == 0, proc.stderr
     assert "population" in proc.stdout and "mF1" in proc.stdout
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wsi_ocelot",
-            "evaluate",
-            "--data",
-            str(tmp_path),
-            "--split",
-            "test",
-            "--model",
-            str(ckpt),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    bad = run_cli("evaluate", "--data", str(tmp_path), "--split", "test", "--model", str(ckpt))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "Fix:" in bad.stderr
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wsi_ocelot",
-            "evaluate",
-            "--data",
-            str(data),
-            "--model",
-            str(tmp_path / "nope.safetensors"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    missing = run_cli(
+        "evaluate", "--data", str(data), "--model", str(tmp_path / "nope.safetensors")
     )
     assert (
         missing.returncode == 2
@@ -195,12 +125,7 @@ def test_smoke_run_writes_report_and_evaluate_prints_card_metrics(trained):
     assert set(per_split) == {"val", "test"} and set(per_split["test"]["per_organ"]) == set(
         info.training["card"]["data"]["splits"]["test"]["organs"]
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", str(ckpt)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_cli("evaluate", "--model", str(ckpt))
     assert proc.returncode == 0, proc.stderr
     assert (
         "best epoch 1" in proc.stdout
@@ -208,22 +133,12 @@ def test_smoke_run_writes_report_and_evaluate_prints_card_metrics(trained):
         and "on test (3 images)" in proc.stdout
     )
     assert f"{per_split['test']['overall']['mF1']:.4f}" in proc.stdout
-    as_json = subprocess.run(
-        [sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", str(ckpt), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    as_json = run_cli("evaluate", "--model", str(ckpt), "--json")
     assert (
         json.loads(as_json.stdout)["per_split"]["val"]["overall"]["mF1"]
         == per_split["val"]["overall"]["mF1"]
     )
-    demo = subprocess.run(
-        [sys.executable, "-m", "wsi_ocelot", "evaluate", "--model", "demo"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    demo = run_cli("evaluate", "--model", "demo")
     assert (
         demo.returncode == 2
         and "no per-split metrics" in demo.stderr

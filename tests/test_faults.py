@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import die_in_readers
 
 from wsi_ocelot.config import GeometryConfig
 from wsi_ocelot.errors import SlideFormatError
@@ -148,26 +148,18 @@ def _die_on(monkeypatch, marker_dir: Path, item: int | None, times: int) -> None
     processes)."""
     from wsi_ocelot.tiling import dataset as ds
 
-    parent = os.getpid()
-    orig = ds.BlockBatches.__getitem__
-
-    def getitem(self, i):
-        if (
-            os.getpid() != parent
-            and (item is None or i == item)
-            and self.tile_size == GEO.tile_size
-            and len(self.boxes) > 20
-        ):
-            for k in range(times):
-                try:
-                    fd = os.open(marker_dir / f"death-{k}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                except FileExistsError:
-                    continue
-                os.close(fd)
-                os._exit(1)  # a codec that takes its process down
-        return orig(self, i)
-
-    monkeypatch.setattr(ds.BlockBatches, "__getitem__", getitem)
+    die_in_readers(
+        monkeypatch,
+        ds.BlockBatches,
+        lambda batches, i: (
+            (item is None or i == item)
+            and batches.tile_size == GEO.tile_size
+            and len(batches.boxes) > 20
+        ),
+        times=times,
+        marker_dir=marker_dir,
+        code=1,
+    )
 
 
 @pytest.mark.slow  # whole-slide or model runs: seconds on a 2-core CPU

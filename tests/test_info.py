@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
 
 
 def _info(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wsi_ocelot", "info", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli("info", *args, timeout=300)
 
 
 @pytest.fixture()

@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 from wsi_ocelot.errors import MppError, SlideFormatError, SlideNotFoundError
 from wsi_ocelot.slide import open_slide, resolve_mpp
@@ -330,19 +331,12 @@ def test_truncated_tiff_with_directories_last(tmp_path, caplog):
 @pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_truncated_tiff_cli_says_so_in_one_line(tmp_path):
     # Fails on the old code: two lines on stderr (tifffile's and ours), the second saying "renamed".
-    import subprocess
-    import sys
 
     whole = tmp_path / "whole.tiff"
     _write_tiff_directories_last(whole, np.full((300, 300, 3), (215, 130, 185), np.uint8))
     cut = tmp_path / "cut.tiff"
     cut.write_bytes(whole.read_bytes()[:100_000])
-    proc = subprocess.run(
-        [sys.executable, "-m", "wsi_ocelot", "info", str(cut)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli("info", str(cut), timeout=300)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "truncated" in lines[0] and "Fix:" in lines[0], proc.stderr

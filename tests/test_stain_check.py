@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from conftest import write_tiny_checkpoint
+from helpers import run_cli
 
 from wsi_ocelot.errors import NotBrightfieldError, SlideFormatError
 from wsi_ocelot.slide import open_slide
@@ -234,21 +233,11 @@ def test_engine_fails_a_fluorescence_slide_before_model_work(not_he, tmp_path, m
 @pytest.mark.slow  # runs the CLI or Python in a subprocess
 def test_info_shows_the_stain(not_he):
     # Fails on the old code: `info` printed no stain classification.
-    proc = subprocess.run(
-        [sys.executable, "-m", "wsi_ocelot", "info", str(not_he["dapi"])],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli("info", str(not_he["dapi"]), timeout=300)
     assert proc.returncode == 0, proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("stain"))
     assert "fluorescence" in line and "dark background" in line
-    proc = subprocess.run(
-        [sys.executable, "-m", "wsi_ocelot", "info", str(not_he["ihc"]), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli("info", str(not_he["ihc"]), "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr
     stain = json.loads(proc.stdout)["stain"]
     assert (

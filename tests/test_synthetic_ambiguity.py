@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import shapely
+from helpers import run_cli
 
 from wsi_ocelot.synthetic.dataset import ORGANS, SyntheticDatasetConfig, ambiguous_params
 from wsi_ocelot.synthetic.layout import (
@@ -102,20 +103,7 @@ def test_synth_dataset_cli_ambiguity(tmp_path) -> None:
         json.loads((tmp_path / "d" / "metadata.json").read_text())["general_info"]["ambiguity"]
         == 1.0
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wsi_ocelot",
-            "synth-dataset",
-            str(tmp_path / "e"),
-            "--ambiguity",
-            "1.5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("synth-dataset", str(tmp_path / "e"), "--ambiguity", "1.5", timeout=120)
     assert (
         proc.returncode == 2
         and "ambiguity 1.5 is outside [0, 1]" in proc.stderr

@@ -498,20 +498,14 @@ def test_train_cli_then_load_best_and_resume(ocelot_root: Path, tmp_path: Path) 
 
     run = tmp_path / "run"
     cfg = _tiny_config(tmp_path)
-    args = [
-        "--config",
-        str(cfg),
-        "--data",
-        str(ocelot_root),
-        "--out",
-        str(run),
-        "--device",
-        "cpu",
-        "--seed",
-        "3",
-        "--lr",
-        "5e-4",
-    ]
+
+    def args_for(out: Path) -> list[str]:
+        return [
+            *("--config", str(cfg), "--data", str(ocelot_root), "--out", str(out)),
+            *("--device", "cpu", "--seed", "3", "--lr", "5e-4"),
+        ]
+
+    args = args_for(run)
     assert cli([*args, "--epochs", "1"]) == 0
     for name in (
         "config.yaml",
@@ -551,27 +545,7 @@ def test_train_cli_then_load_best_and_resume(ocelot_root: Path, tmp_path: Path) 
 
     # a fresh 2-epoch run from the same seed gives the same weights as 1 + resume 1
     run_b = tmp_path / "run_b"
-    assert (
-        cli(
-            [
-                "--config",
-                str(cfg),
-                "--data",
-                str(ocelot_root),
-                "--out",
-                str(run_b),
-                "--device",
-                "cpu",
-                "--seed",
-                "3",
-                "--lr",
-                "5e-4",
-                "--epochs",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert cli([*args_for(run_b), "--epochs", "2"]) == 0
     a = load_file(str(run / "last.safetensors"))
     b = load_file(str(run_b / "last.safetensors"))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
@@ -622,32 +596,38 @@ def test_evaluate_checkpoint_full_images(ocelot_root: Path, tmp_path: Path) -> N
     assert 0.0 <= result["overall"]["mF1"] <= 1.0
 
 
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("epochs: 1\nlearning_rate: 0.1\n", "unknown key.*'learning_rate'"),
+        ("model: {variant: nope}\n", "unknown model variant 'nope'"),
+        ("tile_size: 50\n", "tile_size = 50"),
+        ("batch_size: 1\n", "batch_size = 1"),
+        ("augment: {hflip: 2}\n", "augment.hflip"),
+    ],
+)
+def test_bad_train_config_is_a_config_error(tmp_path: Path, text: str, match: str) -> None:
+    from training.train import load_config
+    from wsi_ocelot.errors import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(bad)
+
+
 def test_train_config_errors(tmp_path: Path, ocelot_root: Path) -> None:
     from training.train import cli, load_config, main
     from wsi_ocelot.errors import ConfigError
 
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("epochs: 1\nlearning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match="unknown key.*'learning_rate'"):
-        load_config(bad)
-    bad.write_text("model: {variant: nope}\n")
-    with pytest.raises(ConfigError, match="unknown model variant 'nope'"):
-        load_config(bad)
-    bad.write_text("tile_size: 50\n")
-    with pytest.raises(ConfigError, match="tile_size = 50"):
-        load_config(bad)
-    bad.write_text("batch_size: 1\n")
-    with pytest.raises(ConfigError, match="batch_size = 1"):
-        load_config(bad)
-    bad.write_text("augment: {hflip: 2}\n")
-    with pytest.raises(ConfigError, match="augment.hflip"):
-        load_config(bad)
     cfg = load_config(
         _tiny_config(tmp_path), {"data": str(ocelot_root), "out": str(tmp_path / "x")}
     )
     with pytest.raises(ConfigError, match="nothing to resume"):
         main(cfg, resume=True)
     # the CLI turns user errors into one log line and exit code 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("augment: {hflip: 2}\n")
     assert (
         cli(["--config", str(bad), "--data", str(ocelot_root), "--out", str(tmp_path / "y")]) == 2
     )

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from wsi_ocelot.config import GeometryConfig
-from wsi_ocelot.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
+from helpers import write_small_dataset
 
 # training runs: seconds each on a 2-core CPU (the quick loop leaves them to .ci/run)
 pytestmark = pytest.mark.slow
@@ -23,16 +21,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repro") / "data"
-    write_synthetic_dataset(
-        root,
-        SyntheticDatasetConfig(
-            seed=5,
-            train=4,
-            val=2,
-            test=3,
-            geometry=GeometryConfig(tile_size=128, cell_margin=8, tissue_margin=16),
-        ),
-    )
+    write_small_dataset(root, seed=5)
     return root
 
 
