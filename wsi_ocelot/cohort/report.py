@@ -244,7 +244,7 @@ ROW_KEYS = (
 )
 #: What each status means, on its label's hover and in the status filter.
 _STATUS_TITLES = {
-    DONE: "done by the last run",
+    DONE: "done (by the last run, where runs are recorded): its results are in its folder",
     SKIPPED: "done by an earlier run; the last run kept its result",
     FAILED: "failed: its one-line message says why",
     PENDING: "not run: the batch stopped before it (run the same command again to go on)",

@@ -11,7 +11,7 @@
   var rows = data.rows.map(function (a) {
     var o = {};
     for (var i = 0; i < data.cols.length; i++) o[data.cols[i]] = a[i];
-    o._label = o.skipped ? 'skipped' : o.status;
+    o._label = o.skipped ? 'skipped' : o.status || 'failed'; // no status: as the manifest counts it
     o._text = [o.slide_id, o.path, o.error].join('\n').toLowerCase();
     return o;
   });
