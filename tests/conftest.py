@@ -167,3 +167,16 @@ def write_tiny_checkpoint(path: Path, *, tilt: bool = True) -> Path:
             model.cell.head[0].bias.copy_(torch.tensor([-1.0, 0.5, 0.5]))
     save_checkpoint(path, model, geometry=GeometryConfig(**TINY_GEOMETRY_KW), peaks=PeakConfig())
     return path
+
+
+def report_rows(page: str | Path) -> list[dict]:
+    """The slide rows of a ``report.html`` (its text or its path), as the page's script reads them:
+    one dict per slide from the ``slides-data`` JSON."""
+    import json
+    import re
+
+    text = page if isinstance(page, str) else Path(page).read_text(encoding="utf-8")
+    blob = re.search(r'<script type="application/json" id="slides-data">(.*?)</script>', text, re.S)
+    assert blob, "no slides-data in the page"
+    data = json.loads(blob.group(1))
+    return [dict(zip(data["cols"], row, strict=True)) for row in data["rows"]]

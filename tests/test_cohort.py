@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from chromium import WebDriver, load, require_browser, wait_for_images
+from conftest import report_rows
 from helpers import cli_argv, cpu_run_options, popen_cli, run_cli
 
 from wsi_ocelot.cohort import Manifest, collect_jobs, read_manifest_csv
@@ -267,7 +269,11 @@ def test_report_rebuild_and_html_content(batch):
     proc = _cli("report", str(out))
     assert proc.returncode == 0, proc.stderr
     doc = (out / "report.html").read_text(encoding="utf-8")
-    assert doc.count("data:image/jpeg;base64,") == 5  # one overview per finished slide, embedded
+    rows = {r["slide_id"]: r for r in report_rows(doc)}
+    done = {sid for sid, r in rows.items() if r["status"] == "done"}
+    assert len(done) == 5 and {sid for sid, r in rows.items() if r["overview"]} == done
+    assert all((out / sid / "overview.png").is_file() for sid in done)  # linked, loaded lazily
+    assert "data:image" not in doc  # not embedded: the page stays light at 10,000 slides
     assert 'id="purity-plot"' in doc and "<script>" in doc
     assert (
         "http://" not in doc.replace('xmlns="http://www.w3.org/2000/svg"', "")
@@ -278,128 +284,24 @@ def test_report_rebuild_and_html_content(batch):
 
 
 # -- the report in a real headless browser ---------------------------------------------------
-class _WebDriver:
-    """The W3C WebDriver protocol over HTTP, enough to load a page and run scripts."""
-
-    def __init__(self, driver: str, browser: str, size: tuple[int, int] = (1400, 1000)):
-        import urllib.request
-
-        self._req = urllib.request
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [driver, f"--port={self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        for _ in range(100):
-            try:
-                self._call("GET", "/status")
-                break
-            except OSError:
-                time.sleep(0.1)
-        caps = {
-            "capabilities": {
-                "alwaysMatch": {
-                    "browserName": "chrome",
-                    "goog:chromeOptions": {
-                        "binary": browser,
-                        "args": [
-                            "--headless",
-                            "--no-sandbox",
-                            "--disable-gpu",
-                            "--disable-background-networking",
-                            "--disable-dev-shm-usage",
-                            f"--window-size={size[0]},{size[1]}",
-                            "--hide-scrollbars",
-                        ],
-                    },
-                }
-            }
-        }
-        self.sid = self._call("POST", "/session", caps)["sessionId"]
-
-    def _call(self, method: str, path: str, body: dict | None = None):
-        data = None if body is None else json.dumps(body).encode()
-        req = self._req.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        with self._req.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read() or b"{}").get("value")
-
-    def get(self, url: str) -> None:
-        self._call("POST", f"/session/{self.sid}/url", {"url": url})
-
-    def js(self, script: str):
-        return self._call(
-            "POST", f"/session/{self.sid}/execute/sync", {"script": script, "args": []}
-        )
-
-    def set_window(self, width: int, height: int) -> None:
-        self._call("POST", f"/session/{self.sid}/window/rect", {"width": width, "height": height})
-
-    def screenshot(self) -> bytes:
-        import base64
-
-        return base64.b64decode(self._call("GET", f"/session/{self.sid}/screenshot"))
-
-    def quit(self) -> None:
-        try:
-            self._call("DELETE", f"/session/{self.sid}")
-        finally:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-def _browser() -> tuple[str, str] | None:
-    import shutil
-
-    driver = shutil.which("chromedriver")
-    browser = (
-        shutil.which("chromium")
-        or shutil.which("chromium-browser")
-        or shutil.which("google-chrome")
-    )
-    return (driver, browser) if driver and browser else None
-
-
-def _require_browser() -> tuple[str, str]:
-    found = _browser()
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
-        pytest.skip(
-            "chromium / chromedriver not installed (apt-get install chromium chromium-driver)"
-        )
-    return found
-
-
-def _load(wd: _WebDriver, page: Path) -> None:
-    wd.get(page.resolve().as_uri())
-    for _ in range(50):
-        if wd.js("return document.readyState") == "complete":
-            break
-        time.sleep(0.1)
 
 
 @pytest.mark.slow  # headless Chromium
 def test_report_renders_in_headless_chromium(batch):
-    found = _require_browser()
+    found = require_browser()
     out = batch["out"]
-    wd = _WebDriver(*found)
+    wd = WebDriver(*found)
     try:
-        wd.get((out / "report.html").resolve().as_uri())
-        for _ in range(50):
-            if wd.js("return document.readyState") == "complete":
-                break
-            time.sleep(0.1)
+        load(wd, out / "report.html")
         rows = wd.js("return document.querySelectorAll('#slides tbody tr').length")
         assert rows == 6  # 5 done, nompp failed; inputs that are not slides are not recorded
-        imgs = wd.js(
-            "return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])"
+        assert (
+            wd.js("return document.getElementById('shown').textContent") == "rows 1–6 of 6 slides"
         )
+        assert wd.js(
+            "return Array.from(document.querySelectorAll('#slides img')).every(i => i.loading === 'lazy' && i.getAttribute('src').endsWith('/overview.png'))"
+        )
+        imgs = wait_for_images(wd)  # each slide folder's overview.png, loaded as it comes into view
         assert len(imgs) == 5 and all(ok and w > 0 and shown > 0 for ok, w, shown in imgs), imgs
         bars = wd.js("return document.querySelectorAll('#purity-plot rect.bar').length")
         assert bars >= 1
@@ -445,7 +347,7 @@ return {h: r.getBoundingClientRect().height, bottom: r.getBoundingClientRect().b
         cut: s.scrollWidth > s.clientWidth, w: s.getBoundingClientRect().width, title: s.title, text: s.textContent};"""
 
 
-def _check_fits_a_laptop(wd: _WebDriver, error: str) -> dict:
+def _check_fits_a_laptop(wd: WebDriver, error: str) -> dict:
     """Bug 8 at the window's width: no sideways scrolling, no header or number cut, and the failed
     row one line high with its message cut by an ellipsis and whole on hover. Returns that row."""
     assert wd.js("return document.documentElement.scrollWidth") <= wd.js(
@@ -472,7 +374,7 @@ def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
     scrolling, no header or number cut, the failed row one line high with its whole message on
     hover and after a click. The screenshot, of the 1366×900 window with the failed row in view,
     goes to docs/report.png where ``WSI_OCELOT_UPDATE_DOCS=1`` (a plain test run leaves the tree clean)."""
-    found = _require_browser()
+    found = require_browser()
     from wsi_ocelot.synthetic import write_synthetic_slide
     from wsi_ocelot.synthetic.tiff import corrupt_tile
 
@@ -501,13 +403,23 @@ def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
     assert (
         len(error) > 200 and "\n" not in error and "unreadable" in error
     )  # a real one-line message, and a long one
-    wd = _WebDriver(*found, size=(1366, 900))
+    wd = WebDriver(*found, size=(1366, 900))
     try:
-        _load(wd, out / "report.html")
+        load(wd, out / "report.html")
         assert wd.js("return window.innerWidth") == 1366
         fold = wd.js("return window.innerHeight")
         # visible at a glance (above the fold of a laptop screen): model, counts, failure, distribution, legend
-        for sel in ("#model", "#counts", "#failures", "#purity-plot", "#legend", "#slides thead"):
+        for sel in (
+            "#model",
+            "#counts",
+            "#failures",
+            "#purity-plot",
+            "#purity-area-plot",
+            "#failure-plot",
+            "#legend",
+            "#table-controls",
+            "#slides thead",
+        ):
             top = wd.js(f"return document.querySelector('{sel}').getBoundingClientRect().top")
             assert 0 <= top < fold, (sel, top, fold)
         assert "demo.safetensors" in wd.js("return document.getElementById('model').textContent")
@@ -522,6 +434,12 @@ def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
         failures = wd.js("return document.getElementById('failures').textContent")
         assert "damaged_C" in failures and "unreadable" in failures and "Fix:" in failures
         assert wd.js("return document.querySelectorAll('#purity-plot rect.bar').length") == 1
+        reasons = wd.js(
+            "return Array.from(document.querySelectorAll('#failure-plot text.reason')).map(t => t.textContent)"
+        )
+        assert len(reasons) == 1 and "unreadable" in reasons[0] and "(-38" not in reasons[0], (
+            reasons
+        )
         legend = wd.js("return document.getElementById('legend').textContent")
         assert (
             "cancer area" in legend and "100 µm" in legend and "0 %" in legend and "100 %" in legend
@@ -534,9 +452,7 @@ def test_report_of_a_three_slide_cohort_at_laptop_size(tmp_path):
         assert (
             "%" in by[LONG_ID] and "no tissue" in by["glass_B"] and "unreadable" in by["damaged_C"]
         )
-        imgs = wd.js(
-            "return Array.from(document.querySelectorAll('#slides img')).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])"
-        )
+        imgs = wait_for_images(wd)
         assert len(imgs) == 2 and all(ok and w >= 300 and shown >= 250 for ok, w, shown in imgs), (
             imgs
         )
@@ -909,7 +825,6 @@ def test_hostile_names_pass_through_intact_and_inert(tiny_ckpt, cohort, tmp_path
     """Slide paths with quotes, markup, non-ASCII, spaces and a very long name, and a manifest
     id with markup: the manifest, summary.csv and report.html keep them intact and inert."""
     import csv
-    import html
 
     src = cohort["good"] / "case_2.tiff"
     folder = tmp_path / "in <b>\"quoted\" & 'odd'<\\b>"  # no '/': it separates path parts
@@ -943,7 +858,8 @@ def test_hostile_names_pass_through_intact_and_inert(tiny_ckpt, cohort, tmp_path
     assert {r["path"] for r in rows} == paths
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "<script>alert" not in page and "<img src=x" not in page and "<b>" not in page
-    assert html.escape(names[0]) in page or html.escape(names[0], quote=True) in page
+    assert {r["path"] for r in report_rows(page)} == paths  # intact in the table's data
+    assert {r["slide_id"] for r in report_rows(page)} == set(slides)
 
 
 def test_report_says_what_a_fine_tuned_model_was_validated_on(tmp_path):

@@ -2,42 +2,65 @@
 
 Both are built from ``manifest.json`` and each finished slide's ``purity.json``, so
 ``wsi-ocelot report DIR`` rebuilds them at any time (also for a folder of slides run one
-by one with ``wsi-ocelot run`` before batches existed). The HTML has no external
-resources: thumbnails are embedded as data URIs, the purity distribution is inline SVG,
-and the table sorts with a few lines of inline JavaScript. The table fits a laptop's window
-(1366 px): its columns have fixed widths, a long slide name is cut with an ellipsis (whole on
-hover), and a failed slide's message runs on one line across the columns it has no results
-for, whole on hover and after a click.
+by one with ``wsi-ocelot run`` before batches existed).
+
+The HTML stays light at 10,000 slides and needs no network, also opened from ``file://``: the
+rows are one JSON blob in the page, drawn a page at a time by a small script of its own
+(``report_table.js``: sorts, filters by text and status, pages); each overview is the slide
+folder's ``overview.png``, referenced by a relative link and loaded lazily; the cohort plots
+(:mod:`~wsi_ocelot.cohort.report_plots`), the counts and the failures are server-rendered, so they
+show without JavaScript. The table fits a laptop's window (1366 px): its columns have fixed
+widths, a long slide name is cut with an ellipsis (whole on hover), and a failed slide's message
+runs on one line across the columns it has no results for, whole on hover and after a click.
+Statuses are told apart everywhere: done (this run), skipped (done by an earlier run, kept),
+failed, pending (the batch stopped before it) and running (a run killed while it ran).
 """
 
 from __future__ import annotations
 
-import base64
 import csv
+import datetime as _dt
+import functools
 import html
 import io
 import json
 import logging
 import math
 import os
-import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from PIL import Image
-
 from wsi_ocelot.atomic import write_text
-from wsi_ocelot.cohort.manifest import DONE, Manifest, now_iso
+from wsi_ocelot.cohort.manifest import DONE, FAILED, PENDING, RUNNING, Manifest, now_iso
+from wsi_ocelot.cohort.report_model import SYNTHETIC_DATASET, dataset_name, model_line
+from wsi_ocelot.cohort.report_plots import (
+    failure_reason,
+    failures_by_reason_svg,
+    median,
+    purity_area_svg,
+    purity_histogram_svg,
+)
 from wsi_ocelot.constants import PURITY_GRID_UM
-from wsi_ocelot.datasets import dataset_name as metadata_dataset_name
-from wsi_ocelot.errors import ConfigError, WsiOcelotError
+from wsi_ocelot.errors import ConfigError
 from wsi_ocelot.outputs import purity_colormap
 from wsi_ocelot.purity import SUMMARY_COLUMNS, SlideRecord
-from wsi_ocelot.weights import is_demo_weights
+
+__all__ = [
+    "SYNTHETIC_DATASET",
+    "dataset_name",
+    "rebuild_reports",
+    "table_data",
+    "write_report",
+    "write_summary_csv",
+]
 
 log = logging.getLogger(__name__)
 
-THUMB_SIDE = 600  # px on the long side (an overview is two panels side by side), shown 300 px wide
+#: A slide done by an earlier run, which the last run kept (the table's status label for it).
+SKIPPED = "skipped"
+#: The table's rows per page: what is in the page's DOM at once.
+PAGE_ROWS = 100
 
 
 def _rows(out_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
@@ -63,6 +86,7 @@ def _rows(out_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
             "purity_reason": rec.get("purity_reason"),
             "runtime": rec.get("runtime"),
             "precision": rec.get("precision"),
+            "finished": rec.get("finished"),
         }
         pj = out_dir / sid / "purity.json"
         if (
@@ -107,72 +131,6 @@ def write_summary_csv(out_dir: str | os.PathLike[str], manifest: Manifest | None
     return path
 
 
-def _thumbnail(png: Path) -> str | None:
-    try:
-        with Image.open(png) as src:
-            im = src.convert("RGB")
-            im.thumbnail((THUMB_SIDE, THUMB_SIDE))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=82)
-    except (OSError, ValueError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def purity_histogram_svg(
-    values: list[float], *, bins: int = 20, width: int = 560, height: int = 220
-) -> str:
-    """An inline-SVG histogram of slide purities on [0, 1] with the median marked."""
-    counts = [0] * bins
-    for v in values:
-        counts[min(bins - 1, max(0, int(v * bins)))] += 1
-    top = max(counts) if values else 1
-    ml, mr, mt, mb = 44, 22, 12, 36
-    pw, ph = width - ml - mr, height - mt - mb
-    bw = pw / bins
-    parts = [
-        f'<svg id="purity-plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="distribution of tumour purity over {len(values)} slides">'
-    ]
-    for i, c in enumerate(counts):
-        if c:
-            h = ph * c / top
-            parts.append(
-                f'<rect class="bar" x="{ml + i * bw + 1:.1f}" y="{mt + ph - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" fill="#c0392b">'
-                f"<title>{i / bins:.2f}–{(i + 1) / bins:.2f}: {c} slide(s)</title></rect>"
-            )
-    parts.append(f'<line x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}" stroke="#333"/>')
-    parts.append(f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="#333"/>')
-    for t in range(0, 11, 2):
-        x = ml + pw * t / 10
-        parts.append(
-            f'<text x="{x:.1f}" y="{mt + ph + 14}" font-size="11" text-anchor="middle">{t * 10} %</text>'
-        )
-    parts.append(
-        f'<text x="{ml + pw / 2:.1f}" y="{height - 4}" font-size="12" text-anchor="middle">tumour purity of the slide, TC / (TC + BC)</text>'
-    )
-    parts.append(
-        f'<text x="12" y="{mt + ph / 2:.1f}" font-size="11" text-anchor="middle" transform="rotate(-90 12 {mt + ph / 2:.1f})">slides</text>'
-    )
-    parts.append(f'<text x="{ml - 6}" y="{mt + 4}" font-size="11" text-anchor="end">{top}</text>')
-    parts.append(f'<text x="{ml - 6}" y="{mt + ph}" font-size="11" text-anchor="end">0</text>')
-    if values:
-        med = (
-            sorted(values)[len(values) // 2]
-            if len(values) % 2
-            else sum(sorted(values)[len(values) // 2 - 1 : len(values) // 2 + 1]) / 2
-        )
-        x = ml + pw * med
-        parts.append(
-            f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{mt + ph}" stroke="#2c3e50" stroke-dasharray="4 3"/>'
-        )
-        parts.append(
-            f'<text x="{x + 4:.1f}" y="{mt + 10}" font-size="11">median {100 * med:.1f} %</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px 24px;color:#222;font-size:14px}
 h1{font-size:21px;margin:0 0 2px} h2{font-size:16px;margin:18px 0 6px}
@@ -183,8 +141,11 @@ h1{font-size:21px;margin:0 0 2px} h2{font-size:16px;margin:18px 0 6px}
 .failures{border:1px solid #e3a39c;background:#fdecea;border-radius:6px;padding:6px 12px;margin:0 0 10px}
 .failures h2{margin:2px 0 4px;color:#a00;font-size:15px} .failures ul{margin:0;padding-left:20px} .failures li{margin:2px 0;overflow-wrap:anywhere}
 .failures .msg{color:#a00} .failures summary{cursor:pointer;color:#555;font-size:12.5px;margin:2px 0}
-.row{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start}
-.legend{font-size:12.5px;max-width:560px;line-height:1.45} .legend p{margin:4px 0}
+.card.warn{border-color:#e0b84a;background:#fff8e6} .card.warn .n{color:#7a5a00}
+.row{display:flex;flex-wrap:wrap;align-items:flex-start;gap:6px 30px} .row>div{width:min-content} .row h2{margin:8px 0 2px;font-size:14px}
+.legend{font-size:12.5px;line-height:1.4;margin:2px 0 0} .legend p{margin:2px 0}
+.controls{display:flex;gap:10px;align-items:center;margin:4px 0 6px;font-size:13px} .controls input{width:260px}
+.controls #shown{color:#444} h2.slides{display:inline-block;margin-right:14px}
 .swatch{display:inline-block;width:22px;height:0;border-top:3px solid rgb(0,200,0);vertical-align:middle;margin-right:4px}
 .cbar{display:inline-block;width:150px;height:11px;vertical-align:middle;border:1px solid #999;margin:0 4px}
 table{border-collapse:collapse;font-size:13px;width:100%;table-layout:fixed;font-variant-numeric:tabular-nums}
@@ -192,7 +153,8 @@ th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:right;vertical-ali
 th{cursor:pointer;background:#f1f1f1;position:sticky;top:0;user-select:none;font-weight:600;font-size:12px;white-space:normal;vertical-align:bottom}
 th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"} th.nosort{cursor:default}
 th .u{display:block;font-weight:400;color:#666;font-size:11px}
-td.l,th.l{text-align:left} tr.failed td{background:#fdecea} tr.pending td{background:#f4f4f4}
+td.l,th.l{text-align:left} tr.failed td{background:#fdecea} tr.pending td,tr.running td{background:#f4f4f4}
+td.st-skipped{color:#555} td.st-pending,td.st-running{color:#7a5a00;font-weight:600}
 td.st-failed{color:#a00;font-weight:600}
 td.err{text-align:left;color:#a00;font-size:12.5px;white-space:normal}
 td.err summary{cursor:pointer;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;list-style-position:inside}
@@ -200,29 +162,8 @@ td.err details[open] summary{white-space:normal;overflow-wrap:anywhere}
 td.pur{font-weight:600;font-size:14px} .why{display:block;font-size:11px;color:#666;font-weight:400;white-space:normal}
 img.ov{width:300px;height:auto;display:block}
 @media (max-width:1320px){col.overview{width:212px !important} img.ov{width:200px}}
+.noscript{color:#5a4300;font-size:13px}
 .note{background:#fff4d6;border:1px solid #e0b84a;color:#5a4300;padding:8px 12px;margin:0 0 10px;font-size:14px}
-"""
-
-_JS = """
-(function(){
-  const table=document.getElementById('slides');
-  const heads=table.tHead.rows[0].cells;
-  function key(tr,k){const td=tr.querySelector('td[data-k="'+k+'"]');const v=td?td.getAttribute('data-v'):null;
-    if(v===null||v==='')return null;const n=Number(v);return isNaN(n)?v.toLowerCase():n;}
-  for(const th of heads){
-    if(th.classList.contains('nosort'))continue;
-    th.addEventListener('click',function(){
-      const asc=!this.classList.contains('sorted-asc'),k=this.getAttribute('data-k');
-      for(const h of heads)h.classList.remove('sorted-asc','sorted-desc');
-      this.classList.add(asc?'sorted-asc':'sorted-desc');
-      const rows=Array.from(table.tBodies[0].rows);
-      rows.sort(function(a,b){const x=key(a,k),y=key(b,k);
-        if(x===null&&y===null)return 0;if(x===null)return 1;if(y===null)return -1;
-        return (x<y?-1:x>y?1:0)*(asc?1:-1);});
-      for(const r of rows)table.tBodies[0].appendChild(r);
-    });
-  }
-})();
 """
 
 
@@ -288,186 +229,123 @@ def _error_text(row: dict[str, Any]) -> tuple[str, str]:
     return full, shown
 
 
-def _error_cell(row: dict[str, Any]) -> str:
-    """A failed slide's message across :data:`_ERROR_SPAN`: one line cut with an ellipsis, the
-    whole line on hover, and the whole message wrapped after a click (a ``<details>``)."""
-    full, shown = _error_text(row)
-    q = html.escape(full, quote=True)
-    return (
-        f'<td class="err" colspan="{len(_ERROR_SPAN)}" data-k="error" data-v="{q}">'
-        f'<details><summary title="{q}">{html.escape(shown)}</summary></details></td>'
-    )
+#: The keys of each row in the page's JSON (``table_data``): the manifest's values, the reason a
+#: purity is missing, what ran the forward pass, when the slide finished, whether the last run
+#: skipped it (:data:`SKIPPED`) and whether its folder has an ``overview.png``.
+ROW_KEYS = (
+    *(k for k in SUMMARY_COLUMNS if k != "model_note"),
+    "error",
+    "purity_reason",
+    "runtime",
+    "precision",
+    "finished",
+    "skipped",
+    "overview",
+)
+#: What each status means, on its label's hover and in the status filter.
+_STATUS_TITLES = {
+    DONE: "done (by the last run, where runs are recorded): its results are in its folder",
+    SKIPPED: "done by an earlier run; the last run kept its result",
+    FAILED: "failed: its one-line message says why",
+    PENDING: "not run: the batch stopped before it (run the same command again to go on)",
+    RUNNING: "running when its run was killed: run the same command again",
+}
 
 
-def _cell(row: dict[str, Any], key: str, fmt: str | None, thumbs: dict[str, str | None]) -> str:
-    k = f' data-k="{key}"'
-    if key == "overview":
-        uri = thumbs.get(row["slide_id"])
-        if not uri:
-            return '<td class="l"></td>'
-        href = html.escape(f"{row['slide_id']}/overview.png", quote=True)
-        return f'<td class="l"><a href="{href}"><img class="ov" alt="overview of {html.escape(row["slide_id"])}" src="{uri}"></a></td>'
-    v = row.get(key)
-    if v is None:
-        shown = ""
-        reason = row.get("purity_reason") if key == "purity" else None
-        if reason:
-            shown = f'<span title="{html.escape(str(reason), quote=True)}">n/a<span class="why">{html.escape(str(reason))}</span></span>'
-        return f'<td class="{"l" if fmt == "s" else ("pur" if fmt == "%" else "")}"{k} data-v="">{shown}</td>'
-    if fmt == "s":
-        cls = f"l st-{html.escape(str(v), quote=True)}" if key == "status" else "l"
-        shown = html.escape(str(v))
-        if (
-            key == "slide_id"
-        ):  # a long id is cut with an ellipsis: the id and the slide's file in full on hover
-            tip = str(v) + (f"\n{row['path']}" if row.get("path") else "")
-            shown = f'<span title="{html.escape(tip, quote=True)}">{shown}</span>'
-        return f'<td class="{cls}"{k} data-v="{html.escape(str(v), quote=True)}">{shown}</td>'
-    num = float(v)
-    if fmt == "%":
-        return f'<td class="pur"{k} data-v="{num!r}">{100 * num:.1f} %</td>'
-    shown = f"{int(num):,}" if fmt == "d" else f"{num:.{int(fmt or 0)}f}"
-    return f'<td{k} data-v="{num!r}">{shown}</td>'
-
-
-def _table_row(row: dict[str, Any], thumbs: dict[str, str | None]) -> str:
-    """One ``<tr>``; a slide that is not done but has an error shows it across :data:`_ERROR_SPAN`."""
-    status = row.get("status")
-    cls = (
-        f' class="{html.escape(str(status), quote=True)}"'
-        if status in ("failed", "pending", "running")
-        else ""
-    )
-    spans = status != DONE and bool(row.get("error"))
-    cells = []
-    for c in _COLS:
-        if spans and c.key in _ERROR_SPAN:
-            if c.key == _ERROR_SPAN[0]:
-                cells.append(_error_cell(row))
-            continue
-        cells.append(_cell(row, c.key, c.fmt, thumbs))
-    return f"<tr{cls}>" + "".join(cells) + "</tr>"
-
-
-#: What ``wsi-ocelot synthetic-dataset`` names its data (``general_info.dataset`` of its
-#: ``metadata.json``): the data the shipped demo weights were trained on.
-SYNTHETIC_DATASET = "wsi-ocelot synthetic"
-_NAME_MAX = 80
-
-
-def dataset_name(
-    training: dict[str, Any], model_path: str | os.PathLike[str] | None = None
-) -> str | None:
-    """A name for the data a checkpoint was trained on, for the report's "trained on".
-
-    Parameters
-    ----------
-    training : dict
-        The checkpoint's ``training`` metadata (``CheckpointInfo.training``).
-    model_path : str or path-like, optional
-        The checkpoint, to recognise the shipped demo weights.
-
-    Returns
-    -------
-    str or None
-        In order: the name the checkpoint records (``dataset``); :data:`SYNTHETIC_DATASET` for the
-        demo weights; the name in the dataset's ``metadata.json`` when its folder is on this
-        machine; else the last component of the recorded folder. Never the recorded folder itself:
-        that is a path on the training machine (often a scratch folder such as ``/tmp/gdata``),
-        which means nothing to the report's reader. None when nothing is recorded.
-    """
-    named = training.get("dataset")
-    if isinstance(named, str) and named.strip():
-        return named.strip()[:_NAME_MAX]
-    if model_path is not None and is_demo_weights(model_path):
-        return SYNTHETIC_DATASET
-    root = training.get("data") or training.get("data_root")
-    if not isinstance(root, str) or not root.strip():
+def _time(text: Any) -> _dt.datetime | None:
+    try:
+        t = _dt.datetime.fromisoformat(str(text))
+    except ValueError:
         return None
-    name = metadata_dataset_name(root) or re.split(r"[\\/]", root.strip().rstrip("\\/"))[-1]
-    return name[:_NAME_MAX] or None
+    return t if t.tzinfo is not None else None
 
 
-def _model_line(manifest: Manifest, rows: list[dict[str, Any]], out_dir: Path) -> str:
-    """The model that ran and the data it was trained on (from the checkpoint when it is still
-    there, else from a finished slide's record)."""
-    path = str(manifest.meta.get("model") or "")
-    rec: dict[str, Any] = {}
-    ran: set[str] = (
-        set()
-    )  # what ran the forward pass (runtime + precision), over the finished slides
+def _run_started(manifest: Manifest) -> _dt.datetime | None:
+    """When the batch running now, else the last one, started (None when unknown)."""
+    run = manifest.meta.get("current_run") or manifest.meta.get("last_run") or {}
+    return _time(run.get("started")) if isinstance(run, dict) else None
+
+
+def _skipped(row: dict[str, Any], started: _dt.datetime | None) -> bool:
+    """A done slide that finished before the last run started: that run skipped it."""
+    if started is None or row.get("status") != DONE:
+        return False
+    finished = _time(row.get("finished"))
+    return finished is not None and finished < started
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+def table_data(out_dir: Path, manifest: Manifest, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The slide table as the page's JSON: ``cols`` (:data:`ROW_KEYS`), ``rows`` (one list of values
+    per slide, in ``cols`` order), the table's columns and formats, the columns a message spans,
+    the rows per page and what each status means."""
+    started = _run_started(manifest)
+    out = []
     for r in rows:
-        if r.get("status") == DONE and r.get("runtime"):
-            ran.add(f"{r['runtime']} {r.get('precision') or ''}".strip())
-        pj = out_dir / r["slide_id"] / "purity.json"
-        if not rec and r.get("status") == DONE and pj.is_file():
-            try:
-                rec = json.loads(pj.read_text(encoding="utf-8")).get("model") or {}
-            except (OSError, ValueError):
-                rec = {}
-    path = path or str(rec.get("path") or "")
-    variant, encoder, trained, lineage = rec.get("variant"), rec.get("encoder"), "", ""
-    if path and Path(path).is_file():
-        # deliberately deferred: the model package imports torch, which the report needs only here
-        from wsi_ocelot.model import read_checkpoint_info
+        full = {
+            **r,
+            "skipped": _skipped(r, started),
+            "overview": r.get("status") == DONE
+            and (out_dir / r["slide_id"] / "overview.png").is_file(),
+        }
+        out.append([_json_value(full.get(k)) for k in ROW_KEYS])
+    return {
+        "cols": list(ROW_KEYS),
+        "rows": out,
+        "table": [[c.key, c.fmt] for c in _COLS],
+        "span": list(_ERROR_SPAN),
+        "page": PAGE_ROWS,
+        "status_titles": _STATUS_TITLES,
+    }
 
-        try:
-            info = read_checkpoint_info(path)
-        except WsiOcelotError:
-            info = None
-        if info is not None:
-            variant, encoder = info.model.variant, info.model.encoder
-            t, m = info.training or {}, info.metrics or {}
-            sizes = t.get("split_sizes") or {}
-            parts = [
-                dataset_name(t, path) or "",
-                ", ".join(f"{v} {k}" for k, v in sizes.items()) + " tiles" if sizes else "",
-            ]
-            mf1 = m.get("val_mF1") or (m.get(m.get("split", "val")) or {}).get("mF1")
-            parts.append(f"{m.get('split', 'val')} mF1 {float(mf1):.3f}" if mf1 is not None else "")
-            trained = "; ".join(p for p in parts if p)
-            lineage = _lineage(t)
-    if not path:
-        return '<p class="model" id="model"><strong>Model:</strong> unknown</p>'
-    desc = ", ".join(x for x in (variant, f"encoder {encoder}" if encoder else None) if x)
+
+def _json_script(element_id: str, data: Any) -> str:
+    """``data`` as a ``<script type="application/json">``: markup characters as JSON escapes, so
+    no value can end the element or start a tag."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    for ch, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        text = text.replace(ch, esc)
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return f'<script type="application/json" id="{element_id}">{text}</script>'
+
+
+@functools.cache
+def _table_js() -> str:
+    return resources.files("wsi_ocelot.cohort").joinpath("report_table.js").read_text("utf-8")
+
+
+def _labels(rows: list[dict[str, Any]], started: _dt.datetime | None) -> dict[str, int]:
+    """Slides per status label (done, skipped, failed, pending, running), in that order."""
+    n = dict.fromkeys((DONE, SKIPPED, FAILED, PENDING, RUNNING), 0)
+    for r in rows:
+        label = SKIPPED if _skipped(r, started) else str(r.get("status") or FAILED)
+        n[label] = n.get(label, 0) + 1
+    return n
+
+
+def _controls(labels: dict[str, int], total: int) -> str:
+    """The table's filter boxes, row count and pager (hidden until the script shows them)."""
+    opts = [f'<option value="">all statuses ({total:,})</option>'] + [
+        f'<option value="{html.escape(k, quote=True)}" title="{html.escape(_STATUS_TITLES.get(k, k), quote=True)}">'
+        f"{html.escape(k)} ({n:,})</option>"
+        for k, n in labels.items()
+        if n
+    ]
     return (
-        f'<p class="model" id="model"><strong>Model:</strong> <span title="{html.escape(path, quote=True)}">{html.escape(Path(path).name)}</span>'
-        + (f" ({html.escape(desc)})" if desc else "")
-        + (
-            f' · <strong>trained on:</strong> <span id="model-data">{html.escape(trained)}</span>'
-            if trained
-            else ""
-        )
-        + (f' · <span id="model-lineage">{html.escape(lineage)}</span>' if lineage else "")
-        + (
-            f' · <strong>forward pass:</strong> <span id="model-runtime">{html.escape(", ".join(sorted(ran)))}</span>'
-            if ran
-            else ""
-        )
-        + "</p>"
+        '<div class="controls" id="table-controls" hidden>'
+        '<input type="search" id="filter-text" placeholder="filter: slide, path or message" aria-label="filter the slides by text">'
+        f'<select id="filter-status" aria-label="filter the slides by status">{"".join(opts)}</select>'
+        '<button type="button" id="page-prev" aria-label="previous page">&#8249; prev</button>'
+        '<button type="button" id="page-next" aria-label="next page">next &#8250;</button>'
+        '<span id="shown"></span></div>'
     )
-
-
-def _lineage(training: dict[str, Any]) -> str:
-    """What a fine-tuned checkpoint records of its validation data and its parent (training.train
-    ``--init``): "validated on NAME (N pairs, within region masks); fine-tuned from FILE"."""
-    parts = []
-    val = training.get("validation") or {}
-    if val:
-        masked = " within region masks" if val.get("masked_pairs") else ""
-        parts.append(
-            f"validated on {val.get('dataset') or 'its ' + str(val.get('split', 'val')) + ' split'} "
-            f"({val.get('pairs', '?')} pairs{masked})"
-        )
-    parent = training.get("parent") or {}
-    if parent:
-        name = (
-            "the demo weights"
-            if parent.get("init") == "demo"
-            else Path(str(parent.get("path") or "?")).name
-        )
-        parts.append(f"fine-tuned from {name}")
-    return "; ".join(parts)
 
 
 def _legend() -> str:
@@ -480,36 +358,40 @@ def _legend() -> str:
         "(blue: background cells only, red: tumour cells only; no colour: no cells). Click an overview for full size.</p>"
         "<p><strong>Purity</strong> = tumour cells (TC) / all detected cells (TC + BC) on the slide; <strong>in cancer area</strong>: the same, "
         "counting only cells inside the predicted cancer area. Areas in mm² from the slide's µm/px. "
-        "Click a column header to sort.</p></div>"
+        "Click a column header to sort; the boxes above the table filter it.</p></div>"
     )
 
 
-def _cards(rows: list[dict[str, Any]], purities: list[float]) -> str:
-    n = {
-        s: sum(1 for r in rows if r.get("status") == s)
-        for s in ("done", "failed", "running", "pending")
-    }
+def _cards(rows: list[dict[str, Any]], labels: dict[str, int], purities: list[float]) -> str:
     no_tissue = sum(1 for r in rows if r.get("status") == DONE and r.get("purity") is None)
     cells = sum(int(r.get("n_cells") or 0) for r in rows if r.get("status") == DONE)
-    med = ""
-    if purities:
-        q = sorted(purities)
-        m = q[len(q) // 2] if len(q) % 2 else (q[len(q) // 2 - 1] + q[len(q) // 2]) / 2
-        med = f"{100 * m:.1f} %"
     items = [
-        ("slides", str(len(rows)), ""),
-        ("done", str(n["done"]), ""),
-        ("failed", str(n["failed"]), " bad" if n["failed"] else ""),
-        ("no cells / no tissue", str(no_tissue), ""),
-        ("unfinished", str(n["running"] + n["pending"]), ""),
-        ("cells detected", f"{cells:,}", ""),
-        ("median purity", med or "n/a", ""),
+        ("slides", f"{len(rows):,}", "", ""),
+        ("done", f"{labels[DONE]:,}", "", _STATUS_TITLES[DONE]),
+        ("skipped (done before)", f"{labels[SKIPPED]:,}", "", _STATUS_TITLES[SKIPPED]),
+        ("failed", f"{labels[FAILED]:,}", " bad" if labels[FAILED] else "", _STATUS_TITLES[FAILED]),
+        (
+            "pending (not run)",
+            f"{labels[PENDING]:,}",
+            " warn" if labels[PENDING] else "",
+            _STATUS_TITLES[PENDING],
+        ),
+        *(
+            [("running (killed)", f"{labels[RUNNING]:,}", " warn", _STATUS_TITLES[RUNNING])]
+            if labels[RUNNING]
+            else []
+        ),
+        ("no cells / no tissue", f"{no_tissue:,}", "", ""),
+        ("cells detected", f"{cells:,}", "", ""),
+        ("median purity", f"{100 * median(purities):.1f} %" if purities else "n/a", "", ""),
     ]
     return (
         '<div class="cards" id="counts">'
         + "".join(
-            f'<div class="card{c}"><span class="n">{html.escape(v)}</span><span class="k">{html.escape(k)}</span></div>'
-            for k, v, c in items
+            f'<div class="card{c}"'
+            + (f' title="{html.escape(t, quote=True)}"' if t else "")
+            + f'><span class="n">{html.escape(v)}</span><span class="k">{html.escape(k)}</span></div>'
+            for k, v, c, t in items
         )
         + "</div>"
     )
@@ -551,16 +433,36 @@ def _not_run(manifest: Manifest) -> str:
     )
 
 
+def _plots(rows: list[dict[str, Any]], purities: list[float]) -> str:
+    """The cohort plots, side by side: purity histogram, purity against tissue area, failures by
+    reason."""
+    points = [
+        (float(r["tissue_area_mm2"]), float(r["purity"]))
+        for r in rows
+        if r.get("status") == DONE
+        and r.get("purity") is not None
+        and r.get("tissue_area_mm2") is not None
+    ]
+    reasons = [
+        failure_reason(r.get("error"), r.get("path")) for r in rows if r.get("status") == FAILED
+    ]
+    return (
+        '<div class="row" id="plots">'
+        f"<div><h2>Tumour purity ({len(purities):,} slide(s) with cells)</h2>"
+        f"{purity_histogram_svg(purities, width=400, height=150)}</div>"
+        f"<div><h2>Purity against tissue area ({len(points):,} slide(s))</h2>"
+        f"{purity_area_svg(points, width=400, height=150)}</div>"
+        f"<div><h2>Failures by reason ({len(reasons):,} slide(s))</h2>"
+        f"{failures_by_reason_svg(reasons, width=440, height=150)}</div>"
+        "</div>"
+    )
+
+
 def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = None) -> Path:
     """Write ``<out>/report.html`` (atomically) and return its path."""
     out_dir = Path(out_dir)
     manifest = manifest or Manifest.load(out_dir)
     rows = _rows(out_dir, manifest)
-    thumbs = {
-        r["slide_id"]: _thumbnail(out_dir / r["slide_id"] / "overview.png")
-        for r in rows
-        if r.get("status") == DONE
-    }
     purities = [
         float(r["purity"])
         for r in rows
@@ -568,6 +470,7 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
         and r.get("purity") is not None
         and math.isfinite(float(r["purity"]))
     ]
+    labels = _labels(rows, _run_started(manifest))
     title = f"Tumour purity report: {out_dir.resolve().name}"
     head = "".join(
         f'<th class="{c.css}" data-k="{c.key}">{html.escape(c.header)}'
@@ -579,7 +482,6 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
         f'<col class="{c.key}"' + (f' style="width:{c.width}px"' if c.width else "") + ">"
         for c in _COLS
     )
-    body = [_table_row(r, thumbs) for r in rows]
     where = str(out_dir.resolve())
     notes = sorted(
         {
@@ -597,23 +499,24 @@ def write_report(out_dir: str | os.PathLike[str], manifest: Manifest | None = No
 <body>
 <h1>{html.escape(title)}</h1>
 <div class="meta">wsi-ocelot batch in <span title="{html.escape(where, quote=True)}">{html.escape(_shorten_middle(where, 90))}</span> · {html.escape(str(manifest.meta.get("software", "")))} · built {html.escape(now_iso())}</div>
-{_model_line(manifest, rows, out_dir)}
+{model_line(manifest, rows, out_dir)}
 {note_html}
-{_cards(rows, purities)}
+{_cards(rows, labels, purities)}
 {_failures(rows)}
 {_not_run(manifest)}
-<div class="row"><div><h2>Tumour purity over the cohort ({len(purities)} slide(s) with cells)</h2>
-{purity_histogram_svg(purities, width=460, height=170)}</div>
-{_legend()}</div>
-<h2>Slides</h2>
-<table id="slides"><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead><tbody>
-{chr(10).join(body)}
-</tbody></table>
-<script>{_JS}</script>
+{_plots(rows, purities)}
+{_legend()}
+<h2 class="slides">Slides</h2>
+<noscript><p class="noscript">The table of slides needs JavaScript; summary.csv beside this page holds the same rows.</p></noscript>
+{_controls(labels, len(rows))}
+<table id="slides"><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead><tbody></tbody></table>
+{_json_script("slides-data", table_data(out_dir, manifest, rows))}
+<script>{_table_js()}</script>
 </body></html>
 """
     path = out_dir / "report.html"
     write_text(path, doc)
+    log.debug("report of %d slide(s): %s (%d bytes)", len(rows), path, len(doc.encode("utf-8")))
     return path
 
 
