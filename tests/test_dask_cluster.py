@@ -353,7 +353,11 @@ def test_batch_on_dask_scheduler_and_nanny_workers_matches_in_process(
 # -- the Slurm recipe (dask-jobqueue) --------------------------------------------------------
 def _slurm_cluster(tmp_path: Path):
     """docs/cohorts.md's ``SLURMCluster``, its scheduler on the loopback and its logs under ``tmp_path``."""
+    sigint = signal.getsignal(signal.SIGINT)
     jq = import_extra("dask_jobqueue", "dev")
+    # importing dask_jobqueue (its runner module) makes SIGINT exit the whole process; give the
+    # test session its own handler back (a later test sends itself Ctrl-C)
+    signal.signal(signal.SIGINT, sigint)
     return jq.SLURMCluster(
         **SLURM_RECIPE,
         log_directory=str(tmp_path / "dask-logs"),
