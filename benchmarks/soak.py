@@ -10,7 +10,8 @@ slide), one torch thread, tiles read in-process: outputs are bit-identical betwe
 Checks: every good slide done exactly once over all the runs (one "done" line in ``run.log``,
 its folder never rewritten after it was recorded) with outputs identical to the clean run's
 (cells.geojson, tissue.geojson, overview.png, the Zarr cell columns and tissue map, purity.json
-less its timings); every faulty one failed with its reason or done with its count; no partial
+less its timings); every faulty one failed with its reason, done with its count, or (a missing or
+truncated file: not a slide) listed once as not run and never recorded as a slide; no partial
 folders left; the manifest valid after every kill.
 
     python benchmarks/soak.py --slides 200 --kills 3        # writes benchmarks/results/soak.{json,md}
@@ -223,7 +224,11 @@ def soak(
             problems.append(f"run {k}: exit {p.returncode}: {err[-500:]}")
     wall = time.perf_counter() - t0 - t_clean
 
-    slides = json.loads((soaked / "manifest.json").read_text())["slides"]
+    manifest = json.loads((soaked / "manifest.json").read_text())
+    slides = manifest["slides"]
+    # inputs that are not slides (missing, truncated) are reported before any slide and never
+    # recorded as slides: the last run lists them, one line each
+    not_run = [str(x) for x in (manifest.get("last_run") or {}).get("not_run") or []]
     clean_slides = json.loads((clean / "manifest.json").read_text())["slides"]
     done_lines = _done_lines(soaked / "run.log")
     n_identical = 0
@@ -245,8 +250,13 @@ def soak(
                 problems.append(f"{sid}: glass without the no-tissue reason")
             if kind == "corrupt_tile" and not rec.get("n_unreadable_tiles"):
                 problems.append(f"{sid}: corrupt tile not counted")
+        elif kind in ("missing", "truncated"):
+            want = {"missing": "no such file", "truncated": "truncated"}[kind]
+            lines = [ln for ln in not_run if f"{sid}.tiff" in ln]
+            if sid in slides or len(lines) != 1 or want not in lines[0] or "Fix:" not in lines[0]:
+                problems.append(f"{sid} ({kind}): {rec.get('status')}; not run: {lines}")
         else:
-            want = {"missing": "no such file", "truncated": "truncated", "no_mpp": "--mpp"}[kind]
+            want = {"no_mpp": "--mpp"}[kind]
             if (
                 rec.get("status") != "failed"
                 or want not in str(rec.get("error"))
@@ -272,6 +282,7 @@ def soak(
         "identical_to_clean": n_identical,
         "done": sum(1 for r in slides.values() if r.get("status") == "done"),
         "failed": sum(1 for r in slides.values() if r.get("status") == "failed"),
+        "not_run": len(not_run),
         "unreadable_tiles": {
             sid: slides[sid].get("n_unreadable_tiles")
             for sid, k in kinds.items()
@@ -303,7 +314,8 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         "| --- | --- |",
         f"| slides done (good, glass, corrupt tile) | {r['done']} |",
         f"| their outputs identical to the clean run's | {r['identical_to_clean']} |",
-        f"| slides failed with their reason (missing, truncated, no MPP) | {r['failed']} |",
+        f"| slides failed with their reason (no MPP) | {r['failed']} |",
+        f"| inputs not run, each named in one line (missing, truncated) | {r['not_run']} |",
         f"| corrupt-tile slides' unreadable tiles | {', '.join(str(v) for v in r['unreadable_tiles'].values())} |",
         f"| partial folders left | {len(r['partial_folders'])} |",
         f"| problems | {len(r['problems'])} |",
@@ -337,7 +349,11 @@ def main() -> None:
         write_markdown(r, RESULTS / "soak.md")
     print(
         json.dumps(
-            {k: r[k] for k in ("ok", "done", "failed", "identical_to_clean", "problems")}, indent=2
+            {
+                k: r[k]
+                for k in ("ok", "done", "failed", "not_run", "identical_to_clean", "problems")
+            },
+            indent=2,
         )
     )
     sys.exit(0 if r["ok"] else 1)
