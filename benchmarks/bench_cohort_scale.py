@@ -6,7 +6,8 @@ Each size runs in a fresh subprocess (so its peak RSS is its own): N hard links 
 synthetic slide (each its own input file), then the real driver, ``run_cohort`` (input checks,
 resume decisions, the manifest and its journal, progress, checkpoints, ``summary.csv``), with
 the per-slide engine call replaced by :func:`standin_process`, which writes a slide folder of
-the usual shape (``purity.json`` and a real ``overview.png``) and returns a done outcome with a
+the usual shape (``purity.json``, written atomically and fsync'd as the engine writes it, and a
+real ``overview.png``) and returns a done outcome with a
 realistic :class:`SlideRecord` (every 50th slide fails with a one-line error instead). Then the
 report: ``write_report`` timed, ``report.html``'s size (with any local file it loads), and its
 load in headless Chromium (``--headless --no-sandbox --disable-gpu
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_ocelot.atomic import write_text
 from wsi_ocelot.cohort import CohortConfig, collect_jobs, run_cohort
 from wsi_ocelot.cohort import journal as journal_mod
 from wsi_ocelot.cohort.inputs import SlideJob
@@ -128,7 +130,8 @@ def standin_process(
         folder = Path(out_dir) / job.slide_id
         folder.mkdir(exist_ok=True)
         body = purity_json(job.path, i)
-        (folder / "purity.json").write_text(json.dumps(body, indent=2), encoding="utf-8")
+        # written as the engine writes it: atomically, fsync'd (no dirty data left for the driver's fsyncs)
+        write_text(folder / "purity.json", json.dumps(body, indent=2))
         overview = folder / "overview.png"
         if not overview.exists():
             os.link(Path(out_dir).parent / "overview.png", overview)
@@ -296,6 +299,7 @@ def one_size(n: int, src: Path, browser: bool) -> dict[str, Any]:
         # the journal without fsync first (a warm-up of the imports and the page cache too)
         journal_mod.FSYNC = False
         _STANDIN_S[0] = 0.0
+        os.sync()  # each run starts with no dirty data of another's for its fsyncs to flush
         t0 = time.perf_counter()
         run_cohort(jobs, root / "out_nofsync", cfg, process=standin_process)
         nofsync_ms = (time.perf_counter() - t0 - _STANDIN_S[0]) / n * 1e3
@@ -310,6 +314,7 @@ def one_size(n: int, src: Path, browser: bool) -> dict[str, Any]:
             real_save(self)
 
         Manifest.save = counting_save  # type: ignore[method-assign]
+        os.sync()  # the first run's folders, removed: not for this run's fsyncs to flush
         t0 = time.perf_counter()
         res = run_cohort(jobs, root / "out", cfg, on_record=on_record, process=standin_process)
         wall = time.perf_counter() - t0
@@ -390,7 +395,7 @@ def main() -> None:
         "",
         f"CPU: {result['cpu_model']}. The real driver (`run_cohort`, in-process) with a {result['task']}; "
         "each size in a fresh process. Driver ms per slide = the batch's wall time less the stand-in's, "
-        "per slide (input checks, resume, the manifest's journal with fsync per line, progress, checkpoints "
+        "per slide (input checks, resume, the manifest's journal, each done/failed line fsync'd, progress, checkpoints "
         "of manifest.json and summary.csv, the final snapshot). Peak RSS: VmHWM after the batch, before the "
         "report. Report: `write_report`, then headless Chromium until the table has its rows.",
         "",
