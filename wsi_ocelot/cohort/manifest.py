@@ -162,13 +162,14 @@ class Manifest:
         out_dir = Path(out_dir)
         path = out_dir / MANIFEST_NAME
         for _ in range(LOAD_TRIES):
-            data, ino = cls._read_snapshot(path)
+            data, ident = cls._read_snapshot(path)
             changes = list(read_journal(out_dir / JOURNAL_NAME))
             try:
-                now = os.stat(path).st_ino
+                st = os.stat(path)
+                now: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
             except FileNotFoundError:
                 now = None
-            if now == ino:
+            if now == ident:
                 break
         slides = data["slides"]
         meta = {k: v for k, v in data.items() if k not in ("slides", "journal_seq")}
@@ -180,11 +181,12 @@ class Manifest:
         return cls(out_dir, slides, meta, journal_seq=seq, journal_lines=len(changes))
 
     @staticmethod
-    def _read_snapshot(path: Path) -> tuple[dict[str, Any], int | None]:
-        """The snapshot's content and its file's inode (None: no snapshot yet)."""
+    def _read_snapshot(path: Path) -> tuple[dict[str, Any], tuple[int, int, int] | None]:
+        """The snapshot's content and its file's (inode, mtime, size) (None: no snapshot yet)."""
         try:
             with open(path, encoding="utf-8") as fh:
-                ino = os.fstat(fh.fileno()).st_ino
+                st = os.fstat(fh.fileno())
+                ident = (st.st_ino, st.st_mtime_ns, st.st_size)
                 data = json.loads(fh.read())
             if not isinstance(data, dict):
                 raise TypeError("not a JSON object")
@@ -198,7 +200,7 @@ class Manifest:
                 f"the batch manifest is unreadable ({exc})",
                 "move it away to start the batch afresh (finished slide folders are kept and redone), or restore it",
             ) from None
-        return data, ino
+        return data, ident
 
     def save(self) -> None:
         """Write the snapshot ``manifest.json`` (atomically) with every change so far, then empty
