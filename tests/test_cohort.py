@@ -572,12 +572,8 @@ def test_sigkill_then_rerun_completes_and_keeps_finished_slides(cohort, tiny_ckp
     done: list[str] = []
     while time.time() < deadline and proc.poll() is None:
         if (out / "manifest.json").is_file():
-            try:
-                slides = json.loads((out / "manifest.json").read_text())["slides"]
-            except (
-                ValueError
-            ):  # never torn: written by rename; a read racing the rename may see the old file only
-                raise
+            # the snapshot and its journal: never torn (renamed in, whole lines), so never raises
+            slides = Manifest.load(out).slides
             done = [k for k, v in slides.items() if v["status"] == "done"]
             if done and any(v["status"] == "running" for v in slides.values()):
                 time.sleep(1.0)  # let the next slide get going
@@ -723,10 +719,7 @@ def test_dask_scheduler_and_workers_survive_a_killed_worker(batch, cohort, tiny_
         while (
             time.time() < deadline and run.poll() is None
         ):  # kill a worker once the first slide is back
-            try:
-                slides = json.loads((out / "manifest.json").read_text())["slides"]
-            except (OSError, ValueError, KeyError):
-                slides = {}
+            slides = Manifest.load(out).slides  # the snapshot and its journal
             if any(v["status"] == "done" for v in slides.values()):
                 break
             time.sleep(0.1)

@@ -3,6 +3,12 @@
 The driving process owns ``manifest.json`` and the reports; slide work happens in
 :func:`wsi_ocelot.cohort.worker.process_slide`, the same function whether it runs here or
 on a Dask worker, so both give identical outputs.
+
+Per slide the driver's own cost does not grow with the cohort: each state change is one line
+appended to the manifest's journal (:mod:`wsi_ocelot.cohort.journal`); ``manifest.json`` and
+``summary.csv`` are written whole at checkpoints (:meth:`Manifest.checkpoint_due`) and at the
+end, ``report.html`` at the end. Beyond the manifest's records the driver keeps no per-slide
+state but the ids in :class:`CohortResult`.
 """
 
 from __future__ import annotations
@@ -253,10 +259,15 @@ class _Progress:
 
 # -- executors -----------------------------------------------------------------------------
 Outcomes = Iterator[tuple[SlideJob, SlideOutcome]]
+ProcessSlide = Callable[..., SlideOutcome]  # process_slide's signature
 
 
 def _run_in_process(
-    jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest
+    jobs: Sequence[SlideJob],
+    out: str,
+    cfg: CohortConfig,
+    manifest: Manifest,
+    process: ProcessSlide = process_slide,
 ) -> Outcomes:
     for job in jobs:
         try:
@@ -270,7 +281,7 @@ def _run_in_process(
             )
             yield job, SlideOutcome.failed(job.path, err.one_line(), runtime_s=0.0, disk_full=True)
             continue
-        yield job, process_slide(job, out, cfg.model, cfg.engine, torch_threads=cfg.threads)
+        yield job, process(job, out, cfg.model, cfg.engine, torch_threads=cfg.threads)
 
 
 def _saving(what: str, fn: Callable[..., Any], *args: Any) -> bool:
@@ -295,7 +306,11 @@ def _local_cluster_size(cfg: CohortConfig) -> int:
 
 
 def _run_on_dask(
-    jobs: Sequence[SlideJob], out: str, cfg: CohortConfig, manifest: Manifest
+    jobs: Sequence[SlideJob],
+    out: str,
+    cfg: CohortConfig,
+    manifest: Manifest,
+    process: ProcessSlide = process_slide,
 ) -> Outcomes:
     # deliberately deferred: Dask and distributed (about 1 s to import) only for --scheduler
     import dask
@@ -364,6 +379,7 @@ def _run_on_dask(
                     cfg.engine,
                     torch_threads=threads,
                     started_marker=str(marker),
+                    process=process,
                     key=key,
                     pure=False,
                 )
@@ -507,6 +523,8 @@ def run_cohort(
     out_dir: str | os.PathLike[str],
     config: CohortConfig,
     on_record: Callable[[SlideJob, SlideOutcome], None] | None = None,
+    *,
+    process: ProcessSlide = process_slide,
 ) -> CohortResult:
     """Run a batch of slides into ``out_dir``; skip slides already done (unless ``config.overwrite``).
 
@@ -521,7 +539,11 @@ def run_cohort(
         A :class:`CohortConfig` (model, engine config, Dask scheduler, retries, ...).
     on_record
         Called after each slide with its job and :class:`~wsi_ocelot.cohort.outcome.SlideOutcome`
-        (its manifest entry is saved by then).
+        (its manifest entry is recorded by then).
+    process
+        The per-slide function, :func:`~wsi_ocelot.cohort.worker.process_slide` (its
+        signature; on Dask it must be importable on the workers): a benchmark of the driver
+        passes a stand-in that returns an outcome without running a model.
 
     Returns
     -------
@@ -571,7 +593,7 @@ def run_cohort(
                 "model_note": weights_note(model),
                 "software": f"wsi-ocelot {__version__}",
                 "scheduler": cfg.scheduler or "in-process",
-                # what `wsi-ocelot status` needs while the batch runs (saved with the first slide's mark)
+                # what `wsi-ocelot status` needs while the batch runs (in the snapshot below)
                 "current_run": {
                     "started": now_iso(),
                     "to_run": [j.slide_id for j in todo],
@@ -593,8 +615,10 @@ def run_cohort(
         )
         progress = _Progress(len(todo), len(result.skipped))
         run = _run_in_process if cfg.scheduler is None else _run_on_dask
+        # a snapshot first: the run's meta for `wsi-ocelot status`, any journal left by a killed run folded in
+        _saving("manifest.json", manifest.save)
         try:
-            for job, outcome in run(todo, str(out), cfg, manifest):
+            for job, outcome in run(todo, str(out), cfg, manifest, process):
                 if outcome.traceback is not None:
                     log.error(
                         "%s: unexpected error on %s\n%s",
@@ -611,7 +635,8 @@ def run_cohort(
                 _saving("manifest.json", manifest.record, job.slide_id, entry)
                 (result.done if outcome.done else result.failed).append(job.slide_id)
                 progress.update(job.slide_id, outcome)
-                _saving("summary.csv", write_summary_csv, out, manifest)
+                if manifest.checkpoint_due():  # amortised O(1) per slide (manifest.py)
+                    _checkpoint(out, manifest)
                 if on_record:
                     on_record(job, outcome)
                 if (
@@ -626,16 +651,18 @@ def run_cohort(
                         "on where this run stopped",
                     ).one_line()
                     log.error("%s", result.stopped)
+                    pending = set(result.pending)
                     manifest.mark_pending(
-                        [(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
+                        [(j.slide_id, j.path) for j in todo if j.slide_id in pending],
                         "not attempted: the batch stopped on a full disk",
                     )
                     break
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (the CLI turns it into Interrupted)
             result.interrupted = getattr(stop, "signal_name", "SIGINT")
             result.pending = _unfinished(todo, result)
+            pending = set(result.pending)
             manifest.mark_pending(
-                [(j.slide_id, j.path) for j in todo if j.slide_id in set(result.pending)],
+                [(j.slide_id, j.path) for j in todo if j.slide_id in pending],
                 f"interrupted ({result.interrupted}) before it finished: run the same command again to go on",
             )
             log.warning(
@@ -650,8 +677,18 @@ def run_cohort(
                 out
             )  # a write still in flight on a library's I/O thread (Zarr's) may land after the slide's own cleanup
             raise
-        _finish_batch(result, jobs, todo, cfg, t0)
+        else:
+            _finish_batch(result, jobs, todo, cfg, t0)
+        finally:
+            manifest.close()  # the journal: removed when the last snapshot holds it
     return result
+
+
+def _checkpoint(out: Path, manifest: Manifest) -> None:
+    """The user-facing files while a batch runs: the snapshot ``manifest.json`` (which empties
+    the journal) and ``summary.csv``."""
+    if _saving("manifest.json", manifest.save):
+        _saving("summary.csv", write_summary_csv, out, manifest)
 
 
 def _slide_log(out: Path, slide_id: str, outcome: SlideOutcome) -> str | None:

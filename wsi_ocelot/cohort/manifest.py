@@ -15,9 +15,15 @@ same SHA-256 of its first and last 64 KiB. A done slide is run again when its MP
 the model changed, or its file did; a *different* slide with the same id never replaces a
 finished result (:meth:`Manifest.resume`).
 
-Only the process that drives the batch writes it (Dask workers return records to it), each
-write goes to a temporary file that replaces the old one, so a kill at any moment leaves
-either the previous or the new manifest, never a torn one.
+Only the process that drives the batch writes it (Dask workers return records to it). A slide's
+state change costs O(1) in the cohort's size: it is appended to the journal beside the manifest
+(``manifest.journal.jsonl``, :mod:`wsi_ocelot.cohort.journal`), and ``manifest.json`` itself is
+the snapshot, rewritten whole only at checkpoints (:meth:`Manifest.checkpoint_due`: when the
+journal holds more lines than the snapshot has slides, or every few minutes) and at the end of a
+batch; it keeps ``journal_seq``, the last change it holds. :meth:`Manifest.load` reads the snapshot
+and replays the journal after it, so every reader (resume, ``wsi-ocelot status``, the reports)
+sees each change as soon as it is appended. A snapshot goes to a temporary file that replaces the
+old one, so a kill at any moment leaves either the previous or the new manifest, never a torn one.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wsi_ocelot.atomic import write_text
+from wsi_ocelot.cohort.journal import COMPACT_FLOOR, JOURNAL_NAME, Journal, read_journal
 from wsi_ocelot.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,11 @@ STATUSES = (DONE, FAILED, RUNNING, PENDING)
 
 
 IDENTITY_BYTES = 64 * 1024  # hashed at each end of a slide file to recognise it elsewhere
+CHECKPOINT_EVERY_S = 300.0  # a snapshot at least this often while changes come in (summary.csv too)
+CHECKPOINT_COST_SHARE = (
+    0.02  # ... but never more of the time than this: on a huge cohort, less often
+)
+LOAD_TRIES = 5  # a reader that raced a compaction reads again
 
 
 def now_iso() -> str:
@@ -100,52 +113,142 @@ class Resume:
 
 
 class Manifest:
-    """The per-slide status records of one output folder."""
+    """The per-slide status records of one output folder: ``manifest.json`` and its journal."""
 
     def __init__(
         self,
         out_dir: str | os.PathLike[str],
         slides: dict[str, dict[str, Any]] | None = None,
         meta: dict[str, Any] | None = None,
+        *,
+        journal_seq: int = 0,
+        journal_lines: int = 0,
     ):
         self.out_dir = Path(out_dir)
         self.slides: dict[str, dict[str, Any]] = slides or {}
         self.meta: dict[str, Any] = meta or {}
+        self.seq = journal_seq  # the last change recorded (snapshot or journal)
+        self._journal: Journal | None = None  # opened by the first change this process records
+        self._journal_lines = journal_lines  # lines in the journal file when it is not open
+        self._checkpoint_t = time.monotonic()
+        self._checkpoint_cost_s = 0.0
 
     @property
     def path(self) -> Path:
         return self.out_dir / MANIFEST_NAME
 
+    @property
+    def journal_path(self) -> Path:
+        return self.out_dir / JOURNAL_NAME
+
+    @property
+    def journal_lines(self) -> int:
+        """Changes in the journal since the last snapshot (replayed by every load)."""
+        return self._journal.lines if self._journal is not None else self._journal_lines
+
+    @property
+    def journal_bytes_written(self) -> int:
+        """Bytes this object appended to the journal (the cost of its changes)."""
+        return self._journal.bytes_written if self._journal is not None else 0
+
     @classmethod
     def load(cls, out_dir: str | os.PathLike[str]) -> Manifest:
-        """The manifest of ``out_dir`` (empty when there is none yet)."""
+        """The manifest of ``out_dir``: the snapshot ``manifest.json`` with the journal's changes
+        after it applied (empty when there is neither yet).
+
+        Safe while a batch writes the folder: a load that raced a compaction (the snapshot
+        replaced, the journal emptied, between its two reads) sees the snapshot's file change and
+        reads again."""
         out_dir = Path(out_dir)
         path = out_dir / MANIFEST_NAME
-        if not path.exists():
-            return cls(out_dir)
+        for _ in range(LOAD_TRIES):
+            data, ident = cls._read_snapshot(path)
+            changes = list(read_journal(out_dir / JOURNAL_NAME))
+            try:
+                st = os.stat(path)
+                now: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                now = None
+            if now == ident:
+                break
+        slides = data["slides"]
+        meta = {k: v for k, v in data.items() if k not in ("slides", "journal_seq")}
+        seq = int(data.get("journal_seq") or 0)
+        for change_seq, sid, rec in changes:
+            if change_seq > seq:  # older ones are in the snapshot already (replay is idempotent)
+                slides[sid] = rec
+                seq = change_seq
+        return cls(out_dir, slides, meta, journal_seq=seq, journal_lines=len(changes))
+
+    @staticmethod
+    def _read_snapshot(path: Path) -> tuple[dict[str, Any], tuple[int, int, int] | None]:
+        """The snapshot's content and its file's (inode, mtime, size) (None: no snapshot yet)."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            slides = data["slides"]
-            if not isinstance(slides, dict):
+            with open(path, encoding="utf-8") as fh:
+                st = os.fstat(fh.fileno())
+                ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+                data = json.loads(fh.read())
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
+            if not isinstance(data["slides"], dict):
                 raise TypeError("'slides' is not an object")
+        except FileNotFoundError:
+            return {"slides": {}}, None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(
                 path,
                 f"the batch manifest is unreadable ({exc})",
                 "move it away to start the batch afresh (finished slide folders are kept and redone), or restore it",
             ) from None
-        meta = {k: v for k, v in data.items() if k != "slides"}
-        return cls(out_dir, slides, meta)
+        return data, ident
 
     def save(self) -> None:
+        """Write the snapshot ``manifest.json`` (atomically) with every change so far, then empty
+        the journal (a kill in between leaves lines the snapshot holds: replay skips them)."""
+        t0 = time.monotonic()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         data = {
             "version": 1,
-            **{k: v for k, v in self.meta.items() if k != "version"},
+            **{k: v for k, v in self.meta.items() if k not in ("version", "journal_seq")},
             "updated": now_iso(),
+            "journal_seq": self.seq,
             "slides": self.slides,
         }
         write_text(self.path, json.dumps(data, indent=2, default=str) + "\n")
+        if self._journal is not None:
+            self._journal.clear()
+        elif self._journal_lines or self.journal_path.exists():
+            self.journal_path.unlink(missing_ok=True)
+            self._journal_lines = 0
+        self._checkpoint_t = time.monotonic()
+        self._checkpoint_cost_s = self._checkpoint_t - t0
+
+    def checkpoint_due(self) -> bool:
+        """Whether a snapshot (:meth:`save`, and ``summary.csv`` with it) is due: the journal holds
+        more lines than the snapshot has slides (at least :data:`COMPACT_FLOOR`), so the work of
+        all snapshots stays in proportion to the changes; or changes wait since
+        :data:`CHECKPOINT_EVERY_S` (longer where a snapshot is slow: at most
+        :data:`CHECKPOINT_COST_SHARE` of the time goes to them)."""
+        lines = self.journal_lines
+        if lines > max(COMPACT_FLOOR, len(self.slides)):
+            return True
+        every = max(CHECKPOINT_EVERY_S, self._checkpoint_cost_s / CHECKPOINT_COST_SHARE)
+        return lines > 0 and time.monotonic() - self._checkpoint_t >= every
+
+    def close(self) -> None:
+        """Close the journal (removed when empty: after the last snapshot)."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    def _append(self, slide_id: str, *, durable: bool = True) -> None:
+        """Record the slide's current entry as one journal line (O(1) in the cohort's size);
+        ``durable``: fsync'd too (a finished slide's record)."""
+        if self._journal is None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._journal = Journal.open(self.journal_path)
+        self._journal.append(self.seq + 1, slide_id, self.slides[slide_id], durable=durable)
+        self.seq += 1
 
     # -- queries ---------------------------------------------------------------------
     def status(self, slide_id: str) -> str | None:
@@ -250,7 +353,8 @@ class Manifest:
         worker: str | None = None,
         save: bool = True,
     ) -> None:
-        """Record ``slide_id`` as running (``save=False`` when marking many at once: call :meth:`save` after)."""
+        """Record ``slide_id`` as running: one journal line (``save=False`` when marking many at
+        once: call :meth:`save` after)."""
         rec = {
             "path": path,
             "status": RUNNING,
@@ -262,7 +366,7 @@ class Manifest:
             rec["worker"] = worker
         self.slides[slide_id] = rec
         if save:
-            self.save()
+            self._append(slide_id, durable=False)  # a power cut losing it changes nothing
 
     def mark_pending(self, jobs: list[tuple[str, str]], reason: str) -> None:
         """Record slides ``(slide_id, path)`` the batch stopped before attempting (not saved:
@@ -271,8 +375,8 @@ class Manifest:
             self.slides[sid] = {"path": path, "status": PENDING, "error": reason}
 
     def record(self, slide_id: str, record: dict[str, Any]) -> None:
-        """Store a finished slide's record (status done or failed) and save."""
+        """Store a finished slide's record (status done or failed): one journal line."""
         old = self.slides.get(slide_id, {})
         rec = {**{k: old[k] for k in ("started",) if k in old}, **record, "finished": now_iso()}
         self.slides[slide_id] = rec
-        self.save()
+        self._append(slide_id)

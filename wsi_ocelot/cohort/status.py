@@ -1,7 +1,8 @@
 """``wsi-ocelot status OUT``: where a batch stands, while it runs or after it.
 
-Read from ``manifest.json`` (the driving process rewrites it after every slide) and the batch's
-lock: counts per status, the running batch's throughput and ETA (its own slides: those it marked
+Read from ``manifest.json`` and its journal (:meth:`Manifest.load`: the driving process appends
+every slide's change to the journal as it happens, and writes the snapshot at checkpoints) and
+the batch's lock: counts per status, the running batch's throughput and ETA (its own slides: those it marked
 to run, finished since it started), and every failed slide with its one-line error.
 """
 

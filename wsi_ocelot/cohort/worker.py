@@ -24,6 +24,7 @@ import re
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -132,6 +133,7 @@ def run_slide_task(
     *,
     torch_threads: int | None = None,
     started_marker: str | None = None,
+    process: Callable[..., SlideOutcome] | None = None,
 ) -> SlideOutcome:
     """The Dask task: :func:`process_slide` between two notes in the shared output folder.
 
@@ -139,11 +141,12 @@ def run_slide_task(
     outcome, :meth:`SlideOutcome.to_json`) when it ends. When a worker dies, the driver reads
     them to tell a slide that was only queued there (resubmitted, not an attempt) from one that
     was running (an attempt) and from one that had finished but whose result had not reached
-    the scheduler yet (its outcome is used as is)."""
+    the scheduler yet (its outcome is used as is). ``process``: the per-slide function
+    (default :func:`process_slide`; a benchmark of the driver passes a stand-in)."""
     if started_marker:
         with open(started_marker, "w", encoding="utf-8") as fh:
             fh.write(_where())
-    outcome = process_slide(job, out_dir, model, config, torch_threads=torch_threads)
+    outcome = (process or process_slide)(job, out_dir, model, config, torch_threads=torch_threads)
     if started_marker:
         write_text(Path(started_marker + ".json"), json.dumps(outcome.to_json(), default=str))
     return outcome
