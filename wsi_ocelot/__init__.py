@@ -36,8 +36,7 @@ command line's ``--help`` stay instant.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wsi_ocelot.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -52,7 +51,7 @@ _API = {
     "run_cohort": "wsi_ocelot.cohort",
     "collect_jobs": "wsi_ocelot.cohort",
     "CohortConfig": "wsi_ocelot.cohort",
-    "evaluate": "wsi_ocelot.evaluation",
+    "evaluate": "wsi_ocelot.evaluation:evaluate_dataset",
     "read_cells": "wsi_ocelot.outputs.cells_table",
     "export_spatialdata": "wsi_ocelot.outputs.spatialdata_export",
 }
@@ -60,15 +59,4 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
-def __getattr__(name: str) -> Any:  # deliberately deferred: the API's modules import torch
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wsi_ocelot' has no attribute {name!r}")
-    attr = "evaluate_dataset" if name == "evaluate" else name
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_exports(__name__, _API)  # deferred: the API's modules import torch

@@ -5,8 +5,7 @@ The names below are imported when first used, so that the light modules of the p
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wsi_ocelot.lazy import lazy_exports
 
 #: public name → the module that defines it
 _API = {
@@ -25,14 +24,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str) -> Any:  # deliberately deferred: batch and worker import torch
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wsi_ocelot.cohort' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_exports(__name__, _API)  # deferred: batch and worker import torch

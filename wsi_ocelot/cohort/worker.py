@@ -26,6 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -167,6 +168,16 @@ def process_slide(
     def seconds() -> float:
         return round(time.perf_counter() - t0, 3)
 
+    def failed(err: WsiOcelotError, **extra: Any) -> SlideOutcome:
+        return SlideOutcome.failed(
+            job.path,
+            err.one_line(),
+            runtime_s=seconds(),
+            mpp_override=job.mpp,
+            worker=where,
+            **extra,
+        )
+
     try:
         if torch_threads:
             if torch.get_num_threads() != torch_threads:
@@ -174,15 +185,8 @@ def process_slide(
         runner = get_runner(model, config)
         res = runner.run(job.path, out_dir, mpp=job.mpp, slide_id=job.slide_id, overwrite=True)
     except WsiOcelotError as err:
-        return SlideOutcome.failed(
-            job.path,
-            err.one_line(),
-            runtime_s=seconds(),
-            mpp_override=job.mpp,
-            worker=where,
-            # the batch stops: every later slide would fail the same way
-            disk_full=isinstance(err, DiskFullError),
-        )
+        # a full disk stops the batch: every later slide would fail the same way
+        return failed(err, disk_full=isinstance(err, DiskFullError))
     except Exception as exc:  # a bug or an unforeseen fault: report it, keep the batch going
         first = str(exc).splitlines()[0] if str(exc) else ""
         log_file = Path(out_dir) / SLIDE_LOGS / (job.slide_id + ".log")
@@ -191,14 +195,7 @@ def process_slide(
             f"unexpected error ({type(exc).__name__}: {first})",
             f"see the traceback in {log_file}; report it if the slide opens in other viewers",
         )
-        return SlideOutcome.failed(
-            job.path,
-            task_err.one_line(),
-            runtime_s=seconds(),
-            mpp_override=job.mpp,
-            worker=where,
-            traceback=traceback.format_exc(),
-        )
+        return failed(task_err, traceback=traceback.format_exc())
     return SlideOutcome(
         path=job.path,
         status="done",

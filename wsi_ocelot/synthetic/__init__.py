@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from wsi_ocelot.lazy import lazy_exports
 
 if TYPE_CHECKING:  # the names are imported on first use (below): see __getattr__
     from wsi_ocelot.synthetic.layout import (
@@ -76,16 +77,6 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Deliberately deferred (scipy and the renderer take ~0.5 s to import): the CLI's parser
-    imports :mod:`wsi_ocelot.synthetic.command`, and ``wsi-ocelot --help`` stays instant."""
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wsi_ocelot.synthetic' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+# deferred (scipy and the renderer take ~0.5 s to import): the CLI's parser imports
+# wsi_ocelot.synthetic.command, and `wsi-ocelot --help` stays instant
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from wsi_ocelot.lazy import lazy_exports
 from wsi_ocelot.tiling.grid import (
     Grid,
     cell_grid,
@@ -30,13 +29,15 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:  # deferred: torch is imported only when the Dataset is asked for
-    if name in ("TileDataset", "BlockBatches", "block_ids", "plan_batches", "read_batches"):
-        from wsi_ocelot.tiling import dataset
-
-        return getattr(dataset, name)
-    if name in ("SlideTiles", "plan_tiles"):
-        from wsi_ocelot.tiling import plan
-
-        return getattr(plan, name)
-    raise AttributeError(name)
+# deferred: torch is imported only when the Dataset is asked for
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(
+            ("TileDataset", "BlockBatches", "block_ids", "plan_batches", "read_batches"),
+            "wsi_ocelot.tiling.dataset",
+        ),
+        "SlideTiles": "wsi_ocelot.tiling.plan",
+        "plan_tiles": "wsi_ocelot.tiling.plan",
+    },
+)
