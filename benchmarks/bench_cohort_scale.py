@@ -12,7 +12,7 @@ realistic :class:`SlideRecord` (every 50th slide fails with a one-line error ins
 report: ``write_report`` timed, ``report.html``'s size (with any local file it loads), and its
 load in headless Chromium (``--headless --no-sandbox --disable-gpu
 --disable-background-networking``) until ``document.readyState`` is complete and the table
-has its rows.
+has drawn its first page of rows.
 
 Row keys: ``n_slides``, ``driver_ms_per_slide`` (the batch's wall time less the stand-in's own
 time, per slide), ``report_mb``, ``report_load_s``, ``driver_peak_rss_mb`` (VmHWM after the
@@ -46,7 +46,7 @@ from wsi_ocelot.cohort import journal as journal_mod
 from wsi_ocelot.cohort.inputs import SlideJob
 from wsi_ocelot.cohort.manifest import Manifest
 from wsi_ocelot.cohort.outcome import SlideOutcome
-from wsi_ocelot.cohort.report import write_report
+from wsi_ocelot.cohort.report import PAGE_ROWS, write_report
 from wsi_ocelot.inference.engine import EngineConfig
 from wsi_ocelot.purity import SlideRecord
 from wsi_ocelot.sysinfo import cpu_model, describe_machine
@@ -199,8 +199,10 @@ def _browser() -> tuple[str, str] | None:
 
 
 def chromium_load_s(page: Path, rows: int, timeout_s: float = 600.0) -> float | None:
-    """Seconds from navigation to ``readyState`` complete with ``rows`` table rows drawn (a
+    """Seconds from navigation to ``readyState`` complete with the table's first page drawn
+    (``rows`` slides, :data:`PAGE_ROWS` a page: the first ``min(rows, PAGE_ROWS)`` rows; a
     fresh headless Chromium over the WebDriver protocol); None without Chromium."""
+    rows = min(rows, PAGE_ROWS)
     found = _browser()
     if found is None:
         return None
@@ -397,7 +399,7 @@ def main() -> None:
         "each size in a fresh process. Driver ms per slide = the batch's wall time less the stand-in's, "
         "per slide (input checks, resume, the manifest's journal, each done/failed line fsync'd, progress, checkpoints "
         "of manifest.json and summary.csv, the final snapshot). Peak RSS: VmHWM after the batch, before the "
-        "report. Report: `write_report`, then headless Chromium until the table has its rows.",
+        "report. Report: `write_report`, then headless Chromium until the table has drawn its first page.",
         "",
         "| slides | driver ms/slide | (no fsync) | checkpoints | driver peak RSS MB | RSS after 50 / at end MB "
         "| report write s | report MB | report load s |",
