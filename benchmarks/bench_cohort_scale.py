@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from wsi_ocelot.purity import SlideRecord
 from wsi_ocelot.sysinfo import cpu_model, describe_machine
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # chromium.py: the WebDriver client the tests use
 FAIL_EVERY = 50  # every 50th slide fails (a one-line error), as bad slides do in a real cohort
 _STANDIN_S = [0.0]  # seconds spent inside the stand-in (not the driver's)
 
@@ -188,85 +188,33 @@ def _vm(key: str) -> float:
 
 
 # -- the report in headless Chromium ---------------------------------------------------------------
-def _browser() -> tuple[str, str] | None:
-    driver = shutil.which("chromedriver")
-    browser = (
-        shutil.which("chromium")
-        or shutil.which("chromium-browser")
-        or shutil.which("google-chrome")
-    )
-    return (driver, browser) if driver and browser else None
-
-
 def chromium_load_s(page: Path, rows: int, timeout_s: float = 600.0) -> float | None:
     """Seconds from navigation to ``readyState`` complete with the table's first page drawn
     (``rows`` slides, :data:`PAGE_ROWS` a page: the first ``min(rows, PAGE_ROWS)`` rows; a
-    fresh headless Chromium over the WebDriver protocol); None without Chromium."""
-    rows = min(rows, PAGE_ROWS)
-    found = _browser()
+    fresh headless Chromium over the WebDriver protocol of ``tests/chromium.py``); None
+    without Chromium."""
+    from chromium import WebDriver, browser
+
+    found = browser()
     if found is None:
         return None
-    driver, browser = found
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [driver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-    def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return json.loads(resp.read() or b"{}").get("value")
-
+    rows = min(rows, PAGE_ROWS)
+    wd = WebDriver(*found, size=(1366, 900), page_load="none", timeout=timeout_s)
     try:
-        for _ in range(100):
-            try:
-                call("GET", "/status")
-                break
-            except OSError:
-                time.sleep(0.1)
-        args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-            "--window-size=1366,900",
-        ]
-        caps = {
-            "capabilities": {
-                "alwaysMatch": {
-                    "browserName": "chrome",
-                    "pageLoadStrategy": "none",
-                    "goog:chromeOptions": {"binary": browser, "args": args},
-                }
-            }
-        }
-        sid = call("POST", "/session", caps)["sessionId"]
-        try:
-            script = (
-                "return document.readyState === 'complete' && "
-                "document.querySelectorAll('#slides tbody tr').length"
-            )
-            t0 = time.perf_counter()
-            call("POST", f"/session/{sid}/url", {"url": page.resolve().as_uri()})
-            while time.perf_counter() - t0 < timeout_s:
-                n = call("POST", f"/session/{sid}/execute/sync", {"script": script, "args": []})
-                if n and n >= rows:
-                    return time.perf_counter() - t0
-                time.sleep(0.05)
-            raise TimeoutError(f"the report was not ready after {timeout_s:.0f} s")
-        finally:
-            call("DELETE", f"/session/{sid}")
+        script = (
+            "return document.readyState === 'complete' && "
+            "document.querySelectorAll('#slides tbody tr').length"
+        )
+        t0 = time.perf_counter()
+        wd.get(page.resolve().as_uri())
+        while time.perf_counter() - t0 < timeout_s:
+            n = wd.js(script)
+            if n and n >= rows:
+                return time.perf_counter() - t0
+            time.sleep(0.05)
+        raise TimeoutError(f"the report was not ready after {timeout_s:.0f} s")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        wd.quit()
 
 
 def report_size_mb(page: Path) -> float:

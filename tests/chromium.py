@@ -1,6 +1,7 @@
-"""A headless Chromium for the report's tests: the W3C WebDriver protocol over HTTP (chromedriver),
-enough to load a page, run scripts and take a screenshot. Start Chromium with --headless
---no-sandbox --disable-gpu --disable-background-networking (no network, no GPU)."""
+"""A headless Chromium for the report's tests (and benchmarks/bench_cohort_scale.py's load time):
+the W3C WebDriver protocol over HTTP (chromedriver), enough to load a page, run scripts and take a
+screenshot. Start Chromium with --headless --no-sandbox --disable-gpu
+--disable-background-networking (no network, no GPU)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,21 @@ import pytest
 class WebDriver:
     """The W3C WebDriver protocol over HTTP, enough to load a page and run scripts."""
 
-    def __init__(self, driver: str, browser: str, size: tuple[int, int] = (1400, 1000)):
+    def __init__(
+        self,
+        driver: str,
+        browser: str,
+        size: tuple[int, int] = (1400, 1000),
+        *,
+        page_load: str = "normal",
+        timeout: float = 60.0,
+    ):
+        """``page_load``: WebDriver's page load strategy ("none": :meth:`get` returns at once,
+        for timing a page's own readiness); ``timeout``: seconds for one protocol call."""
         import urllib.request
 
         self._req = urllib.request
+        self._timeout = timeout
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -37,6 +49,7 @@ class WebDriver:
             "capabilities": {
                 "alwaysMatch": {
                     "browserName": "chrome",
+                    "pageLoadStrategy": page_load,
                     "goog:chromeOptions": {
                         "binary": browser,
                         "args": [
@@ -62,7 +75,7 @@ class WebDriver:
             method=method,
             headers={"Content-Type": "application/json"},
         )
-        with self._req.urlopen(req, timeout=60) as resp:
+        with self._req.urlopen(req, timeout=self._timeout) as resp:
             return json.loads(resp.read() or b"{}").get("value")
 
     def get(self, url: str) -> None:
