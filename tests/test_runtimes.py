@@ -333,11 +333,11 @@ def test_cache_follows_the_checkpoint_and_never_trusts_a_tampered_file(
 def _raising_for(runtimes: set[str], calls: list):
     real = backends.open_backend
 
-    def open_backend(runtime, precision, graphs, threads):
+    def open_backend(runtime, precision, graphs, threads, float_parts=None):
         calls.append((runtime, precision))
         if runtime in runtimes:
             raise RuntimeError(f"simulated {runtime} load failure")
-        return real(runtime, precision, graphs, threads)
+        return real(runtime, precision, graphs, threads, float_parts)
 
     return open_backend
 
@@ -556,6 +556,61 @@ def test_bf16_without_cpu_support_and_paths_a_runtime_lacks(
         EngineConfig(runtime="tensorrt")
     with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
         EngineConfig(precision="fp16")
+
+
+def test_int8_keeps_the_decoder_tail_in_float(tiny_ckpt, tmp_path):
+    """The cell graph's last FLOAT_TAIL_CONVS convolutions (the decoder's tail and head) keep float
+    weights; every earlier convolution reads quantised (QDQ) weights."""
+    import onnx
+
+    from wsi_ocelot.inference.runtimes.graphs import (
+        FLOAT_TAIL_CONVS,
+        calibration_pairs,
+        crop_injection,
+        export_onnx,
+        quantize_int8,
+    )
+    from wsi_ocelot.model.checkpoint import load_model
+
+    model, info = load_model(str(tiny_ckpt), device="cpu")
+    model.eval()
+    tile = info.geometry.tile_size
+    graphs = export_onnx(model, tile, tmp_path)
+    cal = calibration_pairs(info, 2, 1)
+    tissue = backends.OnnxRuntimeBackend(graphs, "fp32", 1).tissue(cal.tissue)
+    inj = crop_injection(model, tissue, tile)
+    feeds = [{"cell": cal.cell[i : i + 1], "injection": inj[i : i + 1]} for i in range(2)]
+    out = quantize_int8(graphs["cell"], tmp_path / "cell.int8.onnx", feeds, reduce_range=False)
+
+    g = onnx.load(str(out)).graph
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    in_float = {n.name for n in convs if made_by.get(n.input[1]) != "DequantizeLinear"}
+    assert len(convs) > 2 * FLOAT_TAIL_CONVS
+    # smp's DeepLabV3+ decoder after the ASPP: the low-level projection, the fusion block's
+    # separable convolution (depthwise, pointwise) and the head
+    assert in_float == {
+        "/block1/block1.0/Conv",
+        "/block2/block2.0/block2.0.0/Conv",
+        "/block2/block2.0/block2.0.1/Conv",
+        "/head/head.0/Conv",
+    }
+
+
+def test_openvino_int8_float_parts_follow_the_gate(monkeypatch):
+    """On a bf16 CPU OpenVINO int8 tries its cell graph's float tail in bf16 first, then fp32;
+    the tissue graph stays fp32. Elsewhere (and for every other path) there is one form."""
+    from wsi_ocelot.inference.runtimes import build
+
+    monkeypatch.setattr(build, "cpu_has_bf16", lambda: True)
+    assert build._float_parts_to_try("openvino", "int8") == [
+        {"tissue": "fp32", "cell": "bf16"},
+        {"tissue": "fp32", "cell": "fp32"},
+    ]
+    assert build._float_parts_to_try("onnxruntime", "int8") == [None]
+    assert build._float_parts_to_try("openvino", "bf16") == [None]
+    monkeypatch.setattr(build, "cpu_has_bf16", lambda: False)
+    assert build._float_parts_to_try("openvino", "int8") == [None]
 
 
 def test_runtimes_and_precisions_are_consistent():

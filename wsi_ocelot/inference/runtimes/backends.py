@@ -78,7 +78,9 @@ class OnnxRuntimeBackend:
 
 class OpenVinoBackend:
     """OpenVINO's CPU plugin over the same ONNX files: ``fp32`` and ``bf16`` as the inference
-    precision hint, ``int8`` by running the quantised (QDQ) graphs.
+    precision hint, ``int8`` by running the quantised (QDQ) graphs; ``float_parts`` says per graph
+    (``tissue``, ``cell``) whether an int8 path's float parts (the tissue graph, the cell graph's
+    float tail) run in ``bf16`` or ``fp32`` (the default), as the gate chose on a bf16 CPU.
 
     Compiled for throughput: a batch goes out as one request per tile over the plugin's streams
     (on 2 cores, 2 streams of one thread each), which measured 1.1× (fp32) to 1.3× (int8) faster
@@ -86,19 +88,33 @@ class OpenVinoBackend:
 
     runtime = "openvino"
 
-    def __init__(self, graphs: dict[str, Path], precision: str, threads: int):
+    def __init__(
+        self,
+        graphs: dict[str, Path],
+        precision: str,
+        threads: int,
+        float_parts: dict[str, str] | None = None,
+    ):
         import openvino as ov
 
         self.precision = precision
         core = ov.Core()
-        hint = "bf16" if precision == "bf16" else "f32"
-        config = {
-            "INFERENCE_PRECISION_HINT": hint,
-            "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "THROUGHPUT",
-        }
+        hints = {name: "bf16" if precision == "bf16" else "f32" for name in graphs}
+        if precision == "int8":  # what the int8 path's float parts run at (the gate's choice)
+            hints.update(
+                {k: "bf16" if v == "bf16" else "f32" for k, v in (float_parts or {}).items()}
+            )
+
+        def config(name: str) -> dict[str, str | int]:
+            return {
+                "INFERENCE_PRECISION_HINT": hints[name],
+                "INFERENCE_NUM_THREADS": threads,
+                "PERFORMANCE_HINT": "THROUGHPUT",
+            }
+
         self._compiled = {
-            name: core.compile_model(str(path), "CPU", config) for name, path in graphs.items()
+            name: core.compile_model(str(path), "CPU", config(name))
+            for name, path in graphs.items()
         }
         self._queues = {}
         for name, compiled in self._compiled.items():
@@ -126,10 +142,17 @@ class OpenVinoBackend:
         return self._run("cell", _feed(cell, injection))
 
 
-def open_backend(runtime: str, precision: str, graphs: dict[str, Path], threads: int) -> Backend:
-    """Load the graphs (``{"tissue": path, "cell": path}``) in ``runtime`` at ``precision``."""
+def open_backend(
+    runtime: str,
+    precision: str,
+    graphs: dict[str, Path],
+    threads: int,
+    float_parts: dict[str, str] | None = None,
+) -> Backend:
+    """Load the graphs (``{"tissue": path, "cell": path}``) in ``runtime`` at ``precision``
+    (``float_parts``: OpenVINO int8 only, see ``OpenVinoBackend``)."""
     if runtime == "openvino":
-        return OpenVinoBackend(graphs, precision, threads)
+        return OpenVinoBackend(graphs, precision, threads, float_parts)
     if runtime == "onnxruntime":
         return OnnxRuntimeBackend(graphs, precision, threads)
     raise ValueError(f"no exported-graph backend for runtime {runtime!r}")

@@ -25,11 +25,12 @@ from wsi_ocelot import __version__
 from wsi_ocelot.atomic import write_json
 from wsi_ocelot.inference.runtimes.spec import KERNEL_FLAGS, cpu_flags, runtime_version
 from wsi_ocelot.sysinfo import cpu_model
+from wsi_ocelot.weights import file_sha256
 
 __all__ = ["GRAPH_VERSION", "CacheEntry", "cache_root", "key_material"]
 
 #: bump when graphs.py or the gate change what a cached entry means
-GRAPH_VERSION = 3
+GRAPH_VERSION = 4
 
 
 def cache_root() -> Path:
@@ -56,14 +57,6 @@ def key_material(
         "cpu": cpu_model(),
         "cpu_flags": sorted(f for f in KERNEL_FLAGS if f in cpu_flags()),
     }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class CacheEntry:
@@ -93,7 +86,7 @@ class CacheEntry:
         try:
             data = json.loads(self.build_json.read_text(encoding="utf-8"))
             ok = data.get("material") == self.material and all(
-                (self.dir / name).is_file() and _sha256(self.dir / name) == sha
+                (self.dir / name).is_file() and file_sha256(self.dir / name) == sha
                 for name, sha in data.get("files", {}).items()
             )
         except (OSError, ValueError):
@@ -107,7 +100,7 @@ class CacheEntry:
 
     def write(self, data: dict[str, Any]) -> None:
         """Record the files now in the folder (name → SHA-256) and save ``build.json`` atomically."""
-        data["files"] = {p.name: _sha256(p) for p in sorted(self.dir.glob("*.onnx"))}
+        data["files"] = {p.name: file_sha256(p) for p in sorted(self.dir.glob("*.onnx"))}
         write_json(self.build_json, data, indent=1)
 
 

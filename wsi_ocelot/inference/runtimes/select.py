@@ -376,7 +376,9 @@ def choose_runtime(
             backend = (
                 None
                 if c[0] == "torch"
-                else open_backend(c[0], c[1], graph_files(entry.dir, c[1]), threads)
+                else open_backend(
+                    c[0], c[1], graph_files(entry.dir, c[1]), threads, res.get("float_parts")
+                )
             )
         except Exception as err:  # a runtime that raises at load: the next path
             log.warning(
@@ -409,6 +411,7 @@ def choose_runtime(
             threads,
             reason,
             res.get("fidelity"),
+            res.get("float_parts"),
         ), backend
     return RuntimeChoice(
         **{**torch_fp32.to_json(), "reason": "fallback: no other path loaded"}
