@@ -613,6 +613,26 @@ def test_openvino_int8_float_parts_follow_the_gate(monkeypatch):
     assert build._float_parts_to_try("openvino", "int8") == [None]
 
 
+def test_cpu_bf16_leaves_the_tissue_graph_fp32(tiny_ckpt):
+    """torch bf16 on the CPU is the cell graph's: the tissue probabilities are fp32 torch's, bit
+    for bit, while the cell graph's differ (it ran under bf16 autocast)."""
+    import torch
+
+    from wsi_ocelot.inference.predictor import Predictor
+    from wsi_ocelot.model.checkpoint import load_model
+
+    model, info = load_model(str(tiny_ckpt), device="cpu")
+    t = info.geometry.tile_size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (1, 3, t, t), generator=gen, dtype=torch.uint8)
+    fp32 = Predictor(model, torch.device("cpu"))
+    bf16 = Predictor(model, torch.device("cpu"), cpu_bf16=True)
+    tissue = fp32.tissue_probs(x)
+    assert torch.equal(bf16.tissue_probs(x), tissue)
+    crop = tissue[:, :, : t // 4, : t // 4]
+    assert not torch.equal(bf16.cell_probs(x, crop), fp32.cell_probs(x, crop))
+
+
 def test_runtimes_and_precisions_are_consistent():
     assert set(spec.SUPPORTED) == set(spec.RUNTIMES) - {"auto"}
     assert all(set(p) <= set(spec.PRECISIONS) - {"auto"} for p in spec.SUPPORTED.values())

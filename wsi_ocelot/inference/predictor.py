@@ -45,7 +45,8 @@ class Predictor:
     scaled to [0, 1] and, on CUDA, cast under bf16 autocast in channels-last layout.
     Outputs are float32 probabilities on the device. With a ``backend`` the two-pass calls
     run in it (on the CPU; the tissue crop is resized to the injection point here, in torch);
-    ``cpu_bf16`` runs torch on the CPU under bf16 autocast."""
+    ``cpu_bf16`` runs the cell graph in torch on the CPU under bf16 autocast (the tissue graph
+    in fp32)."""
 
     model: OcelotModel
     device: torch.device
@@ -66,9 +67,11 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _ctx(self) -> contextlib.AbstractContextManager:
+    def _ctx(self, tissue: bool = False) -> contextlib.AbstractContextManager:
         if self.cpu_bf16 and not self._cuda:
-            return autocast(self.device, torch.bfloat16)
+            # reduced precision on the CPU is the cell graph's; the tissue graph stays fp32
+            # (docs/runtimes.md: its map is thresholded for the cancer area)
+            return contextlib.nullcontext() if tissue else autocast(self.device, torch.bfloat16)
         return inference_autocast(self.device, self.amp)
 
     @torch.inference_mode()
@@ -76,7 +79,7 @@ class Predictor:
         """(B, 3, T, T) uint8 → (B, 2, T, T) float32 tissue probabilities (BG, CA)."""
         if self.backend is not None:
             return torch.from_numpy(self.backend.tissue(tissue.float().div_(255.0).numpy()))
-        with self._ctx():
+        with self._ctx(tissue=True):
             return self.model.tissue_probs(self._prep(tissue)).float()
 
     @torch.inference_mode()

@@ -69,8 +69,8 @@ def _torch_run(model: OcelotModel, dtype: torch.dtype | None) -> tuple[TissueFn,
     tissue_graph, cell_graph = TissueGraph(model), CellGraph(model)
     dev = torch.device("cpu")
 
-    def tissue(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), autocast(dev, dtype):
+    def tissue(x: np.ndarray) -> np.ndarray:  # fp32 on every CPU path, as the engine runs it
+        with torch.inference_mode():
             return tissue_graph(torch.from_numpy(x)).float().numpy()
 
     def cell(c: np.ndarray, inj: np.ndarray | None) -> np.ndarray:
@@ -142,11 +142,8 @@ def _fidelity(
 
 def _float_parts_to_try(runtime: str, precision: str) -> list[dict[str, str] | None]:
     """What an OpenVINO int8 path's float parts may run at, fastest first: on a CPU with native
-    bf16 the cell graph's float tail in bf16 (the gate decides; all fp32 when it misses). The
-    tissue graph stays fp32: in bf16 it kept the gate's tiles (0.17/255 on the demo model) but
-    moved a whole slide's map 1.5/255 (18 at most; 0.7 % of pixels across the cancer-area
-    threshold; AMD EPYC with AVX-512 BF16), so the gate cannot vouch for it. Every other path:
-    its one form (None)."""
+    bf16 the cell graph's float tail in bf16, else (when that misses the gate) fp32. The tissue
+    graph is fp32 on every CPU path (docs/runtimes.md). Every other path: its one form (None)."""
     if (runtime, precision) != ("openvino", "int8") or not cpu_has_bf16():
         return [None]
     return [{"tissue": "fp32", "cell": "bf16"}, {"tissue": "fp32", "cell": "fp32"}]
