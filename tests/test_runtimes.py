@@ -253,7 +253,9 @@ def test_auto_takes_the_fastest_gated_path_and_builds_once(
     gated = {
         name: r["ms_per_cell_tile"]
         for name, r in data["paths"].items()
-        if r["fidelity"]["passes"] and r["ms_per_cell_tile"] < ref_ms
+        if r["fidelity"]["passes"]
+        and r["fidelity"]["cells_f1"] >= spec.FIDELITY["cells_f1_auto"]  # auto's margin
+        and r["ms_per_cell_tile"] < ref_ms
     }
     if gated:
         fastest = min(gated, key=gated.get)
@@ -631,6 +633,16 @@ def test_cpu_bf16_leaves_the_tissue_graph_fp32(tiny_ckpt):
     assert torch.equal(bf16.tissue_probs(x), tissue)
     crop = tissue[:, :, : t // 4, : t // 4]
     assert not torch.equal(bf16.cell_probs(x, crop), fp32.cell_probs(x, crop))
+
+
+def test_auto_asks_a_margin_of_the_cells_f1(monkeypatch):
+    """A path whose gate cells F1 keeps 0.99 but not auto's margin is not auto's choice."""
+    ok = {"status": "ok", "fidelity": {"passes": True, "cells_f1": 0.993}}
+    assert spec.FIDELITY["cells_f1"] <= 0.993 < spec.FIDELITY["cells_f1_auto"]
+    assert not select._auto_may_take(ok)
+    assert select._auto_may_take({**ok, "fidelity": {"passes": True, "cells_f1": 0.996}})
+    assert not select._auto_may_take({**ok, "fidelity": {"passes": False, "cells_f1": 1.0}})
+    assert not select._auto_may_take({"status": "crashed"})
 
 
 def test_runtimes_and_precisions_are_consistent():

@@ -4,7 +4,7 @@ fidelity (docs/runtimes.md).
 ``auto`` on the CPU builds the candidate paths for this checkpoint (in a child process, cached
 by checkpoint, versions and CPU), measures each one's speed and its fidelity against fp32
 torch on synthetic tiles at the model's geometry, and takes the fastest that keeps
-:data:`~wsi_ocelot.inference.runtimes.spec.FIDELITY`. A path that is missing, fails to build
+:data:`~wsi_ocelot.inference.runtimes.spec.FIDELITY` with auto's margin on the cells F1. A path that is missing, fails to build
 or load, or crashes its child falls back (to the next candidate, at worst fp32 torch) with one
 warning line; nothing a runtime does can take down a slide or a batch. On CUDA, torch runs
 bf16 autocast (fp32 with ``--precision fp32``).
@@ -29,6 +29,7 @@ from wsi_ocelot.inference.runtimes.backends import Backend, open_backend, requir
 from wsi_ocelot.inference.runtimes.cache import CacheEntry, graph_files, key_material
 from wsi_ocelot.inference.runtimes.graphs import injection_size
 from wsi_ocelot.inference.runtimes.spec import (
+    FIDELITY,
     PRECISIONS,
     RUNTIMES,
     SUPPORTED,
@@ -264,6 +265,17 @@ def gate_results(
     return entry, data
 
 
+def _auto_may_take(res: dict[str, Any]) -> bool:
+    """A gated path ``auto`` may choose: it built, kept the gate, and its cells F1 clears the
+    gate's sampling noise (``FIDELITY["cells_f1_auto"]``)."""
+    fid = res.get("fidelity", {})
+    return bool(
+        res.get("status") == "ok"
+        and fid.get("passes")
+        and fid.get("cells_f1", 0.0) >= FIDELITY["cells_f1_auto"]
+    )
+
+
 def _speed(res: dict[str, Any]) -> float:
     return float(res.get("ms_per_cell_tile") or float("inf"))
 
@@ -348,11 +360,7 @@ def choose_runtime(
                 ", ".join(f"{r} {p}" for r, p in broken),
                 "; ".join(f"{r} {p}: {v.get('error')}" for (r, p), v in broken.items()),
             )
-        ok = [
-            c
-            for c, r in results.items()
-            if r.get("status") == "ok" and r.get("fidelity", {}).get("passes")
-        ]
+        ok = [c for c, r in results.items() if _auto_may_take(r)]
         ok.sort(key=lambda c: _speed(results[c]))
         if ("torch", "fp32") in candidates:
             ok = [c for c in ok if _speed(results[c]) < ref_ms] + [("torch", "fp32")]
