@@ -545,11 +545,14 @@ def test_report_names_the_training_data_not_the_training_machines_folder(tmp_pat
     assert (
         dataset_name({"data_root": "D:\\scratch\\lung_set\\"}) == "lung_set"
     )  # a Windows training machine
+    gone = str(
+        tmp_path / "not-here" / "gdata"
+    )  # /tmp/gdata itself exists where the demo recipe ran
     assert (
-        dataset_name({"data_root": "/tmp/gdata"}, tiny_ckpt) == "gdata"
+        dataset_name({"data_root": gone}, tiny_ckpt) == "gdata"
     )  # the folder's name, not its path
     assert (
-        dataset_name({"data_root": "/tmp/gdata"}, demo_path()) == "wsi-ocelot synthetic"
+        dataset_name({"data_root": gone}, demo_path()) == "wsi-ocelot synthetic"
     )  # what the demo weights were trained on
     assert dataset_name({}) is None
 
