@@ -591,7 +591,7 @@ def markdown(report: dict[str, Any]) -> str:
             tr, val = mr["training"], (mr.get("metrics") or {}).get("val_mF1")
             lines += [
                 f"Weights trained quickly on synthetic pairs on this CPU ({tr.get('step', '?')} optimizer steps, "
-                f"{tr.get('epoch', '?')} epochs, validation mF1 {_f(val)}; the command is in the notes): a model whose "
+                f"{tr.get('epoch', '?')} epochs, validation mF1 {_f(val)}; the commands are in docs/runtimes.md): a model whose "
                 "outputs have a trained model's structure (peaks well above the background, a tissue map away from 0.5), "
                 "which reduced precision's agreement figures need. Its accuracy is not the point (the demo model's is): "
                 "the mF1 column is against the slide's ground truth all the same.",
@@ -676,7 +676,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"slide mF1 against the ground truth within {FID_TOL['mF1']} (models with trained weights), purity and purity in the cancer area "
         f"within {FID_TOL['purity']}. The tissue map's max and mean absolute difference (0-255, level 0 of "
         "`tissue.ome.zarr`) are reported without a criterion of their own; the gate asks a mean <= 1.0 on its tiles. "
-        "int8 quantises the cell graph only; the tissue graph stays fp32.",
+        "Reduced precision (int8, bf16) is the cell graph's (int8 leaves its last four convolutions in float); "
+        "the tissue graph runs fp32 on every CPU path.",
         "",
     ]
     return "\n".join(lines)
