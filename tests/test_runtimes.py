@@ -335,11 +335,11 @@ def test_cache_follows_the_checkpoint_and_never_trusts_a_tampered_file(
 def _raising_for(runtimes: set[str], calls: list):
     real = backends.open_backend
 
-    def open_backend(runtime, precision, graphs, threads, float_parts=None):
+    def open_backend(runtime, precision, graphs, threads, int8_float=None):
         calls.append((runtime, precision))
         if runtime in runtimes:
             raise RuntimeError(f"simulated {runtime} load failure")
-        return real(runtime, precision, graphs, threads, float_parts)
+        return real(runtime, precision, graphs, threads, int8_float)
 
     return open_backend
 
@@ -599,20 +599,17 @@ def test_int8_keeps_the_decoder_tail_in_float(tiny_ckpt, tmp_path):
     }
 
 
-def test_openvino_int8_float_parts_follow_the_gate(monkeypatch):
+def test_openvino_int8_float_tail_follows_the_gate(monkeypatch):
     """On a bf16 CPU OpenVINO int8 tries its cell graph's float tail in bf16 first, then fp32;
     the tissue graph stays fp32. Elsewhere (and for every other path) there is one form."""
     from wsi_ocelot.inference.runtimes import build
 
     monkeypatch.setattr(build, "cpu_has_bf16", lambda: True)
-    assert build._float_parts_to_try("openvino", "int8") == [
-        {"tissue": "fp32", "cell": "bf16"},
-        {"tissue": "fp32", "cell": "fp32"},
-    ]
-    assert build._float_parts_to_try("onnxruntime", "int8") == [None]
-    assert build._float_parts_to_try("openvino", "bf16") == [None]
+    assert build._int8_float_to_try("openvino", "int8") == ["bf16", "fp32"]
+    assert build._int8_float_to_try("onnxruntime", "int8") == [None]
+    assert build._int8_float_to_try("openvino", "bf16") == [None]
     monkeypatch.setattr(build, "cpu_has_bf16", lambda: False)
-    assert build._float_parts_to_try("openvino", "int8") == [None]
+    assert build._int8_float_to_try("openvino", "int8") == [None]
 
 
 def test_cpu_bf16_leaves_the_tissue_graph_fp32(tiny_ckpt):

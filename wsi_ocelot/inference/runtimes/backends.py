@@ -79,7 +79,7 @@ class OnnxRuntimeBackend:
 class OpenVinoBackend:
     """OpenVINO's CPU plugin over the same ONNX files: ``fp32`` and ``bf16`` as the cell graph's
     inference precision hint, ``int8`` by running the quantised (QDQ) cell graph, whose float parts
-    run in ``float_parts["cell"]`` (``bf16`` or ``fp32``, the default) as the gate chose on a bf16
+    run in ``int8_float`` (``bf16`` or ``fp32``, the default) as the gate chose on a bf16
     CPU. The tissue graph runs fp32 on every path.
 
     Compiled for throughput: a batch goes out as one request per tile over the plugin's streams
@@ -93,18 +93,18 @@ class OpenVinoBackend:
         graphs: dict[str, Path],
         precision: str,
         threads: int,
-        float_parts: dict[str, str] | None = None,
+        int8_float: str | None = None,
     ):
         import openvino as ov
 
         self.precision = precision
         core = ov.Core()
         # the tissue graph runs fp32 on every path (docs/runtimes.md); the cell graph at the
-        # precision, an int8 graph's float parts as the gate chose (``float_parts``)
-        cell_float = (float_parts or {}).get("cell") if precision == "int8" else precision
-        hints = {name: "f32" for name in graphs}
-        if "cell" in hints and cell_float == "bf16":
-            hints["cell"] = "bf16"
+        # precision, an int8 graph's float tail as the gate chose (``int8_float``)
+        cell_float = int8_float if precision == "int8" else precision
+        hints = {
+            name: "bf16" if name == "cell" and cell_float == "bf16" else "f32" for name in graphs
+        }
 
         def config(name: str) -> dict[str, str | int]:
             return {
@@ -148,12 +148,12 @@ def open_backend(
     precision: str,
     graphs: dict[str, Path],
     threads: int,
-    float_parts: dict[str, str] | None = None,
+    int8_float: str | None = None,
 ) -> Backend:
     """Load the graphs (``{"tissue": path, "cell": path}``) in ``runtime`` at ``precision``
-    (``float_parts``: OpenVINO int8 only, see ``OpenVinoBackend``)."""
+    (``int8_float``: OpenVINO int8 only, see ``OpenVinoBackend``)."""
     if runtime == "openvino":
-        return OpenVinoBackend(graphs, precision, threads, float_parts)
+        return OpenVinoBackend(graphs, precision, threads, int8_float)
     if runtime == "onnxruntime":
         return OnnxRuntimeBackend(graphs, precision, threads)
     raise ValueError(f"no exported-graph backend for runtime {runtime!r}")

@@ -143,13 +143,13 @@ def _fidelity(
     return fid
 
 
-def _float_parts_to_try(runtime: str, precision: str) -> list[dict[str, str] | None]:
-    """What an OpenVINO int8 path's float parts may run at, fastest first: on a CPU with native
-    bf16 the cell graph's float tail in bf16, else (when that misses the gate) fp32. The tissue
-    graph is fp32 on every CPU path (docs/runtimes.md). Every other path: its one form (None)."""
+def _int8_float_to_try(runtime: str, precision: str) -> list[str | None]:
+    """What an OpenVINO int8 path's float tail may run at, fastest first: on a CPU with native
+    bf16, bf16, else (when that misses the gate) fp32. The tissue graph is fp32 on every CPU path
+    (docs/runtimes.md). Every other path: its one form (None)."""
     if (runtime, precision) != ("openvino", "int8") or not cpu_has_bf16():
         return [None]
-    return [{"tissue": "fp32", "cell": "bf16"}, {"tissue": "fp32", "cell": "fp32"}]
+    return ["bf16", "fp32"]
 
 
 def build(request: dict[str, Any]) -> None:
@@ -216,13 +216,13 @@ def build(request: dict[str, Any]) -> None:
             signal.signal(signal.SIGFPE, signal.SIG_DFL)
             signal.raise_signal(signal.SIGFPE)
         try:
-            for float_parts in _float_parts_to_try(runtime, precision):
+            for int8_float in _int8_float_to_try(runtime, precision):
                 t0 = time.perf_counter()
                 if runtime == "torch":
                     fns = _torch_run(model, torch.bfloat16 if precision == "bf16" else None)
                 else:
                     backend = open_backend(
-                        runtime, precision, graph_files(entry, precision), threads, float_parts
+                        runtime, precision, graph_files(entry, precision), threads, int8_float
                     )
                     fns = (backend.tissue, backend.cell)
                 load_s = time.perf_counter() - t0
@@ -240,7 +240,7 @@ def build(request: dict[str, Any]) -> None:
                     "tissue_ms": round(tissue_ms, 1),
                     "cell_ms": round(cell_ms, 1),
                     "ms_per_cell_tile": round(cell_ms + tissue_ms / f2, 1),
-                    **({"float_parts": float_parts} if float_parts else {}),
+                    **({"int8_float": int8_float} if int8_float else {}),
                 },
             )
         except Exception as err:  # a path that fails is recorded, never fatal

@@ -385,7 +385,7 @@ def choose_runtime(
                 None
                 if c[0] == "torch"
                 else open_backend(
-                    c[0], c[1], graph_files(entry.dir, c[1]), threads, res.get("float_parts")
+                    c[0], c[1], graph_files(entry.dir, c[1]), threads, res.get("int8_float")
                 )
             )
         except Exception as err:  # a runtime that raises at load: the next path
@@ -419,7 +419,7 @@ def choose_runtime(
             threads,
             reason,
             res.get("fidelity"),
-            res.get("float_parts"),
+            res.get("int8_float"),
         ), backend
     return RuntimeChoice(
         **{**torch_fp32.to_json(), "reason": "fallback: no other path loaded"}
