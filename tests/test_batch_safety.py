@@ -470,13 +470,21 @@ def test_a_signal_marks_the_slide_pending_and_writes_the_reports(
     csv.write_text(
         "slide,id\n" + "".join(f"{p},slide_{i}\n" for i, p in enumerate(inputs)), encoding="utf-8"
     )
-    proc = popen_cli("run", str(csv), *cpu_run_options(out, tiny_ckpt, workers=1), "--threads", "1")
+    proc = popen_cli(
+        "run",
+        str(csv),
+        *cpu_run_options(out, tiny_ckpt, workers=1),
+        "--threads",
+        "1",
+        # Ctrl-C as a terminal sends it, also where this test runs in the background (a shell
+        # starts background jobs with SIGINT ignored, and a child inherits that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
-    while time.time() < deadline:  # wait until the second slide is running
-        slides_now = Manifest.load(out).slides  # the snapshot and its journal
-        if sum(r["status"] == "done" for r in slides_now.values()) >= 1 and any(
-            p.name.startswith(".slide_") for p in out.iterdir()
-        ):
+    while True:  # wait until the first slide is done and the second is running (a state of ~2 s)
+        assert time.time() < deadline and proc.poll() is None, "the batch never ran its 2nd slide"
+        states = [r["status"] for r in Manifest.load(out).slides.values()]  # snapshot + journal
+        if states.count("done") == 1 and "running" in states:
             break
         time.sleep(0.05)
     proc.send_signal(sig)

@@ -237,15 +237,21 @@ def test_ctrl_c_while_waiting_ends_every_reader(blocks, monkeypatch):
         return orig(self, i)
 
     monkeypatch.setattr(BlockBatches, "__getitem__", slow)
-    it = read_batches(blocks, readers=2)
-    next(it)
-    pids = [p.pid for p in mp.active_children()]
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
+    # Python raises KeyboardInterrupt only where SIGINT was not ignored at its start, and a
+    # shell ignores it in what it starts in the background (`pytest ... &`): ask for it here
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        it = read_batches(blocks, readers=2)
         next(it)
-    timer.join()
+        pids = [p.pid for p in mp.active_children()]
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            next(it)
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert time.monotonic() - t0 < 10  # the readers were killed, not waited for
     _assert_no_readers()
     assert all(_gone(pid) for pid in pids)
