@@ -231,9 +231,14 @@ def test_auto_takes_the_fastest_gated_path_and_builds_once(
             res,
         )  # both runtimes are core dependencies: each path builds here
         fid = res["fidelity"]
-        assert {"cells_f1", "cells_reference", "tissue_mean_abs", "ca_agreement", "passes"} <= set(
-            fid
-        ), (name, fid)
+        assert {
+            "cells_f1",
+            "cells_reference",
+            "purity_delta",
+            "tissue_mean_abs",
+            "ca_agreement",
+            "passes",
+        } <= set(fid), (name, fid)
         assert fid["cells_reference"] > 0 and isinstance(fid["passes"], bool)
         assert fid["passes"] == (
             fid["cells_f1"] >= spec.FIDELITY["cells_f1"]
@@ -253,8 +258,7 @@ def test_auto_takes_the_fastest_gated_path_and_builds_once(
     gated = {
         name: r["ms_per_cell_tile"]
         for name, r in data["paths"].items()
-        if r["fidelity"]["passes"]
-        and r["fidelity"]["cells_f1"] >= spec.FIDELITY["cells_f1_auto"]  # auto's margin
+        if select._auto_may_take(r)  # kept the gate with auto's margins
         and r["ms_per_cell_tile"] < ref_ms
     }
     if gated:
@@ -560,13 +564,14 @@ def test_bf16_without_cpu_support_and_paths_a_runtime_lacks(
         EngineConfig(precision="fp16")
 
 
-def test_int8_keeps_the_decoder_tail_in_float(tiny_ckpt, tmp_path):
-    """The cell graph's last FLOAT_TAIL_CONVS convolutions (the decoder's tail and head) keep float
-    weights; every earlier convolution reads quantised (QDQ) weights."""
+def test_int8_keeps_the_high_resolution_convolutions_in_float(tiny_ckpt, tmp_path):
+    """int8 leaves in float every convolution at stride FLOAT_STRIDE (4) or finer: the encoder's
+    stem and first stage, and the decoder's low-level projection, separable fusion convolution and
+    head; every other convolution (stages 2-4, ASPP) reads quantised (QDQ) weights."""
     import onnx
 
     from wsi_ocelot.inference.runtimes.graphs import (
-        FLOAT_TAIL_CONVS,
+        FLOAT_STRIDE,
         calibration_pairs,
         crop_injection,
         export_onnx,
@@ -574,6 +579,7 @@ def test_int8_keeps_the_decoder_tail_in_float(tiny_ckpt, tmp_path):
     )
     from wsi_ocelot.model.checkpoint import load_model
 
+    assert FLOAT_STRIDE == 4
     model, info = load_model(str(tiny_ckpt), device="cpu")
     model.eval()
     tile = info.geometry.tile_size
@@ -588,15 +594,17 @@ def test_int8_keeps_the_decoder_tail_in_float(tiny_ckpt, tmp_path):
     made_by = {o: n.op_type for n in g.node for o in n.output}
     convs = [n for n in g.node if n.op_type == "Conv"]
     in_float = {n.name for n in convs if made_by.get(n.input[1]) != "DequantizeLinear"}
-    assert len(convs) > 2 * FLOAT_TAIL_CONVS
-    # smp's DeepLabV3+ decoder after the ASPP: the low-level projection, the fusion block's
-    # separable convolution (depthwise, pointwise) and the head
+    # the tiny checkpoint's ResNet-18 encoder and smp's DeepLabV3+ decoder
     assert in_float == {
+        "/encoder/conv1/Conv",
+        *(f"/encoder/layer1/layer1.{b}/conv{c}/Conv" for b in (0, 1) for c in (1, 2)),
         "/block1/block1.0/Conv",
         "/block2/block2.0/block2.0.0/Conv",
         "/block2/block2.0/block2.0.1/Conv",
         "/head/head.0/Conv",
     }
+    quantised = {n.name for n in convs} - in_float
+    assert any("/layer2/" in c for c in quantised) and any("/aspp/" in c for c in quantised)
 
 
 def test_openvino_int8_float_tail_follows_the_gate(monkeypatch):
@@ -632,13 +640,19 @@ def test_cpu_bf16_leaves_the_tissue_graph_fp32(tiny_ckpt):
     assert not torch.equal(bf16.cell_probs(x, crop), fp32.cell_probs(x, crop))
 
 
-def test_auto_asks_a_margin_of_the_cells_f1(monkeypatch):
-    """A path whose gate cells F1 keeps 0.99 but not auto's margin is not auto's choice."""
-    ok = {"status": "ok", "fidelity": {"passes": True, "cells_f1": 0.993}}
-    assert spec.FIDELITY["cells_f1"] <= 0.993 < spec.FIDELITY["cells_f1_auto"]
-    assert not select._auto_may_take(ok)
-    assert select._auto_may_take({**ok, "fidelity": {"passes": True, "cells_f1": 0.996}})
-    assert not select._auto_may_take({**ok, "fidelity": {"passes": False, "cells_f1": 1.0}})
+def test_auto_asks_margins_of_the_gate():
+    """A path that keeps the gate's cells F1 of 0.99 but not auto's 0.995, or whose tumour share on
+    the gate's tiles moved more than 0.0025 either way, is not auto's choice."""
+    assert spec.FIDELITY["cells_f1"] <= 0.993 < spec.FIDELITY["cells_f1_auto"] <= 0.996
+    assert spec.FIDELITY["purity_auto"] == 0.0025
+    fid = {"passes": True, "cells_f1": 0.996, "purity_delta": 0.0009}
+    ok = {"status": "ok", "fidelity": fid}
+    assert select._auto_may_take(ok)
+    assert not select._auto_may_take({**ok, "fidelity": {**fid, "cells_f1": 0.993}})
+    assert not select._auto_may_take({**ok, "fidelity": {**fid, "purity_delta": 0.0028}})
+    assert not select._auto_may_take({**ok, "fidelity": {**fid, "purity_delta": -0.0028}})
+    assert select._auto_may_take({**ok, "fidelity": {**fid, "purity_delta": -0.0025}})
+    assert not select._auto_may_take({**ok, "fidelity": {**fid, "passes": False}})
     assert not select._auto_may_take({"status": "crashed"})
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "calibration_pairs",
     "crop_injection",
     "export_onnx",
+    "high_resolution_convs",
     "injection_size",
     "quantize_int8",
     "resize_to_injection",
@@ -194,13 +195,40 @@ def crop_injection(
     return resize_to_injection(model, crop_tissue(probs, off, context_factor), tile)
 
 
-#: How many of the cell graph's last convolutions int8 leaves in float: in smp's DeepLabV3+ decoder
-#: the low-level projection, the fusion block's separable convolution (depthwise and pointwise) and
-#: the head, which all run at a quarter of the tile's resolution and shape the peaks directly.
-#: Measured on a quickly trained ResNet-34 model (AMD EPYC, AVX-512 VNNI and BF16; gate tiles):
-#: cells F1 against fp32 0.981 fully quantised, 0.993 with these four in float, at the same speed
-#: within noise (the demo model: 0.994 either way, 110 vs 111 ms per tile).
-FLOAT_TAIL_CONVS = 4
+#: int8 leaves in float every convolution of the cell graph whose output is at most this many
+#: times coarser than the tile: the stem and first stage of the encoder (whose features the
+#: decoder takes as its low-level skip) and, in smp's DeepLabV3+ decoder, the low-level
+#: projection, the fusion block's separable convolution and the head: the high-resolution
+#: layers that place the peaks and shape their classes. Measured on a quickly trained ResNet-34
+#: model (AMD EPYC, AVX-512 VNNI and BF16; 8 gate pairs, ~1,350 cells): cells F1 against fp32
+#: 0.981 with every convolution quantised, 0.993 with the decoder's four in float (the tumour
+#: share +0.0028), 0.996 with the encoder's seven as well (+0.0009), at the same speed within
+#: noise (449 vs 448 ms per tile). No other stage in float helped (layer 2, 3, 4 or ASPP: 0.991-0.993).
+FLOAT_STRIDE = 4
+
+
+def high_resolution_convs(onnx_path: Path, stride: int = FLOAT_STRIDE) -> list[str]:
+    """The names of ``onnx_path``'s convolutions whose output is at most ``stride`` times
+    coarser than the graph's first input (from ONNX shape inference; the graph's spatial
+    dimensions are fixed by the checkpoint's geometry)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    g = model.graph
+
+    def height(value: onnx.ValueInfoProto) -> int | None:
+        dims = value.type.tensor_type.shape.dim
+        return dims[2].dim_value if len(dims) == 4 and dims[2].dim_value > 0 else None
+
+    tile = height(g.input[0])
+    if tile is None:
+        raise ValueError(f"{onnx_path}: the first input has no fixed spatial size")
+    heights = {v.name: height(v) for v in [*g.value_info, *g.output]}
+    return [
+        n.name
+        for n in g.node
+        if n.op_type == "Conv" and (h := heights.get(n.output[0])) and h * stride >= tile
+    ]
 
 
 def quantize_int8(
@@ -209,16 +237,16 @@ def quantize_int8(
     feeds: list[dict[str, np.ndarray]],
     *,
     reduce_range: bool,
-    float_tail: int = FLOAT_TAIL_CONVS,
+    float_stride: int = FLOAT_STRIDE,
 ) -> Path:
-    """Static int8 quantisation of ``onnx_path``'s convolutions but its last ``float_tail``
-    (QDQ, per-channel int8 weights, uint8 activations, ranges from ``feeds``: one input dict per
-    calibration sample; the softmax, the resizes and the float tail stay fp32, or bf16 where the
-    runtime runs float parts in bf16). ``reduce_range`` keeps weights to 7 bits: on a CPU without
+    """Static int8 quantisation of ``onnx_path``'s convolutions but those at stride
+    ``float_stride`` or finer (:func:`high_resolution_convs`; QDQ, per-channel int8 weights, uint8
+    activations, ranges from ``feeds``: one input dict per calibration sample; the softmax, the
+    resizes and the float convolutions stay fp32, or bf16 where the runtime runs float parts in
+    bf16; ``float_stride=0`` quantises every convolution). ``reduce_range`` keeps weights to 7 bits: on a CPU without
     VNNI the uint8 × int8 products are summed in pairs into int16 (``vpmaddubsw``) and saturate at
     full range, which cost the demo model's cells F1 0.72-0.85 against fp32 on an AVX2 AMD EPYC
     (0.996 with 7 bits)."""
-    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -236,7 +264,7 @@ def quantize_int8(
 
     pre = out_path.with_suffix(".pre.onnx")
     quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-    convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
+    in_float = high_resolution_convs(pre, float_stride) if float_stride else []
     quantize_static(
         str(pre),
         str(out_path),
@@ -247,7 +275,7 @@ def quantize_int8(
         weight_type=QuantType.QInt8,
         reduce_range=reduce_range,
         op_types_to_quantize=["Conv"],
-        nodes_to_exclude=convs[len(convs) - float_tail :] if float_tail else [],
+        nodes_to_exclude=in_float,
     )
     pre.unlink(missing_ok=True)
     return out_path

@@ -266,13 +266,15 @@ def gate_results(
 
 
 def _auto_may_take(res: dict[str, Any]) -> bool:
-    """A gated path ``auto`` may choose: it built, kept the gate, and its cells F1 clears the
-    gate's sampling noise (``FIDELITY["cells_f1_auto"]``)."""
+    """A gated path ``auto`` may choose: it built, kept the gate, and keeps auto's margins: a
+    cells F1 of ``FIDELITY["cells_f1_auto"]`` and a tumour share within ``FIDELITY["purity_auto"]``
+    of fp32's on the gate's tiles."""
     fid = res.get("fidelity", {})
     return bool(
         res.get("status") == "ok"
         and fid.get("passes")
         and fid.get("cells_f1", 0.0) >= FIDELITY["cells_f1_auto"]
+        and abs(fid.get("purity_delta", 1.0)) <= FIDELITY["purity_auto"]
     )
 
 
@@ -428,6 +430,8 @@ def choose_runtime(
 
 def _fid_text(fid: dict[str, Any]) -> str:
     parts = [f"cells F1 {fid.get('cells_f1')}"]
+    if "purity_delta" in fid:
+        parts.append(f"tumour share {fid['purity_delta']:+.4f}")
     if "tissue_mean_abs" in fid:
         parts.append(
             f"tissue map mean |diff| {fid['tissue_mean_abs']}/255, cancer-area agreement {fid['ca_agreement']}"
