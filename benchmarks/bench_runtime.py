@@ -541,6 +541,8 @@ def _ok(v: bool | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     from wsi_ocelot.inference.runtimes.build import GATE_PAIRS
+    from wsi_ocelot.inference.runtimes.select import _auto_may_take
+    from wsi_ocelot.inference.runtimes.spec import FIDELITY
 
     m = report["machine"]
     lines = [
@@ -640,11 +642,11 @@ def markdown(report: dict[str, Any]) -> str:
         if g and g.get("paths"):
             ref = g.get("reference") or {}
             lines += [
-                f"The gate's own figures (cache `build.json`: {GATE_PAIRS} synthetic tile pairs at the model's geometry, "
-                f"one batch; fp32 torch {ref.get('ms_per_cell_tile')} ms per cell tile there), which `auto` ranks by:",
+                f"The gate's own figures (cache `build.json`: {GATE_PAIRS} synthetic tile pairs at the model's geometry; "
+                f"auto may take a path that passes with a cells F1 >= {FIDELITY['cells_f1_auto']} and a tumour share within {FIDELITY['purity_auto']}; fp32 torch {ref.get('ms_per_cell_tile')} ms per cell tile there), which `auto` ranks by:",
                 "",
-                "| path | status | gate ms per cell tile | load s | cells F1 | tissue mean diff | CA agreement | passes gate |",
-                "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+                "| path | status | gate ms per cell tile | load s | cells F1 | tumour share Δ | tissue mean diff | CA agreement | passes gate | auto may take |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
             ]
             for k, v in g["paths"].items():
                 fid = v.get("fidelity") or {}
@@ -655,7 +657,8 @@ def markdown(report: dict[str, Any]) -> str:
                 )
                 lines.append(
                     f"| {k} | {status} | {_f(v.get('ms_per_cell_tile'))} | {_f(v.get('load_s'))} | {_f(fid.get('cells_f1'))} | "
-                    f"{_f(fid.get('tissue_mean_abs'))} | {_f(fid.get('ca_agreement'))} | {_ok(fid.get('passes'))} |"
+                    f"{_f(fid.get('purity_delta'))} | {_f(fid.get('tissue_mean_abs'))} | {_f(fid.get('ca_agreement'))} | "
+                    f"{_ok(fid.get('passes'))} | {_ok(_auto_may_take(v))} |"
                 )
             lines.append("")
     lines += [
@@ -676,7 +679,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"slide mF1 against the ground truth within {FID_TOL['mF1']} (models with trained weights), purity and purity in the cancer area "
         f"within {FID_TOL['purity']}. The tissue map's max and mean absolute difference (0-255, level 0 of "
         "`tissue.ome.zarr`) are reported without a criterion of their own; the gate asks a mean <= 1.0 on its tiles. "
-        "Reduced precision (int8, bf16) is the cell graph's (int8 leaves its last four convolutions in float); "
+        "Reduced precision (int8, bf16) is the cell graph's (int8 leaves its convolutions at stride 4 or finer in float: the encoder's stem and first stage, the decoder's tail); "
         "the tissue graph runs fp32 on every CPU path.",
         "",
     ]
