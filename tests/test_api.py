@@ -127,9 +127,10 @@ def test_readme_is_the_manual():
     assert "--runtime auto" in runtimes and "--runtime torch --precision fp32" in runtimes
     from wsi_ocelot.inference.runtimes.spec import FIDELITY
 
-    # what auto picks and why (the margin it asks of the cells F1), and the speed table's headline
+    # what auto picks and why (the margins it asks of the gate), and the speed table's headline
     f1 = FIDELITY["cells_f1_auto"]
     assert f"fastest path whose cells agree with fp32 torch's (F1 ≥ {f1}" in runtimes
+    assert f"tumour share within {FIDELITY['purity_auto']}" in runtimes
     assert "AMD EPYC" in runtimes and re.search(r"\*\*\d+\.\d×\*\* \(target 4×\)", runtimes)
     assert "**Fidelity:**" in runtimes
     for heading in (
