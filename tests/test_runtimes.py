@@ -608,7 +608,7 @@ def test_int8_keeps_the_high_resolution_convolutions_in_float(tiny_ckpt, tmp_pat
 
 
 def test_openvino_int8_float_tail_follows_the_gate(monkeypatch):
-    """On a bf16 CPU OpenVINO int8 tries its cell graph's float tail in bf16 first, then fp32;
+    """On a bf16 CPU OpenVINO int8 tries its cell graph's float parts in bf16 first, then fp32;
     the tissue graph stays fp32. Elsewhere (and for every other path) there is one form."""
     from wsi_ocelot.inference.runtimes import build
 

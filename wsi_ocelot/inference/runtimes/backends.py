@@ -100,7 +100,7 @@ class OpenVinoBackend:
         self.precision = precision
         core = ov.Core()
         # the tissue graph runs fp32 on every path (docs/runtimes.md); the cell graph at the
-        # precision, an int8 graph's float tail as the gate chose (``int8_float``)
+        # precision, an int8 graph's float parts as the gate chose (``int8_float``)
         cell_float = int8_float if precision == "int8" else precision
         hints = {
             name: "bf16" if name == "cell" and cell_float == "bf16" else "f32" for name in graphs

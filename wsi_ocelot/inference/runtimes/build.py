@@ -156,7 +156,7 @@ def _fidelity(
 
 
 def _int8_float_to_try(runtime: str, precision: str) -> list[str | None]:
-    """What an OpenVINO int8 path's float tail may run at, fastest first: on a CPU with native
+    """What an OpenVINO int8 path's float parts may run at, fastest first: on a CPU with native
     bf16, bf16, else (when that misses the gate) fp32. The tissue graph is fp32 on every CPU path
     (docs/runtimes.md). Every other path: its one form (None)."""
     if (runtime, precision) != ("openvino", "int8") or not cpu_has_bf16():

@@ -94,7 +94,7 @@ class RuntimeChoice:
     """What ran a slide's forward pass: ``runtime`` and ``precision`` (as run, never ``auto``),
     the runtime's version, the processor, the intra-op threads, why this path was taken and,
     for a path other than fp32 torch, its fidelity on the gate's tiles (and, for OpenVINO int8 on
-    a bf16 CPU, the precision of its float tail)."""
+    a bf16 CPU, the precision of its float parts)."""
 
     runtime: str
     precision: str
@@ -103,7 +103,7 @@ class RuntimeChoice:
     threads: int | None = None
     reason: str = ""
     fidelity: dict[str, Any] | None = field(default=None, compare=False)
-    #: OpenVINO int8 on a bf16 CPU: what the cell graph's float tail ran at (``bf16`` or ``fp32``)
+    #: OpenVINO int8 on a bf16 CPU: what the cell graph's float parts ran at (``bf16`` or ``fp32``)
     int8_float: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
