@@ -251,6 +251,8 @@ def write_overview(
         _legend(canvas.width, purity is not None, has_ca, cells is not None), (0, top_h + h)
     )
     with atomic_open(path) as fh:
-        canvas.save(fh, format="PNG", optimize=False)
+        # zlib level 1: the demo slide's 2056×1185 overview in 0.11 s instead of 0.30 s at PIL's
+        # default 6 (2-core AMD EPYC), 13 % larger (2.0 vs 1.8 MB); it is on the slide's critical path
+        canvas.save(fh, format="PNG", optimize=False, compress_level=1)
     log.debug("wrote overview %s (%d×%d)", path, canvas.width, canvas.height)
     return Path(path)
