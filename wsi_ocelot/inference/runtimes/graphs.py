@@ -200,10 +200,11 @@ def crop_injection(
 #: decoder takes as its low-level skip) and, in smp's DeepLabV3+ decoder, the low-level
 #: projection, the fusion block's separable convolution and the head: the high-resolution
 #: layers that place the peaks and shape their classes. Measured on a quickly trained ResNet-34
-#: model (AMD EPYC, AVX-512 VNNI and BF16; 8 gate pairs, ~1,350 cells): cells F1 against fp32
-#: 0.981 with every convolution quantised, 0.993 with the decoder's four in float (the tumour
-#: share +0.0028), 0.996 with the encoder's seven as well (+0.0009), at the same speed within
-#: noise (449 vs 448 ms per tile). No other stage in float helped (layer 2, 3, 4 or ASPP: 0.991-0.993).
+#: model (AMD EPYC, AVX-512 VNNI and BF16; OpenVINO, 8 gate pairs, ~1,350 cells): cells F1
+#: against fp32 0.993 with the decoder's four in float (the tumour share +0.0028; 0.981 with every
+#: convolution quantised, on 3 pairs), 0.996 with the encoder's seven as well (+0.0009), about 5 %
+#: slower per tile. No other stage in float helped (stage 2, 3, 4 or the ASPP: 0.991-0.993). The
+#: demo model: 0.9956 -> 0.9995, and faster (90 vs 127 ms per tile; docs/runtimes.md).
 FLOAT_STRIDE = 4
 
 
@@ -243,8 +244,8 @@ def quantize_int8(
     ``float_stride`` or finer (:func:`high_resolution_convs`; QDQ, per-channel int8 weights, uint8
     activations, ranges from ``feeds``: one input dict per calibration sample; the softmax, the
     resizes and the float convolutions stay fp32, or bf16 where the runtime runs float parts in
-    bf16; ``float_stride=0`` quantises every convolution). ``reduce_range`` keeps weights to 7 bits: on a CPU without
-    VNNI the uint8 × int8 products are summed in pairs into int16 (``vpmaddubsw``) and saturate at
+    bf16; ``float_stride=0`` quantises every convolution). ``reduce_range`` keeps weights to 7
+    bits: on a CPU without VNNI the uint8 × int8 products are summed in pairs into int16 (``vpmaddubsw``) and saturate at
     full range, which cost the demo model's cells F1 0.72-0.85 against fp32 on an AVX2 AMD EPYC
     (0.996 with 7 bits)."""
     from onnxruntime.quantization import (

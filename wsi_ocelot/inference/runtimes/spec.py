@@ -41,8 +41,8 @@ DISTRIBUTION = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnxru
 #: ``auto`` asks a margin (``*_auto``): a cells F1 of 0.995 and a tumour share (the purity of the
 #: gate's tiles) within 0.0025 of fp32's, half the issue's slide criterion. A quickly trained
 #: ResNet-34's int8 with only the decoder's tail in float read F1 0.993 and +0.0028 on the gate
-#: but 0.988 and purity +0.0057 on a whole slide: reduced precision shifts classes one way, and
-#: the shift grows with the cells. A path asked for by name is held to ``cells_f1``.
+#: but 0.988 and purity +0.0057 on a whole slide: reduced precision shifted classes one way, which
+#: a cells F1 alone hides. A path asked for by name is held to ``cells_f1``.
 FIDELITY: dict[str, float] = {
     "cells_f1": 0.99,
     "cells_f1_auto": 0.995,
