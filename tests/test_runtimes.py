@@ -219,7 +219,7 @@ def test_auto_takes_the_fastest_gated_path_and_builds_once(
     data = _build_json(demo_auto)
     expected = {"openvino int8", "openvino fp32", "onnxruntime int8", "onnxruntime fp32"}
     if spec.cpu_has_bf16():
-        expected |= {"openvino bf16", "torch bf16"}
+        expected |= {"openvino bf16"}  # torch bf16 is not auto's where OpenVINO bf16 is
     assert (
         set(data["paths"]) == expected
     )  # every candidate but fp32 torch (the reference) has a record
@@ -654,6 +654,18 @@ def test_auto_asks_margins_of_the_gate():
     assert select._auto_may_take({**ok, "fidelity": {**fid, "purity_delta": -0.0025}})
     assert not select._auto_may_take({**ok, "fidelity": {**fid, "passes": False}})
     assert not select._auto_may_take({"status": "crashed"})
+
+
+def test_auto_leaves_torch_bf16_to_openvino():
+    """On a bf16 CPU with OpenVINO, auto/auto does not build torch bf16 (OpenVINO runs the same
+    precision faster); it stays a candidate when bf16 is asked for, and runs when asked by name."""
+    c = select._candidates
+    assert ("openvino", "bf16") in c("auto", "auto", True)
+    assert ("torch", "bf16") not in c("auto", "auto", True)
+    assert c("auto", "bf16", True) == [("openvino", "bf16"), ("torch", "bf16")]
+    assert c("torch", "bf16", True) == [("torch", "bf16")]
+    assert c("auto", "auto", False)[-1] == ("torch", "fp32")
+    assert ("torch", "bf16") not in c("auto", "auto", False)  # no native bf16: never
 
 
 def test_runtimes_and_precisions_are_consistent():
