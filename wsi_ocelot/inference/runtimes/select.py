@@ -142,7 +142,7 @@ def _candidates(runtime: str, precision: str, bf16: bool) -> list[tuple[str, str
         ):
             # OpenVINO runs the same precision faster (end to end 1.7x on the demo, 1.8x on the
             # ResNet-34; benchmarks/results/runtime.md): gating torch bf16 as well cost auto's
-            # first build ~10 s for the demo (first demo 110-112 s -> 100 s) and, by its gate
+            # first build ~10 s for the demo (first demo 110-112 s -> 100-107 s) and, by its gate
             # times, ~45 s for the ResNet-34. Asked for by name, it is built then.
             continue
         out.append((rt, prec))
