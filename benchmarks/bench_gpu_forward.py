@@ -49,7 +49,7 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def _graphs(model: Any, mode: str, device: Any) -> tuple[Any, Any]:
+def _graphs(model: Any, mode: str) -> tuple[Any, Any]:
     import torch
 
     from wsi_ocelot.inference.runtimes.graphs import CellGraph, TissueGraph
@@ -73,7 +73,7 @@ def _run_mode(model: Any, mode: str, pairs: Any, args: argparse.Namespace) -> di
     bf16 = mode.endswith("bf16")
     if bf16 and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    tissue_g, cell_g = _graphs(model, mode, device)
+    tissue_g, cell_g = _graphs(model, mode)
     dtype = torch.bfloat16 if bf16 else None
 
     def fmt(a: np.ndarray) -> Any:

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsi_ocelot.constants import TC
 from wsi_ocelot.inference.peaks import PeakConfig, find_peaks
 from wsi_ocelot.inference.runtimes.backends import open_backend
 from wsi_ocelot.inference.runtimes.cache import graph_files
@@ -49,6 +48,7 @@ from wsi_ocelot.inference.runtimes.spec import FIDELITY, cpu_has_bf16, cpu_has_v
 from wsi_ocelot.model.checkpoint import load_model
 from wsi_ocelot.model.precision import autocast
 from wsi_ocelot.model.variants import OcelotModel
+from wsi_ocelot.purity import compute_purity
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def _points(probs: np.ndarray, peaks: PeakConfig) -> np.ndarray:
 
 
 def _tumour_share(points: np.ndarray) -> float:
-    """Tumour cells over all cells (the purity of the gate's tiles; 0 without cells)."""
-    return float((points[:, 3] == TC).mean()) if len(points) else 0.0
+    """The purity of the gate's tiles (tumour cells over all cells; 0 without cells)."""
+    return compute_purity(points[:, 1], points[:, 2], points[:, 3]).purity or 0.0
 
 
 def _fidelity(

@@ -245,9 +245,9 @@ def quantize_int8(
     activations, ranges from ``feeds``: one input dict per calibration sample; the softmax, the
     resizes and the float convolutions stay fp32, or bf16 where the runtime runs float parts in
     bf16; ``float_stride=0`` quantises every convolution). ``reduce_range`` keeps weights to 7
-    bits: on a CPU without VNNI the uint8 × int8 products are summed in pairs into int16 (``vpmaddubsw``) and saturate at
-    full range, which cost the demo model's cells F1 0.72-0.85 against fp32 on an AVX2 AMD EPYC
-    (0.996 with 7 bits)."""
+    bits: on a CPU without VNNI the uint8 × int8 products are summed in pairs into int16
+    (``vpmaddubsw``) and saturate at full range, which cost the demo model's cells F1 0.72-0.85
+    against fp32 on an AVX2 AMD EPYC (0.996 with 7 bits)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,

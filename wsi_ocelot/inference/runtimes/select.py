@@ -4,10 +4,10 @@ fidelity (docs/runtimes.md).
 ``auto`` on the CPU builds the candidate paths for this checkpoint (in a child process, cached
 by checkpoint, versions and CPU), measures each one's speed and its fidelity against fp32
 torch on synthetic tiles at the model's geometry, and takes the fastest that keeps
-:data:`~wsi_ocelot.inference.runtimes.spec.FIDELITY` with auto's margin on the cells F1. A path that is missing, fails to build
-or load, or crashes its child falls back (to the next candidate, at worst fp32 torch) with one
-warning line; nothing a runtime does can take down a slide or a batch. On CUDA, torch runs
-bf16 autocast (fp32 with ``--precision fp32``).
+:data:`~wsi_ocelot.inference.runtimes.spec.FIDELITY` with auto's margins (cells F1, tumour
+share). A path that is missing, fails to build or load, or crashes its child falls back (to the
+next candidate, at worst fp32 torch) with one warning line; nothing a runtime does can take
+down a slide or a batch. On CUDA, torch runs bf16 autocast (fp32 with ``--precision fp32``).
 """
 
 from __future__ import annotations
