@@ -135,10 +135,13 @@ def _run_mode(model: Any, mode: str, pairs: Any, args: argparse.Namespace) -> di
 
 
 def _fidelity(ref: dict[str, Any], out: dict[str, Any], peaks: Any) -> dict[str, Any]:
-    from wsi_ocelot.inference.runtimes.build import _fidelity as gate_fidelity
-    from wsi_ocelot.inference.runtimes.build import _points
+    """The CPU gate's own measure (build.gate_fidelity) of one mode against the first."""
+    from wsi_ocelot.inference.runtimes.build import cell_points, gate_fidelity
 
-    return gate_fidelity(ref, out, _points(ref["cell"], peaks), peaks)
+    ref_tissue = None if ref["tissue"] is None else ref["tissue"][:, 1]
+    return gate_fidelity(
+        cell_points(ref["cell"], peaks), ref_tissue, out["cell"], out["tissue"], peaks
+    )
 
 
 def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

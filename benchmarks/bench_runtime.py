@@ -541,8 +541,7 @@ def _ok(v: bool | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     from wsi_ocelot.inference.runtimes.build import GATE_PAIRS
-    from wsi_ocelot.inference.runtimes.select import _auto_may_take
-    from wsi_ocelot.inference.runtimes.spec import FIDELITY
+    from wsi_ocelot.inference.runtimes.spec import FIDELITY, auto_may_take
 
     m = report["machine"]
     lines = [
@@ -652,13 +651,13 @@ def markdown(report: dict[str, Any]) -> str:
                 fid = v.get("fidelity") or {}
                 status = (
                     v.get("status")
-                    if v.get("status") == "ok"
+                    if v.get("status") in ("ok", "timed")
                     else f"{v.get('status')}: {v.get('error')}"
                 )
                 lines.append(
                     f"| {k} | {status} | {_f(v.get('ms_per_cell_tile'))} | {_f(v.get('load_s'))} | {_f(fid.get('cells_f1'))} | "
                     f"{_f(fid.get('purity_delta'))} | {_f(fid.get('tissue_mean_abs'))} | {_f(fid.get('ca_agreement'))} | "
-                    f"{_ok(fid.get('passes'))} | {_ok(_auto_may_take(v))} |"
+                    f"{_ok(fid.get('passes'))} | {_ok(auto_may_take(v))} |"
                 )
             lines.append("")
     lines += [

@@ -5,8 +5,13 @@ One folder per key under ``$WSI_OCELOT_CACHE`` (default ``$XDG_CACHE_HOME/wsi-oc
 graph computes or how fast it runs: the checkpoint's SHA-256, the tile and injection sizes,
 this package's graph version, the versions of torch, ONNX Runtime and OpenVINO, and the CPU's
 model and kernel flags. ``build.json`` holds the key's material, the SHA-256 of every file
-and each path's gate result; an entry whose material or files do not match is rebuilt,
-never trusted.
+(the graphs and ``reference.npz``, the gate's fp32 outputs) and each path's gate result; an
+entry whose material or files do not match is rebuilt, never trusted, and a file it does not
+list (left by a build that died) is removed.
+
+The gate's synthetic tile pairs depend only on the geometry and the generator, so they are kept
+once for every checkpoint: ``runtimes/pairs/<key>.npz``, keyed by the geometry, count, seed and
+a hash of the generator's source, checked against its own SHA-256 when read.
 """
 
 from __future__ import annotations
@@ -15,22 +20,32 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from wsi_ocelot import __version__
-from wsi_ocelot.atomic import write_json
+from wsi_ocelot.atomic import atomic_open, write_json
+from wsi_ocelot.inference.runtimes.graphs import CalibrationPairs, render_pairs
 from wsi_ocelot.inference.runtimes.spec import KERNEL_FLAGS, cpu_flags, runtime_version
+from wsi_ocelot.model.checkpoint import CheckpointInfo
 from wsi_ocelot.sysinfo import cpu_model
 from wsi_ocelot.weights import file_sha256
 
-__all__ = ["GRAPH_VERSION", "CacheEntry", "cache_root", "key_material"]
+log = logging.getLogger(__name__)
+
+__all__ = ["GRAPH_VERSION", "CacheEntry", "cache_root", "cached_pairs", "key_material"]
 
 #: bump when graphs.py or the gate change what a cached entry means
-GRAPH_VERSION = 6
+GRAPH_VERSION = 7
+
+#: the files of an entry that ``build.json`` lists with their SHA-256
+ENTRY_FILES = ("*.onnx", "*.npz")
 
 
 def cache_root() -> Path:
@@ -96,11 +111,17 @@ class CacheEntry:
                 shutil.rmtree(self.dir, ignore_errors=True)
             data = {"material": self.material, "files": {}, "paths": {}}
         self.dir.mkdir(parents=True, exist_ok=True)
+        for path in self._files():  # left by a build that died before build.json listed it
+            if path.name not in data["files"]:
+                path.unlink(missing_ok=True)
         return data
+
+    def _files(self) -> list[Path]:
+        return sorted(p for pattern in ENTRY_FILES for p in self.dir.glob(pattern))
 
     def write(self, data: dict[str, Any]) -> None:
         """Record the files now in the folder (name → SHA-256) and save ``build.json`` atomically."""
-        data["files"] = {p.name: file_sha256(p) for p in sorted(self.dir.glob("*.onnx"))}
+        data["files"] = {p.name: file_sha256(p) for p in self._files()}
         write_json(self.build_json, data, indent=1)
 
 
@@ -112,3 +133,58 @@ def graph_files(folder: Path, precision: str) -> dict[str, Path]:
         "cell": folder / ("cell.int8.onnx" if precision == "int8" else "cell.onnx"),
     }
     return {name: path for name, path in files.items() if path.exists()}
+
+
+def _generator_digest() -> str:
+    """A hash of the synthetic generator's source: rendered pairs are stale when it changes."""
+    folder = Path(__file__).resolve().parents[2] / "synthetic"
+    h = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _arrays_sha(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str((a.dtype.str, a.shape)).encode() + np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def cached_pairs(info: CheckpointInfo, n: int, seed: int) -> CalibrationPairs:
+    """``graphs.render_pairs(info, n, seed)`` as model inputs, rendered once per geometry and
+    generator and kept as uint8 under ``runtimes/pairs/`` (12 demo-size pairs are ~18 s to
+    render on 2 cores and ~75 MB). A file that fails its check is rendered anew; a cache that
+    cannot be written costs only the time."""
+    g = info.geometry
+    material = {
+        "tile": g.tile_size,
+        "cell_mpp": g.cell_mpp,
+        "tissue_mpp": g.tissue_mpp,
+        "n": n,
+        "seed": seed,
+        "generator": _generator_digest(),
+    }
+    text = json.dumps(material, sort_keys=True)
+    path = (
+        cache_root()
+        / "runtimes"
+        / "pairs"
+        / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
+    )
+    try:
+        with np.load(path) as z:
+            tissue, cell = z["tissue"], z["cell"]
+            if str(z["material"]) == text and str(z["sha256"]) == _arrays_sha(tissue, cell):
+                return CalibrationPairs.from_rgb(tissue, cell)
+        log.debug("%s: stale or damaged, rendered anew", path)
+    except (OSError, ValueError, KeyError):
+        pass  # absent (or unreadable): rendered below
+    tissue, cell = render_pairs(info, n, seed)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as fh:
+            np.savez(fh, tissue=tissue, cell=cell, material=text, sha256=_arrays_sha(tissue, cell))
+    except OSError as err:
+        log.debug("%s: not kept (%s)", path, err)
+    return CalibrationPairs.from_rgb(tissue, cell)

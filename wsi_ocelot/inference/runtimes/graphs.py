@@ -38,6 +38,7 @@ __all__ = [
     "high_resolution_convs",
     "injection_size",
     "quantize_int8",
+    "render_pairs",
     "resize_to_injection",
 ]
 
@@ -139,12 +140,22 @@ class CalibrationPairs:
     tissue: np.ndarray
     cell: np.ndarray
 
+    @classmethod
+    def from_rgb(cls, tissue: np.ndarray, cell: np.ndarray) -> CalibrationPairs:
+        """From (N, T, T, 3) uint8 RGB stacks (what :func:`render_pairs` gives)."""
 
-def calibration_pairs(info: CheckpointInfo, n: int, seed: int) -> CalibrationPairs:
+        def chw(rgb: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+        return cls(tissue=chw(tissue), cell=chw(cell))
+
+
+def render_pairs(info: CheckpointInfo, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` tissue/cell pairs rendered by the synthetic generator at the checkpoint's geometry,
-    centred on random points inside tissue (deterministic per ``seed``). The generator is the
-    data the demo weights were trained on; for weights trained on other slides it is still H&E
-    with cells, tumour and stroma, which is what int8 ranges and the fidelity gate need."""
+    centred on random points inside tissue (deterministic per ``seed``): (N, T, T, 3) uint8 RGB
+    stacks, tissue then cell. The generator is the data the demo weights were trained on; for
+    weights trained on other slides it is still H&E with cells, tumour and stroma, which is what
+    int8 ranges and the fidelity gate need. ``cache.cached_pairs`` keeps them."""
     from shapely.geometry import Point
 
     from wsi_ocelot.synthetic import build_tissue_model, render_um
@@ -168,11 +179,12 @@ def calibration_pairs(info: CheckpointInfo, n: int, seed: int) -> CalibrationPai
         cell.append(render_um(model, cx - c / 2, cy - c / 2, T, T, g.cell_mpp))
     if not cell:
         raise RuntimeError("the synthetic generator gave no tissue to calibrate on")
+    return np.stack(tissue), np.stack(cell)
 
-    def stack(imgs: list[np.ndarray]) -> np.ndarray:
-        return np.ascontiguousarray(np.stack(imgs).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
 
-    return CalibrationPairs(tissue=stack(tissue), cell=stack(cell))
+def calibration_pairs(info: CheckpointInfo, n: int, seed: int) -> CalibrationPairs:
+    """:func:`render_pairs` as model inputs."""
+    return CalibrationPairs.from_rgb(*render_pairs(info, n, seed))
 
 
 def resize_to_injection(model: nn.Module, crop: Tensor, tile: int) -> np.ndarray | None:

@@ -29,11 +29,11 @@ from wsi_ocelot.inference.runtimes.backends import Backend, open_backend, requir
 from wsi_ocelot.inference.runtimes.cache import CacheEntry, graph_files, key_material
 from wsi_ocelot.inference.runtimes.graphs import injection_size
 from wsi_ocelot.inference.runtimes.spec import (
-    FIDELITY,
     PRECISIONS,
     RUNTIMES,
     SUPPORTED,
     RuntimeChoice,
+    auto_may_take,
     cpu_has_bf16,
     runtime_version,
 )
@@ -150,17 +150,35 @@ def _candidates(runtime: str, precision: str, bf16: bool) -> list[tuple[str, str
 
 
 def _run_children(
-    entry: CacheEntry, checkpoint: str, missing: list[tuple[str, str]], threads: int
+    entry: CacheEntry,
+    checkpoint: str,
+    missing: list[tuple[str, str]],
+    threads: int,
+    mode: str,
+    known: dict[str, Any],
+    beat_reference: bool,
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Build and gate ``missing`` in child processes; a child that dies marks the path it was
-    trying as crashed and a new child goes on with the rest."""
+    """Time and gate ``missing`` in child processes (``build.py``; ``mode`` ``"auto"`` or
+    ``"each"``; ``known``: the entry's ``build.json``; ``beat_reference``: fp32 torch is a
+    candidate, so ``auto`` gates only paths faster than it); a child that dies marks the path it was
+    on as crashed and a new child goes on with the rest. A path timed but left ungated by an
+    ``auto`` build is recorded ``timed``."""
     results: dict[tuple[str, str], dict[str, Any]] = {}
+    timed: dict[tuple[str, str], dict[str, Any]] = {
+        c: rec
+        for c in missing
+        if (rec := known["paths"].get(f"{c[0]} {c[1]}", {})).get("status") == "timed"
+    }
     reference: dict[str, Any] = {}
     todo = list(missing)
     with tempfile.TemporaryDirectory(prefix="wsi-ocelot-build-") as tmp:
         while todo:
             progress = Path(tmp) / f"progress-{len(results)}.jsonl"
             request = Path(tmp) / "request.json"
+            paths = {
+                **{k: v for k, v in known["paths"].items()},
+                **{f"{r} {p}": v for (r, p), v in results.items()},
+            }
             request.write_text(
                 json.dumps(
                     {
@@ -168,6 +186,15 @@ def _run_children(
                         "entry_dir": str(entry.dir),
                         "progress": str(progress),
                         "candidates": [list(c) for c in todo],
+                        "mode": mode,
+                        "beat_reference": beat_reference,
+                        "timed": {f"{r} {p}": v for (r, p), v in timed.items() if (r, p) in todo},
+                        "best_ms": min(
+                            (_speed(v) for v in paths.values() if auto_may_take(v)), default=None
+                        ),
+                        "reference_ms": (
+                            reference.get("reference") or known.get("reference") or {}
+                        ).get("ms_per_cell_tile"),
                         "threads": threads,
                     }
                 ),
@@ -197,6 +224,13 @@ def _run_children(
                     reference = rec
                 elif "start" in rec:
                     started = (rec["start"][0], rec["start"][1])
+                elif "timing" in rec:  # a timing batch ended well
+                    started = None
+                elif "timed" in rec:
+                    timed[(rec["timed"][0], rec["timed"][1])] = {
+                        k: v for k, v in rec.items() if k != "timed"
+                    }
+                    started = None
                 elif "result" in rec:
                     key = (rec["result"][0], rec["result"][1])
                     results[key] = {k: v for k, v in rec.items() if k != "result"}
@@ -214,16 +248,23 @@ def _run_children(
                     "error": f"the build process died ({how}) in this path",
                     "transient": rc in (-signal.SIGKILL, -signal.SIGTERM),
                 }
-            elif rc != 0 and not reference:  # died before any path: export or calibration failed
+            elif (
+                rc != 0
+            ):  # died outside any path (export, calibration, the reference): each left failed
                 for c in todo:
-                    results[c] = {
-                        "status": "failed",
-                        "error": err_tail[:300] or f"the build process exited {rc}",
-                    }
+                    if c not in results:
+                        results[c] = {
+                            "status": "failed",
+                            "error": err_tail[:300] or f"the build process exited {rc}",
+                        }
             todo = [c for c in todo if c not in results]
-            if rc == 0 and todo:  # should not happen: the child reported nothing for these
+            if rc == 0 and todo:  # the rest were timed, not gated (auto), or not reported
                 for c in todo:
-                    results[c] = {"status": "failed", "error": "no result from the build process"}
+                    results[c] = (
+                        {"status": "timed", **timed[c]}
+                        if mode == "auto" and c in timed
+                        else {"status": "failed", "error": "no result from the build process"}
+                    )
                 todo = []
     if reference:
         results[("reference", "")] = reference
@@ -235,57 +276,50 @@ def _entry_for(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str) ->
     return CacheEntry(key_material(file_sha256(checkpoint), tile, injection_size(model, tile)))
 
 
+def _settled(res: dict[str, Any] | None, mode: str) -> bool:
+    """A path's record needs no build: any outcome but a transient crash, and for ``"each"``
+    (a path asked for by name) not merely ``timed``."""
+    return bool(
+        res and not res.get("transient") and (mode == "auto" or res.get("status") != "timed")
+    )
+
+
 def gate_results(
     model: torch.nn.Module,
     info: CheckpointInfo,
     checkpoint: str,
     paths: list[tuple[str, str]],
     threads: int,
+    mode: str = "each",
 ) -> tuple[CacheEntry, dict[str, Any]]:
-    """The cache entry for this checkpoint here and its ``build.json`` with a result for every
-    one of ``paths`` (built in child processes where missing)."""
+    """The cache entry for this checkpoint here and its ``build.json`` with a record for every
+    one of ``paths`` (built in child processes where missing). ``mode="each"`` gates every path;
+    ``"auto"`` times them all and gates fastest first until one keeps auto's margins, leaving
+    the slower ones ``timed``."""
     entry = _entry_for(model, info, checkpoint)
     with entry.locked():
         data = entry.read()
         missing = [
             c
             for c in paths
-            if c != ("torch", "fp32")
-            and (
-                f"{c[0]} {c[1]}" not in data["paths"]
-                or data["paths"][f"{c[0]} {c[1]}"].get("transient")
-            )
+            if c != ("torch", "fp32") and not _settled(data["paths"].get(f"{c[0]} {c[1]}"), mode)
         ]
         if missing or "reference" not in data:
-            built = _run_children(entry, checkpoint, missing, threads)
+            built = _run_children(
+                entry, checkpoint, missing, threads, mode, data, ("torch", "fp32") in paths
+            )
             if ("reference", "") in built:
                 ref = built.pop(("reference", ""))
-                # the first build's record stands (export and calibration happen once; later builds reuse them)
-                data.setdefault(
-                    "reference",
-                    {
-                        **ref["reference"],
-                        "export_s": ref.get("export_s"),
-                        "quantize_s": ref.get("quantize_s"),
-                    },
-                )
+                # computed with the reference outputs it saved (reference.npz): the record of that run
+                data["reference"] = {
+                    **ref["reference"],
+                    "export_s": ref.get("export_s"),
+                    "quantize_s": ref.get("quantize_s"),
+                }
             for (rt, prec), res in built.items():
                 data["paths"][f"{rt} {prec}"] = res
             entry.write(data)
     return entry, data
-
-
-def _auto_may_take(res: dict[str, Any]) -> bool:
-    """A gated path ``auto`` may choose: it built, kept the gate, and keeps auto's margins: a
-    cells F1 of ``FIDELITY["cells_f1_auto"]`` and a tumour share within ``FIDELITY["purity_auto"]``
-    of fp32's on the gate's tiles."""
-    fid = res.get("fidelity", {})
-    return bool(
-        res.get("status") == "ok"
-        and fid.get("passes")
-        and fid.get("cells_f1", 0.0) >= FIDELITY["cells_f1_auto"]
-        and abs(fid.get("purity_delta", 1.0)) <= FIDELITY["purity_auto"]
-    )
 
 
 def _speed(res: dict[str, Any]) -> float:
@@ -333,16 +367,21 @@ def choose_runtime(
         )
         return RuntimeChoice(**{**torch_fp32.to_json(), "reason": why}), None
     explicit = runtime != "auto" and precision != "auto"
+    mode = "each" if explicit else "auto"
     try:
-        entry, data = gate_results(model, info, checkpoint, candidates, threads)
+        entry, data = gate_results(model, info, checkpoint, candidates, threads, mode)
     except (OSError, RuntimeError) as err:  # an unwritable cache, a child that cannot start
         log.warning("warning: the runtime cache could not be built (%s); running fp32 torch", err)
         return RuntimeChoice(**{**torch_fp32.to_json(), "reason": f"fallback: {err}"}), None
     ref_ms = _speed(data.get("reference", {}))
-    results = {
-        c: data["paths"].get(f"{c[0]} {c[1]}", {}) for c in candidates if c != ("torch", "fp32")
-    }
-    broken = {c: r for c, r in results.items() if r.get("status") != "ok"}
+
+    def records() -> dict[tuple[str, str], dict[str, Any]]:
+        return {
+            c: data["paths"].get(f"{c[0]} {c[1]}", {}) for c in candidates if c != ("torch", "fp32")
+        }
+
+    results = records()
+    broken = {c: r for c, r in results.items() if r.get("status") not in ("ok", "timed")}
     if explicit:
         c = candidates[0]
         res: dict[str, Any] = results.get(c, {}) if c != ("torch", "fp32") else {"status": "ok"}
@@ -363,79 +402,96 @@ def choose_runtime(
                 c[1],
                 _fid_text(res["fidelity"]),
             )
-        chosen: list[tuple[str, str]] = [c]
-        why = "asked for"
-    else:
-        if broken:
-            log.warning(
-                "warning: %s not usable here (%s); choosing among the rest",
-                ", ".join(f"{r} {p}" for r, p in broken),
-                "; ".join(f"{r} {p}: {v.get('error')}" for (r, p), v in broken.items()),
-            )
-        ok = [c for c, r in results.items() if _auto_may_take(r)]
-        ok.sort(key=lambda c: _speed(results[c]))
-        if ("torch", "fp32") in candidates:
-            ok = [c for c in ok if _speed(results[c]) < ref_ms] + [("torch", "fp32")]
-        chosen = ok
-        why = "auto"
-    unloaded: list[
-        str
-    ] = []  # faster paths that raised at load (then fp32 torch is a fallback, not a choice)
-    for c in chosen:
         if c == ("torch", "fp32"):
-            why_torch = (
-                f"fallback: {', '.join(unloaded)} failed to load"
-                if unloaded
-                else f"{why}: no faster path keeps the fidelity gate"
-                if why == "auto"
-                else why
-            )
-            return RuntimeChoice(**{**torch_fp32.to_json(), "reason": why_torch}), None
-        res = results[c]
-        try:
-            backend = (
-                None
-                if c[0] == "torch"
-                else open_backend(
-                    c[0], c[1], graph_files(entry.dir, c[1]), threads, res.get("int8_float")
-                )
-            )
-        except Exception as err:  # a runtime that raises at load: the next path
-            log.warning(
-                "warning: %s %s failed to load (%s: %s); %s",
-                c[0],
-                c[1],
-                type(err).__name__,
-                err,
-                "running fp32 torch" if explicit else "trying the next path",
-            )
-            if explicit:
-                return RuntimeChoice(
-                    **{**torch_fp32.to_json(), "reason": f"fallback: {c[0]} {c[1]} failed to load"}
-                ), None
-            unloaded.append(f"{c[0]} {c[1]}")
-            continue
-        reason = (
-            why
-            if why != "auto"
-            else (
-                f"auto: fastest within the fidelity gate here ({_speed(res):.0f} ms per cell tile, "
-                f"fp32 torch {ref_ms:.0f})"
-            )
+            return RuntimeChoice(**{**torch_fp32.to_json(), "reason": "asked for"}), None
+        loaded = _load_choice(c, res, entry, threads, "asked for")
+        if loaded is None:
+            return RuntimeChoice(
+                **{**torch_fp32.to_json(), "reason": f"fallback: {c[0]} {c[1]} failed to load"}
+            ), None
+        return loaded
+    if broken:
+        log.warning(
+            "warning: %s not usable here (%s); choosing among the rest",
+            ", ".join(f"{r} {p}" for r, p in broken),
+            "; ".join(f"{r} {p}: {v.get('error')}" for (r, p), v in broken.items()),
         )
+    unloaded: list[str] = []  # faster paths that raised at load (fp32 torch is then a fallback)
+    while True:
+        faster = sorted(
+            (
+                c
+                for c, r in results.items()
+                if f"{c[0]} {c[1]}" not in unloaded
+                and r.get("status") in ("ok", "timed")
+                and (_speed(r) < ref_ms or ("torch", "fp32") not in candidates)
+            ),
+            key=lambda c: _speed(results[c]),
+        )
+        ok = [c for c in faster if auto_may_take(results[c])]
+        if not ok:
+            # only ungated paths are left faster (the gated ones failed to load): gate them
+            ungated = [c for c in faster if results[c].get("status") == "timed"]
+            if not ungated:
+                break
+            entry, data = gate_results(model, info, checkpoint, ungated, threads, "each")
+            results = records()
+            continue
+        c = ok[0]
+        res = results[c]
+        why = (
+            f"auto: fastest within the fidelity gate here ({_speed(res):.0f} ms per cell tile, "
+            f"fp32 torch {ref_ms:.0f})"
+        )
+        if c[0] == "torch":  # torch bf16: nothing to load
+            return RuntimeChoice(
+                c[0], c[1], torch.__version__, cpu_model(), threads, why, res.get("fidelity")
+            ), None
+        loaded = _load_choice(c, res, entry, threads, why)
+        if loaded is not None:
+            return loaded
+        unloaded.append(f"{c[0]} {c[1]}")
+    if ("torch", "fp32") not in candidates:  # e.g. --precision int8: nothing else was asked for
         return RuntimeChoice(
+            **{**torch_fp32.to_json(), "reason": "fallback: no other path loaded"}
+        ), None
+    reason = (
+        f"fallback: {', '.join(unloaded)} failed to load"
+        if unloaded
+        else "auto: no faster path keeps the fidelity gate"
+    )
+    return RuntimeChoice(**{**torch_fp32.to_json(), "reason": reason}), None
+
+
+def _load_choice(
+    c: tuple[str, str], res: dict[str, Any], entry: CacheEntry, threads: int, why: str
+) -> tuple[RuntimeChoice, Backend | None] | None:
+    """Load the backend of an OpenVINO or ONNX Runtime path: its choice and backend, or None
+    (with one warning line) when the runtime raises."""
+    try:
+        backend = open_backend(
+            c[0], c[1], graph_files(entry.dir, c[1]), threads, res.get("int8_float")
+        )
+    except Exception as err:  # a runtime that raises at load: the caller falls back
+        log.warning(
+            "warning: %s %s failed to load (%s: %s); %s",
             c[0],
             c[1],
-            runtime_version(c[0]) or "?",
-            cpu_model(),
-            threads,
-            reason,
-            res.get("fidelity"),
-            res.get("int8_float"),
-        ), backend
+            type(err).__name__,
+            err,
+            "running fp32 torch" if why == "asked for" else "trying the next path",
+        )
+        return None
     return RuntimeChoice(
-        **{**torch_fp32.to_json(), "reason": "fallback: no other path loaded"}
-    ), None
+        c[0],
+        c[1],
+        runtime_version(c[0]) or "?",
+        cpu_model(),
+        threads,
+        why,
+        res.get("fidelity"),
+        res.get("int8_float"),
+    ), backend
 
 
 def _fid_text(fid: dict[str, Any]) -> str:

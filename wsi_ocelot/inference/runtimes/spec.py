@@ -19,6 +19,7 @@ __all__ = [
     "RUNTIMES",
     "SUPPORTED",
     "RuntimeChoice",
+    "auto_may_take",
     "cpu_flags",
     "cpu_has_bf16",
     "runtime_version",
@@ -51,6 +52,19 @@ FIDELITY: dict[str, float] = {
     "ca_agreement": 0.995,
     "match_px": 3.0,
 }
+
+
+def auto_may_take(res: dict[str, Any]) -> bool:
+    """A gate record (``build.json``'s per path) ``auto`` may choose: it built, kept the gate,
+    and keeps auto's margins: a cells F1 of ``FIDELITY["cells_f1_auto"]`` and a tumour share
+    within ``FIDELITY["purity_auto"]`` of fp32's on the gate's tiles."""
+    fid = res.get("fidelity") or {}
+    return bool(
+        res.get("status") == "ok"
+        and fid.get("passes")
+        and fid.get("cells_f1", 0.0) >= FIDELITY["cells_f1_auto"]
+        and abs(fid.get("purity_delta", 1.0)) <= FIDELITY["purity_auto"]
+    )
 
 
 #: the flags that change which kernels a runtime may use (part of the cache key)
