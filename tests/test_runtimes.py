@@ -693,7 +693,7 @@ def test_gate_pairs_are_rendered_once_and_never_trusted_damaged(tiny_ckpt, tmp_p
     real = cache.render_pairs
 
     def counting(*args):
-        rendered.append(args[1:])
+        rendered.append(args[1:3])
         return real(*args)
 
     monkeypatch.setattr(cache, "render_pairs", counting)
@@ -714,6 +714,9 @@ def test_gate_pairs_are_rendered_once_and_never_trusted_damaged(tiny_ckpt, tmp_p
     assert rendered == [(2, 7), (2, 7)] and np.array_equal(damaged.cell, first.cell)
     cache.cached_pairs(info, 2, 8)
     assert rendered[-1] == (2, 8) and len(list(kept.parent.glob("*.npz"))) == 2
+    # rendered by threads, the same pixels as by one
+    one, two = real(info, 3, 7, 1), real(info, 3, 7, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))
 
 
 def test_an_entry_drops_files_build_json_does_not_list(tmp_path):

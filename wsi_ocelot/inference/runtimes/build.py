@@ -334,7 +334,7 @@ def build(request: dict[str, Any]) -> None:
     t_export = time.perf_counter() - t0
     t0 = time.perf_counter()
     if any(p == "int8" for _, p in candidates) and not (entry / "cell.int8.onnx").exists():
-        cal = cached_pairs(info, CALIBRATION_PAIRS, CALIBRATION_SEED)
+        cal = cached_pairs(info, CALIBRATION_PAIRS, CALIBRATION_SEED, threads)
         ref_tissue, _ = _torch_run(model, None)
         tis = ref_tissue(cal.tissue) if has_tissue else None
         inj = crop_injection(model, tis, tile) if tis is not None else None
@@ -351,7 +351,7 @@ def build(request: dict[str, Any]) -> None:
             reduce_range=not cpu_has_vnni(),
         )
     t_quant = time.perf_counter() - t0
-    pairs = cached_pairs(info, GATE_PAIRS, GATE_SEED)
+    pairs = cached_pairs(info, GATE_PAIRS, GATE_SEED, threads)
     ref = _Reference.get(entry, model, info, pairs, has_tissue)
     if ref.record is not None:
         _append(

@@ -151,11 +151,11 @@ def _arrays_sha(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def cached_pairs(info: CheckpointInfo, n: int, seed: int) -> CalibrationPairs:
-    """``graphs.render_pairs(info, n, seed)`` as model inputs, rendered once per geometry and
-    generator and kept as uint8 under ``runtimes/pairs/`` (12 demo-size pairs are ~18 s to
-    render on 2 cores and ~75 MB). A file that fails its check is rendered anew; a cache that
-    cannot be written costs only the time."""
+def cached_pairs(info: CheckpointInfo, n: int, seed: int, workers: int = 1) -> CalibrationPairs:
+    """``graphs.render_pairs(info, n, seed, workers)`` as model inputs, rendered once per
+    geometry and generator and kept as uint8 under ``runtimes/pairs/`` (the 12 pairs of a
+    demo-size build took ~18 s to render in one thread on 2 cores, and are ~75 MB). A file that
+    fails its check is rendered anew; a cache that cannot be written costs only the time."""
     g = info.geometry
     material = {
         "tile": g.tile_size,
@@ -180,7 +180,7 @@ def cached_pairs(info: CheckpointInfo, n: int, seed: int) -> CalibrationPairs:
         log.debug("%s: stale or damaged, rendered anew", path)
     except (OSError, ValueError, KeyError):
         pass  # absent (or unreadable): rendered below
-    tissue, cell = render_pairs(info, n, seed)
+    tissue, cell = render_pairs(info, n, seed, workers)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path) as fh:

