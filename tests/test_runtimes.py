@@ -436,6 +436,20 @@ def test_a_runtime_that_raises_at_load_falls_back_with_one_warning(
             )
 
 
+@pytest.mark.slow  # builds the gate of one path in a child
+@pytest.mark.skipif(
+    not spec.cpu_has_bf16(), reason="torch bf16 on the CPU needs AVX-512 BF16 or AMX"
+)
+def test_torch_bf16_asked_for_runs_in_torch(tiny_ckpt, shared_cache):
+    """``--runtime torch --precision bf16`` is gated like any path and then runs in torch itself
+    (nothing to load): bf16, as asked, with its gate's figures."""
+    runner = SlideRunner(tiny_ckpt, EngineConfig(**FAST, runtime="torch", precision="bf16"))
+    choice = runner.runtime
+    assert (choice.runtime, choice.precision, choice.reason) == ("torch", "bf16", "asked for")
+    assert runner.predictor.backend is None and choice.fidelity is not None
+    assert _build_json(runner)["paths"]["torch bf16"]["status"] == "ok"
+
+
 # -- 5. a runtime that does not import ---------------------------------------------------------------
 def test_a_runtime_that_does_not_import_is_one_line_naming_the_fix(
     tiny_ckpt, synth_05, tmp_path, monkeypatch, capsys

@@ -175,10 +175,7 @@ def _run_children(
         while todo:
             progress = Path(tmp) / f"progress-{len(results)}.jsonl"
             request = Path(tmp) / "request.json"
-            paths = {
-                **{k: v for k, v in known["paths"].items()},
-                **{f"{r} {p}": v for (r, p), v in results.items()},
-            }
+            paths = {**known["paths"], **{f"{r} {p}": v for (r, p), v in results.items()}}
             request.write_text(
                 json.dumps(
                     {
@@ -248,9 +245,7 @@ def _run_children(
                     "error": f"the build process died ({how}) in this path",
                     "transient": rc in (-signal.SIGKILL, -signal.SIGTERM),
                 }
-            elif (
-                rc != 0
-            ):  # died outside any path (export, calibration, the reference): each left failed
+            elif rc != 0:  # died outside any path (export, calibration, reference): the rest failed
                 for c in todo:
                     if c not in results:
                         results[c] = {
@@ -402,8 +397,16 @@ def choose_runtime(
                 c[1],
                 _fid_text(res["fidelity"]),
             )
-        if c == ("torch", "fp32"):
-            return RuntimeChoice(**{**torch_fp32.to_json(), "reason": "asked for"}), None
+        if c[0] == "torch":  # nothing to load: torch runs it at this precision
+            return RuntimeChoice(
+                "torch",
+                c[1],
+                torch.__version__,
+                cpu_model(),
+                threads,
+                "asked for",
+                res.get("fidelity"),
+            ), None
         loaded = _load_choice(c, res, entry, threads, "asked for")
         if loaded is None:
             return RuntimeChoice(
@@ -434,7 +437,15 @@ def choose_runtime(
             ungated = [c for c in faster if results[c].get("status") == "timed"]
             if not ungated:
                 break
-            entry, data = gate_results(model, info, checkpoint, ungated, threads, "each")
+            try:
+                entry, data = gate_results(model, info, checkpoint, ungated, threads, "each")
+            except (OSError, RuntimeError) as err:
+                log.warning(
+                    "warning: %s could not be gated (%s)",
+                    ", ".join(f"{r} {p}" for r, p in ungated),
+                    err,
+                )
+                break
             results = records()
             continue
         c = ok[0]
