@@ -733,6 +733,33 @@ def test_gate_pairs_are_rendered_once_and_never_trusted_damaged(tiny_ckpt, tmp_p
     assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))
 
 
+def test_the_kept_reference_follows_the_pairs(tiny_ckpt, tmp_path, monkeypatch):
+    """fp32 torch's outputs on the gate's pairs are kept in the entry (``reference.npz``) and read
+    back for the same pairs; other pairs (a changed generator: another key) are run anew."""
+    import dataclasses
+
+    from wsi_ocelot.inference.runtimes import build, cache
+    from wsi_ocelot.model.checkpoint import load_model
+
+    monkeypatch.setenv("WSI_OCELOT_CACHE", str(tmp_path / "cache"))
+    model, info = load_model(str(tiny_ckpt), device="cpu")
+    model.eval()
+    pairs = cache.cached_pairs(info, 2, 7)
+    assert len(pairs.key) == 64
+    first = build._Reference.get(tmp_path, model, info, pairs, True)
+    assert first.record is not None and first.record["ms_per_cell_tile"] > 0  # computed
+    assert (
+        first.tissue.dtype == np.uint8
+        and first.tissue.shape == pairs.cell.shape[:1] + pairs.cell.shape[2:]
+    )
+    again = build._Reference.get(tmp_path, model, info, pairs, True)
+    assert again.record is None  # read back
+    assert np.array_equal(again.points, first.points) and np.array_equal(again.tissue, first.tissue)
+    assert np.array_equal(again.injection, first.injection)
+    other = dataclasses.replace(pairs, key="another generator's pairs")
+    assert build._Reference.get(tmp_path, model, info, other, True).record is not None
+
+
 def test_an_entry_drops_files_build_json_does_not_list(tmp_path):
     """A file a build left in the entry without build.json listing it (a child that died) is
     removed when the entry is read; the listed ones stay."""

@@ -75,8 +75,9 @@ CHUNK = 3
 #: the fastest of up to ROUNDS batches of the gate's first TIMING_TILES cell tiles: every path
 #: one batch in turn, then the close ones take turns, one batch each per round, so that a busy
 #: spell of a shared machine falls on all of them rather than on one. A path stays in (and
-#: loaded) for round k only while its best is within STAY_WITHIN[k] of the fastest path's (paths 10 % apart on a slide must rank so here; one
-#: 4-tile batch alone misranked OpenVINO bf16 and int8 on the demo model on a noisy 2-core VM).
+#: loaded) for round k only while its best is within STAY_WITHIN[k] of the fastest path's
+#: (paths 10 % apart on a slide must rank so here; one 4-tile batch alone misranked OpenVINO
+#: bf16 and int8 on the demo model on a noisy 2-core VM).
 TIMING_TILES, ROUNDS = 4, 3
 STAY_WITHIN = (float("inf"), 1.5, 1.2)
 
@@ -122,9 +123,11 @@ def _run_pairs(
     """Run the gate's pairs the way the engine does (the cell graph gets the crop of this path's
     own tissue prediction), CHUNK pairs at a time. Returns the outputs (``tissue`` probabilities
     or None, ``injection`` or None, ``cell`` probabilities) and the ms per tile of each graph over
-    the chunks after the first (fp32 torch's speed: it needs no warm-up)."""
+    the chunks after the first (all of them when there is one; fp32 torch's speed: it needs no
+    warm-up)."""
     chunks = [slice(i, i + CHUNK) for i in range(0, len(pairs.cell), CHUNK)]
-    late = [0.0, 0.0]  # tissue, cell: seconds spent on the chunks after the first
+    timed_from = 1 if len(chunks) > 1 else 0  # the chunks after the first, where there are any
+    spent = [0.0, 0.0]  # tissue, cell: seconds over the timed chunks
 
     def through(
         fn: Callable[..., np.ndarray], which: int, *arrays: np.ndarray | None
@@ -133,18 +136,18 @@ def _run_pairs(
         for k, c in enumerate(chunks):
             t0 = time.perf_counter()
             outs.append(fn(*(None if a is None else a[c] for a in arrays)))
-            if k:
-                late[which] += time.perf_counter() - t0
+            if k >= timed_from:
+                spent[which] += time.perf_counter() - t0
         return np.concatenate(outs)
 
     tis = through(tissue_fn, 0, pairs.tissue) if has_tissue else None
     inj = crop_injection(model, tis, tile) if tis is not None else None
     cell = through(cell_fn, 1, pairs.cell, inj)
-    n_late = max(1, len(pairs.cell) - CHUNK)
+    n_timed = len(pairs.cell) - (CHUNK if timed_from else 0)
     return (
         {"tissue": tis, "injection": inj, "cell": cell},
-        late[0] * 1000 / n_late if has_tissue else 0.0,
-        late[1] * 1000 / n_late,
+        spent[0] * 1000 / n_timed if has_tissue else 0.0,
+        spent[1] * 1000 / n_timed,
     )
 
 
@@ -205,7 +208,8 @@ def _int8_float_to_try(runtime: str, precision: str) -> list[str | None]:
 class _Reference:
     """fp32 torch on the gate's pairs: its cells, its cancer-area channel (uint8), the cell
     graph's injection inputs (for timing) and its speed. Computed once per cache entry and kept
-    there as ``reference.npz`` (listed in ``build.json`` with its SHA-256 like the graphs)."""
+    there as ``reference.npz`` (listed in ``build.json`` with its SHA-256 like the graphs), with
+    the key of the pairs it ran on: other pairs (a changed generator) are run anew."""
 
     FILE = "reference.npz"
 
@@ -233,9 +237,10 @@ class _Reference:
             try:
                 with np.load(path) as z:
                     tis, inj = z["tissue"], z["injection"]
-                    return cls(
-                        z["points"], tis if tis.size else None, inj if inj.size else None, None
-                    )
+                    if str(z["pairs"]) == pairs.key:  # else the generator changed: computed anew
+                        return cls(
+                            z["points"], tis if tis.size else None, inj if inj.size else None, None
+                        )
             except (OSError, ValueError, KeyError) as err:
                 log.debug("%s unreadable (%s): computed anew", path, err)
         tile = info.geometry.tile_size
@@ -255,6 +260,7 @@ class _Reference:
                 points=points,
                 tissue=np.zeros(0, np.uint8) if tissue is None else tissue,
                 injection=np.zeros(0, np.float32) if injection is None else injection,
+                pairs=pairs.key,
             )
         f2 = info.geometry.context_factor**2
         record = {

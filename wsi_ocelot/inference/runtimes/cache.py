@@ -175,16 +175,18 @@ def cached_pairs(info: CheckpointInfo, n: int, seed: int, workers: int = 1) -> C
     try:
         with np.load(path) as z:
             tissue, cell = z["tissue"], z["cell"]
-            if str(z["material"]) == text and str(z["sha256"]) == _arrays_sha(tissue, cell):
-                return CalibrationPairs.from_rgb(tissue, cell)
+            sha = str(z["sha256"])
+            if str(z["material"]) == text and sha == _arrays_sha(tissue, cell):
+                return CalibrationPairs.from_rgb(tissue, cell, sha)
         log.debug("%s: stale or damaged, rendered anew", path)
     except (OSError, ValueError, KeyError):
         pass  # absent (or unreadable): rendered below
     tissue, cell = render_pairs(info, n, seed, workers)
+    sha = _arrays_sha(tissue, cell)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path) as fh:
-            np.savez(fh, tissue=tissue, cell=cell, material=text, sha256=_arrays_sha(tissue, cell))
+            np.savez(fh, tissue=tissue, cell=cell, material=text, sha256=sha)
     except OSError as err:
         log.debug("%s: not kept (%s)", path, err)
-    return CalibrationPairs.from_rgb(tissue, cell)
+    return CalibrationPairs.from_rgb(tissue, cell, sha)

@@ -139,15 +139,17 @@ class CalibrationPairs:
 
     tissue: np.ndarray
     cell: np.ndarray
+    #: what identifies these pixels (``cache.cached_pairs``: the SHA-256 of the RGB stacks)
+    key: str = ""
 
     @classmethod
-    def from_rgb(cls, tissue: np.ndarray, cell: np.ndarray) -> CalibrationPairs:
+    def from_rgb(cls, tissue: np.ndarray, cell: np.ndarray, key: str = "") -> CalibrationPairs:
         """From (N, T, T, 3) uint8 RGB stacks (what :func:`render_pairs` gives)."""
 
         def chw(rgb: np.ndarray) -> np.ndarray:
             return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
 
-        return cls(tissue=chw(tissue), cell=chw(cell))
+        return cls(tissue=chw(tissue), cell=chw(cell), key=key)
 
 
 def render_pairs(
