@@ -72,34 +72,36 @@ def no_site_default(monkeypatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def _stub_subprocess(monkeypatch, run) -> None:
+def _stub_subprocess(monkeypatch, popen) -> None:
     """Replace ``subprocess`` in select.py only (where the build children start)."""
     monkeypatch.setattr(
         select,
         "subprocess",
-        types.SimpleNamespace(run=run, TimeoutExpired=subprocess.TimeoutExpired),
+        types.SimpleNamespace(
+            Popen=popen, TimeoutExpired=subprocess.TimeoutExpired, DEVNULL=subprocess.DEVNULL
+        ),
     )
 
 
 def _no_child(monkeypatch) -> None:
     """Fail the test if a build child is started (the cache must be reused)."""
 
-    def run(*args, **kwargs):
+    def popen(*args, **kwargs):
         raise AssertionError(f"a build child was started: {args}")
 
-    _stub_subprocess(monkeypatch, run)
+    _stub_subprocess(monkeypatch, popen)
 
 
 def _count_children(monkeypatch) -> list:
     """Let build children run, and count them."""
     calls: list = []
-    real = subprocess.run
+    real = subprocess.Popen
 
-    def run(*args, **kwargs):
+    def popen(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    _stub_subprocess(monkeypatch, run)
+    _stub_subprocess(monkeypatch, popen)
     return calls
 
 
@@ -831,6 +833,47 @@ def test_auto_gates_a_timed_path_when_the_gated_ones_fail_to_load(tiny_ckpt, mon
     assert loads == ["openvino", "onnxruntime"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "openvino fp32 failed to load" in warnings[0]
+
+
+def test_a_build_child_reports_as_it_goes_and_never_outlives_its_time(
+    tmp_path, monkeypatch, caplog
+):
+    """The parent logs a build child's progress records while it runs (a first build takes a
+    minute or more), returns its exit code and last stderr line, and kills a child past
+    ``BUILD_TIMEOUT_S``."""
+    progress = tmp_path / "progress.jsonl"
+    script = (
+        "import json, sys, time\n"
+        f"p = {str(progress)!r}\n"
+        "recs = [{'reference': {'ms_per_cell_tile': 514.0}},\n"
+        "        {'timed': ['openvino', 'int8'], 'ms_per_cell_tile': 105.2},\n"
+        "        {'result': ['openvino', 'int8'], 'status': 'ok', 'ms_per_cell_tile': 105.2,\n"
+        "         'fidelity': {'cells_f1': 0.99963, 'purity_delta': 0.00022}}]\n"
+        "for r in recs:\n"
+        "    open(p, 'a').write(json.dumps(r) + '\\n')\n"
+        "    time.sleep(0.4)\n"
+        "print('noise', file=sys.stderr); print('boom: the last line', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    with caplog.at_level(logging.INFO, logger=SELECT_LOG):
+        rc, tail = select._run_child([sys.executable, "-c", script], tmp_path, progress)
+    assert (rc, tail) == (3, "boom: the last line")
+    lines = [r.getMessage() for r in caplog.records if r.name == SELECT_LOG]
+    assert lines == [
+        "  fp32 torch (the reference): 514 ms per cell tile",
+        "  openvino int8: 105 ms per cell tile",
+        "  openvino int8 against fp32 torch: cells F1 0.99963, tumour share +0.0002",
+    ]
+
+    monkeypatch.setattr(select, "BUILD_TIMEOUT_S", 1)
+    pid_file = tmp_path / "pid"
+    sleeper = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+    rc, tail = select._run_child([sys.executable, "-c", sleeper], tmp_path, progress)
+    assert rc == -9 and "over 1 s" in tail
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
 def test_runtimes_and_precisions_are_consistent():

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -197,22 +198,20 @@ def _run_children(
                 ),
                 encoding="utf-8",
             )
+            names = ", ".join(f"{r} {p}" for r, p in todo)
             log.info(
-                "building %s for this model (once per checkpoint and machine)",
-                ", ".join(f"{r} {p}" for r, p in todo),
+                "building %s for this model: timing %s, then checking %s against fp32 torch "
+                "(once per checkpoint and machine)",
+                "its runtimes" if mode == "auto" else names,
+                names if mode == "auto" else "it",
+                "the fastest" if mode == "auto" else "it",
             )
-            try:
-                # in a folder of its own: ONNX Runtime's shape inference leaves temporary files in the working directory
-                proc = subprocess.run(
-                    [sys.executable, "-m", "wsi_ocelot.inference.runtimes.build", str(request)],
-                    capture_output=True,
-                    text=True,
-                    timeout=BUILD_TIMEOUT_S,
-                    cwd=tmp,
-                )
-                rc, err_tail = proc.returncode, (proc.stderr.strip().splitlines() or [""])[-1]
-            except subprocess.TimeoutExpired:
-                rc, err_tail = -9, f"the build took over {BUILD_TIMEOUT_S} s"
+            # in a folder of its own: ONNX Runtime's shape inference leaves temporary files in the working directory
+            rc, err_tail = _run_child(
+                [sys.executable, "-m", "wsi_ocelot.inference.runtimes.build", str(request)],
+                Path(tmp),
+                progress,
+            )
             started: tuple[str, str] | None = None
             lines = progress.read_text(encoding="utf-8").splitlines() if progress.exists() else []
             for line in lines:
@@ -264,6 +263,64 @@ def _run_children(
     if reference:
         results[("reference", "")] = reference
     return results
+
+
+def _run_child(cmd: list[str], folder: Path, progress: Path) -> tuple[int, str]:
+    """Run one build child in ``folder``, logging its progress lines as they come (a first build
+    takes a minute or more); returns its exit code (-9 past ``BUILD_TIMEOUT_S``) and the last
+    line of its stderr. The child never outlives this call (Ctrl-C included)."""
+    seen = 0
+
+    def report() -> None:
+        nonlocal seen
+        try:
+            lines = progress.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return
+        for line in lines[seen:]:
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line being written: read again next time
+                break
+            seen += 1
+            _log_progress(rec)
+
+    deadline = time.monotonic() + BUILD_TIMEOUT_S
+    with open(folder / "stderr.txt", "w+", encoding="utf-8") as err:
+        proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    report()
+                    if time.monotonic() > deadline:
+                        proc.kill()
+                        proc.wait()
+                        report()
+                        return -9, f"the build took over {BUILD_TIMEOUT_S} s"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        report()
+        err.seek(0)
+        return rc, (err.read().strip().splitlines() or [""])[-1]
+
+
+def _log_progress(rec: dict[str, Any]) -> None:
+    """One progress record of a build child as a log line (what it measured)."""
+    if "reference" in rec:
+        log.info("  fp32 torch (the reference): %.0f ms per cell tile", _speed(rec["reference"]))
+    elif "timed" in rec:
+        log.info("  %s %s: %.0f ms per cell tile", *rec["timed"], _speed(rec))
+    elif "result" in rec and rec.get("status") == "ok":
+        log.info(
+            "  %s %s against fp32 torch: %s", *rec["result"], _fid_text(rec.get("fidelity") or {})
+        )
+    elif "result" in rec:
+        log.info("  %s %s %s: %s", *rec["result"], rec.get("status"), rec.get("error"))
 
 
 def _entry_for(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str) -> CacheEntry:
