@@ -835,6 +835,64 @@ def test_auto_gates_a_timed_path_when_the_gated_ones_fail_to_load(tiny_ckpt, mon
     assert len(warnings) == 1 and "openvino fp32 failed to load" in warnings[0]
 
 
+def test_a_precision_asked_for_runs_its_best_path_within_the_gate(tiny_ckpt, monkeypatch, caplog):
+    """``--precision int8`` alone (runtime auto): when no int8 path keeps auto's margins, the
+    fastest int8 path that keeps the fidelity gate runs (it was asked for), with one warning; when
+    none keeps even the gate, fp32 torch, with one warning naming int8."""
+    import torch
+
+    from wsi_ocelot.model.checkpoint import load_model
+
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    model, info = load_model(str(tiny_ckpt), device="cpu")
+    near = {
+        "passes": True,
+        "cells_f1": 0.993,
+        "purity_delta": 0.0001,
+    }  # the gate, not auto's margins
+    data = {
+        "reference": {"ms_per_cell_tile": 100.0},
+        "paths": {
+            "openvino int8": {"status": "ok", "fidelity": near, "ms_per_cell_tile": 20.0},
+            "onnxruntime int8": {"status": "ok", "fidelity": near, "ms_per_cell_tile": 40.0},
+        },
+    }
+    calls: list = []
+
+    def gate_results(model, info, checkpoint, paths, threads, mode="each"):
+        calls.append((paths, mode))
+        return types.SimpleNamespace(dir=Path("/nonexistent")), data
+
+    def open_backend(runtime, precision, graphs, threads, int8_float=None):
+        return types.SimpleNamespace(runtime=runtime, precision=precision)
+
+    monkeypatch.setattr(select, "gate_results", gate_results)
+    monkeypatch.setattr(select, "open_backend", open_backend)
+    with caplog.at_level(logging.WARNING, logger=SELECT_LOG):
+        choice, backend = select.choose_runtime(
+            model, info, str(tiny_ckpt), torch.device("cpu"), precision="int8", threads=1
+        )
+    assert calls == [([("openvino", "int8"), ("onnxruntime", "int8")], "auto")]
+    assert (choice.runtime, choice.precision) == ("openvino", "int8") and backend is not None
+    assert choice.reason.startswith("int8 asked for") and choice.fidelity == near
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "no int8 path keeps auto's margins" in warnings[0]
+    assert "openvino int8" in warnings[0] and "\n" not in warnings[0]
+
+    caplog.clear()
+    for rec in data["paths"].values():
+        rec["fidelity"] = {**near, "passes": False, "cells_f1": 0.95}
+    with caplog.at_level(logging.WARNING, logger=SELECT_LOG):
+        choice, backend = select.choose_runtime(
+            model, info, str(tiny_ckpt), torch.device("cpu"), precision="int8", threads=1
+        )
+    assert (choice.runtime, choice.precision) == ("torch", "fp32") and backend is None
+    assert choice.reason == "fallback: no int8 path keeps the fidelity gate and loads"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "no int8 path keeps the fidelity gate" in warnings[0]
+
+
 def test_a_build_child_reports_as_it_goes_and_never_outlives_its_time(
     tmp_path, monkeypatch, caplog
 ):

@@ -519,10 +519,45 @@ def choose_runtime(
         if loaded is not None:
             return loaded
         unloaded.append(f"{c[0]} {c[1]}")
-    if ("torch", "fp32") not in candidates:  # e.g. --precision int8: nothing else was asked for
-        return RuntimeChoice(
-            **{**torch_fp32.to_json(), "reason": "fallback: no other path loaded"}
-        ), None
+    if ("torch", "fp32") not in candidates:
+        # --precision int8 or bf16 (or --runtime openvino / onnxruntime) alone: no path of it keeps
+        # auto's margins (or loaded). That was asked for: its fastest path that keeps the gate runs,
+        # as a path asked for by name would; without one, fp32 torch; either way one warning
+        what = precision if precision != "auto" else runtime  # int8, bf16, openvino, ...
+        kept = sorted(
+            (
+                c
+                for c, r in results.items()
+                if f"{c[0]} {c[1]}" not in unloaded
+                and r.get("status") == "ok"
+                and (r.get("fidelity") or {}).get("passes")
+            ),
+            key=lambda c: _speed(results[c]),
+        )
+        if kept:
+            log.warning(
+                "warning: no %s path keeps auto's margins on this model; running the fastest that "
+                "keeps the fidelity gate, %s %s (%s)",
+                what,
+                *kept[0],
+                _fid_text(results[kept[0]]["fidelity"]),
+            )
+        why = f"{what} asked for: fastest within the fidelity gate here, not within auto's margins"
+        for c in kept:
+            res = results[c]
+            if c[0] == "torch":
+                return RuntimeChoice(
+                    c[0], c[1], torch.__version__, cpu_model(), threads, why, res.get("fidelity")
+                ), None
+            loaded = _load_choice(c, res, entry, threads, why)
+            if loaded is not None:
+                return loaded
+            unloaded.append(f"{c[0]} {c[1]}")
+        log.warning(
+            "warning: no %s path keeps the fidelity gate and loads here; running fp32 torch", what
+        )
+        reason = f"fallback: no {what} path keeps the fidelity gate and loads"
+        return RuntimeChoice(**{**torch_fp32.to_json(), "reason": reason}), None
     reason = (
         f"fallback: {', '.join(unloaded)} failed to load"
         if unloaded
