@@ -481,10 +481,11 @@ def test_a_signal_marks_the_slide_pending_and_writes_the_reports(
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
-    while True:  # wait until the first slide is done and the second is running (a state of ~2 s)
+    while True:  # wait until a slide is done and a later one is running (~2 s each, the last
+        # of the four included: asking for exactly one done slide missed it on a loaded machine)
         assert time.time() < deadline and proc.poll() is None, "the batch never ran its 2nd slide"
         states = [r["status"] for r in Manifest.load(out).slides.values()]  # snapshot + journal
-        if states.count("done") == 1 and "running" in states:
+        if "done" in states and "running" in states:
             break
         time.sleep(0.05)
     proc.send_signal(sig)
