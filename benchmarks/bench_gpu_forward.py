@@ -66,7 +66,6 @@ def _graphs(model: Any, mode: str) -> tuple[Any, Any]:
 def _run_mode(model: Any, mode: str, pairs: Any, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from wsi_ocelot.inference.runtimes.graphs import crop_injection
     from wsi_ocelot.model.precision import autocast
 
     device = torch.device(args.device)
@@ -94,7 +93,7 @@ def _run_mode(model: Any, mode: str, pairs: Any, args: argparse.Namespace) -> di
     tis = np.concatenate(
         [tissue(pairs.tissue[i : i + args.batch]) for i in range(0, len(pairs.tissue), args.batch)]
     )
-    inj = crop_injection(model, tis, pairs.cell.shape[-1])
+    inj = pairs.injection(model, tis)
     out = np.concatenate(
         [
             cell(pairs.cell[i : i + args.batch], None if inj is None else inj[i : i + args.batch])

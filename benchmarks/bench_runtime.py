@@ -696,6 +696,8 @@ def markdown(report: dict[str, Any]) -> str:
                 status = (
                     v.get("status")
                     if v.get("status") in ("ok", "timed")
+                    else f"reserve for {v.get('reserve_for')}"
+                    if v.get("status") == "reserve"
                     else f"{v.get('status')}: {v.get('error')}"
                 )
                 lines.append(

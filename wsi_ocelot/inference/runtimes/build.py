@@ -6,7 +6,10 @@ model's geometry), runs the gate's tiles through fp32 torch once (kept as ``refe
 then works in two steps and appends one JSON line per step to the request's progress file:
 
 1. **time** every requested path not timed yet (``start``, then ``timed`` with its speed, or a
-   ``result`` that it ``failed``);
+   ``result`` that it ``failed``), but in ``"auto"`` mode ONNX Runtime's paths are reserves
+   (:func:`reserve_for`): one is timed only when OpenVINO's path at its precision did not time
+   here or missed auto's margins at the gate, else it ends as a ``result`` with the status
+   ``reserve``;
 2. **gate** paths on fidelity (``start``, then ``result``: ``ok`` with fidelity and speed, or
    ``failed``). In ``"each"`` mode every requested path; in ``"auto"`` mode fastest first, only
    while a path is faster than the fastest path already known to keep auto's margins
@@ -48,7 +51,6 @@ from wsi_ocelot.inference.runtimes.graphs import (
     CalibrationPairs,
     CellGraph,
     TissueGraph,
-    crop_injection,
     export_onnx,
     quantize_int8,
 )
@@ -57,6 +59,7 @@ from wsi_ocelot.inference.runtimes.spec import (
     auto_may_take,
     cpu_has_bf16,
     cpu_has_vnni,
+    reserve_for,
 )
 from wsi_ocelot.model.checkpoint import load_model
 from wsi_ocelot.model.precision import autocast
@@ -80,6 +83,7 @@ CHUNK = 3
 #: bf16 and int8 on the demo model on a noisy 2-core VM).
 TIMING_TILES, ROUNDS = 4, 3
 STAY_WITHIN = (float("inf"), 1.5, 1.2)
+
 
 #: A path's tissue graph (``x`` → ``probs``) and cell graph (``cell``, ``injection`` → ``probs``).
 TissueFn = Callable[[np.ndarray], np.ndarray]
@@ -117,38 +121,32 @@ def _run_pairs(
     tissue_fn: TissueFn,
     cell_fn: CellFn,
     pairs: CalibrationPairs,
-    tile: int,
     has_tissue: bool,
 ) -> tuple[dict[str, Any], float, float]:
-    """Run the gate's pairs the way the engine does (the cell graph gets the crop of this path's
-    own tissue prediction), CHUNK pairs at a time. Returns the outputs (``tissue`` probabilities
-    or None, ``injection`` or None, ``cell`` probabilities) and the ms per tile of each graph over
-    the chunks after the first (all of them when there is one; fp32 torch's speed: it needs no
-    warm-up)."""
-    chunks = [slice(i, i + CHUNK) for i in range(0, len(pairs.cell), CHUNK)]
-    timed_from = 1 if len(chunks) > 1 else 0  # the chunks after the first, where there are any
-    spent = [0.0, 0.0]  # tissue, cell: seconds over the timed chunks
+    """Run the gate's tiles the way the engine does (the tissue graph on the contexts, the cell
+    graph on the cell tiles with the crop of this path's own tissue prediction), CHUNK tiles at a
+    time. Returns the outputs (``tissue`` probabilities on the contexts or None, ``injection`` or
+    None, ``cell`` probabilities) and each graph's ms per tile over its chunks after the first
+    (all of them when there is one; fp32 torch's speed: it needs no warm-up)."""
 
     def through(
-        fn: Callable[..., np.ndarray], which: int, *arrays: np.ndarray | None
-    ) -> np.ndarray:
-        outs = []
+        fn: Callable[..., np.ndarray], *arrays: np.ndarray | None
+    ) -> tuple[np.ndarray, float]:
+        n = len(arrays[0]) if arrays[0] is not None else 0
+        chunks = [slice(i, i + CHUNK) for i in range(0, n, CHUNK)]
+        timed_from = 1 if len(chunks) > 1 else 0  # the chunks after the first, where there are any
+        outs, spent = [], 0.0
         for k, c in enumerate(chunks):
             t0 = time.perf_counter()
             outs.append(fn(*(None if a is None else a[c] for a in arrays)))
             if k >= timed_from:
-                spent[which] += time.perf_counter() - t0
-        return np.concatenate(outs)
+                spent += time.perf_counter() - t0
+        return np.concatenate(outs), spent * 1000 / (n - (CHUNK if timed_from else 0))
 
-    tis = through(tissue_fn, 0, pairs.tissue) if has_tissue else None
-    inj = crop_injection(model, tis, tile) if tis is not None else None
-    cell = through(cell_fn, 1, pairs.cell, inj)
-    n_timed = len(pairs.cell) - (CHUNK if timed_from else 0)
-    return (
-        {"tissue": tis, "injection": inj, "cell": cell},
-        spent[0] * 1000 / n_timed if has_tissue else 0.0,
-        spent[1] * 1000 / n_timed,
-    )
+    tis, tissue_ms = through(tissue_fn, pairs.tissue) if has_tissue else (None, 0.0)
+    inj = pairs.injection(model, tis) if tis is not None else None
+    cell, cell_ms = through(cell_fn, pairs.cell, inj)
+    return {"tissue": tis, "injection": inj, "cell": cell}, tissue_ms, cell_ms
 
 
 def cell_points(probs: np.ndarray, peaks: PeakConfig) -> np.ndarray:
@@ -243,10 +241,7 @@ class _Reference:
                         )
             except (OSError, ValueError, KeyError) as err:
                 log.debug("%s unreadable (%s): computed anew", path, err)
-        tile = info.geometry.tile_size
-        out, tissue_ms, cell_ms = _run_pairs(
-            model, *_torch_run(model, None), pairs, tile, has_tissue
-        )
+        out, tissue_ms, cell_ms = _run_pairs(model, *_torch_run(model, None), pairs, has_tissue)
         points = cell_points(out["cell"], info.peaks)
         tissue = (
             None
@@ -281,9 +276,10 @@ def _warm_up(
     if not tissue:
         return 0.0
     tissue_fn(pairs.tissue[:1])
+    timed = pairs.tissue[:2]
     t0 = time.perf_counter()
-    tissue_fn(pairs.tissue[1:3])
-    return (time.perf_counter() - t0) * 1000 / 2
+    tissue_fn(timed)
+    return (time.perf_counter() - t0) * 1000 / len(timed)
 
 
 def _time_batch(cell_fn: CellFn, pairs: CalibrationPairs, ref: _Reference) -> float:
@@ -343,7 +339,7 @@ def build(request: dict[str, Any]) -> None:
         cal = cached_pairs(info, CALIBRATION_PAIRS, CALIBRATION_SEED, threads)
         ref_tissue, _ = _torch_run(model, None)
         tis = ref_tissue(cal.tissue) if has_tissue else None
-        inj = crop_injection(model, tis, tile) if tis is not None else None
+        inj = cal.injection(model, tis) if tis is not None else None
         feeds_cell = [
             {"cell": cal.cell[i : i + 1], **({} if inj is None else {"injection": inj[i : i + 1]})}
             for i in range(len(cal.cell))
@@ -406,9 +402,9 @@ def build(request: dict[str, Any]) -> None:
         for c in [c for c in loaded if timed[c]["cell_ms"] > within * fastest()]:
             del loaded[c]
 
-    for c in candidates:
-        if c in timed:
-            continue
+    def time_first(c: tuple[str, str]) -> bool:
+        """Load ``c``, warm it up and time one batch (its tissue graph too where its runtime's
+        is not timed yet); False when it fails (recorded)."""
         start(c)
         runtime, precision = c
         int8_float = _int8_float_to_try(runtime, precision)[0]
@@ -423,7 +419,7 @@ def build(request: dict[str, Any]) -> None:
         except Exception as err:  # a path that fails is recorded, never fatal
             log.debug("%s %s failed:\n%s", runtime, precision, traceback.format_exc())
             _append(progress, {"result": list(c), "status": "failed", "error": _failed(err)})
-            continue
+            return False
         loaded[c] = cell_fn
         timed[c] = {
             "load_s": round(load_s, 2),
@@ -431,17 +427,45 @@ def build(request: dict[str, Any]) -> None:
             **({"int8_float": int8_float} if int8_float else {}),
         }
         del tissue_fn, cell_fn
-        if time_once(c):
+        return time_once(c)
+
+    def report_timed() -> None:
+        for c, v in timed.items():
+            if c in candidates and "ms_per_cell_tile" not in v:
+                v["ms_per_cell_tile"] = round(v["cell_ms"] + v["tissue_ms"] / f2, 1)
+                _append(progress, {"timed": list(c), **v})
+
+    # ONNX Runtime's paths wait on OpenVINO's at their precision (auto mode)
+    reserves = {
+        c: other
+        for c in candidates
+        if mode == "auto" and c not in timed and (other := reserve_for(c, candidates))
+    }
+
+    def time_reserves(of: Callable[[tuple[str, str]], bool]) -> None:
+        """Time the reserves whose OpenVINO path ``of`` says failed, each alone (the best of
+        ROUNDS batches)."""
+        for r in [r for r, other in reserves.items() if of(other)]:
+            del reserves[r]
+            if time_first(r):
+                for _ in range(ROUNDS - 1):
+                    if not time_once(r):
+                        break
+            loaded.clear()
+            report_timed()
+
+    for c in candidates:
+        if c in timed or c in reserves:
+            continue
+        if time_first(c):
             prune(STAY_WITHIN[1])
     for within in STAY_WITHIN[1:ROUNDS]:
         prune(within)
         for c in list(loaded):
             time_once(c)
     loaded.clear()
-    for c, v in timed.items():
-        if c in candidates and "ms_per_cell_tile" not in v:
-            v["ms_per_cell_tile"] = round(v["cell_ms"] + v["tissue_ms"] / f2, 1)
-            _append(progress, {"timed": list(c), **v})
+    report_timed()
+    time_reserves(lambda other: other not in timed)  # OpenVINO failed to build, load or time
 
     # 2. gate: every timed path ("each"), or fastest first until one keeps auto's margins ("auto")
     best_ms = request.get("best_ms")
@@ -466,7 +490,7 @@ def build(request: dict[str, Any]) -> None:
                 t0 = time.perf_counter()
                 fns = _load(model, entry, runtime, precision, threads, int8_float)
                 load_s = time.perf_counter() - t0
-                out, _, _ = _run_pairs(model, *fns, pairs, tile, has_tissue)
+                out, _, _ = _run_pairs(model, *fns, pairs, has_tissue)
                 fid = gate_fidelity(ref.points, ref.tissue, out["cell"], out["tissue"], info.peaks)
                 if int8_float != record.get("int8_float"):  # another form than the one timed
                     _warm_up(*fns, pairs, ref, False)
@@ -489,6 +513,13 @@ def build(request: dict[str, Any]) -> None:
         if mode == "auto" and auto_may_take(result):
             ms = result["ms_per_cell_tile"]
             best_ms = ms if best_ms is None else min(best_ms, ms)
+        elif mode == "auto":  # missed auto's margins (or failed): its reserve is timed now
+            time_reserves(c.__eq__)
+    for c, other in reserves.items():
+        _append(
+            progress,
+            {"result": list(c), "status": "reserve", "reserve_for": f"{other[0]} {other[1]}"},
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

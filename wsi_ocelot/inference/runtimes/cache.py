@@ -31,7 +31,12 @@ import numpy as np
 
 from wsi_ocelot import __version__
 from wsi_ocelot.atomic import atomic_open, write_json
-from wsi_ocelot.inference.runtimes.graphs import CalibrationPairs, render_pairs
+from wsi_ocelot.inference.runtimes.graphs import (
+    PER_CONTEXT,
+    CalibrationPairs,
+    RenderedPairs,
+    render_pairs,
+)
 from wsi_ocelot.inference.runtimes.spec import KERNEL_FLAGS, cpu_flags, runtime_version
 from wsi_ocelot.model.checkpoint import CheckpointInfo
 from wsi_ocelot.sysinfo import cpu_model
@@ -163,6 +168,7 @@ def cached_pairs(info: CheckpointInfo, n: int, seed: int, workers: int = 1) -> C
         "tissue_mpp": g.tissue_mpp,
         "n": n,
         "seed": seed,
+        "per_context": PER_CONTEXT,
         "generator": _generator_digest(),
     }
     text = json.dumps(material, sort_keys=True)
@@ -174,19 +180,19 @@ def cached_pairs(info: CheckpointInfo, n: int, seed: int, workers: int = 1) -> C
     )
     try:
         with np.load(path) as z:
-            tissue, cell = z["tissue"], z["cell"]
+            kept = RenderedPairs(*(z[k] for k in RenderedPairs._fields))
             sha = str(z["sha256"])
-            if str(z["material"]) == text and sha == _arrays_sha(tissue, cell):
-                return CalibrationPairs.from_rgb(tissue, cell, sha)
+            if str(z["material"]) == text and sha == _arrays_sha(*kept):
+                return CalibrationPairs.from_rgb(kept, sha)
         log.debug("%s: stale or damaged, rendered anew", path)
     except (OSError, ValueError, KeyError):
         pass  # absent (or unreadable): rendered below
-    tissue, cell = render_pairs(info, n, seed, workers)
-    sha = _arrays_sha(tissue, cell)
+    rendered = render_pairs(info, n, seed, workers)
+    sha = _arrays_sha(*rendered)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path) as fh:
-            np.savez(fh, tissue=tissue, cell=cell, material=text, sha256=sha)
+            np.savez(fh, **rendered._asdict(), material=text, sha256=sha)
     except OSError as err:
         log.debug("%s: not kept (%s)", path, err)
-    return CalibrationPairs.from_rgb(tissue, cell, sha)
+    return CalibrationPairs.from_rgb(rendered, sha)

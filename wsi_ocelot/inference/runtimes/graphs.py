@@ -16,7 +16,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CalibrationPairs",
+    "PER_CONTEXT",
     "CellGraph",
     "TissueGraph",
     "calibration_pairs",
@@ -38,6 +39,7 @@ __all__ = [
     "high_resolution_convs",
     "injection_size",
     "quantize_int8",
+    "RenderedPairs",
     "render_pairs",
     "resize_to_injection",
 ]
@@ -132,34 +134,74 @@ def export_onnx(model: OcelotModel, tile: int, out_dir: Path) -> dict[str, Path]
     return paths
 
 
-@dataclass(frozen=True)
-class CalibrationPairs:
-    """Synthetic H&E at the model's geometry: ``tissue`` (N, 3, T, T) at the tissue MPP, each
-    centred on its ``cell`` (N, 3, T, T) at the cell MPP, float in [0, 1]."""
+#: Cell tiles rendered per context tile: a tissue graph's run serves this many cell tiles, as in
+#: the engine, where a tissue tile's prediction serves the cell tiles inside it (27 cell tiles
+#: and 4 tissue tiles on the demo slide). One context per pair made the tissue graph (as slow as
+#: the cell graph per tile) half of a build's fp32 reference: 4 cut the ResNet-34's by ~35 %.
+PER_CONTEXT = 4
+
+
+class RenderedPairs(NamedTuple):
+    """:func:`render_pairs`' output: (M, T, T, 3) uint8 RGB context tiles at the tissue MPP,
+    (N, T, T, 3) uint8 RGB cell tiles at the cell MPP, and for each cell tile its context's index
+    (N,) and its centre in that context (N, 2) (x, y in [0, 1])."""
 
     tissue: np.ndarray
     cell: np.ndarray
-    #: what identifies these pixels (``cache.cached_pairs``: the SHA-256 of the RGB stacks)
+    context: np.ndarray
+    offset: np.ndarray
+
+
+@dataclass(frozen=True)
+class CalibrationPairs:
+    """Synthetic H&E at the model's geometry as model inputs: ``tissue`` (M, 3, T, T) context
+    tiles at the tissue MPP and ``cell`` (N, 3, T, T) tiles at the cell MPP, float in [0, 1]; cell
+    tile ``i`` lies inside context ``context[i]``, centred at ``offset[i]`` of it."""
+
+    tissue: np.ndarray
+    cell: np.ndarray
+    context: np.ndarray
+    offset: np.ndarray
+    #: what identifies these pixels (``cache.cached_pairs``: the SHA-256 of the arrays)
     key: str = ""
 
     @classmethod
-    def from_rgb(cls, tissue: np.ndarray, cell: np.ndarray, key: str = "") -> CalibrationPairs:
-        """From (N, T, T, 3) uint8 RGB stacks (what :func:`render_pairs` gives)."""
+    def from_rgb(cls, rendered: RenderedPairs, key: str = "") -> CalibrationPairs:
+        """From :func:`render_pairs`' uint8 RGB stacks."""
 
         def chw(rgb: np.ndarray) -> np.ndarray:
             return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
 
-        return cls(tissue=chw(tissue), cell=chw(cell), key=key)
+        return cls(
+            tissue=chw(rendered.tissue),
+            cell=chw(rendered.cell),
+            context=rendered.context.astype(np.int64),
+            offset=rendered.offset.astype(np.float32),
+            key=key,
+        )
+
+    def injection(self, model: nn.Module, tissue_probs: np.ndarray) -> np.ndarray | None:
+        """Each cell tile's ``injection`` input (None for a model without one) from the tissue
+        graph's output on the contexts, (M, tissue_classes, T, T): its region of its context's
+        prediction, resized, as the engine crops it."""
+        return crop_injection(
+            model,
+            tissue_probs[self.context],
+            self.cell.shape[-1],
+            torch.from_numpy(self.offset),
+        )
 
 
 def render_pairs(
-    info: CheckpointInfo, n: int, seed: int, workers: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` tissue/cell pairs rendered by the synthetic generator at the checkpoint's geometry,
-    centred on random points inside tissue (deterministic per ``seed``): (N, T, T, 3) uint8 RGB
-    stacks, tissue then cell. The generator is the data the demo weights were trained on; for
+    info: CheckpointInfo, n: int, seed: int, workers: int = 1, per_context: int = PER_CONTEXT
+) -> RenderedPairs:
+    """``n`` cell tiles and their context tiles (``per_context`` cell tiles to a context; the
+    last context may hold fewer) rendered by the synthetic generator at the checkpoint's
+    geometry: each context centred on a random point inside tissue, each cell tile on a random
+    point inside tissue within its context, clear of the context's other cell tiles
+    (deterministic per ``seed``). The generator is the data the demo weights were trained on; for
     weights trained on other slides it is still H&E with cells, tumour and stroma, which is what
-    int8 ranges and the fidelity gate need. ``workers`` threads render the pairs (numpy leaves
+    int8 ranges and the fidelity gate need. ``workers`` threads render the tiles (numpy leaves
     the GIL: 2 threads rendered 1.8× as fast as one on 2 cores); ``cache.cached_pairs`` keeps them."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -174,36 +216,55 @@ def render_pairs(
     side = span * 2.5
     model = build_tissue_model(side, side, seed=seed)
     rng = np.random.default_rng(seed)
-    centres: list[tuple[float, float]] = []
+    contexts: list[tuple[float, float]] = []  # their top-left corners, µm
+    cells: list[tuple[int, float, float]] = []  # context index, centre x, centre y (µm)
     tries = 0
-    while len(centres) < n and tries < 200 * n:
+    while len(cells) < n and tries < 200 * n:
         tries += 1
         cx, cy = rng.uniform(span / 2, side - span / 2, size=2)
-        if model.tissue.contains(Point(cx, cy)):
-            centres.append((float(cx), float(cy)))
-    if not centres:
+        if not model.tissue.contains(Point(cx, cy)):
+            continue
+        x0, y0 = cx - span / 2, cy - span / 2
+        mine: list[tuple[float, float]] = []
+        for _ in range(200 * per_context):
+            if len(mine) == min(per_context, n - len(cells)):
+                break
+            x, y = rng.uniform((x0 + c / 2, y0 + c / 2), (x0 + span - c / 2, y0 + span - c / 2))
+            clear = all(max(abs(x - u), abs(y - v)) >= c for u, v in mine)
+            if clear and model.tissue.contains(Point(x, y)):
+                mine.append((float(x), float(y)))
+        if mine:
+            cells += [(len(contexts), x, y) for x, y in mine]
+            contexts.append((float(x0), float(y0)))
+    if not cells:
         raise RuntimeError("the synthetic generator gave no tissue to calibrate on")
     model.cell_indices_in_box(
         (0.0, 0.0, 1.0, 1.0)
     )  # its lazy index, built before the threads share it
 
-    def pair(centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-        cx, cy = centre
-        return (
-            render_um(model, cx - span / 2, cy - span / 2, T, T, g.tissue_mpp),
-            render_um(model, cx - c / 2, cy - c / 2, T, T, g.cell_mpp),
-        )
+    def context_tile(corner: tuple[float, float]) -> np.ndarray:
+        return render_um(model, *corner, T, T, g.tissue_mpp)
 
-    with ThreadPoolExecutor(max(1, min(workers, len(centres)))) as pool:
-        rendered = list(pool.map(pair, centres))
-    return np.stack([t for t, _ in rendered]), np.stack([x for _, x in rendered])
+    def cell_tile(cell: tuple[int, float, float]) -> np.ndarray:
+        _, x, y = cell
+        return render_um(model, x - c / 2, y - c / 2, T, T, g.cell_mpp)
+
+    with ThreadPoolExecutor(max(1, min(workers, len(cells)))) as pool:
+        tissue = list(pool.map(context_tile, contexts))
+        cell_tiles = list(pool.map(cell_tile, cells))
+    context = np.array([k for k, _, _ in cells], dtype=np.int64)
+    offset = np.array(
+        [((x - contexts[k][0]) / span, (y - contexts[k][1]) / span) for k, x, y in cells],
+        dtype=np.float32,
+    )
+    return RenderedPairs(np.stack(tissue), np.stack(cell_tiles), context, offset)
 
 
 def calibration_pairs(
-    info: CheckpointInfo, n: int, seed: int, workers: int = 1
+    info: CheckpointInfo, n: int, seed: int, workers: int = 1, per_context: int = PER_CONTEXT
 ) -> CalibrationPairs:
     """:func:`render_pairs` as model inputs."""
-    return CalibrationPairs.from_rgb(*render_pairs(info, n, seed, workers))
+    return CalibrationPairs.from_rgb(render_pairs(info, n, seed, workers, per_context))
 
 
 def resize_to_injection(model: nn.Module, crop: Tensor, tile: int) -> np.ndarray | None:

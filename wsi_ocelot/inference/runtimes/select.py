@@ -36,6 +36,7 @@ from wsi_ocelot.inference.runtimes.spec import (
     RuntimeChoice,
     auto_may_take,
     cpu_has_bf16,
+    reserve_for,
     runtime_version,
 )
 from wsi_ocelot.model.checkpoint import CheckpointInfo
@@ -199,6 +200,14 @@ def _run_children(
                 encoding="utf-8",
             )
             names = ", ".join(f"{r} {p}" for r, p in todo)
+            if mode == "auto":
+                first = [c for c in todo if not reserve_for(c, todo)]
+                spare = [c for c in todo if reserve_for(c, todo)]
+                names = ", ".join(f"{r} {p}" for r, p in first) + (
+                    f" ({', '.join(f'{r} {p}' for r, p in spare)} only where openvino's fails)"
+                    if spare
+                    else ""
+                )
             log.info(
                 "building %s for this model: timing %s, then checking %s against fp32 torch "
                 "(once per checkpoint and machine)",
@@ -315,6 +324,12 @@ def _log_progress(rec: dict[str, Any]) -> None:
         log.info("  fp32 torch (the reference): %.0f ms per cell tile", _speed(rec["reference"]))
     elif "timed" in rec:
         log.info("  %s %s: %.0f ms per cell tile", *rec["timed"], _speed(rec))
+    elif "result" in rec and rec.get("status") == "reserve":
+        log.debug(
+            "  %s %s not timed: %s timed and kept auto's margins",
+            *rec["result"],
+            rec["reserve_for"],
+        )
     elif "result" in rec and rec.get("status") == "ok":
         log.info(
             "  %s %s against fp32 torch: %s", *rec["result"], _fid_text(rec.get("fidelity") or {})
@@ -330,9 +345,12 @@ def _entry_for(model: torch.nn.Module, info: CheckpointInfo, checkpoint: str) ->
 
 def _settled(res: dict[str, Any] | None, mode: str) -> bool:
     """A path's record needs no build: any outcome but a transient crash, and for ``"each"``
-    (a path asked for by name) not merely ``timed``."""
+    (a path asked for by name) not merely ``timed`` or a ``reserve`` (an ONNX Runtime path
+    an ``auto`` build left untimed: ``spec.reserve_for``)."""
     return bool(
-        res and not res.get("transient") and (mode == "auto" or res.get("status") != "timed")
+        res
+        and not res.get("transient")
+        and (mode == "auto" or res.get("status") not in ("timed", "reserve"))
     )
 
 
@@ -433,7 +451,7 @@ def choose_runtime(
         }
 
     results = records()
-    broken = {c: r for c, r in results.items() if r.get("status") not in ("ok", "timed")}
+    broken = {c: r for c, r in results.items() if r.get("status") not in ("ok", "timed", "reserve")}
     if explicit:
         c = candidates[0]
         res: dict[str, Any] = results.get(c, {}) if c != ("torch", "fp32") else {"status": "ok"}
@@ -490,8 +508,11 @@ def choose_runtime(
         )
         ok = [c for c in faster if auto_may_take(results[c])]
         if not ok:
-            # only ungated paths are left faster (the gated ones failed to load): gate them
-            ungated = [c for c in faster if results[c].get("status") == "timed"]
+            # only ungated paths are left faster (the gated ones failed to load): gate them, and
+            # when none are, the reserves (ONNX Runtime's, left untimed while OpenVINO's passed)
+            ungated = [c for c in faster if results[c].get("status") == "timed"] or [
+                c for c, r in results.items() if r.get("status") == "reserve"
+            ]
             if not ungated:
                 break
             try:

@@ -22,6 +22,7 @@ __all__ = [
     "auto_may_take",
     "cpu_flags",
     "cpu_has_bf16",
+    "reserve_for",
     "runtime_version",
 ]
 
@@ -65,6 +66,17 @@ def auto_may_take(res: dict[str, Any]) -> bool:
         and fid.get("cells_f1", 0.0) >= FIDELITY["cells_f1_auto"]
         and abs(fid.get("purity_delta", 1.0)) <= FIDELITY["purity_auto"]
     )
+
+
+def reserve_for(c: tuple[str, str], candidates: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """The path an ``auto`` build tries before ONNX Runtime's path ``c``: OpenVINO's at the same
+    precision, where it is a candidate (None: ``c`` is no reserve). Both run the same ONNX graphs
+    (int8 the same QDQ graph), and OpenVINO ran them faster on every CPU measured (1.1-2.4× on
+    an AVX2 AMD EPYC, an AVX-512 one and an AMX Intel Xeon; docs/runtimes.md), so timing ONNX
+    Runtime as well cost a first build its time for nothing: ~7 s for the demo model on the AVX2
+    EPYC, ~25 s for a ResNet-34."""
+    other = ("openvino", c[1])
+    return other if c[0] == "onnxruntime" and other in candidates else None
 
 
 #: the flags that change which kernels a runtime may use (part of the cache key)
