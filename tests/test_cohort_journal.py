@@ -262,3 +262,30 @@ def test_status_during_a_run_sees_the_journal_and_files_are_whole_after(
         process=bench.standin_process,
     )
     assert sorted(again.done) == ["s_0"] and again.failed == ["s_49"]
+
+
+def test_the_eta_leaves_out_the_first_slides_runtime_build(caplog):
+    """The first slide of a process loads the model and, on a new checkpoint or machine, builds
+    its runtime cache (a minute or more on 2 cores): its progress line says how much of its time
+    that was, and the batch's ETA leaves those one-off seconds out."""
+    import logging
+    import time
+
+    from wsi_ocelot.cohort import batch
+    from wsi_ocelot.cohort.outcome import SlideOutcome
+
+    progress = batch._Progress(total=10, skipped=0)
+    progress.t0 = time.perf_counter() - 130.0  # the first slide: 100 s of setup, 30 s of slide
+    first = SlideOutcome.failed("/s0.svs", "boom", runtime_s=130.0, worker="h:1", setup_s=100.0)
+    with caplog.at_level(logging.INFO, logger="wsi_ocelot.cohort.batch"):
+        progress.update("s0", first)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[1/10]")]
+    assert "(130.0 s, 100 s of it loading the model and choosing its runtime)" in line, line
+    assert line.endswith("ETA 4 min 30 s"), line  # 9 slides of 30 s, not of 130
+    caplog.clear()
+    second = SlideOutcome.failed("/s1.svs", "boom", runtime_s=30.0, worker="h:1", setup_s=0.001)
+    progress.t0 -= 30.0
+    with caplog.at_level(logging.INFO, logger="wsi_ocelot.cohort.batch"):
+        progress.update("s1", second)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[2/10]")]
+    assert "(30.0 s)" in line and line.endswith("ETA 4 min 00 s"), line

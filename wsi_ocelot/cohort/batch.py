@@ -224,11 +224,20 @@ def _log_file(out_dir: Path) -> Iterator[Path]:
 
 
 # -- progress ------------------------------------------------------------------------------
+#: a slide's progress line names the seconds its process spent on the model's load and runtime
+#: choice from this many on (a first build of the runtime cache: a minute or more on 2 cores)
+SETUP_SHOWN_S = 5.0
+
+
 class _Progress:
     def __init__(self, total: int, skipped: int):
         self.total, self.skipped = total, skipped
         self.done = self.failed = 0
         self.t0 = time.perf_counter()
+        # the longest model load and runtime choice seen (processes make theirs at once; the
+        # first of a checkpoint on a machine builds its runtime cache, a minute or more): one-off
+        # seconds the ETA leaves out
+        self.setup = 0.0
 
     def update(self, sid: str, outcome: SlideOutcome) -> None:
         if outcome.record is not None:
@@ -241,15 +250,19 @@ class _Progress:
             what = f"FAILED: {outcome.error}"
         finished = self.done + self.failed
         remaining = self.total - finished
-        elapsed = time.perf_counter() - self.t0
+        self.setup = max(self.setup, outcome.setup_s or 0.0)
+        elapsed = max(time.perf_counter() - self.t0 - self.setup, 0.0)
         eta = elapsed / finished * remaining if finished else float("nan")
+        took = f"{outcome.runtime_s or 0.0:.1f} s"
+        if (outcome.setup_s or 0.0) >= SETUP_SHOWN_S:
+            took += f", {outcome.setup_s:.0f} s of it loading the model and choosing its runtime"
         log.info(
-            "[%d/%d] %s: %s (%.1f s) | done %d, failed %d, remaining %d, ETA %s",
+            "[%d/%d] %s: %s (%s) | done %d, failed %d, remaining %d, ETA %s",
             finished,
             self.total,
             sid,
             what,
-            outcome.runtime_s or 0.0,
+            took,
             self.done,
             self.failed,
             remaining,

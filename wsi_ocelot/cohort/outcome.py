@@ -31,9 +31,11 @@ class SlideOutcome:
     driver (attempts whose worker died, and this one). ``log``: the slide's traceback file,
     relative to the batch's folder, once the driver wrote it.
 
-    Two fields are for the driver only and never reach the manifest: ``disk_full`` (the batch
-    stops: every later slide would fail the same way) and ``traceback`` (an unexpected error's,
-    written to ``logs/<slide-id>.log``).
+    Three fields are for the driver only and never reach the manifest: ``disk_full`` (the batch
+    stops: every later slide would fail the same way), ``traceback`` (an unexpected error's,
+    written to ``logs/<slide-id>.log``) and ``setup_s`` (the part of ``runtime_s`` its process
+    spent loading the model and choosing its runtime: the first slide of a process, which on a
+    new checkpoint or machine builds the runtime cache; the batch's ETA leaves it out).
     """
 
     path: str
@@ -48,6 +50,7 @@ class SlideOutcome:
     # -- for the driver only --
     disk_full: bool = False
     traceback: str | None = None
+    setup_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in get_args(Status):

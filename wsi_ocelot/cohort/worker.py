@@ -164,6 +164,7 @@ def process_slide(
     """Run one slide into ``out_dir/<slide-id>/`` and return its :class:`SlideOutcome`."""
     t0 = time.perf_counter()
     where = _where()
+    setup_s: float | None = None  # loading the model and choosing its runtime (a new runner)
 
     def seconds() -> float:
         return round(time.perf_counter() - t0, 3)
@@ -175,6 +176,7 @@ def process_slide(
             runtime_s=seconds(),
             mpp_override=job.mpp,
             worker=where,
+            setup_s=setup_s,
             **extra,
         )
 
@@ -182,7 +184,9 @@ def process_slide(
         if torch_threads:
             if torch.get_num_threads() != torch_threads:
                 torch.set_num_threads(torch_threads)
+        t_setup = time.perf_counter()
         runner = get_runner(model, config)
+        setup_s = round(time.perf_counter() - t_setup, 3)
         res = runner.run(job.path, out_dir, mpp=job.mpp, slide_id=job.slide_id, overwrite=True)
     except WsiOcelotError as err:
         # a full disk stops the batch: every later slide would fail the same way
@@ -203,4 +207,5 @@ def process_slide(
         mpp_override=job.mpp,
         worker=where,
         record=res.record,
+        setup_s=setup_s,
     )
