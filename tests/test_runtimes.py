@@ -898,14 +898,19 @@ def test_auto_gates_a_timed_path_when_the_gated_ones_fail_to_load(
 
 
 @pytest.mark.slow  # a build child's work in process: ~10 s each on 2 cores
-@pytest.mark.parametrize("openvino_keeps", [True, False], ids=["openvino-keeps", "openvino-misses"])
+@pytest.mark.parametrize(
+    "openvino_f1, tried",
+    [(None, False), (0.992, True), (0.95, False)],
+    ids=["keeps", "near", "far"],
+)
 def test_an_auto_build_times_onnxruntime_only_where_openvino_misses(
-    tiny_ckpt, shared_cache, tmp_path, monkeypatch, openvino_keeps
+    tiny_ckpt, shared_cache, tmp_path, monkeypatch, openvino_f1, tried
 ):
     """The build child in ``auto`` mode: ONNX Runtime's path is a reserve for OpenVINO's at its
     precision (both run the same graph, OpenVINO faster on every CPU measured). It is neither
-    loaded nor timed while OpenVINO's keeps auto's margins (recorded ``reserve``), and timed and
-    gated when OpenVINO's misses them."""
+    loaded nor timed while OpenVINO's keeps auto's margins (recorded ``reserve``) or misses them
+    by more than the two runtimes differ (``spec.RESERVE_SLACK``), and timed and gated when
+    OpenVINO's misses them by little."""
     import torch
 
     from wsi_ocelot.inference.runtimes import build
@@ -919,8 +924,8 @@ def test_an_auto_build_times_onnxruntime_only_where_openvino_misses(
 
     def fidelity(*a, **k):
         fid = real_fidelity(*a, **k)
-        if gated[-1] == ("openvino", "fp32") and not openvino_keeps:
-            fid = {**fid, "cells_f1": 0.992}  # keeps the gate, misses auto's margins
+        if gated[-1] == ("openvino", "fp32") and openvino_f1 is not None:
+            fid = {**fid, "cells_f1": openvino_f1}  # misses auto's margins
         return fid
 
     monkeypatch.setattr(build, "_load", load)
@@ -945,7 +950,7 @@ def test_an_auto_build_times_onnxruntime_only_where_openvino_misses(
     results = {" ".join(r["result"]): r for r in recs if "result" in r}
     assert results["openvino fp32"]["status"] == "ok"
     ort = results["onnxruntime fp32"]
-    if openvino_keeps:
+    if not tried:
         assert ort == {
             "result": ["onnxruntime", "fp32"],
             "status": "reserve",

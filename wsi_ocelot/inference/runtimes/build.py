@@ -7,9 +7,9 @@ then works in two steps and appends one JSON line per step to the request's prog
 
 1. **time** every requested path not timed yet (``start``, then ``timed`` with its speed, or a
    ``result`` that it ``failed``), but in ``"auto"`` mode ONNX Runtime's paths are reserves
-   (:func:`reserve_for`): one is timed only when OpenVINO's path at its precision did not time
-   here or missed auto's margins at the gate, else it ends as a ``result`` with the status
-   ``reserve``;
+   (``spec.reserve_for``): one is timed only when OpenVINO's path at its precision did not time
+   here, or missed auto's margins at the gate by little (``spec.reserve_may_pass``), else it
+   ends as a ``result`` with the status ``reserve``;
 2. **gate** paths on fidelity (``start``, then ``result``: ``ok`` with fidelity and speed, or
    ``failed``). In ``"each"`` mode every requested path; in ``"auto"`` mode fastest first, only
    while a path is faster than the fastest path already known to keep auto's margins
@@ -60,6 +60,7 @@ from wsi_ocelot.inference.runtimes.spec import (
     cpu_has_bf16,
     cpu_has_vnni,
     reserve_for,
+    reserve_may_pass,
 )
 from wsi_ocelot.model.checkpoint import load_model
 from wsi_ocelot.model.precision import autocast
@@ -513,8 +514,8 @@ def build(request: dict[str, Any]) -> None:
         if mode == "auto" and auto_may_take(result):
             ms = result["ms_per_cell_tile"]
             best_ms = ms if best_ms is None else min(best_ms, ms)
-        elif mode == "auto":  # missed auto's margins (or failed): its reserve is timed now
-            time_reserves(c.__eq__)
+        elif mode == "auto" and reserve_may_pass(result):  # failed, or missed auto's margins
+            time_reserves(c.__eq__)  # by little: its reserve (same graph) is timed now
     for c, other in reserves.items():
         _append(
             progress,
