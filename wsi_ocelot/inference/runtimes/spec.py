@@ -72,10 +72,12 @@ def auto_may_take(res: dict[str, Any]) -> bool:
 def reserve_for(c: tuple[str, str], candidates: list[tuple[str, str]]) -> tuple[str, str] | None:
     """The path an ``auto`` build tries before ONNX Runtime's path ``c``: OpenVINO's at the same
     precision, where it is a candidate (None: ``c`` is no reserve). Both run the same ONNX graphs
-    (int8 the same QDQ graph), and OpenVINO ran them faster on every CPU measured (1.1-2.4× on
-    an AVX2 AMD EPYC, an AVX-512 one and an AMX Intel Xeon; docs/runtimes.md), so timing ONNX
-    Runtime as well cost a first build its time for nothing: ~7 s for the demo model on the AVX2
-    EPYC, ~25 s for a ResNet-34."""
+    (int8 the same QDQ graph). OpenVINO's int8 ran 1.06-1.7× faster than ONNX Runtime's end to
+    end (the demo and a ResNet-34, an AVX2 and an AVX-512 AMD EPYC; 3× per tile on an AMX Xeon),
+    and at fp32 the two were within 5 % either way (the gate's tiles and the slide disagreeing on
+    which was faster) but for the demo on the AVX-512 EPYC (OpenVINO 1.4×; docs/runtimes.md).
+    Timing ONNX Runtime as well cost a first build ~7 s for the demo model on the AVX2 EPYC and
+    ~25 s for a ResNet-34."""
     other = ("openvino", c[1])
     return other if c[0] == "onnxruntime" and other in candidates else None
 
