@@ -103,10 +103,11 @@ def _run_mode(model: Any, mode: str, pairs: Any, args: argparse.Namespace) -> di
     first_s = time.perf_counter() - t0
 
     # speed: a full batch of the pairs repeated, after two warm-ups
-    reps = -(-args.batch // len(pairs.cell))
-    xb = np.concatenate([pairs.tissue] * reps)[: args.batch]
-    cb = np.concatenate([pairs.cell] * reps)[: args.batch]
-    ib = None if inj is None else np.concatenate([inj] * reps)[: args.batch]
+    def full(a: np.ndarray) -> np.ndarray:  # a batch of args.batch rows, ``a``'s repeated
+        return np.concatenate([a] * -(-args.batch // len(a)))[: args.batch]
+
+    xb, cb = full(pairs.tissue), full(pairs.cell)  # fewer contexts than cell tiles
+    ib = None if inj is None else full(inj)
     xt, ct = fmt(xb), fmt(cb)
     it = None if ib is None else torch.from_numpy(ib).to(device)
 

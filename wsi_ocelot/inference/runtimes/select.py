@@ -204,7 +204,7 @@ def _run_children(
                 first = [c for c in todo if not reserve_for(c, todo)]
                 spare = [c for c in todo if reserve_for(c, todo)]
                 names = ", ".join(f"{r} {p}" for r, p in first) + (
-                    f" ({', '.join(f'{r} {p}' for r, p in spare)} only where openvino's fails)"
+                    f" ({', '.join(f'{r} {p}' for r, p in spare)} only if openvino's fall short)"
                     if spare
                     else ""
                 )
@@ -326,7 +326,7 @@ def _log_progress(rec: dict[str, Any]) -> None:
         log.info("  %s %s: %.0f ms per cell tile", *rec["timed"], _speed(rec))
     elif "result" in rec and rec.get("status") == "reserve":
         log.debug(
-            "  %s %s not timed: %s timed and kept auto's margins",
+            "  %s %s not timed: the reserve of %s (docs/runtimes.md)",
             *rec["result"],
             rec["reserve_for"],
         )
