@@ -85,7 +85,6 @@ CHUNK = 3
 TIMING_TILES, ROUNDS = 4, 3
 STAY_WITHIN = (float("inf"), 1.5, 1.2)
 
-
 #: A path's tissue graph (``x`` → ``probs``) and cell graph (``cell``, ``injection`` → ``probs``).
 TissueFn = Callable[[np.ndarray], np.ndarray]
 CellFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
@@ -131,15 +130,15 @@ def _run_pairs(
     (all of them when there is one; fp32 torch's speed: it needs no warm-up)."""
 
     def through(
-        fn: Callable[..., np.ndarray], *arrays: np.ndarray | None
+        fn: Callable[..., np.ndarray], x: np.ndarray, *extra: np.ndarray | None
     ) -> tuple[np.ndarray, float]:
-        n = len(arrays[0]) if arrays[0] is not None else 0
+        n = len(x)
         chunks = [slice(i, i + CHUNK) for i in range(0, n, CHUNK)]
         timed_from = 1 if len(chunks) > 1 else 0  # the chunks after the first, where there are any
         outs, spent = [], 0.0
         for k, c in enumerate(chunks):
             t0 = time.perf_counter()
-            outs.append(fn(*(None if a is None else a[c] for a in arrays)))
+            outs.append(fn(x[c], *(None if a is None else a[c] for a in extra)))
             if k >= timed_from:
                 spent += time.perf_counter() - t0
         return np.concatenate(outs), spent * 1000 / (n - (CHUNK if timed_from else 0))
