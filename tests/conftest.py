@@ -100,6 +100,13 @@ def cmu_slide() -> Path:
 
 
 @pytest.fixture(scope="session")
+def runtime_cache(tmp_path_factory) -> Path:
+    """The session's runtime cache for tests that run ``auto`` (tests/test_runtimes.py, the CLI
+    on the real slide): the demo weights' graphs are built once, by whichever test comes first."""
+    return tmp_path_factory.mktemp("runtime_cache")
+
+
+@pytest.fixture(scope="session")
 def slides_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("slides")
 

@@ -16,6 +16,10 @@ def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "wsi_ocelot", *args]
 
 
+#: What the test suite sets to run the eager path (tests/conftest.py); a test of ``auto`` drops them.
+RUNTIME_ENV = ("WSI_OCELOT_RUNTIME", "WSI_OCELOT_PRECISION")
+
+
 def run_cli(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """``wsi-ocelot ARGS`` in a subprocess, to the end; stdout and stderr as text. ``kw``
     (``cwd``, ``env``, ...) go to :func:`subprocess.run`."""

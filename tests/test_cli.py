@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import numpy as np
 import pytest
-from helpers import cpu_run_options, run_cli
+from helpers import RUNTIME_ENV, cpu_run_options, run_cli
 
 from wsi_ocelot.synthetic.tiff import write_pyramidal_tiff
 
@@ -148,10 +149,19 @@ def test_run_needs_model(synth_025, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def _auto(runtime_cache) -> dict[str, str]:
+    """The environment of a user without a site default (``auto``), with the session's runtime
+    cache (the demo weights' graphs built once for every test that runs ``auto``)."""
+    env = {k: v for k, v in os.environ.items() if k not in RUNTIME_ENV}
+    return {**env, "WSI_OCELOT_CACHE": str(runtime_cache)}
+
+
 @pytest.mark.slow  # runs the CLI or Python in a subprocess
-def test_demo_weights_on_a_real_slide_warn_and_leave_a_note(cmu_slide, tmp_path):
-    """``--model demo`` on CMU-1-Small-Region.svs: a warning at start naming the slide, and the
-    synthetic-only note in purity.json, the Zarr attributes, the manifest, summary.csv and the report."""
+def test_demo_weights_on_a_real_slide_warn_and_leave_a_note(cmu_slide, runtime_cache, tmp_path):
+    """``--model demo`` on CMU-1-Small-Region.svs as a new user runs it (``auto``: the fastest
+    runtime that keeps the gate, built in the session's runtime cache): a warning at start naming
+    the slide, and the synthetic-only note in purity.json, the Zarr attributes, the manifest,
+    summary.csv and the report."""
     import csv
 
     import zarr
@@ -159,11 +169,7 @@ def test_demo_weights_on_a_real_slide_warn_and_leave_a_note(cmu_slide, tmp_path)
     from wsi_ocelot.weights import SYNTHETIC_ONLY_NOTE
 
     out = tmp_path / "o"
-    proc = run_cli(
-        "run",
-        str(cmu_slide),
-        *cpu_run_options(out, "demo"),
-    )
+    proc = run_cli("run", str(cmu_slide), *cpu_run_options(out, "demo"), env=_auto(runtime_cache))
     assert proc.returncode == 0, proc.stderr
     warn = [ln for ln in proc.stderr.splitlines() if "not synthetic" in ln]
     assert (
@@ -184,10 +190,15 @@ def test_demo_weights_on_a_real_slide_warn_and_leave_a_note(cmu_slide, tmp_path)
         assert [r["model_note"] for r in csv.DictReader(f)] == [SYNTHETIC_ONLY_NOTE]
     report = (out / "report.html").read_text(encoding="utf-8")
     assert 'class="note"' in report and "synthetic-only weights" in report
+    # what ran is recorded: auto's choice, never "auto"
+    ran = json.loads((out / sid / "purity.json").read_text())
+    assert ran["runtime"] in ("torch", "openvino", "onnxruntime"), ran["runtime"]
+    assert ran["precision"] in ("fp32", "bf16", "int8"), ran["precision"]
+    assert manifest["slides"][sid]["runtime"] == ran["runtime"]
 
 
 @pytest.mark.slow  # runs the CLI or Python in a subprocess
-def test_demo_weights_on_a_synthetic_slide_do_not_warn(synth_025, tmp_path):
+def test_demo_weights_on_a_synthetic_slide_do_not_warn(synth_025, runtime_cache, tmp_path):
     """Our own synthetic slides are what the demo weights are for: no warning, but the note stays."""
     out = tmp_path / "o"
     proc = run_cli(
@@ -195,6 +206,7 @@ def test_demo_weights_on_a_synthetic_slide_do_not_warn(synth_025, tmp_path):
         str(synth_025),
         *cpu_run_options(out, "demo"),
         "--no-report",
+        env=_auto(runtime_cache),
     )
     assert proc.returncode == 0, proc.stderr
     assert "not synthetic" not in proc.stderr

@@ -226,6 +226,43 @@ def test_leaving_a_pass_early_ends_every_reader(blocks):
     assert all(_gone(pid) for pid in pids)
 
 
+def _mark_reads(monkeypatch, marker_dir: Path, slow: int | None = None) -> None:
+    """Each BlockBatches item read (in any process) leaves the file ``read-<i>`` in ``marker_dir``
+    once it is read; item ``slow`` takes half a second longer."""
+    orig = BlockBatches.__getitem__
+
+    def getitem(self, i):
+        if i == slow:
+            time.sleep(0.5)
+        batch = orig(self, i)
+        (marker_dir / f"read-{i}").touch()
+        return batch
+
+    monkeypatch.setattr(BlockBatches, "__getitem__", getitem)
+
+
+def _appears(path: Path, timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_batch_taken_in_early_frees_its_slot_for_the_next_at_once(blocks, monkeypatch, tmp_path):
+    """Batch 1 read before batch 0 (two readers, batch 0 slow) is taken in with it: when batch 1
+    is handed out, batch 2 is already asked for (it used to wait until the consumer asked for
+    batch 2, a whole read later)."""
+    assert len(blocks) >= 3
+    _mark_reads(monkeypatch, tmp_path, slow=0)
+    it = read_batches(blocks, readers=2, prefetch=1)
+    next(it), next(it)
+    assert _appears(tmp_path / "read-2", timeout=5.0)
+    it.close()
+    _assert_no_readers()
+
+
 @pytest.mark.slow  # SIGKILLs a process
 def test_ctrl_c_while_waiting_ends_every_reader(blocks, monkeypatch):
     parent = os.getpid()

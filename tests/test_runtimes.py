@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_tiny_checkpoint
+from helpers import RUNTIME_ENV
 
 from wsi_ocelot.cli import main
 from wsi_ocelot.errors import ConfigError, WsiOcelotError
@@ -32,7 +33,7 @@ from wsi_ocelot.inference.runtimes.fidelity import cells_agreement, tissue_agree
 from wsi_ocelot.outputs import open_predictions
 from wsi_ocelot.weights import file_sha256
 
-ENV = ("WSI_OCELOT_RUNTIME", "WSI_OCELOT_PRECISION")
+ENV = RUNTIME_ENV
 FAST = dict(device="cpu", workers=0, progress=False)
 SELECT_LOG = select.log.name
 MATCH_UM = 3.0  # the OCELOT matching radius, in µm
@@ -54,11 +55,6 @@ PATHS = [
 
 
 # -- helpers --------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def runtime_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("runtime_cache")
-
-
 @pytest.fixture
 def shared_cache(runtime_cache, monkeypatch) -> Path:
     monkeypatch.setenv("WSI_OCELOT_CACHE", str(runtime_cache))

@@ -481,9 +481,12 @@ class _ReaderPool:
 
     def batches(self) -> Iterator[dict[str, Any]]:
         for b in range(len(self.source)):
+            # asked each time, not only when ``b`` is still to come: a batch taken in with an
+            # earlier one (readers answer out of order) frees its slot for the next batch now
+            self._ask(b)
             while b not in self.done:
-                self._ask(b)
                 self._wait()
+                self._ask(b)
             yield self.done.pop(b)
 
     def _ask(self, first: int) -> None:
