@@ -148,10 +148,10 @@ def _run_pairs(
                 spent += time.perf_counter() - t0
         return np.concatenate(outs), spent * 1000 / (n - (CHUNK if timed_from else 0))
 
-    if tissue is not None:
-        tis, tissue_ms = tissue, 0.0
-    else:
-        tis, tissue_ms = through(tissue_fn, pairs.tissue) if has_tissue else (None, 0.0)
+    tis: np.ndarray | None = tissue
+    tissue_ms = 0.0
+    if tis is None and has_tissue:
+        tis, tissue_ms = through(tissue_fn, pairs.tissue)
     inj = pairs.injection(model, tis) if tis is not None else None
     cell, cell_ms = through(cell_fn, pairs.cell, inj)
     return {"tissue": tis, "injection": inj, "cell": cell}, tissue_ms, cell_ms
