@@ -133,6 +133,13 @@ def synth_05(slides_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synth_small(slides_dir) -> Path:
+    """A 512 × 512 synthetic slide at 0.25 µm/px (128 µm square, a few cell tiles): for tests of
+    what happens around a run, not of its cells."""
+    return _synth(slides_dir, "synth_small", mpp=0.25, size=(512, 512), seed=14)
+
+
+@pytest.fixture(scope="session")
 def synth_empty(slides_dir) -> Path:
     return _synth(slides_dir, "synth_empty", mpp=0.25, size=(1024, 1024), seed=13, empty=True)
 
