@@ -33,7 +33,6 @@ from wsi_ocelot.inference.runtimes.fidelity import cells_agreement, tissue_agree
 from wsi_ocelot.outputs import open_predictions
 from wsi_ocelot.weights import file_sha256
 
-ENV = RUNTIME_ENV
 FAST = dict(device="cpu", workers=0, progress=False)
 SELECT_LOG = select.log.name
 MATCH_UM = 3.0  # the OCELOT matching radius, in µm
@@ -64,7 +63,7 @@ def shared_cache(runtime_cache, monkeypatch) -> Path:
 @pytest.fixture
 def no_site_default(monkeypatch) -> None:
     """``auto`` as a user without WSI_OCELOT_RUNTIME / WSI_OCELOT_PRECISION gets it."""
-    for name in ENV:
+    for name in RUNTIME_ENV:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -113,7 +112,7 @@ def _auto_runner(cache: Path, model, **kw) -> SlideRunner:
     """A runner made under ``auto`` (no site default) with ``cache``, from a session fixture."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WSI_OCELOT_CACHE", str(cache))
-        for name in ENV:
+        for name in RUNTIME_ENV:
             mp.delenv(name, raising=False)
         return SlideRunner(model, EngineConfig(**FAST, **kw))
 
@@ -413,7 +412,7 @@ def test_a_runtime_that_raises_at_load_falls_back_with_one_warning(
         return entry, data
 
     monkeypatch.setattr(select, "gate_results", ordered)
-    for name in ENV:
+    for name in RUNTIME_ENV:
         monkeypatch.delenv(name)
     for failing, expect, n_warn in (
         ({"openvino"}, ("onnxruntime", "fp32"), 1),
@@ -840,7 +839,7 @@ def test_auto_gates_a_timed_path_when_the_gated_ones_fail_to_load(
     as "each") before it may run."""
     from wsi_ocelot.model.checkpoint import load_model
 
-    for name in ENV:
+    for name in RUNTIME_ENV:
         monkeypatch.delenv(name, raising=False)
     model, info = load_model(str(tiny_ckpt), device="cpu")
     fid = {"passes": True, "cells_f1": 1.0, "purity_delta": 0.0}
@@ -968,7 +967,7 @@ def test_a_precision_asked_for_runs_its_best_path_within_the_gate(tiny_ckpt, mon
 
     from wsi_ocelot.model.checkpoint import load_model
 
-    for name in ENV:
+    for name in RUNTIME_ENV:
         monkeypatch.delenv(name, raising=False)
     model, info = load_model(str(tiny_ckpt), device="cpu")
     near = {

@@ -469,7 +469,13 @@ def build(request: dict[str, Any]) -> None:
             prune(STAY_WITHIN[1])
     for within in STAY_WITHIN[1:ROUNDS]:
         prune(within)
-        if len(loaded) < 2 and (ref_ms is None or fastest() * STAY_WITHIN[-1] < ref_ms):
+        if len(loaded) < 2 and (
+            ref_ms is None
+            or all(
+                (timed[c]["cell_ms"] + timed[c]["tissue_ms"] / f2) * STAY_WITHIN[-1] < ref_ms
+                for c in loaded
+            )
+        ):
             break  # one path left (and well ahead of fp32 torch): nothing to take turns with
         for c in list(loaded):
             time_once(c)
