@@ -641,6 +641,28 @@ def test_int8_keeps_the_high_resolution_convolutions_in_float(tiny_ckpt, tmp_pat
     }
     quantised = {n.name for n in convs} - in_float
     assert any("/layer2/" in c for c in quantised) and any("/aspp/" in c for c in quantised)
+    # a Relu after a quantised convolution is folded into the range of its output: no Relu reads
+    # a Q/DQ pair of a quantised convolution's output (OpenVINO ran those as stand-alone steps)
+    node_of = {o: n for n in g.node for o in n.output}
+
+    def source(name: str, *ops: str) -> onnx.NodeProto | None:
+        n = node_of.get(name)
+        for op in ops:
+            if n is None or n.op_type != op:
+                return None
+            n = node_of.get(n.input[0])
+        return n
+
+    after_quantised = [
+        n.name
+        for n in g.node
+        if n.op_type == "Relu"
+        and (c := source(n.input[0], "DequantizeLinear", "QuantizeLinear")) is not None
+        and c.name in quantised
+    ]
+    assert after_quantised == []
+    relus = lambda graph: sum(n.op_type == "Relu" for n in graph.node)  # noqa: E731
+    assert relus(g) < relus(onnx.load(str(graphs["cell"])).graph)  # some were folded
 
 
 def test_openvino_int8_float_tail_follows_the_gate(monkeypatch):

@@ -334,7 +334,8 @@ def quantize_int8(
 ) -> Path:
     """Static int8 quantisation of ``onnx_path``'s convolutions but those at stride
     ``float_stride`` or finer (:func:`high_resolution_convs`; QDQ, per-channel int8 weights, uint8
-    activations, ranges from ``feeds``: one input dict per calibration sample; the softmax, the
+    activations, a Relu that follows a quantised convolution folded into its output's range,
+    ranges from ``feeds``: one input dict per calibration sample; the softmax, the
     resizes and the float convolutions stay fp32, or bf16 where the runtime runs float parts in
     bf16; ``float_stride=0`` quantises every convolution). ``reduce_range`` keeps weights to 7
     bits: on a CPU without VNNI the uint8 × int8 products are summed in pairs into int16
@@ -367,7 +368,10 @@ def quantize_int8(
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         reduce_range=reduce_range,
-        op_types_to_quantize=["Conv"],
+        # a Relu after a quantised convolution folds into the range of the convolution's
+        # output (from 0): one Q/DQ pair instead of one on each side of the Relu, which OpenVINO
+        # ran as a stand-alone FakeQuantize and convert per block (docs/runtimes.md)
+        op_types_to_quantize=["Conv", "Relu"],
         nodes_to_exclude=in_float,
     )
     pre.unlink(missing_ok=True)
