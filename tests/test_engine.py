@@ -347,6 +347,17 @@ def test_defaults_fit_the_machine():
     assert EngineConfig(batch_size=3, workers=0).resolved(torch.device("cpu")).workers == 0
 
 
+def test_unit_float_gives_the_values_of_float_div_255():
+    """The host's one-pass uint8 → [0, 1] conversion: bit for bit ``x.float().div_(255)``, on a
+    strided view as well (a channel slice of a batch)."""
+    from wsi_ocelot.inference.predictor import unit_float
+
+    x = torch.randint(0, 256, (2, 4, 33, 17), dtype=torch.uint8)
+    for t in (x, x[:, 1:], x.permute(0, 1, 3, 2)):
+        got = unit_float(t)
+        assert got.dtype == np.float32 and np.array_equal(got, t.float().div_(255.0).numpy())
+
+
 def test_read_cells_equals_the_zarr_columns_and_the_geojson(run_out):
     import zarr
 

@@ -69,7 +69,7 @@ class Predictor:
             self.model.to(memory_format=torch.channels_last)
 
     def _prep(self, x: Tensor) -> Tensor:
-        if not self._cuda:
+        if self.device.type == "cpu" and x.device.type == "cpu":
             return torch.from_numpy(unit_float(x))
         x = x.to(self.device, non_blocking=True).float().div_(255.0)
         if self._cuda and self.channels_last:
