@@ -148,13 +148,13 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     import torch
     from bench_runtime import model_checkpoint
 
+    from wsi_ocelot.inference.runtimes.build import per_cell_tile
     from wsi_ocelot.inference.runtimes.graphs import calibration_pairs
     from wsi_ocelot.model.checkpoint import load_model
 
     ckpt = model_checkpoint(name, tmp, args.resnet34_checkpoint if name == "resnet34" else None)
     _, info = load_model(ckpt, device="cpu")
     pairs = calibration_pairs(info, args.pairs, 2)
-    f2 = info.geometry.context_factor**2
     rows: dict[str, Any] = {}
     ref: dict[str, Any] | None = None
     for mode in MODES:
@@ -175,7 +175,9 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
             "first_call_s": round(r["first_s"], 2),
             "tissue_ms": round(r["tissue_ms"], 2),
             "cell_ms": round(r["cell_ms"], 2),
-            "ms_per_cell_tile": round(r["cell_ms"] + r["tissue_ms"] / f2, 2),
+            "ms_per_cell_tile": round(
+                per_cell_tile(r["cell_ms"], r["tissue_ms"], info.geometry.context_factor), 2
+            ),
             "fidelity": fid,
         }
         print(f"{name} {mode}: {json.dumps(rows[mode])}", file=sys.stderr, flush=True)

@@ -352,8 +352,7 @@ def bench_model(
     failed: list[dict[str, Any]] = []
     ref: dict[str, Any] | None = None
     for rt, prec in paths:
-        label = "auto" if rt == "auto" else f"{rt}:{prec}"
-        print(f"[{name}] {label} ...", flush=True)
+        print(f"[{name}] {_path_arg(rt, prec)} ...", flush=True)
         try:
             rec = run_path(ckpt, slide, tmp / f"out_{name}_{rt}_{prec}", rt, prec, args, cache)
         except RuntimeError as err:
@@ -554,8 +553,7 @@ def paired_rounds(
     for k in range(2, args.rounds + 1):
         for r in rows:
             rt, prec = r["path"]["runtime"], r["path"]["precision"]
-            label = "auto" if rt == "auto" else f"{rt}:{prec}"
-            print(f"[{name}] round {k}/{args.rounds}: {label} ...", flush=True)
+            print(f"[{name}] round {k}/{args.rounds}: {_path_arg(rt, prec)} ...", flush=True)
             try:
                 rec = run_path(
                     ckpt, slide, tmp / f"out_{name}_{rt}_{prec}_r{k}", rt, prec, args, cache
@@ -622,6 +620,19 @@ def git_head() -> str | None:
 
 
 # --- Markdown --------------------------------------------------------------------------------------
+def _path_arg(rt: str, prec: str) -> str:
+    """A path as ``--paths`` names it: ``auto`` or ``runtime:precision``."""
+    return "auto" if rt == "auto" else f"{rt}:{prec}"
+
+
+def _ran_label(r: dict[str, Any]) -> str:
+    """A row's path as the tables name it: what ran, ``auto → `` before it where auto chose it."""
+    ran = r["ran"]
+    return (
+        "auto → " if r["path"]["runtime"] == "auto" else ""
+    ) + f"{ran['runtime']} {ran['precision']}"
+
+
 def _f(v: Any, fmt: str = "{}") -> str:
     return "-" if v is None else fmt.format(v)
 
@@ -696,9 +707,7 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for r in mr["rows"]:
             ran = r["ran"]
-            label = (
-                "auto → " if r["path"]["runtime"] == "auto" else ""
-            ) + f"{ran['runtime']} {ran['precision']}"
+            label = _ran_label(r)
             if r.get("fell_back"):
                 label = f"{r['path']['runtime']} {r['path']['precision']} (fell back to {ran['runtime']} {ran['precision']})"
             mf1 = "-" if "mF1" not in r else f"{r['mF1']} ({_f(r['mF1_delta'], '{:+.4f}')})"
@@ -742,12 +751,8 @@ def markdown(report: dict[str, Any]) -> str:
                 "| --- | --- | --- | ---: |",
             ]
             for r in mr["rows"][1:]:
-                ran = r["ran"]
-                label = (
-                    "auto → " if r["path"]["runtime"] == "auto" else ""
-                ) + f"{ran['runtime']} {ran['precision']}"
                 lines.append(
-                    f"| {label} | {', '.join(_f(x) for x in r['e2e_rounds_s'])} | "
+                    f"| {_ran_label(r)} | {', '.join(_f(x) for x in r['e2e_rounds_s'])} | "
                     f"{', '.join(_f(x, '{}×') for x in r['speedup_e2e_paired'])} | {r['speedup_e2e_paired_median']}× |"
                 )
             lines.append("")
